@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Prepare this checkout on a fresh Debian 12 machine: native runtimes, Python venvs, test tools.
+# Everything lands in git-ignored folders of the repo (.native/, .venv/) except the Debian
+# packages. Safe to re-run: finished steps are detected and skipped in well under a second.
+#
+# Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
+#
+# Components (default: apt ort models client; `torch` only when asked for):
+#   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor).
+#            Installed with apt-get only when missing; needs root or sudo.
+#   ort      ONNX Runtime 1.31.1 C library from the PyPI wheel -> .native/onnxruntime/lib/
+#            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
+#   models   .venv/models: onnx, onnxruntime, numpy (scripts/requirements-models.txt), used by
+#            models/make_models.py and for reference outputs in tests.
+#   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime,
+#            numpy (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
+#   torch    libtorch 2.13.0 (CPU libraries + headers from the PyPI torch wheel) -> .native/libtorch,
+#            plus torch 2.13.0 in .venv/models for writing TorchScript (scripts/requirements-torch.txt).
+#            Downloads 2.2 GiB (vs 2.6 GB for a plain `pip install torch`); adds 4.1 GiB on disk
+#            (3.6 GiB of it in .venv/models, 0.5 GiB in .native/libtorch-2.13.0).
+#
+# Options and environment:
+#   --torch, WITH_TORCH=1     add `torch` to the default components
+#   --no-apt, SETUP_APT=0     skip the Debian packages (e.g. no root; install them yourself)
+#   PYTHON=/path/to/python3   interpreter for pip downloads and venvs (>= 3.11; default python3)
+#   -h, --help                print this text
+#
+# Examples:
+#   scripts/setup.sh                  # everything except torch
+#   WITH_TORCH=1 scripts/setup.sh     # everything
+#   scripts/setup.sh ort models       # only what the Rust build/tests and model making need
+set -euo pipefail
+
+script_path="${BASH_SOURCE[0]}"
+cd "$(dirname "$script_path")/.."
+
+readonly ORT_VERSION=1.31.1
+readonly TORCH_VERSION=2.13.0
+readonly NATIVE=.native
+readonly WHEELS=$NATIVE/wheels          # download cache, deleted after a successful run
+readonly APT_PACKAGES=(libb64-0d wrk nginx-light)
+readonly PYTHON=${PYTHON:-python3}
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    # Print the comment block at the top of this file.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$script_path"
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+# Download wheels (no dependencies) into $WHEELS. pip skips files already there.
+fetch_wheels() {
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir \
+        --no-deps --only-binary=:all: -d "$WHEELS" "$@"
+}
+
+# The single wheel file in $WHEELS matching a glob, e.g. `wheel_file 'torch-2.13.0-*.whl'`.
+wheel_file() {
+    # shellcheck disable=SC2206  # $1 is a glob: expanding it is the point
+    local matches=("$WHEELS"/$1)
+    [[ -f "${matches[0]}" ]] || die "no wheel matching $1 in $WHEELS"
+    printf '%s\n' "${matches[0]}"
+}
+
+# extract WHEEL DEST REGEX [--strip PREFIX]  (see scripts/extract_wheel.py)
+extract() { "$PYTHON" scripts/extract_wheel.py "$@"; }
+
+# The pinned "name==version" line for a package in scripts/requirements-torch.txt.
+torch_pin() {
+    grep -E "^$1==" scripts/requirements-torch.txt || die "$1 is not pinned in requirements-torch.txt"
+}
+
+file_hash() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ensure_venv NAME REQUIREMENTS: create .venv/NAME and install REQUIREMENTS into it, unless
+# a stamp says exactly this requirements file was installed already.
+ensure_venv() {
+    local venv=.venv/$1 requirements=$2
+    local stamp=$venv/.setup-stamp
+    if [[ -x $venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$(file_hash "$requirements")" ]]; then
+        log "$venv: up to date"
+        return 0
+    fi
+    log "$venv: installing $requirements"
+    [[ -x $venv/bin/python ]] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    file_hash "$requirements" > "$stamp"
+}
+
+check_python() {
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is older than 3.11 (onnxruntime $ORT_VERSION needs >= 3.11)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+step_apt() {
+    if [[ "${SETUP_APT:-1}" == 0 ]]; then
+        log "apt: skipped (SETUP_APT=0 / --no-apt); needed: ${APT_PACKAGES[*]}"
+        return 0
+    fi
+    local missing=() package
+    for package in "${APT_PACKAGES[@]}"; do
+        [[ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" == installed ]] \
+            || missing+=("$package")
+    done
+    if (( ${#missing[@]} == 0 )); then
+        log "apt: ${APT_PACKAGES[*]} already installed"
+        return 0
+    fi
+    command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself, or set SETUP_APT=0"
+    local sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+    log "apt: installing ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+step_ort() {
+    local dir=$NATIVE/onnxruntime-$ORT_VERSION
+    local lib=libonnxruntime.so.$ORT_VERSION
+    if [[ -f $dir/lib/$lib ]]; then
+        log "ort: $dir already there"
+    else
+        log "ort: fetching the onnxruntime==$ORT_VERSION wheel for its C library"
+        fetch_wheels "onnxruntime==$ORT_VERSION"
+        # Extract into a temporary folder first so an interrupted run never looks finished.
+        rm -rf "$dir.partial"
+        extract "$(wheel_file "onnxruntime-$ORT_VERSION-*.whl")" "$dir.partial/lib" \
+            '^onnxruntime/capi/lib(onnxruntime\.so\.|onnxruntime_providers_shared\.so$)'
+        rm -rf "$dir"
+        mv "$dir.partial" "$dir"
+    fi
+    # libonnxruntime.so.1 is the SONAME (needed when linking at build time), libonnxruntime.so the
+    # name .cargo/config.toml points ORT_DYLIB_PATH at.
+    ln -sfn "$lib" "$dir/lib/libonnxruntime.so.1"
+    ln -sfn "$lib" "$dir/lib/libonnxruntime.so"
+    ln -sfn "onnxruntime-$ORT_VERSION" "$NATIVE/onnxruntime"
+    check_ort_loads "$NATIVE/onnxruntime/lib/libonnxruntime.so"
+}
+
+# dlopen the library and ask it for its version, as the gateway will.
+check_ort_loads() {
+    "$PYTHON" - "$1" "$ORT_VERSION" <<'EOF'
+import ctypes, sys
+path, expected = sys.argv[1], sys.argv[2]
+class OrtApiBase(ctypes.Structure):
+    _fields_ = [("GetApi", ctypes.c_void_p), ("GetVersionString", ctypes.CFUNCTYPE(ctypes.c_char_p))]
+lib = ctypes.CDLL(path)
+lib.OrtGetApiBase.restype = ctypes.POINTER(OrtApiBase)
+version = lib.OrtGetApiBase().contents.GetVersionString().decode()
+if version != expected:
+    sys.exit(f"setup.sh: error: {path} reports ONNX Runtime {version}, expected {expected}")
+print(f"    {path} loads: ONNX Runtime {version}")
+EOF
+}
+
+step_models() {
+    ensure_venv models scripts/requirements-models.txt
+}
+
+step_client() {
+    ensure_venv client scripts/requirements-client.txt
+    if [[ ! -e .venv/client/bin/perf_analyzer ]]; then
+        die "tritonclient did not install .venv/client/bin/perf_analyzer"
+    fi
+    # Run it once through the wrapper: a missing shared library fails here, not in a test.
+    local output
+    if output="$(scripts/perf_analyzer --version 2>&1)"; then
+        log "client: scripts/perf_analyzer runs ($output)"
+    else
+        log "client: WARNING: scripts/perf_analyzer does not run (libb64-0d comes from the apt step):"
+        printf '%s\n' "$output"
+    fi
+}
+
+# libtorch for the Rust `torch` feature (tch / torch-sys), "Route B" of
+# shared/notes/native-backends.md §3.3: only the CPU libraries and headers of the torch wheel,
+# plus libcudart.so.13 and libcupti.so.13 that libtorch_cpu.so NEEDS even without a GPU.
+step_libtorch() {
+    local dir=$NATIVE/libtorch-$TORCH_VERSION
+    if [[ -f $dir/lib/libtorch_cpu.so && "$(cat "$dir/build-version" 2>/dev/null)" == "$TORCH_VERSION" ]]; then
+        log "libtorch: $dir already there"
+    else
+        log "libtorch: fetching torch $TORCH_VERSION and two small nvidia wheels"
+        fetch_wheels "$(torch_pin torch)" "$(torch_pin nvidia-cuda-runtime)" "$(torch_pin nvidia-cuda-cupti)"
+        rm -rf "$dir.partial"
+        extract "$(wheel_file "torch-$TORCH_VERSION-*.whl")" "$dir.partial" \
+            '^torch/(include/|lib/(libtorch\.so|libtorch_cpu\.so|libc10\.so|libgomp\.so\.1|libshm\.so)$)' \
+            --strip torch/
+        extract "$(wheel_file 'nvidia_cuda_runtime-*.whl')" "$dir.partial/lib" '/libcudart\.so\.13$'
+        extract "$(wheel_file 'nvidia_cuda_cupti-*.whl')" "$dir.partial/lib" '/libcupti\.so\.13$'
+        echo "$TORCH_VERSION" > "$dir.partial/build-version"
+        rm -rf "$dir"
+        mv "$dir.partial" "$dir"
+        # All of libtorch_cpu.so's NEEDED libraries must resolve from its own folder.
+        "$PYTHON" -c 'import ctypes, sys; ctypes.CDLL(sys.argv[1])' "$dir/lib/libtorch_cpu.so"
+        log "libtorch: $dir/lib/libtorch_cpu.so loads"
+    fi
+    ln -sfn "libtorch-$TORCH_VERSION" "$NATIVE/libtorch"
+}
+
+# torch in .venv/models, installed with --no-deps from the minimal wheel set listed (and
+# explained) in scripts/requirements-torch.txt, instead of the 2.6 GB default dependency tree.
+step_torch_python() {
+    local requirements=scripts/requirements-torch.txt
+    local stamp=.venv/models/.setup-stamp-torch
+    step_models
+    if [[ -f $stamp && "$(cat "$stamp")" == "$(file_hash "$requirements")" ]]; then
+        log "torch: .venv/models already has torch $TORCH_VERSION"
+        return 0
+    fi
+    log "torch: fetching the wheels in $requirements"
+    fetch_wheels -r "$requirements"
+    log "torch: installing them into .venv/models (--no-deps)"
+    .venv/models/bin/python -m pip install --quiet --disable-pip-version-check \
+        --no-deps --no-index --find-links "$WHEELS" -r "$requirements"
+    .venv/models/bin/python -c 'import torch; print("    torch", torch.__version__, "imports")'
+    file_hash "$requirements" > "$stamp"
+}
+
+step_torch() {
+    step_libtorch
+    step_torch_python
+}
+
+# ---------------------------------------------------------------------------------------------
+
+main() {
+    local components=() with_torch=${WITH_TORCH:-0} arg
+    for arg in "$@"; do
+        case $arg in
+            -h|--help) usage; exit 0 ;;
+            --torch) with_torch=1 ;;
+            --no-apt) export SETUP_APT=0 ;;
+            apt|ort|models|client|torch) components+=("$arg") ;;
+            *) usage >&2; die "unknown argument: $arg" ;;
+        esac
+    done
+    if (( ${#components[@]} == 0 )); then
+        components=(apt ort models client)
+    fi
+    if [[ $with_torch == 1 && ! " ${components[*]} " =~ " torch " ]]; then
+        components+=(torch)
+    fi
+
+    check_python
+    local start step_start component
+    start=$(now)
+    for component in "${components[@]}"; do
+        step_start=$(now)
+        "step_$component"
+        log "$component: done in $(elapsed "$step_start")"
+    done
+    rm -rf "$WHEELS"
+    log "setup finished in $(elapsed "$start") (${components[*]})"
+}
+
+main "$@"

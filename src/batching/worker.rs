@@ -1,0 +1,246 @@
+//! Instance threads: each owns one backend session, takes a batch from the
+//! shared queue whenever it is free, runs it, and answers every request.
+//!
+//! Why threads and a condition variable rather than a batcher task: a free
+//! instance forms its own batch under the queue lock, so a request goes from
+//! the async handler to the model with one wake-up, and no instance sits idle
+//! while requests wait past their delay (work-conserving by construction).
+//! The lock is held only to push or to pick a batch, never while a model runs.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use modelgate_backend::{Backend, InputTensor, OutputTensor};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+use super::assemble::{concat, split};
+use super::queue::{BatchQueue, Closed, Decision, Dropped, Queued};
+use crate::error::Error;
+use crate::metrics::VersionMetrics;
+use crate::stats::{ComputeTimes, ModelStats};
+use crate::tensor::ValidRequest;
+
+/// What a request gets back: its outputs, in the order it asked for them.
+pub type Reply = Result<Vec<OutputTensor>, Error>;
+
+/// A request waiting in the queue.
+#[derive(Debug)]
+pub struct Pending {
+    pub(super) request: ValidRequest,
+    pub(super) enqueued: Instant,
+    pub(super) deadline: Option<Instant>,
+    pub(super) reply: oneshot::Sender<Reply>,
+}
+
+impl Queued for Pending {
+    fn rows(&self) -> usize {
+        self.request.batch_size
+    }
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn batches_with(&self, other: &Self) -> bool {
+        self.request.batches_with(&other.request)
+    }
+}
+
+/// Queue state guarded by the lock.
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) queue: BatchQueue<Pending>,
+    pub(super) closed: bool,
+}
+
+/// What the instances of one version share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    pub(super) available: Condvar,
+    pub(super) batched: bool,
+    pub(super) stats: Arc<ModelStats>,
+    pub(super) metrics: Arc<VersionMetrics>,
+}
+
+impl Shared {
+    /// Answers requests that left the queue without running.
+    pub(super) fn answer_dropped(&self, dropped: &mut Vec<(Pending, Dropped)>) {
+        for (pending, why) in dropped.drain(..) {
+            match why {
+                Dropped::Expired => {
+                    self.metrics.queue_rejection("expired");
+                    let waited = pending.enqueued.elapsed();
+                    let _ = pending.reply.send(Err(Error::DeadlineExceeded(format!(
+                        "request timeout expired after {} µs in the queue",
+                        waited.as_micros()
+                    ))));
+                }
+                Dropped::Cancelled => self.metrics.queue_rejection("cancelled"),
+            }
+        }
+    }
+}
+
+/// The loop of one instance thread. Returns when the scheduler is closed and
+/// the queue is empty; the backend is dropped on this thread.
+pub(super) fn run_instance(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
+    let mut dropped = Vec::new();
+    loop {
+        let (batch, closed) = {
+            let mut state = shared.state.lock();
+            loop {
+                let decision = state.queue.next_batch(Instant::now(), &mut dropped);
+                if !dropped.is_empty() {
+                    shared.answer_dropped(&mut dropped);
+                }
+                match decision {
+                    Decision::Run(batch, closed) => break (batch, closed),
+                    Decision::WaitUntil(at) => {
+                        shared.available.wait_until(&mut state, at);
+                    }
+                    Decision::Idle if state.closed => return,
+                    Decision::Idle => shared.available.wait(&mut state),
+                }
+            }
+        };
+        {
+            // Another free instance can start on what is left while this one runs.
+            let state = shared.state.lock();
+            shared.metrics.queue_depth.set(state.queue.len() as f64);
+            if !state.queue.is_empty() {
+                shared.available.notify_one();
+            }
+        }
+        run_batch(&shared, backend.as_mut(), batch, closed);
+    }
+}
+
+fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, closed: Closed) {
+    let started = Instant::now();
+    for pending in &batch {
+        let waited = started.saturating_duration_since(pending.enqueued);
+        shared.stats.queue.add(1, waited);
+        shared.metrics.queue_duration.record(waited.as_secs_f64());
+    }
+    shared.metrics.batch_closed(closed.as_str());
+    match execute(shared, backend, &batch) {
+        Ok(outputs) => {
+            for (pending, outputs) in batch.into_iter().zip(outputs) {
+                let _ = pending.reply.send(Ok(outputs));
+            }
+        }
+        // A batch-mate may be the cause (e.g. a string the runtime refuses):
+        // run each request alone so only the culprit fails.
+        Err(_) if batch.len() > 1 => {
+            for pending in batch {
+                let reply = execute(shared, backend, std::slice::from_ref(&pending))
+                    .map(|mut per_request| per_request.pop().unwrap_or_default());
+                let _ = pending.reply.send(reply);
+            }
+        }
+        Err(error) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Runs one batch and returns, per request, the outputs it asked for.
+fn execute(
+    shared: &Shared,
+    backend: &mut dyn Backend,
+    batch: &[Pending],
+) -> Result<Vec<Vec<OutputTensor>>, Error> {
+    let t0 = Instant::now();
+    let mut wanted: Vec<usize> = batch
+        .iter()
+        .flat_map(|p| p.request.outputs.iter().copied())
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let rows: Vec<usize> = batch.iter().map(|p| p.request.batch_size).collect();
+    let total_rows: usize = rows.iter().sum();
+
+    let inputs: Vec<&[crate::tensor::Tensor]> =
+        batch.iter().map(|p| p.request.inputs.as_slice()).collect();
+    let input_count = inputs[0].len();
+    let assembled: Vec<_> = (0..input_count)
+        .map(|i| concat(&inputs, i, shared.batched))
+        .collect();
+    let views: Vec<InputTensor<'_>> = assembled.iter().map(|b| b.view()).collect();
+
+    let t1 = Instant::now();
+    let outputs = match catch_unwind(AssertUnwindSafe(|| backend.execute(&views, &wanted))) {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(Error::Internal(
+                "the model backend panicked while running a batch".into(),
+            ));
+        }
+    };
+    let t2 = Instant::now();
+    if outputs.len() != wanted.len() {
+        return Err(Error::Internal(format!(
+            "backend returned {} outputs for {} requested",
+            outputs.len(),
+            wanted.len()
+        )));
+    }
+    // [output][request] -> [request][output]
+    let mut per_output: Vec<std::vec::IntoIter<OutputTensor>> = Vec::with_capacity(outputs.len());
+    for (output, &index) in outputs.into_iter().zip(&wanted) {
+        per_output.push(split(output, &rows, &format!("#{index}"))?.into_iter());
+    }
+    let mut split_rows: Vec<Vec<Option<OutputTensor>>> = (0..batch.len())
+        .map(|_| Vec::with_capacity(wanted.len()))
+        .collect();
+    for parts in per_output {
+        for (request, part) in split_rows.iter_mut().zip(parts) {
+            request.push(Some(part));
+        }
+    }
+    let replies = batch
+        .iter()
+        .zip(split_rows)
+        .map(|(pending, mut parts)| {
+            pending
+                .request
+                .outputs
+                .iter()
+                .map(|index| {
+                    let at = wanted
+                        .binary_search(index)
+                        .expect("wanted holds every requested output");
+                    parts[at]
+                        .take()
+                        .ok_or_else(|| Error::Internal("output taken twice".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let t3 = Instant::now();
+
+    let times = ComputeTimes {
+        input: t1 - t0,
+        infer: t2 - t1,
+        output: t3 - t2,
+    };
+    shared
+        .stats
+        .record_execution(batch.len(), total_rows, times);
+    shared
+        .metrics
+        .compute_duration
+        .record(times.infer.as_secs_f64());
+    shared.metrics.batch_size.record(total_rows as f64);
+    Ok(replies)
+}

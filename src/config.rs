@@ -1,0 +1,277 @@
+//! The gateway's configuration: a TOML file (every key optional, unknown keys
+//! refused so typos fail), then command-line flags on top, then validation.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `server.address` | address of every data-plane listener | `0.0.0.0` |
+//! | `server.http_port` | HTTP/REST (and gRPC on the same port) | 8000 |
+//! | `server.grpc_port` | gRPC (and HTTP on the same port); 0 = off | 8001 |
+//! | `server.metrics_port` | Prometheus `/metrics`; 0 = off | 8002 |
+//! | `server.max_request_bytes` | largest body after decompression, HTTP and gRPC | 64 MiB |
+//! | `server.max_concurrent_streams` | HTTP/2 streams per connection | 1024 |
+//! | `server.drain_timeout_secs` | longest wait for in-flight requests at shutdown | 30 |
+//! | `repository.path` | model repository directory | `models` |
+//! | `repository.load_models` | models to load at start (absent = all) | all |
+//! | `repository.model_control` | allow the load/unload API | true |
+//! | `repository.strict_readiness` | ready only when every model is ready | true |
+//! | `repository.default_max_batch_size` | for models that can batch and do not say | 8 |
+//! | `repository.default_max_queue_size` | queue bound when a config says 0 | 1024 |
+//! | `repository.intra_op_threads` | threads inside one model instance | 1 |
+//! | `onnxruntime.library` | path of `libonnxruntime.so` | `ORT_DYLIB_PATH`, else the one `scripts/setup.sh` fetched |
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `modelgate serve` needs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and limits.
+    pub server: ServerConfig,
+    /// The model repository.
+    pub repository: RepositoryConfig,
+    /// ONNX Runtime.
+    pub onnxruntime: OnnxRuntimeConfig,
+}
+
+/// Listeners and limits.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address every data-plane listener binds.
+    pub address: IpAddr,
+    /// HTTP port (serves gRPC too).
+    pub http_port: u16,
+    /// gRPC port (serves HTTP too); 0 turns it off.
+    pub grpc_port: u16,
+    /// Metrics port; 0 turns it off (`/metrics` stays on the HTTP port).
+    pub metrics_port: u16,
+    /// Largest request body after decompression, for HTTP and gRPC alike.
+    pub max_request_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Longest wait for in-flight requests at shutdown.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            address: IpAddr::from([0, 0, 0, 0]),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+            max_request_bytes: 64 << 20,
+            max_concurrent_streams: 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// The model repository.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// Directory of models.
+    pub path: PathBuf,
+    /// Models to load at start; `None` loads every model directory.
+    pub load_models: Option<Vec<String>>,
+    /// Allow the load/unload API.
+    pub model_control: bool,
+    /// Ready only when every model is ready.
+    pub strict_readiness: bool,
+    /// `max_batch_size` for models that can batch and whose config does not say.
+    pub default_max_batch_size: u32,
+    /// Queue bound for models whose config leaves it at 0.
+    pub default_max_queue_size: usize,
+    /// Intra-op threads per model instance.
+    pub intra_op_threads: usize,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            path: PathBuf::from("models"),
+            load_models: None,
+            model_control: true,
+            strict_readiness: true,
+            default_max_batch_size: 8,
+            default_max_queue_size: 1024,
+            intra_op_threads: 1,
+        }
+    }
+}
+
+/// Where ONNX Runtime comes from.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so`.
+    pub library: Option<PathBuf>,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks ranges that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_request_bytes == 0 || s.max_request_bytes > (2 << 30) {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_request_bytes must be between 1 and 2 GiB, got {}",
+                s.max_request_bytes
+            )));
+        }
+        if s.max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_concurrent_streams must be at least 1".into(),
+            ));
+        }
+        let ports = [
+            ("http_port", s.http_port),
+            ("grpc_port", s.grpc_port),
+            ("metrics_port", s.metrics_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            for (b, pb) in &ports[i + 1..] {
+                if *pa != 0 && pa == pb {
+                    return Err(ConfigError::Invalid(format!(
+                        "server.{a} and server.{b} are both {pa}"
+                    )));
+                }
+            }
+        }
+        let r = &self.repository;
+        if r.default_max_queue_size == 0 {
+            return Err(ConfigError::Invalid(
+                "repository.default_max_queue_size must be at least 1".into(),
+            ));
+        }
+        if r.intra_op_threads > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "repository.intra_op_threads must be at most 256, got {}",
+                r.intra_op_threads
+            )));
+        }
+        Ok(())
+    }
+
+    /// Longest wait for in-flight requests at shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.drain_timeout_secs)
+    }
+
+    /// The ONNX Runtime library: config, then `ORT_DYLIB_PATH` at run time,
+    /// then the path `.cargo/config.toml` set when this binary was built.
+    pub fn onnxruntime_library(&self) -> PathBuf {
+        self.onnxruntime
+            .library
+            .clone()
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+            .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".native/onnxruntime/lib/libonnxruntime.so"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_tritons_ports_and_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.http_port, 8000);
+        assert_eq!(config.server.grpc_port, 8001);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        assert!(
+            Config::from_toml("[server]\nhttp_prot = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(Config::from_toml("[server]\nhttp_port = \"x\"").is_err());
+        let mut config = Config::default();
+        config.server.grpc_port = 8000;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("both 8000")
+        );
+        let mut config = Config::default();
+        config.server.max_request_bytes = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_full_file_sets_every_section() {
+        let config = Config::from_toml(
+            r#"
+            [server]
+            http_port = 9000
+            grpc_port = 0
+            max_request_bytes = 1024
+            [repository]
+            path = "/srv/models"
+            load_models = ["mlp"]
+            model_control = false
+            [onnxruntime]
+            library = "/opt/ort/libonnxruntime.so"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.http_port, 9000);
+        assert_eq!(config.repository.load_models, Some(vec!["mlp".to_owned()]));
+        assert_eq!(
+            config.onnxruntime_library(),
+            PathBuf::from("/opt/ort/libonnxruntime.so")
+        );
+    }
+}

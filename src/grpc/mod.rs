@@ -1,0 +1,431 @@
+//! The gRPC front door: `inference.GRPCInferenceService` as Triton serves it,
+//! and the standard `grpc.health.v1.Health` service.
+
+pub mod codec;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::gateway::{EXTENSIONS, Gateway, SERVER_NAME};
+use crate::metrics::Protocol;
+use crate::proto::health::health_check_response::ServingStatus;
+use crate::proto::health::health_server::{Health, HealthServer};
+use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use crate::proto::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
+use crate::repository::VersionState;
+
+/// Requests of one `ModelStreamInfer` stream that may run at once.
+const STREAM_CONCURRENCY: usize = 64;
+
+/// The gRPC services, ready to be served beside HTTP.
+pub fn routes(gateway: Arc<Gateway>) -> Routes {
+    let limit = gateway.limits.max_request_bytes;
+    let inference = GrpcInferenceServiceServer::new(InferenceService {
+        gateway: gateway.clone(),
+    })
+    // tonic's 4 MiB default would refuse what HTTP accepts; tritonclient allows 2 GiB.
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Deflate)
+    .send_compressed(CompressionEncoding::Gzip);
+    let health = HealthServer::new(HealthService { gateway });
+    Routes::new(inference).add_service(health)
+}
+
+/// `inference.GRPCInferenceService`.
+#[derive(Debug, Clone)]
+pub struct InferenceService {
+    gateway: Arc<Gateway>,
+}
+
+fn status(error: Error) -> Status {
+    error.into()
+}
+
+/// The client's deadline from `grpc-timeout`, if any.
+fn grpc_deadline<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
+    match request.metadata().get("grpc-timeout") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(codec::parse_grpc_timeout)
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header")),
+    }
+}
+
+async fn infer_one(
+    gateway: &Gateway,
+    mut message: pb::ModelInferRequest,
+    deadline: Option<Duration>,
+    arrival: Instant,
+) -> Result<pb::ModelInferResponse, Error> {
+    let model = std::mem::take(&mut message.model_name);
+    let version = std::mem::take(&mut message.model_version);
+    let mut request = codec::decode_request(message, gateway.limits.max_request_bytes)?;
+    if let Some(d) = deadline {
+        request.timeout = Some(request.timeout.map_or(d, |t| t.min(d)));
+    }
+    let response = gateway
+        .infer(&model, Some(&version), request, Protocol::Grpc, arrival)
+        .await?;
+    Ok(codec::encode_response(response))
+}
+
+type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.gateway.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = match self.gateway.resolve(&r.name, Some(&r.version)) {
+            Ok(_) => true,
+            Err(e @ Error::InvalidArgument(_)) => return Err(status(e)),
+            Err(_) => false,
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|s| (*s).to_owned()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let served = self
+            .gateway
+            .resolve(&r.name, Some(&r.version))
+            .map_err(status)?;
+        let table = self.gateway.repository.snapshot();
+        let versions = table
+            .models
+            .get(&r.name)
+            .map(|m| {
+                m.versions
+                    .iter()
+                    .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                    .map(|(v, _)| v.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let io = &served.io;
+        let tensors = |specs: &[crate::tensor::IoSpec]| {
+            specs
+                .iter()
+                .map(|s| pb::model_metadata_response::TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.dtype.v2_name().into(),
+                    shape: io.full_shape(s),
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: r.name,
+            versions,
+            platform: served.config.platform.clone(),
+            inputs: tensors(&io.inputs),
+            outputs: tensors(&io.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let arrival = Instant::now();
+        let deadline = grpc_deadline(&request)?;
+        let response = infer_one(&self.gateway, request.into_inner(), deadline, arrival)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response))
+    }
+
+    type ModelStreamInferStream = StreamOf<pb::ModelStreamInferResponse>;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let deadline = grpc_deadline(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(STREAM_CONCURRENCY));
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    () = tx.closed() => return,
+                };
+                let message = match next {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (gateway, tx) = (gateway.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let id = message.id.clone();
+                    let reply = match infer_one(&gateway, message, deadline, Instant::now()).await {
+                        Ok(response) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(error) => pb::ModelStreamInferResponse {
+                            error_message: error.message().to_owned(),
+                            infer_response: Some(pb::ModelInferResponse {
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    let _ = tx.send(Ok(reply)).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let served = self
+            .gateway
+            .resolve(&r.name, Some(&r.version))
+            .map_err(status)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(codec::model_config(&served.config)),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.gateway.repository.snapshot();
+        let versions: Vec<_> = if r.name.is_empty() {
+            table
+                .models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .filter_map(ready)
+                .collect()
+        } else if !r.version.is_empty() {
+            vec![
+                self.gateway
+                    .resolve(&r.name, Some(&r.version))
+                    .map_err(status)?,
+            ]
+        } else {
+            let entry = table
+                .models
+                .get(&r.name)
+                .ok_or_else(|| Status::not_found(format!("unknown model '{}'", r.name)))?;
+            entry.versions.values().filter_map(ready).collect()
+        };
+        Ok(Response::new(pb::ModelStatisticsResponse {
+            model_stats: versions.iter().map(|v| codec::statistics(v)).collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        let rows = self.gateway.repository.index(r.ready).await;
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: rows
+                .into_iter()
+                .map(|row| pb::repository_index_response::ModelIndex {
+                    name: row.name,
+                    version: row.version.map(|v| v.to_string()).unwrap_or_default(),
+                    state: row.state.unwrap_or_default().to_owned(),
+                    reason: row.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        check_repository_parameters(&r.parameters)?;
+        self.control_allowed()?;
+        self.gateway
+            .repository
+            .load(&r.model_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        self.control_allowed()?;
+        self.gateway
+            .repository
+            .unload(&r.model_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl InferenceService {
+    fn control_allowed(&self) -> Result<(), Status> {
+        if self.gateway.repository.config().allow_model_control {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(
+                "explicit model load / unload is not allowed (model control is disabled)",
+            ))
+        }
+    }
+}
+
+fn ready(state: &VersionState) -> Option<Arc<crate::repository::ModelVersion>> {
+    match state {
+        VersionState::Ready(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// Models load only from the repository: no inline config or file contents.
+fn check_repository_parameters(
+    parameters: &std::collections::HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<(), Status> {
+    for (key, value) in parameters {
+        let carries_content =
+            matches!(value.parameter_choice, Some(ParameterChoice::BytesParam(_)));
+        if key == "config" || key.starts_with("file:") || carries_content {
+            return Err(Status::invalid_argument(format!(
+                "repository parameter '{key}' is not accepted: models load only from the model repository"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `grpc.health.v1.Health`: SERVING when the gateway is ready.
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    gateway: Arc<Gateway>,
+}
+
+impl HealthService {
+    fn status_of(&self, service: &str) -> Result<ServingStatus, Status> {
+        if !service.is_empty() && service != "inference.GRPCInferenceService" {
+            return Err(Status::not_found(format!("unknown service '{service}'")));
+        }
+        Ok(if self.gateway.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let status = self.status_of(&request.into_inner().service)?;
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = StreamOf<HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        let first = self.status_of(&service)?;
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = tx.closed() => return,
+                }
+                let now = this.status_of(&service).unwrap_or(first);
+                if last != Some(now) {
+                    last = Some(now);
+                    if tx
+                        .send(Ok(HealthCheckResponse { status: now as i32 }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,245 @@
+//! Request bodies (size limit, content encodings) and the response body type.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::infer::{EncodedResponse, HEADER_LENGTH};
+use crate::error::Error;
+
+/// A response body made of parts written in order: the JSON header and then
+/// each binary output, without joining them into one buffer.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    parts: VecDeque<Bytes>,
+}
+
+impl Chunks {
+    /// No body.
+    pub fn empty() -> Chunks {
+        Chunks::default()
+    }
+
+    /// One part.
+    pub fn one(bytes: Bytes) -> Chunks {
+        Chunks {
+            parts: VecDeque::from([bytes]),
+        }
+    }
+
+    /// Several parts.
+    pub fn many(parts: VecDeque<Bytes>) -> Chunks {
+        Chunks { parts }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.parts.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.parts.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
+/// Reads a request body of at most `limit` bytes after decompression
+/// (`Content-Encoding: gzip` or `deflate`, as tritonclient sends them).
+pub async fn read<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large =
+        || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    if let Some(length) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(too_large());
+    }
+    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            Error::invalid(format!("failed to read the request body: {e}"))
+        }
+    })?;
+    let bytes = collected.to_bytes();
+    let encoding = headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") | Some("") => Ok(bytes),
+        Some(e @ ("gzip" | "x-gzip" | "deflate")) => {
+            let gzip = e != "deflate";
+            // A small body can expand to the whole limit: never inflate on a runtime worker.
+            tokio::task::spawn_blocking(move || inflate(&bytes, gzip, limit))
+                .await
+                .map_err(|e| Error::Internal(format!("decompression task failed: {e}")))?
+        }
+        Some(other) => Err(Error::invalid(format!(
+            "unsupported Content-Encoding '{}' (use gzip or deflate)",
+            other.escape_debug()
+        ))),
+    }
+}
+
+/// Decompresses, refusing output beyond `limit` (a zip bomb stops there).
+fn inflate(compressed: &[u8], gzip: bool, limit: usize) -> Result<Bytes, Error> {
+    let mut out = Vec::new();
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(compressed))
+    } else {
+        Box::new(flate2::read::ZlibDecoder::new(compressed))
+    };
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::invalid(format!("cannot decompress the request body: {e}")))?;
+    if out.len() > limit {
+        return Err(Error::PayloadTooLarge(format!(
+            "decompressed request body exceeds the limit of {limit} bytes"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Whether the client accepts a gzip response.
+pub fn accepts(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            let mut parts = token.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
+/// Builds the HTTP response of an inference, compressing it when asked.
+pub fn infer_response(encoded: EncodedResponse, gzip: bool) -> Response<Chunks> {
+    let binary = encoded.header_length;
+    let mut response = if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for part in &encoded.parts {
+            std::io::Write::write_all(&mut encoder, part).expect("writing to a Vec cannot fail");
+        }
+        let compressed = encoder.finish().expect("writing to a Vec cannot fail");
+        let mut r = Response::new(Chunks::one(Bytes::from(compressed)));
+        r.headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        Response::new(Chunks::many(encoded.parts))
+    };
+    let headers = response.headers_mut();
+    match binary {
+        Some(length) => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut e, data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_before_and_after_decompression() {
+        let headers = HeaderMap::new();
+        let ok = read(Full::new(Bytes::from_static(b"12345")), &headers, 5)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"12345");
+        let err = read(Full::new(Bytes::from_static(b"123456")), &headers, 5)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge(_)));
+
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from_static("1000000"));
+        assert!(matches!(
+            read(Full::new(Bytes::new()), &declared, 5).await,
+            Err(Error::PayloadTooLarge(_))
+        ));
+
+        let mut gz = HeaderMap::new();
+        gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let bomb = gzip(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 4096);
+        let err = read(Full::new(Bytes::from(bomb)), &gz, 4096)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("decompressed"), "{err}");
+        let fine = read(Full::new(Bytes::from(gzip(b"hello"))), &gz, 4096)
+            .await
+            .unwrap();
+        assert_eq!(&fine[..], b"hello");
+
+        let mut br = HeaderMap::new();
+        br.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert!(
+            read(Full::new(Bytes::from_static(b"x")), &br, 10)
+                .await
+                .unwrap_err()
+                .message()
+                .contains("unsupported")
+        );
+        let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100)
+            .await
+            .unwrap_err();
+        assert!(bad.message().contains("cannot decompress"));
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_q_values() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            ACCEPT_ENCODING,
+            HeaderValue::from_static("deflate, gzip;q=0.8"),
+        );
+        assert!(accepts(&h));
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
+        assert!(!accepts(&h));
+        assert!(!accepts(&HeaderMap::new()));
+    }
+}

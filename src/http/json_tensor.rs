@@ -1,0 +1,418 @@
+//! Tensor data in V2 JSON: parsing `"data"` straight into the tensor's bytes,
+//! and writing output bytes as JSON numbers.
+//!
+//! The `data` member is held as borrowed raw JSON until the element type and
+//! shape are known (JSON members come in any order), then walked once with a
+//! visitor that writes each element into a buffer sized from the validated
+//! shape. No `serde_json::Value` is ever built for tensor data: a 64 MiB body
+//! of `0,` would otherwise become gigabytes of `Value`s.
+
+use std::fmt;
+
+use modelgate_backend::{DataType, bytes_elements, push_bytes_element};
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Parses a JSON `data` value (flat or nested arrays, or a single scalar for
+/// a one-element tensor) into `count` elements of `dtype`, little-endian.
+pub fn parse_data(
+    raw: &RawValue,
+    dtype: DataType,
+    count: usize,
+    rank: usize,
+) -> Result<Vec<u8>, String> {
+    let capacity = match dtype.element_size() {
+        Some(size) => count * size,
+        None => raw.get().len(),
+    };
+    let mut out = Vec::with_capacity(capacity);
+    let mut remaining = count;
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    let sink = Elements {
+        dtype,
+        out: &mut out,
+        remaining: &mut remaining,
+        depth: 0,
+        max_depth: rank.max(1),
+    };
+    sink.deserialize(&mut deserializer)
+        .map_err(|e| clean(e.to_string()))?;
+    if remaining != 0 {
+        return Err(format!(
+            "'data' holds {} elements, the shape needs {count}",
+            count - remaining
+        ));
+    }
+    Ok(out)
+}
+
+/// serde_json appends " at line 1 column N" of the inner document, which
+/// means nothing to the client; keep the message.
+fn clean(message: String) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    }
+}
+
+struct Elements<'s> {
+    dtype: DataType,
+    out: &'s mut Vec<u8>,
+    remaining: &'s mut usize,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Elements<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Elements<'_> {
+    fn push<E: de::Error>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), E> {
+        if *self.remaining == 0 {
+            return Err(E::custom("'data' holds more elements than the shape"));
+        }
+        *self.remaining -= 1;
+        write(self.out).map_err(E::custom)
+    }
+
+    fn integer<E: de::Error>(&mut self, value: i128) -> Result<(), E> {
+        let dtype = self.dtype;
+        let range = || format!("{value} is out of range for {dtype}");
+        self.push(|out| {
+            match dtype {
+                DataType::Int8 => {
+                    out.extend_from_slice(&i8::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Int16 => {
+                    out.extend_from_slice(&i16::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Int32 => {
+                    out.extend_from_slice(&i32::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Int64 => {
+                    out.extend_from_slice(&i64::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Uint8 => {
+                    out.extend_from_slice(&u8::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Uint16 => {
+                    out.extend_from_slice(&u16::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Uint32 => {
+                    out.extend_from_slice(&u32::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Uint64 => {
+                    out.extend_from_slice(&u64::try_from(value).map_err(|_| range())?.to_le_bytes())
+                }
+                DataType::Fp32 => out.extend_from_slice(&(value as f32).to_le_bytes()),
+                DataType::Fp64 => out.extend_from_slice(&(value as f64).to_le_bytes()),
+                other => {
+                    return Err(format!(
+                        "expected {} data, found the number {value}",
+                        describe(other)
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn describe(dtype: DataType) -> &'static str {
+    match dtype {
+        DataType::Bool => "boolean (true/false)",
+        DataType::Bytes => "string",
+        DataType::Fp16 | DataType::Bf16 => "binary (FP16 and BF16 travel only in binary form)",
+        _ => "numeric",
+    }
+}
+
+impl<'de> Visitor<'de> for Elements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} tensor data", self.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= self.max_depth {
+            return Err(de::Error::custom(format!(
+                "'data' is nested deeper than the tensor's rank ({})",
+                self.max_depth
+            )));
+        }
+        loop {
+            let nested = Elements {
+                dtype: self.dtype,
+                out: &mut *self.out,
+                remaining: &mut *self.remaining,
+                depth: self.depth + 1,
+                max_depth: self.max_depth,
+            };
+            if seq.next_element_seed(nested)?.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn visit_bool<E: de::Error>(mut self, value: bool) -> Result<(), E> {
+        let dtype = self.dtype;
+        self.push(|out| {
+            if dtype != DataType::Bool {
+                return Err(format!(
+                    "expected {} data, found the boolean {value}",
+                    describe(dtype)
+                ));
+            }
+            out.push(u8::from(value));
+            Ok(())
+        })
+    }
+
+    fn visit_i64<E: de::Error>(mut self, value: i64) -> Result<(), E> {
+        self.integer(i128::from(value))
+    }
+
+    fn visit_u64<E: de::Error>(mut self, value: u64) -> Result<(), E> {
+        self.integer(i128::from(value))
+    }
+
+    fn visit_f64<E: de::Error>(mut self, value: f64) -> Result<(), E> {
+        let dtype = self.dtype;
+        self.push(|out| {
+            match dtype {
+                DataType::Fp32 => out.extend_from_slice(&(value as f32).to_le_bytes()),
+                DataType::Fp64 => out.extend_from_slice(&value.to_le_bytes()),
+                DataType::Bool | DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {
+                    return Err(format!(
+                        "expected {} data, found the number {value}",
+                        describe(dtype)
+                    ));
+                }
+                _ => return Err(format!("expected an integer for {dtype}, found {value}")),
+            }
+            Ok(())
+        })
+    }
+
+    fn visit_str<E: de::Error>(mut self, value: &str) -> Result<(), E> {
+        let dtype = self.dtype;
+        self.push(|out| {
+            if dtype != DataType::Bytes {
+                return Err(format!("expected {} data, found a string", describe(dtype)));
+            }
+            push_bytes_element(out, value.as_bytes());
+            Ok(())
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format!(
+            "expected {} data, found null",
+            describe(self.dtype)
+        )))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(format!(
+            "expected {} data, found an object",
+            describe(self.dtype)
+        )))
+    }
+}
+
+/// Appends `data` (little-endian elements of `dtype`) to `out` as a flat JSON
+/// array. Non-finite floats become the strings "NaN", "Infinity" and
+/// "-Infinity" (JSON has no such numbers; numpy reads those strings back).
+pub fn write_data(out: &mut Vec<u8>, dtype: DataType, data: &[u8]) -> Result<(), String> {
+    out.push(b'[');
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
+    macro_rules! ints {
+        ($t:ty) => {{
+            let mut buf = itoa::Buffer::new();
+            for chunk in data.chunks_exact(std::mem::size_of::<$t>()) {
+                sep(out);
+                let v = <$t>::from_le_bytes(chunk.try_into().expect("exact chunk"));
+                out.extend_from_slice(buf.format(v).as_bytes());
+            }
+        }};
+    }
+    macro_rules! floats {
+        ($t:ty) => {{
+            let mut buf = ryu::Buffer::new();
+            for chunk in data.chunks_exact(std::mem::size_of::<$t>()) {
+                sep(out);
+                let v = <$t>::from_le_bytes(chunk.try_into().expect("exact chunk"));
+                if v.is_finite() {
+                    out.extend_from_slice(buf.format_finite(v).as_bytes());
+                } else if v.is_nan() {
+                    out.extend_from_slice(b"\"NaN\"");
+                } else if v > 0.0 {
+                    out.extend_from_slice(b"\"Infinity\"");
+                } else {
+                    out.extend_from_slice(b"\"-Infinity\"");
+                }
+            }
+        }};
+    }
+    match dtype {
+        DataType::Bool => {
+            for &b in data {
+                sep(out);
+                out.extend_from_slice(if b != 0 { b"true" } else { b"false" });
+            }
+        }
+        DataType::Uint8 => ints!(u8),
+        DataType::Uint16 => ints!(u16),
+        DataType::Uint32 => ints!(u32),
+        DataType::Uint64 => ints!(u64),
+        DataType::Int8 => ints!(i8),
+        DataType::Int16 => ints!(i16),
+        DataType::Int32 => ints!(i32),
+        DataType::Int64 => ints!(i64),
+        DataType::Fp32 => floats!(f32),
+        DataType::Fp64 => floats!(f64),
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(format!(
+                "{dtype} outputs can only be returned in binary form (set \"binary_data\": true)"
+            ));
+        }
+        DataType::Bytes => {
+            for element in bytes_elements(data) {
+                let element = element.map_err(|e| e.to_string())?;
+                let text = std::str::from_utf8(element).map_err(|_| {
+                    "a BYTES output is not UTF-8; request it in binary form".to_owned()
+                })?;
+                sep(out);
+                serde_json::to_writer(&mut *out, text).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    out.push(b']');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    fn parse(text: &str, dtype: DataType, count: usize, rank: usize) -> Result<Vec<u8>, String> {
+        parse_data(&raw(text), dtype, count, rank)
+    }
+
+    #[test]
+    fn flat_and_nested_data_parse_to_the_same_bytes() {
+        let flat = parse("[1, 2, 3, 4]", DataType::Int32, 4, 2).unwrap();
+        let nested = parse("[[1, 2], [3, 4]]", DataType::Int32, 4, 2).unwrap();
+        assert_eq!(flat, nested);
+        assert_eq!(bytemuck::cast_slice::<u8, i32>(&flat), &[1, 2, 3, 4]);
+        let floats = parse("[0.5, -1, 1e3]", DataType::Fp32, 3, 1).unwrap();
+        assert_eq!(
+            bytemuck::pod_collect_to_vec::<u8, f32>(&floats),
+            vec![0.5, -1.0, 1000.0]
+        );
+        let strings = parse(r#"["a", "\u00e9"]"#, DataType::Bytes, 2, 1).unwrap();
+        assert_eq!(strings, [1, 0, 0, 0, b'a', 2, 0, 0, 0, 0xc3, 0xa9]);
+        assert_eq!(
+            parse("[true, false]", DataType::Bool, 2, 1).unwrap(),
+            vec![1, 0]
+        );
+        assert_eq!(
+            parse("7", DataType::Int64, 1, 0).unwrap(),
+            7i64.to_le_bytes()
+        );
+    }
+
+    #[test]
+    fn element_count_must_match_the_shape() {
+        assert!(
+            parse("[1, 2, 3]", DataType::Int32, 4, 1)
+                .unwrap_err()
+                .contains("holds 3 elements, the shape needs 4")
+        );
+        assert!(
+            parse("[1, 2, 3, 4, 5]", DataType::Int32, 4, 1)
+                .unwrap_err()
+                .contains("more elements")
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_or_range_are_refused() {
+        let cases = [
+            ("[1.5]", DataType::Int32, "expected an integer"),
+            ("[256]", DataType::Uint8, "out of range for UINT8"),
+            ("[-1]", DataType::Uint32, "out of range"),
+            ("[\"x\"]", DataType::Fp32, "found a string"),
+            ("[1]", DataType::Bool, "boolean"),
+            ("[true]", DataType::Fp32, "found the boolean"),
+            ("[1.0]", DataType::Fp16, "binary"),
+            ("[null]", DataType::Fp32, "null"),
+            ("[{}]", DataType::Fp32, "object"),
+            ("[[[1]]]", DataType::Fp32, "nested deeper"),
+        ];
+        for (text, dtype, expected) in cases {
+            let error = parse(text, dtype, 1, 2).unwrap_err();
+            assert!(error.contains(expected), "{text} as {dtype}: {error}");
+        }
+    }
+
+    #[test]
+    fn deeply_nested_data_fails_cleanly_without_recursing_far() {
+        let text = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(parse(&text, DataType::Fp32, 1, 3).is_err());
+    }
+
+    #[test]
+    fn outputs_are_written_as_json_numbers_that_round_trip() {
+        let mut out = Vec::new();
+        let values = [
+            0.1f32,
+            -2.5,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-7,
+        ];
+        write_data(&mut out, DataType::Fp32, bytemuck::cast_slice(&values)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"[0.1,-2.5,"NaN","Infinity","-Infinity",1e-7]"#
+        );
+        let mut out = Vec::new();
+        write_data(
+            &mut out,
+            DataType::Int64,
+            bytemuck::cast_slice(&[i64::MIN, 3]),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("[{},3]", i64::MIN));
+        let mut out = Vec::new();
+        let mut strings = Vec::new();
+        push_bytes_element(&mut strings, b"a\"b");
+        write_data(&mut out, DataType::Bytes, &strings).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"["a\"b"]"#);
+        assert!(
+            write_data(&mut Vec::new(), DataType::Fp16, &[0, 0])
+                .unwrap_err()
+                .contains("binary")
+        );
+    }
+}

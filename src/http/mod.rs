@@ -1,0 +1,477 @@
+//! The HTTP/REST front door: KServe V2 endpoints with Triton's extensions.
+//!
+//! Bytes in, [`InferRequest`](crate::tensor::InferRequest) to the gateway,
+//! bytes out. Every error is `{"error": "..."}` with Triton's status mapping.
+
+mod body;
+mod infer;
+mod json_tensor;
+pub mod metadata;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::Value;
+
+pub use body::Chunks;
+pub use infer::{HEADER_LENGTH, decode_request, encode_response};
+
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::metrics::Protocol;
+use crate::repository::VersionState;
+
+/// The header a client may set to bound a request's time in the gateway, in
+/// milliseconds (Triton's `timeout` parameter, in microseconds, works too).
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+/// Bodies above this size are decoded and encoded on the blocking pool, so a
+/// large tensor never stalls the runtime's workers.
+const OFFLOAD_BYTES: usize = 1 << 20;
+
+enum Route {
+    Live,
+    Ready,
+    ServerMetadata,
+    Metrics,
+    AllStats,
+    Model {
+        name: String,
+        version: Option<String>,
+        action: ModelAction,
+    },
+    RepositoryIndex,
+    RepositoryLoad(String),
+    RepositoryUnload(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ModelAction {
+    Metadata,
+    Ready,
+    Infer,
+    Config,
+    Stats,
+}
+
+fn route(method: &Method, path: &str) -> Result<Route, Error> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (route, expected) = match segments.as_slice() {
+        ["v2", "health", "live"] => (Route::Live, Method::GET),
+        ["v2", "health", "ready"] => (Route::Ready, Method::GET),
+        ["v2"] | ["v2", ""] => (Route::ServerMetadata, Method::GET),
+        ["metrics"] => (Route::Metrics, Method::GET),
+        ["v2", "models", "stats"] => (Route::AllStats, Method::GET),
+        ["v2", "repository", "index"] => (Route::RepositoryIndex, Method::POST),
+        ["v2", "repository", "models", name, "load"] => {
+            (Route::RepositoryLoad(decode_name(name)?), Method::POST)
+        }
+        ["v2", "repository", "models", name, "unload"] => {
+            (Route::RepositoryUnload(decode_name(name)?), Method::POST)
+        }
+        ["v2", "models", name, rest @ ..] => {
+            let (version, rest) = match rest {
+                ["versions", v, rest @ ..] => (Some(decode_name(v)?), rest),
+                rest => (None, rest),
+            };
+            let (action, expected) = match rest {
+                [] => (ModelAction::Metadata, Method::GET),
+                ["ready"] => (ModelAction::Ready, Method::GET),
+                ["infer"] => (ModelAction::Infer, Method::POST),
+                ["config"] => (ModelAction::Config, Method::GET),
+                ["stats"] => (ModelAction::Stats, Method::GET),
+                _ => {
+                    return Err(Error::NotFound(format!(
+                        "no endpoint at {}",
+                        path.escape_debug()
+                    )));
+                }
+            };
+            (
+                Route::Model {
+                    name: decode_name(name)?,
+                    version,
+                    action,
+                },
+                expected,
+            )
+        }
+        _ => {
+            return Err(Error::NotFound(format!(
+                "no endpoint at {}",
+                truncate(path).escape_debug()
+            )));
+        }
+    };
+    if *method != expected {
+        return Err(Error::MethodNotAllowed(format!(
+            "{method} is not allowed here; use {expected}"
+        )));
+    }
+    Ok(route)
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Percent-decodes a path segment (tritonclient quotes model names).
+fn decode_name(segment: &str) -> Result<String, Error> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::invalid("malformed percent-encoding in the path"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| Error::invalid("the path is not UTF-8 after percent-decoding"))
+}
+
+/// Answers one HTTP request.
+pub async fn handle<B>(gateway: Arc<Gateway>, request: Request<B>) -> Response<Chunks>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let arrival = Instant::now();
+    match dispatch(&gateway, request, arrival).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn dispatch<B>(
+    gateway: &Arc<Gateway>,
+    request: Request<B>,
+    arrival: Instant,
+) -> Result<Response<Chunks>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let route = route(request.method(), request.uri().path())?;
+    match route {
+        Route::Live => Ok(empty(StatusCode::OK)),
+        Route::Ready => Ok(empty(if gateway.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        })),
+        Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
+        Route::Metrics => {
+            let mut response = Response::new(Chunks::one(Bytes::from(gateway.metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(response)
+        }
+        Route::AllStats => {
+            let table = gateway.repository.snapshot();
+            let versions: Vec<_> = table
+                .models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .filter_map(|s| match s {
+                    VersionState::Ready(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata::statistics(&versions),
+            ))
+        }
+        Route::Model {
+            name,
+            version,
+            action,
+        } => model_endpoint(gateway, request, &name, version.as_deref(), action, arrival).await,
+        Route::RepositoryIndex => {
+            let (parts, body) = request.into_parts();
+            let body = body::read(body, &parts.headers, gateway.limits.max_request_bytes).await?;
+            let ready_only = if body.is_empty() {
+                false
+            } else {
+                let value: Value = serde_json::from_slice(&body).map_err(|e| {
+                    Error::invalid(format!("malformed repository index request: {e}"))
+                })?;
+                value.get("ready").and_then(Value::as_bool).unwrap_or(false)
+            };
+            let rows = gateway.repository.index(ready_only).await;
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata::repository_index(&rows),
+            ))
+        }
+        Route::RepositoryLoad(name) | Route::RepositoryUnload(name) => {
+            let load = request.uri().path().ends_with("/load");
+            let (parts, body) = request.into_parts();
+            let body = body::read(body, &parts.headers, gateway.limits.max_request_bytes).await?;
+            check_repository_parameters(&body)?;
+            if !gateway.repository.config().allow_model_control {
+                return Err(Error::FailedPrecondition(
+                    "explicit model load / unload is not allowed (model control is disabled)"
+                        .into(),
+                ));
+            }
+            if load {
+                gateway.repository.load(&name).await?;
+            } else {
+                gateway.repository.unload(&name).await?;
+            }
+            Ok(empty(StatusCode::OK))
+        }
+    }
+}
+
+/// The load API takes no file contents or inline configs: model bytes come
+/// only from the repository the operator configured.
+fn check_repository_parameters(body: &[u8]) -> Result<(), Error> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("malformed repository request: {e}")))?;
+    if let Some(parameters) = value.get("parameters").and_then(Value::as_object) {
+        for key in parameters.keys() {
+            if key == "config" || key.starts_with("file:") {
+                return Err(Error::invalid(format!(
+                    "repository parameter '{key}' is not accepted: models load only from the model repository"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn model_endpoint<B>(
+    gateway: &Arc<Gateway>,
+    request: Request<B>,
+    name: &str,
+    version: Option<&str>,
+    action: ModelAction,
+    arrival: Instant,
+) -> Result<Response<Chunks>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match action {
+        ModelAction::Infer => infer(gateway, request, name, version, arrival).await,
+        ModelAction::Ready => {
+            gateway.resolve(name, version)?;
+            Ok(empty(StatusCode::OK))
+        }
+        ModelAction::Metadata => {
+            let served = gateway.resolve(name, version)?;
+            let table = gateway.repository.snapshot();
+            let versions: Vec<u64> = table
+                .models
+                .get(name)
+                .map(|m| {
+                    m.versions
+                        .iter()
+                        .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                        .map(|(v, _)| *v)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata::model_metadata(name, &served, &versions),
+            ))
+        }
+        ModelAction::Config => {
+            let served = gateway.resolve(name, version)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata::model_config(&served.config),
+            ))
+        }
+        ModelAction::Stats => {
+            let versions = match version {
+                Some(_) => vec![gateway.resolve(name, version)?],
+                None => {
+                    crate::repository::validate_model_name(name)?;
+                    let table = gateway.repository.snapshot();
+                    let entry = table
+                        .models
+                        .get(name)
+                        .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+                    entry
+                        .versions
+                        .values()
+                        .filter_map(|s| match s {
+                            VersionState::Ready(v) => Some(v.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                }
+            };
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata::statistics(&versions),
+            ))
+        }
+    }
+}
+
+async fn infer<B>(
+    gateway: &Arc<Gateway>,
+    request: Request<B>,
+    name: &str,
+    version: Option<&str>,
+    arrival: Instant,
+) -> Result<Response<Chunks>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (parts, body) = request.into_parts();
+    let limit = gateway.limits.max_request_bytes;
+    let body = body::read(body, &parts.headers, limit).await?;
+    let header_timeout = timeout_header(&parts.headers)?;
+    let headers = parts.headers;
+    let (mut decoded, headers) = offload(body.len(), move || {
+        decode_request(&headers, body, limit).map(|r| (r, headers))
+    })
+    .await?;
+    if let Some(t) = header_timeout {
+        decoded.timeout = Some(decoded.timeout.map_or(t, |p| p.min(t)));
+    }
+    let response = gateway
+        .infer(name, version, decoded, Protocol::Http, arrival)
+        .await?;
+    let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
+    let accept_gzip = body::accepts(&headers);
+    offload(size, move || {
+        let encoded = encode_response(&response)?;
+        Ok(body::infer_response(encoded, accept_gzip))
+    })
+    .await
+}
+
+/// Runs `f` here when `size` is small, on the blocking pool otherwise.
+async fn offload<T: Send + 'static>(
+    size: usize,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    if size < OFFLOAD_BYTES {
+        return f();
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
+}
+
+fn timeout_header(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    let millis = value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+            ))
+        })?;
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+fn empty(status: StatusCode) -> Response<Chunks> {
+    let mut response = Response::new(Chunks::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Chunks> {
+    let body = serde_json::to_vec(value).expect("a Value always serializes");
+    let mut response = Response::new(Chunks::one(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The `{"error": "..."}` body Triton sends, with the mapped status.
+pub fn error_response(error: &Error) -> Response<Chunks> {
+    json_response(
+        error.http_status(),
+        &serde_json::json!({ "error": error.message() }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_every_v2_endpoint_and_decodes_quoted_names() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert!(matches!(route(&get, "/v2/health/live"), Ok(Route::Live)));
+        assert!(matches!(route(&get, "/v2"), Ok(Route::ServerMetadata)));
+        assert!(matches!(
+            route(&get, "/v2/models/stats"),
+            Ok(Route::AllStats)
+        ));
+        assert!(matches!(
+            route(&post, "/v2/repository/index"),
+            Ok(Route::RepositoryIndex)
+        ));
+        match route(&post, "/v2/models/my%2Dmodel/versions/3/infer") {
+            Ok(Route::Model {
+                name,
+                version,
+                action,
+            }) => {
+                assert_eq!(name, "my-model");
+                assert_eq!(version.as_deref(), Some("3"));
+                assert!(action == ModelAction::Infer);
+            }
+            _ => panic!("expected an infer route"),
+        }
+        assert!(matches!(
+            route(&get, "/v2/models/m/config"),
+            Ok(Route::Model {
+                action: ModelAction::Config,
+                ..
+            })
+        ));
+        assert!(matches!(
+            route(&get, "/v2/models/m/infer"),
+            Err(Error::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            route(&get, "/v2/models/m/bogus"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(route(&get, "/nope"), Err(Error::NotFound(_))));
+        assert!(matches!(
+            route(&get, "/v2/models/%zz"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}

@@ -1,0 +1,86 @@
+//! modelgate: a model-serving gateway.
+//!
+//! The request path, outermost first (see DESIGN.md):
+//!
+//! - [`server`]: listeners; HTTP/1.1 and h2c gRPC told apart per request.
+//! - [`http`], [`grpc`]: the V2 front doors, bytes to [`tensor::InferRequest`] and back.
+//! - [`gateway`]: resolve the model version, run, record.
+//! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
+//! - [`batching`]: per-version queue and instance threads.
+//! - [`stats`], [`metrics`]: Triton statistics and Prometheus metrics.
+//! - [`error`]: every client-visible error, mapped once to HTTP and gRPC.
+
+pub mod batching;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod proto;
+pub mod repository;
+pub mod server;
+pub mod stats;
+pub mod tensor;
+
+use std::sync::Arc;
+
+use config::Config;
+use gateway::{Gateway, Limits};
+use repository::{Loaders, MissingRuntime, Repository, RepositoryConfig};
+
+/// The model loaders this build has: ONNX Runtime when it can be opened, and
+/// the reason when it cannot (models that need it then fail with that reason).
+pub fn loaders(config: &Config) -> Loaders {
+    let mut loaders = Loaders::default();
+    #[cfg(feature = "onnx")]
+    match modelgate_backend_onnx::OnnxLoader::new(config.onnxruntime_library()) {
+        Ok(loader) => loaders.ready.push(Arc::new(loader)),
+        Err(e) => {
+            tracing::error!(error = %e, "ONNX models cannot be served");
+            loaders.missing.push(MissingRuntime {
+                platform: "onnxruntime_onnx",
+                backend: "onnxruntime",
+                filename: "model.onnx",
+                reason: e.to_string(),
+            });
+        }
+    }
+    #[cfg(not(feature = "onnx"))]
+    let _ = config;
+    loaders.missing.push(MissingRuntime {
+        platform: "pytorch_libtorch",
+        backend: "pytorch",
+        filename: "model.pt",
+        reason: "this build has no TorchScript support (cargo feature `torch`)".into(),
+    });
+    loaders
+}
+
+/// Builds the gateway and loads the start-up models. Models that fail are
+/// reported in the repository index; the others serve.
+pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
+    let repository = Arc::new(Repository::new(
+        RepositoryConfig {
+            root: config.repository.path.clone(),
+            startup_models: config.repository.load_models.clone(),
+            allow_model_control: config.repository.model_control,
+            strict_readiness: config.repository.strict_readiness,
+            load: repository::LoadSettings {
+                default_max_batch_size: config.repository.default_max_batch_size,
+                default_max_queue_size: config.repository.default_max_queue_size,
+                intra_op_threads: config.repository.intra_op_threads,
+            },
+        },
+        loaders,
+    ));
+    let gateway = Arc::new(Gateway::new(
+        repository.clone(),
+        Limits {
+            max_request_bytes: config.server.max_request_bytes,
+        },
+        metrics::install(),
+    ));
+    repository.load_startup_models().await;
+    gateway
+}

@@ -1,0 +1,587 @@
+//! Protocol-neutral inference requests and responses, checked when built.
+//!
+//! Both front doors (HTTP/JSON+binary and gRPC) decode into [`InferRequest`],
+//! whose tensors are structurally sound (non-negative dims, exact byte sizes,
+//! well-formed BYTES, 0/1 booleans). [`ModelIo::validate`] then resolves the
+//! request against one model's inputs and outputs and yields a
+//! [`ValidRequest`], the only type the scheduler accepts. Nothing downstream
+//! checks again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use modelgate_backend::{DataType, check_bytes_layout, element_count};
+
+use crate::error::Error;
+
+/// A named tensor whose bytes match its shape and type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DataType,
+    /// Concrete shape.
+    pub shape: Vec<i64>,
+    /// Row-major little-endian bytes; BYTES as length-prefixed elements.
+    pub data: Bytes,
+}
+
+/// Checks a shape given by a client: every dimension non-negative, and the
+/// element count representable. Returns the element count.
+pub fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
+    if let Some(d) = shape.iter().find(|&&d| d < 0) {
+        return Err(Error::invalid(format!(
+            "input '{name}': shape {shape:?} has negative dimension {d}"
+        )));
+    }
+    element_count(shape).ok_or_else(|| {
+        Error::invalid(format!(
+            "input '{name}': shape {shape:?} has too many elements"
+        ))
+    })
+}
+
+/// Bytes a fixed-size tensor of `count` elements takes, refused when it is over
+/// `limit` (the request size limit): this is checked before any allocation.
+pub fn checked_byte_size(
+    name: &str,
+    dtype: DataType,
+    count: usize,
+    limit: usize,
+) -> Result<Option<usize>, Error> {
+    let Some(size) = dtype.element_size() else {
+        return Ok(None);
+    };
+    match count.checked_mul(size) {
+        Some(bytes) if bytes <= limit => Ok(Some(bytes)),
+        _ => Err(Error::PayloadTooLarge(format!(
+            "input '{name}': {count} {dtype} elements exceed the request limit of {limit} bytes"
+        ))),
+    }
+}
+
+impl Tensor {
+    /// Builds a tensor after checking that `data` holds exactly what `shape`
+    /// and `dtype` call for.
+    pub fn checked(
+        name: String,
+        dtype: DataType,
+        shape: Vec<i64>,
+        data: Bytes,
+    ) -> Result<Tensor, Error> {
+        let count = checked_element_count(&name, &shape)?;
+        match dtype.element_size() {
+            Some(size) => {
+                let expected = count.checked_mul(size);
+                if expected != Some(data.len()) {
+                    return Err(Error::invalid(format!(
+                        "input '{name}': shape {shape:?} of {dtype} needs {} bytes, got {}",
+                        expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+                        data.len()
+                    )));
+                }
+                if dtype == DataType::Bool
+                    && let Some(i) = data.iter().position(|&b| b > 1)
+                {
+                    return Err(Error::invalid(format!(
+                        "input '{name}': BOOL element {i} is {}, expected 0 or 1",
+                        data[i]
+                    )));
+                }
+            }
+            None => check_bytes_layout(&data, count)
+                .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
+        }
+        Ok(Tensor {
+            name,
+            dtype,
+            shape,
+            data,
+        })
+    }
+}
+
+/// An output the client asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+    /// HTTP only: return this output in binary form (`binary_data`); `None`
+    /// falls back to the request-level `binary_data_output`.
+    pub binary: Option<bool>,
+}
+
+/// A decoded inference request, not yet matched to a model.
+#[derive(Clone, Debug, Default)]
+pub struct InferRequest {
+    /// Client-chosen id, echoed back.
+    pub id: Option<String>,
+    /// Input tensors, in the order the client sent them.
+    pub inputs: Vec<Tensor>,
+    /// Outputs asked for; empty means all.
+    pub outputs: Vec<RequestedOutput>,
+    /// HTTP: return outputs in binary unless an output says otherwise.
+    pub binary_output: bool,
+    /// Client deadline (Triton's `timeout` parameter, `grpc-timeout`, or the
+    /// timeout header), measured from arrival.
+    pub timeout: Option<Duration>,
+}
+
+/// One output of a response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseOutput {
+    /// The tensor.
+    pub tensor: Tensor,
+    /// HTTP: send in the binary section.
+    pub binary: bool,
+}
+
+/// A completed inference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferResponse {
+    /// Model name as the client addressed it.
+    pub model_name: String,
+    /// Version that served the request.
+    pub model_version: u64,
+    /// The request's id.
+    pub id: Option<String>,
+    /// Outputs in the order requested (model order when all were asked for).
+    pub outputs: Vec<ResponseOutput>,
+}
+
+/// One input or output of a model as clients see it: dims exclude the batch
+/// dimension when the model batches (Triton's `dims`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DataType,
+    /// Dims without the batch dimension; -1 for any size.
+    pub dims: Vec<i64>,
+}
+
+/// The inputs and outputs of a model version and its batching limit.
+#[derive(Clone, Debug)]
+pub struct ModelIo {
+    /// 0 when the model does not batch.
+    pub max_batch_size: u32,
+    /// Inputs in model order.
+    pub inputs: Vec<IoSpec>,
+    /// Outputs in model order.
+    pub outputs: Vec<IoSpec>,
+    input_index: HashMap<String, usize>,
+    output_index: HashMap<String, usize>,
+}
+
+/// A request matched to a model: inputs in model order, outputs resolved.
+#[derive(Debug)]
+pub struct ValidRequest {
+    /// Inputs in the model's order.
+    pub inputs: Vec<Tensor>,
+    /// Rows this request adds to a batch (1 for models that do not batch).
+    pub batch_size: usize,
+    /// Indices of the outputs to return, in the order to return them.
+    pub outputs: Vec<usize>,
+    /// Per returned output: binary form (HTTP only).
+    pub binary: Vec<bool>,
+}
+
+impl ValidRequest {
+    /// Whether two requests can share a batch: same non-batch dims for every input.
+    pub fn batches_with(&self, other: &ValidRequest) -> bool {
+        self.inputs
+            .iter()
+            .zip(&other.inputs)
+            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+    }
+}
+
+impl ModelIo {
+    /// Builds the lookup tables.
+    pub fn new(max_batch_size: u32, inputs: Vec<IoSpec>, outputs: Vec<IoSpec>) -> ModelIo {
+        let input_index = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let output_index = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        ModelIo {
+            max_batch_size,
+            inputs,
+            outputs,
+            input_index,
+            output_index,
+        }
+    }
+
+    /// The shape clients see in metadata: `[-1] + dims` when batching.
+    pub fn full_shape(&self, spec: &IoSpec) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            std::iter::once(-1)
+                .chain(spec.dims.iter().copied())
+                .collect()
+        } else {
+            spec.dims.clone()
+        }
+    }
+
+    /// Matches a request to this model. Every mismatch is a 400 naming the
+    /// tensor, what the model expects and what was given.
+    pub fn validate(&self, request: InferRequest) -> Result<ValidRequest, Error> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        let mut batch: Option<(usize, String)> = None;
+        for tensor in request.inputs {
+            let Some(&index) = self.input_index.get(&tensor.name) else {
+                return Err(Error::invalid(format!(
+                    "unexpected input '{}': the model's inputs are {}",
+                    tensor.name,
+                    names(&self.inputs)
+                )));
+            };
+            if slots[index].is_some() {
+                return Err(Error::invalid(format!(
+                    "input '{}' appears more than once",
+                    tensor.name
+                )));
+            }
+            let spec = &self.inputs[index];
+            if tensor.dtype != spec.dtype {
+                return Err(Error::invalid(format!(
+                    "input '{}': datatype is {}, but the model expects {}",
+                    tensor.name, tensor.dtype, spec.dtype
+                )));
+            }
+            let rows = self.check_shape(spec, &tensor.shape)?;
+            match &batch {
+                Some((b, first)) if *b != rows => {
+                    return Err(Error::invalid(format!(
+                        "inputs '{first}' and '{}' disagree on the batch size ({b} vs {rows})",
+                        tensor.name
+                    )));
+                }
+                Some(_) => {}
+                None => batch = Some((rows, tensor.name.clone())),
+            }
+            slots[index] = Some(tensor);
+        }
+        let missing: Vec<&str> = self
+            .inputs
+            .iter()
+            .zip(&slots)
+            .filter(|(_, slot)| slot.is_none())
+            .map(|(spec, _)| spec.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "expected {} inputs but got {}: missing {}",
+                self.inputs.len(),
+                self.inputs.len() - missing.len(),
+                missing
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let inputs: Vec<Tensor> = slots.into_iter().flatten().collect();
+        let batch_size = batch.map_or(1, |(rows, _)| rows);
+
+        let (outputs, binary) = if request.outputs.is_empty() {
+            (
+                (0..self.outputs.len()).collect(),
+                vec![request.binary_output; self.outputs.len()],
+            )
+        } else {
+            let mut seen = vec![false; self.outputs.len()];
+            let mut outputs = Vec::with_capacity(request.outputs.len());
+            let mut binary = Vec::with_capacity(request.outputs.len());
+            for wanted in &request.outputs {
+                let Some(&index) = self.output_index.get(&wanted.name) else {
+                    return Err(Error::invalid(format!(
+                        "unexpected output '{}': the model's outputs are {}",
+                        wanted.name,
+                        names(&self.outputs)
+                    )));
+                };
+                if std::mem::replace(&mut seen[index], true) {
+                    return Err(Error::invalid(format!(
+                        "output '{}' is requested more than once",
+                        wanted.name
+                    )));
+                }
+                outputs.push(index);
+                binary.push(wanted.binary.unwrap_or(request.binary_output));
+            }
+            (outputs, binary)
+        };
+        Ok(ValidRequest {
+            inputs,
+            batch_size,
+            outputs,
+            binary,
+        })
+    }
+
+    /// Checks one input's shape against the model and returns its batch rows.
+    fn check_shape(&self, spec: &IoSpec, shape: &[i64]) -> Result<usize, Error> {
+        let (rows, dims) = if self.max_batch_size > 0 {
+            let Some((&rows, dims)) = shape.split_first() else {
+                return Err(Error::invalid(format!(
+                    "input '{}': shape [] lacks the batch dimension; expected {:?}",
+                    spec.name,
+                    self.full_shape(spec)
+                )));
+            };
+            if rows < 1 || rows as u64 > u64::from(self.max_batch_size) {
+                return Err(Error::invalid(format!(
+                    "input '{}': batch size {rows} must be between 1 and the model's max_batch_size {}",
+                    spec.name, self.max_batch_size
+                )));
+            }
+            (rows as usize, dims)
+        } else {
+            (1, shape)
+        };
+        let fits = dims.len() == spec.dims.len()
+            && dims
+                .iter()
+                .zip(&spec.dims)
+                .all(|(&given, &want)| want < 0 || given == want);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "input '{}': unexpected shape {shape:?}, the model expects {:?}",
+                spec.name,
+                self.full_shape(spec)
+            )));
+        }
+        Ok(rows)
+    }
+}
+
+fn names(specs: &[IoSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("'{}'", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_tensor(name: &str, shape: Vec<i64>) -> Tensor {
+        let count = element_count(&shape).unwrap();
+        Tensor::checked(
+            name.into(),
+            DataType::Fp32,
+            shape,
+            Bytes::from(vec![0u8; count * 4]),
+        )
+        .unwrap()
+    }
+
+    fn mlp() -> ModelIo {
+        ModelIo::new(
+            8,
+            vec![IoSpec {
+                name: "x".into(),
+                dtype: DataType::Fp32,
+                dims: vec![4],
+            }],
+            vec![
+                IoSpec {
+                    name: "y".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![3],
+                },
+                IoSpec {
+                    name: "z".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![-1],
+                },
+            ],
+        )
+    }
+
+    fn request(inputs: Vec<Tensor>) -> InferRequest {
+        InferRequest {
+            inputs,
+            ..Default::default()
+        }
+    }
+
+    fn message(result: Result<ValidRequest, Error>) -> String {
+        result.unwrap_err().message().to_owned()
+    }
+
+    #[test]
+    fn tensor_bytes_must_match_shape_exactly() {
+        let err = Tensor::checked(
+            "x".into(),
+            DataType::Fp32,
+            vec![2, 2],
+            Bytes::from(vec![0u8; 12]),
+        );
+        assert!(
+            err.unwrap_err()
+                .message()
+                .contains("needs 16 bytes, got 12")
+        );
+        let err = Tensor::checked("x".into(), DataType::Int8, vec![2, -5], Bytes::new());
+        assert!(err.unwrap_err().message().contains("negative dimension -5"));
+        let err = Tensor::checked(
+            "x".into(),
+            DataType::Fp64,
+            vec![1 << 40, 1 << 40],
+            Bytes::new(),
+        );
+        assert!(err.unwrap_err().message().contains("too many elements"));
+        let err = Tensor::checked(
+            "b".into(),
+            DataType::Bool,
+            vec![2],
+            Bytes::from_static(&[1, 7]),
+        );
+        assert!(err.unwrap_err().message().contains("BOOL element 1 is 7"));
+        let err = Tensor::checked(
+            "s".into(),
+            DataType::Bytes,
+            vec![2],
+            Bytes::from_static(&[1, 0, 0, 0, b'a']),
+        );
+        assert!(
+            err.unwrap_err()
+                .message()
+                .contains("expected 2 BYTES elements, found 1")
+        );
+    }
+
+    #[test]
+    fn validate_orders_inputs_and_resolves_outputs() {
+        let io = ModelIo::new(
+            0,
+            vec![
+                IoSpec {
+                    name: "a".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![2],
+                },
+                IoSpec {
+                    name: "b".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![2],
+                },
+            ],
+            vec![IoSpec {
+                name: "c".into(),
+                dtype: DataType::Fp32,
+                dims: vec![2],
+            }],
+        );
+        let valid = io
+            .validate(request(vec![
+                f32_tensor("b", vec![2]),
+                f32_tensor("a", vec![2]),
+            ]))
+            .unwrap();
+        assert_eq!(valid.inputs[0].name, "a");
+        assert_eq!(valid.batch_size, 1);
+        assert_eq!(valid.outputs, vec![0]);
+    }
+
+    #[test]
+    fn validate_refuses_each_mismatch_with_a_clear_message() {
+        let io = mlp();
+        assert!(message(io.validate(request(vec![]))).contains("missing 'x'"));
+        assert!(
+            message(io.validate(request(vec![f32_tensor("q", vec![1, 4])])))
+                .contains("unexpected input 'q'")
+        );
+        assert!(
+            message(io.validate(request(vec![
+                f32_tensor("x", vec![1, 4]),
+                f32_tensor("x", vec![1, 4])
+            ])))
+            .contains("more than once")
+        );
+        assert!(
+            message(io.validate(request(vec![f32_tensor("x", vec![1, 5])])))
+                .contains("unexpected shape [1, 5]")
+        );
+        assert!(
+            message(io.validate(request(vec![f32_tensor("x", vec![4])])))
+                .contains("unexpected shape [4]")
+        );
+        assert!(
+            message(io.validate(request(vec![f32_tensor("x", vec![9, 4])])))
+                .contains("max_batch_size 8")
+        );
+        assert!(
+            message(io.validate(request(vec![f32_tensor("x", vec![0, 4])]))).contains("between 1")
+        );
+        let int = Tensor::checked(
+            "x".into(),
+            DataType::Int32,
+            vec![1, 4],
+            Bytes::from(vec![0u8; 16]),
+        )
+        .unwrap();
+        assert!(
+            message(io.validate(request(vec![int])))
+                .contains("datatype is INT32, but the model expects FP32")
+        );
+
+        let mut wrong_output = request(vec![f32_tensor("x", vec![1, 4])]);
+        wrong_output.outputs = vec![RequestedOutput {
+            name: "nope".into(),
+            binary: None,
+        }];
+        assert!(message(io.validate(wrong_output)).contains("unexpected output 'nope'"));
+        let mut twice = request(vec![f32_tensor("x", vec![1, 4])]);
+        twice.outputs = vec![
+            RequestedOutput {
+                name: "y".into(),
+                binary: None
+            };
+            2
+        ];
+        assert!(message(io.validate(twice)).contains("requested more than once"));
+    }
+
+    #[test]
+    fn requests_batch_together_only_with_equal_non_batch_dims() {
+        let io = ModelIo::new(
+            8,
+            vec![IoSpec {
+                name: "x".into(),
+                dtype: DataType::Fp32,
+                dims: vec![-1],
+            }],
+            vec![IoSpec {
+                name: "y".into(),
+                dtype: DataType::Fp32,
+                dims: vec![-1],
+            }],
+        );
+        let a = io
+            .validate(request(vec![f32_tensor("x", vec![2, 3])]))
+            .unwrap();
+        let b = io
+            .validate(request(vec![f32_tensor("x", vec![5, 3])]))
+            .unwrap();
+        let c = io
+            .validate(request(vec![f32_tensor("x", vec![1, 4])]))
+            .unwrap();
+        assert_eq!(a.batch_size, 2);
+        assert!(a.batches_with(&b));
+        assert!(!a.batches_with(&c));
+    }
+}
