@@ -140,14 +140,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
     }
 
     /// Parses TOML text.
@@ -165,29 +159,19 @@ impl Config {
             )));
         }
         if s.max_concurrent_streams == 0 {
-            return Err(ConfigError::Invalid(
-                "server.max_concurrent_streams must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("server.max_concurrent_streams must be at least 1".into()));
         }
-        let ports = [
-            ("http_port", s.http_port),
-            ("grpc_port", s.grpc_port),
-            ("metrics_port", s.metrics_port),
-        ];
+        let ports = [("http_port", s.http_port), ("grpc_port", s.grpc_port), ("metrics_port", s.metrics_port)];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
                 if *pa != 0 && pa == pb {
-                    return Err(ConfigError::Invalid(format!(
-                        "server.{a} and server.{b} are both {pa}"
-                    )));
+                    return Err(ConfigError::Invalid(format!("server.{a} and server.{b} are both {pa}")));
                 }
             }
         }
         let r = &self.repository;
         if r.default_max_queue_size == 0 {
-            return Err(ConfigError::Invalid(
-                "repository.default_max_queue_size must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("repository.default_max_queue_size must be at least 1".into()));
         }
         if r.intra_op_threads > 256 {
             return Err(ConfigError::Invalid(format!(
@@ -230,21 +214,11 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_refused() {
-        assert!(
-            Config::from_toml("[server]\nhttp_prot = 1")
-                .unwrap_err()
-                .contains("unknown field")
-        );
+        assert!(Config::from_toml("[server]\nhttp_prot = 1").unwrap_err().contains("unknown field"));
         assert!(Config::from_toml("[server]\nhttp_port = \"x\"").is_err());
         let mut config = Config::default();
         config.server.grpc_port = 8000;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("both 8000")
-        );
+        assert!(config.validate().unwrap_err().to_string().contains("both 8000"));
         let mut config = Config::default();
         config.server.max_request_bytes = 0;
         assert!(config.validate().is_err());
@@ -269,9 +243,6 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.http_port, 9000);
         assert_eq!(config.repository.load_models, Some(vec!["mlp".to_owned()]));
-        assert_eq!(
-            config.onnxruntime_library(),
-            PathBuf::from("/opt/ort/libonnxruntime.so")
-        );
+        assert_eq!(config.onnxruntime_library(), PathBuf::from("/opt/ort/libonnxruntime.so"));
     }
 }

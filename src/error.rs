@@ -96,10 +96,9 @@ impl Error {
             | Error::Unsupported(_)
             | Error::FailedPrecondition(_)
             | Error::Unauthenticated(_) => Fault::Client,
-            Error::Unavailable(_)
-            | Error::DeadlineExceeded(_)
-            | Error::Overloaded(_)
-            | Error::Internal(_) => Fault::Server,
+            Error::Unavailable(_) | Error::DeadlineExceeded(_) | Error::Overloaded(_) | Error::Internal(_) => {
+                Fault::Server
+            }
         }
     }
 
@@ -167,21 +166,9 @@ mod tests {
         let cases = [
             (Error::invalid("x"), 400, tonic::Code::InvalidArgument),
             (Error::NotFound("x".into()), 404, tonic::Code::NotFound),
-            (
-                Error::Unavailable("x".into()),
-                503,
-                tonic::Code::Unavailable,
-            ),
-            (
-                Error::DeadlineExceeded("x".into()),
-                504,
-                tonic::Code::DeadlineExceeded,
-            ),
-            (
-                Error::PayloadTooLarge("x".into()),
-                413,
-                tonic::Code::ResourceExhausted,
-            ),
+            (Error::Unavailable("x".into()), 503, tonic::Code::Unavailable),
+            (Error::DeadlineExceeded("x".into()), 504, tonic::Code::DeadlineExceeded),
+            (Error::PayloadTooLarge("x".into()), 413, tonic::Code::ResourceExhausted),
             (Error::Internal("x".into()), 500, tonic::Code::Internal),
         ];
         for (error, status, code) in cases {
@@ -194,9 +181,6 @@ mod tests {
     fn client_mistakes_are_not_the_models_fault() {
         assert_eq!(Error::invalid("bad shape").fault(), Fault::Client);
         assert_eq!(Error::Internal("boom".into()).fault(), Fault::Server);
-        assert_eq!(
-            Error::DeadlineExceeded("late".into()).fault(),
-            Fault::Server
-        );
+        assert_eq!(Error::DeadlineExceeded("late".into()).fault(), Fault::Server);
     }
 }

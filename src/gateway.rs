@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::Error;
@@ -31,27 +32,29 @@ pub struct Gateway {
     draining: AtomicBool,
 }
 
+/// Where a request came from: what the routing and the records need beyond
+/// the tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// HTTP or gRPC.
+    pub protocol: Protocol,
+    /// When the request reached the door.
+    pub arrival: Instant,
+    /// Request headers (gRPC metadata as headers): routing rules and sticky keys read them.
+    pub headers: &'a HeaderMap,
+}
+
 /// The name and version this server reports in server metadata.
 pub const SERVER_NAME: &str = "modelgate";
 
 /// V2 extensions that are implemented here, and only those: perf_analyzer
 /// calls the statistics endpoint because `statistics` is listed.
-pub const EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_configuration",
-    "model_repository",
-    "statistics",
-];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
 
 impl Gateway {
     /// Shared state over a repository.
     pub fn new(repository: Arc<Repository>, limits: Limits, metrics: PrometheusHandle) -> Gateway {
-        Gateway {
-            repository,
-            limits,
-            metrics,
-            draining: AtomicBool::new(false),
-        }
+        Gateway { repository, limits, metrics, draining: AtomicBool::new(false) }
     }
 
     /// Marks the server as shutting down: readiness turns false at once.
@@ -81,15 +84,15 @@ impl Gateway {
     }
 
     /// Runs one inference and records its outcome in the version's statistics
-    /// and metrics. `arrival` is when the request reached the door.
+    /// and metrics.
     pub async fn infer(
         &self,
         model: &str,
         version: Option<&str>,
         request: InferRequest,
-        protocol: Protocol,
-        arrival: Instant,
+        call: Call<'_>,
     ) -> Result<InferResponse, Error> {
+        let Call { protocol, arrival, .. } = call;
         let served_by = self.resolve(model, version)?;
         let id = request.id.clone();
         let result = served_by.infer(request, arrival).await;
@@ -120,9 +123,7 @@ impl Gateway {
             }
             Err(error) => {
                 served_by.stats.fail.add(1, elapsed);
-                served_by
-                    .metrics
-                    .request(protocol, Err(error.outcome()), elapsed);
+                served_by.metrics.request(protocol, Err(error.outcome()), elapsed);
                 Err(error)
             }
         }

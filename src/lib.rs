@@ -76,9 +76,7 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
     ));
     let gateway = Arc::new(Gateway::new(
         repository.clone(),
-        Limits {
-            max_request_bytes: config.server.max_request_bytes,
-        },
+        Limits { max_request_bytes: config.server.max_request_bytes },
         metrics::install(),
     ));
     repository.load_startup_models().await;

@@ -10,11 +10,7 @@ use modelgate::server::{Listeners, ServerOptions};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(
-    name = "modelgate",
-    version,
-    about = "A model-serving gateway: KServe V2 / Triton-compatible HTTP and gRPC"
-)]
+#[command(name = "modelgate", version, about = "A model-serving gateway: KServe V2 / Triton-compatible HTTP and gRPC")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,18 +109,12 @@ impl ServeArgs {
     }
 }
 
-async fn bind(
-    address: std::net::IpAddr,
-    port: u16,
-    what: &str,
-) -> anyhow::Result<Option<TcpListener>> {
+async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<Option<TcpListener>> {
     if port == 0 {
         return Ok(None);
     }
     let addr = SocketAddr::new(address, port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind the {what} port {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind the {what} port {addr}"))?;
     tracing::info!(%addr, "{what} listening");
     Ok(Some(listener))
 }
@@ -153,43 +143,25 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let s = &config.server;
-    let http = bind(s.address, s.http_port, "HTTP")
-        .await?
-        .context("the HTTP port cannot be 0")?;
+    let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
     let grpc = bind(s.address, s.grpc_port, "gRPC").await?;
     let metrics = bind(s.address, s.metrics_port, "metrics").await?;
     let loaders = modelgate::loaders(&config);
     let gateway = modelgate::start(&config, loaders).await;
-    let options = ServerOptions {
-        max_concurrent_streams: s.max_concurrent_streams,
-        drain_timeout: config.drain_timeout(),
-    };
-    modelgate::server::serve(
-        gateway,
-        Listeners {
-            http,
-            grpc,
-            metrics,
-        },
-        options,
-        shutdown_signal(),
-    )
-    .await;
+    let options =
+        ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
+    modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown_signal()).await;
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mg-io")
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("mg-io").build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
     }

@@ -36,12 +36,9 @@ pub const MODEL_LOAD_DURATION: &str = "modelgate_model_load_duration_seconds";
 pub const DEVICE_MEMORY: &str = "modelgate_device_memory_bytes";
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -50,18 +47,14 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
-                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
                 .expect("bucket lists are non-empty constants")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding program);
             // our handle then renders only what we record through it.
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics may be incomplete"
-                );
+                tracing::warn!("a metrics recorder was already installed; /metrics may be incomplete");
             }
             describe();
             handle
@@ -71,36 +64,16 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(REQUESTS, "Inference requests answered, by outcome");
-    metrics::describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time from request decode to response"
-    );
-    metrics::describe_histogram!(
-        QUEUE_DURATION,
-        metrics::Unit::Seconds,
-        "Time requests waited for an instance"
-    );
-    metrics::describe_histogram!(
-        COMPUTE_DURATION,
-        metrics::Unit::Seconds,
-        "Model execution time per batch"
-    );
+    metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time from request decode to response");
+    metrics::describe_histogram!(QUEUE_DURATION, metrics::Unit::Seconds, "Time requests waited for an instance");
+    metrics::describe_histogram!(COMPUTE_DURATION, metrics::Unit::Seconds, "Model execution time per batch");
     metrics::describe_histogram!(BATCH_SIZE, "Rows per executed batch");
     metrics::describe_counter!(BATCHES, "Batches executed, by the reason the batch closed");
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
     metrics::describe_counter!(QUEUE_REJECTIONS, "Requests refused or dropped by the queue");
     metrics::describe_gauge!(MODEL_STATE, "1 for the current state of each model version");
-    metrics::describe_histogram!(
-        MODEL_LOAD_DURATION,
-        metrics::Unit::Seconds,
-        "Time to load a model version"
-    );
-    metrics::describe_gauge!(
-        DEVICE_MEMORY,
-        metrics::Unit::Bytes,
-        "Device memory held by a model version"
-    );
+    metrics::describe_histogram!(MODEL_LOAD_DURATION, metrics::Unit::Seconds, "Time to load a model version");
+    metrics::describe_gauge!(DEVICE_MEMORY, metrics::Unit::Bytes, "Device memory held by a model version");
 }
 
 /// The protocol a request came in on.
@@ -165,12 +138,7 @@ impl VersionMetrics {
     }
 
     /// Records an answered request.
-    pub fn request(
-        &self,
-        protocol: Protocol,
-        outcome: Result<(), &'static str>,
-        elapsed: Duration,
-    ) {
+    pub fn request(&self, protocol: Protocol, outcome: Result<(), &'static str>, elapsed: Duration) {
         self.duration[protocol.index()].record(elapsed.as_secs_f64());
         match outcome {
             Ok(()) => self.success[protocol.index()].increment(1),

@@ -81,9 +81,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 let response = if path_ok {
                     crate::http::handle(gateway, request).await
                 } else {
-                    crate::http::error_response(&crate::error::Error::NotFound(
-                        "this port serves /metrics only".into(),
-                    ))
+                    crate::http::error_response(&crate::error::Error::NotFound("this port serves /metrics only".into()))
                 };
                 Ok(response.map(Either::Left))
             });
@@ -98,11 +96,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 Ok(resource_exhausted_on_oversize(response).map(Either::Right))
             });
         }
-        Box::pin(async move {
-            Ok(crate::http::handle(gateway, request)
-                .await
-                .map(Either::Left))
-        })
+        Box::pin(async move { Ok(crate::http::handle(gateway, request).await.map(Either::Left)) })
     }
 }
 
@@ -110,33 +104,20 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
 /// Triton (and the HTTP side's 413) expect RESOURCE_EXHAUSTED for the same
 /// limit. The check happens on the length prefix, before the message is read.
 fn resource_exhausted_on_oversize<B>(mut response: Response<B>) -> Response<B> {
-    let oversize = response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|s| s == "11")
-        && response
-            .headers()
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| {
-                m.contains("message%20length%20too%20large")
-                    || m.contains("message length too large")
+    let oversize =
+        response.headers().get("grpc-status").is_some_and(|s| s == "11")
+            && response.headers().get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+                m.contains("message%20length%20too%20large") || m.contains("message length too large")
             });
     if oversize {
-        response
-            .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
 }
 
 fn connection_builder(options: ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -164,18 +145,8 @@ pub async fn serve(
 
     let mut accept_loops = Vec::new();
     let mut spawn = |listener: TcpListener, role: Role| {
-        let dispatch = Dispatch {
-            gateway: gateway.clone(),
-            grpc: grpc.clone(),
-            role,
-        };
-        accept_loops.push(tokio::spawn(accept(
-            listener,
-            dispatch,
-            builder.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        )));
+        let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role };
+        accept_loops.push(tokio::spawn(accept(listener, dispatch, builder.clone(), graceful.clone(), stop_rx.clone())));
     };
     spawn(listeners.http, Role::DataPlane);
     if let Some(l) = listeners.grpc {
@@ -204,10 +175,7 @@ pub async fn serve(
     }
     upkeep.abort();
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing the remaining connections");
     }
 }
@@ -235,9 +203,7 @@ async fn accept(
         };
         // Without it, a reply split over two writes waits for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), dispatch.clone())
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), dispatch.clone()).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

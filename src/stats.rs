@@ -85,9 +85,7 @@ impl ModelStats {
             compute_input: StatDuration::default(),
             compute_infer: StatDuration::default(),
             compute_output: StatDuration::default(),
-            batch: (0..=max_rows.max(1))
-                .map(|_| BatchSizeStats::default())
-                .collect(),
+            batch: (0..=max_rows.max(1)).map(|_| BatchSizeStats::default()).collect(),
         }
     }
 
@@ -104,9 +102,7 @@ impl ModelStats {
             b.compute_infer.add(1, times.infer);
             b.compute_output.add(1, times.output);
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(now_ms, Relaxed);
     }
 
@@ -127,11 +123,7 @@ impl ModelStats {
 
     /// `(batch size, stats)` for every batch size that ran.
     pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &BatchSizeStats)> {
-        self.batch
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, b)| b.compute_infer.get().0 > 0)
+        self.batch.iter().enumerate().skip(1).filter(|(_, b)| b.compute_infer.get().0 > 0)
     }
 }
 

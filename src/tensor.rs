@@ -32,25 +32,14 @@ pub struct Tensor {
 /// element count representable. Returns the element count.
 pub fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
     if let Some(d) = shape.iter().find(|&&d| d < 0) {
-        return Err(Error::invalid(format!(
-            "input '{name}': shape {shape:?} has negative dimension {d}"
-        )));
+        return Err(Error::invalid(format!("input '{name}': shape {shape:?} has negative dimension {d}")));
     }
-    element_count(shape).ok_or_else(|| {
-        Error::invalid(format!(
-            "input '{name}': shape {shape:?} has too many elements"
-        ))
-    })
+    element_count(shape).ok_or_else(|| Error::invalid(format!("input '{name}': shape {shape:?} has too many elements")))
 }
 
 /// Bytes a fixed-size tensor of `count` elements takes, refused when it is over
 /// `limit` (the request size limit): this is checked before any allocation.
-pub fn checked_byte_size(
-    name: &str,
-    dtype: DataType,
-    count: usize,
-    limit: usize,
-) -> Result<Option<usize>, Error> {
+pub fn checked_byte_size(name: &str, dtype: DataType, count: usize, limit: usize) -> Result<Option<usize>, Error> {
     let Some(size) = dtype.element_size() else {
         return Ok(None);
     };
@@ -65,12 +54,7 @@ pub fn checked_byte_size(
 impl Tensor {
     /// Builds a tensor after checking that `data` holds exactly what `shape`
     /// and `dtype` call for.
-    pub fn checked(
-        name: String,
-        dtype: DataType,
-        shape: Vec<i64>,
-        data: Bytes,
-    ) -> Result<Tensor, Error> {
+    pub fn checked(name: String, dtype: DataType, shape: Vec<i64>, data: Bytes) -> Result<Tensor, Error> {
         let count = checked_element_count(&name, &shape)?;
         match dtype.element_size() {
             Some(size) => {
@@ -91,15 +75,9 @@ impl Tensor {
                     )));
                 }
             }
-            None => check_bytes_layout(&data, count)
-                .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
+            None => check_bytes_layout(&data, count).map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
         }
-        Ok(Tensor {
-            name,
-            dtype,
-            shape,
-            data,
-        })
+        Ok(Tensor { name, dtype, shape, data })
     }
 }
 
@@ -192,41 +170,22 @@ pub struct ValidRequest {
 impl ValidRequest {
     /// Whether two requests can share a batch: same non-batch dims for every input.
     pub fn batches_with(&self, other: &ValidRequest) -> bool {
-        self.inputs
-            .iter()
-            .zip(&other.inputs)
-            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+        self.inputs.iter().zip(&other.inputs).all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
     }
 }
 
 impl ModelIo {
     /// Builds the lookup tables.
     pub fn new(max_batch_size: u32, inputs: Vec<IoSpec>, outputs: Vec<IoSpec>) -> ModelIo {
-        let input_index = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
-        let output_index = outputs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
-        ModelIo {
-            max_batch_size,
-            inputs,
-            outputs,
-            input_index,
-            output_index,
-        }
+        let input_index = inputs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let output_index = outputs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        ModelIo { max_batch_size, inputs, outputs, input_index, output_index }
     }
 
     /// The shape clients see in metadata: `[-1] + dims` when batching.
     pub fn full_shape(&self, spec: &IoSpec) -> Vec<i64> {
         if self.max_batch_size > 0 {
-            std::iter::once(-1)
-                .chain(spec.dims.iter().copied())
-                .collect()
+            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
         } else {
             spec.dims.clone()
         }
@@ -246,10 +205,7 @@ impl ModelIo {
                 )));
             };
             if slots[index].is_some() {
-                return Err(Error::invalid(format!(
-                    "input '{}' appears more than once",
-                    tensor.name
-                )));
+                return Err(Error::invalid(format!("input '{}' appears more than once", tensor.name)));
             }
             let spec = &self.inputs[index];
             if tensor.dtype != spec.dtype {
@@ -283,21 +239,14 @@ impl ModelIo {
                 "expected {} inputs but got {}: missing {}",
                 self.inputs.len(),
                 self.inputs.len() - missing.len(),
-                missing
-                    .iter()
-                    .map(|n| format!("'{n}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                missing.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
             )));
         }
         let inputs: Vec<Tensor> = slots.into_iter().flatten().collect();
         let batch_size = batch.map_or(1, |(rows, _)| rows);
 
         let (outputs, binary) = if request.outputs.is_empty() {
-            (
-                (0..self.outputs.len()).collect(),
-                vec![request.binary_output; self.outputs.len()],
-            )
+            ((0..self.outputs.len()).collect(), vec![request.binary_output; self.outputs.len()])
         } else {
             let mut seen = vec![false; self.outputs.len()];
             let mut outputs = Vec::with_capacity(request.outputs.len());
@@ -311,22 +260,14 @@ impl ModelIo {
                     )));
                 };
                 if std::mem::replace(&mut seen[index], true) {
-                    return Err(Error::invalid(format!(
-                        "output '{}' is requested more than once",
-                        wanted.name
-                    )));
+                    return Err(Error::invalid(format!("output '{}' is requested more than once", wanted.name)));
                 }
                 outputs.push(index);
                 binary.push(wanted.binary.unwrap_or(request.binary_output));
             }
             (outputs, binary)
         };
-        Ok(ValidRequest {
-            inputs,
-            batch_size,
-            outputs,
-            binary,
-        })
+        Ok(ValidRequest { inputs, batch_size, outputs, binary })
     }
 
     /// Checks one input's shape against the model and returns its batch rows.
@@ -350,10 +291,7 @@ impl ModelIo {
             (1, shape)
         };
         let fits = dims.len() == spec.dims.len()
-            && dims
-                .iter()
-                .zip(&spec.dims)
-                .all(|(&given, &want)| want < 0 || given == want);
+            && dims.iter().zip(&spec.dims).all(|(&given, &want)| want < 0 || given == want);
         if !fits {
             return Err(Error::invalid(format!(
                 "input '{}': unexpected shape {shape:?}, the model expects {:?}",
@@ -366,11 +304,7 @@ impl ModelIo {
 }
 
 fn names(specs: &[IoSpec]) -> String {
-    specs
-        .iter()
-        .map(|s| format!("'{}'", s.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    specs.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -379,43 +313,22 @@ mod tests {
 
     fn f32_tensor(name: &str, shape: Vec<i64>) -> Tensor {
         let count = element_count(&shape).unwrap();
-        Tensor::checked(
-            name.into(),
-            DataType::Fp32,
-            shape,
-            Bytes::from(vec![0u8; count * 4]),
-        )
-        .unwrap()
+        Tensor::checked(name.into(), DataType::Fp32, shape, Bytes::from(vec![0u8; count * 4])).unwrap()
     }
 
     fn mlp() -> ModelIo {
         ModelIo::new(
             8,
-            vec![IoSpec {
-                name: "x".into(),
-                dtype: DataType::Fp32,
-                dims: vec![4],
-            }],
+            vec![IoSpec { name: "x".into(), dtype: DataType::Fp32, dims: vec![4] }],
             vec![
-                IoSpec {
-                    name: "y".into(),
-                    dtype: DataType::Fp32,
-                    dims: vec![3],
-                },
-                IoSpec {
-                    name: "z".into(),
-                    dtype: DataType::Fp32,
-                    dims: vec![-1],
-                },
+                IoSpec { name: "y".into(), dtype: DataType::Fp32, dims: vec![3] },
+                IoSpec { name: "z".into(), dtype: DataType::Fp32, dims: vec![-1] },
             ],
         )
     }
 
     fn request(inputs: Vec<Tensor>) -> InferRequest {
-        InferRequest {
-            inputs,
-            ..Default::default()
-        }
+        InferRequest { inputs, ..Default::default() }
     }
 
     fn message(result: Result<ValidRequest, Error>) -> String {
@@ -424,44 +337,16 @@ mod tests {
 
     #[test]
     fn tensor_bytes_must_match_shape_exactly() {
-        let err = Tensor::checked(
-            "x".into(),
-            DataType::Fp32,
-            vec![2, 2],
-            Bytes::from(vec![0u8; 12]),
-        );
-        assert!(
-            err.unwrap_err()
-                .message()
-                .contains("needs 16 bytes, got 12")
-        );
+        let err = Tensor::checked("x".into(), DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 12]));
+        assert!(err.unwrap_err().message().contains("needs 16 bytes, got 12"));
         let err = Tensor::checked("x".into(), DataType::Int8, vec![2, -5], Bytes::new());
         assert!(err.unwrap_err().message().contains("negative dimension -5"));
-        let err = Tensor::checked(
-            "x".into(),
-            DataType::Fp64,
-            vec![1 << 40, 1 << 40],
-            Bytes::new(),
-        );
+        let err = Tensor::checked("x".into(), DataType::Fp64, vec![1 << 40, 1 << 40], Bytes::new());
         assert!(err.unwrap_err().message().contains("too many elements"));
-        let err = Tensor::checked(
-            "b".into(),
-            DataType::Bool,
-            vec![2],
-            Bytes::from_static(&[1, 7]),
-        );
+        let err = Tensor::checked("b".into(), DataType::Bool, vec![2], Bytes::from_static(&[1, 7]));
         assert!(err.unwrap_err().message().contains("BOOL element 1 is 7"));
-        let err = Tensor::checked(
-            "s".into(),
-            DataType::Bytes,
-            vec![2],
-            Bytes::from_static(&[1, 0, 0, 0, b'a']),
-        );
-        assert!(
-            err.unwrap_err()
-                .message()
-                .contains("expected 2 BYTES elements, found 1")
-        );
+        let err = Tensor::checked("s".into(), DataType::Bytes, vec![2], Bytes::from_static(&[1, 0, 0, 0, b'a']));
+        assert!(err.unwrap_err().message().contains("expected 2 BYTES elements, found 1"));
     }
 
     #[test]
@@ -469,29 +354,12 @@ mod tests {
         let io = ModelIo::new(
             0,
             vec![
-                IoSpec {
-                    name: "a".into(),
-                    dtype: DataType::Fp32,
-                    dims: vec![2],
-                },
-                IoSpec {
-                    name: "b".into(),
-                    dtype: DataType::Fp32,
-                    dims: vec![2],
-                },
+                IoSpec { name: "a".into(), dtype: DataType::Fp32, dims: vec![2] },
+                IoSpec { name: "b".into(), dtype: DataType::Fp32, dims: vec![2] },
             ],
-            vec![IoSpec {
-                name: "c".into(),
-                dtype: DataType::Fp32,
-                dims: vec![2],
-            }],
+            vec![IoSpec { name: "c".into(), dtype: DataType::Fp32, dims: vec![2] }],
         );
-        let valid = io
-            .validate(request(vec![
-                f32_tensor("b", vec![2]),
-                f32_tensor("a", vec![2]),
-            ]))
-            .unwrap();
+        let valid = io.validate(request(vec![f32_tensor("b", vec![2]), f32_tensor("a", vec![2])])).unwrap();
         assert_eq!(valid.inputs[0].name, "a");
         assert_eq!(valid.batch_size, 1);
         assert_eq!(valid.outputs, vec![0]);
@@ -501,58 +369,23 @@ mod tests {
     fn validate_refuses_each_mismatch_with_a_clear_message() {
         let io = mlp();
         assert!(message(io.validate(request(vec![]))).contains("missing 'x'"));
+        assert!(message(io.validate(request(vec![f32_tensor("q", vec![1, 4])]))).contains("unexpected input 'q'"));
         assert!(
-            message(io.validate(request(vec![f32_tensor("q", vec![1, 4])])))
-                .contains("unexpected input 'q'")
+            message(io.validate(request(vec![f32_tensor("x", vec![1, 4]), f32_tensor("x", vec![1, 4])])))
+                .contains("more than once")
         );
-        assert!(
-            message(io.validate(request(vec![
-                f32_tensor("x", vec![1, 4]),
-                f32_tensor("x", vec![1, 4])
-            ])))
-            .contains("more than once")
-        );
-        assert!(
-            message(io.validate(request(vec![f32_tensor("x", vec![1, 5])])))
-                .contains("unexpected shape [1, 5]")
-        );
-        assert!(
-            message(io.validate(request(vec![f32_tensor("x", vec![4])])))
-                .contains("unexpected shape [4]")
-        );
-        assert!(
-            message(io.validate(request(vec![f32_tensor("x", vec![9, 4])])))
-                .contains("max_batch_size 8")
-        );
-        assert!(
-            message(io.validate(request(vec![f32_tensor("x", vec![0, 4])]))).contains("between 1")
-        );
-        let int = Tensor::checked(
-            "x".into(),
-            DataType::Int32,
-            vec![1, 4],
-            Bytes::from(vec![0u8; 16]),
-        )
-        .unwrap();
-        assert!(
-            message(io.validate(request(vec![int])))
-                .contains("datatype is INT32, but the model expects FP32")
-        );
+        assert!(message(io.validate(request(vec![f32_tensor("x", vec![1, 5])]))).contains("unexpected shape [1, 5]"));
+        assert!(message(io.validate(request(vec![f32_tensor("x", vec![4])]))).contains("unexpected shape [4]"));
+        assert!(message(io.validate(request(vec![f32_tensor("x", vec![9, 4])]))).contains("max_batch_size 8"));
+        assert!(message(io.validate(request(vec![f32_tensor("x", vec![0, 4])]))).contains("between 1"));
+        let int = Tensor::checked("x".into(), DataType::Int32, vec![1, 4], Bytes::from(vec![0u8; 16])).unwrap();
+        assert!(message(io.validate(request(vec![int]))).contains("datatype is INT32, but the model expects FP32"));
 
         let mut wrong_output = request(vec![f32_tensor("x", vec![1, 4])]);
-        wrong_output.outputs = vec![RequestedOutput {
-            name: "nope".into(),
-            binary: None,
-        }];
+        wrong_output.outputs = vec![RequestedOutput { name: "nope".into(), binary: None }];
         assert!(message(io.validate(wrong_output)).contains("unexpected output 'nope'"));
         let mut twice = request(vec![f32_tensor("x", vec![1, 4])]);
-        twice.outputs = vec![
-            RequestedOutput {
-                name: "y".into(),
-                binary: None
-            };
-            2
-        ];
+        twice.outputs = vec![RequestedOutput { name: "y".into(), binary: None }; 2];
         assert!(message(io.validate(twice)).contains("requested more than once"));
     }
 
@@ -560,26 +393,12 @@ mod tests {
     fn requests_batch_together_only_with_equal_non_batch_dims() {
         let io = ModelIo::new(
             8,
-            vec![IoSpec {
-                name: "x".into(),
-                dtype: DataType::Fp32,
-                dims: vec![-1],
-            }],
-            vec![IoSpec {
-                name: "y".into(),
-                dtype: DataType::Fp32,
-                dims: vec![-1],
-            }],
+            vec![IoSpec { name: "x".into(), dtype: DataType::Fp32, dims: vec![-1] }],
+            vec![IoSpec { name: "y".into(), dtype: DataType::Fp32, dims: vec![-1] }],
         );
-        let a = io
-            .validate(request(vec![f32_tensor("x", vec![2, 3])]))
-            .unwrap();
-        let b = io
-            .validate(request(vec![f32_tensor("x", vec![5, 3])]))
-            .unwrap();
-        let c = io
-            .validate(request(vec![f32_tensor("x", vec![1, 4])]))
-            .unwrap();
+        let a = io.validate(request(vec![f32_tensor("x", vec![2, 3])])).unwrap();
+        let b = io.validate(request(vec![f32_tensor("x", vec![5, 3])])).unwrap();
+        let c = io.validate(request(vec![f32_tensor("x", vec![1, 4])])).unwrap();
         assert_eq!(a.batch_size, 2);
         assert!(a.batches_with(&b));
         assert!(!a.batches_with(&c));

@@ -21,10 +21,7 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf {
-            words: vec![0u64; len.div_ceil(8)],
-            len,
-        }
+        AlignedBuf { words: vec![0u64; len.div_ceil(8)], len }
     }
 
     /// The bytes.
@@ -62,11 +59,7 @@ impl BatchedInput<'_> {
             Data::Owned(buf) => buf.as_bytes(),
             Data::Packed(v) => v.as_slice(),
         };
-        InputTensor {
-            dtype: self.dtype,
-            shape: &self.shape,
-            data,
-        }
+        InputTensor { dtype: self.dtype, shape: &self.shape, data }
     }
 
     /// Whether assembling copied the bytes.
@@ -92,16 +85,9 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
             buf.as_bytes_mut().copy_from_slice(&first.data);
             Data::Owned(buf)
         };
-        return BatchedInput {
-            dtype: first.dtype,
-            shape: first.shape.clone(),
-            data,
-        };
+        return BatchedInput { dtype: first.dtype, shape: first.shape.clone(), data };
     }
-    debug_assert!(
-        batched,
-        "only batching models receive several requests at once"
-    );
+    debug_assert!(batched, "only batching models receive several requests at once");
     let rows: i64 = requests.iter().map(|r| r[index].shape[0]).sum();
     let mut shape = first.shape.clone();
     shape[0] = rows;
@@ -124,11 +110,7 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
         }
         Data::Owned(buf)
     };
-    BatchedInput {
-        dtype: first.dtype,
-        shape,
-        data,
-    }
+    BatchedInput { dtype: first.dtype, shape, data }
 }
 
 /// Splits one output of a batch into one tensor per request, by rows.
@@ -137,18 +119,15 @@ pub fn split(output: OutputTensor, rows: &[usize], name: &str) -> Result<Vec<Out
         return Ok(vec![output]);
     }
     let total: usize = rows.iter().sum();
-    let (&first, rest) = output.shape.split_first().ok_or_else(|| {
-        Error::Internal(format!(
-            "output '{name}' is a scalar, so it cannot be split across a batch"
-        ))
-    })?;
+    let (&first, rest) = output
+        .shape
+        .split_first()
+        .ok_or_else(|| Error::Internal(format!("output '{name}' is a scalar, so it cannot be split across a batch")))?;
     if first != total as i64 {
-        return Err(Error::Internal(format!(
-            "output '{name}' has {first} rows but the batch has {total}"
-        )));
+        return Err(Error::Internal(format!("output '{name}' has {first} rows but the batch has {total}")));
     }
-    let per_row = element_count(rest)
-        .ok_or_else(|| Error::Internal(format!("output '{name}' has an invalid shape")))?;
+    let per_row =
+        element_count(rest).ok_or_else(|| Error::Internal(format!("output '{name}' has an invalid shape")))?;
     let offsets = row_offsets(&output, per_row, rows, name)?;
     Ok(rows
         .iter()
@@ -156,22 +135,13 @@ pub fn split(output: OutputTensor, rows: &[usize], name: &str) -> Result<Vec<Out
         .map(|(&r, span)| {
             let mut shape = output.shape.clone();
             shape[0] = r as i64;
-            OutputTensor {
-                dtype: output.dtype,
-                shape,
-                data: output.data.slice(span[0]..span[1]),
-            }
+            OutputTensor { dtype: output.dtype, shape, data: output.data.slice(span[0]..span[1]) }
         })
         .collect())
 }
 
 /// Byte offsets where each request's rows start, plus the end.
-fn row_offsets(
-    output: &OutputTensor,
-    per_row: usize,
-    rows: &[usize],
-    name: &str,
-) -> Result<Vec<usize>, Error> {
+fn row_offsets(output: &OutputTensor, per_row: usize, rows: &[usize], name: &str) -> Result<Vec<usize>, Error> {
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     offsets.push(0);
     match output.dtype.element_size() {
@@ -196,9 +166,7 @@ fn row_offsets(
                 for _ in 0..r * per_row {
                     let element = elements
                         .next()
-                        .ok_or_else(|| {
-                            Error::Internal(format!("output '{name}' has too few BYTES elements"))
-                        })?
+                        .ok_or_else(|| Error::Internal(format!("output '{name}' has too few BYTES elements")))?
                         .map_err(|e| Error::Internal(format!("output '{name}': {e}")))?;
                     at += 4 + element.len();
                 }
@@ -221,29 +189,14 @@ mod tests {
 
     #[test]
     fn concat_joins_rows_in_request_order_and_split_undoes_it() {
-        let a = vec![tensor(
-            DataType::Int32,
-            vec![1, 2],
-            bytemuck::cast_slice(&[1i32, 2]).to_vec(),
-        )];
-        let b = vec![tensor(
-            DataType::Int32,
-            vec![2, 2],
-            bytemuck::cast_slice(&[3i32, 4, 5, 6]).to_vec(),
-        )];
+        let a = vec![tensor(DataType::Int32, vec![1, 2], bytemuck::cast_slice(&[1i32, 2]).to_vec())];
+        let b = vec![tensor(DataType::Int32, vec![2, 2], bytemuck::cast_slice(&[3i32, 4, 5, 6]).to_vec())];
         let batch = concat(&[&a, &b], 0, true);
         let view = batch.view();
         assert_eq!(view.shape, &[3, 2]);
-        assert_eq!(
-            bytemuck::cast_slice::<u8, i32>(view.data),
-            &[1, 2, 3, 4, 5, 6]
-        );
+        assert_eq!(bytemuck::cast_slice::<u8, i32>(view.data), &[1, 2, 3, 4, 5, 6]);
 
-        let out = OutputTensor {
-            dtype: DataType::Int32,
-            shape: vec![3, 2],
-            data: Bytes::copy_from_slice(view.data),
-        };
+        let out = OutputTensor { dtype: DataType::Int32, shape: vec![3, 2], data: Bytes::copy_from_slice(view.data) };
         let parts = split(out, &[1, 2], "y").unwrap();
         assert_eq!(parts[0].shape, vec![1, 2]);
         assert_eq!(parts[1].shape, vec![2, 2]);
@@ -257,17 +210,9 @@ mod tests {
         assert!(!concat(&[&owned], 0, true).copied());
 
         let backing = Bytes::from(vec![0u8; 9]);
-        let misaligned = if (backing.as_ptr() as usize).is_multiple_of(4) {
-            backing.slice(1..9)
-        } else {
-            backing.slice(0..8)
-        };
-        let t = vec![Tensor {
-            name: "x".into(),
-            dtype: DataType::Fp32,
-            shape: vec![1, 2],
-            data: misaligned,
-        }];
+        let misaligned =
+            if (backing.as_ptr() as usize).is_multiple_of(4) { backing.slice(1..9) } else { backing.slice(0..8) };
+        let t = vec![Tensor { name: "x".into(), dtype: DataType::Fp32, shape: vec![1, 2], data: misaligned }];
         let batch = concat(&[&t], 0, true);
         assert!(batch.copied());
         assert!((batch.view().data.as_ptr() as usize).is_multiple_of(8));
@@ -283,11 +228,8 @@ mod tests {
         let a = vec![tensor(DataType::Bytes, vec![1], one.clone())];
         let b = vec![tensor(DataType::Bytes, vec![2], two.clone())];
         let batch = concat(&[&a, &b], 0, true);
-        let out = OutputTensor {
-            dtype: DataType::Bytes,
-            shape: vec![3],
-            data: Bytes::copy_from_slice(batch.view().data),
-        };
+        let out =
+            OutputTensor { dtype: DataType::Bytes, shape: vec![3], data: Bytes::copy_from_slice(batch.view().data) };
         let parts = split(out, &[1, 2], "y").unwrap();
         assert_eq!(&parts[0].data[..], &one[..]);
         assert_eq!(&parts[1].data[..], &two[..]);
@@ -295,28 +237,11 @@ mod tests {
 
     #[test]
     fn an_output_whose_rows_do_not_match_the_batch_is_an_error_not_a_panic() {
-        let out = OutputTensor {
-            dtype: DataType::Fp32,
-            shape: vec![2, 1],
-            data: Bytes::from(vec![0u8; 8]),
-        };
-        assert!(
-            split(out, &[1, 2], "y")
-                .unwrap_err()
-                .message()
-                .contains("2 rows but the batch has 3")
-        );
-        let scalar = OutputTensor {
-            dtype: DataType::Fp32,
-            shape: vec![],
-            data: Bytes::from(vec![0u8; 4]),
-        };
+        let out = OutputTensor { dtype: DataType::Fp32, shape: vec![2, 1], data: Bytes::from(vec![0u8; 8]) };
+        assert!(split(out, &[1, 2], "y").unwrap_err().message().contains("2 rows but the batch has 3"));
+        let scalar = OutputTensor { dtype: DataType::Fp32, shape: vec![], data: Bytes::from(vec![0u8; 4]) };
         assert!(split(scalar, &[1, 1], "y").is_err());
-        let short = OutputTensor {
-            dtype: DataType::Fp32,
-            shape: vec![2],
-            data: Bytes::from(vec![0u8; 4]),
-        };
+        let short = OutputTensor { dtype: DataType::Fp32, shape: vec![2], data: Bytes::from(vec![0u8; 4]) };
         assert!(split(short, &[1, 1], "y").is_err());
     }
 }

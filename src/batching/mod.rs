@@ -48,33 +48,19 @@ impl Scheduler {
     ) -> std::io::Result<Scheduler> {
         let batched = policy.combine;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                queue: BatchQueue::new(policy),
-                closed: false,
-            }),
+            state: Mutex::new(State { queue: BatchQueue::new(policy), closed: false }),
             available: Condvar::new(),
             batched,
             stats,
             metrics,
         });
-        let scheduler = Scheduler {
-            shared: shared.clone(),
-            instances: backends.len(),
-        };
+        let scheduler = Scheduler { shared: shared.clone(), instances: backends.len() };
         for (i, backend) in backends.into_iter().enumerate() {
             let shared = shared.clone();
             // Linux keeps 15 bytes of a thread name.
-            let name: String = format!("{thread_name}-{i}")
-                .chars()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || worker::run_instance(shared, backend))?;
+            let name: String =
+                format!("{thread_name}-{i}").chars().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            std::thread::Builder::new().name(name).spawn(move || worker::run_instance(shared, backend))?;
         }
         Ok(scheduler)
     }
@@ -90,19 +76,10 @@ impl Scheduler {
     }
 
     /// Queues a request. A full queue refuses at once (503 / UNAVAILABLE).
-    pub fn submit(
-        &self,
-        request: ValidRequest,
-        deadline: Option<Instant>,
-    ) -> Result<oneshot::Receiver<Reply>, Error> {
+    pub fn submit(&self, request: ValidRequest, deadline: Option<Instant>) -> Result<oneshot::Receiver<Reply>, Error> {
         let (reply, receiver) = oneshot::channel();
         let now = Instant::now();
-        let pending = Pending {
-            request,
-            enqueued: now,
-            deadline,
-            reply,
-        };
+        let pending = Pending { request, enqueued: now, deadline, reply };
         let mut dropped = Vec::new();
         let mut state = self.shared.state.lock();
         if state.closed {
@@ -120,9 +97,7 @@ impl Scheduler {
             }
             Err(_) => {
                 self.shared.metrics.queue_rejection("full");
-                Err(Error::Unavailable(format!(
-                    "exceeds maximum queue size of {depth} requests"
-                )))
+                Err(Error::Unavailable(format!("exceeds maximum queue size of {depth} requests")))
             }
         }
     }

@@ -100,10 +100,7 @@ const SCAN_FACTOR: usize = 4;
 impl<T: Queued> BatchQueue<T> {
     /// An empty queue.
     pub fn new(policy: BatchPolicy) -> BatchQueue<T> {
-        BatchQueue {
-            entries: VecDeque::new(),
-            policy,
-        }
+        BatchQueue { entries: VecDeque::new(), policy }
     }
 
     /// Requests waiting (cancelled ones included until they are swept).
@@ -124,12 +121,7 @@ impl<T: Queued> BatchQueue<T> {
     /// Adds a request, or hands it back when the queue is full. Before refusing,
     /// requests whose clients left or whose deadline passed are swept out, so a
     /// disconnect frees its slot at once.
-    pub fn push(
-        &mut self,
-        item: T,
-        now: Instant,
-        dropped: &mut Vec<(T, Dropped)>,
-    ) -> Result<(), T> {
+    pub fn push(&mut self, item: T, now: Instant, dropped: &mut Vec<(T, Dropped)>) -> Result<(), T> {
         if self.entries.len() >= self.policy.max_queue_size {
             self.sweep(now, dropped);
             if self.entries.len() >= self.policy.max_queue_size {
@@ -173,10 +165,7 @@ impl<T: Queued> BatchQueue<T> {
 
         // Pick the head and the compatible requests behind it, in arrival order.
         let max = self.policy.max_batch_size.max(1);
-        let scan = self
-            .entries
-            .len()
-            .min(max.saturating_mul(SCAN_FACTOR).max(64));
+        let scan = self.entries.len().min(max.saturating_mul(SCAN_FACTOR).max(64));
         let mut chosen = vec![0usize];
         let mut rows = head.rows();
         let mut earliest_deadline = head.deadline();
@@ -185,10 +174,7 @@ impl<T: Queued> BatchQueue<T> {
                 break;
             }
             let item = &self.entries[i];
-            if drop_reason(item, now).is_some()
-                || !item.batches_with(head)
-                || rows + item.rows() > max
-            {
+            if drop_reason(item, now).is_some() || !item.batches_with(head) || rows + item.rows() > max {
                 continue;
             }
             rows += item.rows();
@@ -231,10 +217,7 @@ impl<T: Queued> BatchQueue<T> {
             total += self.entries[i].rows();
             prefix_rows.push(total);
         }
-        self.policy
-            .preferred
-            .iter()
-            .find_map(|&p| prefix_rows.iter().position(|&r| r == p).map(|pos| pos + 1))
+        self.policy.preferred.iter().find_map(|&p| prefix_rows.iter().position(|&r| r == p).map(|pos| pos + 1))
     }
 
     /// Removes the entries at `indices` (ascending) and returns them in order.
@@ -334,27 +317,14 @@ mod tests {
 
     impl Fixture {
         fn new(policy: BatchPolicy) -> Fixture {
-            Fixture {
-                queue: BatchQueue::new(policy),
-                t0: Instant::now(),
-                dropped: vec![],
-            }
+            Fixture { queue: BatchQueue::new(policy), t0: Instant::now(), dropped: vec![] }
         }
         fn at(&self, us: u64) -> Instant {
             self.t0 + Duration::from_micros(us)
         }
         fn push(&mut self, id: u32, rows: usize, width: i64, at_us: u64) {
-            let item = Item {
-                id,
-                rows,
-                width,
-                at: self.at(at_us),
-                deadline: None,
-                cancelled: false,
-            };
-            self.queue
-                .push(item, self.at(at_us), &mut self.dropped)
-                .unwrap();
+            let item = Item { id, rows, width, at: self.at(at_us), deadline: None, cancelled: false };
+            self.queue.push(item, self.at(at_us), &mut self.dropped).unwrap();
         }
         fn next(&mut self, now_us: u64) -> Decision<Item> {
             let now = self.at(now_us);
@@ -450,17 +420,8 @@ mod tests {
     #[test]
     fn expired_and_cancelled_requests_are_dropped_not_run() {
         let mut f = Fixture::new(policy(8, 0));
-        let mut expired = Item {
-            id: 1,
-            rows: 1,
-            width: 4,
-            at: f.at(0),
-            deadline: Some(f.at(5)),
-            cancelled: false,
-        };
-        f.queue
-            .push(expired.clone(), f.at(0), &mut f.dropped)
-            .unwrap();
+        let mut expired = Item { id: 1, rows: 1, width: 4, at: f.at(0), deadline: Some(f.at(5)), cancelled: false };
+        f.queue.push(expired.clone(), f.at(0), &mut f.dropped).unwrap();
         expired.id = 2;
         expired.deadline = None;
         expired.cancelled = true;
@@ -468,24 +429,14 @@ mod tests {
         f.push(3, 1, 4, 0);
         assert_eq!(ids(f.next(10)), (vec![3], Closed::Delay));
         let reasons: Vec<(u32, Dropped)> = f.dropped.iter().map(|(i, r)| (i.id, *r)).collect();
-        assert_eq!(
-            reasons,
-            vec![(1, Dropped::Expired), (2, Dropped::Cancelled)]
-        );
+        assert_eq!(reasons, vec![(1, Dropped::Expired), (2, Dropped::Cancelled)]);
     }
 
     #[test]
     fn a_member_deadline_closes_the_batch_before_the_delay() {
         let mut f = Fixture::new(policy(8, 1_000));
         f.push(1, 1, 4, 0);
-        let urgent = Item {
-            id: 2,
-            rows: 1,
-            width: 4,
-            at: f.at(0),
-            deadline: Some(f.at(300)),
-            cancelled: false,
-        };
+        let urgent = Item { id: 2, rows: 1, width: 4, at: f.at(0), deadline: Some(f.at(300)), cancelled: false };
         f.queue.push(urgent, f.at(0), &mut f.dropped).unwrap();
         match f.next(10) {
             Decision::WaitUntil(t) => assert_eq!(t, f.at(300)),
@@ -499,23 +450,9 @@ mod tests {
         p.max_queue_size = 2;
         let mut f = Fixture::new(p);
         f.push(1, 1, 4, 0);
-        let gone = Item {
-            id: 2,
-            rows: 1,
-            width: 4,
-            at: f.at(0),
-            deadline: None,
-            cancelled: true,
-        };
+        let gone = Item { id: 2, rows: 1, width: 4, at: f.at(0), deadline: None, cancelled: true };
         f.queue.push(gone, f.at(0), &mut f.dropped).unwrap();
-        let third = Item {
-            id: 3,
-            rows: 1,
-            width: 4,
-            at: f.at(0),
-            deadline: None,
-            cancelled: false,
-        };
+        let third = Item { id: 3, rows: 1, width: 4, at: f.at(0), deadline: None, cancelled: false };
         assert!(f.queue.push(third.clone(), f.at(0), &mut f.dropped).is_ok());
         assert_eq!(f.dropped.len(), 1);
         assert!(f.queue.push(third, f.at(0), &mut f.dropped).is_err());

@@ -154,27 +154,17 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
 }
 
 /// Runs one batch and returns, per request, the outputs it asked for.
-fn execute(
-    shared: &Shared,
-    backend: &mut dyn Backend,
-    batch: &[Pending],
-) -> Result<Vec<Vec<OutputTensor>>, Error> {
+fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Result<Vec<Vec<OutputTensor>>, Error> {
     let t0 = Instant::now();
-    let mut wanted: Vec<usize> = batch
-        .iter()
-        .flat_map(|p| p.request.outputs.iter().copied())
-        .collect();
+    let mut wanted: Vec<usize> = batch.iter().flat_map(|p| p.request.outputs.iter().copied()).collect();
     wanted.sort_unstable();
     wanted.dedup();
     let rows: Vec<usize> = batch.iter().map(|p| p.request.batch_size).collect();
     let total_rows: usize = rows.iter().sum();
 
-    let inputs: Vec<&[crate::tensor::Tensor]> =
-        batch.iter().map(|p| p.request.inputs.as_slice()).collect();
+    let inputs: Vec<&[crate::tensor::Tensor]> = batch.iter().map(|p| p.request.inputs.as_slice()).collect();
     let input_count = inputs[0].len();
-    let assembled: Vec<_> = (0..input_count)
-        .map(|i| concat(&inputs, i, shared.batched))
-        .collect();
+    let assembled: Vec<_> = (0..input_count).map(|i| concat(&inputs, i, shared.batched)).collect();
     let views: Vec<InputTensor<'_>> = assembled.iter().map(|b| b.view()).collect();
 
     let t1 = Instant::now();
@@ -182,9 +172,7 @@ fn execute(
         Ok(Ok(outputs)) => outputs,
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
-            return Err(Error::Internal(
-                "the model backend panicked while running a batch".into(),
-            ));
+            return Err(Error::Internal("the model backend panicked while running a batch".into()));
         }
     };
     let t2 = Instant::now();
@@ -200,9 +188,8 @@ fn execute(
     for (output, &index) in outputs.into_iter().zip(&wanted) {
         per_output.push(split(output, &rows, &format!("#{index}"))?.into_iter());
     }
-    let mut split_rows: Vec<Vec<Option<OutputTensor>>> = (0..batch.len())
-        .map(|_| Vec::with_capacity(wanted.len()))
-        .collect();
+    let mut split_rows: Vec<Vec<Option<OutputTensor>>> =
+        (0..batch.len()).map(|_| Vec::with_capacity(wanted.len())).collect();
     for parts in per_output {
         for (request, part) in split_rows.iter_mut().zip(parts) {
             request.push(Some(part));
@@ -217,30 +204,17 @@ fn execute(
                 .outputs
                 .iter()
                 .map(|index| {
-                    let at = wanted
-                        .binary_search(index)
-                        .expect("wanted holds every requested output");
-                    parts[at]
-                        .take()
-                        .ok_or_else(|| Error::Internal("output taken twice".into()))
+                    let at = wanted.binary_search(index).expect("wanted holds every requested output");
+                    parts[at].take().ok_or_else(|| Error::Internal("output taken twice".into()))
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let t3 = Instant::now();
 
-    let times = ComputeTimes {
-        input: t1 - t0,
-        infer: t2 - t1,
-        output: t3 - t2,
-    };
-    shared
-        .stats
-        .record_execution(batch.len(), total_rows, times);
-    shared
-        .metrics
-        .compute_duration
-        .record(times.infer.as_secs_f64());
+    let times = ComputeTimes { input: t1 - t0, infer: t2 - t1, output: t3 - t2 };
+    shared.stats.record_execution(batch.len(), total_rows, times);
+    shared.metrics.compute_duration.record(times.infer.as_secs_f64());
     shared.metrics.batch_size.record(total_rows as f64);
     Ok(replies)
 }

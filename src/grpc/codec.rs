@@ -13,26 +13,20 @@ use modelgate_backend::{DataType, push_bytes_element};
 use crate::error::Error;
 use crate::proto::inference::{
     self as pb, InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
-    model_infer_response::InferOutputTensor,
+    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use crate::repository::ModelConfig;
 use crate::repository::ModelVersion;
 use crate::repository::model_config::VersionPolicy;
 use crate::stats::StatDuration;
-use crate::tensor::{
-    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
-};
+use crate::tensor::{InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count};
 
 const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
     ("sequence_id", "sequence batching is not supported"),
     ("sequence_start", "sequence batching is not supported"),
     ("sequence_end", "sequence batching is not supported"),
     ("shared_memory_region", "shared memory is not supported"),
-    (
-        "classification",
-        "the classification extension is not supported",
-    ),
+    ("classification", "the classification extension is not supported"),
 ];
 
 fn check_parameters(parameters: &HashMap<String, InferParameter>, what: &str) -> Result<(), Error> {
@@ -47,22 +41,15 @@ fn check_parameters(parameters: &HashMap<String, InferParameter>, what: &str) ->
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.
 pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferRequest, Error> {
     check_parameters(&message.parameters, "request")?;
-    let mut request = InferRequest {
-        id: (!message.id.is_empty()).then_some(message.id),
-        ..InferRequest::default()
-    };
+    let mut request = InferRequest { id: (!message.id.is_empty()).then_some(message.id), ..InferRequest::default() };
     if let Some(timeout) = message.parameters.get("timeout") {
         match timeout.parameter_choice {
             Some(ParameterChoice::Int64Param(us)) if us >= 0 => {
                 request.timeout = (us > 0).then(|| Duration::from_micros(us as u64));
             }
-            Some(ParameterChoice::Uint64Param(us)) => {
-                request.timeout = (us > 0).then(|| Duration::from_micros(us))
-            }
+            Some(ParameterChoice::Uint64Param(us)) => request.timeout = (us > 0).then(|| Duration::from_micros(us)),
             _ => {
-                return Err(Error::invalid(
-                    "parameter 'timeout' must be a non-negative integer of microseconds",
-                ));
+                return Err(Error::invalid("parameter 'timeout' must be a non-negative integer of microseconds"));
             }
         }
     }
@@ -83,27 +70,16 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
     }
     for output in message.outputs {
         check_parameters(&output.parameters, &format!("output '{}'", output.name))?;
-        request.outputs.push(RequestedOutput {
-            name: output.name,
-            binary: None,
-        });
+        request.outputs.push(RequestedOutput { name: output.name, binary: None });
     }
     Ok(request)
 }
 
-fn decode_input(
-    input: InferInputTensor,
-    raw: Option<Bytes>,
-    limit: usize,
-) -> Result<Tensor, Error> {
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, Error> {
     let name = input.name;
     check_parameters(&input.parameters, &format!("input '{name}'"))?;
-    let dtype = DataType::from_v2(&input.datatype).ok_or_else(|| {
-        Error::invalid(format!(
-            "input '{name}': unknown datatype '{}'",
-            input.datatype
-        ))
-    })?;
+    let dtype = DataType::from_v2(&input.datatype)
+        .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{}'", input.datatype)))?;
     let shape = input.shape;
     let count = checked_element_count(&name, &shape)?;
     checked_byte_size(&name, dtype, count, limit)?;
@@ -134,12 +110,7 @@ fn has_typed(c: &InferTensorContents) -> bool {
 }
 
 /// Converts typed contents to little-endian bytes, range-checking narrowing.
-fn typed(
-    name: &str,
-    dtype: DataType,
-    count: usize,
-    c: InferTensorContents,
-) -> Result<Bytes, Error> {
+fn typed(name: &str, dtype: DataType, count: usize, c: InferTensorContents) -> Result<Bytes, Error> {
     let field = match dtype {
         DataType::Bool => "bool_contents",
         DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
@@ -150,9 +121,7 @@ fn typed(
         DataType::Fp64 => "fp64_contents",
         DataType::Bytes => "bytes_contents",
         DataType::Fp16 | DataType::Bf16 => {
-            return Err(Error::invalid(format!(
-                "input '{name}': {dtype} data must be sent in raw_input_contents"
-            )));
+            return Err(Error::invalid(format!("input '{name}': {dtype} data must be sent in raw_input_contents")));
         }
     };
     let given = [
@@ -166,18 +135,11 @@ fn typed(
         ("bytes_contents", c.bytes_contents.len()),
     ];
     if let Some((other, _)) = given.iter().find(|(f, n)| *n > 0 && *f != field) {
-        return Err(Error::invalid(format!(
-            "input '{name}': {dtype} data belongs in {field}, not {other}"
-        )));
+        return Err(Error::invalid(format!("input '{name}': {dtype} data belongs in {field}, not {other}")));
     }
-    let found = given
-        .iter()
-        .find(|(f, _)| *f == field)
-        .map_or(0, |(_, n)| *n);
+    let found = given.iter().find(|(f, _)| *f == field).map_or(0, |(_, n)| *n);
     if found != count {
-        return Err(Error::invalid(format!(
-            "input '{name}': {field} holds {found} elements, the shape needs {count}"
-        )));
+        return Err(Error::invalid(format!("input '{name}': {field} holds {found} elements, the shape needs {count}")));
     }
     let range = |v: i64| Error::invalid(format!("input '{name}': {v} is out of range for {dtype}"));
     let mut out: Vec<u8> = Vec::with_capacity(count * dtype.element_size().unwrap_or(8));
@@ -190,19 +152,11 @@ fn typed(
         }
         DataType::Int16 => {
             for &v in &c.int_contents {
-                out.extend_from_slice(
-                    &i16::try_from(v).map_err(|_| range(v.into()))?.to_le_bytes(),
-                );
+                out.extend_from_slice(&i16::try_from(v).map_err(|_| range(v.into()))?.to_le_bytes());
             }
         }
-        DataType::Int32 => c
-            .int_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Int64 => c
-            .int64_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DataType::Uint8 => {
             for &v in &c.uint_contents {
                 out.extend_from_slice(&u8::try_from(v).map_err(|_| range(v.into()))?.to_le_bytes());
@@ -210,31 +164,14 @@ fn typed(
         }
         DataType::Uint16 => {
             for &v in &c.uint_contents {
-                out.extend_from_slice(
-                    &u16::try_from(v).map_err(|_| range(v.into()))?.to_le_bytes(),
-                );
+                out.extend_from_slice(&u16::try_from(v).map_err(|_| range(v.into()))?.to_le_bytes());
             }
         }
-        DataType::Uint32 => c
-            .uint_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Uint64 => c
-            .uint64_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp32 => c
-            .fp32_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp64 => c
-            .fp64_contents
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Bytes => c
-            .bytes_contents
-            .iter()
-            .for_each(|b| push_bytes_element(&mut out, b)),
+        DataType::Uint32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Bytes => c.bytes_contents.iter().for_each(|b| push_bytes_element(&mut out, b)),
         DataType::Fp16 | DataType::Bf16 => unreachable!("refused above"),
     }
     Ok(Bytes::from(out))
@@ -271,9 +208,9 @@ pub fn model_config(config: &ModelConfig) -> pb::ModelConfig {
     let policy = match &config.version_policy {
         VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
         VersionPolicy::All => PolicyChoice::All(All {}),
-        VersionPolicy::Specific(v) => PolicyChoice::Specific(Specific {
-            versions: v.iter().map(|&x| x as i64).collect(),
-        }),
+        VersionPolicy::Specific(v) => {
+            PolicyChoice::Specific(Specific { versions: v.iter().map(|&x| x as i64).collect() })
+        }
     };
     let scheduling = config.dynamic_batching.as_ref().map(|b| {
         pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
@@ -293,9 +230,7 @@ pub fn model_config(config: &ModelConfig) -> pb::ModelConfig {
         name: config.name.clone(),
         platform: config.platform.clone(),
         backend: config.backend.clone(),
-        version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(policy),
-        }),
+        version_policy: Some(pb::ModelVersionPolicy { policy_choice: Some(policy) }),
         max_batch_size: config.max_batch_size as i32,
         input: config
             .inputs
@@ -332,14 +267,7 @@ pub fn model_config(config: &ModelConfig) -> pb::ModelConfig {
         parameters: config
             .parameters
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    pb::ModelParameter {
-                        string_value: v.clone(),
-                    },
-                )
-            })
+            .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v.clone() }))
             .collect(),
         model_transaction_policy: Some(pb::ModelTransactionPolicy { decoupled: false }),
         scheduling_choice: scheduling,
@@ -418,25 +346,15 @@ mod tests {
     }
 
     fn request(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> ModelInferRequest {
-        ModelInferRequest {
-            inputs,
-            raw_input_contents: raw,
-            ..Default::default()
-        }
+        ModelInferRequest { inputs, raw_input_contents: raw, ..Default::default() }
     }
 
     #[test]
     fn typed_contents_become_little_endian_bytes() {
-        let c = InferTensorContents {
-            int_contents: vec![-1, 2],
-            ..Default::default()
-        };
+        let c = InferTensorContents { int_contents: vec![-1, 2], ..Default::default() };
         let r = decode_request(request(vec![input("INT16", vec![2], c)], vec![]), 1 << 20).unwrap();
         assert_eq!(&r.inputs[0].data[..], &[0xff, 0xff, 2, 0]);
-        let c = InferTensorContents {
-            bytes_contents: vec![Bytes::from_static(b"hi")],
-            ..Default::default()
-        };
+        let c = InferTensorContents { bytes_contents: vec![Bytes::from_static(b"hi")], ..Default::default() };
         let r = decode_request(request(vec![input("BYTES", vec![1], c)], vec![]), 1 << 20).unwrap();
         assert_eq!(&r.inputs[0].data[..], &[2, 0, 0, 0, b'h', b'i']);
     }
@@ -445,10 +363,7 @@ mod tests {
     fn raw_contents_are_taken_one_per_input_without_copying() {
         let raw = Bytes::from(vec![0u8; 8]);
         let r = decode_request(
-            request(
-                vec![input("FP32", vec![2], InferTensorContents::default())],
-                vec![raw.clone()],
-            ),
+            request(vec![input("FP32", vec![2], InferTensorContents::default())], vec![raw.clone()]),
             1 << 20,
         )
         .unwrap();
@@ -460,29 +375,13 @@ mod tests {
         let empty = InferTensorContents::default;
         let cases = vec![
             (
-                request(
-                    vec![input("FP32", vec![2], empty())],
-                    vec![Bytes::new(), Bytes::new()],
-                ),
+                request(vec![input("FP32", vec![2], empty())], vec![Bytes::new(), Bytes::new()]),
                 "2 entries for 1 inputs",
             ),
+            (request(vec![input("FP32", vec![2], empty())], vec![Bytes::from(vec![0u8; 4])]), "needs 8 bytes, got 4"),
             (
                 request(
-                    vec![input("FP32", vec![2], empty())],
-                    vec![Bytes::from(vec![0u8; 4])],
-                ),
-                "needs 8 bytes, got 4",
-            ),
-            (
-                request(
-                    vec![input(
-                        "INT32",
-                        vec![1],
-                        InferTensorContents {
-                            int_contents: vec![1],
-                            ..Default::default()
-                        },
-                    )],
+                    vec![input("INT32", vec![1], InferTensorContents { int_contents: vec![1], ..Default::default() })],
                     vec![Bytes::from(vec![0u8; 4])],
                 ),
                 "both in contents and in raw",
@@ -492,10 +391,7 @@ mod tests {
                     vec![input(
                         "FP32",
                         vec![2],
-                        InferTensorContents {
-                            fp32_contents: vec![1.0],
-                            ..Default::default()
-                        },
+                        InferTensorContents { fp32_contents: vec![1.0], ..Default::default() },
                     )],
                     vec![],
                 ),
@@ -506,10 +402,7 @@ mod tests {
                     vec![input(
                         "INT32",
                         vec![1],
-                        InferTensorContents {
-                            fp32_contents: vec![1.0],
-                            ..Default::default()
-                        },
+                        InferTensorContents { fp32_contents: vec![1.0], ..Default::default() },
                     )],
                     vec![],
                 ),
@@ -517,34 +410,15 @@ mod tests {
             ),
             (
                 request(
-                    vec![input(
-                        "INT8",
-                        vec![1],
-                        InferTensorContents {
-                            int_contents: vec![300],
-                            ..Default::default()
-                        },
-                    )],
+                    vec![input("INT8", vec![1], InferTensorContents { int_contents: vec![300], ..Default::default() })],
                     vec![],
                 ),
                 "out of range",
             ),
-            (
-                request(vec![input("FP16", vec![1], empty())], vec![]),
-                "raw_input_contents",
-            ),
-            (
-                request(vec![input("FP99", vec![1], empty())], vec![]),
-                "unknown datatype",
-            ),
-            (
-                request(vec![input("FP32", vec![-1], empty())], vec![]),
-                "negative dimension",
-            ),
-            (
-                request(vec![input("FP32", vec![i64::MAX, 4], empty())], vec![]),
-                "too many elements",
-            ),
+            (request(vec![input("FP16", vec![1], empty())], vec![]), "raw_input_contents"),
+            (request(vec![input("FP99", vec![1], empty())], vec![]), "unknown datatype"),
+            (request(vec![input("FP32", vec![-1], empty())], vec![]), "negative dimension"),
+            (request(vec![input("FP32", vec![i64::MAX, 4], empty())], vec![]), "too many elements"),
         ];
         for (message, expected) in cases {
             let error = decode_request(message, 1 << 20).unwrap_err();

@@ -15,14 +15,12 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
-use crate::gateway::{EXTENSIONS, Gateway, SERVER_NAME};
+use crate::gateway::{Call, EXTENSIONS, Gateway, SERVER_NAME};
 use crate::metrics::Protocol;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::{Health, HealthServer};
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use crate::proto::inference::grpc_inference_service_server::{
-    GrpcInferenceService, GrpcInferenceServiceServer,
-};
+use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
 use crate::repository::VersionState;
 
@@ -32,15 +30,13 @@ const STREAM_CONCURRENCY: usize = 64;
 /// The gRPC services, ready to be served beside HTTP.
 pub fn routes(gateway: Arc<Gateway>) -> Routes {
     let limit = gateway.limits.max_request_bytes;
-    let inference = GrpcInferenceServiceServer::new(InferenceService {
-        gateway: gateway.clone(),
-    })
-    // tonic's 4 MiB default would refuse what HTTP accepts; tritonclient allows 2 GiB.
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(usize::MAX)
-    .accept_compressed(CompressionEncoding::Gzip)
-    .accept_compressed(CompressionEncoding::Deflate)
-    .send_compressed(CompressionEncoding::Gzip);
+    let inference = GrpcInferenceServiceServer::new(InferenceService { gateway: gateway.clone() })
+        // tonic's 4 MiB default would refuse what HTTP accepts; tritonclient allows 2 GiB.
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Gzip);
     let health = HealthServer::new(HealthService { gateway });
     Routes::new(inference).add_service(health)
 }
@@ -72,6 +68,7 @@ async fn infer_one(
     gateway: &Gateway,
     mut message: pb::ModelInferRequest,
     deadline: Option<Duration>,
+    headers: &http::HeaderMap,
     arrival: Instant,
 ) -> Result<pb::ModelInferResponse, Error> {
     let model = std::mem::take(&mut message.model_name);
@@ -80,9 +77,8 @@ async fn infer_one(
     if let Some(d) = deadline {
         request.timeout = Some(request.timeout.map_or(d, |t| t.min(d)));
     }
-    let response = gateway
-        .infer(&model, Some(&version), request, Protocol::Grpc, arrival)
-        .await?;
+    let call = Call { protocol: Protocol::Grpc, arrival, headers };
+    let response = gateway.infer(&model, Some(&version), request, call).await?;
     Ok(codec::encode_response(response))
 }
 
@@ -90,10 +86,7 @@ type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static
 
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
 
@@ -101,9 +94,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.gateway.is_ready(),
-        }))
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.gateway.is_ready() }))
     }
 
     async fn model_ready(
@@ -135,10 +126,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let served = self
-            .gateway
-            .resolve(&r.name, Some(&r.version))
-            .map_err(status)?;
+        let served = self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?;
         let table = self.gateway.repository.snapshot();
         let versions = table
             .models
@@ -177,9 +165,9 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let arrival = Instant::now();
         let deadline = grpc_deadline(&request)?;
-        let response = infer_one(&self.gateway, request.into_inner(), deadline, arrival)
-            .await
-            .map_err(status)?;
+        let (metadata, _, message) = request.into_parts();
+        let headers = metadata.into_headers();
+        let response = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
         Ok(Response::new(response))
     }
 
@@ -190,7 +178,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let deadline = grpc_deadline(&request)?;
-        let mut inbound = request.into_inner();
+        let (metadata, _, mut inbound) = request.into_parts();
+        let headers = Arc::new(metadata.into_headers());
         let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
@@ -211,20 +200,17 @@ impl GrpcInferenceService for InferenceService {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (gateway, tx) = (gateway.clone(), tx.clone());
+                let (gateway, tx, headers) = (gateway.clone(), tx.clone(), headers.clone());
                 tokio::spawn(async move {
                     let id = message.id.clone();
-                    let reply = match infer_one(&gateway, message, deadline, Instant::now()).await {
+                    let reply = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
                         },
                         Err(error) => pb::ModelStreamInferResponse {
                             error_message: error.message().to_owned(),
-                            infer_response: Some(pb::ModelInferResponse {
-                                id,
-                                ..Default::default()
-                            }),
+                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
                         },
                     };
                     let _ = tx.send(Ok(reply)).await;
@@ -240,13 +226,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let served = self
-            .gateway
-            .resolve(&r.name, Some(&r.version))
-            .map_err(status)?;
-        Ok(Response::new(pb::ModelConfigResponse {
-            config: Some(codec::model_config(&served.config)),
-        }))
+        let served = self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(codec::model_config(&served.config)) }))
     }
 
     async fn model_statistics(
@@ -256,23 +237,12 @@ impl GrpcInferenceService for InferenceService {
         let r = request.into_inner();
         let table = self.gateway.repository.snapshot();
         let versions: Vec<_> = if r.name.is_empty() {
-            table
-                .models
-                .values()
-                .flat_map(|m| m.versions.values())
-                .filter_map(ready)
-                .collect()
+            table.models.values().flat_map(|m| m.versions.values()).filter_map(ready).collect()
         } else if !r.version.is_empty() {
-            vec![
-                self.gateway
-                    .resolve(&r.name, Some(&r.version))
-                    .map_err(status)?,
-            ]
+            vec![self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?]
         } else {
-            let entry = table
-                .models
-                .get(&r.name)
-                .ok_or_else(|| Status::not_found(format!("unknown model '{}'", r.name)))?;
+            let entry =
+                table.models.get(&r.name).ok_or_else(|| Status::not_found(format!("unknown model '{}'", r.name)))?;
             entry.versions.values().filter_map(ready).collect()
         };
         Ok(Response::new(pb::ModelStatisticsResponse {
@@ -306,11 +276,7 @@ impl GrpcInferenceService for InferenceService {
         let r = request.into_inner();
         check_repository_parameters(&r.parameters)?;
         self.control_allowed()?;
-        self.gateway
-            .repository
-            .load(&r.model_name)
-            .await
-            .map_err(status)?;
+        self.gateway.repository.load(&r.model_name).await.map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -320,11 +286,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let r = request.into_inner();
         self.control_allowed()?;
-        self.gateway
-            .repository
-            .unload(&r.model_name)
-            .await
-            .map_err(status)?;
+        self.gateway.repository.unload(&r.model_name).await.map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
@@ -334,9 +296,7 @@ impl InferenceService {
         if self.gateway.repository.config().allow_model_control {
             Ok(())
         } else {
-            Err(Status::failed_precondition(
-                "explicit model load / unload is not allowed (model control is disabled)",
-            ))
+            Err(Status::failed_precondition("explicit model load / unload is not allowed (model control is disabled)"))
         }
     }
 }
@@ -353,8 +313,7 @@ fn check_repository_parameters(
     parameters: &std::collections::HashMap<String, pb::ModelRepositoryParameter>,
 ) -> Result<(), Status> {
     for (key, value) in parameters {
-        let carries_content =
-            matches!(value.parameter_choice, Some(ParameterChoice::BytesParam(_)));
+        let carries_content = matches!(value.parameter_choice, Some(ParameterChoice::BytesParam(_)));
         if key == "config" || key.starts_with("file:") || carries_content {
             return Err(Status::invalid_argument(format!(
                 "repository parameter '{key}' is not accepted: models load only from the model repository"
@@ -375,32 +334,20 @@ impl HealthService {
         if !service.is_empty() && service != "inference.GRPCInferenceService" {
             return Err(Status::not_found(format!("unknown service '{service}'")));
         }
-        Ok(if self.gateway.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        })
+        Ok(if self.gateway.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing })
     }
 }
 
 #[tonic::async_trait]
 impl Health for HealthService {
-    async fn check(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
         let status = self.status_of(&request.into_inner().service)?;
-        Ok(Response::new(HealthCheckResponse {
-            status: status as i32,
-        }))
+        Ok(Response::new(HealthCheckResponse { status: status as i32 }))
     }
 
     type WatchStream = StreamOf<HealthCheckResponse>;
 
-    async fn watch(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         let first = self.status_of(&service)?;
         let (tx, rx) = mpsc::channel(4);
@@ -416,11 +363,7 @@ impl Health for HealthService {
                 let now = this.status_of(&service).unwrap_or(first);
                 if last != Some(now) {
                     last = Some(now);
-                    if tx
-                        .send(Ok(HealthCheckResponse { status: now as i32 }))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(HealthCheckResponse { status: now as i32 })).await.is_err() {
                         return;
                     }
                 }

@@ -30,9 +30,7 @@ impl Chunks {
 
     /// One part.
     pub fn one(bytes: Bytes) -> Chunks {
-        Chunks {
-            parts: VecDeque::from([bytes]),
-        }
+        Chunks { parts: VecDeque::from([bytes]) }
     }
 
     /// Several parts.
@@ -45,10 +43,7 @@ impl http_body::Body for Chunks {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(self.parts.pop_front().map(|b| Ok(Frame::data(b))))
     }
 
@@ -68,12 +63,8 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large =
-        || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
-    if let Some(length) = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok())
+    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
         && length > limit as u64
     {
         return Err(too_large());
@@ -86,9 +77,7 @@ where
         }
     })?;
     let bytes = collected.to_bytes();
-    let encoding = headers
-        .get(CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
         Some(e @ ("gzip" | "x-gzip" | "deflate")) => {
@@ -118,26 +107,19 @@ fn inflate(compressed: &[u8], gzip: bool, limit: usize) -> Result<Bytes, Error> 
         .read_to_end(&mut out)
         .map_err(|e| Error::invalid(format!("cannot decompress the request body: {e}")))?;
     if out.len() > limit {
-        return Err(Error::PayloadTooLarge(format!(
-            "decompressed request body exceeds the limit of {limit} bytes"
-        )));
+        return Err(Error::PayloadTooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));
     }
     Ok(Bytes::from(out))
 }
 
 /// Whether the client accepts a gzip response.
 pub fn accepts(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| {
-            let mut parts = token.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-            name.eq_ignore_ascii_case("gzip") && !refused
-        })
+    headers.get_all(ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|token| {
+        let mut parts = token.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+        name.eq_ignore_ascii_case("gzip") && !refused
+    })
 }
 
 /// Builds the HTTP response of an inference, compressing it when asked.
@@ -150,8 +132,7 @@ pub fn infer_response(encoded: EncodedResponse, gzip: bool) -> Response<Chunks> 
         }
         let compressed = encoder.finish().expect("writing to a Vec cannot fail");
         let mut r = Response::new(Chunks::one(Bytes::from(compressed)));
-        r.headers_mut()
-            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         r
     } else {
         Response::new(Chunks::many(encoded.parts))
@@ -159,10 +140,7 @@ pub fn infer_response(encoded: EncodedResponse, gzip: bool) -> Response<Chunks> 
     let headers = response.headers_mut();
     match binary {
         Some(length) => {
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             headers.insert(HEADER_LENGTH, HeaderValue::from(length));
         }
         None => {
@@ -186,57 +164,37 @@ mod tests {
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused_before_and_after_decompression() {
         let headers = HeaderMap::new();
-        let ok = read(Full::new(Bytes::from_static(b"12345")), &headers, 5)
-            .await
-            .unwrap();
+        let ok = read(Full::new(Bytes::from_static(b"12345")), &headers, 5).await.unwrap();
         assert_eq!(&ok[..], b"12345");
-        let err = read(Full::new(Bytes::from_static(b"123456")), &headers, 5)
-            .await
-            .unwrap_err();
+        let err = read(Full::new(Bytes::from_static(b"123456")), &headers, 5).await.unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge(_)));
 
         let mut declared = HeaderMap::new();
         declared.insert(CONTENT_LENGTH, HeaderValue::from_static("1000000"));
-        assert!(matches!(
-            read(Full::new(Bytes::new()), &declared, 5).await,
-            Err(Error::PayloadTooLarge(_))
-        ));
+        assert!(matches!(read(Full::new(Bytes::new()), &declared, 5).await, Err(Error::PayloadTooLarge(_))));
 
         let mut gz = HeaderMap::new();
         gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let bomb = gzip(&vec![0u8; 1 << 20]);
         assert!(bomb.len() < 4096);
-        let err = read(Full::new(Bytes::from(bomb)), &gz, 4096)
-            .await
-            .unwrap_err();
+        let err = read(Full::new(Bytes::from(bomb)), &gz, 4096).await.unwrap_err();
         assert!(err.message().contains("decompressed"), "{err}");
-        let fine = read(Full::new(Bytes::from(gzip(b"hello"))), &gz, 4096)
-            .await
-            .unwrap();
+        let fine = read(Full::new(Bytes::from(gzip(b"hello"))), &gz, 4096).await.unwrap();
         assert_eq!(&fine[..], b"hello");
 
         let mut br = HeaderMap::new();
         br.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
         assert!(
-            read(Full::new(Bytes::from_static(b"x")), &br, 10)
-                .await
-                .unwrap_err()
-                .message()
-                .contains("unsupported")
+            read(Full::new(Bytes::from_static(b"x")), &br, 10).await.unwrap_err().message().contains("unsupported")
         );
-        let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100)
-            .await
-            .unwrap_err();
+        let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100).await.unwrap_err();
         assert!(bad.message().contains("cannot decompress"));
     }
 
     #[test]
     fn accept_encoding_is_read_with_q_values() {
         let mut h = HeaderMap::new();
-        h.insert(
-            ACCEPT_ENCODING,
-            HeaderValue::from_static("deflate, gzip;q=0.8"),
-        );
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("deflate, gzip;q=0.8"));
         assert!(accepts(&h));
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
         assert!(!accepts(&h));

@@ -15,9 +15,7 @@ use serde_json::{Map, Value};
 
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
-use crate::tensor::{
-    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
-};
+use crate::tensor::{InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count};
 
 /// The header that splits a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -28,10 +26,7 @@ const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
     ("sequence_start", "sequence batching is not supported"),
     ("sequence_end", "sequence batching is not supported"),
     ("shared_memory_region", "shared memory is not supported"),
-    (
-        "classification",
-        "the classification extension is not supported",
-    ),
+    ("classification", "the classification extension is not supported"),
 ];
 
 #[derive(Deserialize)]
@@ -68,11 +63,7 @@ struct JsonOutput {
 
 /// Decodes a V2 infer request body. `limit` bounds the decoded tensor bytes,
 /// the same bound as the body (Triton applies its limit after expansion too).
-pub fn decode_request(
-    headers: &HeaderMap,
-    body: Bytes,
-    limit: usize,
-) -> Result<InferRequest, Error> {
+pub fn decode_request(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<InferRequest, Error> {
     let (header, mut binary) = match headers.get(HEADER_LENGTH) {
         None => (body, Bytes::new()),
         Some(value) => {
@@ -81,9 +72,7 @@ pub fn decode_request(
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
-                })?;
+                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?;
             if length > body.len() {
                 return Err(Error::invalid(format!(
                     "Inference-Header-Content-Length {length} exceeds the body length {}",
@@ -92,20 +81,18 @@ pub fn decode_request(
             }
             if length == 0 {
                 return Err(Error::Unsupported(
-                    "raw binary requests (Inference-Header-Content-Length: 0) are not supported; send a JSON header".into(),
+                    "raw binary requests (Inference-Header-Content-Length: 0) are not supported; send a JSON header"
+                        .into(),
                 ));
             }
             let binary = body.slice(length..);
             (body.slice(..length), binary)
         }
     };
-    let json: JsonRequest<'_> = serde_json::from_slice(&header)
-        .map_err(|e| Error::invalid(format!("malformed inference request: {e}")))?;
+    let json: JsonRequest<'_> =
+        serde_json::from_slice(&header).map_err(|e| Error::invalid(format!("malformed inference request: {e}")))?;
 
-    let mut request = InferRequest {
-        id: json.id.map(Cow::into_owned),
-        ..InferRequest::default()
-    };
+    let mut request = InferRequest { id: json.id.map(Cow::into_owned), ..InferRequest::default() };
     if let Some(parameters) = &json.parameters {
         apply_request_parameters(parameters, &mut request)?;
     }
@@ -122,10 +109,7 @@ pub fn decode_request(
         )));
     }
     for output in json.outputs.unwrap_or_default() {
-        let mut requested = RequestedOutput {
-            name: output.name,
-            binary: None,
-        };
+        let mut requested = RequestedOutput { name: output.name, binary: None };
         if let Some(parameters) = &output.parameters {
             reject_unsupported(parameters, &format!("output '{}'", requested.name))?;
             requested.binary = bool_parameter(parameters, "binary_data")?;
@@ -148,34 +132,25 @@ fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<b
     match parameters.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(Error::invalid(format!(
-            "parameter '{key}' must be a boolean, got {other}"
-        ))),
+        Some(other) => Err(Error::invalid(format!("parameter '{key}' must be a boolean, got {other}"))),
     }
 }
 
-fn apply_request_parameters(
-    parameters: &Map<String, Value>,
-    request: &mut InferRequest,
-) -> Result<(), Error> {
+fn apply_request_parameters(parameters: &Map<String, Value>, request: &mut InferRequest) -> Result<(), Error> {
     reject_unsupported(parameters, "request")?;
     request.binary_output = bool_parameter(parameters, "binary_data_output")?.unwrap_or(false);
     match parameters.get("timeout") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) => {
             let micros = n.as_u64().ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter 'timeout' must be a non-negative integer of microseconds, got {n}"
-                ))
+                Error::invalid(format!("parameter 'timeout' must be a non-negative integer of microseconds, got {n}"))
             })?;
             if micros > 0 {
                 request.timeout = Some(Duration::from_micros(micros));
             }
         }
         Some(other) => {
-            return Err(Error::invalid(format!(
-                "parameter 'timeout' must be an integer of microseconds, got {other}"
-            )));
+            return Err(Error::invalid(format!("parameter 'timeout' must be an integer of microseconds, got {other}")));
         }
     }
     Ok(())
@@ -183,23 +158,15 @@ fn apply_request_parameters(
 
 fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Result<Tensor, Error> {
     let name = input.name.into_owned();
-    let dtype = DataType::from_v2(&input.datatype).ok_or_else(|| {
-        Error::invalid(format!(
-            "input '{name}': unknown datatype '{}'",
-            input.datatype
-        ))
-    })?;
+    let dtype = DataType::from_v2(&input.datatype)
+        .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{}'", input.datatype)))?;
     let shape = input
         .shape
         .iter()
         .map(|d| match (d.as_i64(), d.as_u64()) {
             (Some(v), _) => Ok(v),
-            (None, Some(_)) => Err(Error::invalid(format!(
-                "input '{name}': dimension {d} is too large"
-            ))),
-            (None, None) => Err(Error::invalid(format!(
-                "input '{name}': dimension {d} is not an integer"
-            ))),
+            (None, Some(_)) => Err(Error::invalid(format!("input '{name}': dimension {d} is too large"))),
+            (None, None) => Err(Error::invalid(format!("input '{name}': dimension {d} is not an integer"))),
         })
         .collect::<Result<Vec<i64>, Error>>()?;
     let count = checked_element_count(&name, &shape)?;
@@ -224,14 +191,10 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
     };
     let data = match (binary_size, input.data) {
         (Some(_), Some(_)) => {
-            return Err(Error::invalid(format!(
-                "input '{name}' has both 'data' and binary_data_size"
-            )));
+            return Err(Error::invalid(format!("input '{name}' has both 'data' and binary_data_size")));
         }
         (None, None) => {
-            return Err(Error::invalid(format!(
-                "input '{name}' has no 'data' and no binary_data_size"
-            )));
+            return Err(Error::invalid(format!("input '{name}' has no 'data' and no binary_data_size")));
         }
         (Some(size), None) => {
             if size > binary.len() {
@@ -283,11 +246,7 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Erro
     json.extend_from_slice(b"{\"model_name\":");
     write_str(&mut json, &response.model_name);
     json.extend_from_slice(b",\"model_version\":\"");
-    json.extend_from_slice(
-        itoa::Buffer::new()
-            .format(response.model_version)
-            .as_bytes(),
-    );
+    json.extend_from_slice(itoa::Buffer::new().format(response.model_version).as_bytes());
     json.push(b'"');
     if let Some(id) = &response.id {
         json.extend_from_slice(b",\"id\":");
@@ -329,10 +288,7 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Erro
     json.extend_from_slice(b"]}");
     let header_length = (!parts.is_empty()).then_some(json.len());
     parts.push_front(Bytes::from(json));
-    Ok(EncodedResponse {
-        parts,
-        header_length,
-    })
+    Ok(EncodedResponse { parts, header_length })
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -353,10 +309,7 @@ mod tests {
     }
 
     fn error(body: &[u8], header_length: Option<usize>) -> String {
-        decode(body, header_length)
-            .unwrap_err()
-            .message()
-            .to_owned()
+        decode(body, header_length).unwrap_err().message().to_owned()
     }
 
     #[test]
@@ -369,10 +322,7 @@ mod tests {
         assert!(request.binary_output);
         assert_eq!(request.timeout, Some(Duration::from_micros(5000)));
         assert_eq!(request.inputs[0].shape, vec![1, 2]);
-        assert_eq!(
-            &request.inputs[0].data[..],
-            bytemuck::cast_slice::<i32, u8>(&[1, 2])
-        );
+        assert_eq!(&request.inputs[0].data[..], bytemuck::cast_slice::<i32, u8>(&[1, 2]));
         assert_eq!(request.outputs[0].binary, Some(false));
         assert_eq!(request.outputs[1].binary, None);
     }
@@ -391,19 +341,37 @@ mod tests {
 
     #[test]
     fn every_malformed_request_is_a_clear_client_error() {
-        let one = |extra: &str| {
-            format!(r#"{{"inputs":[{{"name":"a","shape":[2],"datatype":"INT32"{extra}}}]}}"#)
-        };
+        let one = |extra: &str| format!(r#"{{"inputs":[{{"name":"a","shape":[2],"datatype":"INT32"{extra}}}]}}"#);
         let cases: Vec<(String, Option<usize>, &str)> = vec![
             ("{".into(), None, "malformed"),
-            (r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP99","data":[1,2]}]}"#.into(), None, "unknown datatype 'FP99'"),
+            (
+                r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP99","data":[1,2]}]}"#.into(),
+                None,
+                "unknown datatype 'FP99'",
+            ),
             (one(r#","data":[1,2,3]"#), None, "more elements"),
             (one(""), None, "no 'data'"),
-            (r#"{"inputs":[{"name":"a","shape":[-2],"datatype":"INT32","data":[]}]}"#.into(), None, "negative dimension"),
+            (
+                r#"{"inputs":[{"name":"a","shape":[-2],"datatype":"INT32","data":[]}]}"#.into(),
+                None,
+                "negative dimension",
+            ),
             (r#"{"inputs":[{"name":"a","shape":[1.5],"datatype":"INT32","data":[]}]}"#.into(), None, "not an integer"),
-            (r#"{"inputs":[{"name":"a","shape":[18446744073709551615],"datatype":"INT32","data":[]}]}"#.into(), None, "too large"),
-            (r#"{"inputs":[{"name":"a","shape":[4294967296,4294967296],"datatype":"INT8","data":[]}]}"#.into(), None, "too many elements"),
-            (r#"{"inputs":[{"name":"a","shape":[100000000],"datatype":"FP64","data":[]}]}"#.into(), None, "exceed the request limit"),
+            (
+                r#"{"inputs":[{"name":"a","shape":[18446744073709551615],"datatype":"INT32","data":[]}]}"#.into(),
+                None,
+                "too large",
+            ),
+            (
+                r#"{"inputs":[{"name":"a","shape":[4294967296,4294967296],"datatype":"INT8","data":[]}]}"#.into(),
+                None,
+                "too many elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"a","shape":[100000000],"datatype":"FP64","data":[]}]}"#.into(),
+                None,
+                "exceed the request limit",
+            ),
             (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP16","data":[1.0]}]}"#.into(), None, "binary form"),
             (one(r#","parameters":{"binary_data_size":8}"#), None, "exceeds the 0 binary bytes"),
             (one(r#","parameters":{"binary_data_size":"8"}"#), None, "must be an integer"),
@@ -411,7 +379,11 @@ mod tests {
             (r#"{"inputs":[],"parameters":{"sequence_id":1}}"#.into(), None, "sequence batching"),
             (r#"{"inputs":[],"parameters":{"timeout":-1}}"#.into(), None, "non-negative"),
             (r#"{"inputs":[],"inputs":[]}"#.into(), None, "duplicate field"),
-            (r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#.into(), None, "classification"),
+            (
+                r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#.into(),
+                None,
+                "classification",
+            ),
         ];
         for (body, header, expected) in cases {
             let message = error(body.as_bytes(), header);
@@ -425,7 +397,8 @@ mod tests {
         let mut body = header.to_vec();
         body.extend_from_slice(&[0; 6]);
         assert!(error(&body, Some(header.len())).contains("unexpected additional input data"));
-        let wrong_size = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":4}}]}"#;
+        let wrong_size =
+            br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":4}}]}"#;
         let mut body = wrong_size.to_vec();
         body.extend_from_slice(&[0; 4]);
         assert!(error(&body, Some(wrong_size.len())).contains("expected 8 bytes"));
@@ -454,13 +427,8 @@ mod tests {
                     binary: false,
                 },
                 ResponseOutput {
-                    tensor: Tensor::checked(
-                        "b".into(),
-                        DataType::Uint8,
-                        vec![3],
-                        Bytes::from_static(&[7, 8, 9]),
-                    )
-                    .unwrap(),
+                    tensor: Tensor::checked("b".into(), DataType::Uint8, vec![3], Bytes::from_static(&[7, 8, 9]))
+                        .unwrap(),
                     binary: true,
                 },
             ],

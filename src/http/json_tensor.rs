@@ -15,12 +15,7 @@ use serde_json::value::RawValue;
 
 /// Parses a JSON `data` value (flat or nested arrays, or a single scalar for
 /// a one-element tensor) into `count` elements of `dtype`, little-endian.
-pub fn parse_data(
-    raw: &RawValue,
-    dtype: DataType,
-    count: usize,
-    rank: usize,
-) -> Result<Vec<u8>, String> {
+pub fn parse_data(raw: &RawValue, dtype: DataType, count: usize, rank: usize) -> Result<Vec<u8>, String> {
     let capacity = match dtype.element_size() {
         Some(size) => count * size,
         None => raw.get().len(),
@@ -28,20 +23,10 @@ pub fn parse_data(
     let mut out = Vec::with_capacity(capacity);
     let mut remaining = count;
     let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-    let sink = Elements {
-        dtype,
-        out: &mut out,
-        remaining: &mut remaining,
-        depth: 0,
-        max_depth: rank.max(1),
-    };
-    sink.deserialize(&mut deserializer)
-        .map_err(|e| clean(e.to_string()))?;
+    let sink = Elements { dtype, out: &mut out, remaining: &mut remaining, depth: 0, max_depth: rank.max(1) };
+    sink.deserialize(&mut deserializer).map_err(|e| clean(e.to_string()))?;
     if remaining != 0 {
-        return Err(format!(
-            "'data' holds {} elements, the shape needs {count}",
-            count - remaining
-        ));
+        return Err(format!("'data' holds {} elements, the shape needs {count}", count - remaining));
     }
     Ok(out)
 }
@@ -72,10 +57,7 @@ impl<'de> DeserializeSeed<'de> for Elements<'_> {
 }
 
 impl Elements<'_> {
-    fn push<E: de::Error>(
-        &mut self,
-        write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), E> {
+    fn push<E: de::Error>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<(), E> {
         if *self.remaining == 0 {
             return Err(E::custom("'data' holds more elements than the shape"));
         }
@@ -88,37 +70,18 @@ impl Elements<'_> {
         let range = || format!("{value} is out of range for {dtype}");
         self.push(|out| {
             match dtype {
-                DataType::Int8 => {
-                    out.extend_from_slice(&i8::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Int16 => {
-                    out.extend_from_slice(&i16::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Int32 => {
-                    out.extend_from_slice(&i32::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Int64 => {
-                    out.extend_from_slice(&i64::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Uint8 => {
-                    out.extend_from_slice(&u8::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Uint16 => {
-                    out.extend_from_slice(&u16::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Uint32 => {
-                    out.extend_from_slice(&u32::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
-                DataType::Uint64 => {
-                    out.extend_from_slice(&u64::try_from(value).map_err(|_| range())?.to_le_bytes())
-                }
+                DataType::Int8 => out.extend_from_slice(&i8::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Int16 => out.extend_from_slice(&i16::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Int32 => out.extend_from_slice(&i32::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Int64 => out.extend_from_slice(&i64::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Uint8 => out.extend_from_slice(&u8::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Uint16 => out.extend_from_slice(&u16::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Uint32 => out.extend_from_slice(&u32::try_from(value).map_err(|_| range())?.to_le_bytes()),
+                DataType::Uint64 => out.extend_from_slice(&u64::try_from(value).map_err(|_| range())?.to_le_bytes()),
                 DataType::Fp32 => out.extend_from_slice(&(value as f32).to_le_bytes()),
                 DataType::Fp64 => out.extend_from_slice(&(value as f64).to_le_bytes()),
                 other => {
-                    return Err(format!(
-                        "expected {} data, found the number {value}",
-                        describe(other)
-                    ));
+                    return Err(format!("expected {} data, found the number {value}", describe(other)));
                 }
             }
             Ok(())
@@ -167,10 +130,7 @@ impl<'de> Visitor<'de> for Elements<'_> {
         let dtype = self.dtype;
         self.push(|out| {
             if dtype != DataType::Bool {
-                return Err(format!(
-                    "expected {} data, found the boolean {value}",
-                    describe(dtype)
-                ));
+                return Err(format!("expected {} data, found the boolean {value}", describe(dtype)));
             }
             out.push(u8::from(value));
             Ok(())
@@ -192,10 +152,7 @@ impl<'de> Visitor<'de> for Elements<'_> {
                 DataType::Fp32 => out.extend_from_slice(&(value as f32).to_le_bytes()),
                 DataType::Fp64 => out.extend_from_slice(&value.to_le_bytes()),
                 DataType::Bool | DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {
-                    return Err(format!(
-                        "expected {} data, found the number {value}",
-                        describe(dtype)
-                    ));
+                    return Err(format!("expected {} data, found the number {value}", describe(dtype)));
                 }
                 _ => return Err(format!("expected an integer for {dtype}, found {value}")),
             }
@@ -215,17 +172,11 @@ impl<'de> Visitor<'de> for Elements<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom(format!(
-            "expected {} data, found null",
-            describe(self.dtype)
-        )))
+        Err(E::custom(format!("expected {} data, found null", describe(self.dtype))))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(format!(
-            "expected {} data, found an object",
-            describe(self.dtype)
-        )))
+        Err(de::Error::custom(format!("expected {} data, found an object", describe(self.dtype))))
     }
 }
 
@@ -286,16 +237,13 @@ pub fn write_data(out: &mut Vec<u8>, dtype: DataType, data: &[u8]) -> Result<(),
         DataType::Fp32 => floats!(f32),
         DataType::Fp64 => floats!(f64),
         DataType::Fp16 | DataType::Bf16 => {
-            return Err(format!(
-                "{dtype} outputs can only be returned in binary form (set \"binary_data\": true)"
-            ));
+            return Err(format!("{dtype} outputs can only be returned in binary form (set \"binary_data\": true)"));
         }
         DataType::Bytes => {
             for element in bytes_elements(data) {
                 let element = element.map_err(|e| e.to_string())?;
-                let text = std::str::from_utf8(element).map_err(|_| {
-                    "a BYTES output is not UTF-8; request it in binary form".to_owned()
-                })?;
+                let text = std::str::from_utf8(element)
+                    .map_err(|_| "a BYTES output is not UTF-8; request it in binary form".to_owned())?;
                 sep(out);
                 serde_json::to_writer(&mut *out, text).map_err(|e| e.to_string())?;
             }
@@ -324,34 +272,17 @@ mod tests {
         assert_eq!(flat, nested);
         assert_eq!(bytemuck::cast_slice::<u8, i32>(&flat), &[1, 2, 3, 4]);
         let floats = parse("[0.5, -1, 1e3]", DataType::Fp32, 3, 1).unwrap();
-        assert_eq!(
-            bytemuck::pod_collect_to_vec::<u8, f32>(&floats),
-            vec![0.5, -1.0, 1000.0]
-        );
+        assert_eq!(bytemuck::pod_collect_to_vec::<u8, f32>(&floats), vec![0.5, -1.0, 1000.0]);
         let strings = parse(r#"["a", "\u00e9"]"#, DataType::Bytes, 2, 1).unwrap();
         assert_eq!(strings, [1, 0, 0, 0, b'a', 2, 0, 0, 0, 0xc3, 0xa9]);
-        assert_eq!(
-            parse("[true, false]", DataType::Bool, 2, 1).unwrap(),
-            vec![1, 0]
-        );
-        assert_eq!(
-            parse("7", DataType::Int64, 1, 0).unwrap(),
-            7i64.to_le_bytes()
-        );
+        assert_eq!(parse("[true, false]", DataType::Bool, 2, 1).unwrap(), vec![1, 0]);
+        assert_eq!(parse("7", DataType::Int64, 1, 0).unwrap(), 7i64.to_le_bytes());
     }
 
     #[test]
     fn element_count_must_match_the_shape() {
-        assert!(
-            parse("[1, 2, 3]", DataType::Int32, 4, 1)
-                .unwrap_err()
-                .contains("holds 3 elements, the shape needs 4")
-        );
-        assert!(
-            parse("[1, 2, 3, 4, 5]", DataType::Int32, 4, 1)
-                .unwrap_err()
-                .contains("more elements")
-        );
+        assert!(parse("[1, 2, 3]", DataType::Int32, 4, 1).unwrap_err().contains("holds 3 elements, the shape needs 4"));
+        assert!(parse("[1, 2, 3, 4, 5]", DataType::Int32, 4, 1).unwrap_err().contains("more elements"));
     }
 
     #[test]
@@ -383,36 +314,17 @@ mod tests {
     #[test]
     fn outputs_are_written_as_json_numbers_that_round_trip() {
         let mut out = Vec::new();
-        let values = [
-            0.1f32,
-            -2.5,
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            1e-7,
-        ];
+        let values = [0.1f32, -2.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-7];
         write_data(&mut out, DataType::Fp32, bytemuck::cast_slice(&values)).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"[0.1,-2.5,"NaN","Infinity","-Infinity",1e-7]"#
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), r#"[0.1,-2.5,"NaN","Infinity","-Infinity",1e-7]"#);
         let mut out = Vec::new();
-        write_data(
-            &mut out,
-            DataType::Int64,
-            bytemuck::cast_slice(&[i64::MIN, 3]),
-        )
-        .unwrap();
+        write_data(&mut out, DataType::Int64, bytemuck::cast_slice(&[i64::MIN, 3])).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), format!("[{},3]", i64::MIN));
         let mut out = Vec::new();
         let mut strings = Vec::new();
         push_bytes_element(&mut strings, b"a\"b");
         write_data(&mut out, DataType::Bytes, &strings).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"["a\"b"]"#);
-        assert!(
-            write_data(&mut Vec::new(), DataType::Fp16, &[0, 0])
-                .unwrap_err()
-                .contains("binary")
-        );
+        assert!(write_data(&mut Vec::new(), DataType::Fp16, &[0, 0]).unwrap_err().contains("binary"));
     }
 }

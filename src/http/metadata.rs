@@ -73,11 +73,8 @@ pub fn model_config(config: &ModelConfig) -> Value {
             })
         })
         .collect();
-    let parameters: serde_json::Map<String, Value> = config
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), json!({ "string_value": v })))
-        .collect();
+    let parameters: serde_json::Map<String, Value> =
+        config.parameters.iter().map(|(k, v)| (k.clone(), json!({ "string_value": v }))).collect();
     let mut body = json!({
         "name": config.name,
         "platform": config.platform,

@@ -20,7 +20,7 @@ pub use body::Chunks;
 pub use infer::{HEADER_LENGTH, decode_request, encode_response};
 
 use crate::error::Error;
-use crate::gateway::Gateway;
+use crate::gateway::{Call, Gateway};
 use crate::metrics::Protocol;
 use crate::repository::VersionState;
 
@@ -38,11 +38,7 @@ enum Route {
     ServerMetadata,
     Metrics,
     AllStats,
-    Model {
-        name: String,
-        version: Option<String>,
-        action: ModelAction,
-    },
+    Model { name: String, version: Option<String>, action: ModelAction },
     RepositoryIndex,
     RepositoryLoad(String),
     RepositoryUnload(String),
@@ -66,12 +62,8 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         ["metrics"] => (Route::Metrics, Method::GET),
         ["v2", "models", "stats"] => (Route::AllStats, Method::GET),
         ["v2", "repository", "index"] => (Route::RepositoryIndex, Method::POST),
-        ["v2", "repository", "models", name, "load"] => {
-            (Route::RepositoryLoad(decode_name(name)?), Method::POST)
-        }
-        ["v2", "repository", "models", name, "unload"] => {
-            (Route::RepositoryUnload(decode_name(name)?), Method::POST)
-        }
+        ["v2", "repository", "models", name, "load"] => (Route::RepositoryLoad(decode_name(name)?), Method::POST),
+        ["v2", "repository", "models", name, "unload"] => (Route::RepositoryUnload(decode_name(name)?), Method::POST),
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
                 ["versions", v, rest @ ..] => (Some(decode_name(v)?), rest),
@@ -84,32 +76,17 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
                 ["config"] => (ModelAction::Config, Method::GET),
                 ["stats"] => (ModelAction::Stats, Method::GET),
                 _ => {
-                    return Err(Error::NotFound(format!(
-                        "no endpoint at {}",
-                        path.escape_debug()
-                    )));
+                    return Err(Error::NotFound(format!("no endpoint at {}", path.escape_debug())));
                 }
             };
-            (
-                Route::Model {
-                    name: decode_name(name)?,
-                    version,
-                    action,
-                },
-                expected,
-            )
+            (Route::Model { name: decode_name(name)?, version, action }, expected)
         }
         _ => {
-            return Err(Error::NotFound(format!(
-                "no endpoint at {}",
-                truncate(path).escape_debug()
-            )));
+            return Err(Error::NotFound(format!("no endpoint at {}", truncate(path).escape_debug())));
         }
     };
     if *method != expected {
-        return Err(Error::MethodNotAllowed(format!(
-            "{method} is not allowed here; use {expected}"
-        )));
+        return Err(Error::MethodNotAllowed(format!("{method} is not allowed here; use {expected}")));
     }
     Ok(route)
 }
@@ -140,8 +117,7 @@ fn decode_name(segment: &str) -> Result<String, Error> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| Error::invalid("the path is not UTF-8 after percent-decoding"))
+    String::from_utf8(out).map_err(|_| Error::invalid("the path is not UTF-8 after percent-decoding"))
 }
 
 /// Answers one HTTP request.
@@ -157,11 +133,7 @@ where
     }
 }
 
-async fn dispatch<B>(
-    gateway: &Arc<Gateway>,
-    request: Request<B>,
-    arrival: Instant,
-) -> Result<Response<Chunks>, Error>
+async fn dispatch<B>(gateway: &Arc<Gateway>, request: Request<B>, arrival: Instant) -> Result<Response<Chunks>, Error>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -169,18 +141,11 @@ where
     let route = route(request.method(), request.uri().path())?;
     match route {
         Route::Live => Ok(empty(StatusCode::OK)),
-        Route::Ready => Ok(empty(if gateway.is_ready() {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        })),
+        Route::Ready => Ok(empty(if gateway.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })),
         Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
         Route::Metrics => {
             let mut response = Response::new(Chunks::one(Bytes::from(gateway.metrics.render())));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             Ok(response)
         }
         Route::AllStats => {
@@ -194,32 +159,23 @@ where
                     _ => None,
                 })
                 .collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &metadata::statistics(&versions),
-            ))
+            Ok(json_response(StatusCode::OK, &metadata::statistics(&versions)))
         }
-        Route::Model {
-            name,
-            version,
-            action,
-        } => model_endpoint(gateway, request, &name, version.as_deref(), action, arrival).await,
+        Route::Model { name, version, action } => {
+            model_endpoint(gateway, request, &name, version.as_deref(), action, arrival).await
+        }
         Route::RepositoryIndex => {
             let (parts, body) = request.into_parts();
             let body = body::read(body, &parts.headers, gateway.limits.max_request_bytes).await?;
             let ready_only = if body.is_empty() {
                 false
             } else {
-                let value: Value = serde_json::from_slice(&body).map_err(|e| {
-                    Error::invalid(format!("malformed repository index request: {e}"))
-                })?;
+                let value: Value = serde_json::from_slice(&body)
+                    .map_err(|e| Error::invalid(format!("malformed repository index request: {e}")))?;
                 value.get("ready").and_then(Value::as_bool).unwrap_or(false)
             };
             let rows = gateway.repository.index(ready_only).await;
-            Ok(json_response(
-                StatusCode::OK,
-                &metadata::repository_index(&rows),
-            ))
+            Ok(json_response(StatusCode::OK, &metadata::repository_index(&rows)))
         }
         Route::RepositoryLoad(name) | Route::RepositoryUnload(name) => {
             let load = request.uri().path().ends_with("/load");
@@ -228,8 +184,7 @@ where
             check_repository_parameters(&body)?;
             if !gateway.repository.config().allow_model_control {
                 return Err(Error::FailedPrecondition(
-                    "explicit model load / unload is not allowed (model control is disabled)"
-                        .into(),
+                    "explicit model load / unload is not allowed (model control is disabled)".into(),
                 ));
             }
             if load {
@@ -248,8 +203,8 @@ fn check_repository_parameters(body: &[u8]) -> Result<(), Error> {
     if body.is_empty() {
         return Ok(());
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid(format!("malformed repository request: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Error::invalid(format!("malformed repository request: {e}")))?;
     if let Some(parameters) = value.get("parameters").and_then(Value::as_object) {
         for key in parameters.keys() {
             if key == "config" || key.starts_with("file:") {
@@ -287,24 +242,14 @@ where
                 .models
                 .get(name)
                 .map(|m| {
-                    m.versions
-                        .iter()
-                        .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
-                        .map(|(v, _)| *v)
-                        .collect()
+                    m.versions.iter().filter(|(_, s)| matches!(s, VersionState::Ready(_))).map(|(v, _)| *v).collect()
                 })
                 .unwrap_or_default();
-            Ok(json_response(
-                StatusCode::OK,
-                &metadata::model_metadata(name, &served, &versions),
-            ))
+            Ok(json_response(StatusCode::OK, &metadata::model_metadata(name, &served, &versions)))
         }
         ModelAction::Config => {
             let served = gateway.resolve(name, version)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &metadata::model_config(&served.config),
-            ))
+            Ok(json_response(StatusCode::OK, &metadata::model_config(&served.config)))
         }
         ModelAction::Stats => {
             let versions = match version {
@@ -312,10 +257,8 @@ where
                 None => {
                     crate::repository::validate_model_name(name)?;
                     let table = gateway.repository.snapshot();
-                    let entry = table
-                        .models
-                        .get(name)
-                        .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+                    let entry =
+                        table.models.get(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
                     entry
                         .versions
                         .values()
@@ -326,10 +269,7 @@ where
                         .collect()
                 }
             };
-            Ok(json_response(
-                StatusCode::OK,
-                &metadata::statistics(&versions),
-            ))
+            Ok(json_response(StatusCode::OK, &metadata::statistics(&versions)))
         }
     }
 }
@@ -349,37 +289,26 @@ where
     let limit = gateway.limits.max_request_bytes;
     let body = body::read(body, &parts.headers, limit).await?;
     let header_timeout = timeout_header(&parts.headers)?;
-    let headers = parts.headers;
-    let (mut decoded, headers) = offload(body.len(), move || {
-        decode_request(&headers, body, limit).map(|r| (r, headers))
-    })
-    .await?;
+    let mut decoded = if body.len() < OFFLOAD_BYTES {
+        decode_request(&parts.headers, body, limit)?
+    } else {
+        let headers = parts.headers.clone();
+        offload(move || decode_request(&headers, body, limit)).await?
+    };
     if let Some(t) = header_timeout {
         decoded.timeout = Some(decoded.timeout.map_or(t, |p| p.min(t)));
     }
-    let response = gateway
-        .infer(name, version, decoded, Protocol::Http, arrival)
-        .await?;
+    let call = Call { protocol: Protocol::Http, arrival, headers: &parts.headers };
+    let response = gateway.infer(name, version, decoded, call).await?;
     let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
-    let accept_gzip = body::accepts(&headers);
-    offload(size, move || {
-        let encoded = encode_response(&response)?;
-        Ok(body::infer_response(encoded, accept_gzip))
-    })
-    .await
+    let accept_gzip = body::accepts(&parts.headers);
+    let respond = move || Ok(body::infer_response(encode_response(&response)?, accept_gzip));
+    if size < OFFLOAD_BYTES { respond() } else { offload(respond).await }
 }
 
-/// Runs `f` here when `size` is small, on the blocking pool otherwise.
-async fn offload<T: Send + 'static>(
-    size: usize,
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    if size < OFFLOAD_BYTES {
-        return f();
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
+/// Runs CPU-heavy work (large decodes and encodes) on the blocking pool.
+async fn offload<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
 }
 
 fn timeout_header(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
@@ -390,11 +319,7 @@ fn timeout_header(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
         .to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "{TIMEOUT_HEADER} must be a whole number of milliseconds"
-            ))
-        })?;
+        .ok_or_else(|| Error::invalid(format!("{TIMEOUT_HEADER} must be a whole number of milliseconds")))?;
     Ok((millis > 0).then(|| Duration::from_millis(millis)))
 }
 
@@ -409,18 +334,13 @@ pub fn json_response(status: StatusCode, value: &Value) -> Response<Chunks> {
     let body = serde_json::to_vec(value).expect("a Value always serializes");
     let mut response = Response::new(Chunks::one(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 /// The `{"error": "..."}` body Triton sends, with the mapped status.
 pub fn error_response(error: &Error) -> Response<Chunks> {
-    json_response(
-        error.http_status(),
-        &serde_json::json!({ "error": error.message() }),
-    )
+    json_response(error.http_status(), &serde_json::json!({ "error": error.message() }))
 }
 
 #[cfg(test)]
@@ -433,45 +353,20 @@ mod tests {
         let post = Method::POST;
         assert!(matches!(route(&get, "/v2/health/live"), Ok(Route::Live)));
         assert!(matches!(route(&get, "/v2"), Ok(Route::ServerMetadata)));
-        assert!(matches!(
-            route(&get, "/v2/models/stats"),
-            Ok(Route::AllStats)
-        ));
-        assert!(matches!(
-            route(&post, "/v2/repository/index"),
-            Ok(Route::RepositoryIndex)
-        ));
+        assert!(matches!(route(&get, "/v2/models/stats"), Ok(Route::AllStats)));
+        assert!(matches!(route(&post, "/v2/repository/index"), Ok(Route::RepositoryIndex)));
         match route(&post, "/v2/models/my%2Dmodel/versions/3/infer") {
-            Ok(Route::Model {
-                name,
-                version,
-                action,
-            }) => {
+            Ok(Route::Model { name, version, action }) => {
                 assert_eq!(name, "my-model");
                 assert_eq!(version.as_deref(), Some("3"));
                 assert!(action == ModelAction::Infer);
             }
             _ => panic!("expected an infer route"),
         }
-        assert!(matches!(
-            route(&get, "/v2/models/m/config"),
-            Ok(Route::Model {
-                action: ModelAction::Config,
-                ..
-            })
-        ));
-        assert!(matches!(
-            route(&get, "/v2/models/m/infer"),
-            Err(Error::MethodNotAllowed(_))
-        ));
-        assert!(matches!(
-            route(&get, "/v2/models/m/bogus"),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(route(&get, "/v2/models/m/config"), Ok(Route::Model { action: ModelAction::Config, .. })));
+        assert!(matches!(route(&get, "/v2/models/m/infer"), Err(Error::MethodNotAllowed(_))));
+        assert!(matches!(route(&get, "/v2/models/m/bogus"), Err(Error::NotFound(_))));
         assert!(matches!(route(&get, "/nope"), Err(Error::NotFound(_))));
-        assert!(matches!(
-            route(&get, "/v2/models/%zz"),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(route(&get, "/v2/models/%zz"), Err(Error::InvalidArgument(_))));
     }
 }

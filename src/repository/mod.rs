@@ -134,33 +134,26 @@ pub struct Loaders {
 impl std::fmt::Debug for Loaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ready: Vec<&str> = self.ready.iter().map(|l| l.platform()).collect();
-        f.debug_struct("Loaders")
-            .field("ready", &ready)
-            .field("missing", &self.missing)
-            .finish()
+        f.debug_struct("Loaders").field("ready", &ready).field("missing", &self.missing).finish()
     }
 }
 
 impl Loaders {
     /// Picks the loader for a model: by the config's platform or backend, else
     /// by which model file its version directories hold.
-    fn for_model(
-        &self,
-        file: &ConfigFile,
-        version_dirs: &[(u64, PathBuf)],
-    ) -> Result<Arc<dyn ModelLoader>, String> {
+    fn for_model(&self, file: &ConfigFile, version_dirs: &[(u64, PathBuf)]) -> Result<Arc<dyn ModelLoader>, String> {
         let wanted_platform = file.platform.as_deref();
         let wanted_backend = file.backend.as_deref();
         if wanted_platform.is_some() || wanted_backend.is_some() {
-            if let Some(l) = self.ready.iter().find(|l| {
-                wanted_platform == Some(l.platform()) || wanted_backend == Some(l.backend_name())
-            }) {
+            if let Some(l) = self
+                .ready
+                .iter()
+                .find(|l| wanted_platform == Some(l.platform()) || wanted_backend == Some(l.backend_name()))
+            {
                 return Ok(l.clone());
             }
-            if let Some(m) = self
-                .missing
-                .iter()
-                .find(|m| wanted_platform == Some(m.platform) || wanted_backend == Some(m.backend))
+            if let Some(m) =
+                self.missing.iter().find(|m| wanted_platform == Some(m.platform) || wanted_backend == Some(m.backend))
             {
                 return Err(m.reason.clone());
             }
@@ -172,18 +165,10 @@ impl Loaders {
         }
         let has = |filename: &str| version_dirs.iter().any(|(_, d)| d.join(filename).exists());
         let custom = file.default_model_filename.as_deref();
-        if let Some(l) = self
-            .ready
-            .iter()
-            .find(|l| has(custom.unwrap_or(l.default_filename())))
-        {
+        if let Some(l) = self.ready.iter().find(|l| has(custom.unwrap_or(l.default_filename()))) {
             return Ok(l.clone());
         }
-        if let Some(m) = self
-            .missing
-            .iter()
-            .find(|m| has(custom.unwrap_or(m.filename)))
-        {
+        if let Some(m) = self.missing.iter().find(|m| has(custom.unwrap_or(m.filename))) {
             return Err(m.reason.clone());
         }
         Err("no model file this gateway can serve (model.onnx, model.pt) and no platform in config.pbtxt".into())
@@ -208,9 +193,7 @@ pub fn validate_model_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
@@ -314,15 +297,13 @@ impl Repository {
         match version {
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionState::Ready(version)) => Ok(version.clone()),
-                Some(VersionState::Loading) => Err(Error::Unavailable(format!(
-                    "model '{name}' version {v} is loading"
-                ))),
-                Some(VersionState::Unavailable { reason, .. }) => Err(Error::Unavailable(format!(
-                    "model '{name}' version {v} is not ready: {reason}"
-                ))),
-                None => Err(Error::NotFound(format!(
-                    "unknown version {v} of model '{name}'"
-                ))),
+                Some(VersionState::Loading) => {
+                    Err(Error::Unavailable(format!("model '{name}' version {v} is loading")))
+                }
+                Some(VersionState::Unavailable { reason, .. }) => {
+                    Err(Error::Unavailable(format!("model '{name}' version {v} is not ready: {reason}")))
+                }
+                None => Err(Error::NotFound(format!("unknown version {v} of model '{name}'"))),
             },
             None => entry.latest_ready().cloned().ok_or_else(|| {
                 let why = entry.error.clone().or_else(|| {
@@ -351,12 +332,7 @@ impl Repository {
         names.dedup();
         for name in names {
             match table.models.get(&name) {
-                None => rows.push(IndexEntry {
-                    name,
-                    version: None,
-                    state: None,
-                    reason: String::new(),
-                }),
+                None => rows.push(IndexEntry { name, version: None, state: None, reason: String::new() }),
                 Some(entry) if entry.versions.is_empty() => rows.push(IndexEntry {
                     name,
                     version: None,
@@ -412,17 +388,10 @@ impl Repository {
         let (file, loader, versions) = match scanned {
             Ok(plan) => plan,
             Err(ScanError::Missing) => {
-                return Err(Error::NotFound(format!(
-                    "model '{name}' is not in the model repository"
-                )));
+                return Err(Error::NotFound(format!("model '{name}' is not in the model repository")));
             }
             Err(ScanError::Invalid(reason)) => {
-                let mut entry = self
-                    .snapshot()
-                    .models
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_default();
+                let mut entry = self.snapshot().models.get(name).cloned().unwrap_or_default();
                 entry.error = Some(reason.clone());
                 if entry.latest_ready().is_none() {
                     self.publish(name, entry);
@@ -431,12 +400,7 @@ impl Repository {
             }
         };
 
-        let previous = self
-            .snapshot()
-            .models
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
+        let previous = self.snapshot().models.get(name).cloned().unwrap_or_default();
         let mut loading = previous.clone();
         loading.error = None;
         for (v, _) in &versions {
@@ -449,12 +413,8 @@ impl Repository {
         let mut next = ModelEntry::default();
         let mut failures = Vec::new();
         for (v, version_dir) in versions {
-            let (file, loader, settings, model) = (
-                file.clone(),
-                loader.clone(),
-                self.config.load.clone(),
-                name.to_owned(),
-            );
+            let (file, loader, settings, model) =
+                (file.clone(), loader.clone(), self.config.load.clone(), name.to_owned());
             let loaded = tokio::task::spawn_blocking(move || {
                 load_version(VersionPlan {
                     name: &model,
@@ -477,10 +437,7 @@ impl Repository {
                     failures.push(format!("version {v}: {reason}"));
                     match previous.versions.get(&v) {
                         Some(ready @ VersionState::Ready(_)) => ready.clone(),
-                        _ => VersionState::Unavailable {
-                            reason,
-                            failed: true,
-                        },
+                        _ => VersionState::Unavailable { reason, failed: true },
                     }
                 }
             };
@@ -497,10 +454,7 @@ impl Repository {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(Error::invalid(format!(
-                "failed to load '{name}': {}",
-                failures.join("; ")
-            )))
+            Err(Error::invalid(format!("failed to load '{name}': {}", failures.join("; "))))
         }
     }
 
@@ -514,13 +468,7 @@ impl Repository {
         };
         let mut next = ModelEntry::default();
         for &v in entry.versions.keys() {
-            next.versions.insert(
-                v,
-                VersionState::Unavailable {
-                    reason: "unloaded".into(),
-                    failed: false,
-                },
-            );
+            next.versions.insert(v, VersionState::Unavailable { reason: "unloaded".into(), failed: false });
         }
         self.publish(name, next);
         tracing::info!(model = %name, "model unloaded");
@@ -555,19 +503,11 @@ fn scan_model(dir: &Path, loaders: &Loaders) -> Result<Scanned, ScanError> {
         .filter_map(|e| Some((parse_version_dir(e.file_name().to_str()?)?, e.path())))
         .collect();
     available.sort();
-    let loader = loaders
-        .for_model(&file, &available)
-        .map_err(ScanError::Invalid)?;
+    let loader = loaders.for_model(&file, &available).map_err(ScanError::Invalid)?;
     let numbers: Vec<u64> = available.iter().map(|(v, _)| *v).collect();
-    let policy = file
-        .version_policy
-        .clone()
-        .unwrap_or(model_config::VersionPolicy::Latest(1));
+    let policy = file.version_policy.clone().unwrap_or(model_config::VersionPolicy::Latest(1));
     let selected = policy.select(&numbers);
-    let versions = available
-        .into_iter()
-        .filter(|(v, _)| selected.contains(v))
-        .collect();
+    let versions = available.into_iter().filter(|(v, _)| selected.contains(v)).collect();
     Ok((file, loader, versions))
 }
 
@@ -577,20 +517,9 @@ mod tests {
 
     #[test]
     fn model_names_that_could_escape_the_repository_are_refused() {
-        for bad in [
-            "",
-            "..",
-            ".",
-            "../etc",
-            "a/b",
-            "a\\b",
-            "/etc/passwd",
-            " ..",
-            "a b",
-            "a\0b",
-            ".hidden",
-            &"x".repeat(200),
-        ] {
+        for bad in
+            ["", "..", ".", "../etc", "a/b", "a\\b", "/etc/passwd", " ..", "a b", "a\0b", ".hidden", &"x".repeat(200)]
+        {
             assert!(validate_model_name(bad).is_err(), "{bad:?}");
         }
         for good in ["simple", "mlp_v2", "resnet-50", "a.b", "Model1"] {

@@ -65,9 +65,7 @@ impl VersionPolicy {
                 sorted.split_off(sorted.len() - keep)
             }
             VersionPolicy::All => sorted,
-            VersionPolicy::Specific(wanted) => {
-                sorted.into_iter().filter(|v| wanted.contains(v)).collect()
-            }
+            VersionPolicy::Specific(wanted) => sorted.into_iter().filter(|v| wanted.contains(v)).collect(),
         }
     }
 }
@@ -204,10 +202,7 @@ const IGNORED_TOP_LEVEL: &[&str] = &[
 
 /// Fields whose presence means the model needs something the gateway does not do.
 const REFUSED_TOP_LEVEL: &[(&str, &str)] = &[
-    (
-        "sequence_batching",
-        "sequence batching (stateful models) is not supported",
-    ),
+    ("sequence_batching", "sequence batching (stateful models) is not supported"),
     ("ensemble_scheduling", "ensembles are not supported"),
     ("batch_input", "batch_input is not supported"),
     ("batch_output", "batch_output is not supported"),
@@ -239,8 +234,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, ConfigError> {
         file.dynamic_batching = Some(dynamic_batching(&mut batching, &mut file.ignored)?);
     }
     for (index, mut group) in r.messages("instance_group")?.into_iter().enumerate() {
-        file.instance_groups
-            .push(instance_group(&mut group, index, &mut file.ignored)?);
+        file.instance_groups.push(instance_group(&mut group, index, &mut file.ignored)?);
     }
     for mut parameter in r.messages("parameters")? {
         let key = parameter.string("key")?.unwrap_or_default();
@@ -260,9 +254,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, ConfigError> {
     }
     if let Some(mut policy) = r.message("model_transaction_policy")? {
         if policy.boolean("decoupled")?.unwrap_or(false) {
-            return err(
-                "decoupled models (model_transaction_policy.decoupled: true) are not supported",
-            );
+            return err("decoupled models (model_transaction_policy.decoupled: true) are not supported");
         }
         policy.finish(&[])?;
     }
@@ -302,9 +294,7 @@ fn version_policy(r: &mut Reader) -> Result<VersionPolicy, ConfigError> {
 }
 
 fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ConfigError> {
-    let name = r
-        .string("name")?
-        .ok_or_else(|| ConfigError(format!("an {role} has no name")))?;
+    let name = r.string("name")?.ok_or_else(|| ConfigError(format!("an {role} has no name")))?;
     let dtype = match r.ident("data_type")? {
         Some(t) => DataType::from_config_name(&t)
             .ok_or_else(|| ConfigError(format!("{role} '{name}': unknown data_type {t}")))?,
@@ -312,9 +302,7 @@ fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ConfigError> {
     };
     let dims = r.ints("dims")?;
     if let Some(d) = dims.iter().find(|&&d| d < -1) {
-        return err(format!(
-            "{role} '{name}': dimension {d} is invalid (use -1 for any size)"
-        ));
+        return err(format!("{role} '{name}': dimension {d} is invalid (use -1 for any size)"));
     }
     if r.has("reshape") {
         return err(format!("{role} '{name}': reshape is not supported"));
@@ -326,24 +314,15 @@ fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ConfigError> {
         return err(format!("{role} '{name}': ragged batches are not supported"));
     }
     if r.boolean("optional")?.unwrap_or(false) {
-        return err(format!(
-            "{role} '{name}': optional inputs are not supported"
-        ));
+        return err(format!("{role} '{name}': optional inputs are not supported"));
     }
     r.finish(&["format", "label_filename", "is_non_linear_format_io"])?;
     Ok(IoSpec { name, dtype, dims })
 }
 
-fn dynamic_batching(
-    r: &mut Reader,
-    ignored: &mut Vec<String>,
-) -> Result<DynamicBatching, ConfigError> {
+fn dynamic_batching(r: &mut Reader, ignored: &mut Vec<String>) -> Result<DynamicBatching, ConfigError> {
     let mut batching = DynamicBatching {
-        preferred_batch_size: r
-            .uints("preferred_batch_size")?
-            .into_iter()
-            .map(|v| v as u32)
-            .collect(),
+        preferred_batch_size: r.uints("preferred_batch_size")?.into_iter().map(|v| v as u32).collect(),
         max_queue_delay_microseconds: r.uint("max_queue_delay_microseconds")?.unwrap_or(0),
         preserve_ordering: r.boolean("preserve_ordering")?.unwrap_or(false),
         ..DynamicBatching::default()
@@ -356,18 +335,12 @@ fn dynamic_batching(
                 "dynamic_batching.default_queue_policy.timeout_action {action} is not supported (only REJECT)"
             ));
         }
-        batching.default_timeout_microseconds =
-            policy.uint("default_timeout_microseconds")?.unwrap_or(0);
-        batching.allow_timeout_override =
-            policy.boolean("allow_timeout_override")?.unwrap_or(false);
+        batching.default_timeout_microseconds = policy.uint("default_timeout_microseconds")?.unwrap_or(0);
+        batching.allow_timeout_override = policy.boolean("allow_timeout_override")?.unwrap_or(false);
         batching.max_queue_size = policy.uint("max_queue_size")?.unwrap_or(0) as u32;
         policy.finish(&[])?;
     }
-    for field in [
-        "priority_levels",
-        "default_priority_level",
-        "priority_queue_policy",
-    ] {
+    for field in ["priority_levels", "default_priority_level", "priority_queue_policy"] {
         if r.take(field).next().is_some() {
             ignored.push(format!("dynamic_batching.{field}"));
         }
@@ -376,11 +349,7 @@ fn dynamic_batching(
     Ok(batching)
 }
 
-fn instance_group(
-    r: &mut Reader,
-    index: usize,
-    ignored: &mut Vec<String>,
-) -> Result<InstanceGroup, ConfigError> {
+fn instance_group(r: &mut Reader, index: usize, ignored: &mut Vec<String>) -> Result<InstanceGroup, ConfigError> {
     let name = r.string("name")?.unwrap_or_default();
     let kind = match r.ident("kind")?.as_deref() {
         None | Some("KIND_AUTO") => InstanceKind::Auto,
@@ -391,29 +360,16 @@ fn instance_group(
     };
     let count = r.uint("count")?.unwrap_or(1);
     if count == 0 || count > 64 {
-        return err(format!(
-            "instance_group {index}: count {count} must be between 1 and 64"
-        ));
+        return err(format!("instance_group {index}: count {count} must be between 1 and 64"));
     }
     let gpus = r.uints("gpus")?.into_iter().map(|g| g as u32).collect();
-    for field in [
-        "rate_limiter",
-        "passive",
-        "host_policy",
-        "secondary_devices",
-        "profile",
-    ] {
+    for field in ["rate_limiter", "passive", "host_policy", "secondary_devices", "profile"] {
         if r.take(field).next().is_some() {
             ignored.push(format!("instance_group.{field}"));
         }
     }
     r.finish(&[])?;
-    Ok(InstanceGroup {
-        name,
-        kind,
-        count: count as u32,
-        gpus,
-    })
+    Ok(InstanceGroup { name, kind, count: count as u32, gpus })
 }
 
 fn warmup(r: &mut Reader) -> Result<Warmup, ConfigError> {
@@ -438,12 +394,7 @@ fn warmup(r: &mut Reader) -> Result<Warmup, ConfigError> {
         entry.finish(&[])?;
     }
     r.finish(&[])?;
-    Ok(Warmup {
-        name,
-        batch_size,
-        count: count.min(100),
-        random_inputs,
-    })
+    Ok(Warmup { name, batch_size, count: count.min(100), random_inputs })
 }
 
 /// Settings the repository applies when a config leaves them open.
@@ -467,23 +418,15 @@ pub fn complete(
     if let Some(n) = &file.name
         && n != name
     {
-        return err(format!(
-            "config name '{n}' differs from the directory name '{name}'"
-        ));
+        return err(format!("config name '{n}' differs from the directory name '{name}'"));
     }
     if let Some(p) = &file.platform
         && p != platform
     {
-        return err(format!(
-            "platform '{p}' is not served by the {backend} backend (expected '{platform}')"
-        ));
+        return err(format!("platform '{p}' is not served by the {backend} backend (expected '{platform}')"));
     }
-    let batchable = model.is_some_and(|sig| {
-        sig.inputs
-            .iter()
-            .chain(&sig.outputs)
-            .all(|t| t.shape.first() == Some(&-1))
-    });
+    let batchable =
+        model.is_some_and(|sig| sig.inputs.iter().chain(&sig.outputs).all(|t| t.shape.first() == Some(&-1)));
     let max_batch_size = match file.max_batch_size {
         Some(n) => n,
         None if batchable => defaults.max_batch_size,
@@ -496,39 +439,18 @@ pub fn complete(
         (None, _) => None,
     };
     if let Some(b) = &dynamic_batching
-        && let Some(p) = b
-            .preferred_batch_size
-            .iter()
-            .find(|&&p| p == 0 || p > max_batch_size.max(1))
+        && let Some(p) = b.preferred_batch_size.iter().find(|&&p| p == 0 || p > max_batch_size.max(1))
     {
-        return err(format!(
-            "preferred_batch_size {p} must be between 1 and max_batch_size {max_batch_size}"
-        ));
+        return err(format!("preferred_batch_size {p} must be between 1 and max_batch_size {max_batch_size}"));
     }
 
-    let inputs = complete_io(
-        &file.inputs,
-        model.map(|m| m.inputs.as_slice()),
-        max_batch_size,
-        "input",
-        true,
-    )?;
-    let outputs = complete_io(
-        &file.outputs,
-        model.map(|m| m.outputs.as_slice()),
-        max_batch_size,
-        "output",
-        false,
-    )?;
+    let inputs = complete_io(&file.inputs, model.map(|m| m.inputs.as_slice()), max_batch_size, "input", true)?;
+    let outputs = complete_io(&file.outputs, model.map(|m| m.outputs.as_slice()), max_batch_size, "output", false)?;
     if inputs.is_empty() {
-        return err(
-            "the model has no inputs (a config must list them for formats without a signature)",
-        );
+        return err("the model has no inputs (a config must list them for formats without a signature)");
     }
     if outputs.is_empty() {
-        return err(
-            "the model has no outputs (a config must list them for formats without a signature)",
-        );
+        return err("the model has no outputs (a config must list them for formats without a signature)");
     }
 
     let instance_groups = instance_groups(name, file.instance_groups);
@@ -543,9 +465,7 @@ pub fn complete(
         outputs,
         dynamic_batching,
         instance_groups,
-        default_model_filename: file
-            .default_model_filename
-            .unwrap_or_else(|| default_filename.to_owned()),
+        default_model_filename: file.default_model_filename.unwrap_or_else(|| default_filename.to_owned()),
         parameters: file.parameters,
         warmup: file.warmup,
     })
@@ -555,12 +475,7 @@ pub fn complete(
 /// means one CPU instance.
 pub fn instance_groups(name: &str, groups: Vec<InstanceGroup>) -> Vec<InstanceGroup> {
     if groups.is_empty() {
-        return vec![InstanceGroup {
-            name: format!("{name}_0"),
-            kind: InstanceKind::Cpu,
-            count: 1,
-            gpus: vec![],
-        }];
+        return vec![InstanceGroup { name: format!("{name}_0"), kind: InstanceKind::Cpu, count: 1, gpus: vec![] }];
     }
     groups
         .into_iter()
@@ -570,11 +485,7 @@ pub fn instance_groups(name: &str, groups: Vec<InstanceGroup>) -> Vec<InstanceGr
                 g.name = format!("{name}_{i}");
             }
             if g.kind == InstanceKind::Auto {
-                g.kind = if g.gpus.is_empty() {
-                    InstanceKind::Cpu
-                } else {
-                    InstanceKind::Gpu
-                };
+                g.kind = if g.gpus.is_empty() { InstanceKind::Cpu } else { InstanceKind::Gpu };
             }
             g
         })
@@ -604,22 +515,13 @@ fn complete_io(
                 "max_batch_size is {max_batch_size} but {role} '{}' has a fixed first dimension {d}, so the model cannot batch",
                 t.name
             )),
-            None => err(format!(
-                "max_batch_size is {max_batch_size} but {role} '{}' is a scalar",
-                t.name
-            )),
+            None => err(format!("max_batch_size is {max_batch_size} but {role} '{}' is a scalar", t.name)),
         }
     };
     if declared.is_empty() {
         return model
             .iter()
-            .map(|t| {
-                Ok(IoSpec {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    dims: model_dims(t)?,
-                })
-            })
+            .map(|t| Ok(IoSpec { name: t.name.clone(), dtype: t.dtype, dims: model_dims(t)? }))
             .collect();
     }
     for spec in declared {
@@ -627,11 +529,7 @@ fn complete_io(
             return err(format!(
                 "{role} '{}' in the config is not in the model (the model has {})",
                 spec.name,
-                model
-                    .iter()
-                    .map(|t| format!("'{}'", t.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                model.iter().map(|t| format!("'{}'", t.name)).collect::<Vec<_>>().join(", ")
             ));
         };
         if t.dtype != spec.dtype {
@@ -643,11 +541,7 @@ fn complete_io(
             ));
         }
         let dims = model_dims(t)?;
-        let agree = dims.len() == spec.dims.len()
-            && dims
-                .iter()
-                .zip(&spec.dims)
-                .all(|(&m, &c)| m == -1 || m == c);
+        let agree = dims.len() == spec.dims.len() && dims.iter().zip(&spec.dims).all(|(&m, &c)| m == -1 || m == c);
         if !agree {
             return err(format!(
                 "{role} '{}': config dims {:?} do not match the model's {:?}",
@@ -655,15 +549,8 @@ fn complete_io(
             ));
         }
     }
-    if all_required
-        && let Some(t) = model
-            .iter()
-            .find(|t| !declared.iter().any(|d| d.name == t.name))
-    {
-        return err(format!(
-            "the model's {role} '{}' is missing from the config",
-            t.name
-        ));
+    if all_required && let Some(t) = model.iter().find(|t| !declared.iter().any(|d| d.name == t.name)) {
+        return err(format!("the model's {role} '{}' is missing from the config", t.name));
     }
     Ok(declared.to_vec())
 }
@@ -671,11 +558,7 @@ fn complete_io(
 impl ModelConfig {
     /// The inputs and outputs clients use.
     pub fn io(&self) -> ModelIo {
-        ModelIo::new(
-            self.max_batch_size,
-            self.inputs.clone(),
-            self.outputs.clone(),
-        )
+        ModelIo::new(self.max_batch_size, self.inputs.clone(), self.outputs.clone())
     }
 
     /// The signature the backend runs, batch dimension included.
@@ -705,10 +588,7 @@ struct Reader {
 
 impl Reader {
     fn new(message: Message, context: impl Into<String>) -> Reader {
-        Reader {
-            fields: message.fields,
-            context: context.into(),
-        }
+        Reader { fields: message.fields, context: context.into() }
     }
 
     fn has(&self, name: &str) -> bool {
@@ -716,9 +596,8 @@ impl Reader {
     }
 
     fn take(&mut self, name: &str) -> impl Iterator<Item = Field> + use<> {
-        let (taken, kept): (Vec<Field>, Vec<Field>) = std::mem::take(&mut self.fields)
-            .into_iter()
-            .partition(|f| f.name == name);
+        let (taken, kept): (Vec<Field>, Vec<Field>) =
+            std::mem::take(&mut self.fields).into_iter().partition(|f| f.name == name);
         self.fields = kept;
         taken.into_iter()
     }
@@ -744,11 +623,7 @@ impl Reader {
     fn single(&mut self, name: &str) -> Result<Option<(Scalar, String)>, ConfigError> {
         let mut values = self.scalars(name)?;
         if values.len() > 1 {
-            return err(format!(
-                "{}.{name} is given {} times",
-                self.context,
-                values.len()
-            ));
+            return err(format!("{}.{name} is given {} times", self.context, values.len()));
         }
         Ok(values.pop())
     }
@@ -798,10 +673,7 @@ impl Reader {
     }
 
     fn ints(&mut self, name: &str) -> Result<Vec<i64>, ConfigError> {
-        self.scalars(name)?
-            .into_iter()
-            .map(|(s, at)| Self::parse_int(s, &at))
-            .collect()
+        self.scalars(name)?.into_iter().map(|(s, at)| Self::parse_int(s, &at)).collect()
     }
 
     fn uints(&mut self, name: &str) -> Result<Vec<u64>, ConfigError> {
@@ -844,11 +716,7 @@ impl Reader {
     fn message(&mut self, name: &str) -> Result<Option<Reader>, ConfigError> {
         let mut all = self.messages(name)?;
         if all.len() > 1 {
-            return err(format!(
-                "{}.{name} is given {} times",
-                self.context,
-                all.len()
-            ));
+            return err(format!("{}.{name} is given {} times", self.context, all.len()));
         }
         Ok(all.pop())
     }
@@ -858,10 +726,7 @@ impl Reader {
         self.fields.retain(|f| !harmless.contains(&f.name.as_str()));
         match self.fields.first() {
             None => Ok(()),
-            Some(f) => err(format!(
-                "{}: unknown field '{}' (line {})",
-                self.context, f.name, f.line
-            )),
+            Some(f) => err(format!("{}: unknown field '{}' (line {})", self.context, f.name, f.line)),
         }
     }
 }
@@ -904,15 +769,7 @@ mod tests {
     }
 
     fn complete_onnx(file: ConfigFile, sig: &ModelSignature) -> Result<ModelConfig, ConfigError> {
-        complete(
-            "simple",
-            file,
-            "onnxruntime_onnx",
-            "onnxruntime",
-            "model.onnx",
-            Some(sig),
-            &defaults(),
-        )
+        complete("simple", file, "onnxruntime_onnx", "onnxruntime", "model.onnx", Some(sig), &defaults())
     }
 
     #[test]
@@ -930,12 +787,7 @@ mod tests {
         assert_eq!(file.instance_groups[0].count, 2);
         assert_eq!(file.instance_groups[0].kind, InstanceKind::Cpu);
         assert_eq!(file.version_policy, Some(VersionPolicy::Latest(2)));
-        assert_eq!(
-            file.parameters
-                .get("intra_op_thread_count")
-                .map(String::as_str),
-            Some("1")
-        );
+        assert_eq!(file.parameters.get("intra_op_thread_count").map(String::as_str), Some("1"));
         assert_eq!(file.ignored, vec!["optimization".to_owned()]);
 
         let config = complete_onnx(file, &signature(true)).unwrap();
@@ -962,38 +814,18 @@ mod tests {
     fn refuses_configs_that_disagree_with_the_model() {
         let mut file = parse_config_file(SIMPLE).unwrap();
         file.inputs[0].dtype = DataType::Fp32;
-        assert!(
-            complete_onnx(file, &signature(true))
-                .unwrap_err()
-                .0
-                .contains("config says TYPE_FP32")
-        );
+        assert!(complete_onnx(file, &signature(true)).unwrap_err().0.contains("config says TYPE_FP32"));
 
         let file = parse_config_file(SIMPLE).unwrap();
-        assert!(
-            complete_onnx(file, &signature(false))
-                .unwrap_err()
-                .0
-                .contains("cannot batch")
-        );
+        assert!(complete_onnx(file, &signature(false)).unwrap_err().0.contains("cannot batch"));
 
         let mut file = parse_config_file(SIMPLE).unwrap();
         file.inputs.pop();
-        assert!(
-            complete_onnx(file, &signature(true))
-                .unwrap_err()
-                .0
-                .contains("'INPUT1' is missing")
-        );
+        assert!(complete_onnx(file, &signature(true)).unwrap_err().0.contains("'INPUT1' is missing"));
 
         let mut file = parse_config_file(SIMPLE).unwrap();
         file.name = Some("other".into());
-        assert!(
-            complete_onnx(file, &signature(true))
-                .unwrap_err()
-                .0
-                .contains("differs")
-        );
+        assert!(complete_onnx(file, &signature(true)).unwrap_err().0.contains("differs"));
     }
 
     #[test]
@@ -1001,21 +833,12 @@ mod tests {
         let cases = [
             ("sequence_batching { }", "sequence batching"),
             ("model_transaction_policy { decoupled: true }", "decoupled"),
-            (
-                "input [ { name: \"a\" data_type: TYPE_FP32 dims: [1] reshape { shape: [] } } ]",
-                "reshape",
-            ),
-            (
-                "input [ { name: \"a\" data_type: TYPE_FP99 dims: [1] } ]",
-                "unknown data_type",
-            ),
+            ("input [ { name: \"a\" data_type: TYPE_FP32 dims: [1] reshape { shape: [] } } ]", "reshape"),
+            ("input [ { name: \"a\" data_type: TYPE_FP99 dims: [1] } ]", "unknown data_type"),
             ("max_batch_sise: 4", "unknown field 'max_batch_sise'"),
             ("max_batch_size: -1", "out of range"),
             ("instance_group [ { count: 0 } ]", "count 0"),
-            (
-                "dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
-                "DELAY",
-            ),
+            ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }", "DELAY"),
         ];
         for (text, expected) in cases {
             let error = parse_config_file(text).unwrap_err();
@@ -1028,14 +851,8 @@ mod tests {
         let available = [3, 1, 10, 2];
         assert_eq!(VersionPolicy::Latest(1).select(&available), vec![10]);
         assert_eq!(VersionPolicy::Latest(2).select(&available), vec![3, 10]);
-        assert_eq!(
-            VersionPolicy::Latest(9).select(&available),
-            vec![1, 2, 3, 10]
-        );
+        assert_eq!(VersionPolicy::Latest(9).select(&available), vec![1, 2, 3, 10]);
         assert_eq!(VersionPolicy::All.select(&available), vec![1, 2, 3, 10]);
-        assert_eq!(
-            VersionPolicy::Specific(vec![2, 7]).select(&available),
-            vec![2]
-        );
+        assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&available), vec![2]);
     }
 }

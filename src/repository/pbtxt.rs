@@ -61,11 +61,7 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.message
-        )
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
     }
 }
 
@@ -73,10 +69,7 @@ impl std::error::Error for ParseError {}
 
 /// Parses a whole text-format message.
 pub fn parse(text: &str) -> Result<Message, ParseError> {
-    let mut parser = Parser {
-        tokens: Lexer::new(text).tokens()?,
-        pos: 0,
-    };
+    let mut parser = Parser { tokens: Lexer::new(text).tokens()?, pos: 0 };
     let message = parser.message(0, None)?;
     Ok(message)
 }
@@ -104,11 +97,7 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn new(text: &'a str) -> Self {
-        Lexer {
-            chars: text.chars().peekable(),
-            line: 1,
-            column: 1,
-        }
+        Lexer { chars: text.chars().peekable(), line: 1, column: 1 }
     }
 
     fn bump(&mut self) -> Option<char> {
@@ -123,11 +112,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn error(&self, message: impl Into<String>) -> ParseError {
-        ParseError {
-            line: self.line,
-            column: self.column,
-            message: message.into(),
-        }
+        ParseError { line: self.line, column: self.column, message: message.into() }
     }
 
     fn tokens(mut self) -> Result<Vec<Token>, ParseError> {
@@ -146,9 +131,7 @@ impl<'a> Lexer<'a> {
                     continue;
                 }
                 '"' | '\'' => Tok::Str(self.string()?),
-                c if c.is_ascii_digit() || c == '-' || c == '+' || c == '.' => {
-                    Tok::Number(self.word())
-                }
+                c if c.is_ascii_digit() || c == '-' || c == '+' || c == '.' => Tok::Number(self.word()),
                 c if c.is_ascii_alphabetic() || c == '_' => Tok::Ident(self.word()),
                 '{' | '}' | '[' | ']' | '<' | '>' | ':' | ',' | ';' => {
                     self.bump();
@@ -157,14 +140,7 @@ impl<'a> Lexer<'a> {
                 other => return Err(self.error(format!("unexpected character {other:?}"))),
             };
             // Adjacent string literals concatenate, as in protobuf.
-            if let (
-                Tok::Str(s),
-                Some(Token {
-                    tok: Tok::Str(prev),
-                    ..
-                }),
-            ) = (&tok, out.last_mut())
-            {
+            if let (Tok::Str(s), Some(Token { tok: Tok::Str(prev), .. })) = (&tok, out.last_mut()) {
                 prev.push_str(s);
                 continue;
             }
@@ -196,9 +172,7 @@ impl<'a> Lexer<'a> {
                 None | Some('\n') => return Err(self.error("unterminated string")),
                 Some(c) if c == quote => break,
                 Some('\\') => {
-                    let escaped = self
-                        .bump()
-                        .ok_or_else(|| self.error("unterminated escape"))?;
+                    let escaped = self.bump().ok_or_else(|| self.error("unterminated escape"))?;
                     match escaped {
                         'n' => bytes.push(b'\n'),
                         't' => bytes.push(b'\t'),
@@ -247,15 +221,8 @@ impl Parser {
     }
 
     fn error_at(&self, message: impl Into<String>) -> ParseError {
-        let (line, column) = self
-            .peek()
-            .or_else(|| self.tokens.last())
-            .map_or((1, 1), |t| (t.line, t.column));
-        ParseError {
-            line,
-            column,
-            message: message.into(),
-        }
+        let (line, column) = self.peek().or_else(|| self.tokens.last()).map_or((1, 1), |t| (t.line, t.column));
+        ParseError { line, column, message: message.into() }
     }
 
     fn eat_punct(&mut self, c: char) -> bool {
@@ -297,21 +264,9 @@ impl Parser {
         }
     }
 
-    fn field_value(
-        &mut self,
-        name: &str,
-        line: usize,
-        depth: usize,
-        out: &mut Message,
-    ) -> Result<(), ParseError> {
+    fn field_value(&mut self, name: &str, line: usize, depth: usize, out: &mut Message) -> Result<(), ParseError> {
         let colon = self.eat_punct(':');
-        let push = |out: &mut Message, value| {
-            out.fields.push(Field {
-                name: name.to_owned(),
-                value,
-                line,
-            })
-        };
+        let push = |out: &mut Message, value| out.fields.push(Field { name: name.to_owned(), value, line });
         if self.eat_punct('[') {
             if !self.eat_punct(']') {
                 loop {
@@ -404,32 +359,12 @@ mod tests {
                 "parameters"
             ]
         );
-        let Value::Message(input1) = &m.fields[4].value else {
-            panic!("message")
-        };
-        let dims: Vec<&Value> = input1
-            .fields
-            .iter()
-            .filter(|f| f.name == "dims")
-            .map(|f| &f.value)
-            .collect();
-        assert_eq!(
-            dims,
-            [
-                &Value::Scalar(Scalar::Number("-1".into())),
-                &Value::Scalar(Scalar::Number("2".into()))
-            ]
-        );
-        let Value::Message(params) = &m.fields[7].value else {
-            panic!("message")
-        };
-        let Value::Message(value) = &params.fields[1].value else {
-            panic!("message")
-        };
-        assert_eq!(
-            value.fields[0].value,
-            Value::Scalar(Scalar::Str("ab".into()))
-        );
+        let Value::Message(input1) = &m.fields[4].value else { panic!("message") };
+        let dims: Vec<&Value> = input1.fields.iter().filter(|f| f.name == "dims").map(|f| &f.value).collect();
+        assert_eq!(dims, [&Value::Scalar(Scalar::Number("-1".into())), &Value::Scalar(Scalar::Number("2".into()))]);
+        let Value::Message(params) = &m.fields[7].value else { panic!("message") };
+        let Value::Message(value) = &params.fields[1].value else { panic!("message") };
+        assert_eq!(value.fields[0].value, Value::Scalar(Scalar::Str("ab".into())));
     }
 
     #[test]
@@ -437,18 +372,8 @@ mod tests {
         let err = parse("name: \"x\"\nmax_batch_size 8").unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("expected ':'"), "{err}");
-        assert!(
-            parse("input { name: \"a\"")
-                .unwrap_err()
-                .message
-                .contains("missing '}'")
-        );
-        assert!(
-            parse("name: \"open")
-                .unwrap_err()
-                .message
-                .contains("unterminated")
-        );
+        assert!(parse("input { name: \"a\"").unwrap_err().message.contains("missing '}'"));
+        assert!(parse("name: \"open").unwrap_err().message.contains("unterminated"));
         assert!(parse("dims: [1, 2").is_err());
         assert!(parse("$").is_err());
     }

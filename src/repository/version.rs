@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modelgate_backend::{
-    Backend, DataType, Device, InputTensor, InstanceOptions, ModelLoader, ModelSignature,
-    OutputTensor,
+    Backend, DataType, Device, InputTensor, InstanceOptions, ModelLoader, ModelSignature, OutputTensor,
 };
 
 use super::model_config::{self, ConfigFile, InstanceKind, ModelConfig};
@@ -80,14 +79,7 @@ impl ModelVersion {
             None => receiver.await,
         };
         let tensors = reply.map_err(|_| Error::Internal("the model instance stopped".into()))??;
-        Ok(Outputs {
-            tensors: indices
-                .into_iter()
-                .zip(tensors)
-                .zip(binary)
-                .map(|((i, t), b)| (i, t, b))
-                .collect(),
-        })
+        Ok(Outputs { tensors: indices.into_iter().zip(tensors).zip(binary).map(|((i, t), b)| (i, t, b)).collect() })
     }
 
     /// Triton's queue policy: the model default applies unless the request may
@@ -126,21 +118,9 @@ pub struct VersionPlan<'a> {
 /// async runtime.
 pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let started = Instant::now();
-    let VersionPlan {
-        name,
-        version,
-        dir,
-        file,
-        loader,
-        settings,
-    } = plan;
-    let defaults = model_config::Defaults {
-        max_batch_size: settings.default_max_batch_size,
-    };
-    let filename = file
-        .default_model_filename
-        .clone()
-        .unwrap_or_else(|| loader.default_filename().to_owned());
+    let VersionPlan { name, version, dir, file, loader, settings } = plan;
+    let defaults = model_config::Defaults { max_batch_size: settings.default_max_batch_size };
+    let filename = file.default_model_filename.clone().unwrap_or_else(|| loader.default_filename().to_owned());
     let model_file = dir.join(&filename);
     if !model_file.exists() {
         return Err(format!("version {version} has no model file '{filename}'"));
@@ -159,30 +139,19 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     };
     // Formats without a signature (TorchScript) need the config's before loading.
     let declared = complete(None).ok().map(|c| c.signature());
-    let devices = instance_devices(&model_config::instance_groups(
-        name,
-        file.instance_groups.clone(),
-    ));
-    let first_options =
-        instance_options(file, settings, devices.first().copied().unwrap_or_default());
-    let first = loader
-        .load(&model_file, declared.as_ref(), &first_options)
-        .map_err(|e| e.to_string())?;
+    let devices = instance_devices(&model_config::instance_groups(name, file.instance_groups.clone()));
+    let first_options = instance_options(file, settings, devices.first().copied().unwrap_or_default());
+    let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(|e| e.to_string())?;
     let config = Arc::new(complete(first.signature())?);
     let signature = config.signature();
 
     let mut backends = vec![first];
     for &device in devices.iter().skip(1) {
         let options = instance_options(file, settings, device);
-        backends.push(
-            loader
-                .load(&model_file, Some(&signature), &options)
-                .map_err(|e| e.to_string())?,
-        );
+        backends.push(loader.load(&model_file, Some(&signature), &options).map_err(|e| e.to_string())?);
     }
     for (i, backend) in backends.iter_mut().enumerate() {
-        warm_up(&config, backend.as_mut())
-            .map_err(|e| format!("warm-up of instance {i} failed: {e}"))?;
+        warm_up(&config, backend.as_mut()).map_err(|e| format!("warm-up of instance {i} failed: {e}"))?;
     }
     for (device, backend) in devices.iter().zip(&backends) {
         if let Some(bytes) = backend.device_memory_bytes() {
@@ -195,19 +164,12 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let stats = Arc::new(ModelStats::new(max_rows.max(1)));
     let metrics = Arc::new(VersionMetrics::new(name, version));
     let thread_name = format!("mg-{name}-{version}");
-    let scheduler = Scheduler::start(
-        &thread_name,
-        policy,
-        backends,
-        stats.clone(),
-        metrics.clone(),
-    )
-    .map_err(|e| format!("cannot start instance threads: {e}"))?;
+    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone())
+        .map_err(|e| format!("cannot start instance threads: {e}"))?;
     let (default_timeout, allow_timeout_override) = match &config.dynamic_batching {
-        Some(b) if b.default_timeout_microseconds > 0 => (
-            Some(Duration::from_micros(b.default_timeout_microseconds)),
-            b.allow_timeout_override,
-        ),
+        Some(b) if b.default_timeout_microseconds > 0 => {
+            (Some(Duration::from_micros(b.default_timeout_microseconds)), b.allow_timeout_override)
+        }
         _ => (None, true),
     };
     crate::metrics::model_loaded(name, version, started.elapsed());
@@ -226,11 +188,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
 
 fn batch_policy(config: &ModelConfig, settings: &LoadSettings) -> BatchPolicy {
     let batching = config.dynamic_batching.clone().unwrap_or_default();
-    let mut preferred: Vec<usize> = batching
-        .preferred_batch_size
-        .iter()
-        .map(|&p| p as usize)
-        .collect();
+    let mut preferred: Vec<usize> = batching.preferred_batch_size.iter().map(|&p| p as usize).collect();
     preferred.sort_unstable_by(|a, b| b.cmp(a));
     BatchPolicy {
         max_batch_size: config.max_batch_size.max(1) as usize,
@@ -251,11 +209,7 @@ fn instance_devices(groups: &[model_config::InstanceGroup]) -> Vec<Device> {
     for group in groups {
         match group.kind {
             InstanceKind::Gpu => {
-                let gpus = if group.gpus.is_empty() {
-                    vec![0]
-                } else {
-                    group.gpus.clone()
-                };
+                let gpus = if group.gpus.is_empty() { vec![0] } else { group.gpus.clone() };
                 for gpu in gpus {
                     devices.extend(std::iter::repeat_n(Device::Cuda(gpu), group.count as usize));
                 }
@@ -272,17 +226,10 @@ fn instance_devices(groups: &[model_config::InstanceGroup]) -> Vec<Device> {
 }
 
 fn instance_options(file: &ConfigFile, settings: &LoadSettings, device: Device) -> InstanceOptions {
-    let number = |key: &str| {
-        file.parameters
-            .get(key)
-            .and_then(|v| v.trim().parse::<usize>().ok())
-    };
+    let number = |key: &str| file.parameters.get(key).and_then(|v| v.trim().parse::<usize>().ok());
     InstanceOptions {
         device,
-        allow_cpu_fallback: file
-            .parameters
-            .get("allow_cpu_fallback")
-            .is_some_and(|v| v == "true" || v == "1"),
+        allow_cpu_fallback: file.parameters.get("allow_cpu_fallback").is_some_and(|v| v == "true" || v == "1"),
         intra_op_threads: number("intra_op_thread_count").unwrap_or(settings.intra_op_threads),
         inter_op_threads: number("inter_op_thread_count").unwrap_or(0),
         parameters: file.parameters.clone(),
@@ -302,13 +249,8 @@ fn warm_up(config: &ModelConfig, backend: &mut dyn Backend) -> Result<(), String
     }
     for sample in &config.warmup {
         for _ in 0..sample.count {
-            run_sample(
-                config,
-                backend,
-                sample.batch_size.max(1) as i64,
-                sample.random_inputs,
-            )
-            .map_err(|e| format!("sample '{}': {e}", sample.name))?;
+            run_sample(config, backend, sample.batch_size.max(1) as i64, sample.random_inputs)
+                .map_err(|e| format!("sample '{}': {e}", sample.name))?;
         }
     }
     Ok(())
@@ -325,11 +267,7 @@ fn run_sample(
         .inputs
         .iter()
         .map(|spec| {
-            let mut shape: Vec<i64> = spec
-                .dims
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d })
-                .collect();
+            let mut shape: Vec<i64> = spec.dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
             if config.max_batch_size > 0 {
                 shape.insert(0, batch);
             }
@@ -353,14 +291,8 @@ fn run_sample(
             (spec.dtype, shape, buf)
         })
         .collect();
-    let views: Vec<InputTensor<'_>> = inputs
-        .iter()
-        .map(|(dtype, shape, buf)| InputTensor {
-            dtype: *dtype,
-            shape,
-            data: buf.as_bytes(),
-        })
-        .collect();
+    let views: Vec<InputTensor<'_>> =
+        inputs.iter().map(|(dtype, shape, buf)| InputTensor { dtype: *dtype, shape, data: buf.as_bytes() }).collect();
     let outputs: Vec<usize> = (0..config.outputs.len()).collect();
     backend.execute(&views, &outputs).map_err(|e| e.to_string())
 }

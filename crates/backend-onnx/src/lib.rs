@@ -12,15 +12,13 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use modelgate_backend::{
-    Backend, BackendError, DataType, Device, InputTensor, InstanceOptions, ModelLoader,
-    ModelSignature, OutputTensor, TensorSpec, bytes_elements, push_bytes_element,
+    Backend, BackendError, DataType, Device, InputTensor, InstanceOptions, ModelLoader, ModelSignature, OutputTensor,
+    TensorSpec, bytes_elements, push_bytes_element,
 };
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{
-    DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, TensorRef, ValueType,
-};
+use ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, TensorRef, ValueType};
 
 /// The process-wide ONNX Runtime environment: `ort` allows one per process, and
 /// the first library loaded stays loaded, so a failure is remembered too.
@@ -36,17 +34,15 @@ fn environment(library: &Path) -> Result<&'static Environment, BackendError> {
                 library.display()
             ));
         }
-        let builder = ort::init_from(library).map_err(|e| {
-            format!("cannot load ONNX Runtime from {}: {e}", library.display())
-        })?;
+        let builder =
+            ort::init_from(library).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
         builder
             .with_name("modelgate")
             .with_telemetry(false)
             .build()
             .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
     });
-    env.as_ref()
-        .map_err(|e| BackendError::RuntimeUnavailable(e.clone()))
+    env.as_ref().map_err(|e| BackendError::RuntimeUnavailable(e.clone()))
 }
 
 /// Creates ONNX Runtime sessions for `model.onnx` files.
@@ -96,37 +92,22 @@ fn load_error(e: impl std::fmt::Display) -> BackendError {
     BackendError::Load(e.to_string())
 }
 
-fn build_session(
-    env: &Environment,
-    model_file: &Path,
-    options: &InstanceOptions,
-) -> Result<Session, BackendError> {
+fn build_session(env: &Environment, model_file: &Path, options: &InstanceOptions) -> Result<Session, BackendError> {
     let mut builder = Session::builder(env)
         .map_err(load_error)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(load_error)?;
     if options.intra_op_threads > 0 {
-        builder = builder
-            .with_intra_threads(options.intra_op_threads)
-            .map_err(load_error)?;
+        builder = builder.with_intra_threads(options.intra_op_threads).map_err(load_error)?;
     }
     if options.inter_op_threads > 0 {
-        builder = builder
-            .with_inter_threads(options.inter_op_threads)
-            .map_err(load_error)?;
+        builder = builder.with_inter_threads(options.inter_op_threads).map_err(load_error)?;
     }
     // Spinning threads keep a core busy after each run; on a small host shared
     // with the network workers that costs more than the wake-up it saves.
-    let spinning = options
-        .parameters
-        .get("allow_spinning")
-        .is_some_and(|v| v == "true" || v == "1");
-    builder = builder
-        .with_intra_op_spinning(spinning)
-        .map_err(load_error)?;
-    builder = builder
-        .with_inter_op_spinning(spinning)
-        .map_err(load_error)?;
+    let spinning = options.parameters.get("allow_spinning").is_some_and(|v| v == "true" || v == "1");
+    builder = builder.with_intra_op_spinning(spinning).map_err(load_error)?;
+    builder = builder.with_inter_op_spinning(spinning).map_err(load_error)?;
     builder = with_device(builder, options)?;
     builder.commit_from_file(model_file).map_err(load_error)
 }
@@ -139,18 +120,13 @@ fn with_device(
     match options.device {
         Device::Cpu => Ok(builder),
         Device::Cuda(ordinal) => {
-            let mut ep = ort::ep::CUDA::default()
-                .with_device_id(ordinal as i32)
-                .build();
+            let mut ep = ort::ep::CUDA::default().with_device_id(ordinal as i32).build();
             if !options.allow_cpu_fallback {
                 ep = ep.error_on_failure();
             }
             builder
                 .with_execution_providers([ep])
-                .map_err(|e| BackendError::Device {
-                    device: options.device,
-                    reason: e.to_string(),
-                })
+                .map_err(|e| BackendError::Device { device: options.device, reason: e.to_string() })
         }
     }
 }
@@ -200,30 +176,18 @@ fn tensor_spec(name: &str, ty: &ValueType, role: &str) -> Result<TensorSpec, Bac
         )));
     };
     let dtype = data_type(*ty).ok_or_else(|| {
-        BackendError::Load(format!(
-            "{role} '{name}' has element type {ty:?}, which the V2 protocol cannot carry"
-        ))
+        BackendError::Load(format!("{role} '{name}' has element type {ty:?}, which the V2 protocol cannot carry"))
     })?;
     // ONNX marks unknown dimensions with -1 (symbolic) or 0 in some exporters' old files;
     // only -1 is dynamic here.
-    Ok(TensorSpec::new(
-        name,
-        dtype,
-        shape.iter().copied().collect(),
-    ))
+    Ok(TensorSpec::new(name, dtype, shape.iter().copied().collect()))
 }
 
 fn read_signature(session: &Session) -> Result<ModelSignature, BackendError> {
-    let inputs = session
-        .inputs()
-        .iter()
-        .map(|o| tensor_spec(o.name(), o.dtype(), "input"))
-        .collect::<Result<_, _>>()?;
-    let outputs = session
-        .outputs()
-        .iter()
-        .map(|o| tensor_spec(o.name(), o.dtype(), "output"))
-        .collect::<Result<_, _>>()?;
+    let inputs =
+        session.inputs().iter().map(|o| tensor_spec(o.name(), o.dtype(), "input")).collect::<Result<_, _>>()?;
+    let outputs =
+        session.outputs().iter().map(|o| tensor_spec(o.name(), o.dtype(), "output")).collect::<Result<_, _>>()?;
     Ok(ModelSignature { inputs, outputs })
 }
 
@@ -238,11 +202,7 @@ impl Backend for OnnxBackend {
         Some(&self.signature)
     }
 
-    fn execute(
-        &mut self,
-        inputs: &[InputTensor<'_>],
-        outputs: &[usize],
-    ) -> Result<Vec<OutputTensor>, BackendError> {
+    fn execute(&mut self, inputs: &[InputTensor<'_>], outputs: &[usize]) -> Result<Vec<OutputTensor>, BackendError> {
         if inputs.len() != self.session.inputs().len() {
             return Err(BackendError::Execute(format!(
                 "model takes {} inputs, batch has {}",
@@ -250,22 +210,14 @@ impl Backend for OnnxBackend {
                 inputs.len()
             )));
         }
-        let values = inputs
-            .iter()
-            .map(input_value)
-            .collect::<Result<Vec<_>, _>>()?;
-        let results = self
-            .session
-            .run(values.as_slice())
-            .map_err(|e| BackendError::Execute(e.to_string()))?;
+        let values = inputs.iter().map(input_value).collect::<Result<Vec<_>, _>>()?;
+        let results = self.session.run(values.as_slice()).map_err(|e| BackendError::Execute(e.to_string()))?;
         outputs
             .iter()
             .map(|&index| {
                 let value = results
                     .get(self.signature.outputs[index].name.as_str())
-                    .ok_or_else(|| {
-                        BackendError::Execute(format!("runtime returned no output {index}"))
-                    })?;
+                    .ok_or_else(|| BackendError::Execute(format!("runtime returned no output {index}")))?;
                 output_tensor(value)
             })
             .collect()
@@ -282,9 +234,7 @@ fn input_value<'a>(input: &InputTensor<'a>) -> Result<SessionInputValue<'a>, Bac
     match input.dtype {
         DataType::Bool => {
             let data: Vec<bool> = input.data.iter().map(|&b| b != 0).collect();
-            Ok(Tensor::from_array((input.shape.to_vec(), data))
-                .map_err(execute_error)?
-                .into())
+            Ok(Tensor::from_array((input.shape.to_vec(), data)).map_err(execute_error)?.into())
         }
         DataType::Uint8 => primitive::<u8>(input),
         DataType::Uint16 => primitive::<u16>(input),
@@ -307,16 +257,12 @@ where
     T: PrimitiveTensorElementType + bytemuck::Pod + Debug,
 {
     match bytemuck::try_cast_slice::<u8, T>(input.data) {
-        Ok(view) => Ok(TensorRef::from_array_view((input.shape.to_vec(), view))
-            .map_err(execute_error)?
-            .into()),
+        Ok(view) => Ok(TensorRef::from_array_view((input.shape.to_vec(), view)).map_err(execute_error)?.into()),
         // Misaligned bytes (not produced by the gateway, but possible from other
         // callers): pay for one copy rather than refuse.
         Err(_) => {
             let owned: Vec<T> = bytemuck::pod_collect_to_vec(input.data);
-            Ok(Tensor::from_array((input.shape.to_vec(), owned))
-                .map_err(execute_error)?
-                .into())
+            Ok(Tensor::from_array((input.shape.to_vec(), owned)).map_err(execute_error)?.into())
         }
     }
 }
@@ -326,9 +272,7 @@ fn strings<'a>(input: &InputTensor<'a>) -> Result<SessionInputValue<'a>, Backend
     for (index, element) in bytes_elements(input.data).enumerate() {
         let element = element.map_err(|e| BackendError::InvalidInput(e.to_string()))?;
         let text = std::str::from_utf8(element).map_err(|_| {
-            BackendError::InvalidInput(format!(
-                "BYTES element {index} is not UTF-8, which ONNX string tensors require"
-            ))
+            BackendError::InvalidInput(format!("BYTES element {index} is not UTF-8, which ONNX string tensors require"))
         })?;
         if text.contains('\0') {
             return Err(BackendError::InvalidInput(format!(
@@ -338,30 +282,19 @@ fn strings<'a>(input: &InputTensor<'a>) -> Result<SessionInputValue<'a>, Backend
         // `ort` wants 'static element types for string tensors.
         elements.push(text.to_owned());
     }
-    Ok(
-        Tensor::from_string_array((input.shape.to_vec(), elements.as_slice()))
-            .map_err(execute_error)?
-            .into(),
-    )
+    Ok(Tensor::from_string_array((input.shape.to_vec(), elements.as_slice())).map_err(execute_error)?.into())
 }
 
 fn output_tensor(value: &DynValue) -> Result<OutputTensor, BackendError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
-        return Err(BackendError::Execute(
-            "model produced a non-tensor output".into(),
-        ));
+        return Err(BackendError::Execute("model produced a non-tensor output".into()));
     };
-    let dtype = data_type(*ty)
-        .ok_or_else(|| BackendError::Execute(format!("model produced element type {ty:?}")))?;
+    let dtype = data_type(*ty).ok_or_else(|| BackendError::Execute(format!("model produced element type {ty:?}")))?;
     let shape: Vec<i64> = shape.iter().copied().collect();
     let data = match dtype {
         DataType::Bool => {
             let (_, values) = value.try_extract_tensor::<bool>().map_err(execute_error)?;
-            values
-                .iter()
-                .map(|&b| u8::from(b))
-                .collect::<Vec<u8>>()
-                .into()
+            values.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>().into()
         }
         DataType::Uint8 => copy_out::<u8>(value)?,
         DataType::Uint16 => copy_out::<u16>(value)?,

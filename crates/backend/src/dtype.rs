@@ -170,10 +170,7 @@ mod tests {
 
     #[test]
     fn config_enum_values_follow_tritons_numbering() {
-        let mut values: Vec<i32> = DataType::ALL
-            .iter()
-            .map(|d| d.config_enum_value())
-            .collect();
+        let mut values: Vec<i32> = DataType::ALL.iter().map(|d| d.config_enum_value()).collect();
         values.sort_unstable();
         assert_eq!(values, (1..=14).collect::<Vec<_>>());
         assert_eq!(DataType::Bytes.config_enum_value(), 13);

@@ -18,8 +18,8 @@ use std::path::Path;
 
 pub use dtype::DataType;
 pub use tensor::{
-    BytesLayoutError, DYNAMIC_DIM, ModelSignature, TensorSpec, bytes_elements, check_bytes_layout,
-    element_count, fixed_byte_size, push_bytes_element,
+    BytesLayoutError, DYNAMIC_DIM, ModelSignature, TensorSpec, bytes_elements, check_bytes_layout, element_count,
+    fixed_byte_size, push_bytes_element,
 };
 
 /// A borrowed input tensor of a batch, already checked against the signature.
@@ -115,11 +115,7 @@ pub trait Backend: Send {
     /// Runs one batch. `inputs` follow the order of the effective signature's
     /// inputs; `outputs` are indices into its outputs. Returns one tensor per
     /// requested output, in the order requested.
-    fn execute(
-        &mut self,
-        inputs: &[InputTensor<'_>],
-        outputs: &[usize],
-    ) -> Result<Vec<OutputTensor>, BackendError>;
+    fn execute(&mut self, inputs: &[InputTensor<'_>], outputs: &[usize]) -> Result<Vec<OutputTensor>, BackendError>;
 
     /// Device memory this instance holds, when the device reports it.
     fn device_memory_bytes(&self) -> Option<u64> {

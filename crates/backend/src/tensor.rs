@@ -23,11 +23,7 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// Builds a spec.
     pub fn new(name: impl Into<String>, dtype: DataType, shape: Vec<i64>) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape,
-        }
+        TensorSpec { name: name.into(), dtype, shape }
     }
 }
 
@@ -102,11 +98,7 @@ pub fn bytes_elements(buf: &[u8]) -> impl Iterator<Item = Result<&[u8], BytesLay
         let len = u32::from_le_bytes(*len) as usize;
         if len > tail.len() {
             failed = true;
-            return Some(Err(BytesLayoutError::Overrun {
-                index,
-                declared: len,
-                available: tail.len(),
-            }));
+            return Some(Err(BytesLayoutError::Overrun { index, declared: len, available: tail.len() }));
         }
         let (element, after) = tail.split_at(len);
         rest = after;
@@ -125,11 +117,7 @@ pub fn check_bytes_layout(buf: &[u8], expected: usize) -> Result<(), BytesLayout
             return Err(BytesLayoutError::Count { expected, found });
         }
     }
-    if found == expected {
-        Ok(())
-    } else {
-        Err(BytesLayoutError::Count { expected, found })
-    }
+    if found == expected { Ok(()) } else { Err(BytesLayoutError::Count { expected, found }) }
 }
 
 /// Appends one BYTES element (length prefix and bytes) to `out`.
@@ -166,36 +154,14 @@ mod tests {
         let items: Vec<&[u8]> = bytes_elements(&buf).map(|e| e.unwrap()).collect();
         assert_eq!(items, vec![&b"ab"[..], b"", b"xyz"]);
         assert_eq!(check_bytes_layout(&buf, 3), Ok(()));
-        assert_eq!(
-            check_bytes_layout(&buf, 2),
-            Err(BytesLayoutError::Count {
-                expected: 2,
-                found: 3
-            })
-        );
-        assert_eq!(
-            check_bytes_layout(&buf, 4),
-            Err(BytesLayoutError::Count {
-                expected: 4,
-                found: 3
-            })
-        );
+        assert_eq!(check_bytes_layout(&buf, 2), Err(BytesLayoutError::Count { expected: 2, found: 3 }));
+        assert_eq!(check_bytes_layout(&buf, 4), Err(BytesLayoutError::Count { expected: 4, found: 3 }));
         assert_eq!(
             check_bytes_layout(&buf[..buf.len() - 1], 3),
-            Err(BytesLayoutError::Overrun {
-                index: 2,
-                declared: 3,
-                available: 2
-            })
+            Err(BytesLayoutError::Overrun { index: 2, declared: 3, available: 2 })
         );
-        assert_eq!(
-            check_bytes_layout(&[1, 0], 1),
-            Err(BytesLayoutError::TruncatedLength { index: 0 })
-        );
+        assert_eq!(check_bytes_layout(&[1, 0], 1), Err(BytesLayoutError::TruncatedLength { index: 0 }));
         let huge = u32::MAX.to_le_bytes();
-        assert!(matches!(
-            check_bytes_layout(&huge, 1),
-            Err(BytesLayoutError::Overrun { .. })
-        ));
+        assert!(matches!(check_bytes_layout(&huge, 1), Err(BytesLayoutError::Overrun { .. })));
     }
 }
