@@ -245,4 +245,11 @@ mod tests {
         assert_eq!(config.repository.load_models, Some(vec!["mlp".to_owned()]));
         assert_eq!(config.onnxruntime_library(), PathBuf::from("/opt/ort/libonnxruntime.so"));
     }
+
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modelgate.toml");
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config, Config::default(), "config/modelgate.toml documents the defaults");
+    }
 }

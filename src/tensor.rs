@@ -272,25 +272,9 @@ impl ModelIo {
 
     /// Checks one input's shape against the model and returns its batch rows.
     fn check_shape(&self, spec: &IoSpec, shape: &[i64]) -> Result<usize, Error> {
-        let (rows, dims) = if self.max_batch_size > 0 {
-            let Some((&rows, dims)) = shape.split_first() else {
-                return Err(Error::invalid(format!(
-                    "input '{}': shape [] lacks the batch dimension; expected {:?}",
-                    spec.name,
-                    self.full_shape(spec)
-                )));
-            };
-            if rows < 1 || rows as u64 > u64::from(self.max_batch_size) {
-                return Err(Error::invalid(format!(
-                    "input '{}': batch size {rows} must be between 1 and the model's max_batch_size {}",
-                    spec.name, self.max_batch_size
-                )));
-            }
-            (rows as usize, dims)
-        } else {
-            (1, shape)
-        };
-        let fits = dims.len() == spec.dims.len()
+        let batching = self.max_batch_size > 0;
+        let dims = if batching { shape.get(1..).unwrap_or(&[]) } else { shape };
+        let fits = shape.len() == spec.dims.len() + usize::from(batching)
             && dims.iter().zip(&spec.dims).all(|(&given, &want)| want < 0 || given == want);
         if !fits {
             return Err(Error::invalid(format!(
@@ -299,7 +283,17 @@ impl ModelIo {
                 self.full_shape(spec)
             )));
         }
-        Ok(rows)
+        if !batching {
+            return Ok(1);
+        }
+        let rows = shape[0];
+        if rows < 1 || rows as u64 > u64::from(self.max_batch_size) {
+            return Err(Error::invalid(format!(
+                "input '{}': batch size {rows} must be between 1 and the model's max_batch_size {}",
+                spec.name, self.max_batch_size
+            )));
+        }
+        Ok(rows as usize)
     }
 }
 

@@ -141,14 +141,17 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let declared = complete(None).ok().map(|c| c.signature());
     let devices = instance_devices(&model_config::instance_groups(name, file.instance_groups.clone()));
     let first_options = instance_options(file, settings, devices.first().copied().unwrap_or_default());
-    let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(|e| e.to_string())?;
+    // Runtime errors quote the file path; clients and the index see it relative to the repository.
+    let shown = format!("{name}/{version}/{filename}");
+    let scrub = |e: modelgate_backend::BackendError| e.to_string().replace(&model_file.display().to_string(), &shown);
+    let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(scrub)?;
     let config = Arc::new(complete(first.signature())?);
     let signature = config.signature();
 
     let mut backends = vec![first];
     for &device in devices.iter().skip(1) {
         let options = instance_options(file, settings, device);
-        backends.push(loader.load(&model_file, Some(&signature), &options).map_err(|e| e.to_string())?);
+        backends.push(loader.load(&model_file, Some(&signature), &options).map_err(scrub)?);
     }
     for (i, backend) in backends.iter_mut().enumerate() {
         warm_up(&config, backend.as_mut()).map_err(|e| format!("warm-up of instance {i} failed: {e}"))?;

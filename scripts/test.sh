@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, Rust unit and integration tests (real
+# ONNX Runtime, real sockets), and the Triton-client compatibility suite
+# (tritonclient + perf_analyzer against the built server).
+# Run `scripts/setup.sh` once first (README: `scripts/setup.sh && scripts/test.sh`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FEATURES=${MODELGATE_FEATURES:-}
+if [ -z "$FEATURES" ] && [ -e .native/libtorch/lib/libtorch_cpu.so ] && grep -q '^torch = ' Cargo.toml; then
+    FEATURES=torch
+fi
+feature_args=()
+[ -n "$FEATURES" ] && feature_args=(--features "$FEATURES")
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy ${feature_args[*]:-}"
+cargo clippy --workspace --all-targets "${feature_args[@]}" -- -D warnings
+
+step "cargo test ${feature_args[*]:-}"
+cargo test --workspace "${feature_args[@]}"
+
+if [ -x tests/compat/run.sh ]; then
+    step "Triton client compatibility (tritonclient, perf_analyzer)"
+    cargo build "${feature_args[@]}" --bin modelgate
+    tests/compat/run.sh target/debug/modelgate
+fi
+
+step "all tests passed"
