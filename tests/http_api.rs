@@ -492,3 +492,45 @@ async fn shutdown_finishes_in_flight_requests() {
     server.stop().await;
     assert_eq!(request.await.unwrap().unwrap(), 200);
 }
+
+#[tokio::test]
+async fn a_raw_binary_request_is_the_single_input_and_gets_binary_outputs() {
+    let repo = TempRepo::new();
+    repo.add("mlp", "mlp", 1, None).add("simple", "simple", 1, None);
+    let server = TestServer::start(config_for(repo.path())).await;
+    let input: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+    let raw = Bytes::copy_from_slice(bytemuck::cast_slice(&input));
+    let reply =
+        server.request(Method::POST, "/v2/models/mlp/infer", &[("inference-header-content-length", "0")], raw).await;
+    assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    let (json, binary) = split_binary(&reply);
+    assert_eq!(json["outputs"][0]["shape"], json!([1, 10]));
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(binary);
+    let expected = server
+        .post_json(
+            "/v2/models/mlp/infer",
+            &json!({ "inputs": [{ "name": "input", "shape": [1, 64], "datatype": "FP32", "data": input }] }),
+        )
+        .await
+        .json();
+    assert_eq!(got, floats(&expected["outputs"][0]["data"]));
+    // A model with two inputs cannot take a raw request; a short body does not fit the shape.
+    server
+        .request(
+            Method::POST,
+            "/v2/models/simple/infer",
+            &[("inference-header-content-length", "0")],
+            Bytes::from(vec![0u8; 64]),
+        )
+        .await
+        .expect_error(400, "exactly one input");
+    server
+        .request(
+            Method::POST,
+            "/v2/models/mlp/infer",
+            &[("inference-header-content-length", "0")],
+            Bytes::from(vec![0u8; 10]),
+        )
+        .await
+        .expect_error(400, "needs 256 bytes, got 10");
+}

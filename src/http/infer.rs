@@ -15,7 +15,9 @@ use serde_json::{Map, Value};
 
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
-use crate::tensor::{InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count};
+use crate::tensor::{
+    InferRequest, InferResponse, ModelIo, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
+};
 
 /// The header that splits a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -231,6 +233,35 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
     Tensor::checked(name, dtype, shape, data)
 }
 
+/// Whether the request is a raw binary request: the whole body is the data of
+/// the model's only input (`Inference-Header-Content-Length: 0`).
+pub fn is_raw_binary(headers: &HeaderMap) -> bool {
+    headers.get(HEADER_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
+}
+
+/// Decodes a raw binary request for a model with one input of fixed dims: a
+/// batch of one, every output returned in binary.
+pub fn decode_raw_binary(io: &ModelIo, body: Bytes) -> Result<InferRequest, Error> {
+    let [spec] = io.inputs.as_slice() else {
+        return Err(Error::invalid(format!(
+            "a raw binary request needs a model with exactly one input; this one has {}",
+            io.inputs.len()
+        )));
+    };
+    if spec.dims.iter().any(|&d| d < 0) {
+        return Err(Error::invalid(format!(
+            "input '{}' has variable dimensions {:?}; send a JSON header with the shape",
+            spec.name, spec.dims
+        )));
+    }
+    let mut shape = spec.dims.clone();
+    if io.max_batch_size > 0 {
+        shape.insert(0, 1);
+    }
+    let tensor = Tensor::checked(spec.name.clone(), spec.dtype, shape, body)?;
+    Ok(InferRequest { inputs: vec![tensor], binary_output: true, ..InferRequest::default() })
+}
+
 /// An encoded response: the parts of the body and, for binary responses, the
 /// JSON header's length.
 pub struct EncodedResponse {
@@ -403,7 +434,7 @@ mod tests {
         body.extend_from_slice(&[0; 4]);
         assert!(error(&body, Some(wrong_size.len())).contains("expected 8 bytes"));
         assert!(error(b"{}", Some(99)).contains("exceeds the body length"));
-        assert!(error(b"{}", Some(0)).contains("raw binary requests"));
+        assert!(error(b"{}", Some(0)).contains("raw binary request"));
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, "-1".parse().unwrap());
         assert!(decode_request(&headers, Bytes::from_static(b"{}"), 100).is_err());

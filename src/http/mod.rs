@@ -289,7 +289,9 @@ where
     let limit = gateway.limits.max_request_bytes;
     let body = body::read(body, &parts.headers, limit).await?;
     let header_timeout = timeout_header(&parts.headers)?;
-    let mut decoded = if body.len() < OFFLOAD_BYTES {
+    let mut decoded = if infer::is_raw_binary(&parts.headers) {
+        infer::decode_raw_binary(&gateway.resolve(name, version)?.io, body)?
+    } else if body.len() < OFFLOAD_BYTES {
         decode_request(&parts.headers, body, limit)?
     } else {
         let headers = parts.headers.clone();
