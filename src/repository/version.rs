@@ -145,7 +145,15 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let shown = format!("{name}/{version}/{filename}");
     let scrub = |e: modelgate_backend::BackendError| e.to_string().replace(&model_file.display().to_string(), &shown);
     let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(scrub)?;
-    let config = Arc::new(complete(first.signature())?);
+    let mut config = complete(first.signature())?;
+    // Triton reads 0 as "unbounded"; here every queue is bounded, and the config
+    // endpoints show the bound in force.
+    if let Some(batching) = config.dynamic_batching.as_mut()
+        && batching.max_queue_size == 0
+    {
+        batching.max_queue_size = u32::try_from(settings.default_max_queue_size).unwrap_or(u32::MAX);
+    }
+    let config = Arc::new(config);
     let signature = config.signature();
 
     let mut backends = vec![first];
