@@ -114,7 +114,8 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
 }
 
 /// Splits one output of a batch into one tensor per request, by rows.
-pub fn split(output: OutputTensor, rows: &[usize], name: &str) -> Result<Vec<OutputTensor>, Error> {
+/// `index` names the output in error messages.
+pub fn split(output: OutputTensor, rows: &[usize], index: usize) -> Result<Vec<OutputTensor>, Error> {
     if rows.len() == 1 {
         return Ok(vec![output]);
     }
@@ -122,13 +123,12 @@ pub fn split(output: OutputTensor, rows: &[usize], name: &str) -> Result<Vec<Out
     let (&first, rest) = output
         .shape
         .split_first()
-        .ok_or_else(|| Error::Internal(format!("output '{name}' is a scalar, so it cannot be split across a batch")))?;
+        .ok_or_else(|| Error::Internal(format!("output {index} is a scalar, so it cannot be split across a batch")))?;
     if first != total as i64 {
-        return Err(Error::Internal(format!("output '{name}' has {first} rows but the batch has {total}")));
+        return Err(Error::Internal(format!("output {index} has {first} rows but the batch has {total}")));
     }
-    let per_row =
-        element_count(rest).ok_or_else(|| Error::Internal(format!("output '{name}' has an invalid shape")))?;
-    let offsets = row_offsets(&output, per_row, rows, name)?;
+    let per_row = element_count(rest).ok_or_else(|| Error::Internal(format!("output {index} has an invalid shape")))?;
+    let offsets = row_offsets(&output, per_row, rows, index)?;
     Ok(rows
         .iter()
         .zip(offsets.windows(2))
@@ -141,7 +141,7 @@ pub fn split(output: OutputTensor, rows: &[usize], name: &str) -> Result<Vec<Out
 }
 
 /// Byte offsets where each request's rows start, plus the end.
-fn row_offsets(output: &OutputTensor, per_row: usize, rows: &[usize], name: &str) -> Result<Vec<usize>, Error> {
+fn row_offsets(output: &OutputTensor, per_row: usize, rows: &[usize], index: usize) -> Result<Vec<usize>, Error> {
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     offsets.push(0);
     match output.dtype.element_size() {
@@ -154,7 +154,7 @@ fn row_offsets(output: &OutputTensor, per_row: usize, rows: &[usize], name: &str
             }
             if at != output.data.len() {
                 return Err(Error::Internal(format!(
-                    "output '{name}' holds {} bytes, its shape needs {at}",
+                    "output {index} holds {} bytes, its shape needs {at}",
                     output.data.len()
                 )));
             }
@@ -166,8 +166,8 @@ fn row_offsets(output: &OutputTensor, per_row: usize, rows: &[usize], name: &str
                 for _ in 0..r * per_row {
                     let element = elements
                         .next()
-                        .ok_or_else(|| Error::Internal(format!("output '{name}' has too few BYTES elements")))?
-                        .map_err(|e| Error::Internal(format!("output '{name}': {e}")))?;
+                        .ok_or_else(|| Error::Internal(format!("output {index} has too few BYTES elements")))?
+                        .map_err(|e| Error::Internal(format!("output {index}: {e}")))?;
                     at += 4 + element.len();
                 }
                 offsets.push(at);
@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(bytemuck::cast_slice::<u8, i32>(view.data), &[1, 2, 3, 4, 5, 6]);
 
         let out = OutputTensor { dtype: DataType::Int32, shape: vec![3, 2], data: Bytes::copy_from_slice(view.data) };
-        let parts = split(out, &[1, 2], "y").unwrap();
+        let parts = split(out, &[1, 2], 0).unwrap();
         assert_eq!(parts[0].shape, vec![1, 2]);
         assert_eq!(parts[1].shape, vec![2, 2]);
         assert_eq!(parts[0].data, a[0].data);
@@ -230,7 +230,7 @@ mod tests {
         let batch = concat(&[&a, &b], 0, true);
         let out =
             OutputTensor { dtype: DataType::Bytes, shape: vec![3], data: Bytes::copy_from_slice(batch.view().data) };
-        let parts = split(out, &[1, 2], "y").unwrap();
+        let parts = split(out, &[1, 2], 0).unwrap();
         assert_eq!(&parts[0].data[..], &one[..]);
         assert_eq!(&parts[1].data[..], &two[..]);
     }
@@ -238,10 +238,10 @@ mod tests {
     #[test]
     fn an_output_whose_rows_do_not_match_the_batch_is_an_error_not_a_panic() {
         let out = OutputTensor { dtype: DataType::Fp32, shape: vec![2, 1], data: Bytes::from(vec![0u8; 8]) };
-        assert!(split(out, &[1, 2], "y").unwrap_err().message().contains("2 rows but the batch has 3"));
+        assert!(split(out, &[1, 2], 0).unwrap_err().message().contains("2 rows but the batch has 3"));
         let scalar = OutputTensor { dtype: DataType::Fp32, shape: vec![], data: Bytes::from(vec![0u8; 4]) };
-        assert!(split(scalar, &[1, 1], "y").is_err());
+        assert!(split(scalar, &[1, 1], 0).is_err());
         let short = OutputTensor { dtype: DataType::Fp32, shape: vec![2], data: Bytes::from(vec![0u8; 4]) };
-        assert!(split(short, &[1, 1], "y").is_err());
+        assert!(split(short, &[1, 1], 0).is_err());
     }
 }

@@ -101,7 +101,14 @@ pub(super) fn run_instance(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
                     shared.answer_dropped(&mut dropped);
                 }
                 match decision {
-                    Decision::Run(batch, closed) => break (batch, closed),
+                    Decision::Run(batch, closed) => {
+                        shared.metrics.queue_depth.set(state.queue.len() as f64);
+                        // Another free instance can start on what is left while this one runs.
+                        if !state.queue.is_empty() {
+                            shared.available.notify_one();
+                        }
+                        break (batch, closed);
+                    }
                     Decision::WaitUntil(at) => {
                         shared.available.wait_until(&mut state, at);
                     }
@@ -110,14 +117,6 @@ pub(super) fn run_instance(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
                 }
             }
         };
-        {
-            // Another free instance can start on what is left while this one runs.
-            let state = shared.state.lock();
-            shared.metrics.queue_depth.set(state.queue.len() as f64);
-            if !state.queue.is_empty() {
-                shared.available.notify_one();
-            }
-        }
         run_batch(&shared, backend.as_mut(), batch, closed);
     }
 }
@@ -186,7 +185,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
     // [output][request] -> [request][output]
     let mut per_output: Vec<std::vec::IntoIter<OutputTensor>> = Vec::with_capacity(outputs.len());
     for (output, &index) in outputs.into_iter().zip(&wanted) {
-        per_output.push(split(output, &rows, &format!("#{index}"))?.into_iter());
+        per_output.push(split(output, &rows, index)?.into_iter());
     }
     let mut split_rows: Vec<Vec<Option<OutputTensor>>> =
         (0..batch.len()).map(|_| Vec::with_capacity(wanted.len())).collect();
