@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::infer::{EncodedResponse, HEADER_LENGTH};
 use crate::error::Error;
@@ -69,14 +69,8 @@ where
     {
         return Err(too_large());
     }
-    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            Error::invalid(format!("failed to read the request body: {e}"))
-        }
-    })?;
-    let bytes = collected.to_bytes();
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
+    let bytes = collect(body, declared, limit).await?;
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
@@ -92,6 +86,42 @@ where
             other.escape_debug()
         ))),
     }
+}
+
+/// Gathers the body into one buffer of at most `limit` bytes. Frames are
+/// copied into that buffer as they arrive, so a body sent as millions of
+/// one-byte chunks costs its bytes, not a list entry per chunk; a body that
+/// arrives in one frame is kept without a copy.
+async fn collect<B>(body: B, declared: Option<usize>, limit: usize) -> Result<Bytes, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid(format!("failed to read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        let so_far = joined.as_ref().map_or(first.as_ref().map_or(0, Bytes::len), |j| j.len());
+        if so_far + data.len() > limit {
+            return Err(too_large());
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let mut buf =
+                    bytes::BytesMut::with_capacity(declared.unwrap_or(0).clamp(head.len() + data.len(), limit));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                first = None;
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(joined.map(bytes::BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// Decompresses, refusing output beyond `limit` (a zip bomb stops there).
@@ -189,6 +219,24 @@ mod tests {
         );
         let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100).await.unwrap_err();
         assert!(bad.message().contains("cannot decompress"));
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_tiny_frames_is_joined_and_still_bounded() {
+        let frames = |n: usize| {
+            let chunks =
+                (0..n).map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![(i % 251) as u8]))));
+            http_body_util::StreamBody::new(tokio_stream::iter(chunks))
+        };
+        let joined = read(frames(10_000), &HeaderMap::new(), 10_000).await.unwrap();
+        assert_eq!(joined.len(), 10_000);
+        assert_eq!(joined[300], (300 % 251) as u8);
+        let refused = read(frames(10_001), &HeaderMap::new(), 10_000).await.unwrap_err();
+        assert!(matches!(refused, Error::PayloadTooLarge(_)));
+        // One frame is kept as it is.
+        let one = Bytes::from(vec![7u8; 100]);
+        let kept = read(Full::new(one.clone()), &HeaderMap::new(), 100).await.unwrap();
+        assert_eq!(kept.as_ptr(), one.as_ptr());
     }
 
     #[test]
