@@ -5,12 +5,13 @@ use std::convert::Infallible;
 use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::infer::{EncodedResponse, HEADER_LENGTH};
 use crate::error::Error;
@@ -56,27 +57,50 @@ impl http_body::Body for Chunks {
     }
 }
 
+/// Longest time spent reading and discarding the rest of an oversized body.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 /// Reads a request body of at most `limit` bytes after decompression
 /// (`Content-Encoding: gzip` or `deflate`, as tritonclient sends them).
+///
+/// An oversized body is refused with 413, but only after the rest of it has
+/// been read and thrown away (at most `limit` more bytes, for at most
+/// [`DRAIN_TIME`]). HTTP/1.1 clients such as tritonclient write the whole
+/// body before they read the reply; had the server closed the connection
+/// after answering early, they would see a broken pipe instead of the 413.
 pub async fn read<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    let mut body = std::pin::pin!(body);
     if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
         && length > limit as u64
     {
+        // Past twice the limit the drain would stop short anyway: close at once.
+        if length <= 2 * limit as u64 {
+            drain(body.as_mut(), length as usize).await;
+        }
         return Err(too_large());
     }
-    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            Error::invalid(format!("failed to read the request body: {e}"))
+    let mut parts = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid(format!("failed to read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            drain(body.as_mut(), limit).await;
+            return Err(too_large());
         }
-    })?;
-    let bytes = collected.to_bytes();
+        parts.push(data);
+    }
+    let bytes = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => Bytes::from(parts.concat()),
+    };
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
@@ -92,6 +116,27 @@ where
             other.escape_debug()
         ))),
     }
+}
+
+/// Reads and discards up to `budget` more bytes of `body` (bounded by
+/// [`DRAIN_TIME`]), so that a client still writing its body gets to read the
+/// error reply. A body larger than that is cut off by closing the connection.
+async fn drain<B>(mut body: Pin<&mut B>, budget: usize)
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let discard = async {
+        let mut left = budget;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                left = match left.checked_sub(data.len()) {
+                    Some(left) => left,
+                    None => return,
+                };
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Decompresses, refusing output beyond `limit` (a zip bomb stops there).
@@ -188,7 +233,10 @@ pub fn infer_response(encoded: EncodedResponse, encoding: Option<ResponseEncodin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use http_body_util::Full;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -224,6 +272,54 @@ mod tests {
         );
         let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100).await.unwrap_err();
         assert!(bad.message().contains("cannot decompress"));
+    }
+
+    /// A body of `chunks` frames of `size` bytes that counts the frames read.
+    fn counted_body(
+        chunks: usize,
+        size: usize,
+    ) -> (impl http_body::Body<Data = Bytes, Error = Infallible>, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let frames = futures_util::stream::iter(0..chunks).map(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; size])))
+        });
+        (http_body_util::StreamBody::new(frames), read)
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_read_to_its_end_before_the_413() {
+        // Chunked (no Content-Length): the limit trips at the 6th frame of 10;
+        // the other 4 (4 KiB, under the limit again) are read and thrown away.
+        let (body, read_frames) = counted_body(10, 1024);
+        let err = read(body, &HeaderMap::new(), 6000).await.unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge(_)), "{err}");
+        assert_eq!(read_frames.load(Ordering::Relaxed), 10);
+
+        // Declared too large, but within twice the limit: drained too.
+        let (body, read_frames) = counted_body(4, 1024);
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(4096));
+        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert_eq!(read_frames.load(Ordering::Relaxed), 4);
+
+        // Far over the limit: refused without reading it all.
+        let (body, read_frames) = counted_body(100, 1024);
+        assert!(matches!(read(body, &HeaderMap::new(), 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert!(read_frames.load(Ordering::Relaxed) < 10);
+        let (body, read_frames) = counted_body(100, 1024);
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(100 * 1024));
+        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert_eq!(read_frames.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_many_frames_is_joined_in_order() {
+        let frames = futures_util::stream::iter([b"ab".as_slice(), b"", b"cde"])
+            .map(|b| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b))));
+        let body = read(http_body_util::StreamBody::new(frames), &HeaderMap::new(), 5).await.unwrap();
+        assert_eq!(&body[..], b"abcde");
     }
 
     #[test]
