@@ -12,7 +12,7 @@
 #            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
 #   models   .venv/models: onnx, onnxruntime, numpy (scripts/requirements-models.txt), used by
 #            models/make_models.py and for reference outputs in tests.
-#   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime,
+#   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime, pytest,
 #            numpy (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
 #   torch    libtorch 2.13.0 (CPU libraries + headers from the PyPI torch wheel) -> .native/libtorch,
 #            plus torch 2.13.0 in .venv/models for writing TorchScript (scripts/requirements-torch.txt).

@@ -35,8 +35,10 @@ pub fn routes(gateway: Arc<Gateway>) -> Routes {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Deflate)
-        .send_compressed(CompressionEncoding::Gzip);
+        .accept_compressed(CompressionEncoding::Deflate);
+    // Responses go uncompressed, as from Triton by default: gRPC clients
+    // (tritonclient, perf_analyzer) all advertise gzip in grpc-accept-encoding,
+    // so offering it would gzip every response, tensors included.
     let health = HealthServer::new(HealthService { gateway });
     Routes::new(inference).add_service(health)
 }
@@ -370,5 +372,45 @@ impl Health for HealthService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::Limits;
+    use crate::repository::{LoadSettings, Loaders, Repository, RepositoryConfig};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+
+    fn gateway() -> Arc<Gateway> {
+        let config = RepositoryConfig {
+            root: std::env::temp_dir(),
+            startup_models: Some(vec![]),
+            allow_model_control: false,
+            strict_readiness: false,
+            load: LoadSettings { default_max_batch_size: 8, default_max_queue_size: 16, intra_op_threads: 1 },
+        };
+        let repository = Arc::new(Repository::new(config, Loaders::default()));
+        Arc::new(Gateway::new(repository, Limits { max_request_bytes: 1 << 20 }, crate::metrics::install()))
+    }
+
+    #[tokio::test]
+    async fn responses_are_not_compressed_when_the_client_merely_accepts_gzip() {
+        // What every tritonclient and perf_analyzer call looks like: an empty
+        // ServerMetadataRequest, and gzip among the accepted encodings.
+        let request = http::Request::post("/inference.GRPCInferenceService/ServerMetadata")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-accept-encoding", "identity, deflate, gzip")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap();
+        let response = routes(gateway()).oneshot(request).await.unwrap();
+        assert!(response.headers().get("grpc-encoding").is_none(), "{:?}", response.headers());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.first(), Some(&0), "the message's compressed flag must be 0");
+        let message = <pb::ServerMetadataResponse as prost::Message>::decode(&body[5..]).unwrap();
+        assert_eq!(message.name, SERVER_NAME);
     }
 }

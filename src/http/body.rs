@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -56,21 +57,35 @@ impl http_body::Body for Chunks {
     }
 }
 
+/// Longest time spent reading and discarding the rest of an oversized body.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 /// Reads a request body of at most `limit` bytes after decompression
 /// (`Content-Encoding: gzip` or `deflate`, as tritonclient sends them).
+///
+/// An oversized body is refused with 413, but only after the rest of it has
+/// been read and thrown away (at most `limit` more bytes, for at most
+/// [`DRAIN_TIME`]). HTTP/1.1 clients such as tritonclient write the whole
+/// body before they read the reply; had the server closed the connection
+/// after answering early, they would see a broken pipe instead of the 413.
 pub async fn read<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    let mut body = std::pin::pin!(body);
     if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
         && length > limit as u64
     {
+        // Past twice the limit the drain would stop short anyway: close at once.
+        if length <= 2 * limit as u64 {
+            drain(body.as_mut(), length as usize).await;
+        }
         return Err(too_large());
     }
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
-    let bytes = collect(body, declared, limit).await?;
+    let bytes = collect(body.as_mut(), declared, limit).await?;
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
@@ -91,14 +106,13 @@ where
 /// Gathers the body into one buffer of at most `limit` bytes. Frames are
 /// copied into that buffer as they arrive, so a body sent as millions of
 /// one-byte chunks costs its bytes, not a list entry per chunk; a body that
-/// arrives in one frame is kept without a copy.
-async fn collect<B>(body: B, declared: Option<usize>, limit: usize) -> Result<Bytes, Error>
+/// arrives in one frame is kept without a copy. Past the limit, the rest is
+/// drained before the 413 (see [`read`]).
+async fn collect<B>(mut body: Pin<&mut B>, declared: Option<usize>, limit: usize) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
-    let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
     let mut joined: Option<bytes::BytesMut> = None;
     while let Some(frame) = body.frame().await {
@@ -106,7 +120,8 @@ where
         let Ok(data) = frame.into_data() else { continue };
         let so_far = joined.as_ref().map_or(first.as_ref().map_or(0, Bytes::len), |j| j.len());
         if so_far + data.len() > limit {
-            return Err(too_large());
+            drain(body.as_mut(), limit).await;
+            return Err(Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes")));
         }
         match (&mut first, &mut joined) {
             (None, None) => first = Some(data),
@@ -122,6 +137,27 @@ where
         }
     }
     Ok(joined.map(bytes::BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// Reads and discards up to `budget` more bytes of `body` (bounded by
+/// [`DRAIN_TIME`]), so that a client still writing its body gets to read the
+/// error reply. A body larger than that is cut off by closing the connection.
+async fn drain<B>(mut body: Pin<&mut B>, budget: usize)
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let discard = async {
+        let mut left = budget;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                left = match left.checked_sub(data.len()) {
+                    Some(left) => left,
+                    None => return,
+                };
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Decompresses, refusing output beyond `limit` (a zip bomb stops there).
@@ -142,30 +178,65 @@ fn inflate(compressed: &[u8], gzip: bool, limit: usize) -> Result<Bytes, Error> 
     Ok(Bytes::from(out))
 }
 
-/// Whether the client accepts a gzip response.
-pub fn accepts(headers: &HeaderMap) -> bool {
-    headers.get_all(ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|token| {
-        let mut parts = token.split(';');
-        let name = parts.next().unwrap_or("").trim();
-        let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-        name.eq_ignore_ascii_case("gzip") && !refused
-    })
+/// A compression the client accepts for the response body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseEncoding {
+    /// `Content-Encoding: gzip`.
+    Gzip,
+    /// `Content-Encoding: deflate` (a zlib stream, as RFC 9110 defines it and
+    /// tritonclient's `response_compression_algorithm="deflate"` reads it).
+    Deflate,
+}
+
+/// The response encoding to use from `Accept-Encoding`: gzip when accepted,
+/// else deflate when accepted, else none. Tokens with `q=0` are refusals.
+pub fn accepts(headers: &HeaderMap) -> Option<ResponseEncoding> {
+    let accepted = |wanted: &str| {
+        headers.get_all(ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+            |token| {
+                let mut parts = token.split(';');
+                let name = parts.next().unwrap_or("").trim();
+                let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+                name.eq_ignore_ascii_case(wanted) && !refused
+            },
+        )
+    };
+    if accepted("gzip") {
+        Some(ResponseEncoding::Gzip)
+    } else if accepted("deflate") {
+        Some(ResponseEncoding::Deflate)
+    } else {
+        None
+    }
+}
+
+/// Writes every part, in order, through a compressing writer.
+fn write_parts(encoder: &mut impl std::io::Write, encoded: &EncodedResponse) -> std::io::Result<()> {
+    encoded.parts.iter().try_for_each(|part| encoder.write_all(part))
 }
 
 /// Builds the HTTP response of an inference, compressing it when asked.
-pub fn infer_response(encoded: EncodedResponse, gzip: bool) -> Response<Chunks> {
+pub fn infer_response(encoded: EncodedResponse, encoding: Option<ResponseEncoding>) -> Response<Chunks> {
     let binary = encoded.header_length;
-    let mut response = if gzip {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        for part in &encoded.parts {
-            std::io::Write::write_all(&mut encoder, part).expect("writing to a Vec cannot fail");
+    let mut response = match encoding {
+        Some(encoding) => {
+            let level = flate2::Compression::fast();
+            let (compressed, name) = match encoding {
+                ResponseEncoding::Gzip => {
+                    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+                    (write_parts(&mut encoder, &encoded).and_then(|()| encoder.finish()), "gzip")
+                }
+                ResponseEncoding::Deflate => {
+                    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
+                    (write_parts(&mut encoder, &encoded).and_then(|()| encoder.finish()), "deflate")
+                }
+            };
+            let compressed = compressed.expect("writing to a Vec cannot fail");
+            let mut r = Response::new(Chunks::one(Bytes::from(compressed)));
+            r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(name));
+            r
         }
-        let compressed = encoder.finish().expect("writing to a Vec cannot fail");
-        let mut r = Response::new(Chunks::one(Bytes::from(compressed)));
-        r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        r
-    } else {
-        Response::new(Chunks::many(encoded.parts))
+        None => Response::new(Chunks::many(encoded.parts)),
     };
     let headers = response.headers_mut();
     match binary {
@@ -183,7 +254,10 @@ pub fn infer_response(encoded: EncodedResponse, gzip: bool) -> Response<Chunks> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use http_body_util::Full;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -224,8 +298,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_many_tiny_frames_is_joined_and_still_bounded() {
         let frames = |n: usize| {
-            let chunks =
-                (0..n).map(|i| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![(i % 251) as u8]))));
+            let chunks = (0..n).map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![(i % 251) as u8]))));
             http_body_util::StreamBody::new(tokio_stream::iter(chunks))
         };
         let joined = read(frames(10_000), &HeaderMap::new(), 10_000).await.unwrap();
@@ -239,13 +312,91 @@ mod tests {
         assert_eq!(kept.as_ptr(), one.as_ptr());
     }
 
+    /// A body of `chunks` frames of `size` bytes that counts the frames read.
+    fn counted_body(
+        chunks: usize,
+        size: usize,
+    ) -> (impl http_body::Body<Data = Bytes, Error = Infallible>, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let frames = futures_util::stream::iter(0..chunks).map(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; size])))
+        });
+        (http_body_util::StreamBody::new(frames), read)
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_read_to_its_end_before_the_413() {
+        // Chunked (no Content-Length): the limit trips at the 6th frame of 10;
+        // the other 4 (4 KiB, under the limit again) are read and thrown away.
+        let (body, read_frames) = counted_body(10, 1024);
+        let err = read(body, &HeaderMap::new(), 6000).await.unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge(_)), "{err}");
+        assert_eq!(read_frames.load(Ordering::Relaxed), 10);
+
+        // Declared too large, but within twice the limit: drained too.
+        let (body, read_frames) = counted_body(4, 1024);
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(4096));
+        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert_eq!(read_frames.load(Ordering::Relaxed), 4);
+
+        // Far over the limit: refused without reading it all.
+        let (body, read_frames) = counted_body(100, 1024);
+        assert!(matches!(read(body, &HeaderMap::new(), 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert!(read_frames.load(Ordering::Relaxed) < 10);
+        let (body, read_frames) = counted_body(100, 1024);
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(100 * 1024));
+        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert_eq!(read_frames.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_many_frames_is_joined_in_order() {
+        let frames = futures_util::stream::iter([b"ab".as_slice(), b"", b"cde"])
+            .map(|b| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b))));
+        let body = read(http_body_util::StreamBody::new(frames), &HeaderMap::new(), 5).await.unwrap();
+        assert_eq!(&body[..], b"abcde");
+    }
+
     #[test]
     fn accept_encoding_is_read_with_q_values() {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("deflate, gzip;q=0.8"));
-        assert!(accepts(&h));
+        assert_eq!(accepts(&h), Some(ResponseEncoding::Gzip));
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
-        assert!(!accepts(&h));
-        assert!(!accepts(&HeaderMap::new()));
+        assert_eq!(accepts(&h), None);
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("deflate"));
+        assert_eq!(accepts(&h), Some(ResponseEncoding::Deflate));
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0, deflate"));
+        assert_eq!(accepts(&h), Some(ResponseEncoding::Deflate));
+        assert_eq!(accepts(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn compressed_responses_decompress_to_the_parts_in_order() {
+        let parts = || EncodedResponse {
+            parts: VecDeque::from([Bytes::from_static(b"{\"json\":1}"), Bytes::from_static(b"\x01\x02")]),
+            header_length: Some(10),
+        };
+        let body = |r: Response<Chunks>| r.into_body().parts.into_iter().flatten().collect::<Vec<u8>>();
+
+        let gzip = infer_response(parts(), Some(ResponseEncoding::Gzip));
+        assert_eq!(gzip.headers()[CONTENT_ENCODING], "gzip");
+        assert_eq!(gzip.headers()[HEADER_LENGTH], "10");
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&body(gzip)[..]).read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, b"{\"json\":1}\x01\x02");
+
+        let deflate = infer_response(parts(), Some(ResponseEncoding::Deflate));
+        assert_eq!(deflate.headers()[CONTENT_ENCODING], "deflate");
+        let mut plain = Vec::new();
+        flate2::read::ZlibDecoder::new(&body(deflate)[..]).read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, b"{\"json\":1}\x01\x02");
+
+        let identity = infer_response(parts(), None);
+        assert!(identity.headers().get(CONTENT_ENCODING).is_none());
+        assert_eq!(body(identity), b"{\"json\":1}\x01\x02");
     }
 }

@@ -303,8 +303,8 @@ where
     let call = Call { protocol: Protocol::Http, arrival, headers: &parts.headers };
     let response = gateway.infer(name, version, decoded, call).await?;
     let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
-    let accept_gzip = body::accepts(&parts.headers);
-    let respond = move || Ok(body::infer_response(encode_response(&response)?, accept_gzip));
+    let encoding = body::accepts(&parts.headers);
+    let respond = move || Ok(body::infer_response(encode_response(&response)?, encoding));
     if size < OFFLOAD_BYTES { respond() } else { offload(respond).await }
 }
 

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The Triton-client compatibility suite: drives a real modelgate with Triton's own clients.
+#
+#   1. starts the server binary on free loopback ports with the repository's models/;
+#   2. runs the pytest suite in tests/compat/ (tritonclient HTTP and gRPC, compared with
+#      onnxruntime in Python);
+#   3. runs perf_analyzer against the `mlp` model over HTTP and gRPC (bounded runs) and
+#      fails on any error it reports;
+#   4. always stops the server.
+#
+# Usage: tests/compat/run.sh [SERVER_BINARY] [-- PYTEST_ARGS...]
+#   SERVER_BINARY    default target/debug/modelgate (this script builds nothing: `cargo build` first)
+#   PYTEST_ARGS      passed to pytest, e.g. `-- -k datatypes -x`
+# Environment:
+#   COMPAT_PYTHON    interpreter with tritonclient, onnxruntime and pytest (default .venv/client/bin/python,
+#                    made by `scripts/setup.sh client`)
+#   PERF_ANALYZER    perf_analyzer command (default scripts/perf_analyzer); SKIP_PERF=1 skips step 3
+#   PERF_REQUESTS    requests per perf_analyzer measurement (default 2000 at concurrency 1, 4x that at 8)
+#   KEEP_LOGS=DIR    copy the server log and perf_analyzer output there
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo_root"
+
+server_binary=target/debug/modelgate
+if [[ $# -gt 0 && $1 != -- ]]; then
+    server_binary=$1
+    shift
+fi
+[[ ${1:-} == -- ]] && shift
+pytest_args=("$@")
+
+python=${COMPAT_PYTHON:-.venv/client/bin/python}
+perf_analyzer=${PERF_ANALYZER:-scripts/perf_analyzer}
+perf_requests=${PERF_REQUESTS:-2000}
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'compat: error: %s\n' "$*" >&2; exit 1; }
+# Prints a command, then runs it.
+run() { printf '+ %s\n' "$*"; "$@"; }
+
+[[ -x $server_binary ]] || die "no server binary at $server_binary (run \`cargo build\` first, or pass its path)"
+[[ -x $python ]] || die "no Python at $python (run \`scripts/setup.sh client\`, or set COMPAT_PYTHON)"
+"$python" -c 'import pytest, tritonclient.http, tritonclient.grpc, onnxruntime' 2>/dev/null \
+    || die "$python lacks pytest, tritonclient or onnxruntime (run \`scripts/setup.sh client\`)"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/modelgate-compat.XXXXXX")
+server_pid=
+cleanup() {
+    local status=$?
+    if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        # The server drains in-flight requests; give it a few seconds, then stop it hard.
+        for _ in $(seq 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    if [[ -n ${KEEP_LOGS:-} ]]; then
+        mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
+    fi
+    if (( status != 0 )) && [[ -f $work/server.log ]]; then
+        echo "--- last lines of the server log ($work/server.log kept) ---" >&2
+        tail -n 30 "$work/server.log" >&2
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Three ports the OS says are free now, bound by nothing when we hand them over.
+read -r http_port grpc_port metrics_port < <("$python" - <<'EOF'
+import socket
+sockets = [socket.socket() for _ in range(3)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))
+for s in sockets:
+    s.close()
+EOF
+)
+
+# Above tonic's 4 MiB default (the suite sends 6 MB), below the 64 MiB default so that the
+# over-the-limit case stays cheap.
+max_input_size=$(( 16 << 20 ))
+
+say "starting $server_binary (HTTP $http_port, gRPC $grpc_port, metrics $metrics_port)"
+# mlp_torch loads only in builds with the `torch` feature: readiness must not wait for it.
+server_cmd=("$server_binary" serve --model-repository models --http-address 127.0.0.1
+    --http-port "$http_port" --grpc-port "$grpc_port" --metrics-port "$metrics_port"
+    --strict-readiness false --model-control-mode explicit --max-input-size "$max_input_size")
+printf '+ %s\n' "${server_cmd[*]}"
+RUST_LOG=${RUST_LOG:-warn} "${server_cmd[@]}" > "$work/server.log" 2>&1 &
+server_pid=$!
+
+ready_url="http://127.0.0.1:$http_port/v2/health/ready"
+"$python" - "$ready_url" "$server_pid" <<'EOF' || die "the server did not become ready within 60 s"
+import os, sys, time, urllib.request
+url, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("the server exited")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+EOF
+echo "ready: $ready_url"
+
+say "pytest: tritonclient HTTP and gRPC against onnxruntime"
+MODELGATE_HTTP_URL="127.0.0.1:$http_port" MODELGATE_GRPC_URL="127.0.0.1:$grpc_port" \
+MODELGATE_MAX_INPUT_SIZE=$max_input_size \
+PYTHONDONTWRITEBYTECODE=1 \
+    run timeout 300 "$python" -m pytest tests/compat -p no:cacheprovider -q "${pytest_args[@]}"
+
+if [[ ${SKIP_PERF:-0} == 1 ]]; then
+    say "perf_analyzer: skipped (SKIP_PERF=1)"
+    exit 0
+fi
+
+# One bounded measurement per protocol and concurrency: --request-count measures a fixed
+# number of requests (no stability search, which on a busy 2-core machine may never settle),
+# and `timeout` bounds the whole run. perf_analyzer exits non-zero on errors it sees, and
+# also prints some (e.g. a worker thread's failed request) with exit 0: both fail here.
+perf_run() {
+    local protocol=$1 port=$2 concurrency=$3
+    local log="$work/perf-$protocol-c$concurrency.log"
+    local requests=$perf_requests
+    (( concurrency > 1 )) && requests=$(( perf_requests * 4 ))
+    say "perf_analyzer: mlp over $protocol, concurrency $concurrency, $requests requests"
+    local status=0
+    run timeout 120 "$perf_analyzer" -m mlp -i "$protocol" -u "127.0.0.1:$port" \
+        --concurrency-range "$concurrency" --request-count "$requests" > "$log" 2>&1 || status=$?
+    cat "$log"
+    if (( status != 0 )); then
+        die "perf_analyzer ($protocol, concurrency $concurrency) exited with $status"
+    fi
+    if grep -qiE 'error|failed|unable' "$log"; then
+        die "perf_analyzer ($protocol, concurrency $concurrency) reported errors (see above)"
+    fi
+    grep -q 'Throughput:' "$log" || die "perf_analyzer ($protocol, concurrency $concurrency) measured nothing"
+}
+
+# The server's own count of failed mlp requests (the pytest suite's error cases include some).
+failed_mlp_requests() {
+    "$python" - "127.0.0.1:$http_port" <<'EOF'
+import sys, tritonclient.http as httpclient
+stats = httpclient.InferenceServerClient(sys.argv[1]).get_inference_statistics("mlp")["model_stats"][0]
+print(stats["inference_stats"]["fail"]["count"])
+EOF
+}
+failed_before=$(failed_mlp_requests)
+
+for protocol in http grpc; do
+    port=$http_port
+    [[ $protocol == grpc ]] && port=$grpc_port
+    for concurrency in 1 8; do
+        perf_run "$protocol" "$port" "$concurrency"
+    done
+done
+
+failed_after=$(failed_mlp_requests)
+echo "server statistics: $(( failed_after - failed_before )) mlp requests failed during perf_analyzer"
+(( failed_after == failed_before )) || die "the server counted failed mlp requests during perf_analyzer"
+
+say "compatibility suite passed"
