@@ -297,16 +297,16 @@ async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }
 
-/// A repository with copies of `mlp` (ONNX) and `mlp_torch` whose only
-/// instance asks for `cuda:63`, a GPU no machine here has.
-fn repository_on_a_missing_gpu(allow_cpu_fallback: bool) -> tempfile::TempDir {
+/// A repository with copies of `mlp` (ONNX, `onnx_gpu`) and `mlp_torch`
+/// (`torch_gpu`) whose only instance asks for GPU `gpu`.
+fn repository_on_gpu(gpu: u32, allow_cpu_fallback: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let fallback = if allow_cpu_fallback {
         "parameters { key: \"allow_cpu_fallback\" value: { string_value: \"true\" } }\n"
     } else {
         ""
     };
-    let group = "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 63 ] } ]\n";
+    let group = format!("instance_group [ {{ count: 1 kind: KIND_GPU gpus: [ {gpu} ] }} ]\n");
     for (model, file, header) in [
         ("onnx_gpu", "mlp/1/model.onnx", "platform: \"onnxruntime_onnx\"\nmax_batch_size: 64\n"),
         (
@@ -326,9 +326,12 @@ fn repository_on_a_missing_gpu(allow_cpu_fallback: bool) -> tempfile::TempDir {
     dir
 }
 
+/// A GPU number no machine here has.
+const MISSING_GPU: u32 = 63;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_that_cannot_be_had_fails_the_load_with_the_reason_instead_of_running_on_the_cpu() {
-    let repository = repository_on_a_missing_gpu(false);
+    let repository = repository_on_gpu(MISSING_GPU, false);
     let server = Server::start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
     let (_, index) = server.request("POST", "/v2/repository/index", Some(json!({}))).await;
     for model in ["onnx_gpu", "torch_gpu"] {
@@ -350,11 +353,62 @@ async fn a_gpu_that_cannot_be_had_fails_the_load_with_the_reason_instead_of_runn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_that_allows_cpu_fallback_serves_on_the_cpu_when_the_gpu_is_missing() {
-    let repository = repository_on_a_missing_gpu(true);
+    let repository = repository_on_gpu(MISSING_GPU, true);
     let server = Server::start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
     let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
     let (onnx, _) = server.infer_http("onnx_gpu", "input", 1, &x).await;
     let (torch, _) = server.infer_http("torch_gpu", "INPUT__0", 1, &x).await;
     assert!(max_abs_diff(&onnx, &torch) < 1e-5);
     server.stop().await;
+}
+
+/// Run on a machine with a GPU (README, GPU): `cargo test --workspace --features torch,cuda -- --ignored gpu_`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a CUDA GPU and a CUDA libtorch (README, GPU)"]
+    async fn gpu_torch_on_cuda_0_matches_torch_and_reports_its_device_memory() {
+        let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[1, 7, 64]);
+        let repository = repository_on_gpu(0, false);
+        let server = Server::start(repository.path(), &["torch_gpu"]).await;
+        for (rows, reference) in &references {
+            let (y, shape) = server.infer_grpc("torch_gpu", "INPUT__0", *rows, &reference.input).await;
+            assert_eq!(shape, reference.output_shape);
+            // cuBLAS sums in another order than the CPU (libtorch keeps TF32 off for matmuls).
+            let worst = max_abs_diff(&y, &reference.output);
+            assert!(worst < 1e-4, "batch {rows}: max |gpu - torch cpu| = {worst}");
+        }
+        let metrics = server.text("/metrics").await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("modelgate_device_memory_bytes{") && l.contains("model=\"torch_gpu\""))
+            .unwrap_or_else(|| panic!("no device memory metric:\n{metrics}"));
+        assert!(line.contains("device=\"cuda:0\""), "{line}");
+        // The mlp's weights: (64x256 + 256) + (256x256 + 256) + (256x10 + 10) floats.
+        assert!(
+            line.ends_with(&format!(" {}", ((64 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)) * 4)),
+            "{line}"
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a CUDA GPU and onnxruntime-gpu in ORT_DYLIB_PATH (README, GPU)"]
+    async fn gpu_onnx_on_cuda_0_matches_torch() {
+        let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[1, 7, 64]);
+        let repository = repository_on_gpu(0, false);
+        let server = Server::start(repository.path(), &["onnx_gpu"]).await;
+        let (_, index) = server.request("POST", "/v2/repository/index", Some(json!({}))).await;
+        assert_eq!(index[0]["state"], "READY", "{index}");
+        for (rows, reference) in &references {
+            let (y, shape) = server.infer_http("onnx_gpu", "input", *rows, &reference.input).await;
+            assert_eq!(shape, reference.output_shape);
+            // ONNX Runtime's CUDA EP allows TF32 matmuls by default (10-bit mantissa).
+            let worst = max_abs_diff(&y, &reference.output);
+            assert!(worst < 1e-2, "batch {rows}: max |gpu - torch cpu| = {worst}");
+        }
+        server.stop().await;
+    }
 }
