@@ -14,6 +14,11 @@
 #            models/make_models.py and for reference outputs in tests.
 #   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime, pytest,
 #            numpy (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
+#   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
+#            libonnxruntime.so with the CUDA execution provider beside it -> .native/onnxruntime-gpu/lib/.
+#            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
+#            CUDA 13 and cuDNN 9 libraries it loads come from the nvidia wheels of the `torch` component
+#            (put .venv/models/.../nvidia/{cu13,cudnn}/lib on LD_LIBRARY_PATH; README, GPU).
 #   torch    libtorch 2.13.0 (CPU libraries + headers from the PyPI torch wheel) -> .native/libtorch,
 #            plus torch 2.13.0 in .venv/models for writing TorchScript (scripts/requirements-torch.txt).
 #            Downloads 2.2 GiB (vs 2.6 GB for a plain `pip install torch`); adds 4.1 GiB on disk
@@ -149,6 +154,29 @@ step_ort() {
     check_ort_loads "$NATIVE/onnxruntime/lib/libonnxruntime.so"
 }
 
+# The GPU build of the same ONNX Runtime, kept apart from the CPU one so that nothing changes for
+# machines without a GPU. The TensorRT provider is left out (it needs TensorRT itself).
+step_ort_gpu() {
+    local dir=$NATIVE/onnxruntime-gpu-$ORT_VERSION
+    local lib=libonnxruntime.so.$ORT_VERSION
+    if [[ -f $dir/lib/$lib && -f $dir/lib/libonnxruntime_providers_cuda.so ]]; then
+        log "ort-gpu: $dir already there"
+    else
+        log "ort-gpu: fetching the onnxruntime-gpu==$ORT_VERSION wheel"
+        fetch_wheels "onnxruntime-gpu==$ORT_VERSION"
+        rm -rf "$dir.partial"
+        # The CUDA provider is loaded from the folder of libonnxruntime.so: keep them together.
+        extract "$(wheel_file "onnxruntime_gpu-$ORT_VERSION-*.whl")" "$dir.partial/lib" \
+            '^onnxruntime/capi/lib(onnxruntime\.so\.|onnxruntime_providers_(shared|cuda)\.so$)'
+        rm -rf "$dir"
+        mv "$dir.partial" "$dir"
+    fi
+    ln -sfn "$lib" "$dir/lib/libonnxruntime.so.1"
+    ln -sfn "$lib" "$dir/lib/libonnxruntime.so"
+    ln -sfn "onnxruntime-gpu-$ORT_VERSION" "$NATIVE/onnxruntime-gpu"
+    check_ort_loads "$NATIVE/onnxruntime-gpu/lib/libonnxruntime.so"
+}
+
 # dlopen the library and ask it for its version, as the gateway will.
 check_ort_loads() {
     "$PYTHON" - "$1" "$ORT_VERSION" <<'EOF'
@@ -243,7 +271,7 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|models|client|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
@@ -259,7 +287,7 @@ main() {
     start=$(now)
     for component in "${components[@]}"; do
         step_start=$(now)
-        "step_$component"
+        "step_${component//-/_}"
         log "$component: done in $(elapsed "$step_start")"
     done
     rm -rf "$WHEELS"

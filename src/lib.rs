@@ -30,7 +30,8 @@ use gateway::{Gateway, Limits};
 use repository::{Loaders, MissingRuntime, Repository, RepositoryConfig};
 
 /// The model loaders this build has: ONNX Runtime when it can be opened, and
-/// the reason when it cannot (models that need it then fail with that reason).
+/// the reason when it cannot (models that need it then fail with that reason);
+/// TorchScript with the `torch` feature.
 pub fn loaders(config: &Config) -> Loaders {
     let mut loaders = Loaders::default();
     #[cfg(feature = "onnx")]
@@ -48,6 +49,10 @@ pub fn loaders(config: &Config) -> Loaders {
     }
     #[cfg(not(feature = "onnx"))]
     let _ = config;
+    // libtorch is linked in: if the binary starts, the runtime is there.
+    #[cfg(feature = "torch")]
+    loaders.ready.push(Arc::new(modelgate_backend_torch::TorchLoader::new()));
+    #[cfg(not(feature = "torch"))]
     loaders.missing.push(MissingRuntime {
         platform: "pytorch_libtorch",
         backend: "pytorch",

@@ -120,13 +120,21 @@ fn with_device(
     match options.device {
         Device::Cpu => Ok(builder),
         Device::Cuda(ordinal) => {
-            let mut ep = ort::ep::CUDA::default().with_device_id(ordinal as i32).build();
+            let id = i32::try_from(ordinal).map_err(|_| BackendError::Device {
+                device: options.device,
+                reason: format!("CUDA device numbers go up to {}", i32::MAX),
+            })?;
+            let mut ep = ort::ep::CUDA::default().with_device_id(id).build();
             if !options.allow_cpu_fallback {
                 ep = ep.error_on_failure();
             }
-            builder
-                .with_execution_providers([ep])
-                .map_err(|e| BackendError::Device { device: options.device, reason: e.to_string() })
+            builder.with_execution_providers([ep]).map_err(|e| BackendError::Device {
+                device: options.device,
+                reason: format!(
+                    "{e} (the CUDA execution provider needs onnxruntime-gpu's libonnxruntime.so with \
+                     libonnxruntime_providers_cuda.so beside it, and the CUDA 13 and cuDNN 9 libraries)"
+                ),
+            })
         }
     }
 }
