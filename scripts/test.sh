@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-FEATURES=${MODELGATE_FEATURES:-}
-if [ -z "$FEATURES" ] && [ -e .native/libtorch/lib/libtorch_cpu.so ] && grep -q '^torch = ' Cargo.toml; then
-    FEATURES=torch
+# Both backends by default; MODELGATE_FEATURES="" tests an ONNX-only build.
+FEATURES=${MODELGATE_FEATURES-torch}
+if [[ ",$FEATURES," == *",torch,"* ]] && [ ! -e .native/libtorch/lib/libtorch_cpu.so ]; then
+    echo "scripts/test.sh: libtorch is missing: run scripts/setup.sh --torch (or MODELGATE_FEATURES= for ONNX only)" >&2
+    exit 1
 fi
 feature_args=()
 [ -n "$FEATURES" ] && feature_args=(--features "$FEATURES")
