@@ -66,13 +66,11 @@ impl Tensor {
                         data.len()
                     )));
                 }
-                if dtype == DataType::Bool
-                    && let Some(i) = data.iter().position(|&b| b > 1)
-                {
-                    return Err(Error::invalid(format!(
-                        "input '{name}': BOOL element {i} is {}, expected 0 or 1",
-                        data[i]
-                    )));
+                // Any non-zero byte is true, as in C and numpy (perf_analyzer's
+                // random data sends such bytes); backends get canonical 0/1.
+                if dtype == DataType::Bool && data.iter().any(|&b| b > 1) {
+                    let canonical: Vec<u8> = data.iter().map(|&b| u8::from(b != 0)).collect();
+                    return Ok(Tensor { name, dtype, shape, data: Bytes::from(canonical) });
                 }
             }
             None => check_bytes_layout(&data, count).map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
@@ -330,15 +328,15 @@ mod tests {
     }
 
     #[test]
-    fn tensor_bytes_must_match_shape_exactly() {
+    fn tensor_bytes_must_match_shape_exactly_and_bools_become_0_or_1() {
         let err = Tensor::checked("x".into(), DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 12]));
         assert!(err.unwrap_err().message().contains("needs 16 bytes, got 12"));
         let err = Tensor::checked("x".into(), DataType::Int8, vec![2, -5], Bytes::new());
         assert!(err.unwrap_err().message().contains("negative dimension -5"));
         let err = Tensor::checked("x".into(), DataType::Fp64, vec![1 << 40, 1 << 40], Bytes::new());
         assert!(err.unwrap_err().message().contains("too many elements"));
-        let err = Tensor::checked("b".into(), DataType::Bool, vec![2], Bytes::from_static(&[1, 7]));
-        assert!(err.unwrap_err().message().contains("BOOL element 1 is 7"));
+        let bools = Tensor::checked("b".into(), DataType::Bool, vec![3], Bytes::from_static(&[1, 7, 0])).unwrap();
+        assert_eq!(&bools.data[..], &[1, 1, 0], "non-zero bytes are true");
         let err = Tensor::checked("s".into(), DataType::Bytes, vec![2], Bytes::from_static(&[1, 0, 0, 0, b'a']));
         assert!(err.unwrap_err().message().contains("expected 2 BYTES elements, found 1"));
     }
