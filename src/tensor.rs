@@ -79,6 +79,28 @@ impl Tensor {
     }
 }
 
+/// Parameters whose meaning the gateway must not silently ignore, with why
+/// they are refused. Both front doors check request, input and output
+/// parameters against this list.
+const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
+    ("sequence_id", "sequence batching is not supported"),
+    ("sequence_start", "sequence batching is not supported"),
+    ("sequence_end", "sequence batching is not supported"),
+    ("shared_memory_region", "shared memory is not supported"),
+    ("classification", "the classification extension is not supported"),
+];
+
+/// Refuses a parameter set (of a request, an input or an output, named by
+/// `what`) that holds a parameter the gateway does not support.
+pub fn refuse_unsupported_parameters<'a>(keys: impl IntoIterator<Item = &'a String>, what: &str) -> Result<(), Error> {
+    for key in keys {
+        if let Some((_, why)) = UNSUPPORTED_PARAMETERS.iter().find(|(k, _)| k == key) {
+            return Err(Error::invalid(format!("{what}: parameter '{key}': {why}")));
+        }
+    }
+    Ok(())
+}
+
 /// An output the client asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestedOutput {

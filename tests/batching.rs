@@ -190,20 +190,7 @@ async fn a_model_default_timeout_applies_and_requests_may_only_shorten_it() {
 fn identity_request(n: usize, text: &[u8]) -> (Bytes, String) {
     let mut inputs = Vec::new();
     let mut binary = Vec::new();
-    for (name, dtype, size) in [
-        ("IN_BOOL", "BOOL", 1),
-        ("IN_INT8", "INT8", 1),
-        ("IN_INT16", "INT16", 2),
-        ("IN_INT32", "INT32", 4),
-        ("IN_INT64", "INT64", 8),
-        ("IN_UINT8", "UINT8", 1),
-        ("IN_UINT16", "UINT16", 2),
-        ("IN_UINT32", "UINT32", 4),
-        ("IN_UINT64", "UINT64", 8),
-        ("IN_FP16", "FP16", 2),
-        ("IN_FP32", "FP32", 4),
-        ("IN_FP64", "FP64", 8),
-    ] {
+    for &(name, dtype, size) in common::IDENTITY_FIXED_INPUTS {
         inputs.push(
             json!({ "name": name, "shape": [1, n], "datatype": dtype, "parameters": { "binary_data_size": n * size } }),
         );

@@ -190,20 +190,7 @@ async fn messages_over_the_limit_are_resource_exhausted_and_large_ones_under_it_
     let request = |elements: usize| {
         let mut inputs = Vec::new();
         let mut raw = Vec::new();
-        for (name, dtype, size) in [
-            ("IN_BOOL", "BOOL", 1),
-            ("IN_INT8", "INT8", 1),
-            ("IN_INT16", "INT16", 2),
-            ("IN_INT32", "INT32", 4),
-            ("IN_INT64", "INT64", 8),
-            ("IN_UINT8", "UINT8", 1),
-            ("IN_UINT16", "UINT16", 2),
-            ("IN_UINT32", "UINT32", 4),
-            ("IN_UINT64", "UINT64", 8),
-            ("IN_FP16", "FP16", 2),
-            ("IN_FP32", "FP32", 4),
-            ("IN_FP64", "FP64", 8),
-        ] {
+        for &(name, dtype, size) in common::IDENTITY_FIXED_INPUTS {
             let n = if name == "IN_FP32" { elements } else { 1 };
             inputs.push(InferInputTensor {
                 name: name.into(),

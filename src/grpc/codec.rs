@@ -19,23 +19,13 @@ use crate::repository::ModelConfig;
 use crate::repository::ModelVersion;
 use crate::repository::model_config::VersionPolicy;
 use crate::stats::StatDuration;
-use crate::tensor::{InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count};
-
-const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
-    ("sequence_id", "sequence batching is not supported"),
-    ("sequence_start", "sequence batching is not supported"),
-    ("sequence_end", "sequence batching is not supported"),
-    ("shared_memory_region", "shared memory is not supported"),
-    ("classification", "the classification extension is not supported"),
-];
+use crate::tensor::{
+    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
+    refuse_unsupported_parameters,
+};
 
 fn check_parameters(parameters: &HashMap<String, InferParameter>, what: &str) -> Result<(), Error> {
-    for (key, why) in UNSUPPORTED_PARAMETERS {
-        if parameters.contains_key(*key) {
-            return Err(Error::invalid(format!("{what}: parameter '{key}': {why}")));
-        }
-    }
-    Ok(())
+    refuse_unsupported_parameters(parameters.keys(), what)
 }
 
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.

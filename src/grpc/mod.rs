@@ -22,7 +22,6 @@ use crate::proto::health::health_server::{Health, HealthServer};
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
-use crate::repository::VersionState;
 
 /// Requests of one `ModelStreamInfer` stream that may run at once.
 const STREAM_CONCURRENCY: usize = 64;
@@ -129,18 +128,14 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         let served = self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?;
-        let table = self.gateway.repository.snapshot();
-        let versions = table
-            .models
-            .get(&r.name)
-            .map(|m| {
-                m.versions
-                    .iter()
-                    .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
-                    .map(|(v, _)| v.to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let versions = self
+            .gateway
+            .repository
+            .ready_versions(Some(&r.name))
+            .map_err(status)?
+            .iter()
+            .map(|v| v.version.to_string())
+            .collect();
         let io = &served.io;
         let tensors = |specs: &[crate::tensor::IoSpec]| {
             specs
@@ -237,15 +232,11 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
-        let table = self.gateway.repository.snapshot();
-        let versions: Vec<_> = if r.name.is_empty() {
-            table.models.values().flat_map(|m| m.versions.values()).filter_map(ready).collect()
-        } else if !r.version.is_empty() {
-            vec![self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?]
+        let versions = if r.version.is_empty() {
+            let model = (!r.name.is_empty()).then_some(r.name.as_str());
+            self.gateway.repository.ready_versions(model).map_err(status)?
         } else {
-            let entry =
-                table.models.get(&r.name).ok_or_else(|| Status::not_found(format!("unknown model '{}'", r.name)))?;
-            entry.versions.values().filter_map(ready).collect()
+            vec![self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?]
         };
         Ok(Response::new(pb::ModelStatisticsResponse {
             model_stats: versions.iter().map(|v| codec::statistics(v)).collect(),
@@ -300,13 +291,6 @@ impl InferenceService {
         } else {
             Err(Status::failed_precondition("explicit model load / unload is not allowed (model control is disabled)"))
         }
-    }
-}
-
-fn ready(state: &VersionState) -> Option<Arc<crate::repository::ModelVersion>> {
-    match state {
-        VersionState::Ready(v) => Some(v.clone()),
-        _ => None,
     }
 }
 

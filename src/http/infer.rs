@@ -17,19 +17,11 @@ use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
 use crate::tensor::{
     InferRequest, InferResponse, ModelIo, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
+    refuse_unsupported_parameters,
 };
 
 /// The header that splits a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-/// Request parameters whose meaning the gateway must not ignore.
-const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
-    ("sequence_id", "sequence batching is not supported"),
-    ("sequence_start", "sequence batching is not supported"),
-    ("sequence_end", "sequence batching is not supported"),
-    ("shared_memory_region", "shared memory is not supported"),
-    ("classification", "the classification extension is not supported"),
-];
 
 #[derive(Deserialize)]
 struct JsonRequest<'a> {
@@ -122,12 +114,7 @@ pub fn decode_request(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<
 }
 
 fn reject_unsupported(parameters: &Map<String, Value>, what: &str) -> Result<(), Error> {
-    for (key, why) in UNSUPPORTED_PARAMETERS {
-        if parameters.contains_key(*key) {
-            return Err(Error::invalid(format!("{what}: parameter '{key}': {why}")));
-        }
-    }
-    Ok(())
+    refuse_unsupported_parameters(parameters.keys(), what)
 }
 
 fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {

@@ -22,7 +22,6 @@ pub use infer::{HEADER_LENGTH, decode_request, encode_response};
 use crate::error::Error;
 use crate::gateway::{Call, Gateway};
 use crate::metrics::Protocol;
-use crate::repository::VersionState;
 
 /// The header a client may set to bound a request's time in the gateway, in
 /// milliseconds (Triton's `timeout` parameter, in microseconds, works too).
@@ -149,16 +148,7 @@ where
             Ok(response)
         }
         Route::AllStats => {
-            let table = gateway.repository.snapshot();
-            let versions: Vec<_> = table
-                .models
-                .values()
-                .flat_map(|m| m.versions.values())
-                .filter_map(|s| match s {
-                    VersionState::Ready(v) => Some(v.clone()),
-                    _ => None,
-                })
-                .collect();
+            let versions = gateway.repository.ready_versions(None)?;
             Ok(json_response(StatusCode::OK, &metadata::statistics(&versions)))
         }
         Route::Model { name, version, action } => {
@@ -237,14 +227,7 @@ where
         }
         ModelAction::Metadata => {
             let served = gateway.resolve(name, version)?;
-            let table = gateway.repository.snapshot();
-            let versions: Vec<u64> = table
-                .models
-                .get(name)
-                .map(|m| {
-                    m.versions.iter().filter(|(_, s)| matches!(s, VersionState::Ready(_))).map(|(v, _)| *v).collect()
-                })
-                .unwrap_or_default();
+            let versions: Vec<u64> = gateway.repository.ready_versions(Some(name))?.iter().map(|v| v.version).collect();
             Ok(json_response(StatusCode::OK, &metadata::model_metadata(name, &served, &versions)))
         }
         ModelAction::Config => {
@@ -254,20 +237,7 @@ where
         ModelAction::Stats => {
             let versions = match version {
                 Some(_) => vec![gateway.resolve(name, version)?],
-                None => {
-                    crate::repository::validate_model_name(name)?;
-                    let table = gateway.repository.snapshot();
-                    let entry =
-                        table.models.get(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
-                    entry
-                        .versions
-                        .values()
-                        .filter_map(|s| match s {
-                            VersionState::Ready(v) => Some(v.clone()),
-                            _ => None,
-                        })
-                        .collect()
-                }
+                None => gateway.repository.ready_versions(Some(name))?,
             };
             Ok(json_response(StatusCode::OK, &metadata::statistics(&versions)))
         }

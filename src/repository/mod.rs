@@ -321,6 +321,30 @@ impl Repository {
         }
     }
 
+    /// The ready versions of one model (`Some(name)`) or of every model, for
+    /// metadata and statistics. An unknown model is NOT_FOUND.
+    pub fn ready_versions(&self, model: Option<&str>) -> Result<Vec<Arc<ModelVersion>>, Error> {
+        let table = self.table.load();
+        let ready = |entry: &ModelEntry| -> Vec<Arc<ModelVersion>> {
+            entry
+                .versions
+                .values()
+                .filter_map(|s| match s {
+                    VersionState::Ready(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        match model {
+            None => Ok(table.models.values().flat_map(ready).collect()),
+            Some(name) => {
+                validate_model_name(name)?;
+                let entry = table.models.get(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+                Ok(ready(entry))
+            }
+        }
+    }
+
     /// Rows of the repository index: every model directory, with the state of
     /// each version tried. `ready_only` keeps READY rows alone.
     pub async fn index(&self, ready_only: bool) -> Vec<IndexEntry> {

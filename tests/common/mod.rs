@@ -222,6 +222,23 @@ pub fn simple_request(a: &[i32; 16], b: &[i32; 16]) -> Value {
     ]})
 }
 
+/// The fixed-size inputs of the `identity` example: name, datatype, bytes per
+/// element (`IN_BYTES` comes on top).
+pub const IDENTITY_FIXED_INPUTS: &[(&str, &str, usize)] = &[
+    ("IN_BOOL", "BOOL", 1),
+    ("IN_INT8", "INT8", 1),
+    ("IN_INT16", "INT16", 2),
+    ("IN_INT32", "INT32", 4),
+    ("IN_INT64", "INT64", 8),
+    ("IN_UINT8", "UINT8", 1),
+    ("IN_UINT16", "UINT16", 2),
+    ("IN_UINT32", "UINT32", 4),
+    ("IN_UINT64", "UINT64", 8),
+    ("IN_FP16", "FP16", 2),
+    ("IN_FP32", "FP32", 4),
+    ("IN_FP64", "FP64", 8),
+];
+
 /// Polls `check` every 10 ms for up to 10 s.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..1000 {
