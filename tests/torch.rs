@@ -12,136 +12,60 @@
 // Helpers outside `#[test]` functions too: a panic is the failure report (see clippy.toml).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use modelgate::config::Config;
-use modelgate::gateway::Gateway;
-use modelgate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use common::{TestServer, config_for, example_models as repo_models};
 use modelgate::proto::inference::{ModelInferRequest, model_infer_request::InferInputTensor};
-use modelgate::server::{Listeners, ServerOptions, serve};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-// === harness ===
+// === harness (the shared one in tests/common, plus FP32 helpers) ===
 
-fn repo_models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+/// Serves only `models` of `repository`.
+async fn start(repository: &Path, models: &[&str]) -> TestServer {
+    let mut config = config_for(repository);
+    config.repository.load_models = Some(models.iter().map(|m| m.to_string()).collect());
+    TestServer::start(config).await
 }
 
-/// A gateway on loopback ports chosen by the OS; stops when dropped.
-struct Server {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-    _gateway: Arc<Gateway>,
+/// One FP32 `[rows, 64]` input over V2 JSON; the first output's values and shape.
+async fn infer_http(server: &TestServer, model: &str, input: &str, rows: usize, x: &[f32]) -> (Vec<f32>, Vec<i64>) {
+    let body = json!({ "inputs": [{ "name": input, "datatype": "FP32", "shape": [rows, 64], "data": x }] });
+    let reply = server.post_json(&format!("/v2/models/{model}/infer"), &body).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let reply = reply.json();
+    let output = &reply["outputs"][0];
+    assert_eq!(output["datatype"], "FP32", "{reply}");
+    let values = output["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let shape = output["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+    (values, shape)
 }
 
-impl Server {
-    async fn start(repository: &Path, models: &[&str]) -> Server {
-        let mut config = Config::default();
-        config.repository.path = repository.to_owned();
-        config.repository.load_models = Some(models.iter().map(|m| m.to_string()).collect());
-        let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5) };
-        let listeners = Listeners { http, grpc: Some(grpc), metrics: None };
-        let task = tokio::spawn(serve(gateway.clone(), listeners, options, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            http: http_addr,
-            grpc: grpc_addr,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            stop: Some(stop),
-            task: Some(task),
-            _gateway: gateway,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
-    }
-
-    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.http))
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap();
-        let response = self.client.request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
-    }
-
-    async fn text(&self, path: &str) -> String {
-        let request = http::Request::get(format!("http://{}{path}", self.http)).body(Full::default()).unwrap();
-        let response = self.client.request(request).await.unwrap();
-        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
-    }
-
-    /// One FP32 `[rows, 64]` input over V2 JSON; the first output's values and shape.
-    async fn infer_http(&self, model: &str, input: &str, rows: usize, x: &[f32]) -> (Vec<f32>, Vec<i64>) {
-        let body = json!({ "inputs": [{ "name": input, "datatype": "FP32", "shape": [rows, 64], "data": x }] });
-        let (status, reply) = self.request("POST", &format!("/v2/models/{model}/infer"), Some(body)).await;
-        assert_eq!(status, 200, "{reply}");
-        let output = &reply["outputs"][0];
-        assert_eq!(output["datatype"], "FP32", "{reply}");
-        let values = output["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let shape = output["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-        (values, shape)
-    }
-
-    /// The same over gRPC with `raw_input_contents`.
-    async fn infer_grpc(&self, model: &str, input: &str, rows: usize, x: &[f32]) -> (Vec<f32>, Vec<i64>) {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
-        let request = ModelInferRequest {
-            model_name: model.into(),
-            inputs: vec![InferInputTensor {
-                name: input.into(),
-                datatype: "FP32".into(),
-                shape: vec![rows as i64, 64],
-                ..Default::default()
-            }],
-            raw_input_contents: vec![Bytes::from(le_bytes(x))],
+/// The same over gRPC with `raw_input_contents`.
+async fn infer_grpc(server: &TestServer, model: &str, input: &str, rows: usize, x: &[f32]) -> (Vec<f32>, Vec<i64>) {
+    let request = ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: input.into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, 64],
             ..Default::default()
-        };
-        let reply = GrpcInferenceServiceClient::new(channel).model_infer(request).await.unwrap().into_inner();
-        assert_eq!(reply.outputs[0].datatype, "FP32");
-        (from_le_bytes(&reply.raw_output_contents[0]), reply.outputs[0].shape.clone())
-    }
+        }],
+        raw_input_contents: vec![Bytes::from(le_bytes(x))],
+        ..Default::default()
+    };
+    let reply = server.grpc().await.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(reply.outputs[0].datatype, "FP32");
+    (from_le_bytes(&reply.raw_output_contents[0]), reply.outputs[0].shape.clone())
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // A failed assertion skips `stop`: still let the accept loops end.
-        let _ = self.stop.take().map(|s| s.send(()));
-    }
+async fn text(server: &TestServer, path: &str) -> String {
+    String::from_utf8(server.get(path).await.body.to_vec()).unwrap()
 }
 
 // === references from torch in Python ===
@@ -217,13 +141,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mlp_torch_answers_http_and_grpc_exactly_as_torch_does_for_batches_1_7_and_64() {
     let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[1, 7, 64]);
-    let server = Server::start(&repo_models(), &["mlp_torch"]).await;
+    let server = start(&repo_models(), &["mlp_torch"]).await;
     for (rows, reference) in &references {
         assert_eq!(reference.output_shape, vec![*rows as i64, 10]);
-        let (http, shape) = server.infer_http("mlp_torch", "INPUT__0", *rows, &reference.input).await;
+        let (http, shape) = infer_http(&server, "mlp_torch", "INPUT__0", *rows, &reference.input).await;
         assert_eq!(shape, reference.output_shape);
         assert_eq!(http, reference.output, "HTTP, batch {rows}: max |diff| {}", max_abs_diff(&http, &reference.output));
-        let (grpc, shape) = server.infer_grpc("mlp_torch", "INPUT__0", *rows, &reference.input).await;
+        let (grpc, shape) = infer_grpc(&server, "mlp_torch", "INPUT__0", *rows, &reference.input).await;
         assert_eq!(shape, reference.output_shape);
         assert_eq!(grpc, reference.output, "gRPC, batch {rows}: max |diff| {}", max_abs_diff(&grpc, &reference.output));
     }
@@ -232,28 +156,29 @@ async fn mlp_torch_answers_http_and_grpc_exactly_as_torch_does_for_batches_1_7_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onnx_and_torchscript_copies_of_one_model_serve_side_by_side_with_matching_outputs() {
-    let server = Server::start(&repo_models(), &["mlp", "mlp_torch"]).await;
-    let (status, index) = server.request("POST", "/v2/repository/index", Some(json!({}))).await;
-    assert_eq!(status, 200);
+    let server = start(&repo_models(), &["mlp", "mlp_torch"]).await;
+    let index = server.post_json("/v2/repository/index", &json!({})).await;
+    assert_eq!(index.status, 200);
+    let index = index.json();
     for model in ["mlp", "mlp_torch"] {
         let row = index.as_array().unwrap().iter().find(|r| r["name"] == model).unwrap();
         assert_eq!(row["state"], "READY", "{index}");
     }
-    let (_, config) = server.request("GET", "/v2/models/mlp_torch/config", None).await;
+    let config = server.get("/v2/models/mlp_torch/config").await.json();
     assert_eq!((config["platform"].as_str(), config["backend"].as_str()), (Some("pytorch_libtorch"), Some("pytorch")));
-    let (_, metadata) = server.request("GET", "/v2/models/mlp_torch", None).await;
+    let metadata = server.get("/v2/models/mlp_torch").await.json();
     assert_eq!(metadata["inputs"][0], json!({ "name": "INPUT__0", "datatype": "FP32", "shape": [-1, 64] }));
 
     let x: Vec<f32> = (0..7 * 64).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-    let (onnx, onnx_shape) = server.infer_http("mlp", "input", 7, &x).await;
-    let (torch, torch_shape) = server.infer_grpc("mlp_torch", "INPUT__0", 7, &x).await;
+    let (onnx, onnx_shape) = infer_http(&server, "mlp", "input", 7, &x).await;
+    let (torch, torch_shape) = infer_grpc(&server, "mlp_torch", "INPUT__0", 7, &x).await;
     assert_eq!(onnx_shape, torch_shape);
     // Same weights, two runtimes: equal up to float rounding.
     let worst = max_abs_diff(&onnx, &torch);
     assert!(worst < 1e-5, "max |onnx - torch| = {worst}");
     assert!(onnx.iter().any(|v| v.abs() > 1e-3), "a model that outputs zeros would match trivially");
 
-    let metrics = server.text("/metrics").await;
+    let metrics = text(&server, "/metrics").await;
     for model in ["mlp", "mlp_torch"] {
         assert!(metrics.contains(&format!("modelgate_requests_total{{model=\"{model}\"")), "{model} missing");
     }
@@ -264,7 +189,7 @@ async fn onnx_and_torchscript_copies_of_one_model_serve_side_by_side_with_matchi
 async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows() {
     let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[64]);
     let reference = &references[&64];
-    let server = Arc::new(Server::start(&repo_models(), &["mlp_torch"]).await);
+    let server = Arc::new(start(&repo_models(), &["mlp_torch"]).await);
     let requests = 48;
     let tasks: Vec<_> = (0..requests)
         .map(|row| {
@@ -273,9 +198,9 @@ async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows
             tokio::spawn(async move {
                 // Half over each protocol: they share one queue.
                 if row % 2 == 0 {
-                    server.infer_http("mlp_torch", "INPUT__0", 1, &x).await
+                    infer_http(&server, "mlp_torch", "INPUT__0", 1, &x).await
                 } else {
-                    server.infer_grpc("mlp_torch", "INPUT__0", 1, &x).await
+                    infer_grpc(&server, "mlp_torch", "INPUT__0", 1, &x).await
                 }
             })
         })
@@ -288,7 +213,7 @@ async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows
         let expected = &reference.output[row * 10..(row + 1) * 10];
         assert!(max_abs_diff(&y, expected) < 1e-5, "row {row}: {y:?} vs {expected:?}");
     }
-    let (_, stats) = server.request("GET", "/v2/models/mlp_torch/stats", None).await;
+    let stats = server.get("/v2/models/mlp_torch/stats").await.json();
     let stats = &stats["model_stats"][0];
     let inferences = stats["inference_count"].as_u64().unwrap();
     let executions = stats["execution_count"].as_u64().unwrap();
@@ -332,8 +257,8 @@ const MISSING_GPU: u32 = 63;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_that_cannot_be_had_fails_the_load_with_the_reason_instead_of_running_on_the_cpu() {
     let repository = repository_on_gpu(MISSING_GPU, false);
-    let server = Server::start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
-    let (_, index) = server.request("POST", "/v2/repository/index", Some(json!({}))).await;
+    let server = start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
     for model in ["onnx_gpu", "torch_gpu"] {
         let row = index.as_array().unwrap().iter().find(|r| r["name"] == model).unwrap();
         assert_eq!(row["state"], "UNAVAILABLE", "{index}");
@@ -344,20 +269,20 @@ async fn a_gpu_that_cannot_be_had_fails_the_load_with_the_reason_instead_of_runn
     }
     let torch = index.as_array().unwrap().iter().find(|r| r["name"] == "torch_gpu").unwrap();
     assert!(torch["reason"].as_str().unwrap().starts_with("device cuda:63 unavailable: "), "{index}");
-    let (status, reply) = server
-        .request("POST", "/v2/models/torch_gpu/infer", Some(json!({ "inputs": [{ "name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": vec![0.0f32; 64] }] })))
-        .await;
-    assert_eq!(status, 503, "{reply}");
+    let body =
+        json!({ "inputs": [{ "name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": vec![0.0f32; 64] }] });
+    let reply = server.post_json("/v2/models/torch_gpu/infer", &body).await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_that_allows_cpu_fallback_serves_on_the_cpu_when_the_gpu_is_missing() {
     let repository = repository_on_gpu(MISSING_GPU, true);
-    let server = Server::start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
+    let server = start(repository.path(), &["onnx_gpu", "torch_gpu"]).await;
     let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
-    let (onnx, _) = server.infer_http("onnx_gpu", "input", 1, &x).await;
-    let (torch, _) = server.infer_http("torch_gpu", "INPUT__0", 1, &x).await;
+    let (onnx, _) = infer_http(&server, "onnx_gpu", "input", 1, &x).await;
+    let (torch, _) = infer_http(&server, "torch_gpu", "INPUT__0", 1, &x).await;
     assert!(max_abs_diff(&onnx, &torch) < 1e-5);
     server.stop().await;
 }
@@ -372,15 +297,15 @@ mod gpu {
     async fn gpu_torch_on_cuda_0_matches_torch_and_reports_its_device_memory() {
         let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[1, 7, 64]);
         let repository = repository_on_gpu(0, false);
-        let server = Server::start(repository.path(), &["torch_gpu"]).await;
+        let server = start(repository.path(), &["torch_gpu"]).await;
         for (rows, reference) in &references {
-            let (y, shape) = server.infer_grpc("torch_gpu", "INPUT__0", *rows, &reference.input).await;
+            let (y, shape) = infer_grpc(&server, "torch_gpu", "INPUT__0", *rows, &reference.input).await;
             assert_eq!(shape, reference.output_shape);
             // cuBLAS sums in another order than the CPU (libtorch keeps TF32 off for matmuls).
             let worst = max_abs_diff(&y, &reference.output);
             assert!(worst < 1e-4, "batch {rows}: max |gpu - torch cpu| = {worst}");
         }
-        let metrics = server.text("/metrics").await;
+        let metrics = text(&server, "/metrics").await;
         let line = metrics
             .lines()
             .find(|l| l.starts_with("modelgate_device_memory_bytes{") && l.contains("model=\"torch_gpu\""))
@@ -399,11 +324,11 @@ mod gpu {
     async fn gpu_onnx_on_cuda_0_matches_torch() {
         let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[1, 7, 64]);
         let repository = repository_on_gpu(0, false);
-        let server = Server::start(repository.path(), &["onnx_gpu"]).await;
-        let (_, index) = server.request("POST", "/v2/repository/index", Some(json!({}))).await;
+        let server = start(repository.path(), &["onnx_gpu"]).await;
+        let index = server.post_json("/v2/repository/index", &json!({})).await.json();
         assert_eq!(index[0]["state"], "READY", "{index}");
         for (rows, reference) in &references {
-            let (y, shape) = server.infer_http("onnx_gpu", "input", *rows, &reference.input).await;
+            let (y, shape) = infer_http(&server, "onnx_gpu", "input", *rows, &reference.input).await;
             assert_eq!(shape, reference.output_shape);
             // ONNX Runtime's CUDA EP allows TF32 matmuls by default (10-bit mantissa).
             let worst = max_abs_diff(&y, &reference.output);
