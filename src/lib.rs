@@ -4,7 +4,12 @@
 //!
 //! - [`server`]: listeners; HTTP/1.1 and h2c gRPC told apart per request.
 //! - [`http`], [`grpc`]: the V2 front doors, bytes to [`tensor::InferRequest`] and back.
-//! - [`gateway`]: resolve the model version, run, record.
+//! - [`gateway`]: resolve the model version (through a [`routing`] route when
+//!   the client names none), run, record.
+//! - [`routing`]: routes of public names to versions: weights, header rules,
+//!   sticky keys, shadow copies.
+//! - [`rollout`]: outcome windows, SLO checks, automatic canary release and
+//!   rollback; every route change goes through it.
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
 //! - [`stats`], [`metrics`]: Triton statistics and Prometheus metrics.
@@ -19,6 +24,8 @@ pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod repository;
+pub mod rollout;
+pub mod routing;
 pub mod server;
 pub mod stats;
 pub mod tensor;
