@@ -10,11 +10,13 @@
 //!   sticky keys, shadow copies.
 //! - [`rollout`]: outcome windows, SLO checks, automatic canary release and
 //!   rollback; every route change goes through it.
+//! - [`admin`]: the admin API (own listener, bearer token) and its client.
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
 //! - [`stats`], [`metrics`]: Triton statistics and Prometheus metrics.
 //! - [`error`]: every client-visible error, mapped once to HTTP and gRPC.
 
+pub mod admin;
 pub mod batching;
 pub mod config;
 pub mod error;
@@ -87,5 +89,11 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
         metrics::install(),
     ));
     repository.load_startup_models().await;
+    if !config.routes.is_empty() {
+        match gateway.rollouts.apply_file(&config.routes).await {
+            Ok(summary) => tracing::info!(routes = ?summary.applied, "routes applied"),
+            Err(e) => tracing::error!(error = %e, "routes not applied"),
+        }
+    }
     gateway
 }
