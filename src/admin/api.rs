@@ -23,6 +23,23 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Header a client may set to name who makes a change, for the audit log.
 pub const ACTOR_HEADER: &str = "x-modelgate-actor";
 
+/// Every admin endpoint, as method and path (with sample names): the tests
+/// walk this list to check that each one sits behind the authentication layer.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/admin/v1/routes"),
+    ("GET", "/admin/v1/routes/m"),
+    ("PUT", "/admin/v1/routes/m"),
+    ("DELETE", "/admin/v1/routes/m"),
+    ("PUT", "/admin/v1/routes/m/weights"),
+    ("POST", "/admin/v1/routes/m/promote"),
+    ("POST", "/admin/v1/routes/m/rollback"),
+    ("POST", "/admin/v1/routes/m/pause"),
+    ("POST", "/admin/v1/routes/m/resume"),
+    ("GET", "/admin/v1/models"),
+    ("POST", "/admin/v1/models/m/versions/2/load"),
+    ("POST", "/admin/v1/models/m/versions/2/unload"),
+];
+
 /// An admin endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -318,6 +335,10 @@ mod tests {
         for (method, path, endpoint) in cases {
             assert_eq!(route(&method, path), Ok(endpoint), "{method} {path}");
         }
+        for (method, path) in ENDPOINTS {
+            assert!(route(&method.parse().unwrap(), path).is_ok(), "{method} {path}");
+        }
+        assert_eq!(ENDPOINTS.len(), 12, "a new endpoint goes in ENDPOINTS (and in api/admin.openapi.yaml)");
         assert!(matches!(route(&Method::GET, "/admin/v1/routes/mlp/promote"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::POST, "/admin/v1/routes"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::GET, "/admin/v1/nothing"), Err(Error::NotFound(_))));

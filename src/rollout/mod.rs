@@ -184,7 +184,8 @@ impl Rollouts {
             summary.applied.push(model);
         }
         let kept: Vec<String> = valid.iter().map(|v| v.spec.model.clone()).collect();
-        let gone: Vec<String> = control.from_file.keys().filter(|m| !kept.contains(m)).cloned().collect();
+        let mut gone: Vec<String> = control.from_file.keys().filter(|m| !kept.contains(m)).cloned().collect();
+        gone.sort();
         for model in gone {
             control.running.remove(&model);
             if self.routes.remove(&model).is_some() {
