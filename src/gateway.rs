@@ -76,11 +76,12 @@ impl Gateway {
     }
 
     /// Finds the version that serves `model` (and `version`, as the client
-    /// wrote it; empty means the policy's choice).
+    /// wrote it; empty means the route's main target when the model has a
+    /// route, else the policy's choice), for metadata, config and readiness.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, Error> {
         validate_model_name(model)?;
         let version = match version {
-            None | Some("") => None,
+            None | Some("") => self.routes.get(model).and_then(|route| route.primary()),
             Some(text) => Some(text.parse::<u64>().map_err(|_| {
                 Error::invalid(format!(
                     "invalid model version '{}': versions are positive integers",

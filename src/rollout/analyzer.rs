@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::policy::Policy;
+use super::status::{Check, Event, Status, WindowStats};
 use super::window::Summary;
 use crate::error::Error;
 use crate::routing::{Arm, Routes};
@@ -167,79 +168,6 @@ pub enum Command {
 
 /// A command and where its answer goes.
 pub type Request = (Command, oneshot::Sender<Result<(), Error>>);
-
-/// One line of a rollout's history.
-#[derive(Clone, Debug, Serialize)]
-pub struct Event {
-    /// Wall-clock time, milliseconds since the Unix epoch.
-    pub at_unix_ms: u64,
-    /// `started`, `step`, `paused`, `resumed`, `weights`, `rolled_back`, `promoted`.
-    pub kind: &'static str,
-    /// What happened, in words.
-    pub message: String,
-}
-
-/// Counts of one window, as a check saw them.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct WindowStats {
-    /// Requests (successes and server-fault failures).
-    pub requests: u64,
-    /// Server-fault failures.
-    pub errors: u64,
-    /// errors / requests.
-    pub error_rate: f64,
-    /// p99 latency of successes, in milliseconds.
-    pub p99_ms: Option<f64>,
-}
-
-impl From<&Summary> for WindowStats {
-    fn from(s: &Summary) -> WindowStats {
-        WindowStats {
-            requests: s.requests,
-            errors: s.errors,
-            error_rate: s.error_rate(),
-            p99_ms: s.p99().map(|d| d.as_secs_f64() * 1000.0),
-        }
-    }
-}
-
-/// The last check.
-#[derive(Clone, Debug, Serialize)]
-pub struct Check {
-    /// The verdict.
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    /// The canary's window.
-    pub canary: WindowStats,
-    /// The baseline's window.
-    pub baseline: WindowStats,
-}
-
-/// What the admin API shows of a rollout.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    /// Phase.
-    pub state: Phase,
-    /// Why it is paused or failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Canary version.
-    pub canary: u64,
-    /// Baseline version.
-    pub baseline: u64,
-    /// Index into `step_weights`.
-    pub step: usize,
-    /// The policy's steps.
-    pub step_weights: Vec<u32>,
-    /// Canary weight now.
-    pub canary_weight: u32,
-    /// Consecutive failed checks.
-    pub failed_checks: u32,
-    /// The last check.
-    pub last_check: Option<Check>,
-    /// Recent events, oldest first.
-    pub events: VecDeque<Event>,
-}
 
 /// Runs one route's rollout until the route is replaced or removed.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 //! - `window.rs`: lock-free sliding windows of per-version outcomes.
 //! - `policy.rs`: the rollout policy as written, and its checks.
 //! - `analyzer.rs`: the state machine that steps a canary up or rolls it back.
+//! - `status.rs`: the snapshots the admin API shows.
 //!
 //! [`Rollouts`] serializes the writers that are not analyzers (admin API,
 //! config reload, start-up): it checks a change, swaps the new route in, and
@@ -13,6 +14,7 @@
 
 pub mod analyzer;
 pub mod policy;
+pub mod status;
 pub mod window;
 
 use std::collections::HashMap;
@@ -23,8 +25,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use analyzer::{Analyzer, Breach, Command, Phase, Status, Verdict, WindowStats, judge};
+pub use analyzer::{Analyzer, Breach, Command, Phase, Verdict, judge};
 pub use policy::{Policy, RolloutSpec};
+pub use status::{Check, Event, RouteStatus, ShadowStatus, Status, TargetStatus, TargetWindow, WindowStats};
 pub use window::{Outcome, Summary, Window};
 
 use crate::error::Error;
@@ -350,78 +353,4 @@ fn check_weights(route: &Route, weights: &[(u64, u32)]) -> Result<(), Error> {
         return Err(Error::invalid(format!("weights must sum to 100, got {total}")));
     }
     Ok(())
-}
-
-/// What the admin API shows of a route.
-#[derive(Clone, Debug, Serialize)]
-pub struct RouteStatus {
-    /// Public model name.
-    pub model: String,
-    /// Changes each time the route is replaced.
-    pub generation: u64,
-    /// Targets with their live weights and windows.
-    pub targets: Vec<TargetStatus>,
-    /// Shadow copies and their comparison.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowStatus>,
-    /// The rollout, when the route has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<Status>,
-    /// The route as applied.
-    pub spec: RouteSpec,
-}
-
-/// One target of a route.
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetStatus {
-    /// Version.
-    pub version: u64,
-    /// Weight in percent.
-    pub weight: u32,
-    /// Rolled back.
-    pub failed: bool,
-    /// Loaded and serving.
-    pub ready: bool,
-    /// In-flight limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_in_flight: Option<u32>,
-    /// Requests in flight through the route.
-    pub in_flight: u32,
-    /// Its sliding window.
-    pub window: TargetWindow,
-}
-
-/// A target's sliding window.
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetWindow {
-    /// Span.
-    pub span_ms: u64,
-    /// Counts.
-    #[serde(flatten)]
-    pub stats: WindowStats,
-    /// Median latency of successes.
-    pub p50_ms: Option<f64>,
-}
-
-/// A route's shadow copies.
-#[derive(Clone, Debug, Serialize)]
-pub struct ShadowStatus {
-    /// Shadow version.
-    pub version: u64,
-    /// Percent copied.
-    pub percent: f64,
-    /// Copies answered.
-    pub success: u64,
-    /// Copies failed.
-    pub error: u64,
-    /// Copies skipped (too many in flight).
-    pub skipped: u64,
-    /// Answers compared with the primary's.
-    pub compared: u64,
-    /// Comparisons that agreed.
-    pub agreed: u64,
-    /// agreed / compared.
-    pub agreement_rate: Option<f64>,
-    /// Largest absolute output difference seen.
-    pub max_abs_diff: Option<f64>,
 }

@@ -118,6 +118,18 @@ impl Route {
         next
     }
 
+    /// The version with the most weight (the first of equals), which stands
+    /// for the route in metadata, config and readiness requests.
+    pub fn primary(&self) -> Option<u64> {
+        let mut best: Option<&Target> = None;
+        for target in self.targets.iter().filter(|t| !t.failed) {
+            if best.is_none_or(|b| target.weight > b.weight) {
+                best = Some(target);
+            }
+        }
+        best.map(|t| t.version)
+    }
+
     /// The target of `version`.
     pub fn target(&self, version: u64) -> Option<&Target> {
         self.targets.iter().find(|t| t.version == version)
@@ -308,6 +320,14 @@ mod tests {
         assert_eq!(scale(fnv_mix(fnv1a(0xcbf2_9ce4_8422_2325, b"mlp"), b"user-1")), 21);
         assert_eq!(scale(0), 0);
         assert_eq!(scale(u64::MAX), 99);
+    }
+
+    #[tokio::test]
+    async fn the_heaviest_live_target_stands_for_the_route() {
+        let route = route(RouteSpec::weighted("m", &[(1, 30), (2, 70), (3, 0)]));
+        assert_eq!(route.primary(), Some(2));
+        assert_eq!(route.with_weights(&[(2, 0, true), (1, 100, false)]).primary(), Some(1));
+        assert_eq!(route.with_weights(&[(1, 50, false), (2, 50, false)]).primary(), Some(1));
     }
 
     #[tokio::test]

@@ -193,7 +193,12 @@ impl Http {
         let response = self.client.request(request.body(Full::new(body)).unwrap()).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        // JSON when it parses (every API answer), else the text (/metrics).
+        let body = match serde_json::from_slice(&bytes) {
+            Ok(json) => json,
+            Err(_) if bytes.is_empty() => Value::Null,
+            Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        };
         Reply { status, body }
     }
 
