@@ -30,7 +30,8 @@
 //! - Resume restarts the current step: its weight, and a fresh interval.
 //!
 //! A check reads the canary's and the baseline's sliding windows. With fewer
-//! than `min_requests` canary requests it has no verdict. A canary over an
+//! than `min_requests` canary requests it has no verdict, and since only a
+//! passing check steps up, a canary without enough traffic waits at its step. A canary over an
 //! SLO fails the check unless the baseline, with enough requests of its own,
 //! is over the same SLO in the same window: then the trouble is not the
 //! canary's (an overloaded machine) and the check is inconclusive, which
@@ -274,7 +275,8 @@ impl Analyzer {
                         if !self.set_canary_weight(weight, step) {
                             return None;
                         }
-                        self.event("step", format!("step {} of {}: canary at {weight} %", step + 1, self.policy.step_weights.len()));
+                        let steps = self.policy.step_weights.len();
+                        self.event("step", format!("step {} of {steps}: canary at {weight} %", step + 1));
                     }
                 }
                 request = self.commands.recv() => {
