@@ -45,8 +45,14 @@ impl Packed {
     fn add(&self, epoch: u32) {
         let mut current = self.0.load(Ordering::Relaxed);
         loop {
-            let next =
-                if (current >> 32) as u32 == epoch { current.wrapping_add(1) } else { (u64::from(epoch) << 32) | 1 };
+            let next = if (current >> 32) as u32 != epoch {
+                (u64::from(epoch) << 32) | 1
+            } else if current & 0xffff_ffff == 0xffff_ffff {
+                // Saturate: a carry would corrupt the epoch.
+                return;
+            } else {
+                current + 1
+            };
             match self.0.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(seen) => current = seen,
@@ -286,6 +292,17 @@ mod tests {
             let b = bucket(d);
             assert!(upper_bound(b) >= d.as_secs_f64() && upper_bound(b - 1) < d.as_secs_f64(), "{d:?}");
         }
+    }
+
+    #[test]
+    fn a_full_counter_saturates_instead_of_corrupting_its_epoch() {
+        let counter = Packed::default();
+        counter.0.store((7u64 << 32) | 0xffff_fffe, Ordering::Relaxed);
+        counter.add(7);
+        counter.add(7);
+        assert_eq!(counter.read(7), 0xffff_ffff);
+        counter.add(8);
+        assert_eq!(counter.read(8), 1);
     }
 
     #[test]
