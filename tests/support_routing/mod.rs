@@ -40,27 +40,35 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The generated test models, made once per test binary by
-/// `tests/models/make_test_models.py`.
+/// The generated test models, made by `tests/models/make_test_models.py`
+/// once per version of the script and kept under cargo's temp dir for tests.
 fn generated() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("modelgate-test-models-{}", std::process::id()));
+        let script = root().join("tests/models/make_test_models.py");
+        let text = std::fs::read(&script).unwrap();
+        // FNV-1a of the script: a changed recipe gets a fresh directory.
+        let hash =
+            text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("routing-test-models-{hash:016x}"));
+        if dir.join("failing.onnx").exists() && dir.join("slow.onnx").exists() {
+            return dir;
+        }
         let python = std::env::var_os("MODELGATE_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join(".venv/models/bin/python"));
-        let output = Command::new(&python)
-            .arg(root().join("tests/models/make_test_models.py"))
-            .arg("--out")
-            .arg(&dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} (make it with scripts/setup.sh models, or set MODELGATE_PYTHON): {e}",
-                    python.display()
-                )
-            });
+        // Generate beside, then rename: test binaries running at once never see half a directory.
+        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let output = Command::new(&python).arg(&script).arg("--out").arg(scratch.path()).output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (make it with scripts/setup.sh models, or set MODELGATE_PYTHON): {e}",
+                python.display()
+            )
+        });
         assert!(output.status.success(), "make_test_models.py failed: {}", String::from_utf8_lossy(&output.stderr));
+        if std::fs::rename(scratch.path(), &dir).is_err() {
+            assert!(dir.join("slow.onnx").exists(), "cannot store the test models in {}", dir.display());
+        }
         dir
     })
 }
