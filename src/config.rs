@@ -18,12 +18,19 @@
 //! | `repository.default_max_queue_size` | queue bound when a config says 0 | 1024 |
 //! | `repository.intra_op_threads` | threads inside one model instance | 1 |
 //! | `onnxruntime.library` | path of `libonnxruntime.so` | `ORT_DYLIB_PATH`, else the one `scripts/setup.sh` fetched |
+//! | `admin.address` | address of the admin listener | `127.0.0.1` |
+//! | `admin.port` | admin API port; 0 = off (it is also off without a token) | 8003 |
+//! | `admin.token_file` | file holding the admin bearer token (else env `MODELGATE_ADMIN_TOKEN`) | none |
+//! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `rollout::policy`); re-read on SIGHUP | none |
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use crate::admin::AdminConfig;
+use crate::routing::RouteSpec;
 
 /// Everything `modelgate serve` needs.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -35,6 +42,10 @@ pub struct Config {
     pub repository: RepositoryConfig,
     /// ONNX Runtime.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Routes of public model names to versions.
+    pub routes: Vec<RouteSpec>,
 }
 
 /// Listeners and limits.
@@ -161,12 +172,23 @@ impl Config {
         if s.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid("server.max_concurrent_streams must be at least 1".into()));
         }
-        let ports = [("http_port", s.http_port), ("grpc_port", s.grpc_port), ("metrics_port", s.metrics_port)];
+        let ports = [
+            ("server.http_port", s.http_port),
+            ("server.grpc_port", s.grpc_port),
+            ("server.metrics_port", s.metrics_port),
+            ("admin.port", self.admin.port),
+        ];
         for (i, (a, pa)) in ports.iter().enumerate() {
             for (b, pb) in &ports[i + 1..] {
                 if *pa != 0 && pa == pb {
-                    return Err(ConfigError::Invalid(format!("server.{a} and server.{b} are both {pa}")));
+                    return Err(ConfigError::Invalid(format!("{a} and {b} are both {pa}")));
                 }
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route.validate().map_err(|e| ConfigError::Invalid(format!("routes[{i}] ('{}'): {e}", route.model)))?;
+            if self.routes[..i].iter().any(|r| r.model == route.model) {
+                return Err(ConfigError::Invalid(format!("routes: two routes for model '{}'", route.model)));
             }
         }
         let r = &self.repository;
@@ -222,6 +244,43 @@ mod tests {
         let mut config = Config::default();
         config.server.max_request_bytes = 0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn routes_and_the_admin_listener_are_read_and_checked() {
+        let config = Config::from_toml(
+            r#"
+            [admin]
+            port = 9003
+            token_file = "/run/secrets/admin-token"
+            [[routes]]
+            model = "mlp"
+            targets = [{ version = 1, weight = 90 }, { version = 2, weight = 10 }]
+            sticky_header = "x-user-id"
+            [[routes]]
+            model = "simple"
+            targets = [{ version = 1 }, { version = 2 }]
+            rollout = { canary = 2, step_weights = [10, 50, 100], interval = "30s", max_p99_latency = "50ms" }
+            "#,
+        )
+        .unwrap();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.admin.address, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[1].rollout.as_ref().unwrap().interval, Duration::from_secs(30));
+
+        let mut bad = config.clone();
+        bad.routes[0].targets[1].weight = Some(20);
+        assert!(bad.validate().unwrap_err().to_string().contains("sum to 100"));
+        let mut twice = config.clone();
+        twice.routes[1].model = "mlp".into();
+        twice.routes[1].rollout = None;
+        twice.routes[1].targets = twice.routes[0].targets.clone();
+        assert!(twice.validate().unwrap_err().to_string().contains("two routes"));
+        let mut clash = config;
+        clash.admin.port = clash.server.http_port;
+        assert!(clash.validate().unwrap_err().to_string().contains("admin.port"));
+        assert!(Config::from_toml("[[routes]]\nmodel = \"m\"\ntargets = []\nweight = 3").is_err());
     }
 
     #[test]

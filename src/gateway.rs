@@ -10,7 +10,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::Error;
 use crate::metrics::Protocol;
-use crate::repository::{ModelVersion, Repository, validate_model_name};
+use crate::repository::{ModelVersion, Outputs, Repository, validate_model_name};
+use crate::rollout::Rollouts;
+use crate::routing::{Route, Routes};
 use crate::tensor::{InferRequest, InferResponse, ResponseOutput, Tensor};
 
 /// Limits applied at the door, the same for HTTP and gRPC.
@@ -29,6 +31,10 @@ pub struct Gateway {
     pub limits: Limits,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Routes of public model names to versions (read per request).
+    pub routes: Arc<Routes>,
+    /// Every change to the routes, and the rollouts.
+    pub rollouts: Rollouts,
     draining: AtomicBool,
 }
 
@@ -54,7 +60,9 @@ pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "
 impl Gateway {
     /// Shared state over a repository.
     pub fn new(repository: Arc<Repository>, limits: Limits, metrics: PrometheusHandle) -> Gateway {
-        Gateway { repository, limits, metrics, draining: AtomicBool::new(false) }
+        let routes = Arc::new(Routes::default());
+        let rollouts = Rollouts::new(routes.clone(), repository.clone());
+        Gateway { repository, limits, metrics, routes, rollouts, draining: AtomicBool::new(false) }
     }
 
     /// Marks the server as shutting down: readiness turns false at once.
@@ -68,11 +76,12 @@ impl Gateway {
     }
 
     /// Finds the version that serves `model` (and `version`, as the client
-    /// wrote it; empty means the policy's choice).
+    /// wrote it; empty means the route's main target when the model has a
+    /// route, else the policy's choice), for metadata, config and readiness.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, Error> {
         validate_model_name(model)?;
         let version = match version {
-            None | Some("") => None,
+            None | Some("") => self.routes.get(model).and_then(|route| route.primary()),
             Some(text) => Some(text.parse::<u64>().map_err(|_| {
                 Error::invalid(format!(
                     "invalid model version '{}': versions are positive integers",
@@ -84,7 +93,8 @@ impl Gateway {
     }
 
     /// Runs one inference and records its outcome in the version's statistics
-    /// and metrics.
+    /// and metrics. A request that names no version goes through the model's
+    /// route, when it has one.
     pub async fn infer(
         &self,
         model: &str,
@@ -92,8 +102,59 @@ impl Gateway {
         request: InferRequest,
         call: Call<'_>,
     ) -> Result<InferResponse, Error> {
-        let Call { protocol, arrival, .. } = call;
+        let Call { protocol, arrival, headers } = call;
+        if matches!(version, None | Some(""))
+            && let Some(route) = self.routes.get(model)
+        {
+            return self.infer_routed(&route, request, protocol, arrival, headers).await;
+        }
         let served_by = self.resolve(model, version)?;
+        self.run(model, &served_by, request, protocol, arrival).await
+    }
+
+    /// Picks the route's target, runs the request there, records the outcome
+    /// in the target's window, and sends the shadow copy.
+    async fn infer_routed(
+        &self,
+        route: &Arc<Route>,
+        request: InferRequest,
+        protocol: Protocol,
+        arrival: Instant,
+        headers: &HeaderMap,
+    ) -> Result<InferResponse, Error> {
+        let model = route.model.as_str();
+        let target = &route.targets[route.pick(headers)?];
+        let shadow = route
+            .shadow
+            .as_ref()
+            .filter(|s| s.spec.version != target.version)
+            .and_then(|s| Some((s.clone(), s.admit()?, request.clone())));
+        let result = match target.arm.admit(model, target.max_in_flight) {
+            Ok(_in_flight) => match self.repository.resolve(model, Some(target.version)) {
+                Ok(served_by) => self.run(model, &served_by, request, protocol, arrival).await,
+                // The route names it, so a missing version is the server's fault, not the client's.
+                Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
+            },
+            Err(e) => Err(e),
+        };
+        target.arm.record(result.as_ref().map(|_| ()).map_err(Error::fault), arrival.elapsed());
+        if let Some((shadow, permit, copy)) = shadow {
+            let primary = result.as_ref().ok().map(|r| r.outputs.clone());
+            let task = shadow.run(permit, self.repository.clone(), model.to_owned(), target.version, copy, primary);
+            tokio::spawn(task);
+        }
+        result
+    }
+
+    /// Runs a request on one version and records it.
+    async fn run(
+        &self,
+        model: &str,
+        served_by: &ModelVersion,
+        request: InferRequest,
+        protocol: Protocol,
+        arrival: Instant,
+    ) -> Result<InferResponse, Error> {
         let id = request.id.clone();
         let result = served_by.infer(request, arrival).await;
         let elapsed = arrival.elapsed();
@@ -101,24 +162,11 @@ impl Gateway {
             Ok(outputs) => {
                 served_by.stats.success.add(1, elapsed);
                 served_by.metrics.request(protocol, Ok(()), elapsed);
-                let specs = &served_by.io.outputs;
                 Ok(InferResponse {
                     model_name: model.to_owned(),
                     model_version: served_by.version,
                     id,
-                    outputs: outputs
-                        .tensors
-                        .into_iter()
-                        .map(|(index, t, binary)| ResponseOutput {
-                            tensor: Tensor {
-                                name: specs[index].name.clone(),
-                                dtype: t.dtype,
-                                shape: t.shape,
-                                data: t.data,
-                            },
-                            binary,
-                        })
-                        .collect(),
+                    outputs: response_outputs(served_by, outputs),
                 })
             }
             Err(error) => {
@@ -128,4 +176,17 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Names a version's outputs for the response.
+pub fn response_outputs(served_by: &ModelVersion, outputs: Outputs) -> Vec<ResponseOutput> {
+    let specs = &served_by.io.outputs;
+    outputs
+        .tensors
+        .into_iter()
+        .map(|(index, t, binary)| ResponseOutput {
+            tensor: Tensor { name: specs[index].name.clone(), dtype: t.dtype, shape: t.shape, data: t.data },
+            binary,
+        })
+        .collect()
 }

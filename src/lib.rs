@@ -4,12 +4,19 @@
 //!
 //! - [`server`]: listeners; HTTP/1.1 and h2c gRPC told apart per request.
 //! - [`http`], [`grpc`]: the V2 front doors, bytes to [`tensor::InferRequest`] and back.
-//! - [`gateway`]: resolve the model version, run, record.
+//! - [`gateway`]: resolve the model version (through a [`routing`] route when
+//!   the client names none), run, record.
+//! - [`routing`]: routes of public names to versions: weights, header rules,
+//!   sticky keys, shadow copies.
+//! - [`rollout`]: outcome windows, SLO checks, automatic canary release and
+//!   rollback; every route change goes through it.
+//! - [`admin`]: the admin API (own listener, bearer token) and its client.
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
 //! - [`stats`], [`metrics`]: Triton statistics and Prometheus metrics.
 //! - [`error`]: every client-visible error, mapped once to HTTP and gRPC.
 
+pub mod admin;
 pub mod batching;
 pub mod config;
 pub mod error;
@@ -19,6 +26,8 @@ pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod repository;
+pub mod rollout;
+pub mod routing;
 pub mod server;
 pub mod stats;
 pub mod tensor;
@@ -85,5 +94,11 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
         metrics::install(),
     ));
     repository.load_startup_models().await;
+    if !config.routes.is_empty() {
+        match gateway.rollouts.apply_file(&config.routes).await {
+            Ok(summary) => tracing::info!(routes = ?summary.applied, "routes applied"),
+            Err(e) => tracing::error!(error = %e, "routes not applied"),
+        }
+    }
     gateway
 }

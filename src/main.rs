@@ -1,10 +1,13 @@
-//! The `modelgate` binary: `serve` runs the data plane.
+//! The `modelgate` binary: `serve` runs the data plane; `admin` calls its
+//! admin API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use modelgate::admin::AdminToken;
+use modelgate::admin::client::AdminCommand;
 use modelgate::config::Config;
 use modelgate::server::{Listeners, ServerOptions};
 use tokio::net::TcpListener;
@@ -20,6 +23,23 @@ struct Cli {
 enum Command {
     /// Serve the models of a repository over HTTP and gRPC.
     Serve(ServeArgs),
+    /// Call the admin API of a running gateway: routes, weights, rollouts, versions.
+    Admin(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// host:port of the admin listener.
+    #[arg(long, env = "MODELGATE_ADMIN_ADDRESS", default_value = "127.0.0.1:8003")]
+    address: String,
+    /// File holding the bearer token (default: env MODELGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Who makes the change, for the audit log (default: $USER).
+    #[arg(long, env = "USER", default_value = "unknown")]
+    actor: String,
+    #[command(subcommand)]
+    command: AdminCommand,
 }
 
 /// Flags take Triton's names where the concept is the same; they override the config file.
@@ -61,6 +81,15 @@ struct ServeArgs {
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, else .native/ from scripts/setup.sh).
     #[arg(long)]
     onnxruntime_library: Option<PathBuf>,
+    /// Address the admin listener binds (default 127.0.0.1: keep it off public interfaces).
+    #[arg(long)]
+    admin_address: Option<std::net::IpAddr>,
+    /// Admin API port; 0 turns it off. It is off anyway without a token.
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// File holding the admin bearer token (else env MODELGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -104,6 +133,16 @@ impl ServeArgs {
         if let Some(v) = self.onnxruntime_library {
             config.onnxruntime.library = Some(v);
         }
+        let a = &mut config.admin;
+        if let Some(v) = self.admin_address {
+            a.address = v;
+        }
+        if let Some(v) = self.admin_port {
+            a.port = v;
+        }
+        if let Some(v) = self.admin_token_file {
+            a.token_file = Some(v);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -140,17 +179,91 @@ async fn shutdown_signal() {
     }
 }
 
+/// The admin listener, when a port and a token are configured.
+async fn bind_admin(config: &Config) -> anyhow::Result<Option<(TcpListener, AdminToken)>> {
+    let a = &config.admin;
+    if a.port == 0 {
+        tracing::info!("admin API off: admin.port is 0");
+        return Ok(None);
+    }
+    let Some(token) = AdminToken::configured(a.token_file.as_deref())? else {
+        tracing::warn!("admin API off: no token (set --admin-token-file or MODELGATE_ADMIN_TOKEN)");
+        return Ok(None);
+    };
+    if !a.address.is_loopback() {
+        tracing::warn!(address = %a.address, "the admin API listens beyond loopback: only the token protects it");
+    }
+    Ok(bind(a.address, a.port, "admin").await?.map(|l| (l, token)))
+}
+
+/// Re-reads `[[routes]]` from the config file on SIGHUP (other keys need a restart).
+fn reload_routes_on_hangup(path: PathBuf, gateway: std::sync::Arc<modelgate::gateway::Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let config = match Config::from_file(&path).and_then(|c| c.validate().map(|()| c)) {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: config not reloaded");
+                    continue;
+                }
+            };
+            match gateway.rollouts.apply_file(&config.routes).await {
+                Ok(summary) => tracing::info!(
+                    applied = ?summary.applied, removed = ?summary.removed, unchanged = ?summary.unchanged,
+                    "SIGHUP: routes reloaded (other settings need a restart)"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: routes not reloaded"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, gateway);
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config_path = args.config.clone();
     let config = args.into_config()?;
     let s = &config.server;
     let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
     let grpc = bind(s.address, s.grpc_port, "gRPC").await?;
     let metrics = bind(s.address, s.metrics_port, "metrics").await?;
+    let admin = bind_admin(&config).await?;
     let loaders = modelgate::loaders(&config);
     let gateway = modelgate::start(&config, loaders).await;
+    if let Some(path) = config_path {
+        reload_routes_on_hangup(path, gateway.clone());
+    }
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(());
+    let admin_task = admin.map(|(listener, token)| {
+        let mut stopped = admin_stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.changed().await;
+        };
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, token, shutdown))
+    });
     let options =
         ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
-    modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown_signal()).await;
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_admin.send(());
+    };
+    modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown).await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let token = AdminToken::configured(args.token_file.as_deref())?
+        .context("no admin token: pass --token-file or set MODELGATE_ADMIN_TOKEN")?;
+    let (method, path, body) = modelgate::admin::client::request_for(&args.command)?;
+    let answer = modelgate::admin::client::call(&args.address, &token, &args.actor, method, &path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 
@@ -164,5 +277,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("mg-io").build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Admin(args) => runtime.block_on(admin(args)),
     }
 }

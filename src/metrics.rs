@@ -34,11 +34,39 @@ pub const MODEL_STATE: &str = "modelgate_model_state";
 pub const MODEL_LOAD_DURATION: &str = "modelgate_model_load_duration_seconds";
 /// Device memory held by a version's instances, by model, version and device.
 pub const DEVICE_MEMORY: &str = "modelgate_device_memory_bytes";
+/// Routed requests, by model, version and outcome (`success`, `error` for the
+/// server's fault, `client_error`).
+pub const ROUTE_REQUESTS: &str = "modelgate_route_requests_total";
+/// End-to-end time of routed requests, by model and version.
+pub const ROUTE_DURATION: &str = "modelgate_route_request_duration_seconds";
+/// Current route weight in percent, by model and version.
+pub const ROUTE_WEIGHT: &str = "modelgate_route_weight";
+/// 1 for the current phase of a rollout, by model, canary version and state.
+pub const ROLLOUT_STATE: &str = "modelgate_rollout_state";
+/// Canary weight of a rollout's current step, by model and canary version.
+pub const ROLLOUT_CANARY_WEIGHT: &str = "modelgate_rollout_canary_weight";
+/// SLO checks, by model, canary version and verdict.
+pub const ROLLOUT_CHECKS: &str = "modelgate_rollout_checks_total";
+/// Rollbacks, by model, canary version and reason (`error_rate`, `latency`, `manual`).
+pub const ROLLOUT_ROLLBACKS: &str = "modelgate_rollout_rollbacks_total";
+/// Promotions, by model, canary version and how (`automatic`, `manual`).
+pub const ROLLOUT_PROMOTIONS: &str = "modelgate_rollout_promotions_total";
+/// Shadow copies, by model, shadow version and outcome (`success`, `error`, `skipped`).
+pub const SHADOW_REQUESTS: &str = "modelgate_shadow_requests_total";
+/// Time of shadow copies, by model and shadow version.
+pub const SHADOW_DURATION: &str = "modelgate_shadow_request_duration_seconds";
+/// Shadow responses compared with the primary's, by model, primary, shadow
+/// and result (`agree`, `disagree`): the agreement rate is agree / all.
+pub const SHADOW_COMPARISONS: &str = "modelgate_shadow_comparisons_total";
+/// Largest absolute difference between primary and shadow outputs per
+/// compared request, by model, primary and shadow.
+pub const SHADOW_ABS_DIFF: &str = "modelgate_shadow_max_abs_difference";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const DIFF_BUCKETS: &[f64] = &[0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -48,6 +76,7 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_ABS_DIFF.into()), DIFF_BUCKETS))
                 .expect("bucket lists are non-empty constants")
                 .build_recorder();
             let handle = recorder.handle();
@@ -74,6 +103,18 @@ fn describe() {
     metrics::describe_gauge!(MODEL_STATE, "1 for the current state of each model version");
     metrics::describe_histogram!(MODEL_LOAD_DURATION, metrics::Unit::Seconds, "Time to load a model version");
     metrics::describe_gauge!(DEVICE_MEMORY, metrics::Unit::Bytes, "Device memory held by a model version");
+    metrics::describe_counter!(ROUTE_REQUESTS, "Routed requests by target version and outcome");
+    metrics::describe_histogram!(ROUTE_DURATION, metrics::Unit::Seconds, "End-to-end time of routed requests");
+    metrics::describe_gauge!(ROUTE_WEIGHT, "Route weight of each target version, in percent");
+    metrics::describe_gauge!(ROLLOUT_STATE, "1 for the current phase of each rollout");
+    metrics::describe_gauge!(ROLLOUT_CANARY_WEIGHT, "Canary weight of each rollout, in percent");
+    metrics::describe_counter!(ROLLOUT_CHECKS, "Rollout SLO checks by verdict");
+    metrics::describe_counter!(ROLLOUT_ROLLBACKS, "Rollouts rolled back, by reason");
+    metrics::describe_counter!(ROLLOUT_PROMOTIONS, "Rollouts promoted");
+    metrics::describe_counter!(SHADOW_REQUESTS, "Shadow copies of routed requests, by outcome");
+    metrics::describe_histogram!(SHADOW_DURATION, metrics::Unit::Seconds, "Time of shadow copies");
+    metrics::describe_counter!(SHADOW_COMPARISONS, "Shadow responses compared with the primary's");
+    metrics::describe_histogram!(SHADOW_ABS_DIFF, "Largest absolute output difference, primary vs shadow");
 }
 
 /// The protocol a request came in on.
@@ -184,4 +225,104 @@ pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
 pub fn device_memory(model: &str, version: u64, device: &str, bytes: u64) {
     gauge!(DEVICE_MEMORY, "model" => model.to_owned(), "version" => version.to_string(), "device" => device.to_owned())
         .set(bytes as f64);
+}
+
+/// Pre-registered handles of one version behind a route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Answered.
+    pub success: Counter,
+    /// Failed through the server's fault.
+    pub error: Counter,
+    /// Refused as the client's mistake.
+    pub client_error: Counter,
+    /// End-to-end time.
+    pub duration: Histogram,
+    /// Current weight.
+    pub weight: Gauge,
+}
+
+impl RouteMetrics {
+    /// Registers the handles of `model` version `version`.
+    pub fn new(model: &str, version: u64) -> RouteMetrics {
+        let (m, v) = (model.to_owned(), version.to_string());
+        let requests = |outcome: &'static str| counter!(ROUTE_REQUESTS, "model" => m.clone(), "version" => v.clone(), "outcome" => outcome);
+        RouteMetrics {
+            success: requests("success"),
+            error: requests("error"),
+            client_error: requests("client_error"),
+            duration: histogram!(ROUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
+            weight: gauge!(ROUTE_WEIGHT, "model" => m.clone(), "version" => v.clone()),
+        }
+    }
+}
+
+/// Pre-registered handles of one shadow target.
+#[derive(Debug)]
+pub struct ShadowMetrics {
+    /// Copies answered.
+    pub success: Counter,
+    /// Copies that failed.
+    pub error: Counter,
+    /// Copies not sent: too many in flight.
+    pub skipped: Counter,
+    /// Time of copies.
+    pub duration: Histogram,
+    model: String,
+    shadow: String,
+}
+
+impl ShadowMetrics {
+    /// Registers the handles of shadow `version` of `model`.
+    pub fn new(model: &str, version: u64) -> ShadowMetrics {
+        let (m, v) = (model.to_owned(), version.to_string());
+        let requests = |outcome: &'static str| counter!(SHADOW_REQUESTS, "model" => m.clone(), "version" => v.clone(), "outcome" => outcome);
+        ShadowMetrics {
+            success: requests("success"),
+            error: requests("error"),
+            skipped: requests("skipped"),
+            duration: histogram!(SHADOW_DURATION, "model" => m.clone(), "version" => v.clone()),
+            model: m,
+            shadow: v,
+        }
+    }
+
+    /// Records one comparison with the primary `primary`.
+    pub fn comparison(&self, primary: u64, agree: bool, max_abs_diff: Option<f64>) {
+        let (m, s, p) = (self.model.clone(), self.shadow.clone(), primary.to_string());
+        let result = if agree { "agree" } else { "disagree" };
+        counter!(SHADOW_COMPARISONS, "model" => m.clone(), "primary" => p.clone(), "shadow" => s.clone(), "result" => result)
+            .increment(1);
+        if let Some(diff) = max_abs_diff {
+            histogram!(SHADOW_ABS_DIFF, "model" => m, "primary" => p, "shadow" => s).record(diff);
+        }
+    }
+}
+
+/// Sets the state gauge of a rollout: 1 for `state`, 0 for the others.
+pub fn rollout_state(model: &str, canary: u64, state: &str, canary_weight: u32) {
+    for s in ["progressing", "paused", "succeeded", "failed"] {
+        gauge!(ROLLOUT_STATE, "model" => model.to_owned(), "canary" => canary.to_string(), "state" => s)
+            .set(if s == state { 1.0 } else { 0.0 });
+    }
+    gauge!(ROLLOUT_CANARY_WEIGHT, "model" => model.to_owned(), "canary" => canary.to_string())
+        .set(f64::from(canary_weight));
+}
+
+/// Counts one SLO check of a rollout.
+pub fn rollout_check(model: &str, canary: u64, verdict: &'static str) {
+    counter!(ROLLOUT_CHECKS, "model" => model.to_owned(), "canary" => canary.to_string(), "verdict" => verdict)
+        .increment(1);
+}
+
+/// Counts a rollback.
+pub fn rollout_rollback(model: &str, canary: u64, reason: &'static str) {
+    counter!(ROLLOUT_ROLLBACKS, "model" => model.to_owned(), "canary" => canary.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a promotion.
+pub fn rollout_promotion(model: &str, canary: u64, how: &'static str) {
+    counter!(ROLLOUT_PROMOTIONS, "model" => model.to_owned(), "canary" => canary.to_string(), "how" => how)
+        .increment(1);
 }

@@ -13,7 +13,7 @@ pub mod model_config;
 pub mod pbtxt;
 mod version;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -184,6 +184,10 @@ pub struct Repository {
     /// One load or unload at a time: racing loads of one model would publish
     /// in an arbitrary order.
     operations: tokio::sync::Mutex<()>,
+    /// Versions loaded one by one ([`Repository::load_version`]) beyond the
+    /// version policy, by model: a reload of the model keeps them. Changed
+    /// only under `operations`.
+    pinned: parking_lot::Mutex<HashMap<String, BTreeSet<u64>>>,
     started: AtomicBool,
 }
 
@@ -220,6 +224,7 @@ impl Repository {
             loaders,
             table: ArcSwap::from_pointee(ModelTable::default()),
             operations: tokio::sync::Mutex::new(()),
+            pinned: parking_lot::Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
         }
     }
@@ -406,7 +411,8 @@ impl Repository {
         let dir = self.config.root.join(name);
         let scan_dir = dir.clone();
         let loaders = self.loaders.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_model(&scan_dir, &loaders))
+        let pinned = self.pinned.lock().get(name).cloned().unwrap_or_default();
+        let scanned = tokio::task::spawn_blocking(move || scan_model(&scan_dir, &loaders, &pinned))
             .await
             .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
         let (file, loader, versions) = match scanned {
@@ -494,8 +500,101 @@ impl Repository {
         for &v in entry.versions.keys() {
             next.versions.insert(v, VersionState::Unavailable { reason: "unloaded".into(), failed: false });
         }
+        self.pinned.lock().remove(name);
         self.publish(name, next);
         tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+}
+
+impl Repository {
+    /// Loads one version of a model beside the versions it serves, whatever
+    /// the version policy says (a canary, typically); a reload of the model
+    /// keeps it. The other versions are left as they are. Build, warm, then
+    /// publish; on failure a ready instance of the same version keeps serving.
+    pub async fn load_version(&self, name: &str, version: u64) -> Result<(), Error> {
+        validate_model_name(name)?;
+        let _one_at_a_time = self.operations.lock().await;
+        let dir = self.config.root.join(name);
+        let loaders = self.loaders.clone();
+        let wanted = BTreeSet::from([version]);
+        let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted))
+            .await
+            .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
+        let (file, loader, versions) = match scanned {
+            Ok(plan) => plan,
+            Err(ScanError::Missing) => {
+                return Err(Error::NotFound(format!("model '{name}' is not in the model repository")));
+            }
+            Err(ScanError::Invalid(reason)) => {
+                return Err(Error::invalid(format!("failed to load '{name}' version {version}: {reason}")));
+            }
+        };
+        let Some((_, version_dir)) = versions.into_iter().find(|(v, _)| *v == version) else {
+            return Err(Error::NotFound(format!("model '{name}' has no version directory {version}")));
+        };
+        let previous = self.snapshot().models.get(name).cloned().unwrap_or_default();
+        let mut loading = previous.clone();
+        if !matches!(loading.versions.get(&version), Some(VersionState::Ready(_))) {
+            loading.versions.insert(version, VersionState::Loading);
+            self.publish(name, loading);
+        }
+        let (settings, model) = (self.config.load.clone(), name.to_owned());
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_version(VersionPlan {
+                name: &model,
+                version,
+                dir: &version_dir,
+                file: &file,
+                loader: loader.as_ref(),
+                settings: &settings,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("load task failed: {e}")));
+        let mut next = self.snapshot().models.get(name).cloned().unwrap_or_default();
+        let result = match loaded {
+            Ok(loaded) => {
+                tracing::info!(model = %name, version, "model version ready");
+                next.versions.insert(version, VersionState::Ready(Arc::new(loaded)));
+                self.pinned.lock().entry(name.to_owned()).or_default().insert(version);
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::error!(model = %name, version, %reason, "model version failed to load");
+                let state = match previous.versions.get(&version) {
+                    Some(ready @ VersionState::Ready(_)) => ready.clone(),
+                    _ => VersionState::Unavailable { reason: reason.clone(), failed: true },
+                };
+                next.versions.insert(version, state);
+                Err(Error::invalid(format!("failed to load '{name}' version {version}: {reason}")))
+            }
+        };
+        self.publish(name, next);
+        result
+    }
+
+    /// Unloads one version of a model; the others keep serving, and in-flight
+    /// requests of this one finish. A reload of the model brings it back only
+    /// if the version policy selects it.
+    pub async fn unload_version(&self, name: &str, version: u64) -> Result<(), Error> {
+        validate_model_name(name)?;
+        let _one_at_a_time = self.operations.lock().await;
+        let mut entry = self
+            .snapshot()
+            .models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("model '{name}' is not loaded")))?;
+        if !entry.versions.contains_key(&version) {
+            return Err(Error::NotFound(format!("model '{name}' has no version {version} loaded")));
+        }
+        entry.versions.insert(version, VersionState::Unavailable { reason: "unloaded".into(), failed: false });
+        if let Some(pinned) = self.pinned.lock().get_mut(name) {
+            pinned.remove(&version);
+        }
+        self.publish(name, entry);
+        tracing::info!(model = %name, version, "model version unloaded");
         Ok(())
     }
 }
@@ -507,8 +606,9 @@ enum ScanError {
 
 type Scanned = (ConfigFile, Arc<dyn ModelLoader>, Vec<(u64, PathBuf)>);
 
-/// Reads a model directory: config, loader, and the versions the policy selects.
-fn scan_model(dir: &Path, loaders: &Loaders) -> Result<Scanned, ScanError> {
+/// Reads a model directory: config, loader, and the versions the policy
+/// selects, plus the `pinned` ones that exist.
+fn scan_model(dir: &Path, loaders: &Loaders, pinned: &BTreeSet<u64>) -> Result<Scanned, ScanError> {
     if !dir.is_dir() {
         return Err(ScanError::Missing);
     }
@@ -531,7 +631,7 @@ fn scan_model(dir: &Path, loaders: &Loaders) -> Result<Scanned, ScanError> {
     let numbers: Vec<u64> = available.iter().map(|(v, _)| *v).collect();
     let policy = file.version_policy.clone().unwrap_or(model_config::VersionPolicy::Latest(1));
     let selected = policy.select(&numbers);
-    let versions = available.into_iter().filter(|(v, _)| selected.contains(v)).collect();
+    let versions = available.into_iter().filter(|(v, _)| selected.contains(v) || pinned.contains(v)).collect();
     Ok((file, loader, versions))
 }
 

@@ -1,0 +1,309 @@
+"""Load test "bad canary": how fast does modelgate roll a failing canary back, and how many
+requests does the canary answer after it starts breaking?
+
+The scenario: model `m` has version 1 (the `mlp` example) and version 2, a canary that loads
+fine and fails every request (tests/models/make_test_models.py, `failing.onnx`). A route sends
+the canary its first rollout step (25 %) under the default SLO policy (check every 500 ms,
+2 consecutive failed checks, 20 requests per 10 s window, 1 % errors). An open-loop client sends
+`--rate` requests per second (default 480, so the canary gets about 120 per second) and records
+each request's send time, status and serving version. The admin API is polled for the rollout.
+
+Reported (stdout and load-tests/results/bad-canary-<time>.json):
+
+* rollback_s: from the send time of the first failed request (the first breaching request) to
+  the `rolled_back` event of the rollout (the moment the canary weight became 0);
+* canary_answered_after_breach: canary answers (all failures) to requests sent after the first
+  breaching one; and how many of those were sent after the rollback (in flight or late);
+* canary_rps: canary requests per second during the breach, to show the load was >= 100/s;
+* baseline_failures: failures of version 1 (must be 0).
+
+`--healthy` runs the same route with a healthy canary (a copy of version 1) for `--duration`
+seconds with steps 25/50/75/100 spread over the run, and reports the rollbacks (must be 0),
+the failures, and where the rollout ended.
+
+Usage (from the repository root, after `cargo build --release`):
+
+    .venv/models/bin/python load-tests/bad-canary/run.py [--rate 480] [--binary target/release/modelgate]
+    .venv/models/bin/python load-tests/bad-canary/run.py --healthy --duration 600
+
+Everything runs on loopback ports the OS picks, and the server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "load-tests" / "results"
+TOKEN = "bad-canary-load-test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def body(seed: int) -> bytes:
+    data = [((i * 7 + seed * 13) % 97) / 97.0 - 0.5 for i in range(64)]
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]}).encode()
+
+
+def make_repo(dir: Path, healthy: bool) -> None:
+    models = dir / "generated"
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/models/make_test_models.py"), "--out", str(models), "--slow-layers", "1"],
+        check=True,
+        capture_output=True,
+    )
+    canary = REPO / "models/mlp/1/model.onnx" if healthy else models / "failing.onnx"
+    for version, source in [(1, REPO / "models/mlp/1/model.onnx"), (2, canary)]:
+        target = dir / "repo" / "m" / str(version)
+        target.mkdir(parents=True)
+        shutil.copy(source, target / "model.onnx")
+    (dir / "repo" / "m" / "config.pbtxt").write_text(
+        'name: "m"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\nversion_policy: { all { } }\n'
+        "dynamic_batching { }\ninstance_group [ { count: 1, kind: KIND_CPU } ]\n"
+    )
+
+
+def write_config(dir: Path, healthy: bool, duration: float) -> Path:
+    if healthy:
+        # Four steps spread over the run: the promotion lands at its end.
+        interval = f"{max(1, int(duration / 4))}s"
+        steps = "[25, 50, 75, 100]"
+    else:
+        interval = "10m"
+        steps = "[25, 50, 100]"
+    config = dir / "modelgate.toml"
+    config.write_text(
+        f"""
+[[routes]]
+model = "m"
+targets = [{{ version = 1 }}, {{ version = 2 }}]
+# Only the steps and the interval are set: the SLO policy is the default one.
+rollout = {{ canary = 2, step_weights = {steps}, interval = "{interval}" }}
+"""
+    )
+    return config
+
+
+class Admin:
+    def __init__(self, port: int):
+        self.port = port
+
+    def get(self, path: str) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        reply = conn.getresponse()
+        data = json.loads(reply.read())
+        conn.close()
+        return data
+
+
+def server_failures(port: int, version: int) -> int:
+    """Failed requests of `m` version `version`, from the server's Triton statistics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", f"/v2/models/m/versions/{version}/stats")
+    stats = json.loads(conn.getresponse().read())
+    conn.close()
+    return stats["model_stats"][0]["inference_stats"]["fail"]["count"]
+
+
+def wait_ready(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"modelgate exited with {server.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v2/models/m/versions/2/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("modelgate did not become ready")
+
+
+class Load:
+    """Open-loop load: request k is due at start + k / rate, spread over `threads` connections."""
+
+    def __init__(self, port: int, rate: float, threads: int):
+        self.port, self.rate, self.threads = port, rate, threads
+        self.records: list[list[tuple[float, float, int, int]]] = [[] for _ in range(threads)]
+        self.stop = threading.Event()
+        self.late = 0
+
+    def worker(self, index: int, start: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        out = self.records[index]
+        k = index
+        while not self.stop.is_set():
+            due = start + k / self.rate
+            k += self.threads
+            wait = due - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -0.05:
+                self.late += 1
+            sent = now_ms()
+            try:
+                conn.request("POST", "/v2/models/m/infer", body=body(k), headers={"Content-Type": "application/json"})
+                reply = conn.getresponse()
+                data = reply.read()
+                status = reply.status
+            except OSError:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                status, data = 599, b"{}"
+            version = 0
+            if status == 200:
+                version = int(json.loads(data)["model_version"])
+            out.append((sent, now_ms(), status, version))
+
+    def run(self) -> list[threading.Thread]:
+        start = time.time() + 0.2
+        threads = [threading.Thread(target=self.worker, args=(i, start), daemon=True) for i in range(self.threads)]
+        for t in threads:
+            t.start()
+        return threads
+
+    def all(self) -> list[tuple[float, float, int, int]]:
+        return sorted(r for rs in self.records for r in rs)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--binary", type=Path, default=REPO / "target/release/modelgate")
+    parser.add_argument("--rate", type=float, default=480.0, help="requests per second, all versions")
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--healthy", action="store_true", help="healthy canary: count false rollbacks")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load with --healthy")
+    args = parser.parse_args()
+    if not args.binary.exists():
+        raise SystemExit(f"{args.binary} is missing: run cargo build --release first")
+
+    work = Path(tempfile.mkdtemp(prefix="modelgate-bad-canary-"))
+    make_repo(work, args.healthy)
+    config = write_config(work, args.healthy, args.duration)
+    http_port, admin_port = free_port(), free_port()
+    log = open(work / "modelgate.log", "w")
+    env = dict(os.environ, MODELGATE_ADMIN_TOKEN=TOKEN, RUST_LOG="info,ort=warn")
+    server = subprocess.Popen(
+        [str(args.binary), "serve", "--config", str(config), "--model-repository", str(work / "repo"),
+         "--http-port", str(http_port), "--grpc-port", "0", "--metrics-port", "0",
+         "--admin-port", str(admin_port), "--strict-readiness", "false"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    admin = Admin(admin_port)
+    result: dict = {"scenario": "healthy canary" if args.healthy else "bad canary", "rate": args.rate}
+    try:
+        wait_ready(http_port, server)
+        load = Load(http_port, args.rate, args.threads)
+        started = now_ms()
+        threads = load.run()
+        rolled_back_seen = None
+        polls = []
+        limit = args.duration if args.healthy else 60.0
+        while (now_ms() - started) / 1000.0 < limit:
+            route = admin.get("/admin/v1/routes/m")
+            rollout = route["rollout"]
+            polls.append((now_ms(), rollout["state"], rollout["canary_weight"]))
+            if rollout["state"] == "failed" and rolled_back_seen is None:
+                rolled_back_seen = now_ms()
+                if not args.healthy:
+                    limit = (rolled_back_seen - started) / 1000.0 + 3.0
+            time.sleep(0.05)
+        load.stop.set()
+        for t in threads:
+            t.join()
+        route = admin.get("/admin/v1/routes/m")
+        records = load.all()
+        rollout = route["rollout"]
+        events = rollout["events"]
+        failures = [r for r in records if r[2] != 200]
+        result.update(
+            requests=len(records),
+            achieved_rps=len(records) / ((records[-1][0] - records[0][0]) / 1000.0) if len(records) > 1 else 0,
+            late_sends=load.late,
+            final_state=rollout["state"],
+            final_weights={t["version"]: t["weight"] for t in route["targets"]},
+            events=events,
+            failures=len(failures),
+            baseline_failures=server_failures(http_port, 1),
+            canary_failures=server_failures(http_port, 2),
+            baseline_answers=sum(1 for r in records if r[3] == 1),
+            canary_answers_ok=sum(1 for r in records if r[3] == 2),
+            p99_ms={
+                str(v): percentile([r[1] - r[0] for r in records if r[3] == v], 0.99) for v in (1, 2)
+            },
+        )
+        rolled = [e for e in events if e["kind"] == "rolled_back"]
+        result["rollbacks"] = len(rolled)
+        if not args.healthy:
+            if not failures or not rolled:
+                raise SystemExit(f"no breach or no rollback: {json.dumps(result, indent=2)}")
+            first_breach = failures[0][0]
+            weight0 = rolled[0]["at_unix_ms"]
+            after_breach = [r for r in failures if r[0] >= first_breach]
+            result.update(
+                first_breaching_request_ms=first_breach,
+                weight_0_ms=weight0,
+                rollback_s=(weight0 - first_breach) / 1000.0,
+                rollback_seen_by_admin_poll_s=(rolled_back_seen - first_breach) / 1000.0,
+                canary_answered_after_breach=len(after_breach),
+                canary_answered_after_rollback=sum(1 for r in failures if r[0] > weight0),
+                canary_rps=len(after_breach) / max(1e-3, (weight0 - first_breach) / 1000.0),
+                rollback_message=rolled[0]["message"],
+            )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "healthy-canary" if args.healthy else "bad-canary"
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    shutil.copy(work / "modelgate.log", out.with_suffix(".log"))
+    shutil.rmtree(work, ignore_errors=True)
+    keys = ["scenario", "rate", "achieved_rps", "requests", "failures", "baseline_failures", "canary_failures",
+            "baseline_answers", "canary_answers_ok",
+            "final_state", "final_weights", "rollbacks", "p99_ms", "late_sends"]
+    if not args.healthy:
+        keys += ["rollback_s", "rollback_seen_by_admin_poll_s", "canary_rps", "canary_answered_after_breach",
+                 "canary_answered_after_rollback", "rollback_message"]
+    for key in keys:
+        print(f"{key:32} {result.get(key)}")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

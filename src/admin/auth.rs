@@ -1,0 +1,261 @@
+//! Bearer-token authentication: one tower layer in front of every admin
+//! route, so no route can be added without it.
+//!
+//! A request passes only with `Authorization: Bearer <token>` equal to the
+//! configured token (compared in constant time). Requests that carry an
+//! `Origin` header come from a browser page and are refused (403) whatever
+//! their token: the admin API has no browser clients, and this closes the
+//! door to DNS-rebinding pages on the same host.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::header::{AUTHORIZATION, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::http::{Chunks, json_response};
+
+/// Shortest token accepted: guessable tokens are refused at start.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Environment variable that may hold the token.
+pub const TOKEN_ENV: &str = "MODELGATE_ADMIN_TOKEN";
+
+/// The admin bearer token. Never printed.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Why a token cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("cannot read the admin token file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token is too short or has characters a header cannot carry.
+    #[error("the admin token must be at least {MIN_TOKEN_LEN} visible ASCII characters without spaces")]
+    Weak,
+}
+
+impl AdminToken {
+    /// A token from its text (surrounding whitespace, such as a file's final
+    /// newline, is ignored).
+    pub fn new(text: &str) -> Result<AdminToken, TokenError> {
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::Weak);
+        }
+        Ok(AdminToken(token.as_bytes().into()))
+    }
+
+    /// Reads a token file.
+    pub fn from_file(path: &Path) -> Result<AdminToken, TokenError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
+        AdminToken::new(&text)
+    }
+
+    /// The token from the file if one is given, else from `MODELGATE_ADMIN_TOKEN`;
+    /// `None` when neither is set.
+    pub fn configured(file: Option<&Path>) -> Result<Option<AdminToken>, TokenError> {
+        if let Some(path) = file {
+            return AdminToken::from_file(path).map(Some);
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(text) => AdminToken::new(&text).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The token's text, for clients.
+    pub fn expose(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked ASCII when built")
+    }
+
+    /// Compares in time that depends on the lengths only.
+    fn matches(&self, given: &[u8]) -> bool {
+        if given.len() != self.0.len() {
+            return false;
+        }
+        given.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// The peer of an admin connection, put in each request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Wraps a service in [`BearerAuth`].
+#[derive(Clone, Debug)]
+pub struct BearerAuthLayer {
+    token: AdminToken,
+}
+
+impl BearerAuthLayer {
+    /// The layer for `token`.
+    pub fn new(token: AdminToken) -> BearerAuthLayer {
+        BearerAuthLayer { token }
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> BearerAuth<S> {
+        BearerAuth { token: self.token.clone(), inner }
+    }
+}
+
+/// Answers 401 (or 403) itself unless the request carries the token.
+#[derive(Clone, Debug)]
+pub struct BearerAuth<S> {
+    token: AdminToken,
+    inner: S,
+}
+
+/// Why a request was refused at the door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token: send 'Authorization: Bearer <token>'")]
+    Missing,
+    /// A token that is not the admin token.
+    #[error("invalid bearer token")]
+    Invalid,
+    /// A browser request.
+    #[error("admin requests from browser pages are refused")]
+    Browser,
+}
+
+impl<S> BearerAuth<S> {
+    fn check<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
+        if request.headers().contains_key(ORIGIN) {
+            return Err(Refusal::Browser);
+        }
+        let header = request.headers().get(AUTHORIZATION).ok_or(Refusal::Missing)?;
+        let given = header.as_bytes();
+        let token = given
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| given[7..].trim_ascii())
+            .ok_or(Refusal::Missing)?;
+        if self.token.matches(token) { Ok(()) } else { Err(Refusal::Invalid) }
+    }
+}
+
+fn refusal_response(refusal: Refusal) -> Response<Chunks> {
+    let status = match refusal {
+        Refusal::Browser => StatusCode::FORBIDDEN,
+        Refusal::Missing | Refusal::Invalid => StatusCode::UNAUTHORIZED,
+    };
+    let mut response = json_response(status, &serde_json::json!({ "error": refusal.to_string() }));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"modelgate-admin\""));
+    }
+    response
+}
+
+impl<S, B> Service<Request<B>> for BearerAuth<S>
+where
+    S: Service<Request<B>, Response = Response<Chunks>, Error = Infallible>,
+{
+    type Response = Response<Chunks>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Chunks>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.check(&request) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(refusal) => {
+                let peer = request.extensions().get::<Peer>().map(|p| p.0.to_string()).unwrap_or_default();
+                tracing::warn!(
+                    target: "modelgate::audit",
+                    peer,
+                    method = %request.method(),
+                    path = ?request.uri().path(),
+                    reason = %refusal,
+                    "admin request refused"
+                );
+                Either::Right(ready(Ok(refusal_response(refusal))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef-secret";
+
+    type Answer = Ready<Result<Response<Chunks>, Infallible>>;
+    type Inner = tower::util::ServiceFn<fn(Request<()>) -> Answer>;
+
+    fn service() -> BearerAuth<Inner> {
+        fn ok(_: Request<()>) -> Answer {
+            ready(Ok(Response::new(Chunks::empty())))
+        }
+        BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap()).layer(tower::service_fn(ok as fn(_) -> _))
+    }
+
+    async fn status(headers: &[(&str, &str)]) -> StatusCode {
+        let mut request = Request::builder().uri("/admin/v1/routes");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        service().oneshot(request.body(()).unwrap()).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_the_token_passes() {
+        assert_eq!(status(&[("authorization", &format!("Bearer {TOKEN}"))]).await, StatusCode::OK);
+        assert_eq!(status(&[("authorization", &format!("bearer  {TOKEN} "))]).await, StatusCode::OK);
+        assert_eq!(status(&[]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&[("authorization", "Bearer wrong-token-of-any-length")]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&[("authorization", &format!("Basic {TOKEN}"))]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&[("authorization", &format!("Bearer {TOKEN}x"))]).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&[("authorization", "Bearer")]).await, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn browser_requests_are_refused_even_with_the_token() {
+        let auth = format!("Bearer {TOKEN}");
+        assert_eq!(status(&[("authorization", &auth), ("origin", "http://evil.example")]).await, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_how_to_authenticate() {
+        let response = service().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"modelgate-admin\"");
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_and_tokens_never_print() {
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space inside it!!").is_err());
+        let token = AdminToken::new(&format!("  {TOKEN}\n")).unwrap();
+        assert_eq!(token.expose(), TOKEN);
+        assert!(!format!("{token:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,312 @@
+//! A rollout policy as written in config and admin JSON (Flagger's vocabulary
+//! where it fits: `interval`, `threshold`, `step_weights`), its checks, and
+//! the typed [`Policy`] the analyzer runs.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `canary` | the version being released; the route's other target is the baseline | required |
+//! | `step_weights` | canary weights in percent, strictly increasing, each 1..=100 | `[5, 25, 50, 100]` |
+//! | `interval` | time at each step before the next (`"30s"`, `"1m"`) | `"1m"` |
+//! | `check_interval` | how often the SLOs are checked | `"500ms"` |
+//! | `window` | sliding window the checks read | `"10s"` |
+//! | `threshold` | consecutive failed checks that roll back (1 = at the first) | 2 |
+//! | `min_requests` | canary requests a window needs before a check counts | 20 |
+//! | `max_error_rate` | highest server-fault error rate, 0..=1 | 0.01 |
+//! | `max_p99_latency` | highest p99 latency of successful requests; absent = not checked | `"500ms"` |
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest duration any rollout setting takes: a day.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The rollout section of a route, as written.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The version being released.
+    pub canary: u64,
+    /// Canary weight at each step, in percent.
+    #[serde(default = "default_steps")]
+    pub step_weights: Vec<u32>,
+    /// Time at each step.
+    #[serde(default = "default_interval", with = "duration_text")]
+    pub interval: Duration,
+    /// Time between SLO checks.
+    #[serde(default = "default_check_interval", with = "duration_text")]
+    pub check_interval: Duration,
+    /// The sliding window each check reads.
+    #[serde(default = "default_window", with = "duration_text")]
+    pub window: Duration,
+    /// Consecutive failed checks that roll back.
+    #[serde(default = "default_threshold")]
+    pub threshold: u32,
+    /// Canary requests a window needs before a check counts.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// Highest server-fault error rate (0..=1).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Highest p99 latency of successful requests; `None` skips the check.
+    #[serde(default = "default_max_p99", with = "duration_text::option")]
+    pub max_p99_latency: Option<Duration>,
+}
+
+fn default_steps() -> Vec<u32> {
+    vec![5, 25, 50, 100]
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_check_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_threshold() -> u32 {
+    2
+}
+fn default_min_requests() -> u64 {
+    20
+}
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+fn default_max_p99() -> Option<Duration> {
+    Some(Duration::from_millis(500))
+}
+
+/// A checked policy: what the analyzer runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// The version being released.
+    pub canary: u64,
+    /// The version it is compared with.
+    pub baseline: u64,
+    /// Canary weight per step, strictly increasing, in 1..=100.
+    pub step_weights: Vec<u32>,
+    /// Time at each step.
+    pub interval: Duration,
+    /// Time between checks.
+    pub check_interval: Duration,
+    /// Window span.
+    pub window: Duration,
+    /// Consecutive failed checks that roll back, at least 1.
+    pub threshold: u32,
+    /// Canary requests a window needs, at least 1.
+    pub min_requests: u64,
+    /// Highest error rate, in 0..=1.
+    pub max_error_rate: f64,
+    /// Highest p99 latency.
+    pub max_p99_latency: Option<Duration>,
+}
+
+impl RolloutSpec {
+    /// A spec with the defaults for `canary`.
+    pub fn new(canary: u64) -> RolloutSpec {
+        RolloutSpec {
+            canary,
+            step_weights: default_steps(),
+            interval: default_interval(),
+            check_interval: default_check_interval(),
+            window: default_window(),
+            threshold: default_threshold(),
+            min_requests: default_min_requests(),
+            max_error_rate: default_max_error_rate(),
+            max_p99_latency: default_max_p99(),
+        }
+    }
+
+    /// Checks the values and pairs the canary with `baseline`. Messages name
+    /// the key, the bound and the value given.
+    pub fn validate(&self, baseline: u64) -> Result<Policy, String> {
+        if self.canary == 0 || self.canary == baseline {
+            return Err(format!(
+                "rollout.canary must be a version of the route other than the baseline, got {}",
+                self.canary
+            ));
+        }
+        if self.step_weights.is_empty() || self.step_weights.len() > 100 {
+            return Err(format!("rollout.step_weights must have 1 to 100 steps, got {}", self.step_weights.len()));
+        }
+        if let Some(w) = self.step_weights.iter().find(|&&w| w == 0 || w > 100) {
+            return Err(format!("rollout.step_weights must each be in 1..=100, got {w}"));
+        }
+        if self.step_weights.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(format!("rollout.step_weights must be strictly increasing, got {:?}", self.step_weights));
+        }
+        for (key, value) in
+            [("interval", self.interval), ("check_interval", self.check_interval), ("window", self.window)]
+        {
+            if value < Duration::from_millis(10) || value > MAX_DURATION {
+                return Err(format!(
+                    "rollout.{key} must be between 10ms and 24h, got {}",
+                    duration_text::format(value)
+                ));
+            }
+        }
+        if self.check_interval > self.interval {
+            return Err(format!(
+                "rollout.check_interval ({}) must not be longer than rollout.interval ({})",
+                duration_text::format(self.check_interval),
+                duration_text::format(self.interval)
+            ));
+        }
+        if self.threshold == 0 || self.threshold > 1000 {
+            return Err(format!("rollout.threshold must be in 1..=1000, got {}", self.threshold));
+        }
+        if self.min_requests == 0 || self.min_requests > 1_000_000_000 {
+            return Err(format!("rollout.min_requests must be in 1..=1000000000, got {}", self.min_requests));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return Err(format!("rollout.max_error_rate must be in 0..=1, got {}", self.max_error_rate));
+        }
+        if let Some(p99) = self.max_p99_latency
+            && (p99.is_zero() || p99 > MAX_DURATION)
+        {
+            return Err(format!(
+                "rollout.max_p99_latency must be between 1ms and 24h, got {}",
+                duration_text::format(p99)
+            ));
+        }
+        Ok(Policy {
+            canary: self.canary,
+            baseline,
+            step_weights: self.step_weights.clone(),
+            interval: self.interval,
+            check_interval: self.check_interval,
+            window: self.window,
+            threshold: self.threshold,
+            min_requests: self.min_requests,
+            max_error_rate: self.max_error_rate,
+            max_p99_latency: self.max_p99_latency,
+        })
+    }
+}
+
+/// Durations written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole
+/// number and a unit), so config files and admin JSON read the same.
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h)"))?;
+        let millis = match unit {
+            "ms" => Some(number),
+            "s" => number.checked_mul(1000),
+            "m" => number.checked_mul(60_000),
+            "h" => number.checked_mul(3_600_000),
+            _ => return Err(format!("invalid duration {text:?}: the unit must be ms, s, m or h")),
+        };
+        millis.map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too long"))
+    }
+
+    /// Writes a duration in the largest unit that keeps it whole.
+    pub fn format(d: Duration) -> String {
+        let ms = d.as_millis();
+        if ms == 0 || !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else if ms.is_multiple_of(3_600_000) {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            format!("{}m", ms / 60_000)
+        } else {
+            format!("{}s", ms / 1000)
+        }
+    }
+
+    /// serde: deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// serde: serialize.
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*d))
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// serde: deserialize.
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(deserializer)? {
+                None => Ok(None),
+                Some(text) => super::parse(&text).map(Some).map_err(serde::de::Error::custom),
+            }
+        }
+
+        /// serde: serialize.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => serializer.serialize_str(&super::format(*d)),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_and_write_as_text() {
+        assert_eq!(duration_text::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration_text::parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration_text::parse("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration_text::parse("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 d", "99999999999999999999h"] {
+            assert!(duration_text::parse(bad).is_err(), "{bad:?}");
+        }
+        for d in [Duration::from_millis(1500), Duration::from_secs(90), Duration::from_secs(7200), Duration::ZERO] {
+            assert_eq!(duration_text::parse(&duration_text::format(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn a_minimal_rollout_takes_the_defaults() {
+        let spec: RolloutSpec = toml::from_str("canary = 2").unwrap();
+        assert_eq!(spec, RolloutSpec::new(2));
+        let policy = spec.validate(1).unwrap();
+        assert_eq!((policy.canary, policy.baseline, policy.threshold), (2, 1, 2));
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_key_named() {
+        let check = |edit: &dyn Fn(&mut RolloutSpec), key: &str| {
+            let mut spec = RolloutSpec::new(2);
+            edit(&mut spec);
+            let error = spec.validate(1).unwrap_err();
+            assert!(error.contains(key), "{key}: {error}");
+        };
+        check(&|s| s.step_weights = vec![5, 5, 50], "strictly increasing");
+        check(&|s| s.step_weights = vec![], "step_weights");
+        check(&|s| s.step_weights = vec![0, 50], "1..=100");
+        check(&|s| s.step_weights = vec![50, 101], "1..=100");
+        check(&|s| s.threshold = 0, "threshold");
+        check(&|s| s.min_requests = 0, "min_requests");
+        check(&|s| s.max_error_rate = 1.5, "max_error_rate");
+        check(&|s| s.max_error_rate = f64::NAN, "max_error_rate");
+        check(&|s| s.interval = Duration::from_millis(1), "interval");
+        check(&|s| s.check_interval = Duration::from_secs(120), "check_interval");
+        check(&|s| s.max_p99_latency = Some(Duration::ZERO), "max_p99_latency");
+        check(&|s| s.canary = 1, "canary");
+        assert!(toml::from_str::<RolloutSpec>("canary = 2\nintervall = \"1m\"").is_err());
+        assert!(toml::from_str::<RolloutSpec>("canary = 2\ninterval = \"1 minute\"").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! What the admin API shows of routes and rollouts: plain serializable
+//! snapshots, built by [`super::Rollouts`] and the analyzers.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use super::analyzer::{Phase, Verdict};
+use super::window::Summary;
+use crate::routing::RouteSpec;
+
+/// One line of a rollout's history.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// `started`, `step`, `paused`, `resumed`, `weights`, `rolled_back`, `promoted`.
+    pub kind: &'static str,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// Counts of one window, as a check saw them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowStats {
+    /// Requests (successes and server-fault failures).
+    pub requests: u64,
+    /// Server-fault failures.
+    pub errors: u64,
+    /// errors / requests.
+    pub error_rate: f64,
+    /// p99 latency of successes, in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+impl From<&Summary> for WindowStats {
+    fn from(s: &Summary) -> WindowStats {
+        WindowStats {
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: s.error_rate(),
+            p99_ms: s.p99().map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// The last check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The canary's window.
+    pub canary: WindowStats,
+    /// The baseline's window.
+    pub baseline: WindowStats,
+}
+
+/// What the admin API shows of a rollout.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Phase.
+    pub state: Phase,
+    /// Why it is paused or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Canary version.
+    pub canary: u64,
+    /// Baseline version.
+    pub baseline: u64,
+    /// Index into `step_weights`.
+    pub step: usize,
+    /// The policy's steps.
+    pub step_weights: Vec<u32>,
+    /// Canary weight now.
+    pub canary_weight: u32,
+    /// Consecutive failed checks.
+    pub failed_checks: u32,
+    /// The last check.
+    pub last_check: Option<Check>,
+    /// Recent events, oldest first.
+    pub events: VecDeque<Event>,
+}
+
+/// What the admin API shows of a route.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteStatus {
+    /// Public model name.
+    pub model: String,
+    /// Changes each time the route is replaced.
+    pub generation: u64,
+    /// Targets with their live weights and windows.
+    pub targets: Vec<TargetStatus>,
+    /// Shadow copies and their comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+    /// The rollout, when the route has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Status>,
+    /// The route as applied.
+    pub spec: RouteSpec,
+}
+
+/// One target of a route.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    /// Version.
+    pub version: u64,
+    /// Weight in percent.
+    pub weight: u32,
+    /// Rolled back.
+    pub failed: bool,
+    /// Loaded and serving.
+    pub ready: bool,
+    /// In-flight limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Requests in flight through the route.
+    pub in_flight: u32,
+    /// Its sliding window.
+    pub window: TargetWindow,
+}
+
+/// A target's sliding window.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetWindow {
+    /// Span.
+    pub span_ms: u64,
+    /// Counts.
+    #[serde(flatten)]
+    pub stats: WindowStats,
+    /// Median latency of successes.
+    pub p50_ms: Option<f64>,
+}
+
+/// A route's shadow copies.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShadowStatus {
+    /// Shadow version.
+    pub version: u64,
+    /// Percent copied.
+    pub percent: f64,
+    /// Copies answered.
+    pub success: u64,
+    /// Copies failed.
+    pub error: u64,
+    /// Copies skipped (too many in flight).
+    pub skipped: u64,
+    /// Answers compared with the primary's.
+    pub compared: u64,
+    /// Comparisons that agreed.
+    pub agreed: u64,
+    /// agreed / compared.
+    pub agreement_rate: Option<f64>,
+    /// Largest absolute output difference seen.
+    pub max_abs_diff: Option<f64>,
+}

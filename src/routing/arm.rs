@@ -1,0 +1,121 @@
+//! One version behind a route, at run time: its sliding window of outcomes
+//! (read by the rollout analyzer and the admin API), its in-flight count
+//! against the route's limit, and its metric handles. An arm outlives weight
+//! changes: a new route table points at the same arm.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Fault};
+use crate::metrics::RouteMetrics;
+use crate::rollout::{Outcome, Window};
+
+/// The run-time state of one routed version.
+#[derive(Debug)]
+pub struct Arm {
+    /// Version number.
+    pub version: u64,
+    /// Outcomes of routed requests.
+    pub window: Window,
+    in_flight: AtomicU32,
+    metrics: RouteMetrics,
+}
+
+/// A request admitted to an arm; the count drops when it does.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Arm {
+    /// A fresh arm of `model` version `version` whose window spans `span`.
+    pub fn new(model: &str, version: u64, span: Duration) -> Arm {
+        Arm {
+            version,
+            window: Window::new(span, tokio::time::Instant::now()),
+            in_flight: AtomicU32::new(0),
+            metrics: RouteMetrics::new(model, version),
+        }
+    }
+
+    /// Requests in flight through the route.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Admits one request unless `limit` are already in flight. A refusal is
+    /// the version's failure (503): a canary too slow to keep up fails its
+    /// own requests instead of piling up work beside the stable version.
+    pub fn admit(&self, model: &str, limit: Option<u32>) -> Result<InFlight<'_>, Error> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(&self.in_flight);
+        match limit {
+            Some(limit) if before >= limit => Err(Error::Unavailable(format!(
+                "model '{model}' version {} has {limit} requests in flight, its limit on this route",
+                self.version
+            ))),
+            _ => Ok(guard),
+        }
+    }
+
+    /// Records a routed request's outcome: in the window (client mistakes
+    /// left out) and in the route metrics.
+    pub fn record(&self, outcome: Result<(), Fault>, elapsed: Duration) {
+        self.metrics.duration.record(elapsed.as_secs_f64());
+        let outcome = match outcome {
+            Ok(()) => {
+                self.metrics.success.increment(1);
+                Outcome::Success(elapsed)
+            }
+            Err(Fault::Server) => {
+                self.metrics.error.increment(1);
+                Outcome::Failure
+            }
+            Err(Fault::Client) => {
+                self.metrics.client_error.increment(1);
+                return;
+            }
+        };
+        self.window.record(tokio::time::Instant::now(), outcome);
+    }
+
+    /// Publishes the arm's current weight.
+    pub fn set_weight(&self, weight: u32) {
+        self.metrics.weight.set(f64::from(weight));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_in_flight_limit_refuses_and_releases() {
+        let arm = Arm::new("m", 2, Duration::from_secs(10));
+        let first = arm.admit("m", Some(2)).unwrap();
+        let second = arm.admit("m", Some(2)).unwrap();
+        let refused = arm.admit("m", Some(2)).unwrap_err();
+        assert_eq!(refused.fault(), Fault::Server);
+        assert!(refused.message().contains("limit"), "{refused}");
+        assert_eq!(arm.in_flight(), 2);
+        drop(first);
+        let third = arm.admit("m", Some(2)).unwrap();
+        drop((second, third));
+        assert_eq!(arm.in_flight(), 0);
+        assert!(arm.admit("m", None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn client_mistakes_stay_out_of_the_window() {
+        let arm = Arm::new("m", 1, Duration::from_secs(10));
+        arm.record(Ok(()), Duration::from_millis(2));
+        arm.record(Err(Fault::Server), Duration::from_millis(2));
+        arm.record(Err(Fault::Client), Duration::from_millis(2));
+        let summary = arm.window.summary(tokio::time::Instant::now());
+        assert_eq!((summary.requests, summary.errors), (2, 1));
+    }
+}

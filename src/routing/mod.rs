@@ -1,0 +1,146 @@
+//! Traffic routing: a public model name maps to target versions with weights,
+//! header rules, a sticky key and a shadow copy.
+//!
+//! - `spec.rs`: the route as written (config and admin JSON) and its checks.
+//! - `table.rs`: the route as the request path reads it, and the pick.
+//! - `arm.rs`: per-version run-time state (outcome window, in-flight count).
+//! - `shadow.rs`: shadow copies and the comparison of their answers.
+//!
+//! The table of routes is one immutable snapshot behind `ArcSwap`: the
+//! request path does one `load` and a map lookup, and takes no lock. Writers
+//! (the rollout controller and analyzers) build a new table and swap it in.
+
+mod arm;
+mod shadow;
+pub mod spec;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use arm::{Arm, InFlight};
+pub use shadow::{Comparison, Shadow, ShadowCounts, compare};
+pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute};
+pub use table::{DEFAULT_WINDOW, Route, Target};
+
+/// Every route, by public model name.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    /// Routes by model name.
+    pub routes: HashMap<String, Arc<Route>>,
+}
+
+/// The route table as the request path and its writers share it.
+#[derive(Debug, Default)]
+pub struct Routes {
+    table: ArcSwap<RouteTable>,
+}
+
+impl Routes {
+    /// The route of `model`, if it has one.
+    pub fn get(&self, model: &str) -> Option<Arc<Route>> {
+        self.table.load().routes.get(model).cloned()
+    }
+
+    /// The current table.
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Puts `route` in the table, replacing the route of its model.
+    pub fn insert(&self, route: Route) {
+        publish_weights(&route);
+        let route = Arc::new(route);
+        self.table.rcu(|table| {
+            let mut next = RouteTable::clone(table);
+            next.routes.insert(route.model.clone(), route.clone());
+            next
+        });
+    }
+
+    /// Removes the route of `model`; its weight gauges drop to 0.
+    pub fn remove(&self, model: &str) -> Option<Arc<Route>> {
+        let previous = self.table.rcu(|table| {
+            let mut next = RouteTable::clone(table);
+            next.routes.remove(model);
+            next
+        });
+        let removed = previous.routes.get(model).cloned();
+        if let Some(route) = &removed {
+            for target in &route.targets {
+                target.arm.set_weight(0);
+            }
+        }
+        removed
+    }
+
+    /// Replaces the route of `model` by `edit(route)`, but only while it is
+    /// generation `generation`; `false` when the route is gone or was
+    /// replaced (its rollout then has nothing left to steer).
+    pub fn update(&self, model: &str, generation: u64, edit: impl Fn(&Route) -> Route) -> bool {
+        let mut applied = None;
+        self.table.rcu(|table| match table.routes.get(model) {
+            Some(route) if route.generation == generation => {
+                let edited = Arc::new(edit(route));
+                applied = Some(edited.clone());
+                let mut next = RouteTable::clone(table);
+                next.routes.insert(model.to_owned(), edited);
+                Arc::new(next)
+            }
+            _ => {
+                applied = None;
+                table.clone()
+            }
+        });
+        match applied {
+            Some(route) => {
+                publish_weights(&route);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a route sends `model` version `version` any traffic: a
+    /// weight, a header rule or a shadow copy.
+    pub fn serves(&self, model: &str, version: u64) -> bool {
+        self.get(model).is_some_and(|route| {
+            route.target(version).is_some_and(|t| t.weight > 0 || !route.spec.rules.is_empty())
+                || route.shadow.as_ref().is_some_and(|s| s.spec.version == version)
+        })
+    }
+}
+
+fn publish_weights(route: &Route) {
+    for target in &route.targets {
+        target.arm.set_weight(target.weight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(generation: u64, weights: &[(u64, u32)]) -> Route {
+        Route::build(&RouteSpec::weighted("m", weights).validate().unwrap(), generation)
+    }
+
+    #[tokio::test]
+    async fn updates_apply_only_to_the_generation_they_were_meant_for() {
+        let routes = Routes::default();
+        assert!(routes.get("m").is_none());
+        routes.insert(route(1, &[(1, 90), (2, 10)]));
+        assert!(routes.update("m", 1, |r| r.with_weights(&[(1, 100, false), (2, 0, true)])));
+        assert_eq!(routes.get("m").unwrap().targets[1].weight, 0);
+        routes.insert(route(2, &[(1, 50), (2, 50)]));
+        assert!(!routes.update("m", 1, |r| r.with_weights(&[(1, 0, false)])));
+        assert_eq!(routes.get("m").unwrap().targets[0].weight, 50);
+        assert!(routes.serves("m", 2));
+        assert!(!routes.serves("m", 3));
+        assert!(routes.remove("m").is_some());
+        assert!(!routes.update("m", 2, |r| r.clone()));
+        assert!(!routes.serves("m", 2));
+    }
+}

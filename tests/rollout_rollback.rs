@@ -1,0 +1,166 @@
+//! End to end through a real socket and real ONNX Runtime: a canary that
+//! fails every request and one that is slow are each rolled back by the
+//! analyzer while the baseline serves every request it gets; a healthy canary
+//! is promoted step by step.
+#![allow(clippy::unwrap_used)] // helpers of tests: a panic is the failure report
+
+mod support_routing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use modelgate::rollout::Phase;
+use support_routing::{Http, Kind, Repo, Server, failures, route};
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    ok_baseline: AtomicU64,
+    ok_canary: AtomicU64,
+    failed: AtomicU64,
+    failed_after_rollback: AtomicU64,
+}
+
+/// Sends requests from `clients` tasks until `stop`; counts what comes back.
+fn drive(
+    server: &Arc<Server>,
+    model: &'static str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    rolled_back: Arc<AtomicBool>,
+) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(Tally::default());
+    let tasks = (0..clients)
+        .map(|c| {
+            let (server, stop, rolled_back, tally) = (server.clone(), stop.clone(), rolled_back.clone(), tally.clone());
+            tokio::spawn(async move {
+                let http = Http::default();
+                let mut seed = c as u32 * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    seed += 1;
+                    // Read before sending: a request sent after the rollback was seen must not fail.
+                    let after = rolled_back.load(Ordering::Acquire);
+                    let reply = http.infer(&server, model, &[], seed).await;
+                    match reply.version() {
+                        Some(1) => tally.ok_baseline.fetch_add(1, Ordering::Relaxed),
+                        Some(_) => tally.ok_canary.fetch_add(1, Ordering::Relaxed),
+                        None => {
+                            assert!(reply.status.is_server_error(), "a client mistake in the test: {reply:?}");
+                            if after {
+                                tally.failed_after_rollback.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tally.failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    (tally, tasks)
+}
+
+/// Waits until the rollout reaches `phase`; returns how long it took.
+async fn wait_for(server: &Server, model: &str, phase: Phase, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = server.gateway.rollouts.status(model).await.unwrap();
+        if status.rollout.as_ref().map(|r| r.state) == Some(phase) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "no {phase:?} within {limit:?}: {:#?}", status.rollout);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Rolls out `canary` as version 2 of `model` (each test its own model name:
+/// the metrics registry is shared by the tests of this binary).
+async fn roll_back_bad_canary(model: &'static str, canary: Kind, rollout: &str, slo: &str) {
+    let repo = Repo::new(model, &[(1, Kind::Mlp), (2, canary)]);
+    let spec =
+        route(&format!("model = \"{model}\"\ntargets = [{{ version = 1 }}, {{ version = 2 }}]\nrollout = {rollout}"));
+    let server = Arc::new(Server::start(&repo, vec![spec]).await);
+    let (stop, rolled_back) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (tally, tasks) = drive(&server, model, 6, stop.clone(), rolled_back.clone());
+
+    let took = wait_for(&server, model, Phase::Failed, Duration::from_secs(30)).await;
+    rolled_back.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let status = server.gateway.rollouts.status(model).await.unwrap();
+    let rollout = status.rollout.unwrap();
+    assert_eq!(rollout.reason.as_deref(), Some(format!("rolled back: {slo}").as_str()));
+    assert_eq!((status.targets[0].weight, status.targets[1].weight), (100, 0));
+    assert!(status.targets[1].failed);
+    assert_eq!(failures(&server, model, 1), 0, "the baseline failed no request");
+    assert_eq!(tally.failed_after_rollback.load(Ordering::Relaxed), 0, "no failure after the rollback was visible");
+    let baseline_ok = tally.ok_baseline.load(Ordering::Relaxed);
+    assert!(baseline_ok > 100, "the baseline kept serving: {baseline_ok}");
+    // The rollback shows in the metrics at once.
+    let metrics = Http::default().send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
+    let text = metrics.body.as_str().map(str::to_owned).unwrap_or_default();
+    for line in [
+        format!("modelgate_rollout_rollbacks_total{{model=\"{model}\",canary=\"2\",reason=\"{slo}\"}} 1"),
+        format!("modelgate_route_weight{{model=\"{model}\",version=\"2\"}} 0"),
+        format!("modelgate_route_weight{{model=\"{model}\",version=\"1\"}} 100"),
+        format!("modelgate_rollout_state{{model=\"{model}\",canary=\"2\",state=\"failed\"}} 1"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "/metrics lacks {line}");
+    }
+    assert!(
+        text.contains(&format!(
+            "modelgate_route_requests_total{{model=\"{model}\",version=\"1\",outcome=\"success\"}}"
+        ))
+    );
+    eprintln!(
+        "{slo}: rolled back {took:?} after the first request; clients saw {baseline_ok} baseline answers, {} canary answers, {} failures",
+        tally.ok_canary.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_fails_every_request_is_rolled_back_and_the_baseline_fails_none() {
+    let rollout = r#"{ canary = 2, step_weights = [20, 50, 100], interval = "1m", check_interval = "100ms",
+        window = "2s", threshold = 2, min_requests = 10, max_error_rate = 0.05 }"#;
+    roll_back_bad_canary("failing", Kind::Failing, rollout, "error_rate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_its_p99_and_the_baseline_fails_none() {
+    // slow.onnx takes tens of milliseconds; the MLP well under a millisecond.
+    let rollout = r#"{ canary = 2, step_weights = [20, 50, 100], interval = "1m", check_interval = "100ms",
+        window = "3s", threshold = 2, min_requests = 5, max_p99_latency = "20ms" }"#;
+    roll_back_bad_canary("slow", Kind::Slow, rollout, "latency").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_steps_up_and_is_promoted_without_a_failure() {
+    let repo = Repo::new("m", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
+    let spec = route(
+        r#"
+        model = "m"
+        targets = [{ version = 1 }, { version = 2 }]
+        rollout = { canary = 2, step_weights = [20, 60, 100], interval = "1s", check_interval = "100ms",
+                    window = "1s", threshold = 2, min_requests = 5, max_p99_latency = "2s" }
+        "#,
+    );
+    let server = Arc::new(Server::start(&repo, vec![spec]).await);
+    let (stop, never) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (tally, tasks) = drive(&server, "m", 3, stop.clone(), never);
+    wait_for(&server, "m", Phase::Succeeded, Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let status = server.gateway.rollouts.status("m").await.unwrap();
+    assert_eq!((status.targets[0].weight, status.targets[1].weight), (0, 100));
+    let kinds: Vec<&str> = status.rollout.unwrap().events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["started", "step", "step", "promoted"]);
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
+    assert!(tally.ok_canary.load(Ordering::Relaxed) > 0 && tally.ok_baseline.load(Ordering::Relaxed) > 0);
+}
