@@ -311,4 +311,13 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config, Config::default(), "config/modelgate.toml documents the defaults");
     }
+
+    #[test]
+    fn the_canary_example_is_a_valid_route() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/canary.toml");
+        let config = Config::from_file(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(config.routes[0].model, "fraud");
+    }
 }
