@@ -10,6 +10,9 @@ at the same batch sizes.
        block, so every request runs alone (max_batch_size stays 64).
 
 Target (issue 3): at concurrency 64 on the example MLP, infer/s with batching ≥ 3× without.
+perf_analyzer's own client takes much of the 2 cores at high rates, so each mode is also driven
+by wrk (C, V2 JSON, 64 connections), with the instance thread's busy share from the statistics
+endpoint: it shows whether the model or the front end is what limits.
 
 Run from the repository root, with the client venv (perf_analyzer's wrapper lives there):
 
@@ -21,14 +24,17 @@ Takes about 4 minutes (--quick: about 1). Writes load-tests/results/batching_swe
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from loadgen import mean_batch, model_counters, ort_baseline, perf_analyzer
+from loadgen import compute_time, mean_batch, model_counters, ort_baseline, perf_analyzer, wrk
 from procs import REPO, RESULTS, Processes, cargo_release_binary, free_port, modelgate_argv, stop_on_sigterm
 from report import UNSTABLE_NOTE, Check, Report, marked, markdown_table
 
@@ -75,18 +81,27 @@ def unbatched_repository(source: Path, model: str, root: Path) -> Path:
 LABEL = {"http": "HTTP", "grpc": "gRPC"}
 
 
+def json_body(path: Path) -> Path:
+    """A V2 JSON request of one row of 64 FP32 values (the input of both MLPs)."""
+    rng = random.Random(20251123)
+    data = [round(rng.uniform(-1, 1), 6) for _ in range(64)]
+    path.write_text(json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]}))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="default: %(default)s")
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="levels (default: %(default)s)")
     parser.add_argument("--protocols", default="http,grpc", help="http, grpc or both (default: %(default)s)")
     parser.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer window (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="levels 1,8,64, 1 s windows: a smoke run")
+    parser.add_argument("--wrk-seconds", type=int, default=5, help="wrk run per mode (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="levels 1,8,64, 1 s windows, 2 s wrk: a smoke run")
     parser.add_argument("--no-build", action="store_true", help="use target/release/modelgate as it is")
     parser.add_argument("--readme", action="store_true", help="copy the table into load-tests/README.md")
     args = parser.parse_args()
     if args.quick:
-        args.concurrency, args.interval_ms = "1,8,64", 1000
+        args.concurrency, args.interval_ms, args.wrk_seconds = "1,8,64", 1000, 2
     levels = [int(c) for c in args.concurrency.split(",")]
     protocols = args.protocols.split(",")
     stop_on_sigterm()
@@ -96,10 +111,12 @@ def main() -> int:
     name = "batching_sweep" if model == "mlp" else f"batching_sweep_{model}"
     report = Report(name, f"Dynamic batching on and off: `{model}` ({MODELS[model]}), perf_analyzer")
     results: dict[tuple[str, str, int], dict] = {}
+    wrk_results: dict[str, dict] = {}
     log_dir = RESULTS / "logs"
 
     with tempfile.TemporaryDirectory(prefix="mg-sweep-") as tmp_name, Processes(log_dir) as procs:
         tmp = Path(tmp_name)
+        body = json_body(tmp / "body.json")
         source = source_repository(model, tmp / "on")
         repositories = {"on": source, "off": unbatched_repository(source, model, tmp / "off")}
         for mode, repository in repositories.items():
@@ -120,6 +137,14 @@ def main() -> int:
                     print(f"batching {mode:3} {protocol:4} c={c:<3} {r.infer_per_s:>9.0f} infer/s  "
                           f"p50 {r.p50_us:>7.0f} µs  mean batch {batch or 0:.1f}"
                           f"{'' if r.stable else '  (unstable)'}", flush=True)
+            before, t0 = model_counters(base, model), time.monotonic()
+            w = wrk(f"{base}/v2/models/{model}/infer", body, 64, args.wrk_seconds)
+            after, elapsed = model_counters(base, model), time.monotonic() - t0
+            server.check_running()
+            busy = compute_time(before, after)[1] / elapsed
+            wrk_results[mode] = {"result": w, "mean_batch": mean_batch(before, after), "busy": busy}
+            print(f"batching {mode:3} wrk  c=64  {w.rps:>9.0f} req/s    p50 {w.p50_us:>7.0f} µs  "
+                  f"mean batch {wrk_results[mode]['mean_batch'] or 0:.1f}  instance busy {busy:.0%}", flush=True)
             procs.stop(server)
 
         # The in-process baseline runs with no server up, on the same machine, same library.
@@ -155,6 +180,22 @@ def main() -> int:
         if roff.infer_per_s:
             report.checks.append(Check(f"`{model}` {LABEL[protocol]} c={top}: infer/s batching on / off",
                                        ron.infer_per_s / roff.infer_per_s, 3.0))
+
+    rows = []
+    for mode, entry in wrk_results.items():
+        w = entry["result"]
+        rows.append([mode, w.rps, w.p50_us, w.p99_us, w.errors, entry["mean_batch"], f"{entry['busy']:.0%}"])
+        report.csv_rows.append({"protocol": "http-json-wrk", "batching": mode, "concurrency": 64, "infer_per_s": w.rps,
+                                "p50_us": w.p50_us, "p99_us": w.p99_us, "server_queue_us": None,
+                                "server_compute_us": None, "mean_batch": entry["mean_batch"], "stable": True})
+    if len(wrk_results) == 2:
+        report.add(f"wrk -t1 -c64 -d{args.wrk_seconds}s, V2 JSON over HTTP (one row per request); instance busy = "
+                   "share of the time the instance thread ran the model (statistics endpoint):\n\n"
+                   + markdown_table(["batching", "req/s", "p50 µs", "p99 µs", "errors", "mean batch", "instance busy"],
+                                    rows))
+        on, off = wrk_results["on"]["result"], wrk_results["off"]["result"]
+        if off.rps:
+            report.checks.append(Check(f"`{model}` HTTP JSON (wrk) c=64: req/s batching on / off", on.rps / off.rps, 3.0))
 
     report.add("In-process ONNX Runtime, the gateway's backend called in a loop (benches/ort_baseline.rs, "
                "1 intra-op thread as served):\n\n" + markdown_table(

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadgen import Counters, model_counters, ort_baseline, perf_analyzer
+from loadgen import compute_time, model_counters, ort_baseline, perf_analyzer
 from procs import REPO, RESULTS, Processes, cargo_release_binary, free_port, modelgate_argv, stop_on_sigterm
 from report import UNSTABLE_NOTE, Check, Report, marked, markdown_table
 
@@ -46,13 +46,6 @@ def make_wide_model(out: Path) -> Path:
     subprocess.run([str(python), str(REPO / "models" / "make_models.py"), "--out", str(out), "--wide"],
                    check=True, capture_output=True, timeout=300)
     return out / MODEL / "1" / "model.onnx"
-
-
-def compute_time(before: Counters, after: Counters) -> tuple[int, float]:
-    """(executions, seconds the model ran) between two readings."""
-    count = sum(after.per_batch[b][0] - before.per_batch.get(b, (0, 0))[0] for b in after.per_batch)
-    ns = sum(after.per_batch[b][1] - before.per_batch.get(b, (0, 0))[1] for b in after.per_batch)
-    return count, ns / 1e9
 
 
 def main() -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import REPO, http_get
+from procs import REPO, RESULTS, http_get
 
 PERF_ANALYZER = REPO / "scripts" / "perf_analyzer"
 WRK_SCRIPT = REPO / "load-tests" / "post.lua"
@@ -108,10 +109,31 @@ def perf_analyzer(model: str, address: str, protocol: str, concurrency: int, csv
 
 
 def _run_perf_analyzer(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Runs perf_analyzer; past `timeout` it is treated as hung: the sockets of its server port
+    and its output so far are saved under results/logs for a look, then it is killed."""
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"perf_analyzer ran past {timeout:.0f} s: {' '.join(argv)}") from e
+        stdout, stderr = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        report = _hang_report(argv)
+        popen.kill()
+        stdout, stderr = popen.communicate()
+        with open(report, "a") as f:
+            f.write(f"\n== perf_analyzer output\n{stdout}\n{stderr}\n")
+        raise RuntimeError(f"perf_analyzer ran past {timeout:.0f} s (hung?): {' '.join(argv)}; "
+                           f"sockets and output saved in {report}") from None
+    return subprocess.CompletedProcess(argv, popen.returncode, stdout, stderr)
+
+
+def _hang_report(argv: list[str]) -> Path:
+    """Writes the state of the connections to the server perf_analyzer was driving."""
+    RESULTS.joinpath("logs").mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "logs" / f"perf_analyzer-hang-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    port = argv[argv.index("-u") + 1].rsplit(":", 1)[1]
+    sockets = subprocess.run(["ss", "-tnoi", f"( sport = :{port} or dport = :{port} )"],
+                             capture_output=True, text=True).stdout
+    path.write_text(f"{' '.join(argv)}\n\n== ss -tnoi (server port {port}), while perf_analyzer waits\n{sockets}")
+    return path
 
 
 @dataclass
@@ -163,3 +185,10 @@ def mean_batch(before: Counters, after: Counters) -> float | None:
     """Rows per execution between two readings (None if nothing ran)."""
     executions = after.executions - before.executions
     return (after.rows - before.rows) / executions if executions > 0 else None
+
+
+def compute_time(before: Counters, after: Counters) -> tuple[int, float]:
+    """(executions, seconds the model ran) between two readings, from the per-batch-size stats."""
+    count = sum(after.per_batch[b][0] - before.per_batch.get(b, (0, 0))[0] for b in after.per_batch)
+    ns = sum(after.per_batch[b][1] - before.per_batch.get(b, (0, 0))[1] for b in after.per_batch)
+    return count, ns / 1e9
