@@ -22,7 +22,7 @@ and ≥ 25 % of nginx's; at 1 connection, modelgate's p50 within 40 µs of nginx
     scripts/setup.sh apt client peers      # once: wrk, nginx-light, the three venvs
     .venv/client/bin/python load-tests/peers.py [--quick] [--readme] [--only modelgate,nginx]
 
-Venvs elsewhere: PYTRITON_VENV=..., MLSERVER_VENV=... Takes about 3 minutes.
+Venvs elsewhere: PYTRITON_VENV=..., MLSERVER_VENV=... Takes about 2.5 minutes.
 Writes load-tests/results/peers.{md,csv}.
 """
 

@@ -1,8 +1,14 @@
 """Starting and stopping the servers a load test measures, on loopback ports the OS picks.
 
-Every process is started in its own session (process group) so that stopping it also stops what
-it spawned (PyTriton's tritonserver, MLServer's worker processes, nginx's worker), and every
-process is registered in a `Processes` context so that an exception or Ctrl-C still stops them.
+Every process is started in its own process group so that stopping it also stops what it spawned
+(PyTriton's tritonserver, MLServer's worker processes, nginx's worker), and every process is
+registered in a `Processes` context so that an exception or Ctrl-C still stops them.
+
+A process group, not a session: with the kernel's autogroup scheduling (on here), a new session
+gets its own CPU share, and a server in its own share next to perf_analyzer's 1 + N threads in
+another starves perf_analyzer's main thread until it never finishes a level (measured: stuck at
+concurrency 16 on 2 of 2 tries with `setsid`, 0 of 2 without). In one share they compete as
+threads, as on a machine without autogroups.
 Output goes to a log file under the results folder, never to the terminal.
 """
 
@@ -91,7 +97,7 @@ class Server:
         """SIGTERM to the process group, SIGKILL after `grace` seconds."""
         if self.popen.poll() is not None:
             return
-        pgid = self.popen.pid  # start_new_session=True: the group id is the leader's pid
+        pgid = self.popen.pid  # process_group=0: the group id is the leader's pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         try:
@@ -119,7 +125,7 @@ class Processes(contextlib.AbstractContextManager):
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                env={**os.environ, **(env or {})}, cwd=cwd, process_group=0,
             )
         server = Server(name, popen, log)
         self.servers.append(server)

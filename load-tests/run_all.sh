@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark and load test once, one after the other, and copies each results table into
-# load-tests/README.md. About 13 minutes on 2 cores (--quick: about 4, for checking the scripts).
+# load-tests/README.md. About 8 minutes on 2 cores (--quick: about 5, for checking the scripts).
 #
 # Usage: load-tests/run_all.sh [--quick]
 # Needs: scripts/setup.sh apt ort models client peers
