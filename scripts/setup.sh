@@ -19,6 +19,10 @@
 #            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
 #            CUDA 13 and cuDNN 9 libraries it loads come from the nvidia wheels of the `torch` component
 #            (put .venv/models/.../nvidia/{cu13,cudnn}/lib on LD_LIBRARY_PATH; README, GPU).
+#   peers    the servers load-tests/peers.py compares modelgate with: .venv/pytriton (Python 3.12:
+#            nvidia-pytriton 0.7.0 with tritonserver 2.51, onnxruntime; requirements-pytriton.txt)
+#            and .venv/mlserver (mlserver 1.7.1, onnxruntime; requirements-mlserver.txt).
+#            About 1.1 GiB on disk. Needs a Python 3.12 built with --enable-shared (pyenv's is).
 #   torch    libtorch 2.13.0 (CPU libraries + headers from the PyPI torch wheel) -> .native/libtorch,
 #            plus torch 2.13.0 in .venv/models for writing TorchScript (scripts/requirements-torch.txt).
 #            Downloads 2.2 GiB (vs 2.6 GB for a plain `pip install torch`); adds 4.1 GiB on disk
@@ -28,6 +32,9 @@
 #   --torch, WITH_TORCH=1     add `torch` to the default components
 #   --no-apt, SETUP_APT=0     skip the Debian packages (e.g. no root; install them yourself)
 #   PYTHON=/path/to/python3   interpreter for pip downloads and venvs (>= 3.11; default python3)
+#   PYTHON312=/path/to/python3.12  interpreter for .venv/pytriton (default: python3.12 on PATH,
+#                             else pyenv's newest 3.12)
+#   PEERS_VENV_ROOT=DIR       where `peers` puts its two venvs (default .venv)
 #   -h, --help                print this text
 #
 # Examples:
@@ -87,14 +94,19 @@ file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 # ensure_venv NAME REQUIREMENTS: create .venv/NAME and install REQUIREMENTS into it, unless
 # a stamp says exactly this requirements file was installed already.
 ensure_venv() {
-    local venv=.venv/$1 requirements=$2
+    ensure_venv_at ".venv/$1" "$2" "$PYTHON"
+}
+
+# ensure_venv_at DIR REQUIREMENTS INTERPRETER: the same for a venv at DIR made by INTERPRETER.
+ensure_venv_at() {
+    local venv=$1 requirements=$2 python=$3
     local stamp=$venv/.setup-stamp
     if [[ -x $venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$(file_hash "$requirements")" ]]; then
         log "$venv: up to date"
         return 0
     fi
     log "$venv: installing $requirements"
-    [[ -x $venv/bin/python ]] || "$PYTHON" -m venv "$venv"
+    [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     file_hash "$requirements" > "$stamp"
 }
@@ -212,6 +224,36 @@ step_client() {
     fi
 }
 
+# The Python 3.12 interpreter for .venv/pytriton (Triton's Python backend is built for 3.12).
+find_python312() {
+    local candidate
+    for candidate in "${PYTHON312:-}" "$(command -v python3.12 || true)" \
+        "$(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 | sort -V | tail -n 1)"; do
+        # A pyenv shim exists on PATH even when 3.12 is not selected, and then fails: skip it quietly.
+        if [[ -n $candidate && -x $candidate ]] \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    die "no Python 3.12 found for .venv/pytriton: install one (e.g. pyenv install 3.12) or set PYTHON312"
+}
+
+step_peers() {
+    local root=${PEERS_VENV_ROOT:-.venv} python312 libdir
+    python312=$(find_python312)
+    libdir=$("$python312" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+    [[ -e $libdir/libpython3.12.so.1.0 ]] \
+        || die "$python312 has no $libdir/libpython3.12.so.1.0 (Triton's Python backend needs a shared libpython)"
+    ensure_venv_at "$root/pytriton" scripts/requirements-pytriton.txt "$python312"
+    ensure_venv_at "$root/mlserver" scripts/requirements-mlserver.txt "$PYTHON"
+    # Start nothing here; only check that the server binaries are where peers.py looks.
+    local tritonserver=("$root"/pytriton/lib/python3.12/site-packages/pytriton/tritonserver/bin/tritonserver)
+    [[ -x ${tritonserver[0]} ]] || die "nvidia-pytriton did not install its tritonserver binary"
+    [[ -x $root/mlserver/bin/mlserver ]] || die "mlserver did not install its command"
+    log "peers: tritonserver and mlserver installed under $root (Python 3.12 from $python312)"
+}
+
 # libtorch for the Rust `torch` feature (tch / torch-sys), "Route B" of
 # shared/notes/native-backends.md §3.3: only the CPU libraries and headers of the torch wheel,
 # plus libcudart.so.13 and libcupti.so.13 that libtorch_cpu.so NEEDS even without a GPU.
@@ -271,7 +313,7 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
