@@ -42,10 +42,14 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def wrk(url: str, body: Path, connections: int, seconds: int = 5, threads: int = 1) -> WrkResult:
-    """`wrk -t1 -cN -dS` POSTing `body`; raises if wrk fails or prints no summary."""
+def wrk(url: str, body: Path, connections: int, seconds: int = 5, threads: int = 1,
+        header_length: int | None = None) -> WrkResult:
+    """`wrk -t1 -cN -dS` POSTing `body` (JSON, or with `header_length` a binary-extension body
+    whose JSON header is that long); raises if wrk fails or prints no summary."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
             "-s", str(WRK_SCRIPT), url, "--", str(body)]
+    if header_length is not None:
+        argv.append(str(header_length))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     line = next((l for l in done.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:

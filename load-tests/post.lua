@@ -1,13 +1,21 @@
--- wrk script: POST the JSON body stored in the file named after `--`, and print one
+-- wrk script: POST the body stored in the file named after `--`, and print one
 -- machine-readable summary line (prefix WRK_JSON) that load-tests/loadgen.py parses.
 --   wrk -t1 -c64 -d5s -s load-tests/post.lua http://127.0.0.1:PORT/v2/models/mlp/infer -- body.json
+-- A second argument makes it a binary-extension request: the JSON header's length in bytes
+-- (sent as Inference-Header-Content-Length), the raw tensor bytes following it in the file.
+--   wrk ... -- body.bin 123
 
 function init(args)
   local file = assert(io.open(args[1], "rb"), "cannot open the request body file")
   wrk.body = file:read("*a")
   file:close()
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
+  if args[2] then
+    wrk.headers["Content-Type"] = "application/octet-stream"
+    wrk.headers["Inference-Header-Content-Length"] = args[2]
+  else
+    wrk.headers["Content-Type"] = "application/json"
+  end
 end
 
 function done(summary, latency, requests)
