@@ -160,7 +160,8 @@ def main() -> int:
             ron, roff = on["result"], off["result"]
             ratio = ron.infer_per_s / roff.infer_per_s if roff.infer_per_s else None
             rows.append([c, marked(ron.infer_per_s, ron.stable), marked(roff.infer_per_s, roff.stable),
-                         f"{ratio:.2f}×" if ratio else "–", ron.p50_us, roff.p50_us, on["mean_batch"],
+                         f"{ratio:.2f}×" if ratio else "–", ron.p50_us, roff.p50_us, ron.p99_us, roff.p99_us,
+                         on["mean_batch"],
                          ron.server_compute_us, roff.server_compute_us])
             for mode, entry in (("on", on), ("off", off)):
                 r = entry["result"]
@@ -175,7 +176,7 @@ def main() -> int:
                    f"{' (binary tensors)' if protocol == 'http' else ''}, batch-1 requests, "
                    f"{args.interval_ms} ms windows:\n\n" + markdown_table(
                        ["concurrency", "infer/s on", "infer/s off", "on/off", "p50 µs on", "p50 µs off",
-                        "mean batch on", "server compute µs/req on", "server compute µs/req off"], rows)
+                        "p99 µs on", "p99 µs off", "mean batch on", "server compute µs/req on", "server compute µs/req off"], rows)
                    + ("\n\n" + UNSTABLE_NOTE if unstable else ""))
         top = max(levels)
         ron, roff = results[("on", protocol, top)]["result"], results[("off", protocol, top)]["result"]
