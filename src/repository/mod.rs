@@ -401,6 +401,22 @@ impl Repository {
         });
     }
 
+    /// Reads a model's directory on a blocking thread: its config, loader and
+    /// the version directories `wanted` selects. The outer error answers the
+    /// caller (no such model); the inner one is why the model cannot load.
+    async fn scan(&self, name: &str, wanted: BTreeSet<u64>) -> Result<Result<Scanned, String>, Error> {
+        let dir = self.config.root.join(name);
+        let loaders = self.loaders.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted))
+            .await
+            .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
+        match scanned {
+            Ok(plan) => Ok(Ok(plan)),
+            Err(ScanError::Missing) => Err(Error::NotFound(format!("model '{name}' is not in the model repository"))),
+            Err(ScanError::Invalid(reason)) => Ok(Err(reason)),
+        }
+    }
+
     /// Loads (or reloads) a model from its directory: reads its config, picks
     /// versions by policy, loads them, then publishes. Versions no longer
     /// selected are unloaded; a version that fails keeps an older instance of
@@ -408,19 +424,10 @@ impl Repository {
     pub async fn load(&self, name: &str) -> Result<(), Error> {
         validate_model_name(name)?;
         let _one_at_a_time = self.operations.lock().await;
-        let dir = self.config.root.join(name);
-        let scan_dir = dir.clone();
-        let loaders = self.loaders.clone();
         let pinned = self.pinned.lock().get(name).cloned().unwrap_or_default();
-        let scanned = tokio::task::spawn_blocking(move || scan_model(&scan_dir, &loaders, &pinned))
-            .await
-            .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
-        let (file, loader, versions) = match scanned {
+        let (file, loader, versions) = match self.scan(name, pinned).await? {
             Ok(plan) => plan,
-            Err(ScanError::Missing) => {
-                return Err(Error::NotFound(format!("model '{name}' is not in the model repository")));
-            }
-            Err(ScanError::Invalid(reason)) => {
+            Err(reason) => {
                 let mut entry = self.snapshot().models.get(name).cloned().unwrap_or_default();
                 entry.error = Some(reason.clone());
                 if entry.latest_ready().is_none() {
@@ -515,18 +522,9 @@ impl Repository {
     pub async fn load_version(&self, name: &str, version: u64) -> Result<(), Error> {
         validate_model_name(name)?;
         let _one_at_a_time = self.operations.lock().await;
-        let dir = self.config.root.join(name);
-        let loaders = self.loaders.clone();
-        let wanted = BTreeSet::from([version]);
-        let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted))
-            .await
-            .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
-        let (file, loader, versions) = match scanned {
+        let (file, loader, versions) = match self.scan(name, BTreeSet::from([version])).await? {
             Ok(plan) => plan,
-            Err(ScanError::Missing) => {
-                return Err(Error::NotFound(format!("model '{name}' is not in the model repository")));
-            }
-            Err(ScanError::Invalid(reason)) => {
+            Err(reason) => {
                 return Err(Error::invalid(format!("failed to load '{name}' version {version}: {reason}")));
             }
         };
