@@ -10,6 +10,7 @@
 //! | `server.max_request_bytes` | largest body after decompression, HTTP and gRPC | 64 MiB |
 //! | `server.max_concurrent_streams` | HTTP/2 streams per connection | 1024 |
 //! | `server.drain_timeout_secs` | longest wait for in-flight requests at shutdown | 30 |
+//! | `server.body_idle_timeout_secs` | longest pause inside a request body before 408 | 60 |
 //! | `repository.path` | model repository directory | `models` |
 //! | `repository.load_models` | models to load at start (absent = all) | all |
 //! | `repository.model_control` | allow the load/unload API | true |
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout_secs: u64,
+    /// Longest pause between two pieces of a request body before 408.
+    pub body_idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             max_request_bytes: 64 << 20,
             max_concurrent_streams: 1024,
             drain_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
         }
     }
 }
@@ -167,6 +171,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "server.max_request_bytes must be between 1 and 2 GiB, got {}",
                 s.max_request_bytes
+            )));
+        }
+        if s.body_idle_timeout_secs == 0 || s.body_idle_timeout_secs > 3600 {
+            return Err(ConfigError::Invalid(format!(
+                "server.body_idle_timeout_secs must be between 1 and 3600, got {}",
+                s.body_idle_timeout_secs
             )));
         }
         if s.max_concurrent_streams == 0 {

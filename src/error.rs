@@ -21,6 +21,9 @@ pub enum Error {
     /// The request's deadline passed before it ran (504 / DEADLINE_EXCEEDED).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The client stopped sending its body (408 / DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is over the configured limit (413 / RESOURCE_EXHAUSTED).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -63,6 +66,7 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
@@ -77,7 +81,7 @@ impl Error {
             Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Unavailable(_) => tonic::Code::Unavailable,
-            Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::DeadlineExceeded(_) | Error::RequestTimeout(_) => tonic::Code::DeadlineExceeded,
             Error::PayloadTooLarge(_) | Error::Overloaded(_) => tonic::Code::ResourceExhausted,
             Error::Unsupported(_) | Error::MethodNotAllowed(_) => tonic::Code::Unimplemented,
             Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
@@ -93,6 +97,7 @@ impl Error {
             | Error::NotFound(_)
             | Error::MethodNotAllowed(_)
             | Error::PayloadTooLarge(_)
+            | Error::RequestTimeout(_)
             | Error::Unsupported(_)
             | Error::FailedPrecondition(_)
             | Error::Unauthenticated(_) => Fault::Client,
@@ -111,6 +116,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::Overloaded(_) => "overloaded",
             Error::Unsupported(_) => "unsupported",
             Error::FailedPrecondition(_) => "failed_precondition",
@@ -128,6 +134,7 @@ impl Error {
             | Error::Unavailable(m)
             | Error::DeadlineExceeded(m)
             | Error::PayloadTooLarge(m)
+            | Error::RequestTimeout(m)
             | Error::Overloaded(m)
             | Error::Unsupported(m)
             | Error::FailedPrecondition(m)
@@ -169,6 +176,7 @@ mod tests {
             (Error::Unavailable("x".into()), 503, tonic::Code::Unavailable),
             (Error::DeadlineExceeded("x".into()), 504, tonic::Code::DeadlineExceeded),
             (Error::PayloadTooLarge("x".into()), 413, tonic::Code::ResourceExhausted),
+            (Error::RequestTimeout("x".into()), 408, tonic::Code::DeadlineExceeded),
             (Error::Internal("x".into()), 500, tonic::Code::Internal),
         ];
         for (error, status, code) in cases {
@@ -182,5 +190,6 @@ mod tests {
         assert_eq!(Error::invalid("bad shape").fault(), Fault::Client);
         assert_eq!(Error::Internal("boom".into()).fault(), Fault::Server);
         assert_eq!(Error::DeadlineExceeded("late".into()).fault(), Fault::Server);
+        assert_eq!(Error::RequestTimeout("slow body".into()).fault(), Fault::Client);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,6 +20,20 @@ use crate::tensor::{InferRequest, InferResponse, ResponseOutput, Tensor};
 pub struct Limits {
     /// Largest request body, after decompression, and largest decoded tensor total.
     pub max_request_bytes: usize,
+    /// Longest wait for the next piece of a request body (nginx's
+    /// `client_body_timeout`): a client that stalls mid-body is answered 408
+    /// and its connection closed, instead of holding it open for ever.
+    pub body_idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            max_request_bytes: config.max_request_bytes,
+            body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
+        }
+    }
 }
 
 /// What the request path needs, behind one `Arc`.

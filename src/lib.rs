@@ -88,11 +88,7 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
         },
         loaders,
     ));
-    let gateway = Arc::new(Gateway::new(
-        repository.clone(),
-        Limits { max_request_bytes: config.server.max_request_bytes },
-        metrics::install(),
-    ));
+    let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from_config(&config.server), metrics::install()));
     repository.load_startup_models().await;
     if !config.routes.is_empty() {
         match gateway.rollouts.apply_file(&config.routes).await {

@@ -306,6 +306,37 @@ async fn bodies_over_the_limit_are_refused_with_413() {
 }
 
 #[tokio::test]
+async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = TempRepo::new();
+    repo.add("mlp", "mlp", 1, None);
+    let mut config = config_for(repo.path());
+    config.server.body_idle_timeout_secs = 1;
+    let server = TestServer::start(config).await;
+
+    // Headers promise 1,000 bytes; 10 arrive, then nothing.
+    let mut socket = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+                content-length: 1000\r\n\r\n{\"inputs\":";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = Vec::new();
+    // The server answers and closes: read_to_end returns (bounded by the test's own limit).
+    tokio::time::timeout(std::time::Duration::from_secs(10), socket.read_to_end(&mut reply))
+        .await
+        .expect("the server neither answered nor closed a stalled request")
+        .unwrap();
+    let waited = started.elapsed();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#"{"error":"the request body stalled"#), "{reply}");
+    assert!(waited >= std::time::Duration::from_millis(900), "answered after {waited:?}, before the timeout");
+
+    // Other clients were served meanwhile and still are.
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &mlp_request(1, 1)).await.status, 200);
+}
+
+#[tokio::test]
 async fn compressed_requests_and_responses_work() {
     let server = TestServer::examples().await;
     let body = serde_json::to_vec(&mlp_request(2, 3)).unwrap();

@@ -377,7 +377,11 @@ mod tests {
             load: LoadSettings { default_max_batch_size: 8, default_max_queue_size: 16, intra_op_threads: 1 },
         };
         let repository = Arc::new(Repository::new(config, Loaders::default()));
-        Arc::new(Gateway::new(repository, Limits { max_request_bytes: 1 << 20 }, crate::metrics::install()))
+        Arc::new(Gateway::new(
+            repository,
+            Limits { max_request_bytes: 1 << 20, body_idle_timeout: std::time::Duration::from_secs(60) },
+            crate::metrics::install(),
+        ))
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 
 use super::infer::{EncodedResponse, HEADER_LENGTH};
 use crate::error::Error;
+use crate::gateway::Limits;
 
 /// A response body made of parts written in order: the JSON header and then
 /// each binary output, without joining them into one buffer.
@@ -60,19 +61,22 @@ impl http_body::Body for Chunks {
 /// Longest time spent reading and discarding the rest of an oversized body.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-/// Reads a request body of at most `limit` bytes after decompression
-/// (`Content-Encoding: gzip` or `deflate`, as tritonclient sends them).
+/// Reads a request body of at most `limits.max_request_bytes` bytes after
+/// decompression (`Content-Encoding: gzip` or `deflate`, as tritonclient
+/// sends them). A body that stalls for `limits.body_idle_timeout` is refused
+/// with 408: a slow client cannot hold a connection and its buffer for ever.
 ///
 /// An oversized body is refused with 413, but only after the rest of it has
 /// been read and thrown away (at most `limit` more bytes, for at most
 /// [`DRAIN_TIME`]). HTTP/1.1 clients such as tritonclient write the whole
 /// body before they read the reply; had the server closed the connection
 /// after answering early, they would see a broken pipe instead of the 413.
-pub async fn read<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error>
+pub async fn read<B>(body: B, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let limit = limits.max_request_bytes;
     let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
     let mut body = std::pin::pin!(body);
     if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
@@ -85,7 +89,7 @@ where
         return Err(too_large());
     }
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
-    let bytes = collect(body.as_mut(), declared, limit).await?;
+    let bytes = collect(body.as_mut(), declared, limit, limits.body_idle_timeout).await?;
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
@@ -108,14 +112,23 @@ where
 /// one-byte chunks costs its bytes, not a list entry per chunk; a body that
 /// arrives in one frame is kept without a copy. Past the limit, the rest is
 /// drained before the 413 (see [`read`]).
-async fn collect<B>(mut body: Pin<&mut B>, declared: Option<usize>, limit: usize) -> Result<Bytes, Error>
+async fn collect<B>(
+    mut body: Pin<&mut B>,
+    declared: Option<usize>,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut first: Option<Bytes> = None;
     let mut joined: Option<bytes::BytesMut> = None;
-    while let Some(frame) = body.frame().await {
+    // A frame that is already there wins before the timer is armed, so a
+    // body that arrives in one piece costs no timer.
+    while let Some(frame) = tokio::time::timeout(idle, body.frame()).await.map_err(|_| {
+        Error::RequestTimeout(format!("the request body stalled: nothing arrived for {} s", idle.as_secs()))
+    })? {
         let frame = frame.map_err(|e| Error::invalid(format!("failed to read the request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         let so_far = joined.as_ref().map_or(first.as_ref().map_or(0, Bytes::len), |j| j.len());
@@ -259,6 +272,11 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Limits of `bytes` and the default idle timeout.
+    fn limit(bytes: usize) -> Limits {
+        Limits { max_request_bytes: bytes, body_idle_timeout: Duration::from_secs(60) }
+    }
+
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut e, data).unwrap();
@@ -268,30 +286,34 @@ mod tests {
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused_before_and_after_decompression() {
         let headers = HeaderMap::new();
-        let ok = read(Full::new(Bytes::from_static(b"12345")), &headers, 5).await.unwrap();
+        let ok = read(Full::new(Bytes::from_static(b"12345")), &headers, &limit(5)).await.unwrap();
         assert_eq!(&ok[..], b"12345");
-        let err = read(Full::new(Bytes::from_static(b"123456")), &headers, 5).await.unwrap_err();
+        let err = read(Full::new(Bytes::from_static(b"123456")), &headers, &limit(5)).await.unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge(_)));
 
         let mut declared = HeaderMap::new();
         declared.insert(CONTENT_LENGTH, HeaderValue::from_static("1000000"));
-        assert!(matches!(read(Full::new(Bytes::new()), &declared, 5).await, Err(Error::PayloadTooLarge(_))));
+        assert!(matches!(read(Full::new(Bytes::new()), &declared, &limit(5)).await, Err(Error::PayloadTooLarge(_))));
 
         let mut gz = HeaderMap::new();
         gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let bomb = gzip(&vec![0u8; 1 << 20]);
         assert!(bomb.len() < 4096);
-        let err = read(Full::new(Bytes::from(bomb)), &gz, 4096).await.unwrap_err();
+        let err = read(Full::new(Bytes::from(bomb)), &gz, &limit(4096)).await.unwrap_err();
         assert!(err.message().contains("decompressed"), "{err}");
-        let fine = read(Full::new(Bytes::from(gzip(b"hello"))), &gz, 4096).await.unwrap();
+        let fine = read(Full::new(Bytes::from(gzip(b"hello"))), &gz, &limit(4096)).await.unwrap();
         assert_eq!(&fine[..], b"hello");
 
         let mut br = HeaderMap::new();
         br.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
         assert!(
-            read(Full::new(Bytes::from_static(b"x")), &br, 10).await.unwrap_err().message().contains("unsupported")
+            read(Full::new(Bytes::from_static(b"x")), &br, &limit(10))
+                .await
+                .unwrap_err()
+                .message()
+                .contains("unsupported")
         );
-        let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, 100).await.unwrap_err();
+        let bad = read(Full::new(Bytes::from_static(b"not gzip")), &gz, &limit(100)).await.unwrap_err();
         assert!(bad.message().contains("cannot decompress"));
     }
 
@@ -301,14 +323,14 @@ mod tests {
             let chunks = (0..n).map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![(i % 251) as u8]))));
             http_body_util::StreamBody::new(tokio_stream::iter(chunks))
         };
-        let joined = read(frames(10_000), &HeaderMap::new(), 10_000).await.unwrap();
+        let joined = read(frames(10_000), &HeaderMap::new(), &limit(10_000)).await.unwrap();
         assert_eq!(joined.len(), 10_000);
         assert_eq!(joined[300], (300 % 251) as u8);
-        let refused = read(frames(10_001), &HeaderMap::new(), 10_000).await.unwrap_err();
+        let refused = read(frames(10_001), &HeaderMap::new(), &limit(10_000)).await.unwrap_err();
         assert!(matches!(refused, Error::PayloadTooLarge(_)));
         // One frame is kept as it is.
         let one = Bytes::from(vec![7u8; 100]);
-        let kept = read(Full::new(one.clone()), &HeaderMap::new(), 100).await.unwrap();
+        let kept = read(Full::new(one.clone()), &HeaderMap::new(), &limit(100)).await.unwrap();
         assert_eq!(kept.as_ptr(), one.as_ptr());
     }
 
@@ -331,7 +353,7 @@ mod tests {
         // Chunked (no Content-Length): the limit trips at the 6th frame of 10;
         // the other 4 (4 KiB, under the limit again) are read and thrown away.
         let (body, read_frames) = counted_body(10, 1024);
-        let err = read(body, &HeaderMap::new(), 6000).await.unwrap_err();
+        let err = read(body, &HeaderMap::new(), &limit(6000)).await.unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge(_)), "{err}");
         assert_eq!(read_frames.load(Ordering::Relaxed), 10);
 
@@ -339,16 +361,16 @@ mod tests {
         let (body, read_frames) = counted_body(4, 1024);
         let mut declared = HeaderMap::new();
         declared.insert(CONTENT_LENGTH, HeaderValue::from(4096));
-        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert!(matches!(read(body, &declared, &limit(2500)).await, Err(Error::PayloadTooLarge(_))));
         assert_eq!(read_frames.load(Ordering::Relaxed), 4);
 
         // Far over the limit: refused without reading it all.
         let (body, read_frames) = counted_body(100, 1024);
-        assert!(matches!(read(body, &HeaderMap::new(), 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert!(matches!(read(body, &HeaderMap::new(), &limit(2500)).await, Err(Error::PayloadTooLarge(_))));
         assert!(read_frames.load(Ordering::Relaxed) < 10);
         let (body, read_frames) = counted_body(100, 1024);
         declared.insert(CONTENT_LENGTH, HeaderValue::from(100 * 1024));
-        assert!(matches!(read(body, &declared, 2500).await, Err(Error::PayloadTooLarge(_))));
+        assert!(matches!(read(body, &declared, &limit(2500)).await, Err(Error::PayloadTooLarge(_))));
         assert_eq!(read_frames.load(Ordering::Relaxed), 0);
     }
 
@@ -356,8 +378,29 @@ mod tests {
     async fn a_body_in_many_frames_is_joined_in_order() {
         let frames = futures_util::stream::iter([b"ab".as_slice(), b"", b"cde"])
             .map(|b| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b))));
-        let body = read(http_body_util::StreamBody::new(frames), &HeaderMap::new(), 5).await.unwrap();
+        let body = read(http_body_util::StreamBody::new(frames), &HeaderMap::new(), &limit(5)).await.unwrap();
         assert_eq!(&body[..], b"abcde");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_past_the_idle_timeout_is_refused_with_408() {
+        let limits = Limits { max_request_bytes: 1 << 20, body_idle_timeout: Duration::from_secs(5) };
+        // One byte every 4 s: slow but never idle for 5 s, so it is read whole.
+        let slow = futures_util::stream::iter(0..3u8).then(|i| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![i])))
+        });
+        let body = read(http_body_util::StreamBody::new(slow), &HeaderMap::new(), &limits).await.unwrap();
+        assert_eq!(&body[..], &[0, 1, 2]);
+
+        // A first frame, then nothing: refused once the timeout passes, not before.
+        let stalled = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"{")))])
+            .chain(futures_util::stream::pending());
+        let started = tokio::time::Instant::now();
+        let err = read(http_body_util::StreamBody::new(stalled), &HeaderMap::new(), &limits).await.unwrap_err();
+        assert!(matches!(err, Error::RequestTimeout(_)), "{err}");
+        assert_eq!(err.http_status(), http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[test]
