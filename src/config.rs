@@ -8,6 +8,7 @@
 //! | `server.grpc_port` | gRPC (and HTTP on the same port); 0 = off | 8001 |
 //! | `server.metrics_port` | Prometheus `/metrics`; 0 = off | 8002 |
 //! | `server.max_request_bytes` | largest body after decompression, HTTP and gRPC | 64 MiB |
+//! | `server.max_inflight_bytes` | request data held at once, all requests together; past it 429 | 1 GiB |
 //! | `server.max_concurrent_streams` | HTTP/2 streams per connection | 1024 |
 //! | `server.drain_timeout_secs` | longest wait for in-flight requests at shutdown | 30 |
 //! | `server.body_idle_timeout_secs` | longest pause inside a request body before 408 | 60 |
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub metrics_port: u16,
     /// Largest request body after decompression, for HTTP and gRPC alike.
     pub max_request_bytes: usize,
+    /// Request data held at once across every request; past it, 429.
+    pub max_inflight_bytes: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             grpc_port: 8001,
             metrics_port: 8002,
             max_request_bytes: 64 << 20,
+            max_inflight_bytes: 1 << 30,
             max_concurrent_streams: 1024,
             drain_timeout_secs: 30,
             body_idle_timeout_secs: 60,
@@ -171,6 +175,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "server.max_request_bytes must be between 1 and 2 GiB, got {}",
                 s.max_request_bytes
+            )));
+        }
+        if s.max_inflight_bytes < s.max_request_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_inflight_bytes ({}) must be at least server.max_request_bytes ({}): \
+                 one request of the largest size must fit",
+                s.max_inflight_bytes, s.max_request_bytes
             )));
         }
         if s.body_idle_timeout_secs == 0 || s.body_idle_timeout_secs > 3600 {

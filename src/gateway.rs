@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::budget::InflightBytes;
 use crate::error::Error;
 use crate::metrics::Protocol;
 use crate::repository::{ModelVersion, Outputs, Repository, validate_model_name};
@@ -20,6 +21,8 @@ use crate::tensor::{InferRequest, InferResponse, ResponseOutput, Tensor};
 pub struct Limits {
     /// Largest request body, after decompression, and largest decoded tensor total.
     pub max_request_bytes: usize,
+    /// Request data held at once across every request (see [`InflightBytes`]).
+    pub max_inflight_bytes: usize,
     /// Longest wait for the next piece of a request body (nginx's
     /// `client_body_timeout`): a client that stalls mid-body is answered 408
     /// and its connection closed, instead of holding it open for ever.
@@ -31,6 +34,7 @@ impl Limits {
     pub fn from_config(config: &crate::config::ServerConfig) -> Limits {
         Limits {
             max_request_bytes: config.max_request_bytes,
+            max_inflight_bytes: config.max_inflight_bytes,
             body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
         }
     }
@@ -43,6 +47,8 @@ pub struct Gateway {
     pub repository: Arc<Repository>,
     /// Door limits.
     pub limits: Limits,
+    /// Request data held now, against `limits.max_inflight_bytes`.
+    pub inflight: InflightBytes,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Routes of public model names to versions (read per request).
@@ -76,7 +82,8 @@ impl Gateway {
     pub fn new(repository: Arc<Repository>, limits: Limits, metrics: PrometheusHandle) -> Gateway {
         let routes = Arc::new(Routes::default());
         let rollouts = Rollouts::new(routes.clone(), repository.clone());
-        Gateway { repository, limits, metrics, routes, rollouts, draining: AtomicBool::new(false) }
+        let inflight = InflightBytes::new(limits.max_inflight_bytes);
+        Gateway { repository, limits, inflight, metrics, routes, rollouts, draining: AtomicBool::new(false) }
     }
 
     /// Marks the server as shutting down: readiness turns false at once.

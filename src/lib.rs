@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod batching;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -28,6 +28,9 @@ pub const QUEUE_DEPTH: &str = "modelgate_queue_depth";
 /// Requests that left the queue without running, by model, version and reason
 /// (`full`, `expired`, `cancelled`).
 pub const QUEUE_REJECTIONS: &str = "modelgate_queue_rejections_total";
+/// Requests refused at the door because the server held too much request
+/// data at once (`server.max_inflight_bytes`).
+pub const OVERLOADED: &str = "modelgate_overloaded_requests_total";
 /// 1 when the version is ready, 0 otherwise, by model, version and state.
 pub const MODEL_STATE: &str = "modelgate_model_state";
 /// Time to load a version, by model and version.
@@ -100,6 +103,7 @@ fn describe() {
     metrics::describe_counter!(BATCHES, "Batches executed, by the reason the batch closed");
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
     metrics::describe_counter!(QUEUE_REJECTIONS, "Requests refused or dropped by the queue");
+    metrics::describe_counter!(OVERLOADED, "Requests refused because the in-flight request data budget was spent");
     metrics::describe_gauge!(MODEL_STATE, "1 for the current state of each model version");
     metrics::describe_histogram!(MODEL_LOAD_DURATION, metrics::Unit::Seconds, "Time to load a model version");
     metrics::describe_gauge!(DEVICE_MEMORY, metrics::Unit::Bytes, "Device memory held by a model version");
@@ -219,6 +223,11 @@ pub fn model_state(model: &str, version: u64, state: &str) {
 pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
     histogram!(MODEL_LOAD_DURATION, "model" => model.to_owned(), "version" => version.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// Counts a request refused for the in-flight byte budget.
+pub fn overloaded() {
+    counter!(OVERLOADED).increment(1);
 }
 
 /// Records the device memory a version holds.

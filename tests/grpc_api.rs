@@ -180,11 +180,12 @@ async fn bad_requests_get_the_status_code_triton_uses() {
 }
 
 #[tokio::test]
-async fn messages_over_the_limit_are_resource_exhausted_and_large_ones_under_it_pass() {
+async fn messages_over_the_size_limit_or_the_shared_inflight_budget_are_resource_exhausted() {
     let repo = TempRepo::new();
     repo.add("identity", "identity", 1, Some("max_batch_size: 0"));
     let mut config = config_for(repo.path());
     config.server.max_request_bytes = 8 << 20;
+    config.server.max_inflight_bytes = 11 << 20;
     let server = TestServer::start(config).await;
     let mut client = server.grpc().await;
     let request = |elements: usize| {
@@ -217,6 +218,21 @@ async fn messages_over_the_limit_are_resource_exhausted_and_large_ones_under_it_
     assert_eq!(response.raw_output_contents[fp32].len(), 6 << 20);
     let status = client.model_infer(request(3 << 20)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // The in-flight budget (11 MiB) is shared with HTTP: an upload that
+    // declares 8 MiB leaves no room for a 4 MiB message until it goes away.
+    let mut upload = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head =
+        format!("POST /v2/models/identity/infer HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n{{", 8 << 20);
+    tokio::io::AsyncWriteExt::write_all(&mut upload, head.as_bytes()).await.unwrap();
+    let budget = &server.gateway.inflight;
+    common::eventually("the upload holds its declared bytes", || budget.held() == 8 << 20).await;
+    let status = client.model_infer(request(1 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry later"), "{status:?}");
+    drop(upload);
+    common::eventually("the upload gives its bytes back", || budget.held() == 0).await;
+    client.model_infer(request(1 << 20)).await.unwrap();
 }
 
 #[tokio::test]

@@ -337,6 +337,39 @@ async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
 }
 
 #[tokio::test]
+async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leaves() {
+    use tokio::io::AsyncWriteExt;
+    let repo = TempRepo::new();
+    repo.add("mlp", "mlp", 1, None);
+    let mut config = config_for(repo.path());
+    config.server.max_request_bytes = 64 << 10;
+    config.server.max_inflight_bytes = 100 << 10;
+    let server = TestServer::start(config).await;
+    // A request of 45-64 KiB: one fits next to the upload below, two do not.
+    let rows = (1..).find(|&r| serde_json::to_vec(&mlp_request(r, 1)).unwrap().len() >= 45 << 10).unwrap();
+    let large = mlp_request(rows, 1);
+    assert!(serde_json::to_vec(&large).unwrap().len() < 64 << 10);
+
+    // An upload that declares 60,000 bytes and sends 10 holds all 60,000.
+    let mut upload = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+                content-length: 60000\r\n\r\n{\"inputs\":";
+    upload.write_all(head.as_bytes()).await.unwrap();
+    common::eventually("the upload holds its declared bytes", || server.gateway.inflight.held() == 60_000).await;
+
+    let refused = server.post_json("/v2/models/mlp/infer", &large).await;
+    refused.expect_error(429, "retry later");
+    // Small requests still fit and are served.
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &mlp_request(1, 1)).await.status, 200);
+
+    // The client gives up: its bytes come back, and the large request is served.
+    drop(upload);
+    common::eventually("the departed upload gives its bytes back", || server.gateway.inflight.held() == 0).await;
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &large).await.status, 200);
+    assert_eq!(server.gateway.inflight.held(), 0, "a served request gives its bytes back");
+}
+
+#[tokio::test]
 async fn compressed_requests_and_responses_work() {
     let server = TestServer::examples().await;
     let body = serde_json::to_vec(&mlp_request(2, 3)).unwrap();

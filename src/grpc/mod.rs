@@ -75,6 +75,9 @@ async fn infer_one(
     let model = std::mem::take(&mut message.model_name);
     let version = std::mem::take(&mut message.model_version);
     let mut request = codec::decode_request(message, gateway.limits.max_request_bytes)?;
+    // tonic has read the message already; holding its tensors against the
+    // budget still keeps queued requests from outgrowing memory.
+    let _held = gateway.inflight.reserve(request.inputs.iter().map(|t| t.data.len()).sum())?;
     if let Some(d) = deadline {
         request.timeout = Some(request.timeout.map_or(d, |t| t.min(d)));
     }
@@ -379,7 +382,11 @@ mod tests {
         let repository = Arc::new(Repository::new(config, Loaders::default()));
         Arc::new(Gateway::new(
             repository,
-            Limits { max_request_bytes: 1 << 20, body_idle_timeout: std::time::Duration::from_secs(60) },
+            Limits {
+                max_request_bytes: 1 << 20,
+                max_inflight_bytes: 16 << 20,
+                body_idle_timeout: std::time::Duration::from_secs(60),
+            },
             crate::metrics::install(),
         ))
     }

@@ -14,6 +14,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::infer::{EncodedResponse, HEADER_LENGTH};
+use crate::budget::{Held, InflightBytes};
 use crate::error::Error;
 use crate::gateway::Limits;
 
@@ -66,45 +67,68 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// sends them). A body that stalls for `limits.body_idle_timeout` is refused
 /// with 408: a slow client cannot hold a connection and its buffer for ever.
 ///
-/// An oversized body is refused with 413, but only after the rest of it has
-/// been read and thrown away (at most `limit` more bytes, for at most
+/// The body is held against the server-wide `budget` until the returned
+/// [`Held`] is dropped: its declared length before a byte is read (so a slow
+/// upload cannot hide what it will take), its real size once read. A request
+/// the budget cannot take is refused with 429.
+///
+/// A refused body (413 or 429) is refused only after the rest of it has been
+/// read and thrown away (at most `limit` more bytes, for at most
 /// [`DRAIN_TIME`]). HTTP/1.1 clients such as tritonclient write the whole
 /// body before they read the reply; had the server closed the connection
-/// after answering early, they would see a broken pipe instead of the 413.
-pub async fn read<B>(body: B, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, Error>
+/// after answering early, they would see a broken pipe instead of the error.
+pub async fn read<'a, B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &Limits,
+    budget: &'a InflightBytes,
+) -> Result<(Bytes, Held<'a>), Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let limit = limits.max_request_bytes;
-    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
     let mut body = std::pin::pin!(body);
-    if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+    if let Some(length) = declared
         && length > limit as u64
     {
         // Past twice the limit the drain would stop short anyway: close at once.
         if length <= 2 * limit as u64 {
             drain(body.as_mut(), length as usize).await;
         }
-        return Err(too_large());
+        return Err(Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes")));
     }
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
+    // Within the limit, so it fits a usize. A chunked body declares nothing
+    // and is held once read.
+    let declared = declared.map(|length| length as usize);
+    let mut held = match budget.reserve(declared.unwrap_or(0)) {
+        Ok(held) => held,
+        Err(overloaded) => {
+            drain(body.as_mut(), declared.unwrap_or(0)).await;
+            return Err(overloaded);
+        }
+    };
     let bytes = collect(body.as_mut(), declared, limit, limits.body_idle_timeout).await?;
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("identity") | Some("") => Ok(bytes),
+    let bytes = match encoding.as_deref() {
+        None | Some("identity") | Some("") => bytes,
         Some(e @ ("gzip" | "x-gzip" | "deflate")) => {
             let gzip = e != "deflate";
             // A small body can expand to the whole limit: never inflate on a runtime worker.
             tokio::task::spawn_blocking(move || inflate(&bytes, gzip, limit))
                 .await
-                .map_err(|e| Error::Internal(format!("decompression task failed: {e}")))?
+                .map_err(|e| Error::Internal(format!("decompression task failed: {e}")))??
         }
-        Some(other) => Err(Error::invalid(format!(
-            "unsupported Content-Encoding '{}' (use gzip or deflate)",
-            other.escape_debug()
-        ))),
-    }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "unsupported Content-Encoding '{}' (use gzip or deflate)",
+                other.escape_debug()
+            )));
+        }
+    };
+    held.resize(bytes.len())?;
+    Ok((bytes, held))
 }
 
 /// Gathers the body into one buffer of at most `limit` bytes. Frames are
@@ -274,7 +298,51 @@ mod tests {
 
     /// Limits of `bytes` and the default idle timeout.
     fn limit(bytes: usize) -> Limits {
-        Limits { max_request_bytes: bytes, body_idle_timeout: Duration::from_secs(60) }
+        Limits { max_request_bytes: bytes, max_inflight_bytes: usize::MAX, body_idle_timeout: Duration::from_secs(60) }
+    }
+
+    /// [`super::read`] under a budget that never refuses: the body alone.
+    async fn read<B>(body: B, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let budget = InflightBytes::new(usize::MAX);
+        super::read(body, headers, limits, &budget).await.map(|(bytes, _held)| bytes)
+    }
+
+    #[tokio::test]
+    async fn a_body_is_held_against_the_budget_until_dropped_and_refused_past_it() {
+        let budget = InflightBytes::new(100);
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(60));
+        let (body, held) =
+            super::read(Full::new(Bytes::from(vec![1u8; 60])), &declared, &limit(1000), &budget).await.unwrap();
+        assert_eq!((body.len(), budget.held()), (60, 60));
+
+        // 60 + 50 declared is over 100: refused with 429, the body read and thrown away.
+        let (rest, read_frames) = counted_body(5, 10);
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(50));
+        let err = super::read(rest, &declared, &limit(1000), &budget).await.unwrap_err();
+        assert!(matches!(err, Error::Overloaded(_)), "{err}");
+        assert_eq!(read_frames.load(Ordering::Relaxed), 5);
+        assert_eq!(budget.held(), 60);
+
+        // A chunked body declares nothing and is held at its real size once read;
+        // a compressed one at its decompressed size.
+        drop(held);
+        let (_, held) = super::read(counted_body(4, 10).0, &HeaderMap::new(), &limit(1000), &budget).await.unwrap();
+        assert_eq!(budget.held(), 40);
+        drop(held);
+        let mut gz = HeaderMap::new();
+        gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let small = Full::new(Bytes::from(gzip(&[0u8; 90])));
+        let (_, held) = super::read(small, &gz, &limit(1000), &budget).await.unwrap();
+        assert_eq!(budget.held(), 90);
+        drop(held);
+        let big = Full::new(Bytes::from(gzip(&[0u8; 101])));
+        assert!(matches!(super::read(big, &gz, &limit(1000), &budget).await, Err(Error::Overloaded(_))));
+        assert_eq!(budget.held(), 0);
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -384,7 +452,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stalls_past_the_idle_timeout_is_refused_with_408() {
-        let limits = Limits { max_request_bytes: 1 << 20, body_idle_timeout: Duration::from_secs(5) };
+        let limits = Limits { body_idle_timeout: Duration::from_secs(5), ..limit(1 << 20) };
         // One byte every 4 s: slow but never idle for 5 s, so it is read whole.
         let slow = futures_util::stream::iter(0..3u8).then(|i| async move {
             tokio::time::sleep(Duration::from_secs(4)).await;

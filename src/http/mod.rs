@@ -156,7 +156,7 @@ where
         }
         Route::RepositoryIndex => {
             let (parts, body) = request.into_parts();
-            let body = body::read(body, &parts.headers, &gateway.limits).await?;
+            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
             let ready_only = if body.is_empty() {
                 false
             } else {
@@ -170,7 +170,7 @@ where
         Route::RepositoryLoad(name) | Route::RepositoryUnload(name) => {
             let load = request.uri().path().ends_with("/load");
             let (parts, body) = request.into_parts();
-            let body = body::read(body, &parts.headers, &gateway.limits).await?;
+            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
             check_repository_parameters(&body)?;
             if !gateway.repository.config().allow_model_control {
                 return Err(Error::FailedPrecondition(
@@ -257,7 +257,8 @@ where
 {
     let (parts, body) = request.into_parts();
     let limit = gateway.limits.max_request_bytes;
-    let body = body::read(body, &parts.headers, &gateway.limits).await?;
+    // Held until the response is encoded: the request's data lives that long.
+    let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let mut decoded = if infer::is_raw_binary(&parts.headers) {
         infer::decode_raw_binary(&gateway.resolve(name, version)?.io, body)?
