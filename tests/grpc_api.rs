@@ -221,10 +221,7 @@ async fn messages_over_the_size_limit_or_the_shared_inflight_budget_are_resource
 
     // The in-flight budget (11 MiB) is shared with HTTP: an upload that
     // declares 8 MiB leaves no room for a 4 MiB message until it goes away.
-    let mut upload = tokio::net::TcpStream::connect(server.http).await.unwrap();
-    let head =
-        format!("POST /v2/models/identity/infer HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n{{", 8 << 20);
-    tokio::io::AsyncWriteExt::write_all(&mut upload, head.as_bytes()).await.unwrap();
+    let upload = server.stalled_upload("/v2/models/identity/infer", 8 << 20, "{").await;
     let budget = &server.gateway.inflight;
     common::eventually("the upload holds its declared bytes", || budget.held() == 8 << 20).await;
     let status = client.model_infer(request(1 << 20)).await.unwrap_err();

@@ -307,7 +307,7 @@ async fn bodies_over_the_limit_are_refused_with_413() {
 
 #[tokio::test]
 async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let repo = TempRepo::new();
     repo.add("mlp", "mlp", 1, None);
     let mut config = config_for(repo.path());
@@ -315,10 +315,7 @@ async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
     let server = TestServer::start(config).await;
 
     // Headers promise 1,000 bytes; 10 arrive, then nothing.
-    let mut socket = tokio::net::TcpStream::connect(server.http).await.unwrap();
-    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
-                content-length: 1000\r\n\r\n{\"inputs\":";
-    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut socket = server.stalled_upload("/v2/models/mlp/infer", 1000, r#"{"inputs":"#).await;
     let started = std::time::Instant::now();
     let mut reply = Vec::new();
     // The server answers and closes: read_to_end returns (bounded by the test's own limit).
@@ -338,7 +335,6 @@ async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
 
 #[tokio::test]
 async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leaves() {
-    use tokio::io::AsyncWriteExt;
     let repo = TempRepo::new();
     repo.add("mlp", "mlp", 1, None);
     let mut config = config_for(repo.path());
@@ -351,10 +347,7 @@ async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leave
     assert!(serde_json::to_vec(&large).unwrap().len() < 64 << 10);
 
     // An upload that declares 60,000 bytes and sends 10 holds all 60,000.
-    let mut upload = tokio::net::TcpStream::connect(server.http).await.unwrap();
-    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
-                content-length: 60000\r\n\r\n{\"inputs\":";
-    upload.write_all(head.as_bytes()).await.unwrap();
+    let upload = server.stalled_upload("/v2/models/mlp/infer", 60_000, r#"{"inputs":"#).await;
     common::eventually("the upload holds its declared bytes", || server.gateway.inflight.held() == 60_000).await;
 
     let refused = server.post_json("/v2/models/mlp/infer", &large).await;

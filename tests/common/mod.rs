@@ -133,6 +133,20 @@ impl TestServer {
         }
     }
 
+    /// Starts an HTTP/1.1 POST to `path` that declares `content_length`
+    /// bytes and sends only `first_bytes` of them; the body stalls there
+    /// until the returned socket is written to or dropped.
+    pub async fn stalled_upload(&self, path: &str, content_length: usize, first_bytes: &str) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(self.http).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+             content-length: {content_length}\r\n\r\n{first_bytes}"
+        );
+        socket.write_all(head.as_bytes()).await.expect("write the request head");
+        socket
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
