@@ -115,6 +115,15 @@ fn resource_exhausted_on_oversize<B>(mut response: Response<B>) -> Response<B> {
     response
 }
 
+/// Streams a client may open and reset before the server accepts them
+/// (HTTP/2 rapid reset, CVE-2023-44487); h2's default.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for a client's protocol errors, per
+/// connection (RUSTSEC-2024-0003); h2's default.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Largest decoded header block of an HTTP/2 request (h2 allows 16 MiB).
+const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
+
 fn connection_builder(options: ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
@@ -122,6 +131,13 @@ fn connection_builder(options: ServerOptions) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(options.max_concurrent_streams)
+        // Set here rather than trusted to defaults: tonic's own server passes
+        // `None` for the second, which turns h2's guard off (see
+        // ../shared/notes/reliability-security.md, RUSTSEC-2024-0003). A
+        // client past either is sent GOAWAY(ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_frame_size(1 << 20)

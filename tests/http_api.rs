@@ -497,6 +497,48 @@ async fn model_control_can_be_disabled() {
 }
 
 #[tokio::test]
+async fn a_client_flooding_reset_streams_is_sent_goaway_and_others_are_unaffected() {
+    let server = TestServer::examples().await;
+    let socket = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(socket).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // HTTP/2 rapid reset: open a stream, cancel it at once, again and again.
+    let mut refused = None;
+    for _ in 0..10_000 {
+        client = match client.ready().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        };
+        let request = http::Request::post("/v2/models/mlp/infer").body(()).unwrap();
+        match client.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+        .await
+        .expect("the server kept the flooding connection open")
+        .unwrap();
+    // The client may see the GOAWAY, or only the closed socket if it was still
+    // writing when the server closed it. (With h2's reset limits turned off,
+    // as tonic's server leaves them, the connection stays open and this fails.)
+    let errors = [refused, ended.err()];
+    let reasons: Vec<_> = errors.iter().flatten().map(|e| (e.reason(), e.is_io())).collect();
+    assert!(
+        reasons.iter().any(|&(reason, io)| reason == Some(h2::Reason::ENHANCE_YOUR_CALM) || io),
+        "the connection did not end in GOAWAY or a closed socket: {errors:?}"
+    );
+    // Other connections are served as before.
+    assert_eq!(server.post_json("/v2/models/mlp/infer", &mlp_request(1, 1)).await.status, 200);
+}
+
+#[tokio::test]
 async fn rest_and_grpc_share_each_port_and_http2_works() {
     let server = TestServer::examples().await;
     // REST over HTTP/2 with prior knowledge (h2c), on the gRPC port.
