@@ -321,6 +321,28 @@ fn names(specs: &[IoSpec]) -> String {
     specs.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ")
 }
 
+/// What every request a front door decodes must satisfy (for the decoders'
+/// property tests): shapes the checks accept, fixed-size data of exactly the
+/// bytes its shape calls for, and no more than `limit` bytes in all.
+#[cfg(test)]
+pub(crate) fn check_decoded(request: &InferRequest, limit: usize) -> Result<(), String> {
+    let mut total = 0usize;
+    for tensor in &request.inputs {
+        let count = checked_element_count(&tensor.name, &tensor.shape)
+            .map_err(|e| format!("accepted a shape it should refuse: {e}"))?;
+        if let Some(size) = tensor.dtype.element_size()
+            && tensor.data.len() != count * size
+        {
+            return Err(format!("{} {:?} holds {} bytes", tensor.dtype, tensor.shape, tensor.data.len()));
+        }
+        total += tensor.data.len();
+    }
+    if total > limit {
+        return Err(format!("{total} decoded bytes, over the limit of {limit}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,5 +438,21 @@ mod tests {
         assert_eq!(a.batch_size, 2);
         assert!(a.batches_with(&b));
         assert!(!a.batches_with(&c));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_fixed_size_tensor_is_accepted_exactly_when_its_bytes_match_its_shape(
+            dtype in proptest::sample::select(DataType::ALL.iter().copied().filter(|d| d.element_size().is_some()).collect::<Vec<_>>()),
+            shape in proptest::collection::vec(proptest::prop_oneof![8 => 0i64..4, 1 => -2i64..0, 1 => (1i64 << 40)..i64::MAX], 0..4),
+            len in 0usize..80,
+        ) {
+            let size = dtype.element_size().unwrap_or(1);
+            let fits = shape.iter().all(|&d| d >= 0)
+                && shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).and_then(|n| n.checked_mul(size as u64))
+                    == Some(len as u64);
+            let checked = Tensor::checked("x".into(), dtype, shape.clone(), Bytes::from(vec![1u8; len]));
+            proptest::prop_assert_eq!(checked.is_ok(), fits, "{:?} {:?} {} bytes: {:?}", dtype, shape, len, checked.err());
+        }
     }
 }

@@ -322,6 +322,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -314,6 +314,9 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::tensor::ResponseOutput;
