@@ -264,6 +264,28 @@ async fn streaming_infer_answers_every_request_and_reports_errors_in_band() {
 }
 
 #[tokio::test]
+async fn a_stream_cancelled_mid_flight_leaves_nothing_behind() {
+    let server = TestServer::examples().await;
+    let mut client = server.grpc().await;
+    for round in 0..20 {
+        // 200 requests; the client goes away after `round` answers.
+        let requests =
+            tokio_stream::StreamExt::map(tokio_stream::iter(0..200), |i: i32| simple_raw(&[i; 16], &[1; 16]));
+        let mut stream = client.model_stream_infer(requests).await.unwrap().into_inner();
+        for _ in 0..round {
+            stream.message().await.unwrap().unwrap();
+        }
+        drop(stream);
+    }
+    common::eventually("cancelled streams give back what they held", || server.gateway.inflight.held() == 0).await;
+    // The server and the connection both serve as before.
+    let reply = client.model_infer(simple_raw(&[2; 16], &[3; 16])).await.unwrap().into_inner();
+    assert_eq!(ints(&reply.raw_output_contents[0]), vec![5; 16]);
+    let mut fresh = server.grpc().await;
+    assert!(fresh.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+}
+
+#[tokio::test]
 async fn statistics_and_repository_calls_work_over_grpc() {
     let server = TestServer::examples().await;
     let mut client = server.grpc().await;
