@@ -23,8 +23,10 @@
 //! | `admin.address` | address of the admin listener | `127.0.0.1` |
 //! | `admin.port` | admin API port; 0 = off (it is also off without a token) | 8003 |
 //! | `admin.token_file` | file holding the admin bearer token (else env `MODELGATE_ADMIN_TOKEN`) | none |
+//! | `[models.<name>]` | per-model settings laid over `config.pbtxt`: `max_batch_size`, `dynamic_batching` (`false`, `true` or a table of Triton's fields), `instances`, `device` (keys in `repository::overrides`) | none |
 //! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `rollout::policy`); re-read on SIGHUP | none |
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
+use crate::repository::{ModelOverrides, validate_model_name};
 use crate::routing::RouteSpec;
 
 /// Everything `modelgate serve` needs.
@@ -46,6 +49,8 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     /// The admin API.
     pub admin: AdminConfig,
+    /// Per-model settings laid over each model's `config.pbtxt`.
+    pub models: BTreeMap<String, ModelOverrides>,
     /// Routes of public model names to versions.
     pub routes: Vec<RouteSpec>,
 }
@@ -206,6 +211,10 @@ impl Config {
                 }
             }
         }
+        for (name, overrides) in &self.models {
+            validate_model_name(name).map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
+            overrides.validate().map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
+        }
         for (i, route) in self.routes.iter().enumerate() {
             route.validate().map_err(|e| ConfigError::Invalid(format!("routes[{i}] ('{}'): {e}", route.model)))?;
             if self.routes[..i].iter().any(|r| r.model == route.model) {
@@ -324,6 +333,36 @@ mod tests {
         assert_eq!(config.server.http_port, 9000);
         assert_eq!(config.repository.load_models, Some(vec!["mlp".to_owned()]));
         assert_eq!(config.onnxruntime_library(), PathBuf::from("/opt/ort/libonnxruntime.so"));
+    }
+
+    #[test]
+    fn per_model_settings_are_read_and_checked() {
+        let config = Config::from_toml(
+            r#"
+            [models.mlp]
+            max_batch_size = 32
+            instances = 2
+            dynamic_batching = { max_queue_delay_microseconds = 100, preferred_batch_size = [16, 32] }
+            [models.simple]
+            dynamic_batching = false
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.models["mlp"].instances, Some(2));
+        assert_eq!(config.models["simple"].dynamic_batching, Some(crate::repository::BatchingOverride::Switch(false)));
+        assert!(
+            Config::from_toml(
+                "[models.mlp]
+batch = 1"
+            )
+            .unwrap_err()
+            .contains("unknown field")
+        );
+        let bad_name = Config::from_toml("[models.\"../etc\"]\ninstances = 1").unwrap();
+        assert!(bad_name.validate().unwrap_err().to_string().contains("models.../etc"));
+        let bad_device = Config::from_toml("[models.mlp]\ninstances = 1\ndevice = \"tpu\"").unwrap();
+        assert!(bad_device.validate().unwrap_err().to_string().contains("cuda:N"));
     }
 
     #[test]

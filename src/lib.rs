@@ -86,6 +86,7 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
                 default_max_queue_size: config.repository.default_max_queue_size,
                 intra_op_threads: config.repository.intra_op_threads,
             },
+            overrides: config.models.clone(),
         },
         loaders,
     ));

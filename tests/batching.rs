@@ -260,3 +260,41 @@ async fn a_request_the_runtime_refuses_fails_alone_and_different_shapes_never_mi
     // only its two good members count as executions.
     assert_eq!(version.stats.execution_count(), 3, "requests of one width were batched together");
 }
+
+/// `[models.<name>]` in the gateway's config wins over the model's
+/// config.pbtxt: batch size, batcher settings and instances, or no batcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_config_sets_a_models_batching_and_instances_over_its_file() {
+    let repo = TempRepo::new();
+    repo.add("mlp", "mlp", 1, Some(BATCHED_MLP)).add("mlp", "unbatched", 1, Some(BATCHED_MLP));
+    let mut config = config_for(repo.path());
+    let overrides = "max_batch_size = 16\ninstances = 3\n\
+                     dynamic_batching = { preferred_batch_size = [4], max_queue_delay_microseconds = 5000000 }";
+    config.models.insert("mlp".into(), toml::from_str(overrides).unwrap());
+    config.models.insert("unbatched".into(), toml::from_str("dynamic_batching = false").unwrap());
+    config.validate().unwrap();
+    let server = Arc::new(TestServer::start(config).await);
+
+    let mlp = server.get("/v2/models/mlp/config").await.json();
+    assert_eq!(mlp["max_batch_size"], 16);
+    assert_eq!(mlp["dynamic_batching"]["preferred_batch_size"], json!([4]));
+    assert_eq!(mlp["instance_group"][0]["count"], 3);
+    let unbatched = server.get("/v2/models/unbatched/config").await.json();
+    assert!(unbatched.get("dynamic_batching").is_none(), "{unbatched}");
+    assert_eq!(unbatched["instance_group"][0]["count"], 2, "the file's instances where the config is silent");
+
+    // Four requests at once make one batch of the preferred size, long before the 5 s delay.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let server = server.clone();
+            tokio::spawn(async move { server.post_json("/v2/models/mlp/infer", &mlp_request(1, i)).await.status })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?} for the delay", started.elapsed());
+    let stats = &server.get("/v2/models/mlp/stats").await.json()["model_stats"][0];
+    assert_eq!((stats["inference_count"].as_u64(), stats["execution_count"].as_u64()), (Some(4), Some(1)));
+}

@@ -378,6 +378,7 @@ mod tests {
             allow_model_control: false,
             strict_readiness: false,
             load: LoadSettings { default_max_batch_size: 8, default_max_queue_size: 16, intra_op_threads: 1 },
+            overrides: Default::default(),
         };
         let repository = Arc::new(Repository::new(config, Loaders::default()));
         Arc::new(Gateway::new(

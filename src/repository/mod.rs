@@ -10,6 +10,7 @@
 //! load is reported with its reason and never replaces one that serves.
 
 pub mod model_config;
+mod overrides;
 pub mod pbtxt;
 mod version;
 
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 use modelgate_backend::ModelLoader;
 
 pub use model_config::ModelConfig;
+pub use overrides::{BatchingOverride, BatchingSettings, ModelOverrides};
 pub use version::{LoadSettings, ModelVersion, Outputs};
 
 use crate::error::Error;
@@ -107,6 +109,8 @@ pub struct RepositoryConfig {
     pub strict_readiness: bool,
     /// Settings for each version.
     pub load: LoadSettings,
+    /// Per-model settings from the gateway's config, over `config.pbtxt`.
+    pub overrides: BTreeMap<String, ModelOverrides>,
 }
 
 /// A platform the gateway was built for whose runtime could not be opened.
@@ -411,7 +415,13 @@ impl Repository {
             .await
             .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
         match scanned {
-            Ok(plan) => Ok(Ok(plan)),
+            Ok(mut plan) => {
+                if let Some(overrides) = self.config.overrides.get(name) {
+                    overrides.apply(&mut plan.0);
+                    tracing::info!(model = name, ?overrides, "gateway config settings laid over config.pbtxt");
+                }
+                Ok(Ok(plan))
+            }
             Err(ScanError::Missing) => Err(Error::NotFound(format!("model '{name}' is not in the model repository"))),
             Err(ScanError::Invalid(reason)) => Ok(Err(reason)),
         }
