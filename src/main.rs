@@ -246,7 +246,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = stopped.changed().await;
         };
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, token, shutdown))
+        let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, shutdown))
     });
     let options =
         ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };

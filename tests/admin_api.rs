@@ -10,14 +10,15 @@ use serde_json::{Value, json};
 use support_routing::{Http, Kind, Repo, Server, TOKEN, route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_admin_route_refuses_a_missing_or_wrong_token_and_browsers() {
+async fn every_admin_route_refuses_a_missing_or_wrong_token_browsers_and_foreign_hosts() {
     let repo = Repo::new("m", &[(1, Kind::Mlp)]);
     let server = Server::start(&repo, vec![]).await;
     let http = Http::default();
     let paths = ENDPOINTS.iter().map(|(m, p)| (*m, p.to_string())).chain([("GET", "/not/an/endpoint".to_owned())]);
     for (method, path) in paths {
         let method: Method = method.parse().unwrap();
-        let url = format!("http://{}{path}", server.admin);
+        let url_for = |path: &str| format!("http://{}{path}", server.admin);
+        let url = url_for(&path);
         let none = http.send(method.clone(), url.clone(), &[], None).await;
         assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path}: {none:?}");
         assert!(none.body["error"].as_str().unwrap().contains("bearer"), "{none:?}");
@@ -28,6 +29,11 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token_and_browsers() {
         let browser =
             http.send(method.clone(), url, &[("authorization", &auth), ("origin", "http://evil.example")], None).await;
         assert_eq!(browser.status, StatusCode::FORBIDDEN, "{method} {path}");
+        // A page that rebinds its own name to this address still sends that name.
+        let rebound = http
+            .send(method.clone(), url_for(&path), &[("authorization", &auth), ("host", "evil.example")], None)
+            .await;
+        assert_eq!(rebound.status, StatusCode::FORBIDDEN, "{method} {path}: {rebound:?}");
     }
     // Nothing changed: no route was created by any refused request.
     assert!(server.gateway.rollouts.list().await.is_empty());

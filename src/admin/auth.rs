@@ -4,18 +4,20 @@
 //! A request passes only with `Authorization: Bearer <token>` equal to the
 //! configured token (compared in constant time). Requests that carry an
 //! `Origin` header come from a browser page and are refused (403) whatever
-//! their token: the admin API has no browser clients, and this closes the
-//! door to DNS-rebinding pages on the same host.
+//! their token: the admin API has no browser clients. So are requests whose
+//! `Host` names anything but this server (a loopback name or address, the
+//! address the connection arrived on, or `admin.allowed_hosts`): a page that
+//! rebinds its own domain name to 127.0.0.1 still sends that name.
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready, ready};
-use http::header::{AUTHORIZATION, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
@@ -100,16 +102,24 @@ impl AdminToken {
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// The address an admin connection arrived on, put in each request's
+/// extensions: a `Host` naming it is this server.
+#[derive(Clone, Copy, Debug)]
+pub struct Local(pub SocketAddr);
+
 /// Wraps a service in [`BearerAuth`].
 #[derive(Clone, Debug)]
 pub struct BearerAuthLayer {
     token: AdminToken,
+    allowed_hosts: Arc<[String]>,
 }
 
 impl BearerAuthLayer {
-    /// The layer for `token`.
-    pub fn new(token: AdminToken) -> BearerAuthLayer {
-        BearerAuthLayer { token }
+    /// The layer for `token`; `allowed_hosts` are the names, beyond loopback
+    /// and the listener's own address, that clients may use in `Host`.
+    pub fn new(token: AdminToken, allowed_hosts: &[String]) -> BearerAuthLayer {
+        let allowed_hosts = allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        BearerAuthLayer { token, allowed_hosts }
     }
 }
 
@@ -117,7 +127,7 @@ impl<S> Layer<S> for BearerAuthLayer {
     type Service = BearerAuth<S>;
 
     fn layer(&self, inner: S) -> BearerAuth<S> {
-        BearerAuth { token: self.token.clone(), inner }
+        BearerAuth { token: self.token.clone(), allowed_hosts: self.allowed_hosts.clone(), inner }
     }
 }
 
@@ -125,6 +135,7 @@ impl<S> Layer<S> for BearerAuthLayer {
 #[derive(Clone, Debug)]
 pub struct BearerAuth<S> {
     token: AdminToken,
+    allowed_hosts: Arc<[String]>,
     inner: S,
 }
 
@@ -140,12 +151,23 @@ pub enum Refusal {
     /// A browser request.
     #[error("admin requests from browser pages are refused")]
     Browser,
+    /// A `Host` that does not name this server.
+    #[error(
+        "the Host header must name this server: a loopback name or address, the address connected to, or one of admin.allowed_hosts"
+    )]
+    Host,
 }
 
 impl<S> BearerAuth<S> {
     fn check<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
         if request.headers().contains_key(ORIGIN) {
             return Err(Refusal::Browser);
+        }
+        // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
+        let host = request.uri().host().or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()));
+        let local = request.extensions().get::<Local>().map(|l| l.0.ip());
+        if !host.is_some_and(|host| self.names_this_server(host, local)) {
+            return Err(Refusal::Host);
         }
         let header = request.headers().get(AUTHORIZATION).ok_or(Refusal::Missing)?;
         let given = header.as_bytes();
@@ -158,9 +180,31 @@ impl<S> BearerAuth<S> {
     }
 }
 
+impl<S> BearerAuth<S> {
+    fn names_this_server(&self, host: &str, local: Option<IpAddr>) -> bool {
+        let name = without_port(host).to_ascii_lowercase();
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ip.is_loopback() || Some(ip) == local || self.allowed_hosts.iter().any(|h| h == name),
+            Err(_) => name == "localhost" || self.allowed_hosts.iter().any(|h| h == name),
+        }
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` without the port.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(inside, _)| &host[..=inside.len()]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 fn refusal_response(refusal: Refusal) -> Response<Chunks> {
     let status = match refusal {
-        Refusal::Browser => StatusCode::FORBIDDEN,
+        Refusal::Browser | Refusal::Host => StatusCode::FORBIDDEN,
         Refusal::Missing | Refusal::Invalid => StatusCode::UNAUTHORIZED,
     };
     let mut response = json_response(status, &serde_json::json!({ "error": refusal.to_string() }));
@@ -216,15 +260,35 @@ mod tests {
         fn ok(_: Request<()>) -> Answer {
             ready(Ok(Response::new(Chunks::empty())))
         }
-        BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap()).layer(tower::service_fn(ok as fn(_) -> _))
+        let allowed = ["Modelgate-Admin.prod.svc".to_owned()];
+        BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap(), &allowed).layer(tower::service_fn(ok as fn(_) -> _))
     }
 
+    /// The status of a request with `headers`, a `Host: localhost:8003` unless
+    /// they name another.
     async fn status(headers: &[(&str, &str)]) -> StatusCode {
         let mut request = Request::builder().uri("/admin/v1/routes");
+        if !headers.iter().any(|(k, _)| *k == "host") {
+            request = request.header("host", "localhost:8003");
+        }
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        service().oneshot(request.body(()).unwrap()).await.unwrap().status()
+        let mut request = request.body(()).unwrap();
+        request.extensions_mut().insert(Local(SocketAddr::from(([10, 0, 0, 5], 8003))));
+        service().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_hosts_that_name_this_server_pass() {
+        let auth = format!("Bearer {TOKEN}");
+        for host in ["localhost", "127.0.0.1:8003", "[::1]:8003", "[::1]", "10.0.0.5:8003", "modelgate-admin.prod.svc"]
+        {
+            assert_eq!(status(&[("authorization", &auth), ("host", host)]).await, StatusCode::OK, "{host}");
+        }
+        for host in ["evil.example", "evil.example:8003", "10.0.0.6:8003", "localhost.evil.example", "", "[::2]:8003"] {
+            assert_eq!(status(&[("authorization", &auth), ("host", host)]).await, StatusCode::FORBIDDEN, "{host}");
+        }
     }
 
     #[tokio::test]
@@ -246,7 +310,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_says_how_to_authenticate() {
-        let response = service().oneshot(Request::new(())).await.unwrap();
+        let request = Request::builder().header("host", "127.0.0.1").body(()).unwrap();
+        let response = service().oneshot(request).await.unwrap();
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"modelgate-admin\"");
     }
 

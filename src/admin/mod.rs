@@ -13,6 +13,7 @@
 //! | `admin.address` | address the admin listener binds | `127.0.0.1` |
 //! | `admin.port` | admin port; 0 = off | 8003 |
 //! | `admin.token_file` | file holding the bearer token (else `MODELGATE_ADMIN_TOKEN`; neither: off) | none |
+//! | `admin.allowed_hosts` | names clients may put in `Host` besides loopback and the listener's address (e.g. a Service name) | none |
 
 pub mod api;
 pub mod auth;
@@ -31,7 +32,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 
-pub use auth::{AdminToken, BearerAuthLayer, Peer};
+pub use auth::{AdminToken, BearerAuthLayer, Local, Peer};
 
 use crate::gateway::Gateway;
 
@@ -45,28 +46,29 @@ pub struct AdminConfig {
     pub port: u16,
     /// File holding the bearer token.
     pub token_file: Option<PathBuf>,
+    /// Names allowed in `Host` besides loopback and the listener's address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: IpAddr::from([127, 0, 0, 1]), port: 8003, token_file: None }
+        AdminConfig { address: IpAddr::from([127, 0, 0, 1]), port: 8003, token_file: None, allowed_hosts: Vec::new() }
     }
 }
 
 /// Longest wait for in-flight admin requests at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener`, behind `auth`, until `shutdown` resolves.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    token: AdminToken,
+    auth: BearerAuthLayer,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-    let layer = BearerAuthLayer::new(token);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -80,14 +82,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let local = stream.local_addr().ok();
         let gateway = gateway.clone();
         // The auth layer wraps the whole API: no admin route exists without it.
-        let service = layer.layer(tower::service_fn(move |request| {
+        let service = auth.layer(tower::service_fn(move |request| {
             let gateway = gateway.clone();
             async move { Ok::<_, std::convert::Infallible>(api::handle(gateway, request).await) }
         }));
         let hyper_service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(Peer(peer));
+            if let Some(local) = local {
+                request.extensions_mut().insert(Local(local));
+            }
             service.clone().oneshot(request)
         });
         let connection = builder.serve_connection(TokioIo::new(stream), hyper_service).into_owned();

@@ -142,7 +142,8 @@ impl Server {
                 let _ = stopped.await;
             },
         ));
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), admin, AdminToken::new(TOKEN).unwrap(), async move {
+        let auth = modelgate::admin::BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap(), &[]);
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), admin, auth, async move {
             let _ = admin_stopped.await;
         }));
         Server {
