@@ -276,7 +276,9 @@ def main() -> int:
                 rollback_s=(weight0 - first_breach) / 1000.0,
                 rollback_seen_by_admin_poll_s=(rolled_back_seen - first_breach) / 1000.0,
                 canary_answered_after_breach=len(after_breach),
-                canary_answered_after_rollback=sum(1 for r in failures if r[0] > weight0),
+                # Event times are whole milliseconds, stamped after the route swap: a request
+                # sent within that millisecond may have been routed just before it.
+                canary_answered_after_rollback=sum(1 for r in failures if r[0] >= weight0 + 1),
                 canary_rps=len(after_breach) / max(1e-3, (weight0 - first_breach) / 1000.0),
                 rollback_message=rolled[0]["message"],
             )
