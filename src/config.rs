@@ -9,6 +9,7 @@
 //! | `server.metrics_port` | Prometheus `/metrics`; 0 = off | 8002 |
 //! | `server.max_request_bytes` | largest body after decompression, HTTP and gRPC | 64 MiB |
 //! | `server.max_inflight_bytes` | request data held at once, all requests together; past it 429 | 1 GiB |
+//! | `server.max_connections` | open data-plane connections; past it new ones wait in the backlog | 10000 |
 //! | `server.max_concurrent_streams` | HTTP/2 streams per connection | 1024 |
 //! | `server.drain_timeout_secs` | longest wait for in-flight requests at shutdown | 30 |
 //! | `server.body_idle_timeout_secs` | longest pause inside a request body before 408 | 60 |
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Request data held at once across every request; past it, 429.
     pub max_inflight_bytes: usize,
+    /// Open data-plane connections at most; past it new ones wait.
+    pub max_connections: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             metrics_port: 8002,
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 1 << 30,
+            max_connections: 10_000,
             max_concurrent_streams: 1024,
             drain_timeout_secs: 30,
             body_idle_timeout_secs: 60,
@@ -194,6 +198,9 @@ impl Config {
                 "server.body_idle_timeout_secs must be between 1 and 3600, got {}",
                 s.body_idle_timeout_secs
             )));
+        }
+        if s.max_connections == 0 {
+            return Err(ConfigError::Invalid("server.max_connections must be at least 1".into()));
         }
         if s.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid("server.max_concurrent_streams must be at least 1".into()));

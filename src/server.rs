@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
 use crate::gateway::Gateway;
@@ -42,6 +42,11 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// Open data-plane connections at most, HTTP and gRPC ports together.
+    /// Past it the server stops accepting until one closes: new clients wait
+    /// in the kernel's backlog instead of the process running out of memory
+    /// or file descriptors. `/metrics` has its own port and no such bound.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -159,10 +164,14 @@ pub async fn serve(
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let connections = Arc::new(Semaphore::new(options.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut accept_loops = Vec::new();
     let mut spawn = |listener: TcpListener, role: Role| {
         let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role };
-        accept_loops.push(tokio::spawn(accept(listener, dispatch, builder.clone(), graceful.clone(), stop_rx.clone())));
+        let slots = (role == Role::DataPlane).then(|| connections.clone());
+        let accepting =
+            Accepting { builder: builder.clone(), graceful: graceful.clone(), slots, stop: stop_rx.clone() };
+        accept_loops.push(tokio::spawn(accept(listener, dispatch, accepting)));
     };
     spawn(listeners.http, Role::DataPlane);
     if let Some(l) = listeners.grpc {
@@ -196,13 +205,17 @@ pub async fn serve(
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    dispatch: Dispatch,
+/// What an accept loop shares with the others.
+struct Accepting {
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+    /// Connection slots (`max_connections`); `None`: unbounded.
+    slots: Option<Arc<Semaphore>>,
+    stop: watch::Receiver<bool>,
+}
+
+async fn accept(listener: TcpListener, dispatch: Dispatch, accepting: Accepting) {
+    let Accepting { builder, graceful, slots, mut stop } = accepting;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -217,6 +230,17 @@ async fn accept(
                 continue;
             }
         };
+        // At the bound, wait for a slot before serving (and before accepting
+        // more: the rest wait in the listen backlog). Waiting after the accept
+        // rather than before keeps a listener from holding a slot while
+        // nobody connects to it.
+        let slot = match &slots {
+            Some(slots) => tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.ok(),
+                _ = stop.changed() => return,
+            },
+            None => None,
+        };
         // Without it, a reply split over two writes waits for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
         let connection = builder.serve_connection(TokioIo::new(stream), dispatch.clone()).into_owned();
@@ -225,6 +249,7 @@ async fn accept(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
 }

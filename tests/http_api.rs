@@ -363,6 +363,35 @@ async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leave
 }
 
 #[tokio::test]
+async fn past_max_connections_a_new_client_waits_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = TempRepo::new();
+    repo.add("simple", "simple", 1, None);
+    let mut config = config_for(repo.path());
+    config.server.max_connections = 2;
+    let server = TestServer::start(config).await;
+    let live = |mut socket: tokio::net::TcpStream| async move {
+        socket.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        let mut reply = [0u8; 12];
+        socket.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"HTTP/1.1 200");
+        socket
+    };
+    let first = live(tokio::net::TcpStream::connect(server.http).await.unwrap()).await;
+    let _second = live(tokio::net::TcpStream::connect(server.http).await.unwrap()).await;
+
+    // The kernel completes the third connect; the server takes it only when a slot frees.
+    let third = tokio::spawn(live(tokio::net::TcpStream::connect(server.http).await.unwrap()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was served while two were open");
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("the waiting client was never served")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn compressed_requests_and_responses_work() {
     let server = TestServer::examples().await;
     let body = serde_json::to_vec(&mlp_request(2, 3)).unwrap();
