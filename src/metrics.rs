@@ -31,6 +31,10 @@ pub const QUEUE_REJECTIONS: &str = "modelgate_queue_rejections_total";
 /// Requests refused at the door because the server held too much request
 /// data at once (`server.max_inflight_bytes`).
 pub const OVERLOADED: &str = "modelgate_overloaded_requests_total";
+/// Request data held now, and the bound (`server.max_inflight_bytes`).
+pub const INFLIGHT_BYTES: &str = "modelgate_inflight_request_bytes";
+/// The bound on [`INFLIGHT_BYTES`].
+pub const INFLIGHT_BYTES_LIMIT: &str = "modelgate_inflight_request_bytes_limit";
 /// 1 when the version is ready, 0 otherwise, by model, version and state.
 pub const MODEL_STATE: &str = "modelgate_model_state";
 /// Time to load a version, by model and version.
@@ -104,6 +108,8 @@ fn describe() {
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
     metrics::describe_counter!(QUEUE_REJECTIONS, "Requests refused or dropped by the queue");
     metrics::describe_counter!(OVERLOADED, "Requests refused because the in-flight request data budget was spent");
+    metrics::describe_gauge!(INFLIGHT_BYTES, metrics::Unit::Bytes, "Request data held by requests in flight");
+    metrics::describe_gauge!(INFLIGHT_BYTES_LIMIT, metrics::Unit::Bytes, "Most request data held at once");
     metrics::describe_gauge!(MODEL_STATE, "1 for the current state of each model version");
     metrics::describe_histogram!(MODEL_LOAD_DURATION, metrics::Unit::Seconds, "Time to load a model version");
     metrics::describe_gauge!(DEVICE_MEMORY, metrics::Unit::Bytes, "Device memory held by a model version");
@@ -223,6 +229,12 @@ pub fn model_state(model: &str, version: u64, state: &str) {
 pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
     histogram!(MODEL_LOAD_DURATION, "model" => model.to_owned(), "version" => version.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// Records the request data held now and its bound.
+pub fn inflight_bytes(held: usize, limit: usize) {
+    gauge!(INFLIGHT_BYTES).set(held as f64);
+    gauge!(INFLIGHT_BYTES_LIMIT).set(limit as f64);
 }
 
 /// Counts a request refused for the in-flight byte budget.

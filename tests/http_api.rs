@@ -596,6 +596,8 @@ async fn metrics_are_exported_in_prometheus_text() {
     assert!(text.contains("modelgate_request_duration_seconds_bucket"), "latency is a histogram");
     assert!(text.contains("modelgate_compute_duration_seconds_bucket"));
     assert!(text.contains("modelgate_model_state{model=\"simple\",version=\"1\",state=\"READY\"} 1"));
+    assert!(text.contains("modelgate_inflight_request_bytes_limit 1073741824"), "the door's budget and its use");
+    assert!(text.contains("modelgate_inflight_request_bytes "));
 }
 
 #[tokio::test]

@@ -143,6 +143,8 @@ where
         Route::Ready => Ok(empty(if gateway.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })),
         Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
         Route::Metrics => {
+            // Read at scrape time, so the request path pays nothing for them.
+            crate::metrics::inflight_bytes(gateway.inflight.held(), gateway.inflight.limit());
             let mut response = Response::new(Chunks::one(Bytes::from(gateway.metrics.render())));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             Ok(response)
