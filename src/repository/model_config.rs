@@ -855,4 +855,25 @@ mod tests {
         assert_eq!(VersionPolicy::All.select(&available), vec![1, 2, 3, 10]);
         assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&available), vec![2]);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// A config.pbtxt made of Triton's own tokens in any order, or of any
+        /// text at all, is read or refused with a reason, never a panic.
+        #[test]
+        fn any_config_text_is_read_or_refused_never_a_panic(
+            tokens in proptest::collection::vec(proptest::sample::select(vec![
+                "name:", "\"m\"", "max_batch_size:", "64", "-1", "99999999999999999999", "input", "output",
+                "[", "]", "{", "}", ",", "dims:", "data_type:", "TYPE_FP32", "TYPE_STRING", "dynamic_batching",
+                "preferred_batch_size:", "max_queue_delay_microseconds:", "instance_group", "count:", "kind:",
+                "KIND_GPU", "gpus:", "version_policy", "latest", "num_versions:", "specific", "versions:",
+                "parameters", "key:", "value", "string_value:", "model_warmup", "#", "\n", "'", "\\", "1.5e3",
+            ]), 0..60),
+            noise in ".{0,40}",
+        ) {
+            let _ = parse_config_file(&tokens.join(" "));
+            let _ = parse_config_file(&noise);
+        }
+    }
 }

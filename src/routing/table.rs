@@ -241,6 +241,33 @@ mod tests {
         map
     }
 
+    proptest::proptest! {
+        /// Each target owns exactly its weight's share of `[0, 100)`, whatever
+        /// the weights, and every 64-bit draw lands in that range.
+        #[test]
+        fn each_target_owns_exactly_its_weight_of_the_range(
+            cuts in proptest::collection::vec(0u32..=100, 1..4),
+            draw in proptest::num::u64::ANY,
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut weights = Vec::new();
+            let mut last = 0;
+            for (i, &cut) in cuts.iter().chain([&100]).enumerate() {
+                weights.push((i as u64 + 1, cut - last));
+                last = cut;
+            }
+            let route = route(RouteSpec::weighted("m", &weights));
+            let mut owned = vec![0u32; weights.len()];
+            for point in 0..100 {
+                owned[route.weighted(point).unwrap()] += 1;
+            }
+            let expected: Vec<u32> = weights.iter().map(|&(_, w)| w).collect();
+            proptest::prop_assert_eq!(owned, expected);
+            proptest::prop_assert!(scale(draw) < 100);
+        }
+    }
+
     #[tokio::test]
     async fn weights_split_traffic_in_proportion() {
         let route = route(RouteSpec::weighted("m", &[(1, 70), (2, 20), (3, 10), (4, 0)]));
