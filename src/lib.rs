@@ -32,6 +32,7 @@ pub mod routing;
 pub mod server;
 pub mod stats;
 pub mod tensor;
+pub mod triton_metrics;
 
 use std::sync::Arc;
 

@@ -598,6 +598,12 @@ async fn metrics_are_exported_in_prometheus_text() {
     assert!(text.contains("modelgate_model_state{model=\"simple\",version=\"1\",state=\"READY\"} 1"));
     assert!(text.contains("modelgate_inflight_request_bytes_limit 1073741824"), "the door's budget and its use");
     assert!(text.contains("modelgate_inflight_request_bytes "));
+    // Triton's names, for dashboards and autoscalers written for Triton.
+    assert!(text.contains("# TYPE nv_inference_request_success counter"), "{text}");
+    assert!(text.contains("nv_inference_request_success{model=\"simple\",version=\"1\"} 1"), "{text}");
+    assert!(text.contains("nv_inference_exec_count{model=\"simple\",version=\"1\"} 1"));
+    assert!(text.contains("nv_inference_pending_request_count{model=\"mlp\",version=\"1\"} 0"));
+    assert!(text.contains("nv_inference_compute_infer_duration_us{model=\"simple\",version=\"1\"} "));
 }
 
 #[tokio::test]

@@ -145,7 +145,9 @@ where
         Route::Metrics => {
             // Read at scrape time, so the request path pays nothing for them.
             crate::metrics::inflight_bytes(gateway.inflight.held(), gateway.inflight.limit());
-            let mut response = Response::new(Chunks::one(Bytes::from(gateway.metrics.render())));
+            let mut text = gateway.metrics.render();
+            crate::triton_metrics::render(&gateway.repository.ready_versions(None)?, &mut text);
+            let mut response = Response::new(Chunks::one(Bytes::from(text)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             Ok(response)
         }
