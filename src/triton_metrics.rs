@@ -6,7 +6,8 @@
 //! version already keeps for Triton's statistics extension: the request path
 //! pays nothing for them. Names, types, units (cumulative microseconds) and
 //! the `model` / `version` labels are Triton's; failures carry no `reason`
-//! label, as before Triton 2.40, rather than a reason the gateway cannot tell.
+//! label (newer Triton releases add one) rather than a reason the gateway
+//! does not track.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
