@@ -380,6 +380,19 @@ batch = 1"
     }
 
     #[test]
+    fn the_kubernetes_manifest_carries_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/modelgate.yaml");
+        let manifest = std::fs::read_to_string(path).unwrap();
+        // The ConfigMap's `modelgate.toml: |` block, up to the end of the document.
+        let block = manifest.split("modelgate.toml: |\n").nth(1).unwrap().split("\n---").next().unwrap();
+        let toml: String = block.lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let config = Config::from_toml(&toml).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.repository.path, PathBuf::from("/models"));
+        assert!(config.server.drain_timeout_secs < 40, "below the pod's terminationGracePeriodSeconds");
+    }
+
+    #[test]
     fn the_canary_example_is_a_valid_route() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/canary.toml");
         let config = Config::from_file(&path).unwrap();
