@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Reply, TempRepo, TestServer, config_for, mlp_request, simple_request};
+use common::{Reply, TempRepo, TestServer, config_for, mlp_request, serve_example, simple_request};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -285,11 +285,7 @@ async fn every_malformed_infer_request_gets_a_clear_400() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused_with_413() {
-    let repo = TempRepo::new();
-    repo.add("mlp", "mlp", 1, None);
-    let mut config = config_for(repo.path());
-    config.server.max_request_bytes = 64 << 10;
-    let server = TestServer::start(config).await;
+    let (_repo, server) = serve_example("mlp", |c| c.server.max_request_bytes = 64 << 10).await;
     let big = server.post_json("/v2/models/mlp/infer", &mlp_request(64, 1)).await;
     big.expect_error(413, "exceeds the limit of 65536 bytes");
     // JSON whose decoded tensor would exceed the limit is refused before allocation.
@@ -308,11 +304,7 @@ async fn bodies_over_the_limit_are_refused_with_413() {
 #[tokio::test]
 async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
     use tokio::io::AsyncReadExt;
-    let repo = TempRepo::new();
-    repo.add("mlp", "mlp", 1, None);
-    let mut config = config_for(repo.path());
-    config.server.body_idle_timeout_secs = 1;
-    let server = TestServer::start(config).await;
+    let (_repo, server) = serve_example("mlp", |c| c.server.body_idle_timeout_secs = 1).await;
 
     // Headers promise 1,000 bytes; 10 arrive, then nothing.
     let mut socket = server.stalled_upload("/v2/models/mlp/infer", 1000, r#"{"inputs":"#).await;
@@ -335,12 +327,11 @@ async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
 
 #[tokio::test]
 async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leaves() {
-    let repo = TempRepo::new();
-    repo.add("mlp", "mlp", 1, None);
-    let mut config = config_for(repo.path());
-    config.server.max_request_bytes = 64 << 10;
-    config.server.max_inflight_bytes = 100 << 10;
-    let server = TestServer::start(config).await;
+    let (_repo, server) = serve_example("mlp", |c| {
+        c.server.max_request_bytes = 64 << 10;
+        c.server.max_inflight_bytes = 100 << 10;
+    })
+    .await;
     // A request of 45-64 KiB: one fits next to the upload below, two do not.
     let rows = (1..).find(|&r| serde_json::to_vec(&mlp_request(r, 1)).unwrap().len() >= 45 << 10).unwrap();
     let large = mlp_request(rows, 1);
@@ -365,11 +356,7 @@ async fn request_data_held_at_once_is_bounded_and_given_back_when_a_client_leave
 #[tokio::test]
 async fn past_max_connections_a_new_client_waits_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let repo = TempRepo::new();
-    repo.add("simple", "simple", 1, None);
-    let mut config = config_for(repo.path());
-    config.server.max_connections = 2;
-    let server = TestServer::start(config).await;
+    let (_repo, server) = serve_example("simple", |c| c.server.max_connections = 2).await;
     let live = |mut socket: tokio::net::TcpStream| async move {
         socket.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
         let mut reply = [0u8; 12];

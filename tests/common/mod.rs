@@ -97,6 +97,17 @@ pub fn config_for(repository: &Path) -> Config {
     config
 }
 
+/// Serves example model `from` alone (version 1), with `configure` applied
+/// to the test config. The repository lives as long as the returned handle.
+pub async fn serve_example(from: &str, configure: impl FnOnce(&mut Config)) -> (TempRepo, TestServer) {
+    let repo = TempRepo::new();
+    repo.add(from, from, 1, None);
+    let mut config = config_for(repo.path());
+    configure(&mut config);
+    let server = TestServer::start(config).await;
+    (repo, server)
+}
+
 impl TestServer {
     /// Serves the example models.
     pub async fn examples() -> TestServer {
