@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use tokio::sync::Semaphore;
+
 use crate::budget::InflightBytes;
 use crate::error::Error;
 use crate::metrics::Protocol;
@@ -23,6 +25,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Request data held at once across every request (see [`InflightBytes`]).
     pub max_inflight_bytes: usize,
+    /// Open data-plane connections at most, HTTP and gRPC ports together.
+    pub max_connections: usize,
     /// Longest wait for the next piece of a request body (nginx's
     /// `client_body_timeout`): a client that stalls mid-body is answered 408
     /// and its connection closed, instead of holding it open for ever.
@@ -35,6 +39,7 @@ impl Limits {
         Limits {
             max_request_bytes: config.max_request_bytes,
             max_inflight_bytes: config.max_inflight_bytes,
+            max_connections: config.max_connections,
             body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
         }
     }
@@ -49,6 +54,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Request data held now, against `limits.max_inflight_bytes`.
     pub inflight: InflightBytes,
+    /// One permit per open data-plane connection (`limits.max_connections`).
+    pub connection_slots: Arc<Semaphore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Routes of public model names to versions (read per request).
@@ -83,7 +90,22 @@ impl Gateway {
         let routes = Arc::new(Routes::default());
         let rollouts = Rollouts::new(routes.clone(), repository.clone());
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
-        Gateway { repository, limits, inflight, metrics, routes, rollouts, draining: AtomicBool::new(false) }
+        let connection_slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+        Gateway {
+            repository,
+            limits,
+            inflight,
+            connection_slots,
+            metrics,
+            routes,
+            rollouts,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Data-plane connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections.min(Semaphore::MAX_PERMITS) - self.connection_slots.available_permits()
     }
 
     /// Marks the server as shutting down: readiness turns false at once.

@@ -249,11 +249,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
         tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, shutdown))
     });
-    let options = ServerOptions {
-        max_concurrent_streams: s.max_concurrent_streams,
-        drain_timeout: config.drain_timeout(),
-        max_connections: s.max_connections,
-    };
+    let options =
+        ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_admin.send(());

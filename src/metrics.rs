@@ -35,6 +35,10 @@ pub const OVERLOADED: &str = "modelgate_overloaded_requests_total";
 pub const INFLIGHT_BYTES: &str = "modelgate_inflight_request_bytes";
 /// The bound on [`INFLIGHT_BYTES`].
 pub const INFLIGHT_BYTES_LIMIT: &str = "modelgate_inflight_request_bytes_limit";
+/// Data-plane connections open now.
+pub const OPEN_CONNECTIONS: &str = "modelgate_open_connections";
+/// The bound on [`OPEN_CONNECTIONS`] (`server.max_connections`).
+pub const OPEN_CONNECTIONS_LIMIT: &str = "modelgate_open_connections_limit";
 /// 1 when the version is ready, 0 otherwise, by model, version and state.
 pub const MODEL_STATE: &str = "modelgate_model_state";
 /// Time to load a version, by model and version.
@@ -110,6 +114,8 @@ fn describe() {
     metrics::describe_counter!(OVERLOADED, "Requests refused because the in-flight request data budget was spent");
     metrics::describe_gauge!(INFLIGHT_BYTES, metrics::Unit::Bytes, "Request data held by requests in flight");
     metrics::describe_gauge!(INFLIGHT_BYTES_LIMIT, metrics::Unit::Bytes, "Most request data held at once");
+    metrics::describe_gauge!(OPEN_CONNECTIONS, "Data-plane connections open");
+    metrics::describe_gauge!(OPEN_CONNECTIONS_LIMIT, "Most data-plane connections open at once");
     metrics::describe_gauge!(MODEL_STATE, "1 for the current state of each model version");
     metrics::describe_histogram!(MODEL_LOAD_DURATION, metrics::Unit::Seconds, "Time to load a model version");
     metrics::describe_gauge!(DEVICE_MEMORY, metrics::Unit::Bytes, "Device memory held by a model version");
@@ -231,10 +237,13 @@ pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// Records the request data held now and its bound.
-pub fn inflight_bytes(held: usize, limit: usize) {
-    gauge!(INFLIGHT_BYTES).set(held as f64);
-    gauge!(INFLIGHT_BYTES_LIMIT).set(limit as f64);
+/// Records how close the door is to its limits (called when `/metrics` is
+/// scraped, so requests and connections pay nothing for it).
+pub fn door(gateway: &crate::gateway::Gateway) {
+    gauge!(INFLIGHT_BYTES).set(gateway.inflight.held() as f64);
+    gauge!(INFLIGHT_BYTES_LIMIT).set(gateway.inflight.limit() as f64);
+    gauge!(OPEN_CONNECTIONS).set(gateway.open_connections() as f64);
+    gauge!(OPEN_CONNECTIONS_LIMIT).set(gateway.limits.max_connections as f64);
 }
 
 /// Counts a request refused for the in-flight byte budget.

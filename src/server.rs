@@ -42,11 +42,6 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
-    /// Open data-plane connections at most, HTTP and gRPC ports together.
-    /// Past it the server stops accepting until one closes: new clients wait
-    /// in the kernel's backlog instead of the process running out of memory
-    /// or file descriptors. `/metrics` has its own port and no such bound.
-    pub max_connections: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -164,7 +159,11 @@ pub async fn serve(
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let connections = Arc::new(Semaphore::new(options.max_connections.min(Semaphore::MAX_PERMITS)));
+    // Past `limits.max_connections` the data plane stops accepting until a
+    // connection closes: new clients wait in the kernel's backlog instead of
+    // the process running out of memory or file descriptors. The metrics port
+    // has no such bound, so scrapes still get through.
+    let connections = gateway.connection_slots.clone();
     let mut accept_loops = Vec::new();
     let mut spawn = |listener: TcpListener, role: Role| {
         let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role };

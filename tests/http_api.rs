@@ -585,6 +585,8 @@ async fn metrics_are_exported_in_prometheus_text() {
     assert!(text.contains("modelgate_model_state{model=\"simple\",version=\"1\",state=\"READY\"} 1"));
     assert!(text.contains("modelgate_inflight_request_bytes_limit 1073741824"), "the door's budget and its use");
     assert!(text.contains("modelgate_inflight_request_bytes "));
+    assert!(text.contains("modelgate_open_connections_limit 10000"), "and the connections against theirs");
+    assert!(!text.contains("modelgate_open_connections 0\n"), "the scrape's own connection is open");
     // Triton's names, for dashboards and autoscalers written for Triton.
     assert!(text.contains("# TYPE nv_inference_request_success counter"), "{text}");
     assert!(text.contains("nv_inference_request_success{model=\"simple\",version=\"1\"} 1"), "{text}");

@@ -386,6 +386,7 @@ mod tests {
             Limits {
                 max_request_bytes: 1 << 20,
                 max_inflight_bytes: 16 << 20,
+                max_connections: 64,
                 body_idle_timeout: std::time::Duration::from_secs(60),
             },
             crate::metrics::install(),

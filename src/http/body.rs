@@ -298,7 +298,12 @@ mod tests {
 
     /// Limits of `bytes` and the default idle timeout.
     fn limit(bytes: usize) -> Limits {
-        Limits { max_request_bytes: bytes, max_inflight_bytes: usize::MAX, body_idle_timeout: Duration::from_secs(60) }
+        Limits {
+            max_request_bytes: bytes,
+            max_inflight_bytes: usize::MAX,
+            max_connections: 1,
+            body_idle_timeout: Duration::from_secs(60),
+        }
     }
 
     /// [`super::read`] under a budget that never refuses: the body alone.

@@ -144,7 +144,7 @@ where
         Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
         Route::Metrics => {
             // Read at scrape time, so the request path pays nothing for them.
-            crate::metrics::inflight_bytes(gateway.inflight.held(), gateway.inflight.limit());
+            crate::metrics::door(gateway);
             let mut text = gateway.metrics.render();
             crate::triton_metrics::render(&gateway.repository.ready_versions(None)?, &mut text);
             let mut response = Response::new(Chunks::one(Bytes::from(text)));

@@ -133,8 +133,7 @@ impl Server {
         let (http_addr, admin_addr) = (http.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let options =
-            ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5), max_connections: 1024 };
+        let options = ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5) };
         tokio::spawn(modelgate::server::serve(
             gateway.clone(),
             Listeners { http, grpc: None, metrics: None },
