@@ -144,17 +144,36 @@ step_apt() {
 }
 
 step_ort() {
-    local dir=$NATIVE/onnxruntime-$ORT_VERSION
+    install_ort onnxruntime shared
+}
+
+# The GPU build of the same ONNX Runtime, kept apart from the CPU one so that nothing changes for
+# machines without a GPU. The TensorRT provider is left out (it needs TensorRT itself); the CUDA
+# provider is loaded from the folder of libonnxruntime.so, so they stay together.
+step_ort_gpu() {
+    install_ort onnxruntime-gpu "shared cuda"
+}
+
+# Keeps the C library of the $1 wheel (onnxruntime or onnxruntime-gpu) and its providers $2 in
+# .native/$1-$ORT_VERSION/lib, links .native/$1 to it, and checks that it loads.
+install_ort() {
+    local package=$1 providers=($2)
+    local dir=$NATIVE/$package-$ORT_VERSION
     local lib=libonnxruntime.so.$ORT_VERSION
-    if [[ -f $dir/lib/$lib ]]; then
-        log "ort: $dir already there"
+    local p have=1
+    for p in "${providers[@]}"; do
+        [[ -f $dir/lib/libonnxruntime_providers_$p.so ]] || have=0
+    done
+    if [[ -f $dir/lib/$lib && $have == 1 ]]; then
+        log "$package: $dir already there"
     else
-        log "ort: fetching the onnxruntime==$ORT_VERSION wheel for its C library"
-        fetch_wheels "onnxruntime==$ORT_VERSION"
+        log "$package: fetching the $package==$ORT_VERSION wheel for its C library"
+        fetch_wheels "$package==$ORT_VERSION"
         # Extract into a temporary folder first so an interrupted run never looks finished.
         rm -rf "$dir.partial"
-        extract "$(wheel_file "onnxruntime-$ORT_VERSION-*.whl")" "$dir.partial/lib" \
-            '^onnxruntime/capi/lib(onnxruntime\.so\.|onnxruntime_providers_shared\.so$)'
+        local alternatives=${2// /|}
+        extract "$(wheel_file "${package//-/_}-$ORT_VERSION-*.whl")" "$dir.partial/lib" \
+            "^onnxruntime/capi/lib(onnxruntime\\.so\\.|onnxruntime_providers_($alternatives)\\.so\$)"
         rm -rf "$dir"
         mv "$dir.partial" "$dir"
     fi
@@ -162,31 +181,8 @@ step_ort() {
     # name .cargo/config.toml points ORT_DYLIB_PATH at.
     ln -sfn "$lib" "$dir/lib/libonnxruntime.so.1"
     ln -sfn "$lib" "$dir/lib/libonnxruntime.so"
-    ln -sfn "onnxruntime-$ORT_VERSION" "$NATIVE/onnxruntime"
-    check_ort_loads "$NATIVE/onnxruntime/lib/libonnxruntime.so"
-}
-
-# The GPU build of the same ONNX Runtime, kept apart from the CPU one so that nothing changes for
-# machines without a GPU. The TensorRT provider is left out (it needs TensorRT itself).
-step_ort_gpu() {
-    local dir=$NATIVE/onnxruntime-gpu-$ORT_VERSION
-    local lib=libonnxruntime.so.$ORT_VERSION
-    if [[ -f $dir/lib/$lib && -f $dir/lib/libonnxruntime_providers_cuda.so ]]; then
-        log "ort-gpu: $dir already there"
-    else
-        log "ort-gpu: fetching the onnxruntime-gpu==$ORT_VERSION wheel"
-        fetch_wheels "onnxruntime-gpu==$ORT_VERSION"
-        rm -rf "$dir.partial"
-        # The CUDA provider is loaded from the folder of libonnxruntime.so: keep them together.
-        extract "$(wheel_file "onnxruntime_gpu-$ORT_VERSION-*.whl")" "$dir.partial/lib" \
-            '^onnxruntime/capi/lib(onnxruntime\.so\.|onnxruntime_providers_(shared|cuda)\.so$)'
-        rm -rf "$dir"
-        mv "$dir.partial" "$dir"
-    fi
-    ln -sfn "$lib" "$dir/lib/libonnxruntime.so.1"
-    ln -sfn "$lib" "$dir/lib/libonnxruntime.so"
-    ln -sfn "onnxruntime-gpu-$ORT_VERSION" "$NATIVE/onnxruntime-gpu"
-    check_ort_loads "$NATIVE/onnxruntime-gpu/lib/libonnxruntime.so"
+    ln -sfn "$package-$ORT_VERSION" "$NATIVE/$package"
+    check_ort_loads "$NATIVE/$package/lib/libonnxruntime.so"
 }
 
 # dlopen the library and ask it for its version, as the gateway will.
