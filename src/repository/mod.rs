@@ -427,6 +427,31 @@ impl Repository {
         }
     }
 
+    /// Builds one version on a blocking thread (loading and warming a model
+    /// must not hold a runtime worker).
+    async fn load_off_runtime(
+        &self,
+        name: &str,
+        version: u64,
+        dir: PathBuf,
+        file: ConfigFile,
+        loader: Arc<dyn ModelLoader>,
+    ) -> Result<ModelVersion, String> {
+        let (settings, model) = (self.config.load.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            load_version(VersionPlan {
+                name: &model,
+                version,
+                dir: &dir,
+                file: &file,
+                loader: loader.as_ref(),
+                settings: &settings,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("load task failed: {e}")))
+    }
+
     /// Loads (or reloads) a model from its directory: reads its config, picks
     /// versions by policy, loads them, then publishes. Versions no longer
     /// selected are unloaded; a version that fails keeps an older instance of
@@ -460,20 +485,7 @@ impl Repository {
         let mut next = ModelEntry::default();
         let mut failures = Vec::new();
         for (v, version_dir) in versions {
-            let (file, loader, settings, model) =
-                (file.clone(), loader.clone(), self.config.load.clone(), name.to_owned());
-            let loaded = tokio::task::spawn_blocking(move || {
-                load_version(VersionPlan {
-                    name: &model,
-                    version: v,
-                    dir: &version_dir,
-                    file: &file,
-                    loader: loader.as_ref(),
-                    settings: &settings,
-                })
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("load task failed: {e}")));
+            let loaded = self.load_off_runtime(name, v, version_dir, file.clone(), loader.clone()).await;
             let state = match loaded {
                 Ok(version) => {
                     tracing::info!(model = %name, version = v, "model version ready");
@@ -547,19 +559,7 @@ impl Repository {
             loading.versions.insert(version, VersionState::Loading);
             self.publish(name, loading);
         }
-        let (settings, model) = (self.config.load.clone(), name.to_owned());
-        let loaded = tokio::task::spawn_blocking(move || {
-            load_version(VersionPlan {
-                name: &model,
-                version,
-                dir: &version_dir,
-                file: &file,
-                loader: loader.as_ref(),
-                settings: &settings,
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("load task failed: {e}")));
+        let loaded = self.load_off_runtime(name, version, version_dir, file, loader).await;
         let mut next = self.snapshot().models.get(name).cloned().unwrap_or_default();
         let result = match loaded {
             Ok(loaded) => {
