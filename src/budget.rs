@@ -57,11 +57,14 @@ impl InflightBytes {
         if bytes == 0 {
             return Ok(());
         }
-        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
-        if before.checked_add(bytes).is_some_and(|after| after <= self.limit) {
+        // Compare-and-swap rather than add-then-undo: a refused request never
+        // shows in the count, so it cannot make a concurrent one look over.
+        let taken = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            held.checked_add(bytes).filter(|&after| after <= self.limit)
+        });
+        if taken.is_ok() {
             return Ok(());
         }
-        self.held.fetch_sub(bytes, Ordering::Relaxed);
         crate::metrics::overloaded();
         Err(Error::Overloaded(format!(
             "the server holds too much request data at once (limit {} bytes, server.max_inflight_bytes): retry later",
