@@ -91,11 +91,15 @@ const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
 ];
 
 /// Refuses a parameter set (of a request, an input or an output, named by
-/// `what`) that holds a parameter the gateway does not support.
-pub fn refuse_unsupported_parameters<'a>(keys: impl IntoIterator<Item = &'a String>, what: &str) -> Result<(), Error> {
+/// `what`, which is only built for the error) that holds a parameter the
+/// gateway does not support.
+pub fn refuse_unsupported_parameters<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    what: impl FnOnce() -> String,
+) -> Result<(), Error> {
     for key in keys {
         if let Some((_, why)) = UNSUPPORTED_PARAMETERS.iter().find(|(k, _)| k == key) {
-            return Err(Error::invalid(format!("{what}: parameter '{key}': {why}")));
+            return Err(Error::invalid(format!("{}: parameter '{key}': {why}", what())));
         }
     }
     Ok(())

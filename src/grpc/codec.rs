@@ -12,8 +12,8 @@ use modelgate_backend::{DataType, push_bytes_element};
 
 use crate::error::Error;
 use crate::proto::inference::{
-    self as pb, InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
+    self as pb, InferTensorContents, ModelInferRequest, ModelInferResponse, infer_parameter::ParameterChoice,
+    model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use crate::repository::ModelConfig;
 use crate::repository::ModelVersion;
@@ -24,13 +24,9 @@ use crate::tensor::{
     refuse_unsupported_parameters,
 };
 
-fn check_parameters(parameters: &HashMap<String, InferParameter>, what: &str) -> Result<(), Error> {
-    refuse_unsupported_parameters(parameters.keys(), what)
-}
-
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.
 pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferRequest, Error> {
-    check_parameters(&message.parameters, "request")?;
+    refuse_unsupported_parameters(message.parameters.keys(), || "request".into())?;
     let mut request = InferRequest { id: (!message.id.is_empty()).then_some(message.id), ..InferRequest::default() };
     if let Some(timeout) = message.parameters.get("timeout") {
         match timeout.parameter_choice {
@@ -59,7 +55,7 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
         request.inputs.push(tensor);
     }
     for output in message.outputs {
-        check_parameters(&output.parameters, &format!("output '{}'", output.name))?;
+        refuse_unsupported_parameters(output.parameters.keys(), || format!("output '{}'", output.name))?;
         request.outputs.push(RequestedOutput { name: output.name, binary: None });
     }
     Ok(request)
@@ -67,7 +63,7 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
 
 fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, Error> {
     let name = input.name;
-    check_parameters(&input.parameters, &format!("input '{name}'"))?;
+    refuse_unsupported_parameters(input.parameters.keys(), || format!("input '{name}'"))?;
     let dtype = DataType::from_v2(&input.datatype)
         .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{}'", input.datatype)))?;
     let shape = input.shape;

@@ -105,16 +105,12 @@ pub fn decode_request(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<
     for output in json.outputs.unwrap_or_default() {
         let mut requested = RequestedOutput { name: output.name, binary: None };
         if let Some(parameters) = &output.parameters {
-            reject_unsupported(parameters, &format!("output '{}'", requested.name))?;
+            refuse_unsupported_parameters(parameters.keys(), || format!("output '{}'", requested.name))?;
             requested.binary = bool_parameter(parameters, "binary_data")?;
         }
         request.outputs.push(requested);
     }
     Ok(request)
-}
-
-fn reject_unsupported(parameters: &Map<String, Value>, what: &str) -> Result<(), Error> {
-    refuse_unsupported_parameters(parameters.keys(), what)
 }
 
 fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
@@ -126,7 +122,7 @@ fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<b
 }
 
 fn apply_request_parameters(parameters: &Map<String, Value>, request: &mut InferRequest) -> Result<(), Error> {
-    reject_unsupported(parameters, "request")?;
+    refuse_unsupported_parameters(parameters.keys(), || "request".into())?;
     request.binary_output = bool_parameter(parameters, "binary_data_output")?.unwrap_or(false);
     match parameters.get("timeout") {
         None | Some(Value::Null) => {}
@@ -163,7 +159,7 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
 
     let binary_size = match &input.parameters {
         Some(parameters) => {
-            reject_unsupported(parameters, &format!("input '{name}'"))?;
+            refuse_unsupported_parameters(parameters.keys(), || format!("input '{name}'"))?;
             match parameters.get("binary_data_size") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(n)) => Some(n.as_u64().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
