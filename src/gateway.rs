@@ -123,14 +123,9 @@ impl Gateway {
     /// route, else the policy's choice), for metadata, config and readiness.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, Error> {
         validate_model_name(model)?;
-        let version = match version {
-            None | Some("") => self.routes.get(model).and_then(|route| route.primary()),
-            Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                Error::invalid(format!(
-                    "invalid model version '{}': versions are positive integers",
-                    text.escape_debug()
-                ))
-            })?),
+        let version = match parse_version(version)? {
+            None => self.routes.get(model).and_then(|route| route.primary()),
+            named => named,
         };
         self.repository.resolve(model, version)
     }
@@ -146,12 +141,14 @@ impl Gateway {
         call: Call<'_>,
     ) -> Result<InferResponse, Error> {
         let Call { protocol, arrival, headers } = call;
-        if matches!(version, None | Some(""))
+        validate_model_name(model)?;
+        let version = parse_version(version)?;
+        if version.is_none()
             && let Some(route) = self.routes.get(model)
         {
             return self.infer_routed(&route, request, protocol, arrival, headers).await;
         }
-        let served_by = self.resolve(model, version)?;
+        let served_by = self.repository.resolve(model, version)?;
         self.run(model, &served_by, request, protocol, arrival).await
     }
 
@@ -232,4 +229,14 @@ pub fn response_outputs(served_by: &ModelVersion, outputs: Outputs) -> Vec<Respo
             binary,
         })
         .collect()
+}
+
+/// A version as the client wrote it (`None` or empty: not named).
+fn parse_version(version: Option<&str>) -> Result<Option<u64>, Error> {
+    match version {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+            Error::invalid(format!("invalid model version '{}': versions are positive integers", text.escape_debug()))
+        }),
+    }
 }
