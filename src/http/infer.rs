@@ -55,18 +55,30 @@ struct JsonOutput {
     parameters: Option<Map<String, Value>>,
 }
 
-/// Decodes a V2 infer request body. `limit` bounds the decoded tensor bytes,
-/// the same bound as the body (Triton applies its limit after expansion too).
-pub fn decode_request(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<InferRequest, Error> {
-    let (header, mut binary) = match headers.get(HEADER_LENGTH) {
-        None => (body, Bytes::new()),
-        Some(value) => {
-            let length = value
+/// The `Inference-Header-Content-Length`, if given: the length of the JSON
+/// header before the binary tensor data (0: a raw binary request).
+pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
+    headers
+        .get(HEADER_LENGTH)
+        .map(|value| {
+            value
                 .to_str()
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<usize>().ok())
-                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?;
+                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))
+        })
+        .transpose()
+}
+
+/// Decodes a V2 infer request body whose JSON header is `header_length`
+/// bytes long (`None`: the whole body). `limit` bounds the decoded tensor
+/// bytes, the same bound as the body (Triton applies its limit after
+/// expansion too).
+pub fn decode_request(header_length: Option<usize>, body: Bytes, limit: usize) -> Result<InferRequest, Error> {
+    let (header, mut binary) = match header_length {
+        None => (body, Bytes::new()),
+        Some(length) => {
             if length > body.len() {
                 return Err(Error::invalid(format!(
                     "Inference-Header-Content-Length {length} exceeds the body length {}",
@@ -216,12 +228,6 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
     Tensor::checked(name, dtype, shape, data)
 }
 
-/// Whether the request is a raw binary request: the whole body is the data of
-/// the model's only input (`Inference-Header-Content-Length: 0`).
-pub fn is_raw_binary(headers: &HeaderMap) -> bool {
-    headers.get(HEADER_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
-}
-
 /// Decodes a raw binary request for a model with one input of fixed dims: a
 /// batch of one, every output returned in binary.
 pub fn decode_raw_binary(io: &ModelIo, body: Bytes) -> Result<InferRequest, Error> {
@@ -318,11 +324,7 @@ mod tests {
     use crate::tensor::ResponseOutput;
 
     fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, Error> {
-        let mut headers = HeaderMap::new();
-        if let Some(n) = header_length {
-            headers.insert(HEADER_LENGTH, n.to_string().parse().unwrap());
-        }
-        decode_request(&headers, Bytes::copy_from_slice(body), 1 << 20)
+        decode_request(header_length, Bytes::copy_from_slice(body), 1 << 20)
     }
 
     fn error(body: &[u8], header_length: Option<usize>) -> String {
@@ -423,7 +425,7 @@ mod tests {
         assert!(error(b"{}", Some(0)).contains("raw binary request"));
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, "-1".parse().unwrap());
-        assert!(decode_request(&headers, Bytes::from_static(b"{}"), 100).is_err());
+        assert!(header_length(&headers).is_err());
     }
 
     #[test]

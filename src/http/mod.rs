@@ -264,13 +264,13 @@ where
     // Held until the response is encoded: the request's data lives that long.
     let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
     let header_timeout = timeout_header(&parts.headers)?;
-    let mut decoded = if infer::is_raw_binary(&parts.headers) {
+    let header_length = infer::header_length(&parts.headers)?;
+    let mut decoded = if header_length == Some(0) {
         infer::decode_raw_binary(&gateway.resolve(name, version)?.io, body)?
     } else if body.len() < OFFLOAD_BYTES {
-        decode_request(&parts.headers, body, limit)?
+        decode_request(header_length, body, limit)?
     } else {
-        let headers = parts.headers.clone();
-        offload(move || decode_request(&headers, body, limit)).await?
+        offload(move || decode_request(header_length, body, limit)).await?
     };
     if let Some(t) = header_timeout {
         decoded.timeout = Some(decoded.timeout.map_or(t, |p| p.min(t)));
