@@ -120,6 +120,10 @@ pub struct RequestedOutput {
 pub struct InferRequest {
     /// Client-chosen id, echoed back.
     pub id: Option<String>,
+    /// A raw binary request's body (`Inference-Header-Content-Length: 0`):
+    /// the data of the model's only input, shaped by the version that serves
+    /// the request (under a route, not known until the route picks it).
+    pub raw_input: Option<Bytes>,
     /// Input tensors, in the order the client sent them.
     pub inputs: Vec<Tensor>,
     /// Outputs asked for; empty means all.
@@ -215,9 +219,34 @@ impl ModelIo {
         }
     }
 
+    /// The tensor of a raw binary request: the body is the data of the only
+    /// input, which must have fixed dims; a batch of one.
+    fn raw_input(&self, body: Bytes) -> Result<Tensor, Error> {
+        let [spec] = self.inputs.as_slice() else {
+            return Err(Error::invalid(format!(
+                "a raw binary request needs a model with exactly one input; this one has {}",
+                self.inputs.len()
+            )));
+        };
+        if spec.dims.iter().any(|&d| d < 0) {
+            return Err(Error::invalid(format!(
+                "input '{}' has variable dimensions {:?}; send a JSON header with the shape",
+                spec.name, spec.dims
+            )));
+        }
+        let mut shape = spec.dims.clone();
+        if self.max_batch_size > 0 {
+            shape.insert(0, 1);
+        }
+        Tensor::checked(spec.name.clone(), spec.dtype, shape, body)
+    }
+
     /// Matches a request to this model. Every mismatch is a 400 naming the
     /// tensor, what the model expects and what was given.
-    pub fn validate(&self, request: InferRequest) -> Result<ValidRequest, Error> {
+    pub fn validate(&self, mut request: InferRequest) -> Result<ValidRequest, Error> {
+        if let Some(body) = request.raw_input.take() {
+            request.inputs = vec![self.raw_input(body)?];
+        }
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         let mut batch: Option<(usize, String)> = None;
         for tensor in request.inputs {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
 use crate::tensor::{
-    InferRequest, InferResponse, ModelIo, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
+    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
     refuse_unsupported_parameters,
 };
 
@@ -226,29 +226,6 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
         }
     };
     Tensor::checked(name, dtype, shape, data)
-}
-
-/// Decodes a raw binary request for a model with one input of fixed dims: a
-/// batch of one, every output returned in binary.
-pub fn decode_raw_binary(io: &ModelIo, body: Bytes) -> Result<InferRequest, Error> {
-    let [spec] = io.inputs.as_slice() else {
-        return Err(Error::invalid(format!(
-            "a raw binary request needs a model with exactly one input; this one has {}",
-            io.inputs.len()
-        )));
-    };
-    if spec.dims.iter().any(|&d| d < 0) {
-        return Err(Error::invalid(format!(
-            "input '{}' has variable dimensions {:?}; send a JSON header with the shape",
-            spec.name, spec.dims
-        )));
-    }
-    let mut shape = spec.dims.clone();
-    if io.max_batch_size > 0 {
-        shape.insert(0, 1);
-    }
-    let tensor = Tensor::checked(spec.name.clone(), spec.dtype, shape, body)?;
-    Ok(InferRequest { inputs: vec![tensor], binary_output: true, ..InferRequest::default() })
 }
 
 /// An encoded response: the parts of the body and, for binary responses, the

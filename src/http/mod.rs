@@ -266,7 +266,8 @@ where
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
     let mut decoded = if header_length == Some(0) {
-        infer::decode_raw_binary(&gateway.resolve(name, version)?.io, body)?
+        // Shaped by the version that serves it, once the gateway has chosen it.
+        crate::tensor::InferRequest { raw_input: Some(body), binary_output: true, ..Default::default() }
     } else if body.len() < OFFLOAD_BYTES {
         decode_request(header_length, body, limit)?
     } else {
