@@ -11,6 +11,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::batching::Closed;
+
 /// Requests answered, by model, version, protocol and outcome.
 pub const REQUESTS: &str = "modelgate_requests_total";
 /// End-to-end time in the gateway, by model, version and protocol.
@@ -174,6 +176,8 @@ pub struct VersionMetrics {
     pub batch_size: Histogram,
     /// Requests waiting.
     pub queue_depth: Gauge,
+    /// Batches run, by why each closed (indexed by `Closed as usize`).
+    batches: [Counter; Closed::ALL.len()],
 }
 
 impl VersionMetrics {
@@ -189,6 +193,8 @@ impl VersionMetrics {
             compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
             batch_size: histogram!(BATCH_SIZE, "model" => m.clone(), "version" => v.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
+            batches: Closed::ALL
+                .map(|c| counter!(BATCHES, "model" => m.clone(), "version" => v.clone(), "reason" => c.as_str())),
             model: m,
             version: v,
         }
@@ -211,9 +217,8 @@ impl VersionMetrics {
     }
 
     /// Counts a batch and why it closed.
-    pub fn batch_closed(&self, reason: &'static str) {
-        counter!(BATCHES, "model" => self.model.clone(), "version" => self.version.clone(), "reason" => reason)
-            .increment(1);
+    pub fn batch_closed(&self, reason: Closed) {
+        self.batches[reason as usize].increment(1);
     }
 
     /// Counts a request the queue refused or dropped.

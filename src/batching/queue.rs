@@ -54,6 +54,9 @@ pub enum Closed {
 }
 
 impl Closed {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [Closed; 5] = [Closed::Full, Closed::Preferred, Closed::Delay, Closed::Deadline, Closed::Single];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -128,7 +128,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
         shared.stats.queue.add(1, waited);
         shared.metrics.queue_duration.record(waited.as_secs_f64());
     }
-    shared.metrics.batch_closed(closed.as_str());
+    shared.metrics.batch_closed(closed);
     match execute(shared, backend, &batch) {
         Ok(outputs) => {
             for (pending, outputs) in batch.into_iter().zip(outputs) {
