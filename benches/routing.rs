@@ -5,7 +5,7 @@
 //! - `pick`: choosing a target by weights, by a sticky key, by a header rule;
 //!   baseline: one random number.
 //! - `record`: admitting a request and recording its outcome in the arm's
-//!   window (three CAS on packed counters); baseline: one atomic add.
+//!   window (CAS on packed counters); baseline: one atomic add.
 //!
 //! Run: `cargo bench --bench routing`.
 
