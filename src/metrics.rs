@@ -303,13 +303,38 @@ pub struct ShadowMetrics {
     pub skipped: Counter,
     /// Time of copies.
     pub duration: Histogram,
+    /// Comparison handles per primary version the copies are compared with.
+    comparisons: Vec<ComparisonMetrics>,
     model: String,
     shadow: String,
 }
 
+/// The comparison handles of one (primary, shadow) pair.
+#[derive(Debug)]
+struct ComparisonMetrics {
+    primary: u64,
+    agree: Counter,
+    disagree: Counter,
+    max_abs_diff: Histogram,
+}
+
+impl ComparisonMetrics {
+    fn new(model: &str, shadow: &str, primary: u64) -> ComparisonMetrics {
+        let (m, s, p) = (model.to_owned(), shadow.to_owned(), primary.to_string());
+        let result = |r: &'static str| counter!(SHADOW_COMPARISONS, "model" => m.clone(), "primary" => p.clone(), "shadow" => s.clone(), "result" => r);
+        ComparisonMetrics {
+            primary,
+            agree: result("agree"),
+            disagree: result("disagree"),
+            max_abs_diff: histogram!(SHADOW_ABS_DIFF, "model" => m.clone(), "primary" => p.clone(), "shadow" => s.clone()),
+        }
+    }
+}
+
 impl ShadowMetrics {
-    /// Registers the handles of shadow `version` of `model`.
-    pub fn new(model: &str, version: u64) -> ShadowMetrics {
+    /// Registers the handles of shadow `version` of `model`, compared with
+    /// the route's `primaries`.
+    pub fn new(model: &str, version: u64, primaries: &[u64]) -> ShadowMetrics {
         let (m, v) = (model.to_owned(), version.to_string());
         let requests = |outcome: &'static str| counter!(SHADOW_REQUESTS, "model" => m.clone(), "version" => v.clone(), "outcome" => outcome);
         ShadowMetrics {
@@ -317,6 +342,7 @@ impl ShadowMetrics {
             error: requests("error"),
             skipped: requests("skipped"),
             duration: histogram!(SHADOW_DURATION, "model" => m.clone(), "version" => v.clone()),
+            comparisons: primaries.iter().map(|&p| ComparisonMetrics::new(&m, &v, p)).collect(),
             model: m,
             shadow: v,
         }
@@ -324,12 +350,23 @@ impl ShadowMetrics {
 
     /// Records one comparison with the primary `primary`.
     pub fn comparison(&self, primary: u64, agree: bool, max_abs_diff: Option<f64>) {
-        let (m, s, p) = (self.model.clone(), self.shadow.clone(), primary.to_string());
-        let result = if agree { "agree" } else { "disagree" };
-        counter!(SHADOW_COMPARISONS, "model" => m.clone(), "primary" => p.clone(), "shadow" => s.clone(), "result" => result)
-            .increment(1);
+        let registered;
+        let handles = match self.comparisons.iter().find(|c| c.primary == primary) {
+            Some(handles) => handles,
+            // Every primary is a target of the route this shadow was built
+            // with; registering here only guards against a future caller.
+            None => {
+                registered = ComparisonMetrics::new(&self.model, &self.shadow, primary);
+                &registered
+            }
+        };
+        if agree {
+            handles.agree.increment(1)
+        } else {
+            handles.disagree.increment(1)
+        }
         if let Some(diff) = max_abs_diff {
-            histogram!(SHADOW_ABS_DIFF, "model" => m, "primary" => p, "shadow" => s).record(diff);
+            handles.max_abs_diff.record(diff);
         }
     }
 }

@@ -64,8 +64,8 @@ pub struct Comparison {
 }
 
 impl Shadow {
-    /// A shadow target of `model`.
-    pub fn new(model: &str, spec: &ShadowSpec) -> Shadow {
+    /// A shadow target of `model`, compared with the route's `targets`.
+    pub fn new(model: &str, spec: &ShadowSpec, targets: &[u64]) -> Shadow {
         let fraction = (spec.percent / 100.0).clamp(0.0, 1.0);
         let threshold = if fraction >= 1.0 { u64::MAX } else { (fraction * 2f64.powi(64)) as u64 };
         Shadow {
@@ -73,7 +73,7 @@ impl Shadow {
             threshold,
             permits: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
             counts: ShadowCounts::default(),
-            metrics: ShadowMetrics::new(model, spec.version),
+            metrics: ShadowMetrics::new(model, spec.version, targets),
         }
     }
 
@@ -313,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn sampling_follows_the_percentage_and_the_in_flight_bound() {
         let spec = ShadowSpec { version: 2, percent: 25.0, max_in_flight: 10_000 };
-        let shadow = Shadow::new("m", &spec);
+        let shadow = Shadow::new("m", &spec, &[1]);
         let mut permits = Vec::new();
         for _ in 0..20_000 {
             if let Some(p) = shadow.admit() {
@@ -321,7 +321,7 @@ mod tests {
             }
         }
         assert!((4_500..5_500).contains(&permits.len()), "{} of 20000 sampled at 25 %", permits.len());
-        let bounded = Shadow::new("m", &ShadowSpec { version: 2, percent: 100.0, max_in_flight: 3 });
+        let bounded = Shadow::new("m", &ShadowSpec { version: 2, percent: 100.0, max_in_flight: 3 }, &[1]);
         let held: Vec<_> = (0..5).filter_map(|_| bounded.admit()).collect();
         assert_eq!(held.len(), 3);
         assert_eq!(bounded.counts().skipped.load(Ordering::Relaxed), 2);

@@ -82,7 +82,10 @@ impl Route {
             generation,
             spec: Arc::new(spec.clone()),
             targets,
-            shadow: spec.shadow.as_ref().map(|s| Arc::new(Shadow::new(&spec.model, s))),
+            shadow: spec.shadow.as_ref().map(|s| {
+                let versions: Vec<u64> = spec.targets.iter().map(|t| t.version).collect();
+                Arc::new(Shadow::new(&spec.model, s, &versions))
+            }),
             rules: valid.rules.clone(),
             sticky: valid.sticky.clone(),
             cumulative: Vec::new(),
