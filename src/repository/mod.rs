@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use modelgate_backend::ModelLoader;
 
 pub use model_config::ModelConfig;
-pub use overrides::{BatchingOverride, BatchingSettings, ModelOverrides};
+pub use overrides::{BatchingOverride, ModelOverrides};
 pub use version::{LoadSettings, ModelVersion, Outputs};
 
 use crate::error::Error;

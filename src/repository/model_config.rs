@@ -70,14 +70,18 @@ impl VersionPolicy {
     }
 }
 
-/// Triton's `dynamic_batching` with its default queue policy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Triton's `dynamic_batching` with its default queue policy. It also reads
+/// from the gateway's own config (`[models.<name>] dynamic_batching`), with
+/// the same field names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DynamicBatching {
     /// Batch sizes to dispatch as soon as they can be formed.
     pub preferred_batch_size: Vec<u32>,
     /// Longest time the oldest request waits for a batch to fill.
     pub max_queue_delay_microseconds: u64,
     /// Return responses in arrival order (accepted; batches already complete in order per instance).
+    #[serde(skip)]
     pub preserve_ordering: bool,
     /// `default_queue_policy.max_queue_size`; 0 takes the gateway's bound.
     pub max_queue_size: u32,

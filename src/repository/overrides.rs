@@ -40,24 +40,8 @@ pub struct ModelOverrides {
 pub enum BatchingOverride {
     /// On with the defaults, or off.
     Switch(bool),
-    /// On with these settings.
-    Settings(BatchingSettings),
-}
-
-/// The dynamic batcher's settings, Triton's field names.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchingSettings {
-    /// Batch sizes to dispatch as soon as they can be formed.
-    pub preferred_batch_size: Vec<u32>,
-    /// Longest wait of the oldest request for a batch to fill.
-    pub max_queue_delay_microseconds: u64,
-    /// Queue bound (0: the repository default).
-    pub max_queue_size: u32,
-    /// Queue timeout of requests that set none (0: none).
-    pub default_timeout_microseconds: u64,
-    /// Whether a request may ask for a different timeout.
-    pub allow_timeout_override: bool,
+    /// On with these settings (Triton's field names).
+    Settings(DynamicBatching),
 }
 
 impl ModelOverrides {
@@ -92,16 +76,7 @@ impl ModelOverrides {
             Some(BatchingOverride::Switch(true)) => {
                 file.dynamic_batching.get_or_insert_with(DynamicBatching::default);
             }
-            Some(BatchingOverride::Settings(s)) => {
-                file.dynamic_batching = Some(DynamicBatching {
-                    preferred_batch_size: s.preferred_batch_size.clone(),
-                    max_queue_delay_microseconds: s.max_queue_delay_microseconds,
-                    preserve_ordering: false,
-                    max_queue_size: s.max_queue_size,
-                    default_timeout_microseconds: s.default_timeout_microseconds,
-                    allow_timeout_override: s.allow_timeout_override,
-                });
-            }
+            Some(BatchingOverride::Settings(settings)) => file.dynamic_batching = Some(settings.clone()),
         }
         if let Some(count) = self.instances {
             let (kind, gpus) = match self.device.as_deref().map(parse_device) {
