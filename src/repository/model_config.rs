@@ -406,6 +406,10 @@ fn warmup(r: &mut Reader) -> Result<Warmup, ConfigError> {
 pub struct Defaults {
     /// `max_batch_size` for models that can batch and whose config does not say (Triton: 4).
     pub max_batch_size: u32,
+    /// The queue bound of a batcher whose `max_queue_size` is 0. Triton reads 0
+    /// as "unbounded"; here every queue is bounded, and the config endpoints
+    /// show the bound in force.
+    pub max_queue_size: u32,
 }
 
 /// Completes a config from the model's own signature (when the format has
@@ -436,12 +440,17 @@ pub fn complete(
         None if batchable => defaults.max_batch_size,
         None => 0,
     };
-    let dynamic_batching = match (&file.dynamic_batching, file.max_batch_size) {
+    let mut dynamic_batching = match (&file.dynamic_batching, file.max_batch_size) {
         (Some(b), _) => Some(b.clone()),
         // Triton's auto-complete turns the dynamic batcher on when it picks the batch size.
         (None, None) if max_batch_size > 1 => Some(DynamicBatching::default()),
         (None, _) => None,
     };
+    if let Some(b) = dynamic_batching.as_mut()
+        && b.max_queue_size == 0
+    {
+        b.max_queue_size = defaults.max_queue_size;
+    }
     if let Some(b) = &dynamic_batching
         && let Some(p) = b.preferred_batch_size.iter().find(|&&p| p == 0 || p > max_batch_size.max(1))
     {
@@ -769,7 +778,7 @@ mod tests {
     }
 
     fn defaults() -> Defaults {
-        Defaults { max_batch_size: 4 }
+        Defaults { max_batch_size: 4, max_queue_size: 1024 }
     }
 
     fn complete_onnx(file: ConfigFile, sig: &ModelSignature) -> Result<ModelConfig, ConfigError> {

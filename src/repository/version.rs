@@ -119,7 +119,10 @@ pub struct VersionPlan<'a> {
 pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let started = Instant::now();
     let VersionPlan { name, version, dir, file, loader, settings } = plan;
-    let defaults = model_config::Defaults { max_batch_size: settings.default_max_batch_size };
+    let defaults = model_config::Defaults {
+        max_batch_size: settings.default_max_batch_size,
+        max_queue_size: u32::try_from(settings.default_max_queue_size).unwrap_or(u32::MAX),
+    };
     let filename = file.default_model_filename.clone().unwrap_or_else(|| loader.default_filename().to_owned());
     let model_file = dir.join(&filename);
     if !model_file.exists() {
@@ -145,15 +148,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let shown = format!("{name}/{version}/{filename}");
     let scrub = |e: modelgate_backend::BackendError| e.to_string().replace(&model_file.display().to_string(), &shown);
     let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(scrub)?;
-    let mut config = complete(first.signature())?;
-    // Triton reads 0 as "unbounded"; here every queue is bounded, and the config
-    // endpoints show the bound in force.
-    if let Some(batching) = config.dynamic_batching.as_mut()
-        && batching.max_queue_size == 0
-    {
-        batching.max_queue_size = u32::try_from(settings.default_max_queue_size).unwrap_or(u32::MAX);
-    }
-    let config = Arc::new(config);
+    let config = Arc::new(complete(first.signature())?);
     let signature = config.signature();
 
     let mut backends = vec![first];
@@ -206,11 +201,11 @@ fn batch_policy(config: &ModelConfig, settings: &LoadSettings) -> BatchPolicy {
         combine: config.dynamic_batching.is_some() && config.max_batch_size > 0,
         preferred,
         max_delay: Duration::from_micros(batching.max_queue_delay_microseconds),
-        max_queue_size: if batching.max_queue_size > 0 {
-            batching.max_queue_size as usize
-        } else {
-            settings.default_max_queue_size
-        },
+        // Completion gave every batcher its bound; requests run one by one share the default.
+        max_queue_size: config
+            .dynamic_batching
+            .as_ref()
+            .map_or(settings.default_max_queue_size, |b| b.max_queue_size as usize),
     }
 }
 
