@@ -414,18 +414,26 @@ impl Analyzer {
         verdict
     }
 
-    fn set_canary_weight(&mut self, weight: u32, step: usize) -> bool {
+    /// Gives the canary `weight` and the baseline the rest, in the route this
+    /// analyzer watches; false when the route was replaced meanwhile.
+    fn route_canary(&self, weight: u32, canary_failed: bool) -> bool {
         let (canary, baseline) = (self.policy.canary, self.policy.baseline);
-        let changes = [(canary, weight, false), (baseline, 100 - weight, false)];
-        if !self.routes.update(&self.model, self.generation, |r| r.with_weights(&changes)) {
+        let changes = [(canary, weight, canary_failed), (baseline, 100 - weight, false)];
+        self.routes.update(&self.model, self.generation, |r| r.with_weights(&changes))
+    }
+
+    fn set_canary_weight(&mut self, weight: u32, step: usize) -> bool {
+        if !self.route_canary(weight, false) {
             return false;
         }
-        let mut status = self.status.lock();
-        status.step = step;
-        status.canary_weight = weight;
-        drop(status);
+        let state = {
+            let mut status = self.status.lock();
+            status.step = step;
+            status.canary_weight = weight;
+            status.state
+        };
         self.step_started = Instant::now();
-        crate::metrics::rollout_state(&self.model, canary, self.status.lock().state.as_str(), weight);
+        crate::metrics::rollout_state(&self.model, self.policy.canary, state.as_str(), weight);
         true
     }
 
@@ -438,8 +446,7 @@ impl Analyzer {
     /// Canary to 0 % and marked failed. `reason` is the SLO broken or `manual`.
     fn roll_back(&mut self, reason: &'static str) -> Next {
         let (canary, baseline) = (self.policy.canary, self.policy.baseline);
-        let changes = [(canary, 0, true), (baseline, 100, false)];
-        if !self.routes.update(&self.model, self.generation, |r| r.with_weights(&changes)) {
+        if !self.route_canary(0, true) {
             return None;
         }
         crate::metrics::rollout_rollback(&self.model, canary, reason);
@@ -467,9 +474,8 @@ impl Analyzer {
 
     /// Canary to 100 %. `how` is `automatic` or `manual`.
     fn promote(&mut self, how: &'static str) -> Next {
-        let (canary, baseline) = (self.policy.canary, self.policy.baseline);
-        let changes = [(canary, 100, false), (baseline, 0, false)];
-        if !self.routes.update(&self.model, self.generation, |r| r.with_weights(&changes)) {
+        let canary = self.policy.canary;
+        if !self.route_canary(100, false) {
             return None;
         }
         crate::metrics::rollout_promotion(&self.model, canary, how);
