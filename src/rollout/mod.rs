@@ -25,7 +25,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use analyzer::{Analyzer, Breach, Command, Phase, Verdict, judge};
+use analyzer::Analyzer;
+pub use analyzer::{Breach, Command, Phase, Verdict};
 pub use policy::{Policy, RolloutSpec};
 pub use status::{Check, Event, RouteStatus, ShadowStatus, Status, TargetStatus, TargetWindow, WindowStats};
 pub use window::{Outcome, Summary, Window};

@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use arm::{Arm, InFlight};
-pub use shadow::{Comparison, Shadow, ShadowCounts, compare};
+pub use arm::Arm;
+pub use shadow::Shadow;
 pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute};
-pub use table::{DEFAULT_WINDOW, Route, Target};
+pub use table::{Route, Target};
 
 /// Every route, by public model name.
 #[derive(Clone, Debug, Default)]

@@ -16,7 +16,7 @@ use super::shadow::Shadow;
 use super::spec::{RouteSpec, ValidRoute};
 use crate::error::Error;
 
-/// Window span of routes without a rollout (shown by the admin API).
+/// Window span of routes without a rollout (the admin API shows each arm's span).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
 /// One version behind a route.
