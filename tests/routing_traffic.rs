@@ -257,3 +257,19 @@ async fn a_config_reload_changes_only_the_routes_the_file_changed() {
     assert_eq!(summary.removed, vec!["b".to_owned(), "c".to_owned()]);
     assert_eq!(rollouts.list().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_route_zeroes_the_weight_of_a_version_it_dropped() {
+    let repo = Repo::new("w", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
+    let split = route("model = \"w\"\ntargets = [{ version = 1, weight = 70 }, { version = 2, weight = 30 }]");
+    let server = Server::start(&repo, vec![split]).await;
+    let weight = |version: u64| {
+        let text = server.gateway.metrics.render();
+        let series = format!("modelgate_route_weight{{model=\"w\",version=\"{version}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned)).unwrap_or_default()
+    };
+    assert_eq!((weight(1), weight(2)), ("70".to_owned(), "30".to_owned()));
+    let only_one = route("model = \"w\"\ntargets = [{ version = 1, weight = 100 }]");
+    server.gateway.rollouts.apply_file(&[only_one]).await.unwrap();
+    assert_eq!((weight(1), weight(2)), ("100".to_owned(), "0".to_owned()));
+}

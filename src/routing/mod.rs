@@ -51,13 +51,13 @@ impl Routes {
 
     /// Puts `route` in the table, replacing the route of its model.
     pub fn insert(&self, route: Route) {
-        publish_weights(&route);
         let route = Arc::new(route);
-        self.table.rcu(|table| {
+        let previous = self.table.rcu(|table| {
             let mut next = RouteTable::clone(table);
             next.routes.insert(route.model.clone(), route.clone());
             next
         });
+        publish_weights(previous.routes.get(&route.model).map(|r| &**r), Some(&route));
     }
 
     /// Removes the route of `model`; its weight gauges drop to 0.
@@ -68,11 +68,7 @@ impl Routes {
             next
         });
         let removed = previous.routes.get(model).cloned();
-        if let Some(route) = &removed {
-            for target in &route.targets {
-                target.arm.set_weight(0);
-            }
-        }
+        publish_weights(removed.as_deref(), None);
         removed
     }
 
@@ -96,7 +92,7 @@ impl Routes {
         });
         match applied {
             Some(route) => {
-                publish_weights(&route);
+                publish_weights(None, Some(&route));
                 true
             }
             None => false,
@@ -113,8 +109,15 @@ impl Routes {
     }
 }
 
-fn publish_weights(route: &Route) {
-    for target in &route.targets {
+/// Publishes the weight gauges of a change from `previous` to `next`: the
+/// versions `next` no longer routes to drop to 0 (a replaced route's gauges
+/// would otherwise keep their last weight), then `next`'s weights.
+fn publish_weights(previous: Option<&Route>, next: Option<&Route>) {
+    let kept = |version: u64| next.is_some_and(|n| n.target(version).is_some());
+    for target in previous.iter().flat_map(|p| &p.targets).filter(|t| !kept(t.version)) {
+        target.arm.set_weight(0);
+    }
+    for target in next.iter().flat_map(|n| &n.targets) {
         target.arm.set_weight(target.weight);
     }
 }
