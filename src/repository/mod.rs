@@ -74,6 +74,15 @@ impl ModelEntry {
             _ => None,
         })
     }
+
+    /// The state of `version` after a load that failed for `reason`: a ready
+    /// instance of it keeps serving; otherwise it is failed.
+    fn after_failed_load(&self, version: u64, reason: String) -> VersionState {
+        match self.versions.get(&version) {
+            Some(ready @ VersionState::Ready(_)) => ready.clone(),
+            _ => VersionState::Unavailable { reason, failed: true },
+        }
+    }
 }
 
 /// A snapshot of every model the repository has tried to load.
@@ -494,10 +503,7 @@ impl Repository {
                 Err(reason) => {
                     tracing::error!(model = %name, version = v, %reason, "model version failed to load");
                     failures.push(format!("version {v}: {reason}"));
-                    match previous.versions.get(&v) {
-                        Some(ready @ VersionState::Ready(_)) => ready.clone(),
-                        _ => VersionState::Unavailable { reason, failed: true },
-                    }
+                    previous.after_failed_load(v, reason)
                 }
             };
             next.versions.insert(v, state);
@@ -570,11 +576,7 @@ impl Repository {
             }
             Err(reason) => {
                 tracing::error!(model = %name, version, %reason, "model version failed to load");
-                let state = match previous.versions.get(&version) {
-                    Some(ready @ VersionState::Ready(_)) => ready.clone(),
-                    _ => VersionState::Unavailable { reason: reason.clone(), failed: true },
-                };
-                next.versions.insert(version, state);
+                next.versions.insert(version, previous.after_failed_load(version, reason.clone()));
                 Err(Error::invalid(format!("failed to load '{name}' version {version}: {reason}")))
             }
         };
