@@ -36,11 +36,6 @@ impl InflightBytes {
         InflightBytes { held: AtomicUsize::new(0), limit }
     }
 
-    /// The bound.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes held now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)

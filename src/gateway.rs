@@ -39,7 +39,8 @@ impl Limits {
         Limits {
             max_request_bytes: config.max_request_bytes,
             max_inflight_bytes: config.max_inflight_bytes,
-            max_connections: config.max_connections,
+            // A semaphore's bound; nobody configures 2^61 connections.
+            max_connections: config.max_connections.min(Semaphore::MAX_PERMITS),
             body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
         }
     }
@@ -90,7 +91,7 @@ impl Gateway {
         let routes = Arc::new(Routes::default());
         let rollouts = Rollouts::new(routes.clone(), repository.clone());
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
-        let connection_slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+        let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
         Gateway {
             repository,
             limits,
@@ -105,7 +106,7 @@ impl Gateway {
 
     /// Data-plane connections open now.
     pub fn open_connections(&self) -> usize {
-        self.limits.max_connections.min(Semaphore::MAX_PERMITS) - self.connection_slots.available_permits()
+        self.limits.max_connections - self.connection_slots.available_permits()
     }
 
     /// Marks the server as shutting down: readiness turns false at once.

@@ -246,7 +246,7 @@ pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
 /// scraped, so requests and connections pay nothing for it).
 pub fn door(gateway: &crate::gateway::Gateway) {
     gauge!(INFLIGHT_BYTES).set(gateway.inflight.held() as f64);
-    gauge!(INFLIGHT_BYTES_LIMIT).set(gateway.inflight.limit() as f64);
+    gauge!(INFLIGHT_BYTES_LIMIT).set(gateway.limits.max_inflight_bytes as f64);
     gauge!(OPEN_CONNECTIONS).set(gateway.open_connections() as f64);
     gauge!(OPEN_CONNECTIONS_LIMIT).set(gateway.limits.max_connections as f64);
 }

@@ -210,7 +210,7 @@ where
 
 fn parse<T: serde::de::DeserializeOwned>(body: Option<&Value>, what: &str) -> Result<T, Error> {
     let body = body.ok_or_else(|| Error::invalid(format!("this request needs a JSON body: {what}")))?;
-    serde_json::from_value(body.clone()).map_err(|e| Error::invalid(format!("invalid {what}: {e}")))
+    T::deserialize(body).map_err(|e| Error::invalid(format!("invalid {what}: {e}")))
 }
 
 async fn run(gateway: &Gateway, endpoint: &Endpoint, body: Option<&Value>) -> Result<Value, AdminError> {

@@ -383,12 +383,7 @@ mod tests {
         let repository = Arc::new(Repository::new(config, Loaders::default()));
         Arc::new(Gateway::new(
             repository,
-            Limits {
-                max_request_bytes: 1 << 20,
-                max_inflight_bytes: 16 << 20,
-                max_connections: 64,
-                body_idle_timeout: std::time::Duration::from_secs(60),
-            },
+            Limits { max_request_bytes: 1 << 20, ..Limits::from_config(&crate::config::ServerConfig::default()) },
             crate::metrics::install(),
         ))
     }
