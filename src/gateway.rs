@@ -13,10 +13,10 @@ use tokio::sync::Semaphore;
 use crate::budget::InflightBytes;
 use crate::error::Error;
 use crate::metrics::Protocol;
-use crate::repository::{ModelVersion, Outputs, Repository, validate_model_name};
+use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
 use crate::routing::{Route, Routes};
-use crate::tensor::{InferRequest, InferResponse, ResponseOutput, Tensor};
+use crate::tensor::{InferRequest, InferResponse};
 
 /// Limits applied at the door, the same for HTTP and gRPC.
 #[derive(Clone, Copy, Debug)]
@@ -197,39 +197,18 @@ impl Gateway {
         arrival: Instant,
     ) -> Result<InferResponse, Error> {
         let id = request.id.clone();
-        let result = served_by.infer(request, arrival).await;
-        let elapsed = arrival.elapsed();
+        let (result, elapsed) = served_by.infer_recorded(request, arrival).await;
         match result {
             Ok(outputs) => {
-                served_by.stats.success.add(1, elapsed);
                 served_by.metrics.request(protocol, Ok(()), elapsed);
-                Ok(InferResponse {
-                    model_name: model.to_owned(),
-                    model_version: served_by.version,
-                    id,
-                    outputs: response_outputs(served_by, outputs),
-                })
+                Ok(InferResponse { model_name: model.to_owned(), model_version: served_by.version, id, outputs })
             }
             Err(error) => {
-                served_by.stats.fail.add(1, elapsed);
                 served_by.metrics.request(protocol, Err(error.outcome()), elapsed);
                 Err(error)
             }
         }
     }
-}
-
-/// Names a version's outputs for the response.
-pub fn response_outputs(served_by: &ModelVersion, outputs: Outputs) -> Vec<ResponseOutput> {
-    let specs = &served_by.io.outputs;
-    outputs
-        .tensors
-        .into_iter()
-        .map(|(index, t, binary)| ResponseOutput {
-            tensor: Tensor { name: specs[index].name.clone(), dtype: t.dtype, shape: t.shape, data: t.data },
-            binary,
-        })
-        .collect()
 }
 
 /// A version as the client wrote it (`None` or empty: not named).

@@ -15,7 +15,7 @@ use crate::batching::{AlignedBuf, BatchPolicy, Scheduler};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::ModelStats;
-use crate::tensor::{InferRequest, ModelIo};
+use crate::tensor::{InferRequest, ModelIo, ResponseOutput, Tensor};
 
 /// Settings the repository applies to every version it loads.
 #[derive(Clone, Debug)]
@@ -57,6 +57,36 @@ pub struct Outputs {
 }
 
 impl ModelVersion {
+    /// Runs a request as [`ModelVersion::infer`] does, counts it in this
+    /// version's statistics, and names its outputs for the response. Returns
+    /// the time since `arrival` as well, for the caller's own records.
+    pub async fn infer_recorded(
+        &self,
+        request: InferRequest,
+        arrival: Instant,
+    ) -> (Result<Vec<ResponseOutput>, Error>, Duration) {
+        let result = self.infer(request, arrival).await;
+        let elapsed = arrival.elapsed();
+        match &result {
+            Ok(_) => self.stats.success.add(1, elapsed),
+            Err(_) => self.stats.fail.add(1, elapsed),
+        }
+        (result.map(|outputs| self.response_outputs(outputs)), elapsed)
+    }
+
+    /// Names this version's outputs for the response.
+    fn response_outputs(&self, outputs: Outputs) -> Vec<ResponseOutput> {
+        let specs = &self.io.outputs;
+        outputs
+            .tensors
+            .into_iter()
+            .map(|(index, t, binary)| ResponseOutput {
+                tensor: Tensor { name: specs[index].name.clone(), dtype: t.dtype, shape: t.shape, data: t.data },
+                binary,
+            })
+            .collect()
+    }
+
     /// Validates and runs a request; waits at most until its deadline.
     pub async fn infer(&self, request: InferRequest, arrival: Instant) -> Result<Outputs, Error> {
         let timeout = self.effective_timeout(request.timeout);

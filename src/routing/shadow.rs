@@ -111,20 +111,7 @@ impl Shadow {
     ) {
         let started = Instant::now();
         let answer = match repository.resolve(&model, Some(self.spec.version)) {
-            Ok(version) => {
-                let result = version.infer(request, started).await;
-                let elapsed = started.elapsed();
-                match result {
-                    Ok(outputs) => {
-                        version.stats.success.add(1, elapsed);
-                        Ok(crate::gateway::response_outputs(&version, outputs))
-                    }
-                    Err(e) => {
-                        version.stats.fail.add(1, elapsed);
-                        Err(e)
-                    }
-                }
-            }
+            Ok(version) => version.infer_recorded(request, started).await.0,
             Err(e) => Err(e),
         };
         self.metrics.duration.record(started.elapsed().as_secs_f64());
