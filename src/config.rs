@@ -222,12 +222,7 @@ impl Config {
             validate_model_name(name).map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
             overrides.validate().map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            route.validate().map_err(|e| ConfigError::Invalid(format!("routes[{i}] ('{}'): {e}", route.model)))?;
-            if self.routes[..i].iter().any(|r| r.model == route.model) {
-                return Err(ConfigError::Invalid(format!("routes: two routes for model '{}'", route.model)));
-            }
-        }
+        crate::routing::validate_all(&self.routes).map_err(ConfigError::Invalid)?;
         let r = &self.repository;
         if r.default_max_queue_size == 0 {
             return Err(ConfigError::Invalid("repository.default_max_queue_size must be at least 1".into()));

@@ -107,27 +107,33 @@ impl Rollouts {
             .collect()
     }
 
+    /// Refuses (operator) or logs (file) a route that sends traffic to
+    /// versions that are not ready.
+    fn check_ready(&self, valid: &ValidRoute, source: Source) -> Result<(), Error> {
+        let unready = self.unready(valid);
+        if unready.is_empty() {
+            return Ok(());
+        }
+        let model = &valid.spec.model;
+        match source {
+            Source::Operator => Err(Error::FailedPrecondition(format!(
+                "route '{model}' sends traffic to versions that are not ready: {}",
+                unready.join("; ")
+            ))),
+            Source::File => {
+                for why in &unready {
+                    tracing::error!(model = %model, "route applied, but {why}: its requests fail until it is");
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Creates or replaces the route of `spec.model`; a route with a rollout
     /// starts it from its first step.
     pub async fn put(&self, spec: RouteSpec, source: Source) -> Result<(), Error> {
         let valid = spec.validate().map_err(Error::InvalidArgument)?;
-        let unready = self.unready(&valid);
-        if !unready.is_empty() {
-            match source {
-                Source::Operator => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "route '{}' sends traffic to versions that are not ready: {}",
-                        spec.model,
-                        unready.join("; ")
-                    )));
-                }
-                Source::File => {
-                    for why in &unready {
-                        tracing::error!(model = %spec.model, "route applied, but {why}: its requests fail until it is");
-                    }
-                }
-            }
-        }
+        self.check_ready(&valid, source)?;
         let mut control = self.control.lock().await;
         self.install(&mut control, &valid);
         Ok(())
@@ -165,14 +171,7 @@ impl Rollouts {
     /// removed, and the others are left as they run (with any operator
     /// changes). Every spec is checked before anything changes.
     pub async fn apply_file(&self, specs: &[RouteSpec]) -> Result<ReloadSummary, Error> {
-        let mut valid = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let v = spec.validate().map_err(|e| Error::InvalidArgument(format!("route '{}': {e}", spec.model)))?;
-            if valid.iter().any(|o: &ValidRoute| o.spec.model == v.spec.model) {
-                return Err(Error::InvalidArgument(format!("two routes for model '{}'", spec.model)));
-            }
-            valid.push(v);
-        }
+        let valid = crate::routing::validate_all(specs).map_err(Error::InvalidArgument)?;
         let mut control = self.control.lock().await;
         let mut summary = ReloadSummary::default();
         for v in &valid {
@@ -181,9 +180,7 @@ impl Rollouts {
                 summary.unchanged.push(model);
                 continue;
             }
-            for why in self.unready(v) {
-                tracing::error!(model = %model, "route applied, but {why}: its requests fail until it is");
-            }
+            self.check_ready(v, Source::File)?;
             self.install(&mut control, v);
             summary.applied.push(model);
         }

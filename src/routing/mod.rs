@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 
 pub use arm::Arm;
 pub use shadow::Shadow;
-pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute};
+pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
 pub use table::{Route, Target};
 
 /// Every route, by public model name.

@@ -115,6 +115,19 @@ fn header_name(key: &str, name: &str) -> Result<HeaderName, String> {
     Ok(parsed)
 }
 
+/// Checks a set of routes (a config file's): each one valid, one per model.
+pub fn validate_all(specs: &[RouteSpec]) -> Result<Vec<ValidRoute>, String> {
+    let mut valid: Vec<ValidRoute> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let checked = spec.validate().map_err(|e| format!("routes[{i}] ('{}'): {e}", spec.model))?;
+        if valid.iter().any(|v| v.spec.model == spec.model) {
+            return Err(format!("routes: two routes for model '{}'", spec.model));
+        }
+        valid.push(checked);
+    }
+    Ok(valid)
+}
+
 impl RouteSpec {
     /// A route of fixed weights.
     pub fn weighted(model: &str, targets: &[(u64, u32)]) -> RouteSpec {
