@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=proto/{proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
+    // The same descriptors at run time: the model config is printed as JSON through them.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("file_descriptor_set.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
         // Tensor payloads stay `Bytes`: decoded without a copy, encoded without one.
         .bytes(".")

@@ -25,7 +25,7 @@
 //! | `admin.port` | admin API port; 0 = off (it is also off without a token) | 8003 |
 //! | `admin.token_file` | file holding the admin bearer token (else env `MODELGATE_ADMIN_TOKEN`) | none |
 //! | `[models.<name>]` | per-model settings laid over `config.pbtxt`: `max_batch_size`, `dynamic_batching` (`false`, `true` or a table of Triton's fields), `instances`, `device` (keys in `repository::overrides`) | none |
-//! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `rollout::policy`); re-read on SIGHUP | none |
+//! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `routing::policy`); re-read on SIGHUP | none |
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -35,6 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
+use crate::gateway::Limits;
 use crate::repository::{ModelOverrides, validate_model_name};
 use crate::routing::RouteSpec;
 
@@ -95,6 +96,17 @@ impl Default for ServerConfig {
             max_concurrent_streams: 1024,
             drain_timeout_secs: 30,
             body_idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(config: &ServerConfig) -> Limits {
+        Limits {
+            max_request_bytes: config.max_request_bytes,
+            max_inflight_bytes: config.max_inflight_bytes,
+            max_connections: config.max_connections,
+            body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::budget::InflightBytes;
 use crate::error::Error;
-use crate::metrics::Protocol;
+use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
 use crate::routing::{Route, Routes};
@@ -25,25 +25,13 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Request data held at once across every request (see [`InflightBytes`]).
     pub max_inflight_bytes: usize,
-    /// Open data-plane connections at most, HTTP and gRPC ports together.
+    /// Open data-plane connections at most, HTTP and gRPC ports together
+    /// (at most [`Semaphore::MAX_PERMITS`]: [`Gateway::new`] caps it).
     pub max_connections: usize,
     /// Longest wait for the next piece of a request body (nginx's
     /// `client_body_timeout`): a client that stalls mid-body is answered 408
     /// and its connection closed, instead of holding it open for ever.
     pub body_idle_timeout: Duration,
-}
-
-impl Limits {
-    /// The limits `config` sets.
-    pub fn from_config(config: &crate::config::ServerConfig) -> Limits {
-        Limits {
-            max_request_bytes: config.max_request_bytes,
-            max_inflight_bytes: config.max_inflight_bytes,
-            // A semaphore's bound; nobody configures 2^61 connections.
-            max_connections: config.max_connections.min(Semaphore::MAX_PERMITS),
-            body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
-        }
-    }
 }
 
 /// What the request path needs, behind one `Arc`.
@@ -90,6 +78,8 @@ impl Gateway {
     pub fn new(repository: Arc<Repository>, limits: Limits, metrics: PrometheusHandle) -> Gateway {
         let routes = Arc::new(Routes::default());
         let rollouts = Rollouts::new(routes.clone(), repository.clone());
+        // A semaphore's bound; nobody configures 2^61 connections.
+        let limits = Limits { max_connections: limits.max_connections.min(Semaphore::MAX_PERMITS), ..limits };
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
         let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
         Gateway {
@@ -107,6 +97,13 @@ impl Gateway {
     /// Data-plane connections open now.
     pub fn open_connections(&self) -> usize {
         self.limits.max_connections - self.connection_slots.available_permits()
+    }
+
+    /// Records how close the door is to its limits (called when `/metrics` is
+    /// scraped, so requests and connections pay nothing for it).
+    pub fn record_door_metrics(&self) {
+        let limits = &self.limits;
+        metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
     }
 
     /// Marks the server as shutting down: readiness turns false at once.
@@ -141,16 +138,15 @@ impl Gateway {
         request: InferRequest,
         call: Call<'_>,
     ) -> Result<InferResponse, Error> {
-        let Call { protocol, arrival, headers } = call;
         validate_model_name(model)?;
         let version = parse_version(version)?;
         if version.is_none()
             && let Some(route) = self.routes.get(model)
         {
-            return self.infer_routed(&route, request, protocol, arrival, headers).await;
+            return self.infer_routed(&route, request, call).await;
         }
         let served_by = self.repository.resolve(model, version)?;
-        self.run(model, &served_by, request, protocol, arrival).await
+        self.run(model, &served_by, request, call).await
     }
 
     /// Picks the route's target, runs the request there, records the outcome
@@ -159,12 +155,10 @@ impl Gateway {
         &self,
         route: &Arc<Route>,
         request: InferRequest,
-        protocol: Protocol,
-        arrival: Instant,
-        headers: &HeaderMap,
+        call: Call<'_>,
     ) -> Result<InferResponse, Error> {
         let model = route.model.as_str();
-        let target = &route.targets[route.pick(headers)?];
+        let target = &route.targets[route.pick(call.headers)?];
         let shadow = route
             .shadow
             .as_ref()
@@ -172,13 +166,13 @@ impl Gateway {
             .and_then(|s| Some((s.clone(), s.admit()?, request.clone())));
         let result = match target.arm.admit(model, target.max_in_flight) {
             Ok(_in_flight) => match self.repository.resolve(model, Some(target.version)) {
-                Ok(served_by) => self.run(model, &served_by, request, protocol, arrival).await,
+                Ok(served_by) => self.run(model, &served_by, request, call).await,
                 // The route names it, so a missing version is the server's fault, not the client's.
                 Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
             },
             Err(e) => Err(e),
         };
-        target.arm.record(result.as_ref().map(|_| ()).map_err(Error::fault), arrival.elapsed());
+        target.arm.record(result.as_ref().map(|_| ()).map_err(Error::fault), call.arrival.elapsed());
         if let Some((shadow, permit, copy)) = shadow {
             let primary = result.as_ref().ok().map(|r| r.outputs.clone());
             let task = shadow.run(permit, self.repository.clone(), model.to_owned(), target.version, copy, primary);
@@ -193,18 +187,17 @@ impl Gateway {
         model: &str,
         served_by: &ModelVersion,
         request: InferRequest,
-        protocol: Protocol,
-        arrival: Instant,
+        call: Call<'_>,
     ) -> Result<InferResponse, Error> {
         let id = request.id.clone();
-        let (result, elapsed) = served_by.infer_recorded(request, arrival).await;
+        let (result, elapsed) = served_by.infer_recorded(request, call.arrival).await;
         match result {
             Ok(outputs) => {
-                served_by.metrics.request(protocol, Ok(()), elapsed);
+                served_by.metrics.request(call.protocol, Ok(()), elapsed);
                 Ok(InferResponse { model_name: model.to_owned(), model_version: served_by.version, id, outputs })
             }
             Err(error) => {
-                served_by.metrics.request(protocol, Err(error.outcome()), elapsed);
+                served_by.metrics.request(call.protocol, Err(error.outcome()), elapsed);
                 Err(error)
             }
         }

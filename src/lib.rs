@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod repository;
+pub mod respond;
 pub mod rollout;
 pub mod routing;
 pub mod server;
@@ -91,7 +92,7 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
         },
         loaders,
     ));
-    let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from_config(&config.server), metrics::install()));
+    let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from(&config.server), metrics::install()));
     repository.load_startup_models().await;
     if !config.routes.is_empty() {
         match gateway.rollouts.apply_file(&config.routes).await {

@@ -11,8 +11,6 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::batching::Closed;
-
 /// Requests answered, by model, version, protocol and outcome.
 pub const REQUESTS: &str = "modelgate_requests_total";
 /// End-to-end time in the gateway, by model, version and protocol.
@@ -176,8 +174,6 @@ pub struct VersionMetrics {
     pub batch_size: Histogram,
     /// Requests waiting.
     pub queue_depth: Gauge,
-    /// Batches run, by why each closed (indexed by `Closed as usize`).
-    batches: [Counter; Closed::ALL.len()],
 }
 
 impl VersionMetrics {
@@ -193,8 +189,6 @@ impl VersionMetrics {
             compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
             batch_size: histogram!(BATCH_SIZE, "model" => m.clone(), "version" => v.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
-            batches: Closed::ALL
-                .map(|c| counter!(BATCHES, "model" => m.clone(), "version" => v.clone(), "reason" => c.as_str())),
             model: m,
             version: v,
         }
@@ -216,9 +210,12 @@ impl VersionMetrics {
         }
     }
 
-    /// Counts a batch and why it closed.
-    pub fn batch_closed(&self, reason: Closed) {
-        self.batches[reason as usize].increment(1);
+    /// Counters of batches run, one per reason a batch closes, in the
+    /// order given (the batcher indexes them by its own reason type).
+    pub fn batch_counters<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|reason| {
+            counter!(BATCHES, "model" => self.model.clone(), "version" => self.version.clone(), "reason" => reason)
+        })
     }
 
     /// Counts a request the queue refused or dropped.
@@ -242,13 +239,13 @@ pub fn model_loaded(model: &str, version: u64, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// Records how close the door is to its limits (called when `/metrics` is
-/// scraped, so requests and connections pay nothing for it).
-pub fn door(gateway: &crate::gateway::Gateway) {
-    gauge!(INFLIGHT_BYTES).set(gateway.inflight.held() as f64);
-    gauge!(INFLIGHT_BYTES_LIMIT).set(gateway.limits.max_inflight_bytes as f64);
-    gauge!(OPEN_CONNECTIONS).set(gateway.open_connections() as f64);
-    gauge!(OPEN_CONNECTIONS_LIMIT).set(gateway.limits.max_connections as f64);
+/// Records how close the door is to its limits: request data held and
+/// open connections, each beside its bound.
+pub fn door(inflight_bytes: usize, max_inflight_bytes: usize, open_connections: usize, max_connections: usize) {
+    gauge!(INFLIGHT_BYTES).set(inflight_bytes as f64);
+    gauge!(INFLIGHT_BYTES_LIMIT).set(max_inflight_bytes as f64);
+    gauge!(OPEN_CONNECTIONS).set(open_connections as f64);
+    gauge!(OPEN_CONNECTIONS_LIMIT).set(max_connections as f64);
 }
 
 /// Counts a request refused for the in-flight byte budget.

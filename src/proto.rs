@@ -7,6 +7,9 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+/// Every message of `proto/`, as a `FileDescriptorSet` (for reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+
 /// `package grpc.health.v1`.
 pub mod health {
     tonic::include_proto!("grpc.health.v1");

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
 use crate::gateway::Gateway;
-use crate::http::Chunks;
+use crate::respond::Chunks;
 
 /// The body of every response: REST parts or a gRPC stream.
 pub type ResponseBody = Either<Chunks, tonic::body::Body>;
@@ -81,7 +81,9 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 let response = if path_ok {
                     crate::http::handle(gateway, request).await
                 } else {
-                    crate::http::error_response(&crate::error::Error::NotFound("this port serves /metrics only".into()))
+                    crate::respond::error_response(&crate::error::Error::NotFound(
+                        "this port serves /metrics only".into(),
+                    ))
                 };
                 Ok(response.map(Either::Left))
             });

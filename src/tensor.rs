@@ -30,7 +30,7 @@ pub struct Tensor {
 
 /// Checks a shape given by a client: every dimension non-negative, and the
 /// element count representable. Returns the element count.
-pub fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
+fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
     if let Some(d) = shape.iter().find(|&&d| d < 0) {
         return Err(Error::invalid(format!("input '{name}': shape {shape:?} has negative dimension {d}")));
     }
@@ -39,7 +39,7 @@ pub fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> 
 
 /// Bytes a fixed-size tensor of `count` elements takes, refused when it is over
 /// `limit` (the request size limit): this is checked before any allocation.
-pub fn checked_byte_size(name: &str, dtype: DataType, count: usize, limit: usize) -> Result<Option<usize>, Error> {
+fn checked_byte_size(name: &str, dtype: DataType, count: usize, limit: usize) -> Result<Option<usize>, Error> {
     let Some(size) = dtype.element_size() else {
         return Ok(None);
     };
@@ -48,6 +48,42 @@ pub fn checked_byte_size(name: &str, dtype: DataType, count: usize, limit: usize
         _ => Err(Error::PayloadTooLarge(format!(
             "input '{name}': {count} {dtype} elements exceed the request limit of {limit} bytes"
         ))),
+    }
+}
+
+/// An input as a front door declares it, before its data: the datatype is
+/// known, the shape sound, and a fixed-size input's bytes within the request
+/// limit (checked before anything is allocated for it). Both decoders build
+/// one, find its data in their own wire form, and finish it with
+/// [`DeclaredInput::with_data`].
+#[derive(Debug)]
+pub struct DeclaredInput {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DataType,
+    /// Concrete shape.
+    pub shape: Vec<i64>,
+    /// Elements the shape holds.
+    pub count: usize,
+    /// Bytes the data must have, for fixed-size types (`None` for BYTES).
+    pub fixed_bytes: Option<usize>,
+}
+
+impl DeclaredInput {
+    /// Checks an input's datatype (a V2 name) and shape; `limit` is what is
+    /// left of the request's decoded-bytes limit.
+    pub fn new(name: String, datatype: &str, shape: Vec<i64>, limit: usize) -> Result<DeclaredInput, Error> {
+        let dtype = DataType::from_v2(datatype)
+            .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{datatype}'")))?;
+        let count = checked_element_count(&name, &shape)?;
+        let fixed_bytes = checked_byte_size(&name, dtype, count, limit)?;
+        Ok(DeclaredInput { name, dtype, shape, count, fixed_bytes })
+    }
+
+    /// The tensor, once its data holds exactly what the declaration calls for.
+    pub fn with_data(self, data: Bytes) -> Result<Tensor, Error> {
+        Tensor::checked(self.name, self.dtype, self.shape, data)
     }
 }
 
@@ -133,6 +169,14 @@ pub struct InferRequest {
     /// Client deadline (Triton's `timeout` parameter, `grpc-timeout`, or the
     /// timeout header), measured from arrival.
     pub timeout: Option<Duration>,
+}
+
+impl InferRequest {
+    /// Bounds the request's deadline by another one the client set (a
+    /// `grpc-timeout`, the timeout header): the shorter of the two holds.
+    pub fn cap_timeout(&mut self, limit: Duration) {
+        self.timeout = Some(self.timeout.map_or(limit, |t| t.min(limit)));
+    }
 }
 
 /// One output of a response.

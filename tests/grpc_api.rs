@@ -369,3 +369,107 @@ async fn grpc_deadlines_expire_queued_requests() {
     assert_eq!(status, "4", "DEADLINE_EXCEEDED; headers {headers:?} trailers {trailers:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
+
+/// The HTTP config JSON of one model, read field by field from the gRPC
+/// message by hand (not through the server's own rendering), so a field that
+/// one door shows differently from the other fails here.
+fn expected_json(config: &pb::ModelConfig) -> serde_json::Value {
+    use serde_json::json;
+    let data_type = |t: i32| pb::DataType::try_from(t).map(|t| t.as_str_name()).unwrap_or("?");
+    let kind = |k: i32| pb::model_instance_group::Kind::try_from(k).map(|k| k.as_str_name()).unwrap_or("?");
+    let version_policy = match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+        Some(pb::model_version_policy::PolicyChoice::Latest(l)) => {
+            json!({ "latest": { "num_versions": l.num_versions } })
+        }
+        Some(pb::model_version_policy::PolicyChoice::All(_)) => json!({ "all": {} }),
+        Some(pb::model_version_policy::PolicyChoice::Specific(s)) => json!({ "specific": { "versions": s.versions } }),
+        None => json!(null),
+    };
+    let mut expected = json!({
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "version_policy": version_policy,
+        "default_model_filename": config.default_model_filename,
+        "input": config.input.iter().map(|i| json!({
+            "name": i.name, "data_type": data_type(i.data_type), "dims": i.dims,
+        })).collect::<Vec<_>>(),
+        "output": config.output.iter().map(|o| json!({
+            "name": o.name, "data_type": data_type(o.data_type), "dims": o.dims,
+        })).collect::<Vec<_>>(),
+        "instance_group": config.instance_group.iter().map(|g| json!({
+            "name": g.name, "kind": kind(g.kind), "count": g.count, "gpus": g.gpus,
+        })).collect::<Vec<_>>(),
+        "parameters": config.parameters.iter().map(|(k, v)| (k.clone(), json!({ "string_value": v.string_value })))
+            .collect::<serde_json::Map<_, _>>(),
+        "model_transaction_policy": { "decoupled": config.model_transaction_policy.as_ref().map(|p| p.decoupled) },
+    });
+    if let Some(pb::model_config::SchedulingChoice::DynamicBatching(b)) = &config.scheduling_choice {
+        let policy = b.default_queue_policy.unwrap_or_default();
+        expected["dynamic_batching"] = json!({
+            "preferred_batch_size": b.preferred_batch_size,
+            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+            "default_queue_policy": {
+                "default_timeout_microseconds": policy.default_timeout_microseconds,
+                "allow_timeout_override": policy.allow_timeout_override,
+                "max_queue_size": policy.max_queue_size,
+            },
+        });
+    }
+    expected
+}
+
+/// `actual` holds every field of `expected`, recursively, with the same value.
+fn assert_holds(actual: &serde_json::Value, expected: &serde_json::Value, path: &str) {
+    match (actual, expected) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(e)) => {
+            for (key, value) in e {
+                let Some(found) = a.get(key) else { panic!("{path}.{key}: missing from the HTTP config") };
+                assert_holds(found, value, &format!("{path}.{key}"));
+            }
+        }
+        (serde_json::Value::Array(a), serde_json::Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{path}: lengths differ");
+            for (i, (x, y)) in a.iter().zip(e).enumerate() {
+                assert_holds(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{path}"),
+    }
+}
+
+#[tokio::test]
+async fn http_and_grpc_show_the_same_model_config_field_by_field() {
+    let repo = TempRepo::new();
+    for name in ["mlp", "simple", "identity"] {
+        repo.add(name, name, 1, None);
+    }
+    repo.add(
+        "mlp",
+        "tuned",
+        3,
+        Some(
+            r#"name: "tuned"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+version_policy { specific { versions: [3] } }
+dynamic_batching {
+  preferred_batch_size: [4, 8]
+  max_queue_delay_microseconds: 250
+  default_queue_policy { max_queue_size: 32 default_timeout_microseconds: 5000000 allow_timeout_override: true }
+}
+instance_group [ { count: 2 kind: KIND_CPU } ]
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+"#,
+        ),
+    );
+    let server = TestServer::start(config_for(repo.path())).await;
+    let mut client = server.grpc().await;
+    for name in ["mlp", "simple", "identity", "tuned"] {
+        let request = pb::ModelConfigRequest { name: name.into(), version: String::new() };
+        let config = client.model_config(request).await.unwrap().into_inner().config.unwrap();
+        let http = server.get(&format!("/v2/models/{name}/config")).await.json();
+        assert_holds(&http, &expected_json(&config), name);
+    }
+}

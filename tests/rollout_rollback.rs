@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use modelgate::rollout::Phase;
+use modelgate::rollout::{EventKind, Phase};
 use support_routing::{Http, Kind, Repo, Server, failures, route};
 
 /// What the clients saw.
@@ -159,8 +159,8 @@ async fn a_healthy_canary_steps_up_and_is_promoted_without_a_failure() {
     }
     let status = server.gateway.rollouts.status("m").await.unwrap();
     assert_eq!((status.targets[0].weight, status.targets[1].weight), (0, 100));
-    let kinds: Vec<&str> = status.rollout.unwrap().events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["started", "step", "step", "promoted"]);
+    let kinds: Vec<EventKind> = status.rollout.unwrap().events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Started, EventKind::Step, EventKind::Step, EventKind::Promoted]);
     assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
     assert!(tally.ok_canary.load(Ordering::Relaxed) > 0 && tally.ok_baseline.load(Ordering::Relaxed) > 0);
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::auth::Peer;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::http::{Chunks, json_response};
+use crate::respond::{Chunks, json_response};
 use crate::rollout::Command;
 use crate::routing::RouteSpec;
 

@@ -21,7 +21,7 @@ use http::header::{AUTHORIZATION, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use crate::http::{Chunks, json_response};
+use crate::respond::{Chunks, json_response};
 
 /// Shortest token accepted: guessable tokens are refused at start.
 pub const MIN_TOKEN_LEN: usize = 16;

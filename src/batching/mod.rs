@@ -52,6 +52,7 @@ impl Scheduler {
             available: Condvar::new(),
             batched,
             stats,
+            batches: metrics.batch_counters(Closed::ALL.map(Closed::as_str)),
             metrics,
         });
         let scheduler = Scheduler { shared: shared.clone(), instances: backends.len() };

@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use metrics::Counter;
 use modelgate_backend::{Backend, InputTensor, OutputTensor};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
@@ -67,6 +68,8 @@ pub(super) struct Shared {
     pub(super) batched: bool,
     pub(super) stats: Arc<ModelStats>,
     pub(super) metrics: Arc<VersionMetrics>,
+    /// Batches run, by why each closed (indexed by `Closed as usize`).
+    pub(super) batches: [Counter; Closed::ALL.len()],
 }
 
 impl Shared {
@@ -128,7 +131,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
         shared.stats.queue.add(1, waited);
         shared.metrics.queue_duration.record(waited.as_secs_f64());
     }
-    shared.metrics.batch_closed(closed);
+    shared.batches[closed as usize].increment(1);
     match execute(shared, backend, &batch) {
         Ok(outputs) => {
             for (pending, outputs) in batch.into_iter().zip(outputs) {

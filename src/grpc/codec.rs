@@ -15,13 +15,10 @@ use crate::proto::inference::{
     self as pb, InferTensorContents, ModelInferRequest, ModelInferResponse, infer_parameter::ParameterChoice,
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
-use crate::repository::ModelConfig;
 use crate::repository::ModelVersion;
-use crate::repository::model_config::VersionPolicy;
 use crate::stats::StatDuration;
 use crate::tensor::{
-    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
-    refuse_unsupported_parameters,
+    DeclaredInput, InferRequest, InferResponse, RequestedOutput, Tensor, refuse_unsupported_parameters,
 };
 
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.
@@ -62,26 +59,22 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
 }
 
 fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, Error> {
-    let name = input.name;
-    refuse_unsupported_parameters(input.parameters.keys(), || format!("input '{name}'"))?;
-    let dtype = DataType::from_v2(&input.datatype)
-        .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{}'", input.datatype)))?;
-    let shape = input.shape;
-    let count = checked_element_count(&name, &shape)?;
-    checked_byte_size(&name, dtype, count, limit)?;
+    refuse_unsupported_parameters(input.parameters.keys(), || format!("input '{}'", input.name))?;
+    let declared = DeclaredInput::new(input.name, &input.datatype, input.shape, limit)?;
     let contents = input.contents.unwrap_or_default();
     let data = match raw {
         Some(raw) => {
             if has_typed(&contents) {
                 return Err(Error::invalid(format!(
-                    "input '{name}': data given both in contents and in raw_input_contents"
+                    "input '{}': data given both in contents and in raw_input_contents",
+                    declared.name
                 )));
             }
             raw
         }
-        None => typed(&name, dtype, count, contents)?,
+        None => typed(&declared.name, declared.dtype, declared.count, contents)?,
     };
-    Tensor::checked(name, dtype, shape, data)
+    declared.with_data(data)
 }
 
 fn has_typed(c: &InferTensorContents) -> bool {
@@ -185,79 +178,6 @@ pub fn encode_response(response: InferResponse) -> ModelInferResponse {
         parameters: HashMap::new(),
         outputs,
         raw_output_contents: raw,
-    }
-}
-
-/// The `ModelConfig` message of a version's config.
-pub fn model_config(config: &ModelConfig) -> pb::ModelConfig {
-    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let policy = match &config.version_policy {
-        VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
-        VersionPolicy::All => PolicyChoice::All(All {}),
-        VersionPolicy::Specific(v) => {
-            PolicyChoice::Specific(Specific { versions: v.iter().map(|&x| x as i64).collect() })
-        }
-    };
-    let scheduling = config.dynamic_batching.as_ref().map(|b| {
-        pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
-            preferred_batch_size: b.preferred_batch_size.iter().map(|&p| p as i32).collect(),
-            max_queue_delay_microseconds: b.max_queue_delay_microseconds,
-            preserve_ordering: b.preserve_ordering,
-            default_queue_policy: Some(pb::ModelQueuePolicy {
-                timeout_action: 0,
-                default_timeout_microseconds: b.default_timeout_microseconds,
-                allow_timeout_override: b.allow_timeout_override,
-                max_queue_size: b.max_queue_size,
-            }),
-            ..Default::default()
-        })
-    });
-    pb::ModelConfig {
-        name: config.name.clone(),
-        platform: config.platform.clone(),
-        backend: config.backend.clone(),
-        version_policy: Some(pb::ModelVersionPolicy { policy_choice: Some(policy) }),
-        max_batch_size: config.max_batch_size as i32,
-        input: config
-            .inputs
-            .iter()
-            .map(|s| pb::ModelInput {
-                name: s.name.clone(),
-                data_type: s.dtype.config_enum_value(),
-                dims: s.dims.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        output: config
-            .outputs
-            .iter()
-            .map(|s| pb::ModelOutput {
-                name: s.name.clone(),
-                data_type: s.dtype.config_enum_value(),
-                dims: s.dims.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        instance_group: config
-            .instance_groups
-            .iter()
-            .map(|g| pb::ModelInstanceGroup {
-                name: g.name.clone(),
-                kind: g.kind.value(),
-                count: g.count as i32,
-                gpus: g.gpus.iter().map(|&x| x as i32).collect(),
-                ..Default::default()
-            })
-            .collect(),
-        default_model_filename: config.default_model_filename.clone(),
-        parameters: config
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v.clone() }))
-            .collect(),
-        model_transaction_policy: Some(pb::ModelTransactionPolicy { decoupled: false }),
-        scheduling_choice: scheduling,
-        ..Default::default()
     }
 }
 

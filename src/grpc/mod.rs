@@ -22,6 +22,7 @@ use crate::proto::health::health_server::{Health, HealthServer};
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
+use crate::repository::config_message;
 
 /// Requests of one `ModelStreamInfer` stream that may run at once.
 const STREAM_CONCURRENCY: usize = 64;
@@ -79,7 +80,7 @@ async fn infer_one(
     // budget still keeps queued requests from outgrowing memory.
     let _held = gateway.inflight.reserve(request.inputs.iter().map(|t| t.data.len()).sum())?;
     if let Some(d) = deadline {
-        request.timeout = Some(request.timeout.map_or(d, |t| t.min(d)));
+        request.cap_timeout(d);
     }
     let call = Call { protocol: Protocol::Grpc, arrival, headers };
     let response = gateway.infer(&model, Some(&version), request, call).await?;
@@ -227,7 +228,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
         let served = self.gateway.resolve(&r.name, Some(&r.version)).map_err(status)?;
-        Ok(Response::new(pb::ModelConfigResponse { config: Some(codec::model_config(&served.config)) }))
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_message::message(&served.config)) }))
     }
 
     async fn model_statistics(
@@ -383,7 +384,7 @@ mod tests {
         let repository = Arc::new(Repository::new(config, Loaders::default()));
         Arc::new(Gateway::new(
             repository,
-            Limits { max_request_bytes: 1 << 20, ..Limits::from_config(&crate::config::ServerConfig::default()) },
+            Limits { max_request_bytes: 1 << 20, ..Limits::from(&crate::config::ServerConfig::default()) },
             crate::metrics::install(),
         ))
     }

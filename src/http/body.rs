@@ -1,63 +1,17 @@
-//! Request bodies (size limit, content encodings) and the response body type.
+//! Request bodies: the size limit, the idle timeout, the byte budget and content encodings.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Read;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use http::{HeaderMap, Response};
-use http_body::{Frame, SizeHint};
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http_body_util::BodyExt;
 
-use super::infer::{EncodedResponse, HEADER_LENGTH};
 use crate::budget::{Held, InflightBytes};
 use crate::error::Error;
 use crate::gateway::Limits;
-
-/// A response body made of parts written in order: the JSON header and then
-/// each binary output, without joining them into one buffer.
-#[derive(Debug, Default)]
-pub struct Chunks {
-    parts: VecDeque<Bytes>,
-}
-
-impl Chunks {
-    /// No body.
-    pub fn empty() -> Chunks {
-        Chunks::default()
-    }
-
-    /// One part.
-    pub fn one(bytes: Bytes) -> Chunks {
-        Chunks { parts: VecDeque::from([bytes]) }
-    }
-
-    /// Several parts.
-    pub fn many(parts: VecDeque<Bytes>) -> Chunks {
-        Chunks { parts }
-    }
-}
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.parts.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.parts.iter().map(|b| b.len() as u64).sum())
-    }
-}
 
 /// Longest time spent reading and discarding the rest of an oversized body.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
@@ -215,83 +169,14 @@ fn inflate(compressed: &[u8], gzip: bool, limit: usize) -> Result<Bytes, Error> 
     Ok(Bytes::from(out))
 }
 
-/// A compression the client accepts for the response body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResponseEncoding {
-    /// `Content-Encoding: gzip`.
-    Gzip,
-    /// `Content-Encoding: deflate` (a zlib stream, as RFC 9110 defines it and
-    /// tritonclient's `response_compression_algorithm="deflate"` reads it).
-    Deflate,
-}
-
-/// The response encoding to use from `Accept-Encoding`: gzip when accepted,
-/// else deflate when accepted, else none. Tokens with `q=0` are refusals.
-pub fn accepts(headers: &HeaderMap) -> Option<ResponseEncoding> {
-    let accepted = |wanted: &str| {
-        headers.get_all(ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
-            |token| {
-                let mut parts = token.split(';');
-                let name = parts.next().unwrap_or("").trim();
-                let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-                name.eq_ignore_ascii_case(wanted) && !refused
-            },
-        )
-    };
-    if accepted("gzip") {
-        Some(ResponseEncoding::Gzip)
-    } else if accepted("deflate") {
-        Some(ResponseEncoding::Deflate)
-    } else {
-        None
-    }
-}
-
-/// Writes every part, in order, through a compressing writer.
-fn write_parts(encoder: &mut impl std::io::Write, encoded: &EncodedResponse) -> std::io::Result<()> {
-    encoded.parts.iter().try_for_each(|part| encoder.write_all(part))
-}
-
-/// Builds the HTTP response of an inference, compressing it when asked.
-pub fn infer_response(encoded: EncodedResponse, encoding: Option<ResponseEncoding>) -> Response<Chunks> {
-    let binary = encoded.header_length;
-    let mut response = match encoding {
-        Some(encoding) => {
-            let level = flate2::Compression::fast();
-            let (compressed, name) = match encoding {
-                ResponseEncoding::Gzip => {
-                    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
-                    (write_parts(&mut encoder, &encoded).and_then(|()| encoder.finish()), "gzip")
-                }
-                ResponseEncoding::Deflate => {
-                    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
-                    (write_parts(&mut encoder, &encoded).and_then(|()| encoder.finish()), "deflate")
-                }
-            };
-            let compressed = compressed.expect("writing to a Vec cannot fail");
-            let mut r = Response::new(Chunks::one(Bytes::from(compressed)));
-            r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(name));
-            r
-        }
-        None => Response::new(Chunks::many(encoded.parts)),
-    };
-    let headers = response.headers_mut();
-    match binary {
-        Some(length) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            headers.insert(HEADER_LENGTH, HeaderValue::from(length));
-        }
-        None => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
+
     use futures_util::StreamExt;
+    use http::header::HeaderValue;
+    use http_body::Frame;
     use http_body_util::Full;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -474,45 +359,5 @@ mod tests {
         assert!(matches!(err, Error::RequestTimeout(_)), "{err}");
         assert_eq!(err.http_status(), http::StatusCode::REQUEST_TIMEOUT);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn accept_encoding_is_read_with_q_values() {
-        let mut h = HeaderMap::new();
-        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("deflate, gzip;q=0.8"));
-        assert_eq!(accepts(&h), Some(ResponseEncoding::Gzip));
-        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
-        assert_eq!(accepts(&h), None);
-        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("deflate"));
-        assert_eq!(accepts(&h), Some(ResponseEncoding::Deflate));
-        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0, deflate"));
-        assert_eq!(accepts(&h), Some(ResponseEncoding::Deflate));
-        assert_eq!(accepts(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn compressed_responses_decompress_to_the_parts_in_order() {
-        let parts = || EncodedResponse {
-            parts: VecDeque::from([Bytes::from_static(b"{\"json\":1}"), Bytes::from_static(b"\x01\x02")]),
-            header_length: Some(10),
-        };
-        let body = |r: Response<Chunks>| r.into_body().parts.into_iter().flatten().collect::<Vec<u8>>();
-
-        let gzip = infer_response(parts(), Some(ResponseEncoding::Gzip));
-        assert_eq!(gzip.headers()[CONTENT_ENCODING], "gzip");
-        assert_eq!(gzip.headers()[HEADER_LENGTH], "10");
-        let mut plain = Vec::new();
-        flate2::read::GzDecoder::new(&body(gzip)[..]).read_to_end(&mut plain).unwrap();
-        assert_eq!(plain, b"{\"json\":1}\x01\x02");
-
-        let deflate = infer_response(parts(), Some(ResponseEncoding::Deflate));
-        assert_eq!(deflate.headers()[CONTENT_ENCODING], "deflate");
-        let mut plain = Vec::new();
-        flate2::read::ZlibDecoder::new(&body(deflate)[..]).read_to_end(&mut plain).unwrap();
-        assert_eq!(plain, b"{\"json\":1}\x01\x02");
-
-        let identity = infer_response(parts(), None);
-        assert!(identity.headers().get(CONTENT_ENCODING).is_none());
-        assert_eq!(body(identity), b"{\"json\":1}\x01\x02");
     }
 }

@@ -16,8 +16,7 @@ use serde_json::{Map, Value};
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
 use crate::tensor::{
-    InferRequest, InferResponse, RequestedOutput, Tensor, checked_byte_size, checked_element_count,
-    refuse_unsupported_parameters,
+    DeclaredInput, InferRequest, InferResponse, RequestedOutput, Tensor, refuse_unsupported_parameters,
 };
 
 /// The header that splits a binary request or response.
@@ -72,24 +71,20 @@ pub fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
 }
 
 /// Decodes a V2 infer request body whose JSON header is `header_length`
-/// bytes long (`None`: the whole body). `limit` bounds the decoded tensor
-/// bytes, the same bound as the body (Triton applies its limit after
-/// expansion too).
+/// bytes long (`None`: the whole body; 0: a raw binary request, whose body is
+/// the data of the model's only input, shaped later by the version that
+/// serves it). `limit` bounds the decoded tensor bytes, the same bound as the
+/// body (Triton applies its limit after expansion too).
 pub fn decode_request(header_length: Option<usize>, body: Bytes, limit: usize) -> Result<InferRequest, Error> {
     let (header, mut binary) = match header_length {
         None => (body, Bytes::new()),
+        Some(0) => return Ok(InferRequest { raw_input: Some(body), binary_output: true, ..InferRequest::default() }),
         Some(length) => {
             if length > body.len() {
                 return Err(Error::invalid(format!(
                     "Inference-Header-Content-Length {length} exceeds the body length {}",
                     body.len()
                 )));
-            }
-            if length == 0 {
-                return Err(Error::Unsupported(
-                    "raw binary requests (Inference-Header-Content-Length: 0) are not supported; send a JSON header"
-                        .into(),
-                ));
             }
             let binary = body.slice(length..);
             (body.slice(..length), binary)
@@ -155,8 +150,6 @@ fn apply_request_parameters(parameters: &Map<String, Value>, request: &mut Infer
 
 fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Result<Tensor, Error> {
     let name = input.name.into_owned();
-    let dtype = DataType::from_v2(&input.datatype)
-        .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{}'", input.datatype)))?;
     let shape = input
         .shape
         .iter()
@@ -166,8 +159,8 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
             (None, None) => Err(Error::invalid(format!("input '{name}': dimension {d} is not an integer"))),
         })
         .collect::<Result<Vec<i64>, Error>>()?;
-    let count = checked_element_count(&name, &shape)?;
-    let fixed_bytes = checked_byte_size(&name, dtype, count, limit)?;
+    let declared = DeclaredInput::new(name, &input.datatype, shape, limit)?;
+    let DeclaredInput { ref name, dtype, ref shape, count, fixed_bytes } = declared;
 
     let binary_size = match &input.parameters {
         Some(parameters) => {
@@ -225,7 +218,7 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
             Bytes::from(bytes)
         }
     };
-    Tensor::checked(name, dtype, shape, data)
+    declared.with_data(data)
 }
 
 /// An encoded response: the parts of the body and, for binary responses, the
@@ -399,7 +392,8 @@ mod tests {
         body.extend_from_slice(&[0; 4]);
         assert!(error(&body, Some(wrong_size.len())).contains("expected 8 bytes"));
         assert!(error(b"{}", Some(99)).contains("exceeds the body length"));
-        assert!(error(b"{}", Some(0)).contains("raw binary request"));
+        let raw = decode_request(Some(0), Bytes::from_static(b"{}"), 1 << 20).unwrap();
+        assert_eq!(raw.raw_input.as_deref(), Some(&b"{}"[..]), "header length 0: the body is the raw input");
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, "-1".parse().unwrap());
         assert!(header_length(&headers).is_err());

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::gateway::{EXTENSIONS, SERVER_NAME};
-use crate::repository::model_config::{InstanceKind, VersionPolicy};
-use crate::repository::{IndexEntry, ModelConfig, ModelVersion};
+use crate::repository::{IndexEntry, ModelVersion};
 use crate::stats::StatDuration;
 
 /// `GET /v2`.
@@ -32,89 +31,6 @@ pub fn model_metadata(name: &str, version: &ModelVersion, versions: &[u64]) -> V
         "inputs": tensors(&io.inputs),
         "outputs": tensors(&io.outputs),
     })
-}
-
-/// `GET /v2/models/{m}/config`: the `ModelConfig` message in Triton's JSON.
-pub fn model_config(config: &ModelConfig) -> Value {
-    let version_policy = match &config.version_policy {
-        VersionPolicy::Latest(n) => json!({ "latest": { "num_versions": n } }),
-        VersionPolicy::All => json!({ "all": {} }),
-        VersionPolicy::Specific(v) => json!({ "specific": { "versions": v } }),
-    };
-    let inputs: Vec<Value> = config
-        .inputs
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name, "data_type": s.dtype.config_name(), "format": "FORMAT_NONE", "dims": s.dims,
-                "is_shape_tensor": false, "allow_ragged_batch": false, "optional": false,
-                "is_non_linear_format_io": false,
-            })
-        })
-        .collect();
-    let outputs: Vec<Value> = config
-        .outputs
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name, "data_type": s.dtype.config_name(), "dims": s.dims, "label_filename": "",
-                "is_shape_tensor": false, "is_non_linear_format_io": false,
-            })
-        })
-        .collect();
-    let groups: Vec<Value> = config
-        .instance_groups
-        .iter()
-        .map(|g| {
-            json!({
-                "name": g.name, "kind": g.kind.name(), "count": g.count,
-                "gpus": if g.kind == InstanceKind::Gpu && g.gpus.is_empty() { vec![0] } else { g.gpus.clone() },
-                "secondary_devices": [], "profile": [], "passive": false, "host_policy": "",
-            })
-        })
-        .collect();
-    let parameters: serde_json::Map<String, Value> =
-        config.parameters.iter().map(|(k, v)| (k.clone(), json!({ "string_value": v }))).collect();
-    let mut body = json!({
-        "name": config.name,
-        "platform": config.platform,
-        "backend": config.backend,
-        "runtime": "",
-        "version_policy": version_policy,
-        "max_batch_size": config.max_batch_size,
-        "input": inputs,
-        "output": outputs,
-        "batch_input": [],
-        "batch_output": [],
-        "optimization": { "priority": "PRIORITY_DEFAULT", "input_pinned_memory": { "enable": true },
-                          "output_pinned_memory": { "enable": true }, "gather_kernel_buffer_threshold": 0,
-                          "eager_batching": false },
-        "instance_group": groups,
-        "default_model_filename": config.default_model_filename,
-        "cc_model_filenames": {},
-        "metric_tags": {},
-        "parameters": parameters,
-        "model_warmup": [],
-        // perf_analyzer reads `decoupled` whenever its parent is present.
-        "model_transaction_policy": { "decoupled": false },
-    });
-    if let Some(b) = &config.dynamic_batching {
-        body["dynamic_batching"] = json!({
-            "preferred_batch_size": b.preferred_batch_size,
-            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
-            "preserve_ordering": b.preserve_ordering,
-            "priority_levels": 0,
-            "default_priority_level": 0,
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": b.default_timeout_microseconds,
-                "allow_timeout_override": b.allow_timeout_override,
-                "max_queue_size": b.max_queue_size,
-            },
-            "priority_queue_policy": {},
-        });
-    }
-    body
 }
 
 fn duration(d: &StatDuration) -> Value {

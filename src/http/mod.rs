@@ -7,6 +7,7 @@ mod body;
 mod infer;
 mod json_tensor;
 pub mod metadata;
+mod response;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,13 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-pub use body::Chunks;
 pub use infer::{HEADER_LENGTH, decode_request, encode_response};
 
 use crate::error::Error;
 use crate::gateway::{Call, Gateway};
 use crate::metrics::Protocol;
+use crate::repository::config_message;
+use crate::respond::{Chunks, error_response, json_response};
 
 /// The header a client may set to bound a request's time in the gateway, in
 /// milliseconds (Triton's `timeout` parameter, in microseconds, works too).
@@ -144,7 +146,7 @@ where
         Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
         Route::Metrics => {
             // Read at scrape time, so the request path pays nothing for them.
-            crate::metrics::door(gateway);
+            gateway.record_door_metrics();
             let mut text = gateway.metrics.render();
             crate::triton_metrics::render(&gateway.repository.ready_versions(None)?, &mut text);
             let mut response = Response::new(Chunks::one(Bytes::from(text)));
@@ -236,7 +238,7 @@ where
         }
         ModelAction::Config => {
             let served = gateway.resolve(name, version)?;
-            Ok(json_response(StatusCode::OK, &metadata::model_config(&served.config)))
+            Ok(json_response(StatusCode::OK, &config_message::json(&served.config)))
         }
         ModelAction::Stats => {
             let versions = match version {
@@ -265,22 +267,20 @@ where
     let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
-    let mut decoded = if header_length == Some(0) {
-        // Shaped by the version that serves it, once the gateway has chosen it.
-        crate::tensor::InferRequest { raw_input: Some(body), binary_output: true, ..Default::default() }
-    } else if body.len() < OFFLOAD_BYTES {
+    // Large JSON is parsed on the blocking pool; a raw binary body (header length 0) is not parsed.
+    let mut decoded = if body.len() < OFFLOAD_BYTES || header_length == Some(0) {
         decode_request(header_length, body, limit)?
     } else {
         offload(move || decode_request(header_length, body, limit)).await?
     };
     if let Some(t) = header_timeout {
-        decoded.timeout = Some(decoded.timeout.map_or(t, |p| p.min(t)));
+        decoded.cap_timeout(t);
     }
     let call = Call { protocol: Protocol::Http, arrival, headers: &parts.headers };
     let response = gateway.infer(name, version, decoded, call).await?;
     let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
-    let encoding = body::accepts(&parts.headers);
-    let respond = move || Ok(body::infer_response(encode_response(&response)?, encoding));
+    let encoding = response::accepts(&parts.headers);
+    let respond = move || Ok(response::infer_response(encode_response(&response)?, encoding));
     if size < OFFLOAD_BYTES { respond() } else { offload(respond).await }
 }
 
@@ -305,20 +305,6 @@ fn empty(status: StatusCode) -> Response<Chunks> {
     let mut response = Response::new(Chunks::empty());
     *response.status_mut() = status;
     response
-}
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, value: &Value) -> Response<Chunks> {
-    let body = serde_json::to_vec(value).expect("a Value always serializes");
-    let mut response = Response::new(Chunks::one(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// The `{"error": "..."}` body Triton sends, with the mapped status.
-pub fn error_response(error: &Error) -> Response<Chunks> {
-    json_response(error.http_status(), &serde_json::json!({ "error": error.message() }))
 }
 
 #[cfg(test)]

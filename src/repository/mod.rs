@@ -9,6 +9,7 @@
 //! threads exit once the last request is answered. A version that fails to
 //! load is reported with its reason and never replaces one that serves.
 
+pub mod config_message;
 pub mod model_config;
 mod overrides;
 pub mod pbtxt;
@@ -24,7 +25,7 @@ use modelgate_backend::ModelLoader;
 
 pub use model_config::ModelConfig;
 pub use overrides::{BatchingOverride, ModelOverrides};
-pub use version::{LoadSettings, ModelVersion, Outputs};
+pub use version::{LoadSettings, ModelVersion};
 
 use crate::error::Error;
 use model_config::{ConfigFile, parse_config_file};

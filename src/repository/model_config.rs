@@ -500,6 +500,10 @@ pub fn instance_groups(name: &str, groups: Vec<InstanceGroup>) -> Vec<InstanceGr
             if g.kind == InstanceKind::Auto {
                 g.kind = if g.gpus.is_empty() { InstanceKind::Cpu } else { InstanceKind::Gpu };
             }
+            // Triton reports the GPUs a group runs on; with none listed, that is device 0.
+            if g.kind == InstanceKind::Gpu && g.gpus.is_empty() {
+                g.gpus = vec![0];
+            }
             g
         })
         .collect()

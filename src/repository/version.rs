@@ -49,17 +49,10 @@ pub struct ModelVersion {
     allow_timeout_override: bool,
 }
 
-/// Outputs of one request with their place in the model's outputs and form.
-#[derive(Debug)]
-pub struct Outputs {
-    /// `(output index, tensor, binary)` in the order the request asked.
-    pub tensors: Vec<(usize, OutputTensor, bool)>,
-}
-
 impl ModelVersion {
-    /// Runs a request as [`ModelVersion::infer`] does, counts it in this
-    /// version's statistics, and names its outputs for the response. Returns
-    /// the time since `arrival` as well, for the caller's own records.
+    /// Runs a request as [`ModelVersion::infer`] does and counts it in this
+    /// version's statistics. Returns the time since `arrival` as well, for
+    /// the caller's own records.
     pub async fn infer_recorded(
         &self,
         request: InferRequest,
@@ -71,28 +64,16 @@ impl ModelVersion {
             Ok(_) => self.stats.success.add(1, elapsed),
             Err(_) => self.stats.fail.add(1, elapsed),
         }
-        (result.map(|outputs| self.response_outputs(outputs)), elapsed)
-    }
-
-    /// Names this version's outputs for the response.
-    fn response_outputs(&self, outputs: Outputs) -> Vec<ResponseOutput> {
-        let specs = &self.io.outputs;
-        outputs
-            .tensors
-            .into_iter()
-            .map(|(index, t, binary)| ResponseOutput {
-                tensor: Tensor { name: specs[index].name.clone(), dtype: t.dtype, shape: t.shape, data: t.data },
-                binary,
-            })
-            .collect()
+        (result, elapsed)
     }
 
     /// Validates and runs a request; waits at most until its deadline.
-    pub async fn infer(&self, request: InferRequest, arrival: Instant) -> Result<Outputs, Error> {
+    /// Returns the outputs the request asked for, named and in its order.
+    pub async fn infer(&self, request: InferRequest, arrival: Instant) -> Result<Vec<ResponseOutput>, Error> {
         let timeout = self.effective_timeout(request.timeout);
-        let valid = self.io.validate(request)?;
-        let indices = valid.outputs.clone();
-        let binary = valid.binary.clone();
+        let mut valid = self.io.validate(request)?;
+        // The batch needs the output indices too; the forms are the response's alone.
+        let (indices, binary) = (valid.outputs.clone(), std::mem::take(&mut valid.binary));
         let deadline = timeout.map(|t| arrival + t);
         let receiver = self.scheduler.submit(valid, deadline)?;
         let reply = match deadline {
@@ -109,7 +90,16 @@ impl ModelVersion {
             None => receiver.await,
         };
         let tensors = reply.map_err(|_| Error::Internal("the model instance stopped".into()))??;
-        Ok(Outputs { tensors: indices.into_iter().zip(tensors).zip(binary).map(|((i, t), b)| (i, t, b)).collect() })
+        let specs = &self.io.outputs;
+        Ok(indices
+            .into_iter()
+            .zip(binary)
+            .zip(tensors)
+            .map(|((index, binary), t)| ResponseOutput {
+                tensor: Tensor { name: specs[index].name.clone(), dtype: t.dtype, shape: t.shape, data: t.data },
+                binary,
+            })
+            .collect())
     }
 
     /// Triton's queue policy: the model default applies unless the request may
@@ -245,8 +235,7 @@ fn instance_devices(groups: &[model_config::InstanceGroup]) -> Vec<Device> {
     for group in groups {
         match group.kind {
             InstanceKind::Gpu => {
-                let gpus = if group.gpus.is_empty() { vec![0] } else { group.gpus.clone() };
-                for gpu in gpus {
+                for &gpu in &group.gpus {
                     devices.extend(std::iter::repeat_n(Device::Cuda(gpu), group.count as usize));
                 }
             }

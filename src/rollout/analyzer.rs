@@ -38,94 +38,20 @@
 //! neither fails nor passes it.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::policy::Policy;
-use super::status::{Check, Event, Status, WindowStats};
-use super::window::Summary;
+use super::status::{Breach, Check, Event, EventKind, Phase, Status, Verdict, WindowStats};
 use crate::error::Error;
-use crate::routing::{Arm, Routes};
+use crate::routing::{Arm, Policy, Routes, Summary};
 
 /// Events a rollout keeps for the admin API.
 const EVENTS_KEPT: usize = 64;
-
-/// Where a rollout stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Checking and stepping up.
-    Progressing,
-    /// Checking, not stepping up.
-    Paused,
-    /// Canary at 100 %.
-    Succeeded,
-    /// Canary at 0 % and marked failed.
-    Failed,
-}
-
-impl Phase {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Progressing => "progressing",
-            Phase::Paused => "paused",
-            Phase::Succeeded => "succeeded",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-/// An SLO the canary broke.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Breach {
-    /// Server-fault error rate over `max_error_rate`.
-    ErrorRate,
-    /// p99 latency over `max_p99_latency`.
-    Latency,
-}
-
-impl Breach {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Breach::ErrorRate => "error_rate",
-            Breach::Latency => "latency",
-        }
-    }
-}
-
-/// The result of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "verdict", content = "slo")]
-pub enum Verdict {
-    /// Fewer than `min_requests` canary requests in the window.
-    NoData,
-    /// Within every SLO.
-    Pass,
-    /// Over an SLO the baseline meets.
-    Fail(Breach),
-    /// Over an SLO the baseline is over too.
-    Inconclusive(Breach),
-}
-
-impl Verdict {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::NoData => "no_data",
-            Verdict::Pass => "pass",
-            Verdict::Fail(_) => "fail",
-            Verdict::Inconclusive(_) => "inconclusive",
-        }
-    }
-}
 
 /// The SLO verdict for a canary window beside its baseline window.
 pub fn judge(policy: &Policy, canary: &Summary, baseline: &Summary) -> Verdict {
@@ -187,6 +113,54 @@ pub struct Analyzer {
 /// How a state ends: the next state, or `None` when the route is gone.
 type Next = Option<Phase>;
 
+/// What an operator command does to the state machine.
+enum Step {
+    /// Stay in the current state.
+    Stay,
+    /// Leave for another state.
+    Enter(Phase),
+    /// The route was replaced or removed: the analyzer ends.
+    RouteGone,
+}
+
+/// Why a canary is rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// An operator asked.
+    Operator,
+    /// The canary broke an SLO in `threshold` consecutive checks.
+    Slo(Breach),
+}
+
+impl Trigger {
+    /// Label value of `modelgate_rollout_rollbacks_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Operator => "manual",
+            Trigger::Slo(breach) => breach.as_str(),
+        }
+    }
+}
+
+/// Who promotes a canary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Promotion {
+    /// The analyzer, after the last step passed.
+    Automatic,
+    /// An operator.
+    Operator,
+}
+
+impl Promotion {
+    /// Label value of `modelgate_rollout_promotions_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Promotion::Automatic => "automatic",
+            Promotion::Operator => "manual",
+        }
+    }
+}
+
 impl Analyzer {
     /// An analyzer for `model` (route generation `generation`, already in
     /// `routes` with the first step's weights). Returns it with the sender
@@ -230,7 +204,7 @@ impl Analyzer {
     /// Runs the state machine.
     pub async fn run(mut self) {
         let first = self.policy.step_weights[0];
-        self.event("started", format!("canary {} at {first} %", self.policy.canary));
+        self.event(EventKind::Started, format!("canary {} at {first} %", self.policy.canary));
         self.publish_phase(Phase::Progressing);
         let mut phase = Phase::Progressing;
         loop {
@@ -260,29 +234,29 @@ impl Analyzer {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    let verdict = self.check();
-                    if let Verdict::Fail(breach) = verdict
-                        && self.status.lock().failed_checks >= self.policy.threshold
-                    {
-                        return self.roll_back(breach.as_str());
-                    }
+                    let verdict = match self.check_and_protect() {
+                        ControlFlow::Break(next) => return next,
+                        ControlFlow::Continue(verdict) => verdict,
+                    };
                     if verdict == Verdict::Pass && self.step_started.elapsed() >= self.policy.interval {
                         let step = self.status.lock().step + 1;
                         if step == self.policy.step_weights.len() {
-                            return self.promote("automatic");
+                            return self.promote(Promotion::Automatic);
                         }
                         let weight = self.policy.step_weights[step];
                         if !self.set_canary_weight(weight, step) {
                             return None;
                         }
                         let steps = self.policy.step_weights.len();
-                        self.event("step", format!("step {} of {steps}: canary at {weight} %", step + 1));
+                        self.event(EventKind::Step, format!("step {} of {steps}: canary at {weight} %", step + 1));
                     }
                 }
                 request = self.commands.recv() => {
                     let (command, reply) = request?;
-                    if let Some(next) = self.command(Phase::Progressing, command, reply) {
-                        return next;
+                    match self.command(Phase::Progressing, command, reply) {
+                        Step::Stay => {}
+                        Step::Enter(next) => return Some(next),
+                        Step::RouteGone => return None,
                     }
                 }
             }
@@ -295,16 +269,16 @@ impl Analyzer {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    if let Verdict::Fail(breach) = self.check()
-                        && self.status.lock().failed_checks >= self.policy.threshold
-                    {
-                        return self.roll_back(breach.as_str());
+                    if let ControlFlow::Break(next) = self.check_and_protect() {
+                        return next;
                     }
                 }
                 request = self.commands.recv() => {
                     let (command, reply) = request?;
-                    if let Some(next) = self.command(Phase::Paused, command, reply) {
-                        return next;
+                    match self.command(Phase::Paused, command, reply) {
+                        Step::Stay => {}
+                        Step::Enter(next) => return Some(next),
+                        Step::RouteGone => return None,
                     }
                 }
             }
@@ -316,71 +290,84 @@ impl Analyzer {
         loop {
             let (command, reply) = self.commands.recv().await?;
             let phase = self.status.lock().state;
-            if let Some(next) = self.command(phase, command, reply) {
-                return next;
+            match self.command(phase, command, reply) {
+                Step::Stay => {}
+                Step::Enter(next) => return Some(next),
+                Step::RouteGone => return None,
             }
         }
     }
 
-    /// Applies an operator command in `phase`. `Some(next)` leaves the state
-    /// (`Some(None)`: the route is gone); `None` stays.
-    fn command(&mut self, phase: Phase, command: Command, reply: oneshot::Sender<Result<(), Error>>) -> Option<Next> {
+    /// Applies an operator command in `phase` and answers it.
+    fn command(&mut self, phase: Phase, command: Command, reply: oneshot::Sender<Result<(), Error>>) -> Step {
         let finished = matches!(phase, Phase::Succeeded | Phase::Failed);
         let refuse = |what: &str| Error::FailedPrecondition(format!("the rollout has {}; {what}", phase.as_str()));
-        let (answer, next) = match command {
-            Command::Pause if finished => (Err(refuse("there is nothing to pause")), None),
-            Command::Pause if phase == Phase::Paused => (Ok(()), None),
+        let (answer, step) = match command {
+            Command::Pause if finished => (Err(refuse("there is nothing to pause")), Step::Stay),
+            Command::Pause if phase == Phase::Paused => (Ok(()), Step::Stay),
             Command::Pause => {
                 self.pause("paused by an operator");
-                (Ok(()), Some(Some(Phase::Paused)))
+                (Ok(()), Step::Enter(Phase::Paused))
             }
-            Command::Resume if finished => (Err(refuse("put the route again to start a new rollout")), None),
-            Command::Resume if phase == Phase::Progressing => (Ok(()), None),
+            Command::Resume if finished => (Err(refuse("put the route again to start a new rollout")), Step::Stay),
+            Command::Resume if phase == Phase::Progressing => (Ok(()), Step::Stay),
             Command::Resume => {
                 let step = self.status.lock().step;
                 if !self.set_canary_weight(self.policy.step_weights[step], step) {
                     let _ = reply.send(Err(gone()));
-                    return Some(None);
+                    return Step::RouteGone;
                 }
                 self.status.lock().reason = None;
                 self.step_started = Instant::now();
                 self.event(
-                    "resumed",
+                    EventKind::Resumed,
                     format!("resumed at step {} (canary {} %)", step + 1, self.policy.step_weights[step]),
                 );
                 self.publish_phase(Phase::Progressing);
-                (Ok(()), Some(Some(Phase::Progressing)))
+                (Ok(()), Step::Enter(Phase::Progressing))
             }
-            Command::Promote if phase == Phase::Succeeded => (Ok(()), None),
-            Command::Promote => match self.promote("manual") {
-                Some(next) => (Ok(()), Some(Some(next))),
-                None => (Err(gone()), Some(None)),
+            Command::Promote if phase == Phase::Succeeded => (Ok(()), Step::Stay),
+            Command::Promote => match self.promote(Promotion::Operator) {
+                Some(next) => (Ok(()), Step::Enter(next)),
+                None => (Err(gone()), Step::RouteGone),
             },
-            Command::Rollback if phase == Phase::Failed => (Ok(()), None),
-            Command::Rollback => match self.roll_back("manual") {
-                Some(next) => (Ok(()), Some(Some(next))),
-                None => (Err(gone()), Some(None)),
+            Command::Rollback if phase == Phase::Failed => (Ok(()), Step::Stay),
+            Command::Rollback => match self.roll_back(Trigger::Operator) {
+                Some(next) => (Ok(()), Step::Enter(next)),
+                None => (Err(gone()), Step::RouteGone),
             },
             Command::SetWeights(weights) => {
                 let changes: Vec<(u64, u32, bool)> = weights.iter().map(|&(v, w)| (v, w, false)).collect();
                 if !self.routes.update(&self.model, self.generation, |r| r.with_weights(&changes)) {
                     let _ = reply.send(Err(gone()));
-                    return Some(None);
+                    return Step::RouteGone;
                 }
                 let canary = weights.iter().find(|w| w.0 == self.policy.canary).map_or(0, |w| w.1);
                 self.status.lock().canary_weight = canary;
-                self.event("weights", format!("an operator set the weights to {}", describe(&weights)));
+                self.event(EventKind::Weights, format!("an operator set the weights to {}", describe(&weights)));
                 if finished {
                     self.publish_phase(phase);
-                    (Ok(()), None)
+                    (Ok(()), Step::Stay)
                 } else {
                     self.pause("weights set by an operator");
-                    (Ok(()), Some(Some(Phase::Paused)))
+                    (Ok(()), Step::Enter(Phase::Paused))
                 }
             }
         };
         let _ = reply.send(answer);
-        next
+        step
+    }
+
+    /// Runs one check; after `threshold` failed ones in a row, rolls the
+    /// canary back and breaks with the state that follows.
+    fn check_and_protect(&mut self) -> ControlFlow<Next, Verdict> {
+        let verdict = self.check();
+        if let Verdict::Fail(breach) = verdict
+            && self.status.lock().failed_checks >= self.policy.threshold
+        {
+            return ControlFlow::Break(self.roll_back(Trigger::Slo(breach)));
+        }
+        ControlFlow::Continue(verdict)
     }
 
     /// Runs one check and records it.
@@ -439,58 +426,63 @@ impl Analyzer {
 
     fn pause(&mut self, reason: &str) {
         self.status.lock().reason = Some(reason.to_owned());
-        self.event("paused", reason.to_owned());
+        self.event(EventKind::Paused, reason.to_owned());
         self.publish_phase(Phase::Paused);
     }
 
-    /// Canary to 0 % and marked failed. `reason` is the SLO broken or `manual`.
-    fn roll_back(&mut self, reason: &'static str) -> Next {
+    /// Canary to 0 % and marked failed.
+    fn roll_back(&mut self, trigger: Trigger) -> Next {
         let (canary, baseline) = (self.policy.canary, self.policy.baseline);
         if !self.route_canary(0, true) {
             return None;
         }
+        let reason = trigger.as_str();
         crate::metrics::rollout_rollback(&self.model, canary, reason);
         let message = {
             let mut status = self.status.lock();
             status.canary_weight = 0;
             status.reason = Some(format!("rolled back: {reason}"));
-            match (&status.last_check, reason) {
-                (_, "manual") => format!("an operator rolled canary {canary} back; baseline {baseline} at 100 %"),
-                (Some(check), _) => format!(
+            match (&status.last_check, trigger) {
+                (_, Trigger::Operator) => {
+                    format!("an operator rolled canary {canary} back; baseline {baseline} at 100 %")
+                }
+                (Some(check), Trigger::Slo(_)) => format!(
                     "canary {canary} broke its {reason} SLO in {} consecutive checks (error rate {:.4}, p99 {} over {} requests); baseline {baseline} at 100 %",
                     status.failed_checks,
                     check.canary.error_rate,
                     check.canary.p99_ms.map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1} ms")),
                     check.canary.requests,
                 ),
-                (None, _) => format!("canary {canary} rolled back ({reason}); baseline {baseline} at 100 %"),
+                (None, Trigger::Slo(_)) => {
+                    format!("canary {canary} rolled back ({reason}); baseline {baseline} at 100 %")
+                }
             }
         };
         tracing::warn!(target: "modelgate::rollout", model = %self.model, canary, reason, "{message}");
-        self.event("rolled_back", message);
+        self.event(EventKind::RolledBack, message);
         self.publish_phase(Phase::Failed);
         Some(Phase::Failed)
     }
 
-    /// Canary to 100 %. `how` is `automatic` or `manual`.
-    fn promote(&mut self, how: &'static str) -> Next {
+    /// Canary to 100 %.
+    fn promote(&mut self, by: Promotion) -> Next {
         let canary = self.policy.canary;
         if !self.route_canary(100, false) {
             return None;
         }
+        let how = by.as_str();
         crate::metrics::rollout_promotion(&self.model, canary, how);
         {
             let mut status = self.status.lock();
             status.canary_weight = 100;
             status.reason = None;
         }
-        let message = if how == "manual" {
-            format!("an operator promoted canary {canary} to 100 %")
-        } else {
-            format!("canary {canary} passed every step and is promoted to 100 %")
+        let message = match by {
+            Promotion::Operator => format!("an operator promoted canary {canary} to 100 %"),
+            Promotion::Automatic => format!("canary {canary} passed every step and is promoted to 100 %"),
         };
         tracing::info!(target: "modelgate::rollout", model = %self.model, canary, how, "{message}");
-        self.event("promoted", message);
+        self.event(EventKind::Promoted, message);
         self.publish_phase(Phase::Succeeded);
         Some(Phase::Succeeded)
     }
@@ -504,9 +496,10 @@ impl Analyzer {
         crate::metrics::rollout_state(&self.model, self.policy.canary, phase.as_str(), weight);
     }
 
-    fn event(&self, kind: &'static str, message: String) {
-        if !matches!(kind, "rolled_back" | "promoted") {
-            tracing::info!(target: "modelgate::rollout", model = %self.model, canary = self.policy.canary, kind, "{message}");
+    fn event(&self, kind: EventKind, message: String) {
+        // Rollbacks and promotions log at their own level, with their own fields.
+        if !matches!(kind, EventKind::RolledBack | EventKind::Promoted) {
+            tracing::info!(target: "modelgate::rollout", model = %self.model, canary = self.policy.canary, ?kind, "{message}");
         }
         let at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut status = self.status.lock();

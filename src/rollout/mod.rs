@@ -1,8 +1,6 @@
 //! Rollouts: automatic canary releases with rollback on SLO breach, and the
 //! one place every change to the route table goes through.
 //!
-//! - `window.rs`: lock-free sliding windows of per-version outcomes.
-//! - `policy.rs`: the rollout policy as written, and its checks.
 //! - `analyzer.rs`: the state machine that steps a canary up or rolls it back.
 //! - `status.rs`: the snapshots the admin API shows.
 //!
@@ -11,11 +9,12 @@
 //! starts or stops the route's analyzer. While a route has a running
 //! analyzer, its weights change only through that analyzer (operator
 //! commands go to it), so the analyzer's precedence rules hold.
+//!
+//! The outcome windows and the policy as written live in `routing`, below
+//! this module: a route carries them, and rollouts read them.
 
 pub mod analyzer;
-pub mod policy;
 pub mod status;
-pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use analyzer::Analyzer;
-pub use analyzer::{Breach, Command, Phase, Verdict};
-pub use policy::{Policy, RolloutSpec};
-pub use status::{Check, Event, RouteStatus, ShadowStatus, Status, TargetStatus, TargetWindow, WindowStats};
-pub use window::{Outcome, Summary, Window};
+pub use analyzer::Command;
+pub use status::{
+    Breach, Check, Event, EventKind, Phase, RouteStatus, ShadowStatus, Status, TargetStatus, TargetWindow, Verdict,
+    WindowStats,
+};
 
 use crate::error::Error;
 use crate::repository::Repository;

@@ -5,17 +5,107 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use super::analyzer::{Phase, Verdict};
-use super::window::Summary;
-use crate::routing::RouteSpec;
+use crate::routing::{RouteSpec, Summary};
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Checking and stepping up.
+    Progressing,
+    /// Checking, not stepping up.
+    Paused,
+    /// Canary at 100 %.
+    Succeeded,
+    /// Canary at 0 % and marked failed.
+    Failed,
+}
+
+impl Phase {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// An SLO the canary broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Breach {
+    /// Server-fault error rate over `max_error_rate`.
+    ErrorRate,
+    /// p99 latency over `max_p99_latency`.
+    Latency,
+}
+
+impl Breach {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Breach::ErrorRate => "error_rate",
+            Breach::Latency => "latency",
+        }
+    }
+}
+
+/// The result of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict", content = "slo")]
+pub enum Verdict {
+    /// Fewer than `min_requests` canary requests in the window.
+    NoData,
+    /// Within every SLO.
+    Pass,
+    /// Over an SLO the baseline meets.
+    Fail(Breach),
+    /// Over an SLO the baseline is over too.
+    Inconclusive(Breach),
+}
+
+impl Verdict {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::NoData => "no_data",
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "fail",
+            Verdict::Inconclusive(_) => "inconclusive",
+        }
+    }
+}
+
+/// What a line of a rollout's history records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The rollout began at its first step.
+    Started,
+    /// The canary stepped up.
+    Step,
+    /// Stepping up stopped.
+    Paused,
+    /// Stepping up went on.
+    Resumed,
+    /// An operator set the weights.
+    Weights,
+    /// The canary went to 0 % and was marked failed.
+    RolledBack,
+    /// The canary went to 100 %.
+    Promoted,
+}
 
 /// One line of a rollout's history.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     /// Wall-clock time, milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `started`, `step`, `paused`, `resumed`, `weights`, `rolled_back`, `promoted`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventKind,
     /// What happened, in words.
     pub message: String,
 }

@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::window::{Outcome, Window};
 use crate::error::{Error, Fault};
 use crate::metrics::RouteMetrics;
-use crate::rollout::{Outcome, Window};
 
 /// The run-time state of one routed version.
 #[derive(Debug)]

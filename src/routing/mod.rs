@@ -5,15 +5,21 @@
 //! - `table.rs`: the route as the request path reads it, and the pick.
 //! - `arm.rs`: per-version run-time state (outcome window, in-flight count).
 //! - `shadow.rs`: shadow copies and the comparison of their answers.
+//! - `window.rs`: lock-free sliding windows of per-version outcomes.
+//! - `policy.rs`: the rollout policy as written, and its checks (the
+//!   `rollout` module runs it).
 //!
 //! The table of routes is one immutable snapshot behind `ArcSwap`: the
 //! request path does one `load` and a map lookup, and takes no lock. Writers
 //! (the rollout controller and analyzers) build a new table and swap it in.
 
 mod arm;
+pub mod policy;
+mod random;
 mod shadow;
 pub mod spec;
 mod table;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +27,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use arm::Arm;
+pub use policy::{Policy, RolloutSpec};
 pub use shadow::Shadow;
 pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
 pub use table::{Route, Target};
+pub use window::{Outcome, Summary, Window};
 
 /// Every route, by public model name.
 #[derive(Clone, Debug, Default)]

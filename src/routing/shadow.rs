@@ -15,8 +15,8 @@ use std::time::Instant;
 use modelgate_backend::DataType;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::random::next_random;
 use super::spec::ShadowSpec;
-use super::table::next_random;
 use crate::metrics::ShadowMetrics;
 use crate::repository::Repository;
 use crate::tensor::{InferRequest, ResponseOutput};

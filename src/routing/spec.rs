@@ -9,13 +9,13 @@
 //! | `rules` | `[{ header, value, version }]`: a request whose header equals `value` goes to `version`; `[{ header }]` alone: the header's value names the version | none |
 //! | `sticky_header` | header whose value is hashed to pick the weighted target, so one key stays on one arm | none |
 //! | `shadow` | `{ version, percent, max_in_flight }`: copy `percent` of routed requests to `version`, answer from the primary, compare the two | none |
-//! | `rollout` | automatic canary release, see `rollout::policy` | none |
+//! | `rollout` | automatic canary release, see `routing::policy` | none |
 
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::policy::{Policy, RolloutSpec};
 use crate::repository::validate_model_name;
-use crate::rollout::{Policy, RolloutSpec};
 
 /// Most targets a route may have.
 pub const MAX_TARGETS: usize = 16;

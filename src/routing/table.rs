@@ -4,14 +4,13 @@
 //! A `Route` is immutable. Weight changes build a new one that shares the
 //! arms (windows, in-flight counts) of the old, and swap it in.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::arm::Arm;
+use super::random::next_random;
 use super::shadow::Shadow;
 use super::spec::{RouteSpec, ValidRoute};
 use crate::error::Error;
@@ -208,23 +207,6 @@ fn fnv_mix(salt: u64, key: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
-}
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(std::hash::RandomState::new().build_hasher().finish() | 1);
-}
-
-/// A fast per-thread random number (SplitMix64): weighted picks and shadow
-/// sampling need uniformity, not secrecy.
-pub fn next_random() -> u64 {
-    RNG.with(|state| {
-        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(next);
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    })
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::super::status::EventKind;
 use super::*;
-use crate::rollout::policy::RolloutSpec;
-use crate::rollout::window::{Outcome, Window};
+use crate::routing::policy::RolloutSpec;
+use crate::routing::window::{Outcome, Window};
 use crate::routing::{Route, RouteSpec, TargetSpec};
 
 const CHECK: Duration = Duration::from_millis(500);
@@ -124,7 +125,7 @@ async fn a_failing_canary_is_rolled_back_at_the_thresholdth_failed_check() {
     assert!(route.targets[1].failed, "the canary is marked failed");
     let status = rig.status.lock().clone();
     assert_eq!(status.reason.as_deref(), Some("rolled back: error_rate"));
-    assert_eq!(status.events.back().unwrap().kind, "rolled_back");
+    assert_eq!(status.events.back().unwrap().kind, EventKind::RolledBack);
 }
 
 #[tokio::test(start_paused = true)]
@@ -154,8 +155,8 @@ async fn a_healthy_canary_steps_up_each_interval_and_is_promoted() {
     rig.healthy_for(Duration::from_secs(10)).await;
     assert_eq!(rig.state(), Phase::Succeeded);
     assert_eq!(rig.weights(), (0, 100));
-    let kinds: Vec<&str> = rig.status.lock().events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["started", "step", "step", "promoted"]);
+    let kinds: Vec<EventKind> = rig.status.lock().events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Started, EventKind::Step, EventKind::Step, EventKind::Promoted]);
 }
 
 #[tokio::test(start_paused = true)]
