@@ -36,7 +36,7 @@ use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
 use crate::gateway::Limits;
-use crate::repository::{ModelOverrides, validate_model_name};
+use crate::repository::{ModelOverrides, RepositorySettings, validate_model_name};
 use crate::routing::RouteSpec;
 
 /// Everything `modelgate serve` needs.
@@ -46,7 +46,7 @@ pub struct Config {
     /// Listeners and limits.
     pub server: ServerConfig,
     /// The model repository.
-    pub repository: RepositoryConfig,
+    pub repository: RepositorySettings,
     /// ONNX Runtime.
     pub onnxruntime: OnnxRuntimeConfig,
     /// The admin API.
@@ -111,40 +111,6 @@ impl From<&ServerConfig> for Limits {
     }
 }
 
-/// The model repository.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RepositoryConfig {
-    /// Directory of models.
-    pub path: PathBuf,
-    /// Models to load at start; `None` loads every model directory.
-    pub load_models: Option<Vec<String>>,
-    /// Allow the load/unload API.
-    pub model_control: bool,
-    /// Ready only when every model is ready.
-    pub strict_readiness: bool,
-    /// `max_batch_size` for models that can batch and whose config does not say.
-    pub default_max_batch_size: u32,
-    /// Queue bound for models whose config leaves it at 0.
-    pub default_max_queue_size: usize,
-    /// Intra-op threads per model instance.
-    pub intra_op_threads: usize,
-}
-
-impl Default for RepositoryConfig {
-    fn default() -> Self {
-        RepositoryConfig {
-            path: PathBuf::from("models"),
-            load_models: None,
-            model_control: true,
-            strict_readiness: true,
-            default_max_batch_size: 8,
-            default_max_queue_size: 1024,
-            intra_op_threads: 1,
-        }
-    }
-}
-
 /// Where ONNX Runtime comes from.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -175,6 +141,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A route is refused.
+    #[error(transparent)]
+    Routes(#[from] crate::routing::RoutesError),
 }
 
 impl Config {
@@ -234,7 +203,7 @@ impl Config {
             validate_model_name(name).map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
             overrides.validate().map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
         }
-        crate::routing::validate_all(&self.routes).map_err(ConfigError::Invalid)?;
+        crate::routing::validate_all(&self.routes)?;
         let r = &self.repository;
         if r.default_max_queue_size == 0 {
             return Err(ConfigError::Invalid("repository.default_max_queue_size must be at least 1".into()));

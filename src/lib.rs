@@ -6,15 +6,26 @@
 //! - [`http`], [`grpc`]: the V2 front doors, bytes to [`tensor::InferRequest`] and back.
 //! - [`gateway`]: resolve the model version (through a [`routing`] route when
 //!   the client names none), run, record.
+//! - [`rollout`]: SLO checks, automatic canary release and rollback; every
+//!   route change goes through it.
 //! - [`routing`]: routes of public names to versions: weights, header rules,
-//!   sticky keys, shadow copies.
-//! - [`rollout`]: outcome windows, SLO checks, automatic canary release and
-//!   rollback; every route change goes through it.
-//! - [`admin`]: the admin API (own listener, bearer token) and its client.
+//!   sticky keys, shadow copies, and the outcome windows and rollout policy a
+//!   route carries.
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
-//! - [`stats`], [`metrics`]: Triton statistics and Prometheus metrics.
-//! - [`error`]: every client-visible error, mapped once to HTTP and gRPC.
+//!
+//! Beside it: [`admin`] (the admin API, own listener, bearer token, and its
+//! client), [`config`] (the file and flags, assembled from each subsystem's
+//! own settings), [`respond`] (response bodies both doors and the admin API
+//! send), [`stats`], [`metrics`], [`triton_metrics`] (Triton statistics and
+//! Prometheus metrics), [`budget`] (request bytes held at once), and at the
+//! bottom [`tensor`], [`proto`] and [`error`] (every client-visible error,
+//! mapped once to HTTP and gRPC).
+//!
+//! Imports point down this order only, top floor first: `server`, `config`,
+//! `admin`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
+//! `routing`, `repository`, `batching`, `stats`/`budget`, `metrics`,
+//! `tensor`/`proto`, `error` (checked by `tests/module_floors.rs`).
 
 pub mod admin;
 pub mod batching;
@@ -39,7 +50,7 @@ use std::sync::Arc;
 
 use config::Config;
 use gateway::{Gateway, Limits};
-use repository::{Loaders, MissingRuntime, Repository, RepositoryConfig};
+use repository::{Loaders, MissingRuntime, Repository};
 
 /// The model loaders this build has: ONNX Runtime when it can be opened, and
 /// the reason when it cannot (models that need it then fail with that reason);
@@ -77,21 +88,7 @@ pub fn loaders(config: &Config) -> Loaders {
 /// Builds the gateway and loads the start-up models. Models that fail are
 /// reported in the repository index; the others serve.
 pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
-    let repository = Arc::new(Repository::new(
-        RepositoryConfig {
-            root: config.repository.path.clone(),
-            startup_models: config.repository.load_models.clone(),
-            allow_model_control: config.repository.model_control,
-            strict_readiness: config.repository.strict_readiness,
-            load: repository::LoadSettings {
-                default_max_batch_size: config.repository.default_max_batch_size,
-                default_max_queue_size: config.repository.default_max_queue_size,
-                intra_op_threads: config.repository.intra_op_threads,
-            },
-            overrides: config.models.clone(),
-        },
-        loaders,
-    ));
+    let repository = Arc::new(Repository::new(config.repository.clone(), config.models.clone(), loaders));
     let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from(&config.server), metrics::install()));
     repository.load_startup_models().await;
     if !config.routes.is_empty() {

@@ -250,7 +250,7 @@ async fn run(gateway: &Gateway, endpoint: &Endpoint, body: Option<&Value>) -> Re
             crate::http::metadata::repository_index(&rows)
         }
         Endpoint::LoadVersion(model, version) | Endpoint::UnloadVersion(model, version) => {
-            if !gateway.repository.config().allow_model_control {
+            if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(
                     "model load / unload is disabled (repository.model_control = false)".into(),
                 )

@@ -290,7 +290,7 @@ impl GrpcInferenceService for InferenceService {
 
 impl InferenceService {
     fn control_allowed(&self) -> Result<(), Status> {
-        if self.gateway.repository.config().allow_model_control {
+        if self.gateway.repository.settings().model_control {
             Ok(())
         } else {
             Err(Status::failed_precondition("explicit model load / unload is not allowed (model control is disabled)"))
@@ -367,21 +367,21 @@ impl Health for HealthService {
 mod tests {
     use super::*;
     use crate::gateway::Limits;
-    use crate::repository::{LoadSettings, Loaders, Repository, RepositoryConfig};
+    use crate::repository::{Loaders, Repository, RepositorySettings};
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use tower::ServiceExt;
 
     fn gateway() -> Arc<Gateway> {
-        let config = RepositoryConfig {
-            root: std::env::temp_dir(),
-            startup_models: Some(vec![]),
-            allow_model_control: false,
+        let settings = RepositorySettings {
+            path: std::env::temp_dir(),
+            load_models: Some(vec![]),
+            model_control: false,
             strict_readiness: false,
-            load: LoadSettings { default_max_batch_size: 8, default_max_queue_size: 16, intra_op_threads: 1 },
-            overrides: Default::default(),
+            default_max_queue_size: 16,
+            ..Default::default()
         };
-        let repository = Arc::new(Repository::new(config, Loaders::default()));
+        let repository = Arc::new(Repository::new(settings, Default::default(), Loaders::default()));
         Arc::new(Gateway::new(
             repository,
             Limits { max_request_bytes: 1 << 20, ..Limits::from(&crate::config::ServerConfig::default()) },

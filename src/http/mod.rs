@@ -33,7 +33,7 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 /// large tensor never stalls the runtime's workers.
 const OFFLOAD_BYTES: usize = 1 << 20;
 
-enum Route {
+enum Endpoint {
     Live,
     Ready,
     ServerMetadata,
@@ -54,17 +54,19 @@ enum ModelAction {
     Stats,
 }
 
-fn route(method: &Method, path: &str) -> Result<Route, Error> {
+fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (route, expected) = match segments.as_slice() {
-        ["v2", "health", "live"] => (Route::Live, Method::GET),
-        ["v2", "health", "ready"] => (Route::Ready, Method::GET),
-        ["v2"] | ["v2", ""] => (Route::ServerMetadata, Method::GET),
-        ["metrics"] => (Route::Metrics, Method::GET),
-        ["v2", "models", "stats"] => (Route::AllStats, Method::GET),
-        ["v2", "repository", "index"] => (Route::RepositoryIndex, Method::POST),
-        ["v2", "repository", "models", name, "load"] => (Route::RepositoryLoad(decode_name(name)?), Method::POST),
-        ["v2", "repository", "models", name, "unload"] => (Route::RepositoryUnload(decode_name(name)?), Method::POST),
+        ["v2", "health", "live"] => (Endpoint::Live, Method::GET),
+        ["v2", "health", "ready"] => (Endpoint::Ready, Method::GET),
+        ["v2"] | ["v2", ""] => (Endpoint::ServerMetadata, Method::GET),
+        ["metrics"] => (Endpoint::Metrics, Method::GET),
+        ["v2", "models", "stats"] => (Endpoint::AllStats, Method::GET),
+        ["v2", "repository", "index"] => (Endpoint::RepositoryIndex, Method::POST),
+        ["v2", "repository", "models", name, "load"] => (Endpoint::RepositoryLoad(decode_name(name)?), Method::POST),
+        ["v2", "repository", "models", name, "unload"] => {
+            (Endpoint::RepositoryUnload(decode_name(name)?), Method::POST)
+        }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
                 ["versions", v, rest @ ..] => (Some(decode_name(v)?), rest),
@@ -80,7 +82,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
                     return Err(Error::NotFound(format!("no endpoint at {}", path.escape_debug())));
                 }
             };
-            (Route::Model { name: decode_name(name)?, version, action }, expected)
+            (Endpoint::Model { name: decode_name(name)?, version, action }, expected)
         }
         _ => {
             return Err(Error::NotFound(format!("no endpoint at {}", truncate(path).escape_debug())));
@@ -141,10 +143,10 @@ where
 {
     let route = route(request.method(), request.uri().path())?;
     match route {
-        Route::Live => Ok(empty(StatusCode::OK)),
-        Route::Ready => Ok(empty(if gateway.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })),
-        Route::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
-        Route::Metrics => {
+        Endpoint::Live => Ok(empty(StatusCode::OK)),
+        Endpoint::Ready => Ok(empty(if gateway.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })),
+        Endpoint::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
+        Endpoint::Metrics => {
             // Read at scrape time, so the request path pays nothing for them.
             gateway.record_door_metrics();
             let mut text = gateway.metrics.render();
@@ -153,14 +155,14 @@ where
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             Ok(response)
         }
-        Route::AllStats => {
+        Endpoint::AllStats => {
             let versions = gateway.repository.ready_versions(None)?;
             Ok(json_response(StatusCode::OK, &metadata::statistics(&versions)))
         }
-        Route::Model { name, version, action } => {
+        Endpoint::Model { name, version, action } => {
             model_endpoint(gateway, request, &name, version.as_deref(), action, arrival).await
         }
-        Route::RepositoryIndex => {
+        Endpoint::RepositoryIndex => {
             let (parts, body) = request.into_parts();
             let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
             let ready_only = if body.is_empty() {
@@ -173,12 +175,12 @@ where
             let rows = gateway.repository.index(ready_only).await;
             Ok(json_response(StatusCode::OK, &metadata::repository_index(&rows)))
         }
-        Route::RepositoryLoad(name) | Route::RepositoryUnload(name) => {
+        Endpoint::RepositoryLoad(name) | Endpoint::RepositoryUnload(name) => {
             let load = request.uri().path().ends_with("/load");
             let (parts, body) = request.into_parts();
             let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
             check_repository_parameters(&body)?;
-            if !gateway.repository.config().allow_model_control {
+            if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(
                     "explicit model load / unload is not allowed (model control is disabled)".into(),
                 ));
@@ -315,19 +317,19 @@ mod tests {
     fn routes_every_v2_endpoint_and_decodes_quoted_names() {
         let get = Method::GET;
         let post = Method::POST;
-        assert!(matches!(route(&get, "/v2/health/live"), Ok(Route::Live)));
-        assert!(matches!(route(&get, "/v2"), Ok(Route::ServerMetadata)));
-        assert!(matches!(route(&get, "/v2/models/stats"), Ok(Route::AllStats)));
-        assert!(matches!(route(&post, "/v2/repository/index"), Ok(Route::RepositoryIndex)));
+        assert!(matches!(route(&get, "/v2/health/live"), Ok(Endpoint::Live)));
+        assert!(matches!(route(&get, "/v2"), Ok(Endpoint::ServerMetadata)));
+        assert!(matches!(route(&get, "/v2/models/stats"), Ok(Endpoint::AllStats)));
+        assert!(matches!(route(&post, "/v2/repository/index"), Ok(Endpoint::RepositoryIndex)));
         match route(&post, "/v2/models/my%2Dmodel/versions/3/infer") {
-            Ok(Route::Model { name, version, action }) => {
+            Ok(Endpoint::Model { name, version, action }) => {
                 assert_eq!(name, "my-model");
                 assert_eq!(version.as_deref(), Some("3"));
                 assert!(action == ModelAction::Infer);
             }
             _ => panic!("expected an infer route"),
         }
-        assert!(matches!(route(&get, "/v2/models/m/config"), Ok(Route::Model { action: ModelAction::Config, .. })));
+        assert!(matches!(route(&get, "/v2/models/m/config"), Ok(Endpoint::Model { action: ModelAction::Config, .. })));
         assert!(matches!(route(&get, "/v2/models/m/infer"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&get, "/v2/models/m/bogus"), Err(Error::NotFound(_))));
         assert!(matches!(route(&get, "/nope"), Err(Error::NotFound(_))));

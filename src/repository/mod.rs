@@ -13,6 +13,7 @@ pub mod config_message;
 pub mod model_config;
 mod overrides;
 pub mod pbtxt;
+mod settings;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,7 +26,8 @@ use modelgate_backend::ModelLoader;
 
 pub use model_config::ModelConfig;
 pub use overrides::{BatchingOverride, ModelOverrides};
-pub use version::{LoadSettings, ModelVersion};
+pub use settings::RepositorySettings;
+pub use version::ModelVersion;
 
 use crate::error::Error;
 use model_config::{ConfigFile, parse_config_file};
@@ -106,23 +108,6 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// How models are loaded into the repository.
-#[derive(Clone, Debug)]
-pub struct RepositoryConfig {
-    /// The repository directory.
-    pub root: PathBuf,
-    /// Models to load at start (`None`: all).
-    pub startup_models: Option<Vec<String>>,
-    /// Allow the load/unload API (Triton's EXPLICIT model control).
-    pub allow_model_control: bool,
-    /// Ready only when every model that should load is ready (Triton's `--strict-readiness`).
-    pub strict_readiness: bool,
-    /// Settings for each version.
-    pub load: LoadSettings,
-    /// Per-model settings from the gateway's config, over `config.pbtxt`.
-    pub overrides: BTreeMap<String, ModelOverrides>,
-}
-
 /// A platform the gateway was built for whose runtime could not be opened.
 #[derive(Clone, Debug)]
 pub struct MissingRuntime {
@@ -192,7 +177,9 @@ impl Loaders {
 /// The repository and its table of served versions.
 #[derive(Debug)]
 pub struct Repository {
-    config: RepositoryConfig,
+    settings: RepositorySettings,
+    /// Per-model settings from the gateway's config, over `config.pbtxt`.
+    overrides: BTreeMap<String, ModelOverrides>,
     loaders: Loaders,
     table: ArcSwap<ModelTable>,
     /// One load or unload at a time: racing loads of one model would publish
@@ -232,9 +219,14 @@ fn parse_version_dir(name: &str) -> Option<u64> {
 
 impl Repository {
     /// A repository with an empty table; call [`Repository::load_startup_models`].
-    pub fn new(config: RepositoryConfig, loaders: Loaders) -> Repository {
+    pub fn new(
+        settings: RepositorySettings,
+        overrides: BTreeMap<String, ModelOverrides>,
+        loaders: Loaders,
+    ) -> Repository {
         Repository {
-            config,
+            settings,
+            overrides,
             loaders,
             table: ArcSwap::from_pointee(ModelTable::default()),
             operations: tokio::sync::Mutex::new(()),
@@ -244,8 +236,8 @@ impl Repository {
     }
 
     /// The repository settings.
-    pub fn config(&self) -> &RepositoryConfig {
-        &self.config
+    pub fn settings(&self) -> &RepositorySettings {
+        &self.settings
     }
 
     /// The current table.
@@ -256,7 +248,7 @@ impl Repository {
     /// Loads the models the config names (all by default). Failures are
     /// recorded in the table; the server serves the rest.
     pub async fn load_startup_models(&self) {
-        let names = match &self.config.startup_models {
+        let names = match &self.settings.load_models {
             Some(names) => names.clone(),
             None => self.model_dirs().await,
         };
@@ -270,7 +262,7 @@ impl Repository {
 
     /// Model directories in the repository, sorted.
     async fn model_dirs(&self) -> Vec<String> {
-        let root = self.config.root.clone();
+        let root = self.settings.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut names: Vec<String> = std::fs::read_dir(&root)
                 .into_iter()
@@ -293,7 +285,7 @@ impl Repository {
         if !self.started.load(Ordering::Acquire) {
             return false;
         }
-        if !self.config.strict_readiness {
+        if !self.settings.strict_readiness {
             return true;
         }
         self.table.load().models.values().all(|entry| {
@@ -419,14 +411,14 @@ impl Repository {
     /// the version directories `wanted` selects. The outer error answers the
     /// caller (no such model); the inner one is why the model cannot load.
     async fn scan(&self, name: &str, wanted: BTreeSet<u64>) -> Result<Result<Scanned, String>, Error> {
-        let dir = self.config.root.join(name);
+        let dir = self.settings.path.join(name);
         let loaders = self.loaders.clone();
         let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted))
             .await
             .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
         match scanned {
             Ok(mut plan) => {
-                if let Some(overrides) = self.config.overrides.get(name) {
+                if let Some(overrides) = self.overrides.get(name) {
                     overrides.apply(&mut plan.0);
                     tracing::info!(model = name, ?overrides, "gateway config settings laid over config.pbtxt");
                 }
@@ -447,7 +439,7 @@ impl Repository {
         file: ConfigFile,
         loader: Arc<dyn ModelLoader>,
     ) -> Result<ModelVersion, String> {
-        let (settings, model) = (self.config.load.clone(), name.to_owned());
+        let (settings, model) = (self.settings.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || {
             load_version(VersionPlan {
                 name: &model,

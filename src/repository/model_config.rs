@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use modelgate_backend::{DataType, ModelSignature};
 
 use super::pbtxt::{self, Field, Message, Scalar, Value};
+use super::settings::RepositorySettings;
 use crate::tensor::{IoSpec, ModelIo};
 
 /// The configuration of one model, as the gateway serves it.
@@ -155,10 +156,10 @@ pub struct Warmup {
 /// Why a config cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub struct ModelConfigError(pub String);
 
-fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(message.into()))
+fn err<T>(message: impl Into<String>) -> Result<T, ModelConfigError> {
+    Err(ModelConfigError(message.into()))
 }
 
 /// A config as written in `config.pbtxt`, before completion from the model.
@@ -213,8 +214,8 @@ const REFUSED_TOP_LEVEL: &[(&str, &str)] = &[
 ];
 
 /// Reads `config.pbtxt` text.
-pub fn parse_config_file(text: &str) -> Result<ConfigFile, ConfigError> {
-    let message = pbtxt::parse(text).map_err(|e| ConfigError(format!("config.pbtxt: {e}")))?;
+pub fn parse_config_file(text: &str) -> Result<ConfigFile, ModelConfigError> {
+    let message = pbtxt::parse(text).map_err(|e| ModelConfigError(format!("config.pbtxt: {e}")))?;
     let mut r = Reader::new(message, "config");
     let mut file = ConfigFile {
         name: r.string("name")?,
@@ -276,7 +277,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, ConfigError> {
     Ok(file)
 }
 
-fn version_policy(r: &mut Reader) -> Result<VersionPolicy, ConfigError> {
+fn version_policy(r: &mut Reader) -> Result<VersionPolicy, ModelConfigError> {
     if let Some(mut latest) = r.message("latest")? {
         let n = latest.uint("num_versions")?.unwrap_or(1);
         latest.finish(&[])?;
@@ -297,11 +298,11 @@ fn version_policy(r: &mut Reader) -> Result<VersionPolicy, ConfigError> {
     Ok(VersionPolicy::Latest(1))
 }
 
-fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ConfigError> {
-    let name = r.string("name")?.ok_or_else(|| ConfigError(format!("an {role} has no name")))?;
+fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ModelConfigError> {
+    let name = r.string("name")?.ok_or_else(|| ModelConfigError(format!("an {role} has no name")))?;
     let dtype = match r.ident("data_type")? {
         Some(t) => DataType::from_config_name(&t)
-            .ok_or_else(|| ConfigError(format!("{role} '{name}': unknown data_type {t}")))?,
+            .ok_or_else(|| ModelConfigError(format!("{role} '{name}': unknown data_type {t}")))?,
         None => return err(format!("{role} '{name}': data_type is required")),
     };
     let dims = r.ints("dims")?;
@@ -324,7 +325,7 @@ fn io_spec(r: &mut Reader, role: &str) -> Result<IoSpec, ConfigError> {
     Ok(IoSpec { name, dtype, dims })
 }
 
-fn dynamic_batching(r: &mut Reader, ignored: &mut Vec<String>) -> Result<DynamicBatching, ConfigError> {
+fn dynamic_batching(r: &mut Reader, ignored: &mut Vec<String>) -> Result<DynamicBatching, ModelConfigError> {
     let mut batching = DynamicBatching {
         preferred_batch_size: r.uints("preferred_batch_size")?.into_iter().map(|v| v as u32).collect(),
         max_queue_delay_microseconds: r.uint("max_queue_delay_microseconds")?.unwrap_or(0),
@@ -353,7 +354,7 @@ fn dynamic_batching(r: &mut Reader, ignored: &mut Vec<String>) -> Result<Dynamic
     Ok(batching)
 }
 
-fn instance_group(r: &mut Reader, index: usize, ignored: &mut Vec<String>) -> Result<InstanceGroup, ConfigError> {
+fn instance_group(r: &mut Reader, index: usize, ignored: &mut Vec<String>) -> Result<InstanceGroup, ModelConfigError> {
     let name = r.string("name")?.unwrap_or_default();
     let kind = match r.ident("kind")?.as_deref() {
         None | Some("KIND_AUTO") => InstanceKind::Auto,
@@ -376,7 +377,7 @@ fn instance_group(r: &mut Reader, index: usize, ignored: &mut Vec<String>) -> Re
     Ok(InstanceGroup { name, kind, count: count as u32, gpus })
 }
 
-fn warmup(r: &mut Reader) -> Result<Warmup, ConfigError> {
+fn warmup(r: &mut Reader) -> Result<Warmup, ModelConfigError> {
     let name = r.string("name")?.unwrap_or_default();
     let batch_size = r.uint("batch_size")?.unwrap_or(1) as u32;
     let count = r.uint("count")?.unwrap_or(1).max(1) as u32;
@@ -401,17 +402,6 @@ fn warmup(r: &mut Reader) -> Result<Warmup, ConfigError> {
     Ok(Warmup { name, batch_size, count: count.min(100), random_inputs })
 }
 
-/// Settings the repository applies when a config leaves them open.
-#[derive(Clone, Debug)]
-pub struct Defaults {
-    /// `max_batch_size` for models that can batch and whose config does not say (Triton: 4).
-    pub max_batch_size: u32,
-    /// The queue bound of a batcher whose `max_queue_size` is 0. Triton reads 0
-    /// as "unbounded"; here every queue is bounded, and the config endpoints
-    /// show the bound in force.
-    pub max_queue_size: u32,
-}
-
 /// Completes a config from the model's own signature (when the format has
 /// one), checking that what the config says agrees with the model.
 pub fn complete(
@@ -421,8 +411,8 @@ pub fn complete(
     backend: &str,
     default_filename: &str,
     model: Option<&ModelSignature>,
-    defaults: &Defaults,
-) -> Result<ModelConfig, ConfigError> {
+    settings: &RepositorySettings,
+) -> Result<ModelConfig, ModelConfigError> {
     if let Some(n) = &file.name
         && n != name
     {
@@ -437,7 +427,7 @@ pub fn complete(
         model.is_some_and(|sig| sig.inputs.iter().chain(&sig.outputs).all(|t| t.shape.first() == Some(&-1)));
     let max_batch_size = match file.max_batch_size {
         Some(n) => n,
-        None if batchable => defaults.max_batch_size,
+        None if batchable => settings.default_max_batch_size,
         None => 0,
     };
     let mut dynamic_batching = match (&file.dynamic_batching, file.max_batch_size) {
@@ -449,7 +439,7 @@ pub fn complete(
     if let Some(b) = dynamic_batching.as_mut()
         && b.max_queue_size == 0
     {
-        b.max_queue_size = defaults.max_queue_size;
+        b.max_queue_size = settings.default_max_queue_size;
     }
     if let Some(b) = &dynamic_batching
         && let Some(p) = b.preferred_batch_size.iter().find(|&&p| p == 0 || p > max_batch_size.max(1))
@@ -517,12 +507,12 @@ fn complete_io(
     max_batch_size: u32,
     role: &str,
     all_required: bool,
-) -> Result<Vec<IoSpec>, ConfigError> {
+) -> Result<Vec<IoSpec>, ModelConfigError> {
     let Some(model) = model else {
         return Ok(declared.to_vec());
     };
     // The model's shape as the config would write it (batch dimension dropped).
-    let model_dims = |t: &modelgate_backend::TensorSpec| -> Result<Vec<i64>, ConfigError> {
+    let model_dims = |t: &modelgate_backend::TensorSpec| -> Result<Vec<i64>, ModelConfigError> {
         if max_batch_size == 0 {
             return Ok(t.shape.clone());
         }
@@ -623,7 +613,7 @@ impl Reader {
         format!("{}.{} (line {})", self.context, field.name, field.line)
     }
 
-    fn scalars(&mut self, name: &str) -> Result<Vec<(Scalar, String)>, ConfigError> {
+    fn scalars(&mut self, name: &str) -> Result<Vec<(Scalar, String)>, ModelConfigError> {
         let fields: Vec<Field> = self.take(name).collect();
         fields
             .into_iter()
@@ -637,7 +627,7 @@ impl Reader {
             .collect()
     }
 
-    fn single(&mut self, name: &str) -> Result<Option<(Scalar, String)>, ConfigError> {
+    fn single(&mut self, name: &str) -> Result<Option<(Scalar, String)>, ModelConfigError> {
         let mut values = self.scalars(name)?;
         if values.len() > 1 {
             return err(format!("{}.{name} is given {} times", self.context, values.len()));
@@ -645,7 +635,7 @@ impl Reader {
         Ok(values.pop())
     }
 
-    fn string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+    fn string(&mut self, name: &str) -> Result<Option<String>, ModelConfigError> {
         match self.single(name)? {
             None => Ok(None),
             Some((Scalar::Str(s), _)) => Ok(Some(s)),
@@ -653,7 +643,7 @@ impl Reader {
         }
     }
 
-    fn ident(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+    fn ident(&mut self, name: &str) -> Result<Option<String>, ModelConfigError> {
         match self.single(name)? {
             None => Ok(None),
             Some((Scalar::Ident(s), _)) => Ok(Some(s)),
@@ -661,7 +651,7 @@ impl Reader {
         }
     }
 
-    fn boolean(&mut self, name: &str) -> Result<Option<bool>, ConfigError> {
+    fn boolean(&mut self, name: &str) -> Result<Option<bool>, ModelConfigError> {
         match self.single(name)? {
             None => Ok(None),
             Some((Scalar::Ident(s), at)) => match s.as_str() {
@@ -678,7 +668,7 @@ impl Reader {
         }
     }
 
-    fn parse_int(scalar: Scalar, at: &str) -> Result<i64, ConfigError> {
+    fn parse_int(scalar: Scalar, at: &str) -> Result<i64, ModelConfigError> {
         let Scalar::Number(text) = scalar else {
             return err(format!("{at}: expected an integer, found {scalar:?}"));
         };
@@ -686,24 +676,24 @@ impl Reader {
             Some(hex) => i64::from_str_radix(hex, 16).ok(),
             None => text.parse::<i64>().ok(),
         };
-        parsed.ok_or_else(|| ConfigError(format!("{at}: '{text}' is not an integer")))
+        parsed.ok_or_else(|| ModelConfigError(format!("{at}: '{text}' is not an integer")))
     }
 
-    fn ints(&mut self, name: &str) -> Result<Vec<i64>, ConfigError> {
+    fn ints(&mut self, name: &str) -> Result<Vec<i64>, ModelConfigError> {
         self.scalars(name)?.into_iter().map(|(s, at)| Self::parse_int(s, &at)).collect()
     }
 
-    fn uints(&mut self, name: &str) -> Result<Vec<u64>, ConfigError> {
+    fn uints(&mut self, name: &str) -> Result<Vec<u64>, ModelConfigError> {
         self.scalars(name)?
             .into_iter()
             .map(|(s, at)| {
                 let v = Self::parse_int(s, &at)?;
-                u64::try_from(v).map_err(|_| ConfigError(format!("{at}: {v} must not be negative")))
+                u64::try_from(v).map_err(|_| ModelConfigError(format!("{at}: {v} must not be negative")))
             })
             .collect()
     }
 
-    fn uint(&mut self, name: &str) -> Result<Option<u64>, ConfigError> {
+    fn uint(&mut self, name: &str) -> Result<Option<u64>, ModelConfigError> {
         match self.single(name)? {
             None => Ok(None),
             Some((s, at)) => {
@@ -716,7 +706,7 @@ impl Reader {
         }
     }
 
-    fn messages(&mut self, name: &str) -> Result<Vec<Reader>, ConfigError> {
+    fn messages(&mut self, name: &str) -> Result<Vec<Reader>, ModelConfigError> {
         let fields: Vec<Field> = self.take(name).collect();
         fields
             .into_iter()
@@ -730,7 +720,7 @@ impl Reader {
             .collect()
     }
 
-    fn message(&mut self, name: &str) -> Result<Option<Reader>, ConfigError> {
+    fn message(&mut self, name: &str) -> Result<Option<Reader>, ModelConfigError> {
         let mut all = self.messages(name)?;
         if all.len() > 1 {
             return err(format!("{}.{name} is given {} times", self.context, all.len()));
@@ -739,7 +729,7 @@ impl Reader {
     }
 
     /// Fails on any field not read, except those listed as harmless.
-    fn finish(&mut self, harmless: &[&str]) -> Result<(), ConfigError> {
+    fn finish(&mut self, harmless: &[&str]) -> Result<(), ModelConfigError> {
         self.fields.retain(|f| !harmless.contains(&f.name.as_str()));
         match self.fields.first() {
             None => Ok(()),
@@ -781,11 +771,11 @@ mod tests {
         }
     }
 
-    fn defaults() -> Defaults {
-        Defaults { max_batch_size: 4, max_queue_size: 1024 }
+    fn defaults() -> RepositorySettings {
+        RepositorySettings { default_max_batch_size: 4, default_max_queue_size: 1024, ..Default::default() }
     }
 
-    fn complete_onnx(file: ConfigFile, sig: &ModelSignature) -> Result<ModelConfig, ConfigError> {
+    fn complete_onnx(file: ConfigFile, sig: &ModelSignature) -> Result<ModelConfig, ModelConfigError> {
         complete("simple", file, "onnxruntime_onnx", "onnxruntime", "model.onnx", Some(sig), &defaults())
     }
 

@@ -11,23 +11,12 @@ use modelgate_backend::{
 };
 
 use super::model_config::{self, ConfigFile, InstanceKind, ModelConfig};
+use super::settings::RepositorySettings;
 use crate::batching::{AlignedBuf, BatchPolicy, Scheduler};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::ModelStats;
 use crate::tensor::{InferRequest, ModelIo, ResponseOutput, Tensor};
-
-/// Settings the repository applies to every version it loads.
-#[derive(Clone, Debug)]
-pub struct LoadSettings {
-    /// `max_batch_size` for models that can batch and do not say.
-    pub default_max_batch_size: u32,
-    /// Queue bound for models whose config says 0 (unbounded in Triton).
-    pub default_max_queue_size: usize,
-    /// Intra-op threads per instance unless the config's
-    /// `intra_op_thread_count` parameter says otherwise.
-    pub intra_op_threads: usize,
-}
 
 /// A version ready to serve.
 #[derive(Debug)]
@@ -131,7 +120,7 @@ pub struct VersionPlan<'a> {
     /// The loader for this model's platform.
     pub loader: &'a dyn ModelLoader,
     /// Repository-wide settings.
-    pub settings: &'a LoadSettings,
+    pub settings: &'a RepositorySettings,
 }
 
 /// Loads, completes, warms up and starts a version. Blocking: run it off the
@@ -139,10 +128,6 @@ pub struct VersionPlan<'a> {
 pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let started = Instant::now();
     let VersionPlan { name, version, dir, file, loader, settings } = plan;
-    let defaults = model_config::Defaults {
-        max_batch_size: settings.default_max_batch_size,
-        max_queue_size: u32::try_from(settings.default_max_queue_size).unwrap_or(u32::MAX),
-    };
     let filename = file.default_model_filename.clone().unwrap_or_else(|| loader.default_filename().to_owned());
     let model_file = dir.join(&filename);
     if !model_file.exists() {
@@ -156,7 +141,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
             loader.backend_name(),
             loader.default_filename(),
             signature,
-            &defaults,
+            settings,
         )
         .map_err(|e| e.0)
     };
@@ -212,7 +197,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     })
 }
 
-fn batch_policy(config: &ModelConfig, settings: &LoadSettings) -> BatchPolicy {
+fn batch_policy(config: &ModelConfig, settings: &RepositorySettings) -> BatchPolicy {
     let batching = config.dynamic_batching.clone().unwrap_or_default();
     let mut preferred: Vec<usize> = batching.preferred_batch_size.iter().map(|&p| p as usize).collect();
     preferred.sort_unstable_by(|a, b| b.cmp(a));
@@ -222,10 +207,8 @@ fn batch_policy(config: &ModelConfig, settings: &LoadSettings) -> BatchPolicy {
         preferred,
         max_delay: Duration::from_micros(batching.max_queue_delay_microseconds),
         // Completion gave every batcher its bound; requests run one by one share the default.
-        max_queue_size: config
-            .dynamic_batching
-            .as_ref()
-            .map_or(settings.default_max_queue_size, |b| b.max_queue_size as usize),
+        max_queue_size: config.dynamic_batching.as_ref().map_or(settings.default_max_queue_size, |b| b.max_queue_size)
+            as usize,
     }
 }
 
@@ -250,7 +233,7 @@ fn instance_devices(groups: &[model_config::InstanceGroup]) -> Vec<Device> {
     devices
 }
 
-fn instance_options(file: &ConfigFile, settings: &LoadSettings, device: Device) -> InstanceOptions {
+fn instance_options(file: &ConfigFile, settings: &RepositorySettings, device: Device) -> InstanceOptions {
     let number = |key: &str| file.parameters.get(key).and_then(|v| v.trim().parse::<usize>().ok());
     InstanceOptions {
         device,

@@ -132,7 +132,7 @@ impl Rollouts {
     /// Creates or replaces the route of `spec.model`; a route with a rollout
     /// starts it from its first step.
     pub async fn put(&self, spec: RouteSpec, source: Source) -> Result<(), Error> {
-        let valid = spec.validate().map_err(Error::InvalidArgument)?;
+        let valid = spec.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.check_ready(&valid, source)?;
         let mut control = self.control.lock().await;
         self.install(&mut control, &valid);
@@ -171,7 +171,7 @@ impl Rollouts {
     /// removed, and the others are left as they run (with any operator
     /// changes). Every spec is checked before anything changes.
     pub async fn apply_file(&self, specs: &[RouteSpec]) -> Result<ReloadSummary, Error> {
-        let valid = crate::routing::validate_all(specs).map_err(Error::InvalidArgument)?;
+        let valid = crate::routing::validate_all(specs).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut control = self.control.lock().await;
         let mut summary = ReloadSummary::default();
         for v in &valid {

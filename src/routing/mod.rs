@@ -27,9 +27,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use arm::Arm;
-pub use policy::{Policy, RolloutSpec};
+pub use policy::{Policy, PolicyError, RolloutSpec};
 pub use shadow::Shadow;
-pub use spec::{RouteSpec, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
+pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
 pub use table::{Route, Target};
 pub use window::{Outcome, Summary, Window};
 

@@ -119,57 +119,46 @@ impl RolloutSpec {
         }
     }
 
-    /// Checks the values and pairs the canary with `baseline`. Messages name
-    /// the key, the bound and the value given.
-    pub fn validate(&self, baseline: u64) -> Result<Policy, String> {
+    /// Checks the values and pairs the canary with `baseline`.
+    pub fn validate(&self, baseline: u64) -> Result<Policy, PolicyError> {
         if self.canary == 0 || self.canary == baseline {
-            return Err(format!(
-                "rollout.canary must be a version of the route other than the baseline, got {}",
-                self.canary
-            ));
+            return Err(PolicyError::Canary(self.canary));
         }
         if self.step_weights.is_empty() || self.step_weights.len() > 100 {
-            return Err(format!("rollout.step_weights must have 1 to 100 steps, got {}", self.step_weights.len()));
+            return Err(PolicyError::StepCount(self.step_weights.len()));
         }
-        if let Some(w) = self.step_weights.iter().find(|&&w| w == 0 || w > 100) {
-            return Err(format!("rollout.step_weights must each be in 1..=100, got {w}"));
+        if let Some(&w) = self.step_weights.iter().find(|&&w| w == 0 || w > 100) {
+            return Err(PolicyError::StepWeight(w));
         }
         if self.step_weights.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err(format!("rollout.step_weights must be strictly increasing, got {:?}", self.step_weights));
+            return Err(PolicyError::StepsNotIncreasing(self.step_weights.clone()));
         }
         for (key, value) in
             [("interval", self.interval), ("check_interval", self.check_interval), ("window", self.window)]
         {
             if value < Duration::from_millis(10) || value > MAX_DURATION {
-                return Err(format!(
-                    "rollout.{key} must be between 10ms and 24h, got {}",
-                    duration_text::format(value)
-                ));
+                return Err(PolicyError::Duration { key, value });
             }
         }
         if self.check_interval > self.interval {
-            return Err(format!(
-                "rollout.check_interval ({}) must not be longer than rollout.interval ({})",
-                duration_text::format(self.check_interval),
-                duration_text::format(self.interval)
-            ));
+            return Err(PolicyError::CheckLongerThanInterval {
+                check_interval: self.check_interval,
+                interval: self.interval,
+            });
         }
         if self.threshold == 0 || self.threshold > 1000 {
-            return Err(format!("rollout.threshold must be in 1..=1000, got {}", self.threshold));
+            return Err(PolicyError::Threshold(self.threshold));
         }
         if self.min_requests == 0 || self.min_requests > 1_000_000_000 {
-            return Err(format!("rollout.min_requests must be in 1..=1000000000, got {}", self.min_requests));
+            return Err(PolicyError::MinRequests(self.min_requests));
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
-            return Err(format!("rollout.max_error_rate must be in 0..=1, got {}", self.max_error_rate));
+            return Err(PolicyError::MaxErrorRate(self.max_error_rate));
         }
         if let Some(p99) = self.max_p99_latency
             && (p99.is_zero() || p99 > MAX_DURATION)
         {
-            return Err(format!(
-                "rollout.max_p99_latency must be between 1ms and 24h, got {}",
-                duration_text::format(p99)
-            ));
+            return Err(PolicyError::MaxP99Latency(p99));
         }
         Ok(Policy {
             canary: self.canary,
@@ -184,6 +173,56 @@ impl RolloutSpec {
             max_p99_latency: self.max_p99_latency,
         })
     }
+}
+
+/// Why a rollout policy is refused. Messages name the key, the bound and the
+/// value given.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The canary is 0 or the baseline.
+    #[error("rollout.canary must be a version of the route other than the baseline, got {0}")]
+    Canary(u64),
+    /// No steps, or too many.
+    #[error("rollout.step_weights must have 1 to 100 steps, got {0}")]
+    StepCount(usize),
+    /// A step's weight is not a percentage above 0.
+    #[error("rollout.step_weights must each be in 1..=100, got {0}")]
+    StepWeight(u32),
+    /// The steps do not go up.
+    #[error("rollout.step_weights must be strictly increasing, got {0:?}")]
+    StepsNotIncreasing(Vec<u32>),
+    /// `interval`, `check_interval` or `window` out of range.
+    #[error("rollout.{key} must be between 10ms and 24h, got {}", duration_text::format(*.value))]
+    Duration {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// Checks less often than steps.
+    #[error(
+        "rollout.check_interval ({}) must not be longer than rollout.interval ({})",
+        duration_text::format(*.check_interval),
+        duration_text::format(*.interval)
+    )]
+    CheckLongerThanInterval {
+        /// `check_interval` given.
+        check_interval: Duration,
+        /// `interval` given.
+        interval: Duration,
+    },
+    /// `threshold` out of range.
+    #[error("rollout.threshold must be in 1..=1000, got {0}")]
+    Threshold(u32),
+    /// `min_requests` out of range.
+    #[error("rollout.min_requests must be in 1..=1000000000, got {0}")]
+    MinRequests(u64),
+    /// `max_error_rate` not a fraction.
+    #[error("rollout.max_error_rate must be in 0..=1, got {0}")]
+    MaxErrorRate(f64),
+    /// `max_p99_latency` out of range.
+    #[error("rollout.max_p99_latency must be between 1ms and 24h, got {}", duration_text::format(*.0))]
+    MaxP99Latency(Duration),
 }
 
 /// Durations written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole
@@ -288,24 +327,29 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused_with_the_key_named() {
-        let check = |edit: &dyn Fn(&mut RolloutSpec), key: &str| {
+        let refuse = |edit: &dyn Fn(&mut RolloutSpec)| {
             let mut spec = RolloutSpec::new(2);
             edit(&mut spec);
-            let error = spec.validate(1).unwrap_err();
-            assert!(error.contains(key), "{key}: {error}");
+            spec.validate(1).unwrap_err()
         };
-        check(&|s| s.step_weights = vec![5, 5, 50], "strictly increasing");
-        check(&|s| s.step_weights = vec![], "step_weights");
-        check(&|s| s.step_weights = vec![0, 50], "1..=100");
-        check(&|s| s.step_weights = vec![50, 101], "1..=100");
-        check(&|s| s.threshold = 0, "threshold");
-        check(&|s| s.min_requests = 0, "min_requests");
-        check(&|s| s.max_error_rate = 1.5, "max_error_rate");
-        check(&|s| s.max_error_rate = f64::NAN, "max_error_rate");
-        check(&|s| s.interval = Duration::from_millis(1), "interval");
-        check(&|s| s.check_interval = Duration::from_secs(120), "check_interval");
-        check(&|s| s.max_p99_latency = Some(Duration::ZERO), "max_p99_latency");
-        check(&|s| s.canary = 1, "canary");
+        assert_eq!(refuse(&|s| s.step_weights = vec![5, 5, 50]), PolicyError::StepsNotIncreasing(vec![5, 5, 50]));
+        assert_eq!(refuse(&|s| s.step_weights = vec![]), PolicyError::StepCount(0));
+        assert_eq!(refuse(&|s| s.step_weights = vec![0, 50]), PolicyError::StepWeight(0));
+        assert_eq!(refuse(&|s| s.step_weights = vec![50, 101]), PolicyError::StepWeight(101));
+        assert_eq!(refuse(&|s| s.threshold = 0), PolicyError::Threshold(0));
+        assert_eq!(refuse(&|s| s.min_requests = 0), PolicyError::MinRequests(0));
+        assert_eq!(refuse(&|s| s.max_error_rate = 1.5), PolicyError::MaxErrorRate(1.5));
+        assert!(matches!(refuse(&|s| s.max_error_rate = f64::NAN), PolicyError::MaxErrorRate(r) if r.is_nan()));
+        let short = Duration::from_millis(1);
+        assert_eq!(refuse(&|s| s.interval = short), PolicyError::Duration { key: "interval", value: short });
+        assert!(matches!(
+            refuse(&|s| s.check_interval = Duration::from_secs(120)),
+            PolicyError::CheckLongerThanInterval { .. }
+        ));
+        assert_eq!(refuse(&|s| s.max_p99_latency = Some(Duration::ZERO)), PolicyError::MaxP99Latency(Duration::ZERO));
+        assert_eq!(refuse(&|s| s.canary = 1), PolicyError::Canary(1));
+        // The message names the key, the bound and the value.
+        assert_eq!(refuse(&|s| s.threshold = 0).to_string(), "rollout.threshold must be in 1..=1000, got 0");
         assert!(toml::from_str::<RolloutSpec>("canary = 2\nintervall = \"1m\"").is_err());
         assert!(toml::from_str::<RolloutSpec>("canary = 2\ninterval = \"1 minute\"").is_err());
     }

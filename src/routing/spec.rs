@@ -14,7 +14,7 @@
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::policy::{Policy, RolloutSpec};
+use super::policy::{Policy, PolicyError, RolloutSpec};
 use crate::repository::validate_model_name;
 
 /// Most targets a route may have.
@@ -99,29 +99,124 @@ pub struct ValidRoute {
     /// The spec as given (header names lower-cased).
     pub spec: RouteSpec,
     /// Parsed rules.
-    pub rules: Vec<(HeaderName, Option<(HeaderValue, u64)>)>,
+    pub rules: Vec<Rule>,
     /// Parsed sticky header.
     pub sticky: Option<HeaderName>,
     /// The rollout policy, paired with its baseline.
     pub policy: Option<Policy>,
 }
 
-fn header_name(key: &str, name: &str) -> Result<HeaderName, String> {
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{key} {name:?} is not a valid HTTP header name"))?;
+/// Why a route is refused. Messages name the key, the bound and the value given.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    /// The public model name cannot be a model name.
+    #[error("route model: {0}")]
+    ModelName(String),
+    /// No targets, or too many.
+    #[error("targets must list 1 to {MAX_TARGETS} versions, got {0}")]
+    TargetCount(usize),
+    /// A target or the shadow names version 0.
+    #[error("{0}: versions are positive integers, got 0")]
+    VersionZero(&'static str),
+    /// A version is a target twice.
+    #[error("targets: version {0} is listed twice")]
+    DuplicateTarget(u64),
+    /// A target's `max_in_flight` is out of range.
+    #[error("targets: max_in_flight must be in 1..=1000000, got {0}")]
+    TargetInFlight(u32),
+    /// A fixed-weight route leaves a weight out.
+    #[error("targets: version {0} needs a weight (only a rollout sets weights itself)")]
+    MissingWeight(u64),
+    /// A weight over 100 %.
+    #[error("targets: weights are percentages, version {version} has {weight}")]
+    WeightOver100 {
+        /// The target.
+        version: u64,
+        /// Its weight.
+        weight: u32,
+    },
+    /// The weights do not add up.
+    #[error("targets: weights must sum to 100, got {0}")]
+    WeightSum(u64),
+    /// A rollout route without exactly a baseline and a canary.
+    #[error("a route with a rollout has exactly two targets (baseline and canary), got {0}")]
+    RolloutTargets(usize),
+    /// A rollout route sets a weight, which the rollout owns.
+    #[error("targets: version {0} has a weight, but the rollout sets the weights: leave them out")]
+    RolloutWeight(u64),
+    /// The rollout's canary is not a target.
+    #[error("rollout.canary {0} is not one of the targets")]
+    CanaryNotATarget(u64),
+    /// The rollout policy itself.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Too many rules.
+    #[error("rules: at most {MAX_RULES}, got {0}")]
+    RuleCount(usize),
+    /// A header name that HTTP does not allow.
+    #[error("{key} {name:?} is not a valid HTTP header name")]
+    HeaderName {
+        /// The key that holds it.
+        key: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A rule sends traffic to a version that is not a target.
+    #[error("rules: version {0} is not one of the targets")]
+    RuleVersion(u64),
+    /// A rule's header value that HTTP does not allow.
+    #[error("rules: value {0:?} is not a valid header value")]
+    RuleValue(String),
+    /// A rule with a value and no version, or the other way round.
+    #[error("rules: header {0:?} needs both value and version, or neither")]
+    RuleHalf(String),
+    /// The shadow's share is not a percentage above 0.
+    #[error("shadow.percent must be in (0, 100], got {0}")]
+    ShadowPercent(f64),
+    /// The shadow's `max_in_flight` is out of range.
+    #[error("shadow.max_in_flight must be in 1..=10000, got {0}")]
+    ShadowInFlight(u32),
+}
+
+/// Why a set of routes (a config file's) is refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RoutesError {
+    /// One route is invalid.
+    #[error("routes[{index}] ('{model}'): {error}")]
+    Invalid {
+        /// Its place in the list.
+        index: usize,
+        /// Its model.
+        model: String,
+        /// What is wrong.
+        error: RouteError,
+    },
+    /// Two routes for one model.
+    #[error("routes: two routes for model '{0}'")]
+    Duplicate(String),
+}
+
+/// A parsed rule: the header it reads, and the value that sends a request to
+/// a version (`None`: the header's value names the version).
+pub type Rule = (HeaderName, Option<(HeaderValue, u64)>);
+
+fn header_name(key: &'static str, name: &str) -> Result<HeaderName, RouteError> {
+    let refused = || RouteError::HeaderName { key, name: name.to_owned() };
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| refused())?;
     if parsed.as_str().starts_with(':') {
-        return Err(format!("{key} {name:?} is not a valid HTTP header name"));
+        return Err(refused());
     }
     Ok(parsed)
 }
 
 /// Checks a set of routes (a config file's): each one valid, one per model.
-pub fn validate_all(specs: &[RouteSpec]) -> Result<Vec<ValidRoute>, String> {
+pub fn validate_all(specs: &[RouteSpec]) -> Result<Vec<ValidRoute>, RoutesError> {
     let mut valid: Vec<ValidRoute> = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
-        let checked = spec.validate().map_err(|e| format!("routes[{i}] ('{}'): {e}", spec.model))?;
+    for (index, spec) in specs.iter().enumerate() {
+        let checked =
+            spec.validate().map_err(|error| RoutesError::Invalid { index, model: spec.model.clone(), error })?;
         if valid.iter().any(|v| v.spec.model == spec.model) {
-            return Err(format!("routes: two routes for model '{}'", spec.model));
+            return Err(RoutesError::Duplicate(spec.model.clone()));
         }
         valid.push(checked);
     }
@@ -149,100 +244,21 @@ impl RouteSpec {
         self.targets.iter().find(|t| t.version == version)
     }
 
-    /// Checks every value; messages name the key, the bound and the value.
-    pub fn validate(&self) -> Result<ValidRoute, String> {
-        validate_model_name(&self.model).map_err(|e| format!("route model: {}", e.message()))?;
-        if self.targets.is_empty() || self.targets.len() > MAX_TARGETS {
-            return Err(format!("targets must list 1 to {MAX_TARGETS} versions, got {}", self.targets.len()));
-        }
-        for (i, target) in self.targets.iter().enumerate() {
-            if target.version == 0 {
-                return Err("targets: versions are positive integers, got 0".into());
-            }
-            if self.targets[..i].iter().any(|t| t.version == target.version) {
-                return Err(format!("targets: version {} is listed twice", target.version));
-            }
-            if let Some(limit) = target.max_in_flight
-                && !(1..=1_000_000).contains(&limit)
-            {
-                return Err(format!("targets: max_in_flight must be in 1..=1000000, got {limit}"));
-            }
-        }
+    /// Checks every value: targets, then weights (or the rollout that sets
+    /// them), rules, the sticky header and the shadow.
+    pub fn validate(&self) -> Result<ValidRoute, RouteError> {
+        validate_model_name(&self.model).map_err(|e| RouteError::ModelName(e.message().to_owned()))?;
+        self.check_targets()?;
         let policy = match &self.rollout {
             None => {
-                let mut total: u64 = 0;
-                for target in &self.targets {
-                    let weight = target.weight.ok_or_else(|| {
-                        format!(
-                            "targets: version {} needs a weight (only a rollout sets weights itself)",
-                            target.version
-                        )
-                    })?;
-                    if weight > 100 {
-                        return Err(format!(
-                            "targets: weights are percentages, version {} has {weight}",
-                            target.version
-                        ));
-                    }
-                    total += u64::from(weight);
-                }
-                if total != 100 {
-                    return Err(format!("targets: weights must sum to 100, got {total}"));
-                }
+                self.check_weights()?;
                 None
             }
-            Some(rollout) => {
-                if self.targets.len() != 2 {
-                    return Err(format!(
-                        "a route with a rollout has exactly two targets (baseline and canary), got {}",
-                        self.targets.len()
-                    ));
-                }
-                if let Some(t) = self.targets.iter().find(|t| t.weight.is_some()) {
-                    return Err(format!(
-                        "targets: version {} has a weight, but the rollout sets the weights: leave them out",
-                        t.version
-                    ));
-                }
-                if self.target(rollout.canary).is_none() {
-                    return Err(format!("rollout.canary {} is not one of the targets", rollout.canary));
-                }
-                let baseline = self.targets.iter().find(|t| t.version != rollout.canary).map_or(0, |t| t.version);
-                Some(rollout.validate(baseline)?)
-            }
+            Some(rollout) => Some(self.check_rollout(rollout)?),
         };
-        if self.rules.len() > MAX_RULES {
-            return Err(format!("rules: at most {MAX_RULES}, got {}", self.rules.len()));
-        }
-        let mut rules = Vec::with_capacity(self.rules.len());
-        for rule in &self.rules {
-            let name = header_name("rules: header", &rule.header)?;
-            let matcher = match (&rule.value, rule.version) {
-                (Some(value), Some(version)) => {
-                    if self.target(version).is_none() {
-                        return Err(format!("rules: version {version} is not one of the targets"));
-                    }
-                    let value = HeaderValue::from_str(value)
-                        .map_err(|_| format!("rules: value {value:?} is not a valid header value"))?;
-                    Some((value, version))
-                }
-                (None, None) => None,
-                _ => return Err(format!("rules: header {:?} needs both value and version, or neither", rule.header)),
-            };
-            rules.push((name, matcher));
-        }
+        let rules = self.check_rules()?;
         let sticky = self.sticky_header.as_deref().map(|h| header_name("sticky_header", h)).transpose()?;
-        if let Some(shadow) = &self.shadow {
-            if shadow.version == 0 {
-                return Err("shadow.version: versions are positive integers, got 0".into());
-            }
-            if !(shadow.percent > 0.0 && shadow.percent <= 100.0) {
-                return Err(format!("shadow.percent must be in (0, 100], got {}", shadow.percent));
-            }
-            if !(1..=10_000).contains(&shadow.max_in_flight) {
-                return Err(format!("shadow.max_in_flight must be in 1..=10000, got {}", shadow.max_in_flight));
-            }
-        }
+        self.check_shadow()?;
         let mut spec = self.clone();
         for (rule, (name, _)) in spec.rules.iter_mut().zip(&rules) {
             rule.header = name.as_str().to_owned();
@@ -251,6 +267,96 @@ impl RouteSpec {
             spec.sticky_header = Some(name.as_str().to_owned());
         }
         Ok(ValidRoute { spec, rules, sticky, policy })
+    }
+
+    fn check_targets(&self) -> Result<(), RouteError> {
+        if self.targets.is_empty() || self.targets.len() > MAX_TARGETS {
+            return Err(RouteError::TargetCount(self.targets.len()));
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            if target.version == 0 {
+                return Err(RouteError::VersionZero("targets"));
+            }
+            if self.targets[..i].iter().any(|t| t.version == target.version) {
+                return Err(RouteError::DuplicateTarget(target.version));
+            }
+            if let Some(limit) = target.max_in_flight
+                && !(1..=1_000_000).contains(&limit)
+            {
+                return Err(RouteError::TargetInFlight(limit));
+            }
+        }
+        Ok(())
+    }
+
+    /// A route without a rollout: every target has a weight, and they make 100 %.
+    fn check_weights(&self) -> Result<(), RouteError> {
+        let mut total: u64 = 0;
+        for target in &self.targets {
+            let weight = target.weight.ok_or(RouteError::MissingWeight(target.version))?;
+            if weight > 100 {
+                return Err(RouteError::WeightOver100 { version: target.version, weight });
+            }
+            total += u64::from(weight);
+        }
+        if total != 100 {
+            return Err(RouteError::WeightSum(total));
+        }
+        Ok(())
+    }
+
+    /// A route with a rollout: a baseline and a canary, no weights, a valid policy.
+    fn check_rollout(&self, rollout: &RolloutSpec) -> Result<Policy, RouteError> {
+        if self.targets.len() != 2 {
+            return Err(RouteError::RolloutTargets(self.targets.len()));
+        }
+        if let Some(t) = self.targets.iter().find(|t| t.weight.is_some()) {
+            return Err(RouteError::RolloutWeight(t.version));
+        }
+        if self.target(rollout.canary).is_none() {
+            return Err(RouteError::CanaryNotATarget(rollout.canary));
+        }
+        let baseline = self.targets.iter().find(|t| t.version != rollout.canary).map_or(0, |t| t.version);
+        Ok(rollout.validate(baseline)?)
+    }
+
+    fn check_rules(&self) -> Result<Vec<Rule>, RouteError> {
+        if self.rules.len() > MAX_RULES {
+            return Err(RouteError::RuleCount(self.rules.len()));
+        }
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for rule in &self.rules {
+            let name = header_name("rules: header", &rule.header)?;
+            let matcher = match (&rule.value, rule.version) {
+                (Some(value), Some(version)) => {
+                    if self.target(version).is_none() {
+                        return Err(RouteError::RuleVersion(version));
+                    }
+                    let value = HeaderValue::from_str(value).map_err(|_| RouteError::RuleValue(value.clone()))?;
+                    Some((value, version))
+                }
+                (None, None) => None,
+                _ => return Err(RouteError::RuleHalf(rule.header.clone())),
+            };
+            rules.push((name, matcher));
+        }
+        Ok(rules)
+    }
+
+    fn check_shadow(&self) -> Result<(), RouteError> {
+        let Some(shadow) = &self.shadow else {
+            return Ok(());
+        };
+        if shadow.version == 0 {
+            return Err(RouteError::VersionZero("shadow.version"));
+        }
+        if !(shadow.percent > 0.0 && shadow.percent <= 100.0) {
+            return Err(RouteError::ShadowPercent(shadow.percent));
+        }
+        if !(1..=10_000).contains(&shadow.max_in_flight) {
+            return Err(RouteError::ShadowInFlight(shadow.max_in_flight));
+        }
+        Ok(())
     }
 
     /// Every version the route sends traffic to (targets and shadow).
@@ -299,82 +405,81 @@ mod tests {
         assert_eq!((policy.baseline, policy.canary), (1, 2));
         let mut weighted = route.clone();
         weighted.targets[0].weight = Some(100);
-        assert!(weighted.validate().unwrap_err().contains("leave them out"));
+        assert_eq!(weighted.validate().unwrap_err(), RouteError::RolloutWeight(1));
         let mut three = route.clone();
         three.targets.push(TargetSpec { version: 3, weight: None, max_in_flight: None });
-        assert!(three.validate().unwrap_err().contains("exactly two"));
+        assert_eq!(three.validate().unwrap_err(), RouteError::RolloutTargets(3));
         let mut stranger = route;
         stranger.rollout.as_mut().unwrap().canary = 7;
-        assert!(stranger.validate().unwrap_err().contains("not one of the targets"));
+        assert_eq!(stranger.validate().unwrap_err(), RouteError::CanaryNotATarget(7));
     }
 
     #[test]
     fn bad_routes_are_refused_with_the_key_named() {
-        let cases: &[(&str, &str)] = &[
+        let header = |name: &str| RouteError::HeaderName { key: "rules: header", name: name.into() };
+        let cases: Vec<(&str, RouteError)> = vec![
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 60 }, { version = 2, weight = 30 }]"#,
-                "sum to 100",
+                RouteError::WeightSum(90),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 50 }, { version = 1, weight = 50 }]"#,
-                "twice",
+                RouteError::DuplicateTarget(1),
             ),
             (
                 r#"model = "m"
                 targets = []"#,
-                "1 to 16",
+                RouteError::TargetCount(0),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1 }]"#,
-                "needs a weight",
+                RouteError::MissingWeight(1),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 0, weight = 100 }]"#,
-                "positive",
-            ),
-            (
-                r#"model = "../x"
-                targets = [{ version = 1, weight = 100 }]"#,
-                "invalid model name",
+                RouteError::VersionZero("targets"),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 100 }]
                 rules = [{ header = "x v", value = "b", version = 1 }]"#,
-                "header name",
+                header("x v"),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 100 }]
                 rules = [{ header = "x-v", value = "b", version = 9 }]"#,
-                "not one of the targets",
+                RouteError::RuleVersion(9),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 100 }]
                 rules = [{ header = "x-v", value = "b" }]"#,
-                "both value and version",
+                RouteError::RuleHalf("x-v".into()),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 100 }]
                 shadow = { version = 2, percent = 0 }"#,
-                "shadow.percent",
+                RouteError::ShadowPercent(0.0),
             ),
             (
                 r#"model = "m"
                 targets = [{ version = 1, weight = 100, max_in_flight = 0 }]"#,
-                "max_in_flight",
+                RouteError::TargetInFlight(0),
             ),
         ];
-        for (text, needle) in cases {
-            let error = parse(text).validate().unwrap_err();
-            assert!(error.contains(needle), "{text}: {error}");
+        for (text, expected) in cases {
+            assert_eq!(parse(text).validate().unwrap_err(), expected, "{text}");
         }
+        let bad_name = parse("model = \"../x\"\ntargets = [{ version = 1, weight = 100 }]").validate().unwrap_err();
+        assert!(matches!(&bad_name, RouteError::ModelName(m) if m.contains("invalid model name")), "{bad_name}");
+        // The message names the key, the bound and the value.
+        assert_eq!(RouteError::WeightSum(90).to_string(), "targets: weights must sum to 100, got 90");
         assert!(toml::from_str::<RouteSpec>("model = \"m\"\ntargets = []\nweights = 1").is_err());
     }
 }

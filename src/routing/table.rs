@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::arm::Arm;
 use super::random::next_random;
 use super::shadow::Shadow;
-use super::spec::{RouteSpec, ValidRoute};
+use super::spec::{RouteSpec, Rule, ValidRoute};
 use crate::error::Error;
 
 /// Window span of routes without a rollout (the admin API shows each arm's span).
@@ -48,7 +48,7 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// Shadow copies.
     pub shadow: Option<Arc<Shadow>>,
-    rules: Vec<(HeaderName, Option<(HeaderValue, u64)>)>,
+    rules: Vec<Rule>,
     sticky: Option<HeaderName>,
     /// Running sums of the weights, in target order; the last is 100.
     cumulative: Vec<u32>,

@@ -1,0 +1,45 @@
+//! The repository's settings, deserialised straight from the gateway's
+//! config (`[repository]`): one type from the file to each version's load.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The model repository: where it is, what loads at start, and the
+/// settings every version gets when its config leaves them open. Read
+/// straight from `[repository]` in the gateway's config.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositorySettings {
+    /// Directory of models.
+    pub path: PathBuf,
+    /// Models to load at start; `None` loads every model directory.
+    pub load_models: Option<Vec<String>>,
+    /// Allow the load/unload API.
+    pub model_control: bool,
+    /// Ready only when every model is ready.
+    pub strict_readiness: bool,
+    /// `max_batch_size` for models that can batch and whose config does not say (Triton: 4).
+    pub default_max_batch_size: u32,
+    /// The queue bound of a batcher whose `max_queue_size` is 0. Triton reads 0
+    /// as "unbounded"; here every queue is bounded, and the config endpoints
+    /// show the bound in force.
+    pub default_max_queue_size: u32,
+    /// Intra-op threads per instance unless the config's
+    /// `intra_op_thread_count` parameter says otherwise.
+    pub intra_op_threads: usize,
+}
+
+impl Default for RepositorySettings {
+    fn default() -> Self {
+        RepositorySettings {
+            path: PathBuf::from("models"),
+            load_models: None,
+            model_control: true,
+            strict_readiness: true,
+            default_max_batch_size: 8,
+            default_max_queue_size: 1024,
+            intra_op_threads: 1,
+        }
+    }
+}
