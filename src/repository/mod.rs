@@ -27,7 +27,7 @@ use modelgate_backend::ModelLoader;
 pub use model_config::ModelConfig;
 pub use overrides::{BatchingOverride, ModelOverrides};
 pub use settings::RepositorySettings;
-pub use version::ModelVersion;
+pub use version::{LoadError, ModelVersion};
 
 use crate::error::Error;
 use model_config::{ConfigFile, parse_config_file};
@@ -438,7 +438,7 @@ impl Repository {
         dir: PathBuf,
         file: ConfigFile,
         loader: Arc<dyn ModelLoader>,
-    ) -> Result<ModelVersion, String> {
+    ) -> Result<ModelVersion, LoadError> {
         let (settings, model) = (self.settings.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || {
             load_version(VersionPlan {
@@ -451,7 +451,7 @@ impl Repository {
             })
         })
         .await
-        .unwrap_or_else(|e| Err(format!("load task failed: {e}")))
+        .unwrap_or_else(|e| Err(LoadError::Task(e.to_string())))
     }
 
     /// Loads (or reloads) a model from its directory: reads its config, picks
@@ -496,7 +496,7 @@ impl Repository {
                 Err(reason) => {
                     tracing::error!(model = %name, version = v, %reason, "model version failed to load");
                     failures.push(format!("version {v}: {reason}"));
-                    previous.after_failed_load(v, reason)
+                    previous.after_failed_load(v, reason.to_string())
                 }
             };
             next.versions.insert(v, state);
@@ -569,7 +569,7 @@ impl Repository {
             }
             Err(reason) => {
                 tracing::error!(model = %name, version, %reason, "model version failed to load");
-                next.versions.insert(version, previous.after_failed_load(version, reason.clone()));
+                next.versions.insert(version, previous.after_failed_load(version, reason.to_string()));
                 Err(Error::invalid(format!("failed to load '{name}' version {version}: {reason}")))
             }
         };

@@ -10,7 +10,7 @@ use modelgate_backend::{
     Backend, DataType, Device, InputTensor, InstanceOptions, ModelLoader, ModelSignature, OutputTensor,
 };
 
-use super::model_config::{self, ConfigFile, InstanceKind, ModelConfig};
+use super::model_config::{self, ConfigFile, InstanceKind, ModelConfig, ModelConfigError};
 use super::settings::RepositorySettings;
 use crate::batching::{AlignedBuf, BatchPolicy, Scheduler};
 use crate::error::Error;
@@ -123,15 +123,49 @@ pub struct VersionPlan<'a> {
     pub settings: &'a RepositorySettings,
 }
 
+/// Why a version could not be loaded: what the repository index shows (no
+/// host paths: runtime messages name the file relative to the repository).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The version directory has no model file.
+    #[error("version {version} has no model file '{filename}'")]
+    MissingFile {
+        /// The version.
+        version: u64,
+        /// The file looked for.
+        filename: String,
+    },
+    /// The config and the model disagree, or the config cannot be served.
+    #[error(transparent)]
+    Config(#[from] ModelConfigError),
+    /// The runtime refused the model or the device.
+    #[error("{0}")]
+    Runtime(String),
+    /// A configured warm-up sample failed.
+    #[error("warm-up of instance {instance} failed: {reason}")]
+    WarmUp {
+        /// Which instance.
+        instance: usize,
+        /// The sample and what failed.
+        reason: String,
+    },
+    /// The instance threads could not be started.
+    #[error("cannot start instance threads: {0}")]
+    Threads(#[from] std::io::Error),
+    /// The blocking task that loads panicked or was cancelled.
+    #[error("load task failed: {0}")]
+    Task(String),
+}
+
 /// Loads, completes, warms up and starts a version. Blocking: run it off the
 /// async runtime.
-pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
+pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let started = Instant::now();
     let VersionPlan { name, version, dir, file, loader, settings } = plan;
     let filename = file.default_model_filename.clone().unwrap_or_else(|| loader.default_filename().to_owned());
     let model_file = dir.join(&filename);
     if !model_file.exists() {
-        return Err(format!("version {version} has no model file '{filename}'"));
+        return Err(LoadError::MissingFile { version, filename });
     }
     let complete = |signature: Option<&ModelSignature>| {
         model_config::complete(
@@ -143,7 +177,6 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
             signature,
             settings,
         )
-        .map_err(|e| e.0)
     };
     // Formats without a signature (TorchScript) need the config's before loading.
     let declared = complete(None).ok().map(|c| c.signature());
@@ -151,7 +184,9 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let first_options = instance_options(file, settings, devices.first().copied().unwrap_or_default());
     // Runtime errors quote the file path; clients and the index see it relative to the repository.
     let shown = format!("{name}/{version}/{filename}");
-    let scrub = |e: modelgate_backend::BackendError| e.to_string().replace(&model_file.display().to_string(), &shown);
+    let scrub = |e: modelgate_backend::BackendError| {
+        LoadError::Runtime(e.to_string().replace(&model_file.display().to_string(), &shown))
+    };
     let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(scrub)?;
     let config = Arc::new(complete(first.signature())?);
     let signature = config.signature();
@@ -162,7 +197,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
         backends.push(loader.load(&model_file, Some(&signature), &options).map_err(scrub)?);
     }
     for (i, backend) in backends.iter_mut().enumerate() {
-        warm_up(&config, backend.as_mut()).map_err(|e| format!("warm-up of instance {i} failed: {e}"))?;
+        warm_up(&config, backend.as_mut()).map_err(|reason| LoadError::WarmUp { instance: i, reason })?;
     }
     for (device, backend) in devices.iter().zip(&backends) {
         if let Some(bytes) = backend.device_memory_bytes() {
@@ -175,8 +210,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, String> {
     let stats = Arc::new(ModelStats::new(max_rows.max(1)));
     let metrics = Arc::new(VersionMetrics::new(name, version));
     let thread_name = format!("mg-{name}-{version}");
-    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone())
-        .map_err(|e| format!("cannot start instance threads: {e}"))?;
+    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone())?;
     let (default_timeout, allow_timeout_override) = match &config.dynamic_batching {
         Some(b) if b.default_timeout_microseconds > 0 => {
             (Some(Duration::from_micros(b.default_timeout_microseconds)), b.allow_timeout_override)
