@@ -1,0 +1,343 @@
+//! The protocol-neutral request path over fake models: a repository of one
+//! model `m` whose versions are fake (`platform: "fake"`), loaded and served
+//! through the real repository, scheduler, routes and rollouts. The fake
+//! echoes its input, so every answer shows whose request it was, and the
+//! version that served it is in the response.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use modelgate_backend::fake::{self, Failure, FakeLoader};
+use modelgate_backend::{DataType, ModelLoader};
+
+use super::{Call, Gateway, Limits};
+use crate::error::{Error, Fault};
+use crate::metrics::Protocol;
+use crate::repository::{LoadSettings, Loaders, Repository, RepositoryConfig};
+use crate::rollout::{Phase, RolloutSpec, Source, Summary};
+use crate::routing::{RouteSpec, RuleSpec, TargetSpec};
+use crate::tensor::{InferRequest, InferResponse, Tensor};
+
+/// One INT32 input of 4 columns, echoed as the output.
+const CONFIG: &str = r#"
+platform: "fake"
+max_batch_size: 8
+version_policy: { all: { } }
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ 4 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 4 ] } ]
+dynamic_batching { }
+"#;
+
+struct Rig {
+    gateway: Gateway,
+    loader: Arc<FakeLoader>,
+    _repository: tempfile::TempDir,
+}
+
+/// Model `m` with fake `versions`, loaded; the warm-up batches are forgotten.
+async fn rig(versions: &[u64]) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    for v in versions {
+        std::fs::create_dir_all(model.join(v.to_string())).unwrap();
+        std::fs::write(model.join(v.to_string()).join(fake::FILENAME), b"").unwrap();
+    }
+    std::fs::write(model.join("config.pbtxt"), CONFIG).unwrap();
+    let loader = Arc::new(FakeLoader::new());
+    let loaders = Loaders { ready: vec![loader.clone() as Arc<dyn ModelLoader>], missing: Vec::new() };
+    let config = RepositoryConfig {
+        root: dir.path().to_path_buf(),
+        startup_models: Some(Vec::new()),
+        allow_model_control: false,
+        strict_readiness: false,
+        load: LoadSettings { default_max_batch_size: 8, default_max_queue_size: 64, intra_op_threads: 1 },
+        overrides: Default::default(),
+    };
+    let repository = Arc::new(Repository::new(config, loaders));
+    repository.load("m").await.unwrap();
+    for &v in versions {
+        loader.model("m", v).clear();
+    }
+    let limits = Limits {
+        max_request_bytes: 1 << 20,
+        max_inflight_bytes: 1 << 24,
+        max_connections: 16,
+        body_idle_timeout: Duration::from_secs(10),
+    };
+    Rig { gateway: Gateway::new(repository, limits, crate::metrics::install()), loader, _repository: dir }
+}
+
+fn request(value: i32) -> InferRequest {
+    let data: Vec<u8> = [value; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let input = Tensor::checked("IN".into(), DataType::Int32, vec![1, 4], Bytes::from(data)).unwrap();
+    InferRequest { inputs: vec![input], ..InferRequest::default() }
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for &(name, value) in pairs {
+        map.insert(name, HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
+impl Rig {
+    async fn infer_with(
+        &self,
+        version: Option<&str>,
+        request: InferRequest,
+        headers: &HeaderMap,
+    ) -> Result<InferResponse, Error> {
+        let call = Call { protocol: Protocol::Http, arrival: Instant::now(), headers };
+        self.gateway.infer("m", version, request, call).await
+    }
+
+    /// Sends `value` to `m` with `headers`; returns the version that answered,
+    /// after checking that the answer echoes `value`.
+    async fn infer(&self, value: i32, headers: &HeaderMap) -> Result<u64, Error> {
+        let response = self.infer_with(None, request(value), headers).await?;
+        let [output] = response.outputs.as_slice() else { panic!("one output expected: {response:?}") };
+        let echoed: Vec<i32> =
+            output.tensor.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!((output.tensor.name.as_str(), echoed), ("OUT", vec![value; 4]), "request {value}");
+        Ok(response.model_version)
+    }
+
+    fn weights(&self) -> Vec<(u64, u32)> {
+        self.gateway.routes.get("m").unwrap().targets.iter().map(|t| (t.version, t.weight)).collect()
+    }
+
+    /// The route window of `version` now.
+    fn window(&self, version: u64) -> Summary {
+        let route = self.gateway.routes.get("m").unwrap();
+        route.target(version).unwrap().arm.window.summary(tokio::time::Instant::now())
+    }
+
+    /// Rows the fake of `version` has run since the load.
+    fn rows_run(&self, version: u64) -> usize {
+        self.loader.model("m", version).batch_sizes().iter().sum()
+    }
+}
+
+/// Version 2 takes the weighted traffic; `x-pin: stable` goes to version 1
+/// and `x-version` names a version.
+fn pinned_route() -> RouteSpec {
+    let mut spec = RouteSpec::weighted("m", &[(1, 0), (2, 100)]);
+    spec.rules = vec![
+        RuleSpec { header: "x-pin".into(), value: Some("stable".into()), version: Some(1) },
+        RuleSpec { header: "x-version".into(), value: None, version: None },
+    ];
+    spec
+}
+
+#[tokio::test]
+async fn a_route_sends_each_request_to_the_version_its_rules_and_weights_pick() {
+    let rig = rig(&[1, 2]).await;
+    rig.gateway.rollouts.put(pinned_route(), Source::Operator).await.unwrap();
+    // Headers, the version they should reach, and how many requests send them.
+    type Case = (&'static [(&'static str, &'static str)], u64, i32);
+    let cases: [Case; 4] = [
+        (&[], 2, 10),
+        (&[("x-pin", "stable")], 1, 5),
+        (&[("x-version", "1")], 1, 3),
+        (&[("x-pin", "canary"), ("x-version", "2")], 2, 2),
+    ];
+    let mut value = 0;
+    for (pairs, expected, count) in cases {
+        let headers = headers(pairs);
+        for _ in 0..count {
+            value += 1;
+            assert_eq!(rig.infer(value, &headers).await, Ok(expected), "headers {pairs:?}");
+        }
+    }
+    assert_eq!((rig.rows_run(1), rig.rows_run(2)), (8, 12), "each version's fake ran exactly its requests");
+    assert_eq!((rig.window(1).requests, rig.window(2).requests), (8, 12));
+}
+
+#[tokio::test]
+async fn one_sticky_key_stays_on_one_version_and_keys_spread_over_both() {
+    let rig = rig(&[1, 2]).await;
+    let mut spec = RouteSpec::weighted("m", &[(1, 50), (2, 50)]);
+    spec.sticky_header = Some("x-user".into());
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    let alice = headers(&[("x-user", "alice")]);
+    let first = rig.infer(1, &alice).await.unwrap();
+    for value in 2..=20 {
+        assert_eq!(rig.infer(value, &alice).await, Ok(first), "one key, one version");
+    }
+    let mut seen = Vec::new();
+    for user in 0..32 {
+        seen.push(rig.infer(100 + user, &headers(&[("x-user", &format!("user-{user}"))])).await.unwrap());
+    }
+    assert!(seen.contains(&1) && seen.contains(&2), "32 keys all hashed to one version: {seen:?}");
+}
+
+#[tokio::test]
+async fn routed_outcomes_are_recorded_against_the_version_that_served_them() {
+    let rig = rig(&[1, 2]).await;
+    rig.loader.model("m", 2).set_failure(Failure::Always);
+    rig.gateway.rollouts.put(pinned_route(), Source::Operator).await.unwrap();
+    let stable = headers(&[("x-pin", "stable")]);
+    for value in 0..4 {
+        assert_eq!(rig.infer(value, &stable).await, Ok(1));
+    }
+    for value in 10..16 {
+        let error = rig.infer(value, &HeaderMap::new()).await.unwrap_err();
+        assert!(matches!(error, Error::Internal(_)), "a model failure is a 500: {error:?}");
+    }
+    // A client mistake (3 columns, not 4) reaches version 2 but says nothing about it.
+    for _ in 0..3 {
+        let bad = Tensor::checked("IN".into(), DataType::Int32, vec![1, 3], Bytes::from(vec![0u8; 12])).unwrap();
+        let request = InferRequest { inputs: vec![bad], ..InferRequest::default() };
+        let error = rig.infer_with(None, request, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(error.fault(), Fault::Client, "{error:?}");
+    }
+
+    let (one, two) = (rig.window(1), rig.window(2));
+    assert_eq!((one.requests, one.errors), (4, 0), "version 1's window");
+    assert_eq!((two.requests, two.errors), (6, 6), "version 2's window: its failures, not the client's mistakes");
+    let stats = |v: u64| rig.gateway.repository.resolve("m", Some(v)).unwrap().stats.clone();
+    assert_eq!((stats(1).success.get().0, stats(1).fail.get().0), (4, 0));
+    // Triton's statistics count every request that reached the version and failed, client mistakes too.
+    assert_eq!((stats(2).success.get().0, stats(2).fail.get().0), (0, 9));
+}
+
+#[tokio::test]
+async fn a_request_that_names_a_version_bypasses_the_route() {
+    let rig = rig(&[1, 2]).await;
+    assert_eq!(rig.infer(1, &HeaderMap::new()).await, Ok(2), "no route: the latest version serves");
+    rig.gateway.rollouts.put(RouteSpec::weighted("m", &[(1, 100), (2, 0)]), Source::Operator).await.unwrap();
+    assert_eq!(rig.infer(2, &HeaderMap::new()).await, Ok(1), "the route's weights pick version 1");
+    let named = rig.infer_with(Some("2"), request(3), &HeaderMap::new()).await.unwrap();
+    assert_eq!(named.model_version, 2, "a named version is served as named");
+    assert_eq!((rig.window(1).requests, rig.window(2).requests), (1, 0), "only the routed request is in a window");
+}
+
+// === Rollback through the gateway ===
+
+/// Runs `f` with the paused clock standing still. While requests wait on the
+/// instance threads the runtime is idle, and a paused clock would jump to
+/// the analyzer's next check; a blocking task in flight stops that.
+async fn with_clock_held<F: Future>(f: F) -> F::Output {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || {
+        let _ = held.recv();
+    });
+    let before = tokio::time::Instant::now();
+    let output = f.await;
+    assert_eq!(tokio::time::Instant::now(), before, "the clock moved while held");
+    drop(release);
+    holder.await.unwrap();
+    output
+}
+
+/// Lets the analyzer run what the clock made due.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+const CHECK: Duration = Duration::from_secs(1);
+
+/// Canary 2 at 50 %, then 100 %; two failed checks roll it back.
+fn rollout_route() -> RouteSpec {
+    let mut rollout = RolloutSpec::new(2);
+    rollout.step_weights = vec![50, 100];
+    rollout.interval = 2 * CHECK;
+    rollout.check_interval = CHECK;
+    rollout.window = Duration::from_secs(60);
+    rollout.threshold = 2;
+    rollout.min_requests = 10;
+    rollout.max_error_rate = 0.1;
+    // Latency is the instance threads' real time: not judged here.
+    rollout.max_p99_latency = None;
+    RouteSpec {
+        model: "m".into(),
+        targets: vec![
+            TargetSpec { version: 1, weight: None, max_in_flight: None },
+            TargetSpec { version: 2, weight: None, max_in_flight: None },
+        ],
+        rules: Vec::new(),
+        sticky_header: None,
+        shadow: None,
+        rollout: Some(rollout),
+    }
+}
+
+impl Rig {
+    /// Sends requests with no headers until both versions' windows hold at
+    /// least `n`; returns the answers.
+    async fn traffic_until_both_have(&self, n: u64) -> Vec<Result<u64, Error>> {
+        let mut answers = Vec::new();
+        for value in 0..1000 {
+            if self.window(1).requests >= n && self.window(2).requests >= n {
+                return answers;
+            }
+            answers.push(self.infer(value, &HeaderMap::new()).await);
+        }
+        panic!("a 50 % weight never got {n} of 1000 requests");
+    }
+
+    async fn phase(&self) -> Phase {
+        self.gateway.rollouts.status("m").await.unwrap().rollout.unwrap().state
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_canary_is_rolled_back_and_the_baseline_keeps_serving() {
+    let rig = rig(&[1, 2]).await;
+    let canary = rig.loader.model("m", 2);
+    canary.set_failure(Failure::Always);
+    rig.gateway.rollouts.put(rollout_route(), Source::Operator).await.unwrap();
+    assert_eq!(rig.weights(), [(1, 50), (2, 50)]);
+
+    let answers = with_clock_held(rig.traffic_until_both_have(10)).await;
+    let failed = answers.iter().filter(|a| a.is_err()).count() as u64;
+    assert!(answers.iter().all(|a| matches!(a, Ok(1) | Err(Error::Internal(_)))), "{answers:?}");
+    assert_eq!((rig.window(2).requests, rig.window(2).errors), (failed, failed), "every canary request failed");
+    assert_eq!(rig.window(1).errors, 0, "the baseline served every request it got");
+
+    tokio::time::advance(CHECK).await;
+    settle().await;
+    assert_eq!(rig.phase().await, Phase::Progressing, "one failed check is tolerated with threshold 2");
+    assert_eq!(rig.weights(), [(1, 50), (2, 50)]);
+    tokio::time::advance(CHECK).await;
+    settle().await;
+    assert_eq!(rig.phase().await, Phase::Failed);
+    assert_eq!(rig.weights(), [(1, 100), (2, 0)]);
+
+    let canary_batches = canary.batches().len();
+    let after = with_clock_held(async {
+        let mut versions = Vec::new();
+        for value in 0..20 {
+            versions.push(rig.infer(value, &HeaderMap::new()).await);
+        }
+        versions
+    })
+    .await;
+    assert!(after.iter().all(|a| *a == Ok(1)), "after the rollback the baseline answers everything: {after:?}");
+    assert_eq!(canary.batches().len(), canary_batches, "the rolled-back canary runs nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_canary_behind_the_gateway_is_promoted_not_rolled_back() {
+    let rig = rig(&[1, 2]).await;
+    rig.gateway.rollouts.put(rollout_route(), Source::Operator).await.unwrap();
+    let answers = with_clock_held(rig.traffic_until_both_have(10)).await;
+    assert!(answers.iter().all(|a| matches!(a, Ok(1 | 2))), "{answers:?}");
+
+    for _ in 0..2 {
+        tokio::time::advance(CHECK).await;
+        settle().await;
+    }
+    assert_eq!((rig.phase().await, rig.weights()), (Phase::Progressing, vec![(1, 0), (2, 100)]), "second step");
+    for _ in 0..2 {
+        tokio::time::advance(CHECK).await;
+        settle().await;
+    }
+    assert_eq!((rig.phase().await, rig.weights()), (Phase::Succeeded, vec![(1, 0), (2, 100)]));
+}
