@@ -32,7 +32,7 @@ dynamic_batching { }
 "#;
 
 struct Rig {
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     loader: Arc<FakeLoader>,
     _repository: tempfile::TempDir,
 }
@@ -67,7 +67,8 @@ async fn rig(versions: &[u64]) -> Rig {
         max_connections: 16,
         body_idle_timeout: Duration::from_secs(10),
     };
-    Rig { gateway: Gateway::new(repository, limits, crate::metrics::install()), loader, _repository: dir }
+    let gateway = Arc::new(Gateway::new(repository, limits, crate::metrics::install()));
+    Rig { gateway, loader, _repository: dir }
 }
 
 fn request(value: i32) -> InferRequest {
@@ -214,6 +215,77 @@ async fn a_request_that_names_a_version_bypasses_the_route() {
     let named = rig.infer_with(Some("2"), request(3), &HeaderMap::new()).await.unwrap();
     assert_eq!(named.model_version, 2, "a named version is served as named");
     assert_eq!((rig.window(1).requests, rig.window(2).requests), (1, 0), "only the routed request is in a window");
+}
+
+/// Longest a test waits for something that should happen at once.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `done` until it holds; the timeout only turns a hang into a failure.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_version_at_its_in_flight_limit_answers_503_and_the_refusal_counts_against_it() {
+    let rig = rig(&[1, 2]).await;
+    let mut spec = RouteSpec::weighted("m", &[(1, 0), (2, 100)]);
+    spec.targets[1].max_in_flight = Some(1);
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    let two = rig.loader.model("m", 2);
+    two.hold();
+    let gateway = rig.gateway.clone();
+    let held = tokio::spawn(async move {
+        let headers = HeaderMap::new();
+        let call = Call { protocol: Protocol::Http, arrival: Instant::now(), headers: &headers };
+        gateway.infer("m", None, request(1), call).await.map(|r| r.model_version)
+    });
+    let waiter = two.clone();
+    let running = tokio::task::spawn_blocking(move || waiter.wait_for_running(1, WAIT)).await.unwrap();
+    assert!(running, "the first request never reached version 2");
+
+    let second = tokio::time::timeout(WAIT, rig.infer(2, &HeaderMap::new())).await;
+    let refused = second.expect("the second request was answered at once, not queued").unwrap_err();
+    two.release();
+    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
+    assert_eq!(refused.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(held.await.unwrap(), Ok(2), "the request within the limit is served");
+    assert_eq!(two.batch_sizes(), [1], "the refused request never reached the model");
+    let window = rig.window(2);
+    assert_eq!((window.requests, window.errors), (2, 1), "the refusal is version 2's failure");
+    assert_eq!(rig.gateway.routes.get("m").unwrap().target(2).unwrap().arm.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn shadow_copies_run_on_their_version_without_changing_the_answer() {
+    let rig = rig(&[1, 2]).await;
+    let mut spec = RouteSpec::weighted("m", &[(1, 100)]);
+    spec.shadow = Some(crate::routing::ShadowSpec { version: 2, percent: 100.0, max_in_flight: 64 });
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    let route = rig.gateway.routes.get("m").unwrap();
+    let counts = route.shadow.as_ref().unwrap().counts();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let two = rig.loader.model("m", 2);
+
+    for value in 0..5 {
+        assert_eq!(rig.infer(value, &HeaderMap::new()).await, Ok(1));
+    }
+    until("5 shadow answers compared", || load(&counts.compared) == 5).await;
+    assert_eq!((load(&counts.success), load(&counts.agreed)), (5, 5), "the echoes agree");
+
+    two.set_failure(Failure::Always);
+    for value in 20..24 {
+        assert_eq!(rig.infer(value, &HeaderMap::new()).await, Ok(1), "a failing shadow never fails the client");
+    }
+    until("4 failed shadow copies", || load(&counts.error) == 4).await;
+    assert_eq!(load(&counts.success), 5);
+    let rows_served: usize = two.batches().iter().filter(|b| !b.failed).map(|b| b.rows).sum();
+    assert_eq!(rows_served, 5, "version 2 answered the 5 healthy copies, nothing else");
+    let one = rig.window(1);
+    assert_eq!((one.requests, one.errors), (9, 0), "the route's window holds the client requests alone");
 }
 
 // === Rollback through the gateway ===
