@@ -17,8 +17,8 @@ use super::{Call, Gateway, Limits};
 use crate::error::{Error, Fault};
 use crate::metrics::Protocol;
 use crate::repository::{LoadSettings, Loaders, Repository, RepositoryConfig};
-use crate::rollout::{Phase, RolloutSpec, Source, Status, Summary};
-use crate::routing::{RouteSpec, RuleSpec, TargetSpec};
+use crate::rollout::{Phase, Source, Status};
+use crate::routing::{RouteSpec, RuleSpec, ShadowSpec};
 use crate::tensor::{InferRequest, InferResponse, Tensor};
 
 /// One INT32 input of 4 columns, echoed as the output.
@@ -30,6 +30,15 @@ input [ { name: "IN", data_type: TYPE_INT32, dims: [ 4 ] } ]
 output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 4 ] } ]
 dynamic_batching { }
 "#;
+
+/// What a route window holds.
+#[derive(Debug)]
+struct Counts {
+    /// Successes and server-fault failures.
+    requests: u64,
+    /// Server-fault failures.
+    errors: u64,
+}
 
 struct Rig {
     gateway: Arc<Gateway>,
@@ -112,9 +121,10 @@ impl Rig {
     }
 
     /// The route window of `version` now.
-    fn window(&self, version: u64) -> Summary {
+    fn window(&self, version: u64) -> Counts {
         let route = self.gateway.routes.get("m").unwrap();
-        route.target(version).unwrap().arm.window.summary(tokio::time::Instant::now())
+        let summary = route.target(version).unwrap().arm.window.summary(tokio::time::Instant::now());
+        Counts { requests: summary.requests, errors: summary.errors }
     }
 
     /// Rows the fake of `version` has run since the load.
@@ -263,7 +273,7 @@ async fn a_version_at_its_in_flight_limit_answers_503_and_the_refusal_counts_aga
 async fn shadow_copies_run_on_their_version_without_changing_the_answer() {
     let rig = rig(&[1, 2]).await;
     let mut spec = RouteSpec::weighted("m", &[(1, 100)]);
-    spec.shadow = Some(crate::routing::ShadowSpec { version: 2, percent: 100.0, max_in_flight: 64 });
+    spec.shadow = Some(ShadowSpec { version: 2, percent: 100.0, max_in_flight: 64 });
     rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
     let route = rig.gateway.routes.get("m").unwrap();
     let counts = route.shadow.as_ref().unwrap().counts();
@@ -313,31 +323,29 @@ async fn settle() {
     }
 }
 
+/// The rollout's `check_interval`.
 const CHECK: Duration = Duration::from_secs(1);
 
-/// Canary 2 at 50 %, then 100 %; two failed checks roll it back.
+/// Canary 2 at 50 %, then 100 % after two passing checks; two failed checks
+/// roll it back. Written as the admin API takes it.
 fn rollout_route() -> RouteSpec {
-    let mut rollout = RolloutSpec::new(2);
-    rollout.step_weights = vec![50, 100];
-    rollout.interval = 2 * CHECK;
-    rollout.check_interval = CHECK;
-    rollout.window = Duration::from_secs(60);
-    rollout.threshold = 2;
-    rollout.min_requests = 10;
-    rollout.max_error_rate = 0.1;
-    // Latency is the instance threads' real time: not judged here.
-    rollout.max_p99_latency = None;
-    RouteSpec {
-        model: "m".into(),
-        targets: vec![
-            TargetSpec { version: 1, weight: None, max_in_flight: None },
-            TargetSpec { version: 2, weight: None, max_in_flight: None },
-        ],
-        rules: Vec::new(),
-        sticky_header: None,
-        shadow: None,
-        rollout: Some(rollout),
-    }
+    let spec = serde_json::json!({
+        "model": "m",
+        "targets": [{ "version": 1 }, { "version": 2 }],
+        "rollout": {
+            "canary": 2,
+            "step_weights": [50, 100],
+            "interval": "2s",
+            "check_interval": "1s",
+            "window": "60s",
+            "threshold": 2,
+            "min_requests": 10,
+            "max_error_rate": 0.1,
+            // Latency is the instance threads' real time: not judged here.
+            "max_p99_latency": null,
+        },
+    });
+    serde_json::from_value(spec).unwrap()
 }
 
 impl Rig {
