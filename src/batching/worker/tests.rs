@@ -207,3 +207,38 @@ async fn the_instances_of_a_version_run_batches_at_the_same_time() {
     instances.sort_unstable();
     assert_eq!(instances, [0, 1]);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_frees_its_queue_slot_and_its_request_never_runs() {
+    let model = FakeModel::new();
+    let scheduler = start(&model, 1, BatchPolicy { max_queue_size: 2, ..policy(8, true) });
+    let first = busy(&model, &scheduler).await;
+    let leaving = scheduler.submit(request(1, 1), None).unwrap();
+    let staying = scheduler.submit(request(2, 1), None).unwrap();
+    let refused = scheduler.submit(request(3, 1), None).expect_err("the queue holds 2");
+    assert!(matches!(refused, Error::Unavailable(_)), "a full queue is a 503: {refused:?}");
+    drop(leaving);
+    let admitted = scheduler.submit(request(4, 1), None).expect("the slot of the client that left is free");
+    model.release();
+
+    assert_own_rows(answer(first).await, 0, 1, &[0]);
+    assert_own_rows(answer(staying).await, 2, 1, &[0]);
+    assert_own_rows(answer(admitted).await, 4, 1, &[0]);
+    assert_eq!(model.batch_sizes(), [1, 2], "requests 2 and 4 ran together; request 1 never ran");
+}
+
+#[tokio::test]
+async fn dropping_the_scheduler_lets_the_queued_requests_finish() {
+    let model = FakeModel::new();
+    let scheduler = start(&model, 1, policy(8, true));
+    let first = busy(&model, &scheduler).await;
+    let queued: Vec<_> = (1..=3).map(|id| scheduler.submit(request(id, 1), None).unwrap()).collect();
+    drop(scheduler);
+    model.release();
+
+    assert_own_rows(answer(first).await, 0, 1, &[0]);
+    for (i, receiver) in queued.into_iter().enumerate() {
+        assert_own_rows(answer(receiver).await, i + 1, 1, &[0]);
+    }
+    assert_eq!(model.batch_sizes(), [1, 3]);
+}
