@@ -43,16 +43,22 @@ struct Counts {
 struct Rig {
     gateway: Arc<Gateway>,
     loader: Arc<FakeLoader>,
-    _repository: tempfile::TempDir,
+    repository: tempfile::TempDir,
+}
+
+/// Writes the directory of version `v` of `m` (an empty fake model file).
+fn add_version(root: &std::path::Path, v: u64) {
+    let dir = root.join("m").join(v.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(fake::FILENAME), b"").unwrap();
 }
 
 /// Model `m` with fake `versions`, loaded; the warm-up batches are forgotten.
 async fn rig(versions: &[u64]) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
-    for v in versions {
-        std::fs::create_dir_all(model.join(v.to_string())).unwrap();
-        std::fs::write(model.join(v.to_string()).join(fake::FILENAME), b"").unwrap();
+    for &v in versions {
+        add_version(dir.path(), v);
     }
     std::fs::write(model.join("config.pbtxt"), CONFIG).unwrap();
     let loader = Arc::new(FakeLoader::new());
@@ -77,7 +83,7 @@ async fn rig(versions: &[u64]) -> Rig {
         body_idle_timeout: Duration::from_secs(10),
     };
     let gateway = Arc::new(Gateway::new(repository, limits, crate::metrics::install()));
-    Rig { gateway, loader, _repository: dir }
+    Rig { gateway, loader, repository: dir }
 }
 
 fn request(value: i32) -> InferRequest {
@@ -225,6 +231,26 @@ async fn a_request_that_names_a_version_bypasses_the_route() {
     let named = rig.infer_with(Some("2"), request(3), &HeaderMap::new()).await.unwrap();
     assert_eq!(named.model_version, 2, "a named version is served as named");
     assert_eq!((rig.window(1).requests, rig.window(2).requests), (1, 0), "only the routed request is in a window");
+}
+
+#[tokio::test]
+async fn a_route_to_a_version_that_is_not_loaded_is_refused_from_an_operator_and_fails_503_from_the_file() {
+    let rig = rig(&[1]).await;
+    let spec = RouteSpec::weighted("m", &[(1, 0), (2, 100)]);
+    let refused = rig.gateway.rollouts.put(spec.clone(), Source::Operator).await.unwrap_err();
+    assert!(matches!(refused, Error::FailedPrecondition(_)), "{refused:?}");
+    assert!(rig.gateway.routes.get("m").is_none(), "a refused route is not applied");
+
+    let summary = rig.gateway.rollouts.apply_file(std::slice::from_ref(&spec)).await.unwrap();
+    assert_eq!(summary.applied, ["m"], "the file's route is applied, and its missing version logged");
+    let error = rig.infer(1, &HeaderMap::new()).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable(_)), "the route names it, so it is the server's fault: {error:?}");
+    let two = rig.window(2);
+    assert_eq!((two.requests, two.errors), (1, 1), "and version 2's failure");
+
+    add_version(rig.repository.path(), 2);
+    rig.gateway.repository.load_version("m", 2).await.unwrap();
+    assert_eq!(rig.infer(2, &HeaderMap::new()).await, Ok(2), "once loaded, the route serves it");
 }
 
 /// Longest a test waits for something that should happen at once.
