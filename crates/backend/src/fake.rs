@@ -156,7 +156,8 @@ impl FakeModel {
     }
 
     /// Executions that start from now on wait, recorded and counted as
-    /// running, until [`FakeModel::release`].
+    /// running, until [`FakeModel::release`]. A load's warm-up waits too: hold
+    /// a model after it is loaded.
     pub fn hold(&self) {
         self.lock().held = true;
     }
@@ -202,21 +203,6 @@ impl FakeModel {
         }
         true
     }
-
-    /// Waits until `n` batches have been recorded since the last clear, or
-    /// `timeout` passes; returns whether they were.
-    pub fn wait_for_batches(&self, n: usize, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        let mut state = self.lock();
-        while state.batches.len() < n {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
-        }
-        true
-    }
 }
 
 /// One instance of a [`FakeModel`].
@@ -224,13 +210,6 @@ impl FakeModel {
 pub struct FakeBackend {
     model: Arc<FakeModel>,
     instance: usize,
-}
-
-impl FakeBackend {
-    /// The model this instance belongs to.
-    pub fn model(&self) -> &Arc<FakeModel> {
-        &self.model
-    }
 }
 
 /// Whether any element of any input is `marker`.
@@ -393,6 +372,17 @@ mod tests {
         let marked = le(&[3, -7]);
         assert!(backend.execute(&[i32_input(&[2, 1], &marked)], &[0]).is_err());
         assert_eq!(model.batches().iter().map(|b| b.failed).collect::<Vec<_>>(), [false, true, false, true]);
+    }
+
+    #[test]
+    fn each_execution_takes_at_least_the_latency() {
+        let model = FakeModel::new();
+        model.set_latency(Duration::from_millis(20));
+        let mut backend = model.instance();
+        let data = le(&[1]);
+        let started = Instant::now();
+        backend.execute(&[i32_input(&[1], &data)], &[0]).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(20), "{:?}", started.elapsed());
     }
 
     #[test]
