@@ -213,3 +213,6 @@ fn parse_version(version: Option<&str>) -> Result<Option<u64>, Error> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -220,3 +220,6 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
     shared.metrics.batch_size.record(total_rows as f64);
     Ok(replies)
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod dtype;
+#[cfg(feature = "fake")]
+pub mod fake;
 mod tensor;
 
 use std::collections::BTreeMap;
