@@ -13,10 +13,10 @@ use http::{HeaderMap, HeaderValue};
 use modelgate_backend::fake::{self, Failure, FakeLoader};
 use modelgate_backend::{DataType, ModelLoader};
 
-use super::{Call, Gateway, Limits};
+use super::{Call, Gateway};
 use crate::error::{Error, Fault};
 use crate::metrics::Protocol;
-use crate::repository::{Loaders, Repository, RepositorySettings};
+use crate::repository::Loaders;
 use crate::rollout::{Phase, Source, Status};
 use crate::routing::{RouteSpec, RuleSpec, ShadowSpec};
 use crate::tensor::{InferRequest, InferResponse, Tensor};
@@ -53,37 +53,26 @@ fn add_version(root: &std::path::Path, v: u64) {
     std::fs::write(dir.join(fake::FILENAME), b"").unwrap();
 }
 
-/// Model `m` with fake `versions`, loaded; the warm-up batches are forgotten.
+/// Model `m` with fake `versions`, started the way `main` starts a gateway
+/// (`crate::start`, default settings); the warm-up batches are forgotten.
 async fn rig(versions: &[u64]) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
     for &v in versions {
         add_version(dir.path(), v);
     }
-    std::fs::write(model.join("config.pbtxt"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("m").join("config.pbtxt"), CONFIG).unwrap();
     let loader = Arc::new(FakeLoader::new());
     let loaders = Loaders { ready: vec![loader.clone() as Arc<dyn ModelLoader>], missing: Vec::new() };
-    let settings = RepositorySettings {
-        path: dir.path().to_path_buf(),
-        load_models: Some(Vec::new()),
-        model_control: false,
-        strict_readiness: false,
-        default_max_batch_size: 8,
-        default_max_queue_size: 64,
-        intra_op_threads: 1,
-    };
-    let repository = Arc::new(Repository::new(settings, Default::default(), loaders));
-    repository.load("m").await.unwrap();
+    let mut config = crate::config::Config::default();
+    config.repository.path = dir.path().to_path_buf();
+    config.repository.load_models = Some(vec!["m".into()]);
+    let gateway = crate::start(&config, loaders).await;
     for &v in versions {
+        if let Err(e) = gateway.repository.resolve("m", Some(v)) {
+            panic!("version {v} did not load: {e}");
+        }
         loader.model("m", v).clear();
     }
-    let limits = Limits {
-        max_request_bytes: 1 << 20,
-        max_inflight_bytes: 1 << 24,
-        max_connections: 16,
-        body_idle_timeout: Duration::from_secs(10),
-    };
-    let gateway = Arc::new(Gateway::new(repository, limits, crate::metrics::install()));
     Rig { gateway, loader, repository: dir }
 }
 
