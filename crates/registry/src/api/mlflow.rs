@@ -432,7 +432,12 @@ impl Filter {
             let field_end = rest
                 .find(|c: char| c.is_whitespace() || c == '=' || c == '!')
                 .ok_or_else(|| bad("expected <field> <op> '<value>'"))?;
-            let field = rest[..field_end].trim_matches('`').to_owned();
+            let raw = rest[..field_end].replace(['`', '"'], "");
+            // MLflow clients write `tag.<key>` and `tags.<key>` (key in backquotes when dotted).
+            let field = match raw.strip_prefix("tag.") {
+                Some(key) => format!("tags.{key}"),
+                None => raw,
+            };
             rest = rest[field_end..].trim_start();
             let op_end = rest.find(['\'', '"']).ok_or_else(|| bad("values must be quoted"))?;
             let op = rest[..op_end].trim().to_ascii_uppercase();
@@ -526,6 +531,8 @@ mod tests {
         assert!(like("abc", "%"));
         let f = Filter::parse("name='fraud' and tags.team = \"risk\"").unwrap();
         assert_eq!(f.0.len(), 2);
+        let f = Filter::parse("name LIKE 'fr%' AND tag.`mlflow.prompt.is_prompt` != 'true'").unwrap();
+        assert_eq!(f.0[1], ("tags.mlflow.prompt.is_prompt".into(), "!=".into(), "true".into()));
         assert!(Filter::parse("name ~ 'x'").is_err());
         assert!(Filter::parse("name = 'x").is_err());
         assert!(Filter::parse("secret = 'x'").is_err());
