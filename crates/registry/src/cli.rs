@@ -103,6 +103,74 @@ pub async fn run(
     Ok(())
 }
 
+/// The control plane embedded in `modelgate serve` (single node, zero set-up).
+#[derive(Clone, Debug, clap::Args)]
+pub struct EmbeddedArgs {
+    /// Port of the embedded control plane (model registry) on 127.0.0.1; 0 turns it off
+    /// [default: 8004]. Off anyway without a token (the admin token). When the default port is
+    /// taken the gateway starts without it (warning); an explicit port must bind.
+    #[arg(long)]
+    pub control_plane_port: Option<u16>,
+    /// The embedded control plane's state: registry.db (SQLite) and blobs/.
+    #[arg(long, default_value = ".modelgate")]
+    pub data_dir: PathBuf,
+}
+
+/// The default port of the embedded control plane.
+pub const DEFAULT_PORT: u16 = 8004;
+
+/// Starts the embedded control plane on 127.0.0.1 in the background, with `token_file` (else
+/// env MODELGATE_ADMIN_TOKEN); `None` when it is off. The task ends after `shutdown`.
+pub async fn spawn_embedded(
+    args: &EmbeddedArgs,
+    token_file: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let port = args.control_plane_port.unwrap_or(DEFAULT_PORT);
+    if port == 0 {
+        tracing::info!("embedded control plane off: --control-plane-port 0");
+        return Ok(None);
+    }
+    let full = ControlPlaneArgs {
+        db: None,
+        data_dir: args.data_dir.clone(),
+        address: IpAddr::from([127, 0, 0, 1]),
+        port,
+        token_file,
+        allowed_hosts: Vec::new(),
+        file_roots: Vec::new(),
+        max_blob_size: Limits::default().max_blob_size,
+        max_files: Limits::default().max_files,
+    };
+    let token = match full.token() {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::warn!(%error, "embedded control plane off");
+            return Ok(None);
+        }
+    };
+    // Bind before touching the data directory, so a second gateway on this machine that loses
+    // the default port never opens the first one's database.
+    let addr = SocketAddr::new(full.address, port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(source) if args.control_plane_port.is_none() => {
+            tracing::warn!(%addr, error = %source, "embedded control plane off: its default port is taken");
+            return Ok(None);
+        }
+        Err(source) => return Err(StartError::Bind { addr, source }),
+    };
+    let registry = Registry::open(&full.config()).await?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded control plane listening");
+    let auth = Auth::new(token, &[]);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(error) = crate::api::serve(listener, registry.clone(), auth, shutdown).await {
+            tracing::error!(%error, "embedded control plane stopped");
+        }
+        registry.store.close().await;
+    })))
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

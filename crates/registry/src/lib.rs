@@ -7,13 +7,14 @@
 //! - [`blobs`]: content-addressed files under `<data-dir>/blobs/sha256/`.
 //! - [`error`]: the one error type and its HTTP status mapping.
 //! - [`import`]: hashing a version's source files into blobs in the background.
-//! - [`cli`]: the `control-plane` flags and runner.
+//! - [`cli`]: the `control-plane` flags and runner; [`client`]: `modelgate registry ...`.
 //! - [`api`]: `/cp/v1`, the MLflow subset and the artifact proxy, behind a bearer token.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod digest;
 pub mod error;
 pub mod import;
