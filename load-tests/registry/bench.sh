@@ -58,10 +58,11 @@ bench_db() {
     # A model with 20 versions and a champion alias.
     api -X POST -d '{"name":"fraud"}' "http://$addr/cp/v1/models" >/dev/null
     for i in $(seq 20); do
-        local d; d=$(printf 'v%s' "$i" | sha256sum | cut -d' ' -f1)
-        printf 'v%s' "$i" | api -X PUT --data-binary @- "http://$addr/cp/v1/blobs/sha256:$d" >/dev/null
-        api -X POST -d "{\"format\":\"onnx\",\"files\":[{\"path\":\"model.onnx\",\"size\":${#i},\"sha256\":\"sha256:$d\"}]}" \
-            "http://$addr/cp/v1/models/fraud/versions" >/dev/null 2>&1 || true
+        local blob="v$i" d
+        d=$(printf '%s' "$blob" | sha256sum | cut -d' ' -f1)
+        printf '%s' "$blob" | api -X PUT --data-binary @- "http://$addr/cp/v1/blobs/sha256:$d" >/dev/null
+        api -X POST -d "{\"format\":\"onnx\",\"files\":[{\"path\":\"model.onnx\",\"size\":${#blob},\"sha256\":\"sha256:$d\"}]}" \
+            "http://$addr/cp/v1/models/fraud/versions" >/dev/null
     done
     api -X PUT -d '{"version":1}' "http://$addr/cp/v1/models/fraud/aliases/champion" >/dev/null
     for path in /cp/v1/models/fraud/aliases/champion /cp/v1/models/fraud/versions; do

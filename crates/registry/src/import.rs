@@ -50,8 +50,9 @@ pub fn resolve_source(registry: &Registry, source: &str) -> Result<PathBuf, Regi
     )))
 }
 
-/// Starts importing `version` of `model` from `source` in the background.
-pub fn spawn(registry: Arc<Registry>, model: String, version: i64, source: String) {
+/// Starts importing `version` of `model` from `source` in the background; the handle ends
+/// when the outcome is recorded.
+pub fn spawn(registry: Arc<Registry>, model: String, version: i64, source: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let outcome = import(&registry, &source).await.map_err(|e| e.to_string());
         if let Err(reason) = &outcome {
@@ -61,7 +62,7 @@ pub fn spawn(registry: Arc<Registry>, model: String, version: i64, source: Strin
             // The version stays PENDING_REGISTRATION and is retried at the next start.
             tracing::error!(model, version, %error, "could not record the end of an import");
         }
-    });
+    })
 }
 
 /// Restarts the imports a previous run left pending.
@@ -69,7 +70,7 @@ pub async fn resume_pending(registry: &Arc<Registry>) -> Result<(), RegistryErro
     for version in registry.store.versions(None).await? {
         if version.status == Status::PendingRegistration {
             tracing::info!(model = version.model, version = version.version, "resuming an import");
-            spawn(registry.clone(), version.model, version.version, version.source);
+            drop(spawn(registry.clone(), version.model, version.version, version.source));
         }
     }
     Ok(())

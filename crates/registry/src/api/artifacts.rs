@@ -73,7 +73,7 @@ async fn upload(State(registry): Shared, Path(path): Path<String>, request: Requ
     }
     let target = registry.artifacts_root.join(&path);
     registry.blobs.write_file(&target, request.into_body().into_data_stream()).await?;
-    Ok(Json200::empty())
+    Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
 }
 
 async fn download(State(registry): Shared, Path(path): Path<String>, request: Request) -> Result<Response, ApiError> {
@@ -132,13 +132,4 @@ async fn list(State(registry): Shared, Query(query): Query<HashMap<String, Strin
         files.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
     }
     Ok(axum::Json(json!({ "files": files })).into_response())
-}
-
-/// `200 {}`, MLflow's answer to a write.
-struct Json200;
-
-impl Json200 {
-    fn empty() -> Response {
-        (StatusCode::OK, axum::Json(json!({}))).into_response()
-    }
 }

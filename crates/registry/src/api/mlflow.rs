@@ -31,6 +31,9 @@ use crate::types::{Model, NewVersion, Stage, Status, Tags, Version};
 type Shared = State<Arc<Registry>>;
 type Answer = Result<Response, MlflowError>;
 
+/// How long `model-versions/create` waits for the import before answering PENDING_REGISTRATION.
+const INLINE_IMPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A registry error in MLflow's error shape.
 #[derive(Debug)]
 pub struct MlflowError(pub RegistryError);
@@ -337,8 +340,13 @@ async fn create_version(State(registry): Shared, args: Args) -> Answer {
         ..NewVersion::default()
     };
     new.lineage.run_id = args.opt_str("run_id").filter(|r| !r.is_empty());
-    let version = registry.store.create_version(name.as_str(), new).await?;
-    crate::import::spawn(registry.clone(), version.model.clone(), version.version, source);
+    let mut version = registry.store.create_version(name.as_str(), new).await?;
+    let import = crate::import::spawn(registry.clone(), version.model.clone(), version.version, source);
+    // A small model imports in milliseconds: answering READY then spares the MLflow client its
+    // first 3 s poll sleep. A large one answers PENDING_REGISTRATION and the client polls.
+    if tokio::time::timeout(INLINE_IMPORT_WAIT, import).await.is_ok() {
+        version = registry.store.require_version(&version.model, version.version).await?;
+    }
     ok(json!({ "model_version": version_json(&version) }))
 }
 

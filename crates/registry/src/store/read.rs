@@ -56,7 +56,7 @@ impl Store {
 
     /// One version, or `None`.
     pub async fn version(&self, model: &str, version: i64) -> Result<Option<Version>, RegistryError> {
-        let sql = const_format(VERSION_COLUMNS, " WHERE model = $1 AND version = $2");
+        let sql = with_tail(VERSION_COLUMNS, " WHERE model = $1 AND version = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(model.to_owned())
             .bind(version)
@@ -78,12 +78,12 @@ impl Store {
     pub async fn versions(&self, model: Option<&str>) -> Result<Vec<Version>, RegistryError> {
         let (rows, aliases) = match model {
             Some(m) => {
-                let sql = const_format(VERSION_COLUMNS, " WHERE model = $1 ORDER BY version DESC");
+                let sql = with_tail(VERSION_COLUMNS, " WHERE model = $1 ORDER BY version DESC");
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(m.to_owned()).fetch_all(&self.pool).await?;
                 (rows, self.aliases(m).await?)
             }
             None => {
-                let sql = const_format(VERSION_COLUMNS, " ORDER BY model, version DESC");
+                let sql = with_tail(VERSION_COLUMNS, " ORDER BY model, version DESC");
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
                 (rows, self.all_aliases().await?)
             }
@@ -170,7 +170,8 @@ impl Store {
     }
 }
 
-fn const_format(head: &str, tail: &str) -> String {
+/// `SELECT <version columns> FROM model_versions` followed by `tail`.
+fn with_tail(head: &str, tail: &str) -> String {
     format!("{head}{tail}")
 }
 
