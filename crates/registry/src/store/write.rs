@@ -523,8 +523,9 @@ impl Store {
         Ok(())
     }
 
-    /// MLflow's stage transition, mapped onto aliases: Production moves `champion`, Staging
-    /// `challenger`; None and Archived remove both from this version (Archived also flags it).
+    /// MLflow's stage transition, mapped onto aliases: Production moves `champion` to this
+    /// version, Staging `challenger`; a version has one stage, so it also leaves the other of the
+    /// two aliases if it held it. None and Archived remove both from it (Archived also flags it).
     /// `archive_existing` flags the version the alias leaves as Archived.
     pub async fn transition_stage(
         &self,
