@@ -132,3 +132,26 @@ async fn an_uploaded_artifact_becomes_a_ready_version_and_a_failed_import_cannot
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_import_left_pending_by_a_crash_resumes_at_start() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        let put = server.http.put(server.url("/api/2.0/mlflow-artifacts/artifacts/exp/later/model.onnx")).body("onnx");
+        assert_eq!(put.send().await.unwrap().status(), StatusCode::OK);
+        server.create_model("fraud").await;
+        // What a crash between the version's row and the end of its import leaves behind.
+        let new = modelgate_registry::types::NewVersion {
+            source: "mlflow-artifacts:/exp/later".into(),
+            creator: "test".into(),
+            ..Default::default()
+        };
+        let pending = server.registry.store.create_version("fraud", new).await.unwrap();
+        assert_eq!(pending.status, modelgate_registry::types::Status::PendingRegistration);
+        let (dir, url) = server.stop().await;
+        let server = Server::start_at(backend, dir, url).await;
+        let resumed = wait_status(&server, "fraud", "1").await;
+        assert_eq!(resumed["status"], "READY", "{backend:?}: {resumed}");
+        server.stop().await;
+    }
+}
