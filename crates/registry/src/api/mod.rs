@@ -23,6 +23,9 @@ use crate::Registry;
 use crate::error::RegistryError;
 use auth::{Auth, Conn};
 
+/// How long in-flight requests may run on after shutdown begins.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest JSON body accepted (manifests of many files included).
 pub const MAX_JSON_BODY: usize = 8 << 20;
 
@@ -82,5 +85,24 @@ pub async fn serve(
     let app = router(registry, auth);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "control plane listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).with_graceful_shutdown(shutdown).await
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let graceful =
+        axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = draining.send(());
+        });
+    // A slow upload must not hold shutdown forever: in-flight requests get DRAIN_TIMEOUT.
+    let deadline = async move {
+        if drain_started.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = graceful => served,
+        () = deadline => {
+            tracing::warn!(?addr, "control plane drain timed out; in-flight requests dropped");
+            Ok(())
+        }
+    }
 }
