@@ -6,14 +6,15 @@
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
 # Components (default: apt ort models client; `torch` only when asked for):
-#   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor).
+#   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
+#            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh).
 #            Installed with apt-get only when missing; needs root or sudo.
 #   ort      ONNX Runtime 1.31.1 C library from the PyPI wheel -> .native/onnxruntime/lib/
 #            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
 #   models   .venv/models: onnx, onnxruntime, numpy (scripts/requirements-models.txt), used by
 #            models/make_models.py and for reference outputs in tests.
 #   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime, pytest,
-#            numpy (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
+#            numpy, mlflow-skinny (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
 #            libonnxruntime.so with the CUDA execution provider beside it -> .native/onnxruntime-gpu/lib/.
 #            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
@@ -50,7 +51,7 @@ readonly ORT_VERSION=1.31.1
 readonly TORCH_VERSION=2.13.0
 readonly NATIVE=.native
 readonly WHEELS=$NATIVE/wheels          # download cache, deleted after a successful run
-readonly APT_PACKAGES=(libb64-0d wrk nginx-light)
+readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15)
 readonly PYTHON=${PYTHON:-python3}
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit and integration tests (real
-# ONNX Runtime, real sockets), and the Triton-client compatibility suite
+# ONNX Runtime, real sockets; the registry's on SQLite and a throwaway PostgreSQL),
+# the MLflow-client tests of the registry, and the Triton-client compatibility suite
 # (tritonclient + perf_analyzer against the built server).
 # Run `scripts/setup.sh` once first (README: `scripts/setup.sh && scripts/test.sh`).
 set -euo pipefail
@@ -23,11 +24,20 @@ cargo fmt --all -- --check
 step "cargo clippy ${feature_args[*]:-}"
 cargo clippy --workspace --all-targets "${feature_args[@]}" -- -D warnings
 
-step "cargo test ${feature_args[*]:-}"
-cargo test --workspace "${feature_args[@]}"
+# The registry's tests run on SQLite and on a throwaway PostgreSQL; requiring it means a
+# machine without PostgreSQL fails here instead of skipping those tests.
+export MODELGATE_REQUIRE_POSTGRES=1
+
+step "cargo test ${feature_args[*]:-} (with a throwaway PostgreSQL)"
+scripts/with-postgres.sh cargo test --workspace "${feature_args[@]}"
+
+step "cargo build ${feature_args[*]:-} --bin modelgate (for the client suites)"
+cargo build "${feature_args[@]}" --bin modelgate
+
+step "MLflow client against the registry (mlflow-skinny, SQLite and PostgreSQL)"
+scripts/with-postgres.sh "${COMPAT_PYTHON:-.venv/client/bin/python}" -m pytest -q tests/registry
 
 step "Triton client compatibility (tritonclient, perf_analyzer)"
-cargo build "${feature_args[@]}" --bin modelgate
 # Run through bash: a lost run bit must not skip the suite and still end in "all tests passed".
 bash tests/compat/run.sh target/debug/modelgate
 

@@ -1,5 +1,6 @@
-//! The `modelgate` binary: `serve` runs the data plane; `admin` calls its
-//! admin API.
+//! The `modelgate` binary: `serve` runs the data plane (with the control
+//! plane embedded); `admin` calls its admin API; `control-plane` runs the
+//! control plane alone; `registry` calls the control plane's registry.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ enum Command {
     Serve(ServeArgs),
     /// Call the admin API of a running gateway: routes, weights, rollouts, versions.
     Admin(AdminArgs),
+    /// Run the control plane (model registry, MLflow-compatible API) alone, e.g. for a cluster.
+    ControlPlane(modelgate_registry::cli::ControlPlaneArgs),
+    /// Call the model registry: push, versions, show, alias, history, pull.
+    Registry(modelgate_registry::client::RegistryArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +98,8 @@ struct ServeArgs {
     /// File holding the admin bearer token (else env MODELGATE_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    control_plane: modelgate_registry::cli::EmbeddedArgs,
 }
 
 impl ServeArgs {
@@ -229,6 +236,7 @@ fn reload_routes_on_hangup(path: PathBuf, gateway: std::sync::Arc<modelgate::gat
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config_path = args.config.clone();
+    let control_plane = args.control_plane.clone();
     let config = args.into_config()?;
     let s = &config.server;
     let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
@@ -249,6 +257,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
         tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, shutdown))
     });
+    let mut stopped = admin_stopped.clone();
+    let control_plane_task =
+        modelgate_registry::cli::spawn_embedded(&control_plane, config.admin.token_file.clone(), async move {
+            let _ = stopped.changed().await;
+        })
+        .await?;
     let options =
         ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
     let shutdown = async move {
@@ -257,6 +271,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown).await;
     if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = control_plane_task {
         let _ = task.await;
     }
     Ok(())
@@ -292,5 +309,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Admin(args) => runtime.block_on(admin(args)),
+        Command::ControlPlane(args) => {
+            runtime.block_on(modelgate_registry::cli::run(args, shutdown_signal())).map_err(Into::into)
+        }
+        Command::Registry(args) => runtime.block_on(modelgate_registry::client::run(args)).map_err(Into::into),
     }
 }

@@ -35,6 +35,8 @@ impl Serve {
             .args(["--http-address", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"])
             .args(["--http-port", &http.to_string(), "--admin-port", &admin.to_string()])
             .args(["--strict-readiness", "false"])
+            // Tests run side by side: none takes the embedded control plane's fixed port.
+            .args(["--control-plane-port", "0"])
             .env_remove("MODELGATE_ADMIN_TOKEN")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

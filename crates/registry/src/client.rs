@@ -1,0 +1,494 @@
+//! `modelgate registry ...`: push a model directory (hashing it, uploading
+//! only the blobs the registry lacks), list versions, show one, move an
+//! alias, read the alias history, and pull a version into a directory,
+//! verifying every file's size and sha256 before it is renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::api::auth::{TOKEN_ENV, Token};
+use crate::digest::Digest;
+use crate::manifest::check_path;
+use crate::types::{Format, Lineage};
+
+/// Flags of `modelgate registry`.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// host:port of the control plane.
+    #[arg(long, env = "MODELGATE_CP_ADDRESS", default_value = "127.0.0.1:8004")]
+    pub address: String,
+    /// File holding the bearer token (default: env MODELGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Who makes the change, for the alias history (default: $USER).
+    #[arg(long, env = "USER", default_value = "unknown")]
+    pub actor: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RegistryCommand,
+}
+
+/// The registry commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RegistryCommand {
+    /// Register a model directory (or one file) as a new version.
+    Push {
+        /// The registered model (created if missing).
+        model: String,
+        /// A directory (Triton layout or any) or a single model file.
+        path: PathBuf,
+        /// Point this alias at the new version.
+        #[arg(long)]
+        alias: Option<String>,
+        /// onnx or torchscript (default: from the file names).
+        #[arg(long)]
+        format: Option<String>,
+        /// Training run id.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Code commit.
+        #[arg(long)]
+        git_commit: Option<String>,
+        /// Training data digest.
+        #[arg(long)]
+        dataset_digest: Option<String>,
+        /// Parameter k=v (repeatable).
+        #[arg(long = "param", value_parser = key_value)]
+        params: Vec<(String, String)>,
+        /// Metric k=v with a numeric v (repeatable).
+        #[arg(long = "metric", value_parser = key_value)]
+        metrics: Vec<(String, String)>,
+        /// Tag k=v (repeatable).
+        #[arg(long = "tag", value_parser = key_value)]
+        tags: Vec<(String, String)>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a model's versions.
+    Versions {
+        /// The model.
+        model: String,
+    },
+    /// One version: manifest and lineage (JSON).
+    Show {
+        /// The model.
+        model: String,
+        /// The version number.
+        version: i64,
+    },
+    /// Point an alias at a version.
+    Alias {
+        /// The model.
+        model: String,
+        /// The alias (champion, challenger, ...).
+        alias: String,
+        /// The version.
+        version: i64,
+        /// Only if the alias is still at this generation (0: only if it does not exist).
+        #[arg(long)]
+        if_match: Option<i64>,
+        /// Why, for the history.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The moves of a model's aliases.
+    History {
+        /// The model.
+        model: String,
+        /// Only this alias.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Download a version into a directory, verifying every file.
+    Pull {
+        /// The model.
+        model: String,
+        /// A version number or @alias.
+        version: String,
+        /// Target directory (created; files in it are replaced).
+        dir: PathBuf,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{text}': expected key=value"))
+}
+
+/// What a registry command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No token.
+    #[error("no token: pass --token-file or set {TOKEN_ENV}")]
+    Token,
+    /// The control plane answered an error.
+    #[error("{status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// Its `error` text.
+        message: String,
+    },
+    /// The connection failed.
+    #[error("cannot reach the control plane: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A local file problem.
+    #[error("{0}")]
+    Local(String),
+    /// A pulled file did not match its manifest entry.
+    #[error("{path}: {why}; the file was not written")]
+    Verify {
+        /// The file.
+        path: String,
+        /// What differed.
+        why: String,
+    },
+}
+
+/// A connection to the control plane.
+pub struct Client {
+    base: String,
+    token: Token,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `address` (host:port).
+    pub fn new(address: &str, token: Token) -> Client {
+        Client { base: format!("http://{address}"), token, http: reqwest::Client::new() }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token.expose())
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok((status, body))
+        } else {
+            let message = body["error"].as_str().map_or_else(|| text.clone(), str::to_owned);
+            Err(ClientError::Api { status, message })
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        Ok(self.json(self.request(Method::GET, path)).await?.1)
+    }
+
+    /// Hashes `path`, uploads missing blobs, creates the model if needed and the version;
+    /// returns the version.
+    pub async fn push(&self, model: &str, path: &Path, options: PushOptions) -> Result<Value, ClientError> {
+        let files = local_files(path)?;
+        let mut entries = Vec::new();
+        let mut config_pbtxt = None;
+        for (rel, file) in &files {
+            let (digest, size) = hash_file(file).await?;
+            let blob = format!("/cp/v1/blobs/{digest}");
+            let present = self.request(Method::HEAD, &blob).send().await?.status() == StatusCode::OK;
+            if present {
+                println!("{rel}: {size} bytes, already in the registry");
+            } else {
+                let handle = tokio::fs::File::open(file).await.map_err(|e| local(file, e))?;
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
+                let request = self.request(Method::PUT, &blob).header("content-length", size).body(body);
+                self.json(request).await?;
+                println!("{rel}: {size} bytes uploaded");
+            }
+            if rel == "config.pbtxt" {
+                config_pbtxt = tokio::fs::read_to_string(file).await.ok();
+            }
+            entries.push(json!({ "path": rel, "size": size, "sha256": digest }));
+        }
+        let format = match options.format {
+            Some(f) => f.parse::<Format>().map_err(|e| ClientError::Local(e.to_string()))?,
+            None => {
+                let names: Vec<crate::manifest::Entry> = files
+                    .iter()
+                    .map(|(p, _)| crate::manifest::Entry { path: p.clone(), size: 0, sha256: Digest::of(b"") })
+                    .collect();
+                Format::guess(&names).ok_or_else(|| {
+                    ClientError::Local("no *.onnx or *.pt file found: pass --format onnx|torchscript".into())
+                })?
+            }
+        };
+        if let Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) =
+            self.get(&format!("/cp/v1/models/{model}")).await
+        {
+            self.json(self.request(Method::POST, "/cp/v1/models").json(&json!({ "name": model }))).await?;
+            println!("registered model {model}");
+        }
+        let body = json!({
+            "format": format,
+            "files": entries,
+            "config_pbtxt": config_pbtxt,
+            "lineage": options.lineage,
+            "description": options.description,
+            "tags": options.tags,
+            "creator": options.actor,
+        });
+        let (_, version) =
+            self.json(self.request(Method::POST, &format!("/cp/v1/models/{model}/versions")).json(&body)).await?;
+        println!("{model} version {} ({})", version["version"], version["manifest_digest"].as_str().unwrap_or(""));
+        if let Some(alias) = options.alias {
+            let number = version["version"].as_i64().unwrap_or(0);
+            self.set_alias(model, &alias, number, None, &options.actor, "registry push").await?;
+        }
+        Ok(version)
+    }
+
+    /// Moves an alias; with `if_match`, only from that generation.
+    pub async fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: i64,
+        if_match: Option<i64>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Value, ClientError> {
+        let mut request = self
+            .request(Method::PUT, &format!("/cp/v1/models/{model}/aliases/{alias}"))
+            .json(&json!({ "version": version, "actor": actor, "reason": reason }));
+        if let Some(generation) = if_match {
+            request = request.header("if-match", generation.to_string());
+        }
+        let (_, set) = self.json(request).await?;
+        println!("{model}@{alias} -> version {version} (generation {})", set["generation"]);
+        Ok(set)
+    }
+
+    /// Downloads a version into `dir`, each file verified before it is renamed into place.
+    pub async fn pull(&self, model: &str, version: &str, dir: &Path) -> Result<Value, ClientError> {
+        let number = match version.strip_prefix('@') {
+            Some(alias) => self.get(&format!("/cp/v1/models/{model}/aliases/{alias}")).await?["version"].as_i64(),
+            None => version.parse().ok(),
+        }
+        .ok_or_else(|| ClientError::Local(format!("version '{version}': expected a number or @alias")))?;
+        let found = self.get(&format!("/cp/v1/models/{model}/versions/{number}")).await?;
+        let entries: Vec<crate::manifest::Entry> = serde_json::from_value(found["manifest"].clone()).map_err(|_| {
+            ClientError::Local(format!("version {number} of {model} has no manifest (status {})", found["status"]))
+        })?;
+        for entry in &entries {
+            check_path(&entry.path).map_err(|e| ClientError::Local(e.to_string()))?;
+            let target = dir.join(&entry.path);
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| local(parent, e))?;
+            }
+            let temp = target.with_extension(format!("{}.part", uuid::Uuid::new_v4()));
+            let result = self.download(entry, &temp).await;
+            if let Err(e) = result {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+            tokio::fs::rename(&temp, &target).await.map_err(|e| local(&target, e))?;
+            println!("{}: {} bytes verified", entry.path, entry.size);
+        }
+        Ok(found)
+    }
+
+    async fn download(&self, entry: &crate::manifest::Entry, temp: &Path) -> Result<(), ClientError> {
+        let response = self.request(Method::GET, &format!("/cp/v1/blobs/{}", entry.sha256)).send().await?;
+        if !response.status().is_success() {
+            return Err(ClientError::Api { status: response.status(), message: format!("blob of {}", entry.path) });
+        }
+        let mut out = tokio::fs::File::create(temp).await.map_err(|e| local(temp, e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if size > entry.size {
+                break;
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(|e| local(temp, e))?;
+        }
+        let digest = Digest::from_hasher(hasher);
+        if size != entry.size {
+            return Err(ClientError::Verify {
+                path: entry.path.clone(),
+                why: format!("{size} bytes, expected {}", entry.size),
+            });
+        }
+        if digest != entry.sha256 {
+            return Err(ClientError::Verify {
+                path: entry.path.clone(),
+                why: format!("sha256 is {digest}, expected {}", entry.sha256),
+            });
+        }
+        out.sync_all().await.map_err(|e| local(temp, e))?;
+        Ok(())
+    }
+}
+
+/// Extra fields of a push.
+#[derive(Debug, Default)]
+pub struct PushOptions {
+    /// Alias to set.
+    pub alias: Option<String>,
+    /// Format, else guessed.
+    pub format: Option<String>,
+    /// Lineage.
+    pub lineage: Lineage,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Description.
+    pub description: String,
+    /// Who.
+    pub actor: String,
+}
+
+fn local(path: &Path, error: std::io::Error) -> ClientError {
+    ClientError::Local(format!("{}: {error}", path.display()))
+}
+
+/// The regular files of `path` (a file or a directory), sorted, with relative paths.
+fn local_files(path: &Path) -> Result<Vec<(String, PathBuf)>, ClientError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| local(path, e))?;
+    if meta.is_file() {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
+        return Ok(vec![(name, path.to_owned())]);
+    }
+    let mut out = Vec::new();
+    let mut pending = vec![(String::new(), path.to_owned())];
+    while let Some((prefix, dir)) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| local(&dir, e))? {
+            let entry = entry.map_err(|e| local(&dir, e))?;
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|n| ClientError::Local(format!("file name {n:?} is not UTF-8")))?;
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let kind = entry.file_type().map_err(|e| local(&entry.path(), e))?;
+            if kind.is_dir() {
+                pending.push((rel, entry.path()));
+            } else if kind.is_file() {
+                out.push((rel, entry.path()));
+            } else {
+                return Err(ClientError::Local(format!("{rel}: links and special files are not pushed")));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn hash_file(path: &Path) -> Result<(Digest, u64), ClientError> {
+    let file = tokio::fs::File::open(path).await.map_err(|e| local(path, e))?;
+    let mut stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| local(path, e))?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((Digest::from_hasher(hasher), size))
+}
+
+/// Runs one `modelgate registry` command, printing its result.
+pub async fn run(args: RegistryArgs) -> Result<(), ClientError> {
+    let text = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| local(path, e))?,
+        None => std::env::var(TOKEN_ENV).map_err(|_| ClientError::Token)?,
+    };
+    let token = Token::new(&text).map_err(|e| ClientError::Local(e.to_string()))?;
+    let client = Client::new(&args.address, token);
+    match args.command {
+        RegistryCommand::Push {
+            model,
+            path,
+            alias,
+            format,
+            run_id,
+            git_commit,
+            dataset_digest,
+            params,
+            metrics,
+            tags,
+            description,
+        } => {
+            let mut metric_values = BTreeMap::new();
+            for (k, v) in metrics {
+                let number: f64 =
+                    v.parse().map_err(|_| ClientError::Local(format!("metric {k}={v}: the value must be a number")))?;
+                metric_values.insert(k, number);
+            }
+            let lineage = Lineage {
+                run_id,
+                git_commit,
+                dataset_digest,
+                parameters: params.into_iter().collect(),
+                metrics: metric_values,
+                tags: BTreeMap::new(),
+            };
+            let options = PushOptions {
+                alias,
+                format,
+                lineage,
+                tags: tags.into_iter().collect(),
+                description,
+                actor: args.actor,
+            };
+            client.push(&model, &path, options).await?;
+        }
+        RegistryCommand::Versions { model } => {
+            let listed = client.get(&format!("/cp/v1/models/{model}/versions")).await?;
+            println!("{:>7}  {:<20}  {:<11}  {:<19}  aliases", "version", "status", "format", "manifest");
+            for v in listed["versions"].as_array().into_iter().flatten() {
+                let digest = v["manifest_digest"].as_str().unwrap_or("-");
+                let aliases: Vec<&str> =
+                    v["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                println!(
+                    "{:>7}  {:<20}  {:<11}  {:<19}  {}",
+                    v["version"].as_i64().unwrap_or(0),
+                    v["status"].as_str().unwrap_or(""),
+                    v["format"].as_str().unwrap_or("-"),
+                    digest.get(..19).unwrap_or(digest),
+                    aliases.join(",")
+                );
+            }
+        }
+        RegistryCommand::Show { model, version } => {
+            let found = client.get(&format!("/cp/v1/models/{model}/versions/{version}")).await?;
+            println!("{}", serde_json::to_string_pretty(&found).unwrap_or_default());
+        }
+        RegistryCommand::Alias { model, alias, version, if_match, reason } => {
+            client.set_alias(&model, &alias, version, if_match, &args.actor, &reason).await?;
+        }
+        RegistryCommand::History { model, alias } => {
+            let query = alias.map(|a| format!("?alias={a}")).unwrap_or_default();
+            let history = client.get(&format!("/cp/v1/models/{model}/history{query}")).await?;
+            for h in history["history"].as_array().into_iter().flatten() {
+                let show = |v: &Value| v.as_i64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+                println!(
+                    "generation {:>5}  {:<12} {:>4} -> {:<4}  by {}  {}",
+                    h["generation"].as_i64().unwrap_or(0),
+                    h["alias"].as_str().unwrap_or(""),
+                    show(&h["from_version"]),
+                    show(&h["to_version"]),
+                    h["actor"].as_str().unwrap_or(""),
+                    h["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        RegistryCommand::Pull { model, version, dir } => {
+            client.pull(&model, &version, &dir).await?;
+        }
+    }
+    Ok(())
+}
