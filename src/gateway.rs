@@ -32,6 +32,11 @@ pub struct Limits {
     /// `client_body_timeout`): a client that stalls mid-body is answered 408
     /// and its connection closed, instead of holding it open for ever.
     pub body_idle_timeout: Duration,
+    /// Longest time to receive a whole request body: a body that trickles in
+    /// (one byte per pause, each shorter than `body_idle_timeout`) still ends.
+    pub body_timeout: Duration,
+    /// Compressed request bodies inflated at once; the others wait for a turn.
+    pub max_concurrent_decompressions: usize,
 }
 
 /// What the request path needs, behind one `Arc`.
@@ -42,7 +47,9 @@ pub struct Gateway {
     /// Door limits.
     pub limits: Limits,
     /// Request data held now, against `limits.max_inflight_bytes`.
-    pub inflight: InflightBytes,
+    pub inflight: Arc<InflightBytes>,
+    /// Turns to inflate a compressed body (`limits.max_concurrent_decompressions`).
+    pub decompressions: Arc<Semaphore>,
     /// One permit per open data-plane connection (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
     /// Renders `/metrics`.
@@ -82,10 +89,12 @@ impl Gateway {
         let limits = Limits { max_connections: limits.max_connections.min(Semaphore::MAX_PERMITS), ..limits };
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
         let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+        let decompressions = Arc::new(Semaphore::new(limits.max_concurrent_decompressions.clamp(1, 1 << 16)));
         Gateway {
             repository,
             limits,
             inflight,
+            decompressions,
             connection_slots,
             metrics,
             routes,

@@ -182,6 +182,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Raises the open-file limit to the hard limit: the connection caps, not a
+/// soft limit of 1024, must be what bounds the listeners. Warns when even the
+/// hard limit is below what the caps allow (plus room for models and logs).
+fn raise_fd_limit(config: &Config) {
+    let wanted =
+        config.server.max_connections + config.server.max_metrics_connections + config.admin.max_connections + 256;
+    match modelgate::connection::raise_fd_limit() {
+        Ok(limit) if limit < wanted as u64 => tracing::warn!(
+            limit,
+            wanted,
+            "the open-file limit is below the connection caps: lower server.max_connections or raise the hard limit"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// The admin listener, when a port and a token are configured.
 async fn bind_admin(config: &Config) -> anyhow::Result<Option<(TcpListener, AdminToken)>> {
     let a = &config.admin;
@@ -231,6 +248,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config_path = args.config.clone();
     let config = args.into_config()?;
     let s = &config.server;
+    raise_fd_limit(&config);
     let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
     let grpc = bind(s.address, s.grpc_port, "gRPC").await?;
     let metrics = bind(s.address, s.metrics_port, "metrics").await?;
@@ -247,10 +265,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         };
         let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, shutdown))
+        let limits = (config.admin.max_connections, config.server.timeouts());
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, limits, shutdown))
     });
-    let options =
-        ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
+    let options = ServerOptions::from(&config.server);
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_admin.send(());

@@ -13,16 +13,18 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
+use crate::config::ServerConfig;
+use crate::connection::{Activity, Timeouts, Tracked};
 use crate::gateway::Gateway;
 use crate::respond::Chunks;
 
-/// The body of every response: REST parts or a gRPC stream.
-pub type ResponseBody = Either<Chunks, tonic::body::Body>;
+/// The body of every response: REST parts or a gRPC stream, keeping its
+/// request open on the connection until written (see [`Activity`]).
+pub type ResponseBody = Tracked<Either<Chunks, tonic::body::Body>>;
 
 /// Bound sockets; tests bind port 0 and read the addresses back.
 #[derive(Debug)]
@@ -42,6 +44,21 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// First-bytes and idle timeouts of every connection.
+    pub timeouts: Timeouts,
+    /// Open connections of the metrics port at most.
+    pub max_metrics_connections: usize,
+}
+
+impl From<&ServerConfig> for ServerOptions {
+    fn from(config: &ServerConfig) -> ServerOptions {
+        ServerOptions {
+            max_concurrent_streams: config.max_concurrent_streams,
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+            timeouts: config.timeouts(),
+            max_metrics_connections: config.max_metrics_connections,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,6 +75,8 @@ struct Dispatch {
     gateway: Arc<Gateway>,
     grpc: tonic::service::Routes,
     role: Role,
+    /// The connection's open requests (one `Dispatch` per connection).
+    activity: Arc<Activity>,
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -75,6 +94,8 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let gateway = self.gateway.clone();
+        // Open from here until the response body is dropped.
+        let in_use = Some(self.activity.begin());
         if self.role == Role::Metrics {
             let path_ok = request.uri().path() == "/metrics";
             return Box::pin(async move {
@@ -85,7 +106,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                         "this port serves /metrics only".into(),
                     ))
                 };
-                Ok(response.map(Either::Left))
+                Ok(response.map(|body| Tracked::new(Either::Left(body), in_use)))
             });
         }
         if is_grpc(&request) {
@@ -95,10 +116,12 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                Ok(resource_exhausted_on_oversize(response).map(Either::Right))
+                Ok(resource_exhausted_on_oversize(response).map(|body| Tracked::new(Either::Right(body), in_use)))
             });
         }
-        Box::pin(async move { Ok(crate::http::handle(gateway, request).await.map(Either::Left)) })
+        Box::pin(async move {
+            Ok(crate::http::handle(gateway, request).await.map(|body| Tracked::new(Either::Left(body), in_use)))
+        })
     }
 }
 
@@ -158,21 +181,37 @@ pub async fn serve(
 ) {
     let grpc = crate::grpc::routes(gateway.clone());
     let builder = Arc::new(connection_builder(options));
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Every accept loop and connection holds a receiver; the drain waits
+    // for the last one to be dropped.
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Past `limits.max_connections` the data plane stops accepting until a
-    // connection closes: new clients wait in the kernel's backlog instead of
-    // the process running out of memory or file descriptors. The metrics port
-    // has no such bound, so scrapes still get through.
-    let connections = gateway.connection_slots.clone();
+    // connection closes (see `connection::accept_loop`); the metrics port
+    // has its own, smaller cap, so scrapes get through a full data plane.
+    let metrics_slots = Arc::new(Semaphore::new(options.max_metrics_connections.min(Semaphore::MAX_PERMITS)));
     let mut accept_loops = Vec::new();
     let mut spawn = |listener: TcpListener, role: Role| {
-        let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role };
-        let slots = (role == Role::DataPlane).then(|| connections.clone());
-        let accepting =
-            Accepting { builder: builder.clone(), graceful: graceful.clone(), slots, stop: stop_rx.clone() };
-        accept_loops.push(tokio::spawn(accept(listener, dispatch, accepting)));
+        let slots = match role {
+            Role::DataPlane => gateway.connection_slots.clone(),
+            Role::Metrics => metrics_slots.clone(),
+        };
+        let (gateway, grpc, builder, stop) = (gateway.clone(), grpc.clone(), builder.clone(), stop_rx.clone());
+        let connection_stop = stop.clone();
+        let serve = move |stream: tokio::net::TcpStream, _peer, slot| {
+            let activity = Activity::new();
+            let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role, activity: activity.clone() };
+            let (builder, stop) = (builder.clone(), connection_stop.clone());
+            tokio::spawn(async move {
+                crate::connection::serve_connection(stream, options.timeouts, activity, stop, |stream| {
+                    // Without it, a reply split over two writes waits for the peer's delayed ACK.
+                    let _ = stream.set_nodelay(true);
+                    builder.serve_connection(TokioIo::new(stream), dispatch).into_owned()
+                })
+                .await;
+                drop(slot);
+            });
+        };
+        accept_loops.push(tokio::spawn(crate::connection::accept_loop(listener, slots, stop, serve)));
     };
     spawn(listeners.http, Role::DataPlane);
     if let Some(l) = listeners.grpc {
@@ -181,6 +220,7 @@ pub async fn serve(
     if let Some(l) = listeners.metrics {
         spawn(l, Role::Metrics);
     }
+    drop(stop_rx);
     let upkeep = {
         let handle = gateway.metrics.clone();
         tokio::spawn(async move {
@@ -200,57 +240,7 @@ pub async fn serve(
         let _ = task.await;
     }
     upkeep.abort();
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.drain_timeout, stop_tx.closed()).await.is_err() {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing the remaining connections");
-    }
-}
-
-/// What an accept loop shares with the others.
-struct Accepting {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    /// Connection slots (`max_connections`); `None`: unbounded.
-    slots: Option<Arc<Semaphore>>,
-    stop: watch::Receiver<bool>,
-}
-
-async fn accept(listener: TcpListener, dispatch: Dispatch, accepting: Accepting) {
-    let Accepting { builder, graceful, slots, mut stop } = accepting;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // At the bound, wait for a slot before serving (and before accepting
-        // more: the rest wait in the listen backlog). Waiting after the accept
-        // rather than before keeps a listener from holding a slot while
-        // nobody connects to it.
-        let slot = match &slots {
-            Some(slots) => tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.ok(),
-                _ = stop.changed() => return,
-            },
-            None => None,
-        };
-        // Without it, a reply split over two writes waits for the peer's delayed ACK.
-        let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection(TokioIo::new(stream), dispatch.clone()).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
     }
 }

@@ -164,7 +164,8 @@ where
         }
         Endpoint::RepositoryIndex => {
             let (parts, body) = request.into_parts();
-            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+            let (body, _held) =
+                body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
             let ready_only = if body.is_empty() {
                 false
             } else {
@@ -178,7 +179,8 @@ where
         Endpoint::RepositoryLoad(name) | Endpoint::RepositoryUnload(name) => {
             let load = request.uri().path().ends_with("/load");
             let (parts, body) = request.into_parts();
-            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+            let (body, _held) =
+                body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
             check_repository_parameters(&body)?;
             if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(
@@ -266,7 +268,8 @@ where
     let (parts, body) = request.into_parts();
     let limit = gateway.limits.max_request_bytes;
     // Held until the response is encoded: the request's data lives that long.
-    let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+    let (body, _held) =
+        body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
     // Large JSON is parsed on the blocking pool; a raw binary body (header length 0) is not parsed.

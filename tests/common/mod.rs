@@ -121,7 +121,11 @@ impl TestServer {
         let (http_addr, grpc_addr) = (http.local_addr().expect("addr"), grpc.local_addr().expect("addr"));
         let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
         let (tx, rx) = oneshot::channel::<()>();
-        let options = ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5) };
+        let options = ServerOptions {
+            max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(5),
+            ..ServerOptions::from(&config.server)
+        };
         let serving = gateway.clone();
         let task = tokio::spawn(async move {
             let listeners = Listeners { http, grpc: Some(grpc), metrics: None };
