@@ -164,6 +164,42 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// Longest piece of a client's own text (a path, a method, a name, a
+/// version) that an error message quotes.
+pub const MAX_QUOTED_CHARS: usize = 200;
+/// Most dimensions of a client's shape that an error message lists.
+pub const MAX_QUOTED_DIMS: usize = 16;
+
+/// A client's text as an error message quotes it: escaped, and cut at
+/// [`MAX_QUOTED_CHARS`] characters (a 60 KB path is not repeated in full).
+#[derive(Clone, Copy, Debug)]
+pub struct Quoted<'a>(pub &'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(MAX_QUOTED_CHARS) {
+            Some((cut, _)) => write!(f, "{}... ({} bytes)", self.0[..cut].escape_debug(), self.0.len()),
+            None => write!(f, "{}", self.0.escape_debug()),
+        }
+    }
+}
+
+/// A client's shape as an error message lists it: the first
+/// [`MAX_QUOTED_DIMS`] dimensions, then how many there are (33 million
+/// dimensions do not make a 99 MB message).
+#[derive(Clone, Copy, Debug)]
+pub struct Dims<'a>(pub &'a [i64]);
+
+impl std::fmt::Display for Dims<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= MAX_QUOTED_DIMS {
+            return write!(f, "{:?}", self.0);
+        }
+        let shown: Vec<String> = self.0[..MAX_QUOTED_DIMS].iter().map(i64::to_string).collect();
+        write!(f, "[{}, ... ({} dimensions)]", shown.join(", "), self.0.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +227,17 @@ mod tests {
         assert_eq!(Error::Internal("boom".into()).fault(), Fault::Server);
         assert_eq!(Error::DeadlineExceeded("late".into()).fault(), Fault::Server);
         assert_eq!(Error::RequestTimeout("slow body".into()).fault(), Fault::Client);
+    }
+
+    #[test]
+    fn quoted_client_text_is_bounded() {
+        assert_eq!(Quoted("a\nb").to_string(), "a\\nb");
+        let long = "x".repeat(70_000);
+        let quoted = Quoted(&long).to_string();
+        assert!(quoted.len() < MAX_QUOTED_CHARS + 30, "{}", quoted.len());
+        assert!(quoted.ends_with("... (70000 bytes)"), "{quoted}");
+        assert_eq!(Dims(&[1, 2, 3]).to_string(), "[1, 2, 3]");
+        let many = vec![1i64; 33_000_000];
+        assert_eq!(Dims(&many).to_string().len(), "[1, ... (33000000 dimensions)]".len() + 15 * 3);
     }
 }

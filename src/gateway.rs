@@ -213,13 +213,23 @@ impl Gateway {
     }
 }
 
-/// A version as the client wrote it (`None` or empty: not named).
+/// A version as the client wrote it (`None` or empty: not named; gRPC sends
+/// an empty string for "not named"). Only plain decimal numbers, as the
+/// repository's directories are named: `01`, `+1` or ` 1` name nothing.
 fn parse_version(version: Option<&str>) -> Result<Option<u64>, Error> {
     match version {
         None | Some("") => Ok(None),
-        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
-            Error::invalid(format!("invalid model version '{}': versions are positive integers", text.escape_debug()))
-        }),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0')))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "invalid model version '{}': versions are positive integers",
+                    crate::error::Quoted(text)
+                ))
+            }),
     }
 }
 

@@ -96,6 +96,10 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         let gateway = self.gateway.clone();
         // Open from here until the response body is dropped.
         let in_use = Some(self.activity.begin());
+        if let Err(refused) = check_framing(&request) {
+            let response = crate::respond::error_response(&refused);
+            return Box::pin(async move { Ok(response.map(|body| Tracked::new(Either::Left(body), in_use))) });
+        }
         if self.role == Role::Metrics {
             let path_ok = request.uri().path() == "/metrics";
             return Box::pin(async move {
@@ -125,6 +129,29 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
     }
 }
 
+/// Refuses what RFC 9112 says a server must refuse and hyper lets through:
+/// an HTTP/1.1 request without `Host` or with two (400), and a transfer
+/// coding other than `chunked`, e.g. `gzip, chunked` (501: the body would be
+/// read as if the gzip were not there).
+fn check_framing<B>(request: &Request<B>) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    let headers = request.headers();
+    let hosts = headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == http::Version::HTTP_11) {
+        return Err(Error::invalid("an HTTP/1.1 request must carry exactly one Host header"));
+    }
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let only_chunked =
+            value.to_str().is_ok_and(|v| v.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")));
+        if !only_chunked {
+            return Err(Error::Unsupported(
+                "Transfer-Encoding other than chunked is not supported (use Content-Encoding for gzip)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// tonic answers a message over the size limit with OUT_OF_RANGE; clients of
 /// Triton (and the HTTP side's 413) expect RESOURCE_EXHAUSTED for the same
 /// limit. The check happens on the length prefix, before the message is read.
@@ -136,6 +163,15 @@ fn resource_exhausted_on_oversize<B>(mut response: Response<B>) -> Response<B> {
             });
     if oversize {
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    // A message that is not valid protobuf is the client's mistake, which
+    // tonic reports as INTERNAL: INVALID_ARGUMENT, as Triton answers.
+    let malformed = response.headers().get("grpc-status").is_some_and(|s| s == "13")
+        && response.headers().get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+            m.contains("failed%20to%20decode%20Protobuf%20message") || m.contains("failed to decode Protobuf message")
+        });
+    if malformed {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     response
 }

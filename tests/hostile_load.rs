@@ -256,3 +256,98 @@ async fn a_compressed_body_is_held_as_it_inflates_and_stopped_at_the_budget() {
     let reply = server.request(http::Method::POST, "/v2/repository/index", &[("content-encoding", "gzip")], bomb).await;
     reply.expect_error(413, "decompressed request body exceeds");
 }
+
+// === findings 5 and 10: what errors quote, framing, versions, protobuf ===
+
+/// Sends raw `request` bytes and returns the whole reply (the server closes).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let reply = read_until_closed(&mut socket, Duration::from_secs(10)).await.expect("no reply");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn requests_without_one_host_or_with_a_transfer_coding_are_refused() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    let no_host = raw(server.http, b"GET /v2/health/live HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    assert!(no_host.contains(r#"{"error":"an HTTP/1.1 request must carry exactly one Host header"}"#), "{no_host}");
+    let two =
+        raw(server.http, b"GET /v2/health/live HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let gzip_chunked = raw(
+        server.http,
+        b"POST /v2/repository/index HTTP/1.1\r\nhost: t\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(gzip_chunked.starts_with("HTTP/1.1 501"), "{gzip_chunked}");
+    // HTTP/1.0 may leave Host out.
+    let old = raw(server.http, b"GET /v2/health/live HTTP/1.0\r\n\r\n").await;
+    assert!(old.starts_with("HTTP/1.0 200"), "{old}");
+}
+
+#[tokio::test]
+async fn versions_must_be_plain_numbers_and_errors_quote_little_of_the_request() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    for version in ["01", "+1", "%201", ""] {
+        let reply = server.get(&format!("/v2/models/m/versions/{version}/ready")).await;
+        assert_eq!(reply.status, 400, "version {version:?}: {:?}", reply.body);
+    }
+    // A 60 KB path and a 70 KB method are not repeated in full.
+    let long_path = format!("/v2/models/m/{}", "p".repeat(60_000));
+    let reply = server.get(&long_path).await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.body.len() < 400, "{} bytes", reply.body.len());
+    let method = "M".repeat(70_000);
+    let reply = raw(
+        server.http,
+        format!("{method} /v2/health/live HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{}", &reply[..reply.len().min(200)]);
+    assert!(reply.len() < 600, "{} bytes", reply.len());
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    let socket = TcpStream::connect(server.http).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // One uncompressed message of 3 bytes that are not protobuf.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), true).unwrap();
+    let response = response.await.unwrap();
+    let status = match response.headers().get("grpc-status") {
+        Some(status) => status.clone(),
+        None => {
+            let mut reply = response.into_body();
+            while reply.data().await.is_some() {}
+            reply.trailers().await.unwrap().unwrap()["grpc-status"].clone()
+        }
+    };
+    assert_eq!(status, "3", "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_two_host_headers() {
+    let (repo, server) = empty_server(|_| {}).await;
+    let (_, admin) = side_listeners(server.gateway.clone(), &config_for(repo.path())).await;
+    let ask = |hosts: &'static str| async move {
+        let request = format!(
+            "GET /admin/v1/routes HTTP/1.1\r\n{hosts}authorization: Bearer a-test-token-of-enough-length\r\nconnection: close\r\n\r\n"
+        );
+        raw(admin, request.as_bytes()).await
+    };
+    let one = ask("host: localhost\r\n").await;
+    assert!(one.starts_with("HTTP/1.1 200"), "{one}");
+    let two = ask("host: localhost\r\nhost: attacker.example\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 403"), "{two}");
+}

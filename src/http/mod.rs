@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub use infer::{HEADER_LENGTH, decode_request, encode_response};
 
-use crate::error::Error;
+use crate::error::{Error, Quoted};
 use crate::gateway::{Call, Gateway};
 use crate::metrics::Protocol;
 use crate::repository::config_message;
@@ -69,6 +69,7 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
         }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
+                ["versions", "", ..] => return Err(Error::invalid("the path names an empty model version")),
                 ["versions", v, rest @ ..] => (Some(decode_name(v)?), rest),
                 rest => (None, rest),
             };
@@ -79,26 +80,22 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
                 ["config"] => (ModelAction::Config, Method::GET),
                 ["stats"] => (ModelAction::Stats, Method::GET),
                 _ => {
-                    return Err(Error::NotFound(format!("no endpoint at {}", path.escape_debug())));
+                    return Err(Error::NotFound(format!("no endpoint at {}", Quoted(path))));
                 }
             };
             (Endpoint::Model { name: decode_name(name)?, version, action }, expected)
         }
         _ => {
-            return Err(Error::NotFound(format!("no endpoint at {}", truncate(path).escape_debug())));
+            return Err(Error::NotFound(format!("no endpoint at {}", Quoted(path))));
         }
     };
     if *method != expected {
-        return Err(Error::MethodNotAllowed(format!("{method} is not allowed here; use {expected}")));
+        return Err(Error::MethodNotAllowed(format!(
+            "{} is not allowed here; use {expected}",
+            Quoted(method.as_str())
+        )));
     }
     Ok(route)
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 /// Percent-decodes a path segment (tritonclient quotes model names).
