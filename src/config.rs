@@ -20,7 +20,7 @@
 //! | `server.max_metrics_connections` | open connections of the metrics port; past it new ones wait | 64 |
 //! | `repository.path` | model repository directory | `models` |
 //! | `repository.load_models` | models to load at start (absent = all) | all |
-//! | `repository.model_control` | allow the load/unload API | true |
+//! | `repository.model_control` | allow the load/unload API (the data plane's is unauthenticated; Triton's default mode is `none`) | false |
 //! | `repository.strict_readiness` | ready only when every model is ready | true |
 //! | `repository.default_max_batch_size` | for models that can batch and do not say | 8 |
 //! | `repository.default_max_queue_size` | queue bound when a config says 0 | 1024 |

@@ -115,6 +115,18 @@ impl Gateway {
         metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
     }
 
+    /// Refuses to unload, through the repository API, a model that a route
+    /// serves: the admin API refuses to unload a routed version, and the
+    /// unauthenticated API may not do more than the authenticated one.
+    pub fn check_unload(&self, model: &str) -> Result<(), Error> {
+        match self.routes.get(model) {
+            Some(_) => Err(Error::FailedPrecondition(format!(
+                "'{model}' has a route: remove the route (admin API) before unloading the model"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Marks the server as shutting down: readiness turns false at once.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);

@@ -69,7 +69,7 @@ struct ServeArgs {
     /// Largest request body in bytes, after decompression, for HTTP and gRPC.
     #[arg(long)]
     max_input_size: Option<usize>,
-    /// `none` refuses the repository load/unload API; `explicit` allows it.
+    /// `none` (the default) refuses the repository load/unload API; `explicit` allows it.
     #[arg(long, value_parser = ["none", "explicit"])]
     model_control_mode: Option<String>,
     /// Load only these models at start (repeatable); default: all.

@@ -351,3 +351,13 @@ async fn the_admin_api_refuses_two_host_headers() {
     let two = ask("host: localhost\r\nhost: attacker.example\r\n").await;
     assert!(two.starts_with("HTTP/1.1 403"), "{two}");
 }
+
+#[tokio::test]
+async fn by_default_the_data_plane_cannot_load_or_unload_models() {
+    // Finding 7: the unauthenticated repository API is off unless configured (Triton's `none`).
+    let (_repo, server) = empty_server(|_| {}).await;
+    for action in ["load", "unload"] {
+        let reply = server.post_json(&format!("/v2/repository/models/m/{action}"), &serde_json::json!({})).await;
+        reply.expect_error(400, "not allowed");
+    }
+}

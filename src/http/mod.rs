@@ -187,6 +187,7 @@ where
             if load {
                 gateway.repository.load(&name).await?;
             } else {
+                gateway.check_unload(&name)?;
                 gateway.repository.unload(&name).await?;
             }
             Ok(empty(StatusCode::OK))

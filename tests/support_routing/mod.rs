@@ -125,6 +125,7 @@ impl Server {
         let mut config = Config::default();
         config.repository.path = repo.path().to_owned();
         config.repository.strict_readiness = false;
+        config.repository.model_control = true;
         config.routes = routes;
         config.validate().unwrap();
         let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
