@@ -224,6 +224,12 @@ fn reload_routes_on_hangup(path: PathBuf, gateway: std::sync::Arc<modelgate::gat
             return;
         };
         while hangups.recv().await.is_some() {
+            // An empty file is a file caught mid-write (or truncated), not an
+            // operator removing every route: keep what serves.
+            if std::fs::read_to_string(&path).is_ok_and(|text| text.trim().is_empty()) {
+                tracing::error!(path = %path.display(), "SIGHUP: the config file is empty; routes not reloaded");
+                continue;
+            }
             let config = match Config::from_file(&path).and_then(|c| c.validate().map(|()| c)) {
                 Ok(config) => config,
                 Err(e) => {
