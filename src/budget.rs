@@ -11,6 +11,7 @@
 //! (an over-budget request is refused, not queued), and a semaphore's release
 //! takes a lock on every request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
@@ -22,18 +23,20 @@ pub struct InflightBytes {
     limit: usize,
 }
 
-/// Bytes taken from an [`InflightBytes`]; given back when dropped.
+/// Bytes taken from an [`InflightBytes`]; given back when dropped. It owns
+/// a handle on the budget, so it can travel with the data it accounts for
+/// (into a blocking task that inflates a body, for one).
 #[derive(Debug)]
 #[must_use = "the bytes are given back as soon as this is dropped"]
-pub struct Held<'a> {
-    budget: &'a InflightBytes,
+pub struct Held {
+    budget: Arc<InflightBytes>,
     bytes: usize,
 }
 
 impl InflightBytes {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> InflightBytes {
-        InflightBytes { held: AtomicUsize::new(0), limit }
+    pub fn new(limit: usize) -> Arc<InflightBytes> {
+        Arc::new(InflightBytes { held: AtomicUsize::new(0), limit })
     }
 
     /// Bytes held now.
@@ -42,8 +45,8 @@ impl InflightBytes {
     }
 
     /// Takes `bytes`, or refuses if that would go over the limit.
-    pub fn reserve(&self, bytes: usize) -> Result<Held<'_>, Error> {
-        let mut held = Held { budget: self, bytes: 0 };
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Held, Error> {
+        let mut held = Held { budget: self.clone(), bytes: 0 };
         held.resize(bytes)?;
         Ok(held)
     }
@@ -74,7 +77,12 @@ impl InflightBytes {
     }
 }
 
-impl Held<'_> {
+impl Held {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Holds `bytes` from now on: gives back what is no longer needed, or
     /// takes more (refused, holding what it held, if that goes over).
     pub fn resize(&mut self, bytes: usize) -> Result<(), Error> {
@@ -88,7 +96,7 @@ impl Held<'_> {
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Held {
     fn drop(&mut self) {
         self.budget.give_back(self.bytes);
     }

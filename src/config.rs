@@ -13,9 +13,14 @@
 //! | `server.max_concurrent_streams` | HTTP/2 streams per connection | 1024 |
 //! | `server.drain_timeout_secs` | longest wait for in-flight requests at shutdown | 30 |
 //! | `server.body_idle_timeout_secs` | longest pause inside a request body before 408 | 60 |
+//! | `server.body_timeout_secs` | longest time to receive a whole request body before 408 | 120 |
+//! | `server.max_concurrent_decompressions` | compressed request bodies inflated at once; the others wait | 4 |
+//! | `server.first_bytes_timeout_secs` | a new connection (any listener) that sends nothing this long is closed | 10 |
+//! | `server.idle_timeout_secs` | a connection (any listener) with no request open this long is closed; GOAWAY for HTTP/2 | 60 |
+//! | `server.max_metrics_connections` | open connections of the metrics port; past it new ones wait | 64 |
 //! | `repository.path` | model repository directory | `models` |
 //! | `repository.load_models` | models to load at start (absent = all) | all |
-//! | `repository.model_control` | allow the load/unload API | true |
+//! | `repository.model_control` | allow the load/unload API (the data plane's is unauthenticated; Triton's default mode is `none`) | false |
 //! | `repository.strict_readiness` | ready only when every model is ready | true |
 //! | `repository.default_max_batch_size` | for models that can batch and do not say | 8 |
 //! | `repository.default_max_queue_size` | queue bound when a config says 0 | 1024 |
@@ -24,6 +29,7 @@
 //! | `admin.address` | address of the admin listener | `127.0.0.1` |
 //! | `admin.port` | admin API port; 0 = off (it is also off without a token) | 8003 |
 //! | `admin.token_file` | file holding the admin bearer token (else env `MODELGATE_ADMIN_TOKEN`) | none |
+//! | `admin.max_connections` | open connections of the admin port; past it new ones wait | 64 |
 //! | `[models.<name>]` | per-model settings laid over `config.pbtxt`: `max_batch_size`, `dynamic_batching` (`false`, `true` or a table of Triton's fields), `instances`, `device` (keys in `repository::overrides`) | none |
 //! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `routing::policy`); re-read on SIGHUP | none |
 
@@ -35,6 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
+use crate::connection::Timeouts;
 use crate::gateway::Limits;
 use crate::repository::{ModelOverrides, RepositorySettings, validate_model_name};
 use crate::routing::RouteSpec;
@@ -81,6 +88,16 @@ pub struct ServerConfig {
     pub drain_timeout_secs: u64,
     /// Longest pause between two pieces of a request body before 408.
     pub body_idle_timeout_secs: u64,
+    /// Longest time to receive a whole request body before 408.
+    pub body_timeout_secs: u64,
+    /// Compressed request bodies inflated at once.
+    pub max_concurrent_decompressions: usize,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_bytes_timeout_secs: u64,
+    /// A connection with no request open for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Open connections of the metrics port at most; past it new ones wait.
+    pub max_metrics_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +113,21 @@ impl Default for ServerConfig {
             max_concurrent_streams: 1024,
             drain_timeout_secs: 30,
             body_idle_timeout_secs: 60,
+            body_timeout_secs: 120,
+            max_concurrent_decompressions: 4,
+            first_bytes_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_metrics_connections: 64,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// First-bytes and idle timeouts of every connection, admin included.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            first_bytes: Duration::from_secs(self.first_bytes_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
         }
     }
 }
@@ -107,6 +139,8 @@ impl From<&ServerConfig> for Limits {
             max_inflight_bytes: config.max_inflight_bytes,
             max_connections: config.max_connections,
             body_idle_timeout: Duration::from_secs(config.body_idle_timeout_secs),
+            body_timeout: Duration::from_secs(config.body_timeout_secs),
+            max_concurrent_decompressions: config.max_concurrent_decompressions,
         }
     }
 }
@@ -180,8 +214,31 @@ impl Config {
                 s.body_idle_timeout_secs
             )));
         }
-        if s.max_connections == 0 {
-            return Err(ConfigError::Invalid("server.max_connections must be at least 1".into()));
+        if s.body_timeout_secs < s.body_idle_timeout_secs || s.body_timeout_secs > 86_400 {
+            return Err(ConfigError::Invalid(format!(
+                "server.body_timeout_secs must be between server.body_idle_timeout_secs ({}) and 86400, got {}",
+                s.body_idle_timeout_secs, s.body_timeout_secs
+            )));
+        }
+        if s.max_concurrent_decompressions == 0 || s.max_concurrent_decompressions > 65_536 {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_concurrent_decompressions must be between 1 and 65536, got {}",
+                s.max_concurrent_decompressions
+            )));
+        }
+        for (key, secs) in [
+            ("server.first_bytes_timeout_secs", s.first_bytes_timeout_secs),
+            ("server.idle_timeout_secs", s.idle_timeout_secs),
+        ] {
+            if secs == 0 || secs > 86_400 {
+                return Err(ConfigError::Invalid(format!("{key} must be between 1 and 86400, got {secs}")));
+            }
+        }
+        if s.max_connections == 0 || s.max_metrics_connections == 0 || self.admin.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections, server.max_metrics_connections and admin.max_connections must be at least 1"
+                    .into(),
+            ));
         }
         if s.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid("server.max_concurrent_streams must be at least 1".into()));

@@ -21,6 +21,12 @@ pub enum Error {
     /// The request's deadline passed before it ran (504 / DEADLINE_EXCEEDED).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The deadline the client itself set (its `timeout` parameter,
+    /// `grpc-timeout`, the timeout header) passed before the request ran
+    /// (504 / DEADLINE_EXCEEDED). The client's choice: it never counts
+    /// against a version, so a 1 µs timeout cannot roll a canary back.
+    #[error("{0}")]
+    ClientDeadline(String),
     /// The client stopped sending its body (408 / DEADLINE_EXCEEDED).
     #[error("{0}")]
     RequestTimeout(String),
@@ -65,7 +71,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::DeadlineExceeded(_) | Error::ClientDeadline(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -81,7 +87,9 @@ impl Error {
             Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Unavailable(_) => tonic::Code::Unavailable,
-            Error::DeadlineExceeded(_) | Error::RequestTimeout(_) => tonic::Code::DeadlineExceeded,
+            Error::DeadlineExceeded(_) | Error::ClientDeadline(_) | Error::RequestTimeout(_) => {
+                tonic::Code::DeadlineExceeded
+            }
             Error::PayloadTooLarge(_) | Error::Overloaded(_) => tonic::Code::ResourceExhausted,
             Error::Unsupported(_) | Error::MethodNotAllowed(_) => tonic::Code::Unimplemented,
             Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
@@ -98,6 +106,7 @@ impl Error {
             | Error::MethodNotAllowed(_)
             | Error::PayloadTooLarge(_)
             | Error::RequestTimeout(_)
+            | Error::ClientDeadline(_)
             | Error::Unsupported(_)
             | Error::FailedPrecondition(_)
             | Error::Unauthenticated(_) => Fault::Client,
@@ -115,6 +124,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::ClientDeadline(_) => "client_deadline_exceeded",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::RequestTimeout(_) => "request_timeout",
             Error::Overloaded(_) => "overloaded",
@@ -133,6 +143,7 @@ impl Error {
             | Error::MethodNotAllowed(m)
             | Error::Unavailable(m)
             | Error::DeadlineExceeded(m)
+            | Error::ClientDeadline(m)
             | Error::PayloadTooLarge(m)
             | Error::RequestTimeout(m)
             | Error::Overloaded(m)
@@ -164,6 +175,42 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// Longest piece of a client's own text (a path, a method, a name, a
+/// version) that an error message quotes.
+pub const MAX_QUOTED_CHARS: usize = 200;
+/// Most dimensions of a client's shape that an error message lists.
+pub const MAX_QUOTED_DIMS: usize = 16;
+
+/// A client's text as an error message quotes it: escaped, and cut at
+/// [`MAX_QUOTED_CHARS`] characters (a 60 KB path is not repeated in full).
+#[derive(Clone, Copy, Debug)]
+pub struct Quoted<'a>(pub &'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(MAX_QUOTED_CHARS) {
+            Some((cut, _)) => write!(f, "{}... ({} bytes)", self.0[..cut].escape_debug(), self.0.len()),
+            None => write!(f, "{}", self.0.escape_debug()),
+        }
+    }
+}
+
+/// A client's shape as an error message lists it: the first
+/// [`MAX_QUOTED_DIMS`] dimensions, then how many there are (33 million
+/// dimensions do not make a 99 MB message).
+#[derive(Clone, Copy, Debug)]
+pub struct Dims<'a>(pub &'a [i64]);
+
+impl std::fmt::Display for Dims<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= MAX_QUOTED_DIMS {
+            return write!(f, "{:?}", self.0);
+        }
+        let shown: Vec<String> = self.0[..MAX_QUOTED_DIMS].iter().map(i64::to_string).collect();
+        write!(f, "[{}, ... ({} dimensions)]", shown.join(", "), self.0.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +237,23 @@ mod tests {
         assert_eq!(Error::invalid("bad shape").fault(), Fault::Client);
         assert_eq!(Error::Internal("boom".into()).fault(), Fault::Server);
         assert_eq!(Error::DeadlineExceeded("late".into()).fault(), Fault::Server);
+        let own = Error::ClientDeadline("the client's own 1 µs".into());
+        assert_eq!(
+            (own.fault(), own.http_status().as_u16(), own.grpc_code()),
+            (Fault::Client, 504, tonic::Code::DeadlineExceeded)
+        );
         assert_eq!(Error::RequestTimeout("slow body".into()).fault(), Fault::Client);
+    }
+
+    #[test]
+    fn quoted_client_text_is_bounded() {
+        assert_eq!(Quoted("a\nb").to_string(), "a\\nb");
+        let long = "x".repeat(70_000);
+        let quoted = Quoted(&long).to_string();
+        assert!(quoted.len() < MAX_QUOTED_CHARS + 30, "{}", quoted.len());
+        assert!(quoted.ends_with("... (70000 bytes)"), "{quoted}");
+        assert_eq!(Dims(&[1, 2, 3]).to_string(), "[1, 2, 3]");
+        let many = vec![1i64; 33_000_000];
+        assert_eq!(Dims(&many).to_string().len(), "[1, ... (33000000 dimensions)]".len() + 15 * 3);
     }
 }

@@ -32,6 +32,11 @@ pub struct Limits {
     /// `client_body_timeout`): a client that stalls mid-body is answered 408
     /// and its connection closed, instead of holding it open for ever.
     pub body_idle_timeout: Duration,
+    /// Longest time to receive a whole request body: a body that trickles in
+    /// (one byte per pause, each shorter than `body_idle_timeout`) still ends.
+    pub body_timeout: Duration,
+    /// Compressed request bodies inflated at once; the others wait for a turn.
+    pub max_concurrent_decompressions: usize,
 }
 
 /// What the request path needs, behind one `Arc`.
@@ -42,7 +47,9 @@ pub struct Gateway {
     /// Door limits.
     pub limits: Limits,
     /// Request data held now, against `limits.max_inflight_bytes`.
-    pub inflight: InflightBytes,
+    pub inflight: Arc<InflightBytes>,
+    /// Turns to inflate a compressed body (`limits.max_concurrent_decompressions`).
+    pub decompressions: Arc<Semaphore>,
     /// One permit per open data-plane connection (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
     /// Renders `/metrics`.
@@ -82,10 +89,12 @@ impl Gateway {
         let limits = Limits { max_connections: limits.max_connections.min(Semaphore::MAX_PERMITS), ..limits };
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
         let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+        let decompressions = Arc::new(Semaphore::new(limits.max_concurrent_decompressions.clamp(1, 1 << 16)));
         Gateway {
             repository,
             limits,
             inflight,
+            decompressions,
             connection_slots,
             metrics,
             routes,
@@ -104,6 +113,18 @@ impl Gateway {
     pub fn record_door_metrics(&self) {
         let limits = &self.limits;
         metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
+    }
+
+    /// Refuses to unload, through the repository API, a model that a route
+    /// serves: the admin API refuses to unload a routed version, and the
+    /// unauthenticated API may not do more than the authenticated one.
+    pub fn check_unload(&self, model: &str) -> Result<(), Error> {
+        match self.routes.get(model) {
+            Some(_) => Err(Error::FailedPrecondition(format!(
+                "'{model}' has a route: remove the route (admin API) before unloading the model"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Marks the server as shutting down: readiness turns false at once.
@@ -204,13 +225,23 @@ impl Gateway {
     }
 }
 
-/// A version as the client wrote it (`None` or empty: not named).
+/// A version as the client wrote it (`None` or empty: not named; gRPC sends
+/// an empty string for "not named"). Only plain decimal numbers, as the
+/// repository's directories are named: `01`, `+1` or ` 1` name nothing.
 fn parse_version(version: Option<&str>) -> Result<Option<u64>, Error> {
     match version {
         None | Some("") => Ok(None),
-        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
-            Error::invalid(format!("invalid model version '{}': versions are positive integers", text.escape_debug()))
-        }),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0')))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "invalid model version '{}': versions are positive integers",
+                    crate::error::Quoted(text)
+                ))
+            }),
     }
 }
 

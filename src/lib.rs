@@ -18,19 +18,22 @@
 //! client), [`config`] (the file and flags, assembled from each subsystem's
 //! own settings), [`respond`] (response bodies both doors and the admin API
 //! send), [`stats`], [`metrics`], [`triton_metrics`] (Triton statistics and
-//! Prometheus metrics), [`budget`] (request bytes held at once), and at the
+//! Prometheus metrics), [`budget`] (request bytes held at once),
+//! [`connection`] (accept loops, connection caps, first-bytes and idle
+//! timeouts, for every listener), and at the
 //! bottom [`tensor`], [`proto`] and [`error`] (every client-visible error,
 //! mapped once to HTTP and gRPC).
 //!
 //! Imports point down this order only, top floor first: `server`, `config`,
 //! `admin`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
-//! `routing`, `repository`, `batching`, `stats`/`budget`, `metrics`,
+//! `routing`, `repository`, `batching`, `stats`/`budget`/`connection`, `metrics`,
 //! `tensor`/`proto`, `error` (checked by `tests/module_floors.rs`).
 
 pub mod admin;
 pub mod batching;
 pub mod budget;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod gateway;
 pub mod grpc;

@@ -74,7 +74,7 @@ struct ServeArgs {
     /// Largest request body in bytes, after decompression, for HTTP and gRPC.
     #[arg(long)]
     max_input_size: Option<usize>,
-    /// `none` refuses the repository load/unload API; `explicit` allows it.
+    /// `none` (the default) refuses the repository load/unload API; `explicit` allows it.
     #[arg(long, value_parser = ["none", "explicit"])]
     model_control_mode: Option<String>,
     /// Load only these models at start (repeatable); default: all.
@@ -189,6 +189,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Raises the open-file limit to the hard limit: the connection caps, not a
+/// soft limit of 1024, must be what bounds the listeners. Warns when even the
+/// hard limit is below what the caps allow (plus room for models and logs).
+fn raise_fd_limit(config: &Config) {
+    let wanted =
+        config.server.max_connections + config.server.max_metrics_connections + config.admin.max_connections + 256;
+    match modelgate::connection::raise_fd_limit() {
+        Ok(limit) if limit < wanted as u64 => tracing::warn!(
+            limit,
+            wanted,
+            "the open-file limit is below the connection caps: lower server.max_connections or raise the hard limit"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// The admin listener, when a port and a token are configured.
 async fn bind_admin(config: &Config) -> anyhow::Result<Option<(TcpListener, AdminToken)>> {
     let a = &config.admin;
@@ -214,6 +231,12 @@ fn reload_routes_on_hangup(path: PathBuf, gateway: std::sync::Arc<modelgate::gat
             return;
         };
         while hangups.recv().await.is_some() {
+            // An empty file is a file caught mid-write (or truncated), not an
+            // operator removing every route: keep what serves.
+            if std::fs::read_to_string(&path).is_ok_and(|text| text.trim().is_empty()) {
+                tracing::error!(path = %path.display(), "SIGHUP: the config file is empty; routes not reloaded");
+                continue;
+            }
             let config = match Config::from_file(&path).and_then(|c| c.validate().map(|()| c)) {
                 Ok(config) => config,
                 Err(e) => {
@@ -239,6 +262,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let control_plane = args.control_plane.clone();
     let config = args.into_config()?;
     let s = &config.server;
+    raise_fd_limit(&config);
     let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
     let grpc = bind(s.address, s.grpc_port, "gRPC").await?;
     let metrics = bind(s.address, s.metrics_port, "metrics").await?;
@@ -255,7 +279,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         };
         let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, shutdown))
+        let limits = (config.admin.max_connections, config.server.timeouts());
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, limits, shutdown))
     });
     let mut stopped = admin_stopped.clone();
     let control_plane_task =
@@ -263,8 +288,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         })
         .await?;
-    let options =
-        ServerOptions { max_concurrent_streams: s.max_concurrent_streams, drain_timeout: config.drain_timeout() };
+    let options = ServerOptions::from(&config.server);
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_admin.send(());

@@ -39,6 +39,10 @@ pub const INFLIGHT_BYTES_LIMIT: &str = "modelgate_inflight_request_bytes_limit";
 pub const OPEN_CONNECTIONS: &str = "modelgate_open_connections";
 /// The bound on [`OPEN_CONNECTIONS`] (`server.max_connections`).
 pub const OPEN_CONNECTIONS_LIMIT: &str = "modelgate_open_connections_limit";
+/// Connections closed by a timeout, by which (`first_bytes`, `idle`).
+pub const CONNECTION_TIMEOUTS: &str = "modelgate_connection_timeouts_total";
+/// Times an accept loop backed off for lack of file descriptors or memory.
+pub const ACCEPT_BACKOFFS: &str = "modelgate_accept_backoffs_total";
 /// 1 when the version is ready, 0 otherwise, by model, version and state.
 pub const MODEL_STATE: &str = "modelgate_model_state";
 /// Time to load a version, by model and version.
@@ -112,6 +116,11 @@ fn describe() {
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
     metrics::describe_counter!(QUEUE_REJECTIONS, "Requests refused or dropped by the queue");
     metrics::describe_counter!(OVERLOADED, "Requests refused because the in-flight request data budget was spent");
+    metrics::describe_counter!(CONNECTION_TIMEOUTS, "Connections closed by the first-bytes or idle timeout");
+    metrics::describe_counter!(
+        ACCEPT_BACKOFFS,
+        "Accepts that failed for lack of file descriptors or memory and backed off"
+    );
     metrics::describe_gauge!(INFLIGHT_BYTES, metrics::Unit::Bytes, "Request data held by requests in flight");
     metrics::describe_gauge!(INFLIGHT_BYTES_LIMIT, metrics::Unit::Bytes, "Most request data held at once");
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Data-plane connections open");
@@ -246,6 +255,16 @@ pub fn door(inflight_bytes: usize, max_inflight_bytes: usize, open_connections: 
     gauge!(INFLIGHT_BYTES_LIMIT).set(max_inflight_bytes as f64);
     gauge!(OPEN_CONNECTIONS).set(open_connections as f64);
     gauge!(OPEN_CONNECTIONS_LIMIT).set(max_connections as f64);
+}
+
+/// Counts a connection closed by a timeout (`first_bytes` or `idle`).
+pub fn connection_timed_out(which: &'static str) {
+    counter!(CONNECTION_TIMEOUTS, "timeout" => which).increment(1);
+}
+
+/// Counts an accept that failed for lack of resources and backed off.
+pub fn accept_backoff() {
+    counter!(ACCEPT_BACKOFFS).increment(1);
 }
 
 /// Counts a request refused for the in-flight byte budget.

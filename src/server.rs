@@ -13,16 +13,18 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
+use crate::config::ServerConfig;
+use crate::connection::{Activity, Timeouts, Tracked};
 use crate::gateway::Gateway;
 use crate::respond::Chunks;
 
-/// The body of every response: REST parts or a gRPC stream.
-pub type ResponseBody = Either<Chunks, tonic::body::Body>;
+/// The body of every response: REST parts or a gRPC stream, keeping its
+/// request open on the connection until written (see [`Activity`]).
+pub type ResponseBody = Tracked<Either<Chunks, tonic::body::Body>>;
 
 /// Bound sockets; tests bind port 0 and read the addresses back.
 #[derive(Debug)]
@@ -42,6 +44,21 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// First-bytes and idle timeouts of every connection.
+    pub timeouts: Timeouts,
+    /// Open connections of the metrics port at most.
+    pub max_metrics_connections: usize,
+}
+
+impl From<&ServerConfig> for ServerOptions {
+    fn from(config: &ServerConfig) -> ServerOptions {
+        ServerOptions {
+            max_concurrent_streams: config.max_concurrent_streams,
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+            timeouts: config.timeouts(),
+            max_metrics_connections: config.max_metrics_connections,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,6 +75,8 @@ struct Dispatch {
     gateway: Arc<Gateway>,
     grpc: tonic::service::Routes,
     role: Role,
+    /// The connection's open requests (one `Dispatch` per connection).
+    activity: Arc<Activity>,
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -75,6 +94,12 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let gateway = self.gateway.clone();
+        // Open from here until the response body is dropped.
+        let in_use = Some(self.activity.begin());
+        if let Err(refused) = check_framing(&request) {
+            let response = crate::respond::error_response(&refused);
+            return Box::pin(async move { Ok(response.map(|body| Tracked::new(Either::Left(body), in_use))) });
+        }
         if self.role == Role::Metrics {
             let path_ok = request.uri().path() == "/metrics";
             return Box::pin(async move {
@@ -85,7 +110,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                         "this port serves /metrics only".into(),
                     ))
                 };
-                Ok(response.map(Either::Left))
+                Ok(response.map(|body| Tracked::new(Either::Left(body), in_use)))
             });
         }
         if is_grpc(&request) {
@@ -95,11 +120,36 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                Ok(resource_exhausted_on_oversize(response).map(Either::Right))
+                Ok(resource_exhausted_on_oversize(response).map(|body| Tracked::new(Either::Right(body), in_use)))
             });
         }
-        Box::pin(async move { Ok(crate::http::handle(gateway, request).await.map(Either::Left)) })
+        Box::pin(async move {
+            Ok(crate::http::handle(gateway, request).await.map(|body| Tracked::new(Either::Left(body), in_use)))
+        })
     }
+}
+
+/// Refuses what RFC 9112 says a server must refuse and hyper lets through:
+/// an HTTP/1.1 request without `Host` or with two (400), and a transfer
+/// coding other than `chunked`, e.g. `gzip, chunked` (501: the body would be
+/// read as if the gzip were not there).
+fn check_framing<B>(request: &Request<B>) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    let headers = request.headers();
+    let hosts = headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == http::Version::HTTP_11) {
+        return Err(Error::invalid("an HTTP/1.1 request must carry exactly one Host header"));
+    }
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let only_chunked =
+            value.to_str().is_ok_and(|v| v.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")));
+        if !only_chunked {
+            return Err(Error::Unsupported(
+                "Transfer-Encoding other than chunked is not supported (use Content-Encoding for gzip)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// tonic answers a message over the size limit with OUT_OF_RANGE; clients of
@@ -113,6 +163,15 @@ fn resource_exhausted_on_oversize<B>(mut response: Response<B>) -> Response<B> {
             });
     if oversize {
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    // A message that is not valid protobuf is the client's mistake, which
+    // tonic reports as INTERNAL: INVALID_ARGUMENT, as Triton answers.
+    let malformed = response.headers().get("grpc-status").is_some_and(|s| s == "13")
+        && response.headers().get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+            m.contains("failed%20to%20decode%20Protobuf%20message") || m.contains("failed to decode Protobuf message")
+        });
+    if malformed {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     response
 }
@@ -158,21 +217,37 @@ pub async fn serve(
 ) {
     let grpc = crate::grpc::routes(gateway.clone());
     let builder = Arc::new(connection_builder(options));
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Every accept loop and connection holds a receiver; the drain waits
+    // for the last one to be dropped.
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Past `limits.max_connections` the data plane stops accepting until a
-    // connection closes: new clients wait in the kernel's backlog instead of
-    // the process running out of memory or file descriptors. The metrics port
-    // has no such bound, so scrapes still get through.
-    let connections = gateway.connection_slots.clone();
+    // connection closes (see `connection::accept_loop`); the metrics port
+    // has its own, smaller cap, so scrapes get through a full data plane.
+    let metrics_slots = Arc::new(Semaphore::new(options.max_metrics_connections.min(Semaphore::MAX_PERMITS)));
     let mut accept_loops = Vec::new();
     let mut spawn = |listener: TcpListener, role: Role| {
-        let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role };
-        let slots = (role == Role::DataPlane).then(|| connections.clone());
-        let accepting =
-            Accepting { builder: builder.clone(), graceful: graceful.clone(), slots, stop: stop_rx.clone() };
-        accept_loops.push(tokio::spawn(accept(listener, dispatch, accepting)));
+        let slots = match role {
+            Role::DataPlane => gateway.connection_slots.clone(),
+            Role::Metrics => metrics_slots.clone(),
+        };
+        let (gateway, grpc, builder, stop) = (gateway.clone(), grpc.clone(), builder.clone(), stop_rx.clone());
+        let connection_stop = stop.clone();
+        let serve = move |stream: tokio::net::TcpStream, _peer, slot| {
+            let activity = Activity::new();
+            let dispatch = Dispatch { gateway: gateway.clone(), grpc: grpc.clone(), role, activity: activity.clone() };
+            let (builder, stop) = (builder.clone(), connection_stop.clone());
+            tokio::spawn(async move {
+                crate::connection::serve_connection(stream, options.timeouts, activity, stop, |stream| {
+                    // Without it, a reply split over two writes waits for the peer's delayed ACK.
+                    let _ = stream.set_nodelay(true);
+                    builder.serve_connection(TokioIo::new(stream), dispatch).into_owned()
+                })
+                .await;
+                drop(slot);
+            });
+        };
+        accept_loops.push(tokio::spawn(crate::connection::accept_loop(listener, slots, stop, serve)));
     };
     spawn(listeners.http, Role::DataPlane);
     if let Some(l) = listeners.grpc {
@@ -181,6 +256,7 @@ pub async fn serve(
     if let Some(l) = listeners.metrics {
         spawn(l, Role::Metrics);
     }
+    drop(stop_rx);
     let upkeep = {
         let handle = gateway.metrics.clone();
         tokio::spawn(async move {
@@ -200,57 +276,7 @@ pub async fn serve(
         let _ = task.await;
     }
     upkeep.abort();
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.drain_timeout, stop_tx.closed()).await.is_err() {
         tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing the remaining connections");
-    }
-}
-
-/// What an accept loop shares with the others.
-struct Accepting {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    /// Connection slots (`max_connections`); `None`: unbounded.
-    slots: Option<Arc<Semaphore>>,
-    stop: watch::Receiver<bool>,
-}
-
-async fn accept(listener: TcpListener, dispatch: Dispatch, accepting: Accepting) {
-    let Accepting { builder, graceful, slots, mut stop } = accepting;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // At the bound, wait for a slot before serving (and before accepting
-        // more: the rest wait in the listen backlog). Waiting after the accept
-        // rather than before keeps a listener from holding a slot while
-        // nobody connects to it.
-        let slot = match &slots {
-            Some(slots) => tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.ok(),
-                _ = stop.changed() => return,
-            },
-            None => None,
-        };
-        // Without it, a reply split over two writes waits for the peer's delayed ACK.
-        let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection(TokioIo::new(stream), dispatch.clone()).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use modelgate_backend::{DataType, check_bytes_layout, element_count};
 
-use crate::error::Error;
+use crate::error::{Dims, Error, Quoted};
 
 /// A named tensor whose bytes match its shape and type.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,9 +32,14 @@ pub struct Tensor {
 /// element count representable. Returns the element count.
 fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
     if let Some(d) = shape.iter().find(|&&d| d < 0) {
-        return Err(Error::invalid(format!("input '{name}': shape {shape:?} has negative dimension {d}")));
+        return Err(Error::invalid(format!(
+            "input '{}': shape {} has negative dimension {d}",
+            Quoted(name),
+            Dims(shape)
+        )));
     }
-    element_count(shape).ok_or_else(|| Error::invalid(format!("input '{name}': shape {shape:?} has too many elements")))
+    element_count(shape)
+        .ok_or_else(|| Error::invalid(format!("input '{}': shape {} has too many elements", Quoted(name), Dims(shape))))
 }
 
 /// Bytes a fixed-size tensor of `count` elements takes, refused when it is over
@@ -97,7 +102,9 @@ impl Tensor {
                 let expected = count.checked_mul(size);
                 if expected != Some(data.len()) {
                     return Err(Error::invalid(format!(
-                        "input '{name}': shape {shape:?} of {dtype} needs {} bytes, got {}",
+                        "input '{}': shape {} of {dtype} needs {} bytes, got {}",
+                        Quoted(&name),
+                        Dims(&shape),
                         expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
                         data.len()
                     )));
@@ -375,8 +382,9 @@ impl ModelIo {
             && dims.iter().zip(&spec.dims).all(|(&given, &want)| want < 0 || given == want);
         if !fits {
             return Err(Error::invalid(format!(
-                "input '{}': unexpected shape {shape:?}, the model expects {:?}",
+                "input '{}': unexpected shape {}, the model expects {:?}",
                 spec.name,
+                Dims(shape),
                 self.full_shape(spec)
             )));
         }

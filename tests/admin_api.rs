@@ -254,3 +254,27 @@ async fn the_cli_calls_the_admin_api() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["routes"][0]["model"], "m");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_api_refuses_to_unload_a_routed_model_as_the_admin_api_does() {
+    // Issue #15, finding 7: the unauthenticated repository API unloaded what a route serves.
+    let repo = Repo::new("m", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
+    let server = Server::start(
+        &repo,
+        vec![support_routing::route(
+            "model = \"m\"\ntargets = [{ version = 1, weight = 50 }, { version = 2, weight = 50 }]",
+        )],
+    )
+    .await;
+    let http = Http::default();
+    let unload = format!("http://{}/v2/repository/models/m/unload", server.http);
+    let refused = http.send(Method::POST, unload.clone(), &[], None).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert!(refused.body["error"].as_str().unwrap().contains("has a route"), "{refused:?}");
+    for seed in 0..10 {
+        assert!(http.infer(&server, "m", &[], seed).await.version().is_some(), "the routed model still serves");
+    }
+    // Without a route, it unloads.
+    assert_eq!(http.admin(&server, Method::DELETE, "/admin/v1/routes/m", None).await.status, StatusCode::OK);
+    assert_eq!(http.send(Method::POST, unload, &[], None).await.status, StatusCode::OK);
+}

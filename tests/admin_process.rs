@@ -106,6 +106,20 @@ async fn sighup_reloads_the_routes_of_the_config_file() {
     Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(serve.weights().await, (20, 80));
+    // Issue #15, finding 9: a route to a version that is not loaded is
+    // refused as the admin API refuses it, and an empty file removes nothing.
+    std::fs::write(
+        &config,
+        "[[routes]]\nmodel = \"m\"\ntargets = [{ version = 1, weight = 50 }, { version = 3, weight = 50 }]\n",
+    )
+    .unwrap();
+    Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(serve.weights().await, (20, 80), "a route to a missing version was applied");
+    std::fs::write(&config, "").unwrap();
+    Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(serve.weights().await, (20, 80), "an empty file removed the route");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

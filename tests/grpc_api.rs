@@ -127,7 +127,7 @@ async fn raw_and_typed_contents_both_infer() {
 
 #[tokio::test]
 async fn bad_requests_get_the_status_code_triton_uses() {
-    let server = TestServer::examples().await;
+    let server = TestServer::examples_with_model_control().await;
     let mut client = server.grpc().await;
     let good = simple_raw(&[1; 16], &[2; 16]);
     let expect = |result: Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>, code: Code, needle: &str| {
@@ -287,7 +287,7 @@ async fn a_stream_cancelled_mid_flight_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn statistics_and_repository_calls_work_over_grpc() {
-    let server = TestServer::examples().await;
+    let server = TestServer::examples_with_model_control().await;
     let mut client = server.grpc().await;
     for _ in 0..3 {
         client.model_infer(simple_raw(&[1; 16], &[1; 16])).await.unwrap();

@@ -458,7 +458,9 @@ async fn statistics_count_requests_rows_and_executions() {
 async fn repository_index_load_and_unload_follow_tritons_api() {
     let repo = TempRepo::new();
     repo.add("simple", "simple", 1, None).add("mlp", "mlp", 1, None);
-    let server = TestServer::start(config_for(repo.path())).await;
+    let mut config = config_for(repo.path());
+    config.repository.model_control = true;
+    let server = TestServer::start(config).await;
     let index = server.post_json("/v2/repository/index", &json!({})).await.json();
     assert_eq!(
         index,

@@ -33,7 +33,7 @@ const FLOORS: &[&[&str]] = &[
     &["routing"],
     &["repository"],
     &["batching"],
-    &["stats", "budget"],
+    &["stats", "budget", "connection"],
     // The ground floor: names, values and codes that everything else uses.
     &["metrics"],
     &["tensor", "proto"],

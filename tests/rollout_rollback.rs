@@ -164,3 +164,50 @@ async fn a_healthy_canary_steps_up_and_is_promoted_without_a_failure() {
     assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
     assert!(tally.ok_canary.load(Ordering::Relaxed) > 0 && tally.ok_baseline.load(Ordering::Relaxed) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_the_client_sets_never_roll_a_healthy_canary_back() {
+    // Issue #15, finding 8: 60 requests with a 1 µs `timeout` rolled a healthy canary back.
+    let model = "client_deadline";
+    let repo = Repo::new(model, &[(1, Kind::Mlp), (2, Kind::Mlp)]);
+    let rollout = r#"{ canary = 2, step_weights = [50, 100], interval = "1m", check_interval = "50ms",
+        window = "10s", threshold = 1, min_requests = 5, max_error_rate = 0.05 }"#;
+    let spec = route(&format!(
+        "model = \"{model}\"\ntargets = [{{ version = 1 }}, {{ version = 2 }}]\nsticky_header = \"x-user\"\nrollout = {rollout}"
+    ));
+    let server = Server::start(&repo, vec![spec]).await;
+    let http = Http::default();
+    // The attacker finds a sticky key that the canary serves...
+    let mut key = None;
+    for k in 0..200 {
+        let candidate = format!("user-{k}");
+        if http.infer(&server, model, &[("x-user", &candidate)], k).await.version() == Some(2) {
+            key = Some(candidate);
+            break;
+        }
+    }
+    let key = key.expect("no sticky key lands on the canary");
+    // ...and sends 60 requests there with a 1 µs deadline: 504 each.
+    let url = format!("http://{}/v2/models/{model}/infer", server.http);
+    for seed in 0..60 {
+        let mut body: serde_json::Value = serde_json::from_str(&support_routing::infer_body(seed)).unwrap();
+        body["parameters"] = serde_json::json!({ "timeout": 1 });
+        let reply = http.send(http::Method::POST, url.clone(), &[("x-user", &key)], Some(body.to_string())).await;
+        assert_eq!(reply.status, 504, "{reply:?}");
+    }
+    // Ten checks' time: a rollback would have happened by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = server.gateway.rollouts.status(model).await.unwrap();
+    let state = status.rollout.as_ref().map(|r| r.state);
+    assert_ne!(state, Some(Phase::Failed), "{:#?}", status.rollout);
+    assert!(!status.targets[1].failed);
+    // The client's deadline is answered as one, and counted as the client's outcome.
+    let metrics = http.send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains(&format!(
+            "modelgate_route_requests_total{{model=\"{model}\",version=\"2\",outcome=\"client_error\"}}"
+        )),
+        "{text}"
+    );
+}

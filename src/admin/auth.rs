@@ -163,6 +163,11 @@ impl<S> BearerAuth<S> {
         if request.headers().contains_key(ORIGIN) {
             return Err(Refusal::Browser);
         }
+        // Two Host lines may name two servers: which one counts is ambiguous
+        // (RFC 9112 §3.2 says 400), so neither does.
+        if request.headers().get_all(HOST).iter().nth(1).is_some() {
+            return Err(Refusal::Host);
+        }
         // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
         let host = request.uri().host().or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()));
         let local = request.extensions().get::<Local>().map(|l| l.0.ip());

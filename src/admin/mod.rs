@@ -13,6 +13,7 @@
 //! | `admin.address` | address the admin listener binds | `127.0.0.1` |
 //! | `admin.port` | admin port; 0 = off | 8003 |
 //! | `admin.token_file` | file holding the bearer token (else `MODELGATE_ADMIN_TOKEN`; neither: off) | none |
+//! | `admin.max_connections` | open admin connections; past it new ones wait (first-bytes and idle timeouts are `server.*`'s) | 64 |
 //! | `admin.allowed_hosts` | names clients may put in `Host` besides loopback and the listener's address (e.g. a Service name) | none |
 
 pub mod api;
@@ -25,15 +26,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tower::{Layer, ServiceExt};
 
 pub use auth::{AdminToken, BearerAuthLayer, Local, Peer};
 
+use crate::connection::{Activity, Timeouts, Tracked};
 use crate::gateway::Gateway;
 
 /// The admin listener's settings.
@@ -48,42 +51,46 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Names allowed in `Host` besides loopback and the listener's address.
     pub allowed_hosts: Vec<String>,
+    /// Open admin connections at most; past it new ones wait.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: IpAddr::from([127, 0, 0, 1]), port: 8003, token_file: None, allowed_hosts: Vec::new() }
+        AdminConfig {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 8003,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            max_connections: 64,
+        }
     }
 }
 
 /// Longest wait for in-flight admin requests at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves the admin API on `listener`, behind `auth`, until `shutdown` resolves.
+/// Serves the admin API on `listener`, behind `auth`, until `shutdown`
+/// resolves: at most `max_connections` at once, each closed after
+/// `timeouts` like the data plane's (see [`crate::connection`]).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     auth: BearerAuthLayer,
+    (max_connections, timeouts): (usize, Timeouts),
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let builder = Arc::new(builder);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let connection_stop = stop_rx.clone();
+    let serve = move |stream: TcpStream, peer, slot| {
         let local = stream.local_addr().ok();
         let gateway = gateway.clone();
+        let activity = Activity::new();
+        let tracker = activity.clone();
         // The auth layer wraps the whole API: no admin route exists without it.
         let service = auth.layer(tower::service_fn(move |request| {
             let gateway = gateway.clone();
@@ -94,17 +101,23 @@ pub async fn serve(
             if let Some(local) = local {
                 request.extensions_mut().insert(Local(local));
             }
-            service.clone().oneshot(request)
+            let in_use = Some(tracker.begin());
+            service.clone().oneshot(request).map_ok(|response| response.map(|body| Tracked::new(body, in_use)))
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), hyper_service).into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, stop) = (builder.clone(), connection_stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
+            crate::connection::serve_connection(stream, timeouts, activity, stop, |stream| {
+                builder.serve_connection(TokioIo::new(stream), hyper_service).into_owned()
+            })
+            .await;
+            drop(slot);
         });
-    }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    };
+    let accepting = tokio::spawn(crate::connection::accept_loop(listener, slots, stop_rx, serve));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = accepting.await;
+    if tokio::time::timeout(DRAIN, stop_tx.closed()).await.is_err() {
         tracing::warn!("admin drain timed out");
     }
 }

@@ -283,6 +283,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let r = request.into_inner();
         self.control_allowed()?;
+        self.gateway.check_unload(&r.model_name).map_err(status)?;
         self.gateway.repository.unload(&r.model_name).await.map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }

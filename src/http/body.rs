@@ -2,12 +2,15 @@
 
 use std::io::Read;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::budget::{Held, InflightBytes};
 use crate::error::Error;
@@ -18,30 +21,39 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Reads a request body of at most `limits.max_request_bytes` bytes after
 /// decompression (`Content-Encoding: gzip` or `deflate`, as tritonclient
-/// sends them). A body that stalls for `limits.body_idle_timeout` is refused
-/// with 408: a slow client cannot hold a connection and its buffer for ever.
+/// sends them). A body that stalls for `limits.body_idle_timeout`, or is not
+/// whole after `limits.body_timeout`, is refused with 408: a slow client
+/// cannot hold a connection and its buffer for ever.
 ///
 /// The body is held against the server-wide `budget` until the returned
 /// [`Held`] is dropped: its declared length before a byte is read (so a slow
-/// upload cannot hide what it will take), its real size once read. A request
-/// the budget cannot take is refused with 429.
+/// upload cannot hide what it will take), then whatever its buffer grows to
+/// as frames arrive (a chunked or HTTP/2 body declares nothing), then, for a
+/// compressed body, its inflated buffer as it grows. A request the budget
+/// cannot take is refused with 429 at the moment it would go over.
+///
+/// Compressed bodies are inflated on the blocking pool, at most
+/// `decompressions`' permits at once; the others wait for a turn (their
+/// compressed bytes held meanwhile) until the body deadline, then get 429.
 ///
 /// A refused body (413 or 429) is refused only after the rest of it has been
 /// read and thrown away (at most `limit` more bytes, for at most
 /// [`DRAIN_TIME`]). HTTP/1.1 clients such as tritonclient write the whole
 /// body before they read the reply; had the server closed the connection
 /// after answering early, they would see a broken pipe instead of the error.
-pub async fn read<'a, B>(
+pub async fn read<B>(
     body: B,
     headers: &HeaderMap,
     limits: &Limits,
-    budget: &'a InflightBytes,
-) -> Result<(Bytes, Held<'a>), Error>
+    budget: &Arc<InflightBytes>,
+    decompressions: &Arc<Semaphore>,
+) -> Result<(Bytes, Held), Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let limit = limits.max_request_bytes;
+    let deadline = Instant::now() + limits.body_timeout;
     let mut body = std::pin::pin!(body);
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
     if let Some(length) = declared
@@ -53,27 +65,13 @@ where
         }
         return Err(Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes")));
     }
-    // Within the limit, so it fits a usize. A chunked body declares nothing
-    // and is held once read.
+    // Within the limit, so it fits a usize.
     let declared = declared.map(|length| length as usize);
-    let mut held = match budget.reserve(declared.unwrap_or(0)) {
-        Ok(held) => held,
-        Err(overloaded) => {
-            drain(body.as_mut(), declared.unwrap_or(0)).await;
-            return Err(overloaded);
-        }
-    };
-    let bytes = collect(body.as_mut(), declared, limit, limits.body_idle_timeout).await?;
     let encoding = headers.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let bytes = match encoding.as_deref() {
-        None | Some("identity") | Some("") => bytes,
-        Some(e @ ("gzip" | "x-gzip" | "deflate")) => {
-            let gzip = e != "deflate";
-            // A small body can expand to the whole limit: never inflate on a runtime worker.
-            tokio::task::spawn_blocking(move || inflate(&bytes, gzip, limit))
-                .await
-                .map_err(|e| Error::Internal(format!("decompression task failed: {e}")))??
-        }
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") | Some("") => None,
+        Some("gzip" | "x-gzip") => Some(true),
+        Some("deflate") => Some(false),
         Some(other) => {
             return Err(Error::invalid(format!(
                 "unsupported Content-Encoding '{}' (use gzip or deflate)",
@@ -81,50 +79,117 @@ where
             )));
         }
     };
-    held.resize(bytes.len())?;
-    Ok((bytes, held))
+    let mut held = match budget.reserve(declared.unwrap_or(0)) {
+        Ok(held) => held,
+        Err(overloaded) => {
+            drain(body.as_mut(), declared.unwrap_or(0)).await;
+            return Err(overloaded);
+        }
+    };
+    let reading = Reading { declared, limit, idle: limits.body_idle_timeout, whole: limits.body_timeout, deadline };
+    let bytes = collect(body.as_mut(), reading, &mut held).await?;
+    let Some(gzip) = gzip else {
+        return Ok((bytes, held));
+    };
+    let turn = tokio::time::timeout_at(deadline, decompressions.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            crate::metrics::overloaded();
+            Error::Overloaded("too many compressed request bodies are being inflated: retry later".into())
+        })?
+        .map_err(|_| Error::Internal("the decompression semaphore is closed".into()))?;
+    // A small body can expand to the whole limit: never inflate on a runtime
+    // worker. The budget and the turn travel with the work, so a client that
+    // leaves mid-inflation gives neither back before the work stops.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        inflate(bytes, gzip, limit, held)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("decompression task failed: {e}")))?
+}
+
+/// How a body is to be read.
+#[derive(Clone, Copy)]
+struct Reading {
+    declared: Option<usize>,
+    limit: usize,
+    idle: Duration,
+    whole: Duration,
+    deadline: Instant,
 }
 
 /// Gathers the body into one buffer of at most `limit` bytes. Frames are
 /// copied into that buffer as they arrive, so a body sent as millions of
 /// one-byte chunks costs its bytes, not a list entry per chunk; a body that
-/// arrives in one frame is kept without a copy. Past the limit, the rest is
-/// drained before the 413 (see [`read`]).
-async fn collect<B>(
-    mut body: Pin<&mut B>,
-    declared: Option<usize>,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, Error>
+/// arrives in one frame is kept without a copy. `held` grows with the
+/// buffer, before it grows. Past the limit or the budget, the rest is
+/// drained before the 413 or 429 (see [`read`]).
+async fn collect<B>(mut body: Pin<&mut B>, reading: Reading, held: &mut Held) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let Reading { declared, limit, idle, whole, deadline } = reading;
     let mut first: Option<Bytes> = None;
     let mut joined: Option<bytes::BytesMut> = None;
-    // A frame that is already there wins before the timer is armed, so a
-    // body that arrives in one piece costs no timer.
-    while let Some(frame) = tokio::time::timeout(idle, body.frame()).await.map_err(|_| {
-        Error::RequestTimeout(format!("the request body stalled: nothing arrived for {} s", idle.as_secs()))
-    })? {
+    loop {
+        // A frame that is already there wins before the timer is armed, so a
+        // body that arrives in one piece costs no timer.
+        let pause_ends = Instant::now() + idle;
+        let frame = match tokio::time::timeout_at(pause_ends.min(deadline), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) if pause_ends <= deadline => {
+                return Err(Error::RequestTimeout(format!(
+                    "the request body stalled: nothing arrived for {} s",
+                    idle.as_secs()
+                )));
+            }
+            Err(_) => {
+                return Err(Error::RequestTimeout(format!(
+                    "the request body took too long: it must arrive whole within {} s (server.body_timeout_secs)",
+                    whole.as_secs()
+                )));
+            }
+        };
         let frame = frame.map_err(|e| Error::invalid(format!("failed to read the request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         let so_far = joined.as_ref().map_or(first.as_ref().map_or(0, Bytes::len), |j| j.len());
-        if so_far + data.len() > limit {
+        let needed = so_far + data.len();
+        if needed > limit {
             drain(body.as_mut(), limit).await;
             return Err(Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes")));
+        }
+        // What the buffer will occupy once this frame is in: a first frame is
+        // kept as it is; a buffer grows by doubling (within the limit).
+        let capacity = match (&first, &joined) {
+            (None, None) => data.len(),
+            (Some(_), None) => declared.unwrap_or(0).clamp(needed, limit),
+            (_, Some(buf)) if needed <= buf.capacity() => buf.capacity(),
+            (_, Some(buf)) => (buf.capacity() * 2).clamp(needed, limit),
+        };
+        if capacity > held.bytes()
+            && let Err(overloaded) = held.resize(capacity)
+        {
+            drain(body.as_mut(), limit).await;
+            return Err(overloaded);
         }
         match (&mut first, &mut joined) {
             (None, None) => first = Some(data),
             (Some(head), None) => {
-                let mut buf =
-                    bytes::BytesMut::with_capacity(declared.unwrap_or(0).clamp(head.len() + data.len(), limit));
+                let mut buf = bytes::BytesMut::with_capacity(capacity);
                 buf.extend_from_slice(head);
                 buf.extend_from_slice(&data);
                 first = None;
                 joined = Some(buf);
             }
-            (_, Some(buf)) => buf.extend_from_slice(&data),
+            (_, Some(buf)) => {
+                if needed > buf.capacity() {
+                    buf.reserve(capacity - buf.len());
+                }
+                buf.extend_from_slice(&data);
+            }
         }
     }
     Ok(joined.map(bytes::BytesMut::freeze).or(first).unwrap_or_default())
@@ -151,22 +216,53 @@ where
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-/// Decompresses, refusing output beyond `limit` (a zip bomb stops there).
-fn inflate(compressed: &[u8], gzip: bool, limit: usize) -> Result<Bytes, Error> {
-    let mut out = Vec::new();
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(compressed))
+/// The first size of an inflated body's buffer; it doubles from there.
+const INFLATE_FIRST_BUFFER: usize = 64 << 10;
+
+/// Decompresses, refusing output beyond `limit` (a zip bomb stops there)
+/// and beyond the budget: `held` counts the compressed body and the output
+/// buffer before each growth of that buffer. Concatenated gzip members are
+/// all read (RFC 1952), not only the first. Returns the body and its
+/// holding, now only the output buffer.
+fn inflate(compressed: Bytes, gzip: bool, limit: usize, mut held: Held) -> Result<(Bytes, Held), Error> {
+    let mut reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(&compressed[..]))
     } else {
-        Box::new(flate2::read::ZlibDecoder::new(compressed))
+        Box::new(flate2::read::ZlibDecoder::new(&compressed[..]))
     };
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::invalid(format!("cannot decompress the request body: {e}")))?;
-    if out.len() > limit {
-        return Err(Error::PayloadTooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));
+    let too_large = || Error::PayloadTooLarge(format!("decompressed request body exceeds the limit of {limit} bytes"));
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if out.len() == out.capacity() {
+            // One byte past the limit tells a body of exactly `limit` from a larger one.
+            let grown = (out.capacity() * 2).max(INFLATE_FIRST_BUFFER).min(limit + 1);
+            if grown <= out.capacity() {
+                return Err(too_large());
+            }
+            held.resize(compressed.len() + grown)?;
+            out.reserve_exact(grown - out.len());
+        }
+        let room = (out.capacity() - out.len()) as u64;
+        let read = reader
+            .by_ref()
+            .take(room)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::invalid(format!("cannot decompress the request body: {e}")))?;
+        if (read as u64) < room {
+            break;
+        }
     }
-    Ok(Bytes::from(out))
+    if out.len() > limit {
+        return Err(too_large());
+    }
+    drop(reader);
+    drop(compressed);
+    // A buffer a quarter empty is worth one copy to give the rest back.
+    if out.capacity() - out.len() > out.len() / 4 {
+        out.shrink_to_fit();
+    }
+    held.resize(out.capacity())?;
+    Ok((Bytes::from(out), held))
 }
 
 #[cfg(test)]
@@ -188,7 +284,13 @@ mod tests {
             max_inflight_bytes: usize::MAX,
             max_connections: 1,
             body_idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(600),
+            max_concurrent_decompressions: 2,
         }
+    }
+
+    fn turns() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(2))
     }
 
     /// [`super::read`] under a budget that never refuses: the body alone.
@@ -198,40 +300,49 @@ mod tests {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let budget = InflightBytes::new(usize::MAX);
-        super::read(body, headers, limits, &budget).await.map(|(bytes, _held)| bytes)
+        super::read(body, headers, limits, &budget, &turns()).await.map(|(bytes, _held)| bytes)
     }
 
     #[tokio::test]
     async fn a_body_is_held_against_the_budget_until_dropped_and_refused_past_it() {
-        let budget = InflightBytes::new(100);
+        let budget = InflightBytes::new(100_000);
+        let limits = limit(1_000_000);
         let mut declared = HeaderMap::new();
-        declared.insert(CONTENT_LENGTH, HeaderValue::from(60));
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(60_000));
         let (body, held) =
-            super::read(Full::new(Bytes::from(vec![1u8; 60])), &declared, &limit(1000), &budget).await.unwrap();
-        assert_eq!((body.len(), budget.held()), (60, 60));
+            super::read(Full::new(Bytes::from(vec![1u8; 60_000])), &declared, &limits, &budget, &turns())
+                .await
+                .unwrap();
+        assert_eq!((body.len(), budget.held()), (60_000, 60_000));
 
-        // 60 + 50 declared is over 100: refused with 429, the body read and thrown away.
-        let (rest, read_frames) = counted_body(5, 10);
-        declared.insert(CONTENT_LENGTH, HeaderValue::from(50));
-        let err = super::read(rest, &declared, &limit(1000), &budget).await.unwrap_err();
+        // 60 + 50 kB declared is over 100 kB: refused with 429, the body read and thrown away.
+        let (rest, read_frames) = counted_body(5, 10_000);
+        declared.insert(CONTENT_LENGTH, HeaderValue::from(50_000));
+        let err = super::read(rest, &declared, &limits, &budget, &turns()).await.unwrap_err();
         assert!(matches!(err, Error::Overloaded(_)), "{err}");
         assert_eq!(read_frames.load(Ordering::Relaxed), 5);
-        assert_eq!(budget.held(), 60);
+        assert_eq!(budget.held(), 60_000);
 
-        // A chunked body declares nothing and is held at its real size once read;
-        // a compressed one at its decompressed size.
+        // A chunked body declares nothing: it is held as it arrives, and
+        // refused once its buffer would go over.
+        let err = super::read(counted_body(5, 10_000).0, &HeaderMap::new(), &limits, &budget, &turns()).await;
+        assert!(matches!(err, Err(Error::Overloaded(_))), "{err:?}");
+        assert_eq!(budget.held(), 60_000);
         drop(held);
-        let (_, held) = super::read(counted_body(4, 10).0, &HeaderMap::new(), &limit(1000), &budget).await.unwrap();
-        assert_eq!(budget.held(), 40);
+        let (_, held) =
+            super::read(counted_body(4, 10_000).0, &HeaderMap::new(), &limits, &budget, &turns()).await.unwrap();
+        assert_eq!(budget.held(), 40_000);
         drop(held);
+
+        // A compressed one at its decompressed size; a bomb stops at the budget.
         let mut gz = HeaderMap::new();
         gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let small = Full::new(Bytes::from(gzip(&[0u8; 90])));
-        let (_, held) = super::read(small, &gz, &limit(1000), &budget).await.unwrap();
-        assert_eq!(budget.held(), 90);
+        let small = Full::new(Bytes::from(gzip(&[0u8; 50_000])));
+        let (_, held) = super::read(small, &gz, &limits, &budget, &turns()).await.unwrap();
+        assert_eq!(budget.held(), 50_000);
         drop(held);
-        let big = Full::new(Bytes::from(gzip(&[0u8; 101])));
-        assert!(matches!(super::read(big, &gz, &limit(1000), &budget).await, Err(Error::Overloaded(_))));
+        let big = Full::new(Bytes::from(gzip(&vec![0u8; 900_000])));
+        assert!(matches!(super::read(big, &gz, &limits, &budget, &turns()).await, Err(Error::Overloaded(_))));
         assert_eq!(budget.held(), 0);
     }
 
@@ -359,5 +470,53 @@ mod tests {
         assert!(matches!(err, Error::RequestTimeout(_)), "{err}");
         assert_eq!(err.http_status(), http::StatusCode::REQUEST_TIMEOUT);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_trickles_in_past_the_whole_body_timeout_is_refused_with_408() {
+        let limits = Limits {
+            body_idle_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            ..limit(1 << 20)
+        };
+        // One byte every 4 s never pauses for 5 s, but is not whole after 10 s.
+        let trickle = futures_util::stream::iter(0..100u8).then(|i| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![i])))
+        });
+        let started = tokio::time::Instant::now();
+        let err = read(http_body_util::StreamBody::new(trickle), &HeaderMap::new(), &limits).await.unwrap_err();
+        assert!(matches!(err, Error::RequestTimeout(_)), "{err}");
+        assert!(err.message().contains("within 10 s"), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compressed_bodies_wait_for_a_turn_to_inflate_and_give_up_at_the_deadline() {
+        let limits = Limits { body_timeout: Duration::from_secs(30), ..limit(1 << 20) };
+        let mut gz = HeaderMap::new();
+        gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let budget = InflightBytes::new(usize::MAX);
+        let turns = Arc::new(Semaphore::new(1));
+        let taken = turns.clone().acquire_owned().await.unwrap();
+        let body = || Full::new(Bytes::from(gzip(b"hello")));
+        let started = tokio::time::Instant::now();
+        let err = super::read(body(), &gz, &limits, &budget, &turns).await.unwrap_err();
+        assert!(matches!(err, Error::Overloaded(_)), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // Once the turn is given back, the next one inflates.
+        drop(taken);
+        let (inflated, _held) = super::read(body(), &gz, &limits, &budget, &turns).await.unwrap();
+        assert_eq!(&inflated[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn concatenated_gzip_members_are_all_inflated() {
+        let mut gz = HeaderMap::new();
+        gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut two = gzip(b"hello ");
+        two.extend_from_slice(&gzip(b"world"));
+        let body = read(Full::new(Bytes::from(two)), &gz, &limit(100)).await.unwrap();
+        assert_eq!(&body[..], b"hello world");
     }
 }

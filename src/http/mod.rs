@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub use infer::{HEADER_LENGTH, decode_request, encode_response};
 
-use crate::error::Error;
+use crate::error::{Error, Quoted};
 use crate::gateway::{Call, Gateway};
 use crate::metrics::Protocol;
 use crate::repository::config_message;
@@ -69,6 +69,7 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
         }
         ["v2", "models", name, rest @ ..] => {
             let (version, rest) = match rest {
+                ["versions", "", ..] => return Err(Error::invalid("the path names an empty model version")),
                 ["versions", v, rest @ ..] => (Some(decode_name(v)?), rest),
                 rest => (None, rest),
             };
@@ -79,26 +80,22 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
                 ["config"] => (ModelAction::Config, Method::GET),
                 ["stats"] => (ModelAction::Stats, Method::GET),
                 _ => {
-                    return Err(Error::NotFound(format!("no endpoint at {}", path.escape_debug())));
+                    return Err(Error::NotFound(format!("no endpoint at {}", Quoted(path))));
                 }
             };
             (Endpoint::Model { name: decode_name(name)?, version, action }, expected)
         }
         _ => {
-            return Err(Error::NotFound(format!("no endpoint at {}", truncate(path).escape_debug())));
+            return Err(Error::NotFound(format!("no endpoint at {}", Quoted(path))));
         }
     };
     if *method != expected {
-        return Err(Error::MethodNotAllowed(format!("{method} is not allowed here; use {expected}")));
+        return Err(Error::MethodNotAllowed(format!(
+            "{} is not allowed here; use {expected}",
+            Quoted(method.as_str())
+        )));
     }
     Ok(route)
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 /// Percent-decodes a path segment (tritonclient quotes model names).
@@ -164,7 +161,8 @@ where
         }
         Endpoint::RepositoryIndex => {
             let (parts, body) = request.into_parts();
-            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+            let (body, _held) =
+                body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
             let ready_only = if body.is_empty() {
                 false
             } else {
@@ -178,7 +176,8 @@ where
         Endpoint::RepositoryLoad(name) | Endpoint::RepositoryUnload(name) => {
             let load = request.uri().path().ends_with("/load");
             let (parts, body) = request.into_parts();
-            let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+            let (body, _held) =
+                body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
             check_repository_parameters(&body)?;
             if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(
@@ -188,6 +187,7 @@ where
             if load {
                 gateway.repository.load(&name).await?;
             } else {
+                gateway.check_unload(&name)?;
                 gateway.repository.unload(&name).await?;
             }
             Ok(empty(StatusCode::OK))
@@ -266,7 +266,8 @@ where
     let (parts, body) = request.into_parts();
     let limit = gateway.limits.max_request_bytes;
     // Held until the response is encoded: the request's data lives that long.
-    let (body, _held) = body::read(body, &parts.headers, &gateway.limits, &gateway.inflight).await?;
+    let (body, _held) =
+        body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
     // Large JSON is parsed on the blocking pool; a raw binary body (header length 0) is not parsed.

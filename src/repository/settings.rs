@@ -15,7 +15,8 @@ pub struct RepositorySettings {
     pub path: PathBuf,
     /// Models to load at start; `None` loads every model directory.
     pub load_models: Option<Vec<String>>,
-    /// Allow the load/unload API.
+    /// Allow the load/unload API (off by default, as Triton's `none` mode:
+    /// the data plane's repository API has no authentication).
     pub model_control: bool,
     /// Ready only when every model is ready.
     pub strict_readiness: bool,
@@ -35,7 +36,7 @@ impl Default for RepositorySettings {
         RepositorySettings {
             path: PathBuf::from("models"),
             load_models: None,
-            model_control: true,
+            model_control: false,
             strict_readiness: true,
             default_max_batch_size: 8,
             default_max_queue_size: 1024,

@@ -60,6 +60,22 @@ impl ModelVersion {
     /// Returns the outputs the request asked for, named and in its order.
     pub async fn infer(&self, request: InferRequest, arrival: Instant) -> Result<Vec<ResponseOutput>, Error> {
         let timeout = self.effective_timeout(request.timeout);
+        // The client's own deadline governs (it is no longer than the
+        // model's): its expiry is the client's outcome, not the version's.
+        let client_set = request.timeout.is_some() && timeout == request.timeout;
+        let result = self.infer_until(request, arrival, timeout).await;
+        match result {
+            Err(Error::DeadlineExceeded(message)) if client_set => Err(Error::ClientDeadline(message)),
+            other => other,
+        }
+    }
+
+    async fn infer_until(
+        &self,
+        request: InferRequest,
+        arrival: Instant,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<ResponseOutput>, Error> {
         let mut valid = self.io.validate(request)?;
         // The batch needs the output indices too; the forms are the response's alone.
         let (indices, binary) = (valid.outputs.clone(), std::mem::take(&mut valid.binary));

@@ -173,14 +173,31 @@ impl Rollouts {
     pub async fn apply_file(&self, specs: &[RouteSpec]) -> Result<ReloadSummary, Error> {
         let valid = crate::routing::validate_all(specs).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut control = self.control.lock().await;
+        let unchanged = |control: &Control, v: &ValidRoute| {
+            control.from_file.get(&v.spec.model) == Some(&v.spec) && self.routes.get(&v.spec.model).is_some()
+        };
+        // A changed route must pass what the admin API checks (no traffic to
+        // a version that is not ready), and all of them before anything
+        // changes: a reload that fails keeps every route that serves.
+        let refused: Vec<String> = valid
+            .iter()
+            .filter(|v| !unchanged(&control, v))
+            .filter_map(|v| self.check_ready(v, Source::Operator).err())
+            .map(|e| e.message().to_owned())
+            .collect();
+        if !refused.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "routes not applied, the routes in force stay: {}",
+                refused.join("; ")
+            )));
+        }
         let mut summary = ReloadSummary::default();
         for v in &valid {
             let model = v.spec.model.clone();
-            if control.from_file.get(&model) == Some(&v.spec) && self.routes.get(&model).is_some() {
+            if unchanged(&control, v) {
                 summary.unchanged.push(model);
                 continue;
             }
-            self.check_ready(v, Source::File)?;
             self.install(&mut control, v);
             summary.applied.push(model);
         }

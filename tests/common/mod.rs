@@ -114,6 +114,14 @@ impl TestServer {
         TestServer::start(config_for(&example_models())).await
     }
 
+    /// Serves the example models with the repository load/unload API on
+    /// (`repository.model_control`, off by default).
+    pub async fn examples_with_model_control() -> TestServer {
+        let mut config = config_for(&example_models());
+        config.repository.model_control = true;
+        TestServer::start(config).await
+    }
+
     /// Serves `config` (ports are ignored: it binds port 0).
     pub async fn start(config: Config) -> TestServer {
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
@@ -121,7 +129,11 @@ impl TestServer {
         let (http_addr, grpc_addr) = (http.local_addr().expect("addr"), grpc.local_addr().expect("addr"));
         let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
         let (tx, rx) = oneshot::channel::<()>();
-        let options = ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5) };
+        let options = ServerOptions {
+            max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(5),
+            ..ServerOptions::from(&config.server)
+        };
         let serving = gateway.clone();
         let task = tokio::spawn(async move {
             let listeners = Listeners { http, grpc: Some(grpc), metrics: None };

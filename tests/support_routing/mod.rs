@@ -125,6 +125,7 @@ impl Server {
         let mut config = Config::default();
         config.repository.path = repo.path().to_owned();
         config.repository.strict_readiness = false;
+        config.repository.model_control = true;
         config.routes = routes;
         config.validate().unwrap();
         let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
@@ -133,7 +134,11 @@ impl Server {
         let (http_addr, admin_addr) = (http.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let options = ServerOptions { max_concurrent_streams: 256, drain_timeout: Duration::from_secs(5) };
+        let options = ServerOptions {
+            max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(5),
+            ..ServerOptions::from(&config.server)
+        };
         tokio::spawn(modelgate::server::serve(
             gateway.clone(),
             Listeners { http, grpc: None, metrics: None },
@@ -143,7 +148,8 @@ impl Server {
             },
         ));
         let auth = modelgate::admin::BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap(), &[]);
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), admin, auth, async move {
+        let limits = (config.admin.max_connections, config.server.timeouts());
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), admin, auth, limits, async move {
             let _ = admin_stopped.await;
         }));
         Server {

@@ -1,0 +1,363 @@
+//! Hostile clients on loopback (issue #15): connections that send nothing,
+//! HTTP/2 connections that open no stream, listeners past their caps, bodies
+//! without a length, bodies that trickle, compressed bodies that inflate past
+//! the budget. Each case runs against a real server on port 0.
+//!
+//! Most cases run on paused time: the server's timers fire when every task
+//! waits, so a 60 s idle timeout takes no wall time and is measured exactly.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TempRepo, TestServer, config_for};
+use modelgate::config::Config;
+use modelgate::gateway::Gateway;
+use modelgate::server::{Listeners, ServerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// A gateway without models (the cases here never reach one), `configure`d.
+async fn empty_server(configure: impl FnOnce(&mut Config)) -> (TempRepo, TestServer) {
+    let repo = TempRepo::new();
+    let mut config = config_for(repo.path());
+    configure(&mut config);
+    config.validate().unwrap();
+    (repo, TestServer::start(config).await)
+}
+
+/// Reads until the peer closes; `None` if it has not closed after `limit`.
+async fn read_until_closed(socket: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    match tokio::time::timeout(limit, socket.read_to_end(&mut seen)).await {
+        Ok(_) => Some(seen),
+        Err(_) => None,
+    }
+}
+
+/// `GET /v2/health/live` on a fresh connection; the status line's code.
+async fn live(addr: SocketAddr, path: &str) -> u16 {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    socket.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    reply.get(9..12).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status line in {reply:?}"))
+}
+
+// === finding 1: connections that send nothing ===
+
+#[tokio::test(start_paused = true)]
+async fn connections_that_send_nothing_are_closed_and_free_their_slots() {
+    let (_repo, server) = empty_server(|c| {
+        c.server.max_connections = 2;
+        c.server.first_bytes_timeout_secs = 10;
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = [TcpStream::connect(server.http).await.unwrap(), TcpStream::connect(server.http).await.unwrap()];
+    // Both slots are taken: a well-behaved client waits in the backlog...
+    let waiting = tokio::spawn(live(server.http, "/v2/health/live"));
+    // ...until the silent ones are closed, 10 s after they connected.
+    for socket in &mut silent {
+        let seen = read_until_closed(socket, Duration::from_secs(120)).await.expect("a silent connection was kept");
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+    assert_eq!(started.elapsed().as_secs(), 10);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_http2_preface_is_closed_after_the_idle_timeout() {
+    let (_repo, server) = empty_server(|c| c.server.idle_timeout_secs = 60).await;
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(server.http).await.unwrap();
+    // The first 16 of the preface's 24 bytes: hyper waits for the rest to choose HTTP/2.
+    socket.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    read_until_closed(&mut socket, Duration::from_secs(600)).await.expect("a partial preface kept its connection");
+    assert_eq!(started.elapsed().as_secs(), 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_connection_without_open_streams_is_sent_goaway_after_the_idle_timeout() {
+    let (_repo, server) = empty_server(|c| {
+        c.server.idle_timeout_secs = 30;
+        c.server.body_idle_timeout_secs = 60;
+    })
+    .await;
+    let socket = TcpStream::connect(server.http).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    // The client's connection task answers the server's PINGs all along.
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+
+    // A stream open longer than the idle timeout keeps the connection: an
+    // upload that stalls is answered 408 after 60 s, on the same connection.
+    let started = Instant::now();
+    let upload = http::Request::post("/v2/repository/index").body(()).unwrap();
+    let (response, mut body) = client.send_request(upload, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"{"), false).unwrap();
+    let response = response.await.expect("the connection was closed under an open stream");
+    assert_eq!(response.status(), 408);
+    assert_eq!(started.elapsed().as_secs(), 60);
+    let mut reply = response.into_body();
+    while reply.data().await.is_some() {}
+
+    // Then nothing: GOAWAY and close 30 s after the last stream ended.
+    let idle_from = Instant::now();
+    drop((client, body));
+    tokio::time::timeout(Duration::from_secs(600), connection)
+        .await
+        .expect("an idle HTTP/2 connection was kept")
+        .unwrap()
+        .unwrap();
+    assert_eq!(idle_from.elapsed().as_secs(), 30);
+}
+
+/// The gateway of `server` serving a metrics port and an admin port too,
+/// each capped at one connection.
+async fn side_listeners(gateway: Arc<Gateway>, config: &Config) -> (SocketAddr, SocketAddr) {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (metrics_addr, admin_addr) = (metrics.local_addr().unwrap(), admin.local_addr().unwrap());
+    let options = ServerOptions { max_metrics_connections: 1, ..ServerOptions::from(&config.server) };
+    let listeners = Listeners { http, grpc: None, metrics: Some(metrics) };
+    tokio::spawn(modelgate::server::serve(gateway.clone(), listeners, options, std::future::pending()));
+    let token = modelgate::admin::AdminToken::new("a-test-token-of-enough-length").unwrap();
+    let auth = modelgate::admin::BearerAuthLayer::new(token, &[]);
+    let limits = (1, config.server.timeouts());
+    tokio::spawn(modelgate::admin::serve(gateway, admin, auth, limits, std::future::pending()));
+    (metrics_addr, admin_addr)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_metrics_and_admin_ports_are_capped_too() {
+    let (repo, server) = empty_server(|_| {}).await;
+    let config = config_for(repo.path());
+    let (metrics, admin) = side_listeners(server.gateway.clone(), &config).await;
+    for (addr, path, status) in [(metrics, "/metrics", 200), (admin, "/v1/routes", 401)] {
+        // One connection holds the only slot (a keep-alive request, then nothing).
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        first.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head[9..12], status.to_string().as_bytes(), "{addr}");
+        let second = tokio::spawn(live(addr, path));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "{path}: a second connection was served past the cap");
+        drop(first);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap(), status, "{path}");
+    }
+}
+
+// === finding 2: bodies without a length ===
+
+/// An HTTP/1.1 upload to the repository index (which reads a body) without
+/// Content-Length: `chunks` chunks of `size` bytes, then it stalls.
+async fn chunked_upload(addr: SocketAddr, chunks: usize, size: usize) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /v2/repository/index HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..chunks {
+        socket.write_all(format!("{size:x}\r\n").as_bytes()).await.unwrap();
+        socket.write_all(&vec![b' '; size]).await.unwrap();
+        socket.write_all(b"\r\n").await.unwrap();
+    }
+    socket
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_held_against_the_budget_as_it_arrives() {
+    let (_repo, server) = empty_server(|c| {
+        c.server.max_request_bytes = 64 << 10;
+        c.server.max_inflight_bytes = 100 << 10;
+    })
+    .await;
+    let upload = chunked_upload(server.http, 6, 10_000).await;
+    common::eventually("the chunked upload holds what arrived", || server.gateway.inflight.held() >= 60_000).await;
+    // A request of 50 kB more does not fit next to it.
+    let body = vec![b' '; 50_000];
+    let reply = server.request(http::Method::POST, "/v2/repository/index", &[], body).await;
+    reply.expect_error(429, "retry later");
+    drop(upload);
+    common::eventually("the departed upload gives its bytes back", || server.gateway.inflight.held() == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_trickles_in_is_cut_off_at_the_whole_body_timeout() {
+    let (_repo, server) = empty_server(|c| {
+        c.server.body_idle_timeout_secs = 5;
+        c.server.body_timeout_secs = 20;
+    })
+    .await;
+    let mut socket = TcpStream::connect(server.http).await.unwrap();
+    let head = "POST /v2/repository/index HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 4 s: never a 5 s pause, and 1000 bytes would take over an hour.
+    let mut reply = Vec::new();
+    for _ in 0..1000 {
+        if socket.write_all(b" ").await.is_err() {
+            break;
+        }
+        if let Ok(read) = tokio::time::timeout(Duration::from_secs(4), socket.read_buf(&mut reply)).await
+            && (read.unwrap_or(0) == 0 || !reply.is_empty())
+        {
+            break;
+        }
+    }
+    let answered = started.elapsed();
+    if let Some(rest) = read_until_closed(&mut socket, Duration::from_secs(5)).await {
+        reply.extend(rest);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("within 20 s"), "{reply}");
+    assert!(answered <= Duration::from_secs(21), "answered after {answered:?}");
+}
+
+// === finding 3: compressed bodies ===
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_compressed_body_is_held_as_it_inflates_and_stopped_at_the_budget() {
+    let (_repo, server) = empty_server(|c| {
+        c.server.max_request_bytes = 4 << 20;
+        c.server.max_inflight_bytes = 6 << 20;
+    })
+    .await;
+    // 3 MiB held by an upload that stalls...
+    let _upload = server.stalled_upload("/v2/repository/index", 3 << 20, "{").await;
+    common::eventually("the upload holds its declared bytes", || server.gateway.inflight.held() == 3 << 20).await;
+    // ...leaves less than the 4 MiB size limit: a bomb is stopped by the
+    // budget while it inflates (429), not inflated whole first (413).
+    let bomb = gzip(&vec![b' '; 16 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let reply = server.request(http::Method::POST, "/v2/repository/index", &[("content-encoding", "gzip")], bomb).await;
+    reply.expect_error(429, "retry later");
+    assert_eq!(server.gateway.inflight.held(), 3 << 20, "the refused bomb holds nothing");
+    // With room, the same bomb meets the size limit.
+    drop(_upload);
+    common::eventually("the upload gives its bytes back", || server.gateway.inflight.held() == 0).await;
+    let bomb = gzip(&vec![b' '; 16 << 20]);
+    let reply = server.request(http::Method::POST, "/v2/repository/index", &[("content-encoding", "gzip")], bomb).await;
+    reply.expect_error(413, "decompressed request body exceeds");
+}
+
+// === findings 5 and 10: what errors quote, framing, versions, protobuf ===
+
+/// Sends raw `request` bytes and returns the whole reply (the server closes).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let reply = read_until_closed(&mut socket, Duration::from_secs(10)).await.expect("no reply");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn requests_without_one_host_or_with_a_transfer_coding_are_refused() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    let no_host = raw(server.http, b"GET /v2/health/live HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    assert!(no_host.contains(r#"{"error":"an HTTP/1.1 request must carry exactly one Host header"}"#), "{no_host}");
+    let two =
+        raw(server.http, b"GET /v2/health/live HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let gzip_chunked = raw(
+        server.http,
+        b"POST /v2/repository/index HTTP/1.1\r\nhost: t\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(gzip_chunked.starts_with("HTTP/1.1 501"), "{gzip_chunked}");
+    // HTTP/1.0 may leave Host out.
+    let old = raw(server.http, b"GET /v2/health/live HTTP/1.0\r\n\r\n").await;
+    assert!(old.starts_with("HTTP/1.0 200"), "{old}");
+}
+
+#[tokio::test]
+async fn versions_must_be_plain_numbers_and_errors_quote_little_of_the_request() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    for version in ["01", "+1", "%201", ""] {
+        let reply = server.get(&format!("/v2/models/m/versions/{version}/ready")).await;
+        assert_eq!(reply.status, 400, "version {version:?}: {:?}", reply.body);
+    }
+    // A 60 KB path and a 70 KB method are not repeated in full.
+    let long_path = format!("/v2/models/m/{}", "p".repeat(60_000));
+    let reply = server.get(&long_path).await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.body.len() < 400, "{} bytes", reply.body.len());
+    let method = "M".repeat(70_000);
+    let reply = raw(
+        server.http,
+        format!("{method} /v2/health/live HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{}", &reply[..reply.len().min(200)]);
+    assert!(reply.len() < 600, "{} bytes", reply.len());
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    let (_repo, server) = empty_server(|_| {}).await;
+    let socket = TcpStream::connect(server.http).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // One uncompressed message of 3 bytes that are not protobuf.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), true).unwrap();
+    let response = response.await.unwrap();
+    let status = match response.headers().get("grpc-status") {
+        Some(status) => status.clone(),
+        None => {
+            let mut reply = response.into_body();
+            while reply.data().await.is_some() {}
+            reply.trailers().await.unwrap().unwrap()["grpc-status"].clone()
+        }
+    };
+    assert_eq!(status, "3", "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_two_host_headers() {
+    let (repo, server) = empty_server(|_| {}).await;
+    let (_, admin) = side_listeners(server.gateway.clone(), &config_for(repo.path())).await;
+    let ask = |hosts: &'static str| async move {
+        let request = format!(
+            "GET /admin/v1/routes HTTP/1.1\r\n{hosts}authorization: Bearer a-test-token-of-enough-length\r\nconnection: close\r\n\r\n"
+        );
+        raw(admin, request.as_bytes()).await
+    };
+    let one = ask("host: localhost\r\n").await;
+    assert!(one.starts_with("HTTP/1.1 200"), "{one}");
+    let two = ask("host: localhost\r\nhost: attacker.example\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 403"), "{two}");
+}
+
+#[tokio::test]
+async fn by_default_the_data_plane_cannot_load_or_unload_models() {
+    // Finding 7: the unauthenticated repository API is off unless configured (Triton's `none`).
+    let (_repo, server) = empty_server(|_| {}).await;
+    for action in ["load", "unload"] {
+        let reply = server.post_json(&format!("/v2/repository/models/m/{action}"), &serde_json::json!({})).await;
+        reply.expect_error(400, "not allowed");
+    }
+}
