@@ -17,6 +17,7 @@
 //! | `server.max_concurrent_decompressions` | compressed request bodies inflated at once; the others wait | 4 |
 //! | `server.first_bytes_timeout_secs` | a new connection (any listener) that sends nothing this long is closed | 10 |
 //! | `server.idle_timeout_secs` | a connection (any listener) with no request open this long is closed; GOAWAY for HTTP/2 | 60 |
+//! | `server.write_timeout_secs` | a connection (any listener) whose pending write takes no byte this long (a client that does not read) is closed | 30 |
 //! | `server.max_metrics_connections` | open connections of the metrics port; past it new ones wait | 64 |
 //! | `repository.path` | model repository directory | `models` |
 //! | `repository.load_models` | models to load at start (absent = all) | all |
@@ -96,6 +97,8 @@ pub struct ServerConfig {
     pub first_bytes_timeout_secs: u64,
     /// A connection with no request open for this long is closed.
     pub idle_timeout_secs: u64,
+    /// A connection whose pending write takes no byte for this long is closed.
+    pub write_timeout_secs: u64,
     /// Open connections of the metrics port at most; past it new ones wait.
     pub max_metrics_connections: usize,
 }
@@ -117,6 +120,7 @@ impl Default for ServerConfig {
             max_concurrent_decompressions: 4,
             first_bytes_timeout_secs: 10,
             idle_timeout_secs: 60,
+            write_timeout_secs: 30,
             max_metrics_connections: 64,
         }
     }
@@ -128,6 +132,7 @@ impl ServerConfig {
         Timeouts {
             first_bytes: Duration::from_secs(self.first_bytes_timeout_secs),
             idle: Duration::from_secs(self.idle_timeout_secs),
+            write: Duration::from_secs(self.write_timeout_secs),
         }
     }
 }
@@ -229,6 +234,7 @@ impl Config {
         for (key, secs) in [
             ("server.first_bytes_timeout_secs", s.first_bytes_timeout_secs),
             ("server.idle_timeout_secs", s.idle_timeout_secs),
+            ("server.write_timeout_secs", s.write_timeout_secs),
         ] {
             if secs == 0 || secs > 86_400 {
                 return Err(ConfigError::Invalid(format!("{key} must be between 1 and 86400, got {secs}")));

@@ -33,6 +33,9 @@ pub struct Timeouts {
     /// stream, a keep-alive HTTP/1 connection, one stuck mid-preface) is
     /// closed after this long (GOAWAY for HTTP/2).
     pub idle: Duration,
+    /// A connection whose socket has taken no byte of a pending write for
+    /// this long (a client that does not read its responses) is closed.
+    pub write: Duration,
 }
 
 /// Longest wait, after an idle connection was told to close (GOAWAY), for
@@ -54,11 +57,19 @@ pub struct Activity {
     /// Requests begun so far: tells a timer that saw none open whether one
     /// came and went while it slept.
     begun: AtomicU64,
-    /// When the connection last had nothing open, in milliseconds after `born`.
+    /// When the connection last had nothing open, or last wrote a byte, in
+    /// milliseconds after `born`.
     idle_since_ms: AtomicU64,
     born: Instant,
     became_idle: Notify,
+    /// Since when a write to the socket has been waiting for room, in
+    /// milliseconds after `born`; [`NOT_BLOCKED`] when none waits.
+    write_blocked_since_ms: AtomicU64,
+    write_blocked: Notify,
 }
+
+/// No write is waiting for room in the socket.
+const NOT_BLOCKED: u64 = u64::MAX;
 
 /// One request open on a connection; closes it in the [`Activity`] when dropped.
 #[derive(Debug)]
@@ -74,7 +85,55 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             born: Instant::now(),
             became_idle: Notify::new(),
+            write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
+            write_blocked: Notify::new(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Records how a write to the socket went: waiting for room starts the
+    /// write stall clock (once), a byte taken stops it.
+    fn wrote(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Pending => {
+                let blocked = self.write_blocked_since_ms.compare_exchange(
+                    NOT_BLOCKED,
+                    self.now_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if blocked.is_ok() {
+                    self.write_blocked.notify_one();
+                }
+            }
+            // Bytes of a response still going out (hyper may hold a whole
+            // response after its body is done) are activity too: a slow but
+            // steady reader is not idle.
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.write_blocked_since_ms.store(NOT_BLOCKED, Ordering::Release);
+                self.idle_since_ms.fetch_max(self.now_ms(), Ordering::AcqRel);
+            }
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// Resolves once a write has waited `limit` for room in the socket
+    /// without a byte going out: the peer does not read.
+    pub async fn write_stalled(&self, limit: Duration) {
+        loop {
+            let since = self.write_blocked_since_ms.load(Ordering::Acquire);
+            if since == NOT_BLOCKED {
+                self.write_blocked.notified().await;
+                continue;
+            }
+            tokio::time::sleep_until(self.born + Duration::from_millis(since) + limit).await;
+            if self.write_blocked_since_ms.load(Ordering::Acquire) == since {
+                return;
+            }
+        }
     }
 
     /// Marks a request open until the returned guard is dropped.
@@ -99,9 +158,14 @@ impl Activity {
                 continue;
             }
             let seen = self.begun.load(Ordering::Acquire);
-            let since = self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            tokio::time::sleep_until(since + limit).await;
-            if self.open() == 0 && self.begun.load(Ordering::Acquire) == seen {
+            let since_ms = self.idle_since_ms.load(Ordering::Acquire);
+            tokio::time::sleep_until(self.born + Duration::from_millis(since_ms) + limit).await;
+            // A request that came and went, or bytes of a response that went
+            // out meanwhile, restart the clock.
+            if self.open() == 0
+                && self.begun.load(Ordering::Acquire) == seen
+                && self.idle_since_ms.load(Ordering::Acquire) == since_ms
+            {
                 return;
             }
         }
@@ -157,6 +221,57 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === impl Watched ===
+
+/// A connection's socket, its writes watched for stalls (see
+/// [`Activity::write_stalled`]): one atomic store per write, a
+/// compare-and-swap when the socket is full.
+#[derive(Debug)]
+pub struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.wrote(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -234,15 +349,16 @@ enum Closing {
 
 /// Serves one accepted connection: waits (at most `timeouts.first_bytes`)
 /// for its first byte, then runs the connection `connect` builds until it
-/// ends, it stays idle for `timeouts.idle` (then closes it gracefully), or
+/// ends, it stays idle for `timeouts.idle` (then closes it gracefully),
 /// `stop` turns true (then closes it gracefully and lets its requests
-/// finish; the caller bounds the drain).
+/// finish; the caller bounds the drain), or a write waits `timeouts.write`
+/// for a peer that does not read (then drops it: nothing more can be said).
 pub async fn serve_connection<C>(
     stream: TcpStream,
     timeouts: Timeouts,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
-    connect: impl FnOnce(TcpStream) -> C,
+    connect: impl FnOnce(Watched) -> C,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
@@ -262,8 +378,12 @@ pub async fn serve_connection<C>(
             return;
         }
     }
-    let connection = connect(stream);
+    // Without it, a reply split over two writes waits for the peer's delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let connection = connect(Watched { stream, activity: activity.clone() });
     let mut connection = std::pin::pin!(connection);
+    let stalled = activity.write_stalled(timeouts.write);
+    let mut stalled = std::pin::pin!(stalled);
     let closing = tokio::select! {
         ended = connection.as_mut() => {
             if let Err(e) = ended {
@@ -272,6 +392,10 @@ pub async fn serve_connection<C>(
             return;
         }
         () = activity.idle_for(timeouts.idle) => Closing::Idle,
+        () = stalled.as_mut() => {
+            crate::metrics::connection_timed_out("write");
+            return;
+        }
         _ = stop.wait_for(|&stop| stop) => Closing::Drain,
     };
     connection.as_mut().graceful_shutdown();
@@ -281,9 +405,13 @@ pub async fn serve_connection<C>(
             crate::metrics::connection_timed_out("idle");
             let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
         }
-        // In-flight requests finish; the server bounds the whole drain.
+        // In-flight requests finish; the server bounds the whole drain,
+        // and a peer that does not read is not waited for.
         Closing::Drain => {
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = stalled => crate::metrics::connection_timed_out("write"),
+            }
         }
     }
 }

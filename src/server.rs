@@ -239,8 +239,6 @@ pub async fn serve(
             let (builder, stop) = (builder.clone(), connection_stop.clone());
             tokio::spawn(async move {
                 crate::connection::serve_connection(stream, options.timeouts, activity, stop, |stream| {
-                    // Without it, a reply split over two writes waits for the peer's delayed ACK.
-                    let _ = stream.set_nodelay(true);
                     builder.serve_connection(TokioIo::new(stream), dispatch).into_owned()
                 })
                 .await;

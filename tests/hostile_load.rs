@@ -361,3 +361,33 @@ async fn by_default_the_data_plane_cannot_load_or_unload_models() {
         reply.expect_error(400, "not allowed");
     }
 }
+
+// === finding 4: a client that does not read ===
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_read_its_responses_is_cut_off_at_the_write_timeout() {
+    let (_repo, server) = empty_server(|c| c.server.write_timeout_secs = 10).await;
+    let socket = TcpStream::connect(server.http).await.unwrap();
+    let (_read_half, mut write_half) = socket.into_split();
+    // Pipelined requests for /metrics (kilobytes each) and never a read: the
+    // replies fill the socket buffers, then the server's writes wait for room.
+    let writer = tokio::spawn(async move {
+        let requests = b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n".repeat(1000);
+        // 72 MB of requests: more than every socket buffer on the way holds.
+        for _ in 0..2000 {
+            write_half.write_all(&requests).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    // hyper's own 30 s header-read timeout ends a pipelined HTTP/1.1
+    // connection too, in the end; the write timeout (10 s here) comes first.
+    let started = Instant::now();
+    let written = tokio::time::timeout(Duration::from_secs(600), writer)
+        .await
+        .expect("the server kept a connection whose client never reads")
+        .unwrap();
+    assert!(written.is_err(), "2 million requests went through without the client reading a reply");
+    let cut_after = started.elapsed();
+    assert!(cut_after <= Duration::from_secs(11), "cut off after {cut_after:?}, not at the write timeout");
+    assert_eq!(live(server.http, "/v2/health/live").await, 200, "others are served");
+}

@@ -273,3 +273,31 @@ async fn a_replaced_route_zeroes_the_weight_of_a_version_it_dropped() {
     server.gateway.rollouts.apply_file(&[only_one]).await.unwrap();
     assert_eq!((weight(1), weight(2)), ("100".to_owned(), "0".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_depth_forgets_clients_that_left() {
+    // Issue #15, finding 10: modelgate_queue_depth read 62 for 10 s after the clients left.
+    let repo = Repo::new("slowq", &[(1, Kind::Slow)]);
+    let server = Arc::new(Server::start(&repo, vec![]).await);
+    let clients: Vec<_> = (0..24)
+        .map(|seed| {
+            let server = server.clone();
+            tokio::spawn(async move { Http::default().infer(&server, "slowq", &[], seed).await })
+        })
+        .collect();
+    let depth = || server.gateway.repository.resolve("slowq", None).unwrap().queue_depth();
+    let started = std::time::Instant::now();
+    while depth() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the requests never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every client gives up: their connections close, their requests are cancelled.
+    for client in &clients {
+        client.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = Http::default().send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let line = text.lines().find(|l| l.starts_with("modelgate_queue_depth{model=\"slowq\"")).unwrap_or_default();
+    assert!(line.ends_with(" 0"), "{line}");
+}

@@ -71,9 +71,20 @@ impl Scheduler {
         self.instances
     }
 
-    /// Requests waiting.
+    /// Requests waiting, once those whose clients left or whose deadline
+    /// passed are swept out (and answered); the queue-depth gauge is set to
+    /// it. Read at scrape time: otherwise the gauge changes only when a
+    /// request arrives or a batch starts, and kept counting clients that had
+    /// left (issue #15: 62 for 10 s after every client was gone).
     pub fn queue_depth(&self) -> usize {
-        self.shared.state.lock().queue.len()
+        let mut dropped = Vec::new();
+        let mut state = self.shared.state.lock();
+        state.queue.sweep(Instant::now(), &mut dropped);
+        let depth = state.queue.len();
+        drop(state);
+        self.shared.answer_dropped(&mut dropped);
+        self.shared.metrics.queue_depth.set(depth as f64);
+        depth
     }
 
     /// Queues a request. A full queue refuses at once (503 / UNAVAILABLE).

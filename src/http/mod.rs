@@ -3,7 +3,7 @@
 //! Bytes in, [`InferRequest`](crate::tensor::InferRequest) to the gateway,
 //! bytes out. Every error is `{"error": "..."}` with Triton's status mapping.
 
-mod body;
+pub mod body;
 mod infer;
 mod json_tensor;
 pub mod metadata;
@@ -145,9 +145,14 @@ where
         Endpoint::ServerMetadata => Ok(json_response(StatusCode::OK, &metadata::server_metadata())),
         Endpoint::Metrics => {
             // Read at scrape time, so the request path pays nothing for them.
+            let versions = gateway.repository.ready_versions(None)?;
+            // Sweeps departed clients out of each queue and sets its gauge.
+            for version in &versions {
+                version.queue_depth();
+            }
             gateway.record_door_metrics();
             let mut text = gateway.metrics.render();
-            crate::triton_metrics::render(&gateway.repository.ready_versions(None)?, &mut text);
+            crate::triton_metrics::render(&versions, &mut text);
             let mut response = Response::new(Chunks::one(Bytes::from(text)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             Ok(response)
