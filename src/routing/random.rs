@@ -10,6 +10,7 @@ thread_local! {
 
 /// A fast per-thread random number (SplitMix64): weighted picks and shadow
 /// sampling need uniformity, not secrecy.
+#[inline]
 pub fn next_random() -> u64 {
     RNG.with(|state| {
         let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
