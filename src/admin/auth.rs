@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use futures_util::future::{Either, Ready, ready};
 use http::header::{AUTHORIZATION, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
+use modelgate_registry::api::auth::{bearer_token, names_this_server, tokens_match};
 use tower::{Layer, Service};
 
 use crate::respond::{Chunks, json_response};
@@ -91,10 +92,7 @@ impl AdminToken {
 
     /// Compares in time that depends on the lengths only.
     fn matches(&self, given: &[u8]) -> bool {
-        if given.len() != self.0.len() {
-            return false;
-        }
-        given.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        tokens_match(&self.0, given)
     }
 }
 
@@ -171,39 +169,13 @@ impl<S> BearerAuth<S> {
         // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
         let host = request.uri().host().or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()));
         let local = request.extensions().get::<Local>().map(|l| l.0.ip());
-        if !host.is_some_and(|host| self.names_this_server(host, local)) {
+        if !host.is_some_and(|host| names_this_server(host, local, &self.allowed_hosts)) {
             return Err(Refusal::Host);
         }
         let header = request.headers().get(AUTHORIZATION).ok_or(Refusal::Missing)?;
         let given = header.as_bytes();
-        let token = given
-            .get(..7)
-            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| given[7..].trim_ascii())
-            .ok_or(Refusal::Missing)?;
+        let token = bearer_token(given).ok_or(Refusal::Missing)?;
         if self.token.matches(token) { Ok(()) } else { Err(Refusal::Invalid) }
-    }
-}
-
-impl<S> BearerAuth<S> {
-    fn names_this_server(&self, host: &str, local: Option<IpAddr>) -> bool {
-        let name = without_port(host).to_ascii_lowercase();
-        let name = name.trim_start_matches('[').trim_end_matches(']');
-        match name.parse::<IpAddr>() {
-            Ok(ip) => ip.is_loopback() || Some(ip) == local || self.allowed_hosts.iter().any(|h| h == name),
-            Err(_) => name == "localhost" || self.allowed_hosts.iter().any(|h| h == name),
-        }
-    }
-}
-
-/// `host[:port]` or `[v6][:port]` without the port.
-fn without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(inside, _)| &host[..=inside.len()]);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
     }
 }
 

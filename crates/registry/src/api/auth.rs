@@ -53,7 +53,7 @@ impl Token {
     }
 
     fn matches(&self, given: &[u8]) -> bool {
-        given.len() == self.0.len() && given.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        tokens_match(&self.0, given)
     }
 }
 
@@ -90,7 +90,9 @@ impl Auth {
             return Err((StatusCode::FORBIDDEN, "control-plane requests from browser pages are refused"));
         }
         let host = request.uri().host().or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()));
-        if !host.is_some_and(|h| self.names_this_server(h, local)) {
+        // Two Host lines may name two servers (RFC 9112 §3.2): neither counts, as at the admin API.
+        let two_hosts = request.headers().get_all(HOST).iter().nth(1).is_some();
+        if two_hosts || !host.is_some_and(|h| names_this_server(h, local, &self.allowed_hosts)) {
             return Err((
                 StatusCode::FORBIDDEN,
                 "the Host header must name this server: a loopback name or address, the address connected to, or an allowed host",
@@ -98,23 +100,37 @@ impl Auth {
         }
         let missing = (StatusCode::UNAUTHORIZED, "missing bearer token: send 'Authorization: Bearer <token>'");
         let given = request.headers().get(AUTHORIZATION).ok_or(missing)?.as_bytes();
-        let token = given
-            .get(..7)
-            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-            .and_then(|_| given.get(7..))
-            .map(<[u8]>::trim_ascii)
-            .ok_or(missing)?;
+        let token = bearer_token(given).ok_or(missing)?;
         if self.token.matches(token) { Ok(()) } else { Err((StatusCode::UNAUTHORIZED, "invalid bearer token")) }
     }
+}
 
-    fn names_this_server(&self, host: &str, local: Option<IpAddr>) -> bool {
-        let name = without_port(host).to_ascii_lowercase();
-        let name = name.trim_start_matches('[').trim_end_matches(']');
-        match name.parse::<IpAddr>() {
-            Ok(ip) => ip.is_loopback() || Some(ip) == local || self.allowed_hosts.iter().any(|h| h == name),
-            Err(_) => name == "localhost" || self.allowed_hosts.iter().any(|h| h == name),
-        }
+// === The rules the admin API and the control plane share ===
+
+/// Whether a request's host names this server: a loopback name or address,
+/// the address connected to (`local`), or one of `allowed_hosts` (lower case).
+/// Anything else may be a DNS-rebinding page reaching a loopback listener.
+pub fn names_this_server(host: &str, local: Option<IpAddr>, allowed_hosts: &[String]) -> bool {
+    let name = without_port(host).to_ascii_lowercase();
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback() || Some(ip) == local || allowed_hosts.iter().any(|h| h == name),
+        Err(_) => name == "localhost" || allowed_hosts.iter().any(|h| h == name),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
+    authorization
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .and_then(|_| authorization.get(7..))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Compares a token in time that depends on the lengths only.
+pub fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// `host[:port]` or `[v6][:port]` without the port.
@@ -150,5 +166,32 @@ pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next
             }
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_names_this_server_only_as_loopback_the_local_address_or_an_allowed_name() {
+        let allowed = vec!["gw.internal".to_owned()];
+        let local = Some(IpAddr::from([10, 0, 0, 5]));
+        for host in ["localhost:8004", "127.0.0.1", "[::1]:8004", "10.0.0.5:8004", "GW.internal"] {
+            assert!(names_this_server(host, local, &allowed), "{host}");
+        }
+        for host in ["evil.example", "10.0.0.6", "localhost.evil.example:8004", ""] {
+            assert!(!names_this_server(host, local, &allowed), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_with_any_scheme_case_and_compared_whole() {
+        assert_eq!(bearer_token(b"Bearer abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bEaReR xyz"), Some(&b"xyz"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bear"), None);
+        assert!(tokens_match(b"secret", b"secret"));
+        assert!(!tokens_match(b"secret", b"secreT") && !tokens_match(b"secret", b"secret2"));
     }
 }
