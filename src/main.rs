@@ -14,6 +14,8 @@ use modelgate::admin::AdminToken;
 use modelgate::admin::client::AdminCommand;
 use modelgate::config::Config;
 use modelgate::server::{Listeners, ServerOptions};
+// Ctrl-C or SIGTERM, the same wait for the gateway and the control plane.
+use modelgate_registry::cli::shutdown_signal;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -166,27 +168,6 @@ async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Resul
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind the {what} port {addr}"))?;
     tracing::info!(%addr, "{what} listening");
     Ok(Some(listener))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
 
 /// Raises the open-file limit to the hard limit: the connection caps, not a
