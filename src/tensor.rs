@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use modelgate_backend::{DataType, check_bytes_layout, element_count};
+use modelgate_backend::{BytesLayoutError, DataType, check_bytes_layout, element_count};
 
 use crate::error::{Dims, Error, Quoted};
 
@@ -28,32 +28,281 @@ pub struct Tensor {
     pub data: Bytes,
 }
 
-/// Checks a shape given by a client: every dimension non-negative, and the
-/// element count representable. Returns the element count.
-fn checked_element_count(name: &str, shape: &[i64]) -> Result<usize, Error> {
-    if let Some(d) = shape.iter().find(|&&d| d < 0) {
-        return Err(Error::invalid(format!(
-            "input '{}': shape {} has negative dimension {d}",
-            Quoted(name),
-            Dims(shape)
-        )));
-    }
-    element_count(shape)
-        .ok_or_else(|| Error::invalid(format!("input '{}': shape {} has too many elements", Quoted(name), Dims(shape))))
+/// Why a request's inputs or outputs are refused: a tensor that is not
+/// sound in itself (both front doors check it while decoding), or a request
+/// that does not fit the model ([`ModelIo::validate`]). Each variant holds
+/// what the client sent and what was expected; its text is the message the
+/// client gets, which clients and the Triton-client compatibility suite
+/// compare, so it stays as it is whatever the variant holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// A dimension of the shape is negative.
+    #[error("input '{}': shape {} has negative dimension {dimension}", Quoted(.name), Dims(.shape))]
+    NegativeDimension {
+        /// The input.
+        name: String,
+        /// The shape as the client sent it.
+        shape: Vec<i64>,
+        /// The first negative dimension.
+        dimension: i64,
+    },
+    /// The shape holds more elements than a `usize` counts.
+    #[error("input '{}': shape {} has too many elements", Quoted(.name), Dims(.shape))]
+    TooManyElements {
+        /// The input.
+        name: String,
+        /// The shape as the client sent it.
+        shape: Vec<i64>,
+    },
+    /// A fixed-size input's bytes would be over what is left of the request
+    /// limit: the one refusal for size rather than form (413 /
+    /// RESOURCE_EXHAUSTED, as for an oversized body).
+    #[error("input '{name}': {count} {dtype} elements exceed the request limit of {limit} bytes")]
+    OverLimit {
+        /// The input.
+        name: String,
+        /// Elements its shape holds.
+        count: usize,
+        /// Its element type.
+        dtype: DataType,
+        /// Bytes left of the request limit for this input.
+        limit: usize,
+    },
+    /// The datatype is not a V2 datatype.
+    #[error("input '{name}': unknown datatype '{datatype}'")]
+    UnknownDatatype {
+        /// The input.
+        name: String,
+        /// The datatype as the client sent it.
+        datatype: String,
+    },
+    /// A fixed-size tensor's data is not the size its shape and type call for.
+    #[error(
+        "input '{}': shape {} of {dtype} needs {} bytes, got {got}",
+        Quoted(.name),
+        Dims(.shape),
+        NeededBytes(.expected)
+    )]
+    ByteCount {
+        /// The input.
+        name: String,
+        /// Its shape.
+        shape: Vec<i64>,
+        /// Its element type.
+        dtype: DataType,
+        /// Bytes the shape calls for (`None`: more than a `usize` counts).
+        expected: Option<usize>,
+        /// Bytes the data has.
+        got: usize,
+    },
+    /// A BYTES tensor's data is not a sequence of length-prefixed elements,
+    /// as many as its shape holds.
+    #[error("input '{name}': {layout}")]
+    BytesLayout {
+        /// The input.
+        name: String,
+        /// What is wrong with the layout.
+        layout: BytesLayoutError,
+    },
+    /// A parameter whose meaning the gateway does not implement (and must
+    /// not silently ignore).
+    #[error("{owner}: parameter '{key}': {why}")]
+    UnsupportedParameter {
+        /// Whose parameter it is.
+        owner: ParameterOwner,
+        /// The parameter.
+        key: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// A raw binary request (no JSON header) for a model that has not
+    /// exactly one input.
+    #[error("a raw binary request needs a model with exactly one input; this one has {inputs}")]
+    RawRequestInputCount {
+        /// Inputs the model has.
+        inputs: usize,
+    },
+    /// A raw binary request for a model whose only input has variable
+    /// dimensions: the body alone does not say its shape.
+    #[error("input '{name}' has variable dimensions {dims:?}; send a JSON header with the shape")]
+    RawRequestVariableDims {
+        /// The model's input.
+        name: String,
+        /// Its dims (without the batch dimension), -1 for any size.
+        dims: Vec<i64>,
+    },
+    /// An input the model does not have.
+    #[error("unexpected input '{name}': the model's inputs are {}", Names(.model_inputs))]
+    UnexpectedInput {
+        /// The input as the client named it.
+        name: String,
+        /// The model's inputs, in model order.
+        model_inputs: Vec<String>,
+    },
+    /// An input sent twice.
+    #[error("input '{name}' appears more than once")]
+    DuplicateInput {
+        /// The input.
+        name: String,
+    },
+    /// An input of another element type than the model's.
+    #[error("input '{name}': datatype is {given}, but the model expects {expected}")]
+    DatatypeMismatch {
+        /// The input.
+        name: String,
+        /// Its element type as sent.
+        given: DataType,
+        /// The model's element type for it.
+        expected: DataType,
+    },
+    /// An input's shape does not fit the model's dims (rank, or a fixed
+    /// dimension).
+    #[error("input '{name}': unexpected shape {}, the model expects {expected:?}", Dims(.shape))]
+    ShapeMismatch {
+        /// The input.
+        name: String,
+        /// Its shape as sent.
+        shape: Vec<i64>,
+        /// The shape the model expects, as its metadata shows it (`-1`
+        /// for any size, the batch dimension first when it batches).
+        expected: Vec<i64>,
+    },
+    /// An input's batch dimension is 0 or over the model's `max_batch_size`.
+    #[error("input '{name}': batch size {rows} must be between 1 and the model's max_batch_size {max_batch_size}")]
+    BatchSize {
+        /// The input.
+        name: String,
+        /// Its batch dimension.
+        rows: i64,
+        /// The model's largest batch.
+        max_batch_size: u32,
+    },
+    /// Two inputs of one request with different batch dimensions.
+    #[error("inputs '{first}' and '{second}' disagree on the batch size ({first_rows} vs {second_rows})")]
+    BatchDisagreement {
+        /// The first input of the request.
+        first: String,
+        /// Its batch dimension.
+        first_rows: usize,
+        /// The input that disagrees with it.
+        second: String,
+        /// Its batch dimension.
+        second_rows: usize,
+    },
+    /// Inputs of the model the request does not send.
+    #[error(
+        "expected {expected} inputs but got {}: missing {}",
+        .expected.saturating_sub(.missing.len()),
+        Names(.missing)
+    )]
+    MissingInputs {
+        /// Inputs the model has.
+        expected: usize,
+        /// The ones missing, in model order.
+        missing: Vec<String>,
+    },
+    /// An output the model does not have.
+    #[error("unexpected output '{name}': the model's outputs are {}", Names(.model_outputs))]
+    UnexpectedOutput {
+        /// The output as the client named it.
+        name: String,
+        /// The model's outputs, in model order.
+        model_outputs: Vec<String>,
+    },
+    /// An output asked for twice.
+    #[error("output '{name}' is requested more than once")]
+    DuplicateOutput {
+        /// The output.
+        name: String,
+    },
 }
 
-/// Bytes a fixed-size tensor of `count` elements takes, refused when it is over
-/// `limit` (the request size limit): this is checked before any allocation.
-fn checked_byte_size(name: &str, dtype: DataType, count: usize, limit: usize) -> Result<Option<usize>, Error> {
-    let Some(size) = dtype.element_size() else {
-        return Ok(None);
-    };
-    match count.checked_mul(size) {
-        Some(bytes) if bytes <= limit => Ok(Some(bytes)),
-        _ => Err(Error::PayloadTooLarge(format!(
-            "input '{name}': {count} {dtype} elements exceed the request limit of {limit} bytes"
-        ))),
+impl From<InputError> for Error {
+    fn from(error: InputError) -> Error {
+        match error {
+            // A refusal for size, not form: answered like an oversized body.
+            InputError::OverLimit { .. } => Error::PayloadTooLarge(error.to_string()),
+            _ => Error::InvalidArgument(error.to_string()),
+        }
     }
+}
+
+/// Whose parameters hold a refused one, as [`InputError::UnsupportedParameter`]
+/// names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParameterOwner {
+    /// The request's own parameters.
+    Request,
+    /// An input's, by name.
+    Input(String),
+    /// A requested output's, by name.
+    Output(String),
+}
+
+impl std::fmt::Display for ParameterOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParameterOwner::Request => f.write_str("request"),
+            ParameterOwner::Input(name) => write!(f, "input '{name}'"),
+            ParameterOwner::Output(name) => write!(f, "output '{name}'"),
+        }
+    }
+}
+
+/// Tensor names as refusals list them: `'a', 'b'`.
+struct Names<'a>(&'a [String]);
+
+impl std::fmt::Display for Names<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "'{name}'")?;
+        }
+        Ok(())
+    }
+}
+
+/// The bytes a shape needs, or "too many" when they overflow a `usize`.
+struct NeededBytes<'a>(&'a Option<usize>);
+
+impl std::fmt::Display for NeededBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(bytes) => write!(f, "{bytes}"),
+            None => f.write_str("too many"),
+        }
+    }
+}
+
+/// Why [`checked_element_count`] refuses a shape. The caller owns the name
+/// and the shape and moves them into the [`InputError`]: a hostile shape can
+/// hold millions of dimensions, and an error is no reason to copy them.
+#[derive(Clone, Copy, Debug)]
+enum ShapeFault {
+    /// The first negative dimension.
+    Negative(i64),
+    /// The element count overflows a `usize`.
+    TooManyElements,
+}
+
+impl ShapeFault {
+    fn refuse(self, name: String, shape: Vec<i64>) -> InputError {
+        match self {
+            ShapeFault::Negative(dimension) => InputError::NegativeDimension { name, shape, dimension },
+            ShapeFault::TooManyElements => InputError::TooManyElements { name, shape },
+        }
+    }
+}
+
+/// Checks a shape given by a client: every dimension non-negative, and the
+/// element count representable. Returns the element count.
+fn checked_element_count(shape: &[i64]) -> Result<usize, ShapeFault> {
+    if let Some(&d) = shape.iter().find(|&&d| d < 0) {
+        return Err(ShapeFault::Negative(d));
+    }
+    element_count(shape).ok_or(ShapeFault::TooManyElements)
 }
 
 /// An input as a front door declares it, before its data: the datatype is
@@ -78,16 +327,27 @@ pub struct DeclaredInput {
 impl DeclaredInput {
     /// Checks an input's datatype (a V2 name) and shape; `limit` is what is
     /// left of the request's decoded-bytes limit.
-    pub fn new(name: String, datatype: &str, shape: Vec<i64>, limit: usize) -> Result<DeclaredInput, Error> {
-        let dtype = DataType::from_v2(datatype)
-            .ok_or_else(|| Error::invalid(format!("input '{name}': unknown datatype '{datatype}'")))?;
-        let count = checked_element_count(&name, &shape)?;
-        let fixed_bytes = checked_byte_size(&name, dtype, count, limit)?;
+    pub fn new(name: String, datatype: &str, shape: Vec<i64>, limit: usize) -> Result<DeclaredInput, InputError> {
+        let Some(dtype) = DataType::from_v2(datatype) else {
+            return Err(InputError::UnknownDatatype { name, datatype: datatype.to_owned() });
+        };
+        let count = match checked_element_count(&shape) {
+            Ok(count) => count,
+            Err(fault) => return Err(fault.refuse(name, shape)),
+        };
+        // Checked before anything is allocated for the data.
+        let fixed_bytes = match dtype.element_size() {
+            None => None,
+            Some(size) => match count.checked_mul(size) {
+                Some(bytes) if bytes <= limit => Some(bytes),
+                _ => return Err(InputError::OverLimit { name, count, dtype, limit }),
+            },
+        };
         Ok(DeclaredInput { name, dtype, shape, count, fixed_bytes })
     }
 
     /// The tensor, once its data holds exactly what the declaration calls for.
-    pub fn with_data(self, data: Bytes) -> Result<Tensor, Error> {
+    pub fn with_data(self, data: Bytes) -> Result<Tensor, InputError> {
         Tensor::checked(self.name, self.dtype, self.shape, data)
     }
 }
@@ -95,19 +355,16 @@ impl DeclaredInput {
 impl Tensor {
     /// Builds a tensor after checking that `data` holds exactly what `shape`
     /// and `dtype` call for.
-    pub fn checked(name: String, dtype: DataType, shape: Vec<i64>, data: Bytes) -> Result<Tensor, Error> {
-        let count = checked_element_count(&name, &shape)?;
+    pub fn checked(name: String, dtype: DataType, shape: Vec<i64>, data: Bytes) -> Result<Tensor, InputError> {
+        let count = match checked_element_count(&shape) {
+            Ok(count) => count,
+            Err(fault) => return Err(fault.refuse(name, shape)),
+        };
         match dtype.element_size() {
             Some(size) => {
                 let expected = count.checked_mul(size);
                 if expected != Some(data.len()) {
-                    return Err(Error::invalid(format!(
-                        "input '{}': shape {} of {dtype} needs {} bytes, got {}",
-                        Quoted(&name),
-                        Dims(&shape),
-                        expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
-                        data.len()
-                    )));
+                    return Err(InputError::ByteCount { name, shape, dtype, expected, got: data.len() });
                 }
                 // Any non-zero byte is true, as in C and numpy (perf_analyzer's
                 // random data sends such bytes); backends get canonical 0/1.
@@ -116,7 +373,11 @@ impl Tensor {
                     return Ok(Tensor { name, dtype, shape, data: Bytes::from(canonical) });
                 }
             }
-            None => check_bytes_layout(&data, count).map_err(|e| Error::invalid(format!("input '{name}': {e}")))?,
+            None => {
+                if let Err(layout) = check_bytes_layout(&data, count) {
+                    return Err(InputError::BytesLayout { name, layout });
+                }
+            }
         }
         Ok(Tensor { name, dtype, shape, data })
     }
@@ -134,15 +395,15 @@ const UNSUPPORTED_PARAMETERS: &[(&str, &str)] = &[
 ];
 
 /// Refuses a parameter set (of a request, an input or an output, named by
-/// `what`, which is only built for the error) that holds a parameter the
+/// `owner`, which is only built for the error) that holds a parameter the
 /// gateway does not support.
 pub fn refuse_unsupported_parameters<'a>(
     keys: impl IntoIterator<Item = &'a String>,
-    what: impl FnOnce() -> String,
-) -> Result<(), Error> {
+    owner: impl FnOnce() -> ParameterOwner,
+) -> Result<(), InputError> {
     for key in keys {
-        if let Some((_, why)) = UNSUPPORTED_PARAMETERS.iter().find(|(k, _)| k == key) {
-            return Err(Error::invalid(format!("{}: parameter '{key}': {why}", what())));
+        if let Some(&(_, why)) = UNSUPPORTED_PARAMETERS.iter().find(|(k, _)| k == key) {
+            return Err(InputError::UnsupportedParameter { owner: owner(), key: key.clone(), why });
         }
     }
     Ok(())
@@ -272,18 +533,12 @@ impl ModelIo {
 
     /// The tensor of a raw binary request: the body is the data of the only
     /// input, which must have fixed dims; a batch of one.
-    fn raw_input(&self, body: Bytes) -> Result<Tensor, Error> {
+    fn raw_input(&self, body: Bytes) -> Result<Tensor, InputError> {
         let [spec] = self.inputs.as_slice() else {
-            return Err(Error::invalid(format!(
-                "a raw binary request needs a model with exactly one input; this one has {}",
-                self.inputs.len()
-            )));
+            return Err(InputError::RawRequestInputCount { inputs: self.inputs.len() });
         };
         if spec.dims.iter().any(|&d| d < 0) {
-            return Err(Error::invalid(format!(
-                "input '{}' has variable dimensions {:?}; send a JSON header with the shape",
-                spec.name, spec.dims
-            )));
+            return Err(InputError::RawRequestVariableDims { name: spec.name.clone(), dims: spec.dims.clone() });
         }
         let mut shape = spec.dims.clone();
         if self.max_batch_size > 0 {
@@ -294,57 +549,51 @@ impl ModelIo {
 
     /// Matches a request to this model. Every mismatch is a 400 naming the
     /// tensor, what the model expects and what was given.
-    pub fn validate(&self, mut request: InferRequest) -> Result<ValidRequest, Error> {
+    pub fn validate(&self, mut request: InferRequest) -> Result<ValidRequest, InputError> {
         if let Some(body) = request.raw_input.take() {
             request.inputs = vec![self.raw_input(body)?];
         }
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         let mut batch: Option<(usize, String)> = None;
-        for tensor in request.inputs {
+        for mut tensor in request.inputs {
             let Some(&index) = self.input_index.get(&tensor.name) else {
-                return Err(Error::invalid(format!(
-                    "unexpected input '{}': the model's inputs are {}",
-                    tensor.name,
-                    names(&self.inputs)
-                )));
+                return Err(InputError::UnexpectedInput { name: tensor.name, model_inputs: names(&self.inputs) });
             };
             if slots[index].is_some() {
-                return Err(Error::invalid(format!("input '{}' appears more than once", tensor.name)));
+                return Err(InputError::DuplicateInput { name: tensor.name });
             }
             let spec = &self.inputs[index];
             if tensor.dtype != spec.dtype {
-                return Err(Error::invalid(format!(
-                    "input '{}': datatype is {}, but the model expects {}",
-                    tensor.name, tensor.dtype, spec.dtype
-                )));
+                return Err(InputError::DatatypeMismatch {
+                    name: tensor.name,
+                    given: tensor.dtype,
+                    expected: spec.dtype,
+                });
             }
-            let rows = self.check_shape(spec, &tensor.shape)?;
+            let rows = self.check_shape(spec, &mut tensor)?;
             match &batch {
-                Some((b, first)) if *b != rows => {
-                    return Err(Error::invalid(format!(
-                        "inputs '{first}' and '{}' disagree on the batch size ({b} vs {rows})",
-                        tensor.name
-                    )));
+                Some((first_rows, first)) if *first_rows != rows => {
+                    return Err(InputError::BatchDisagreement {
+                        first: first.clone(),
+                        first_rows: *first_rows,
+                        second: tensor.name,
+                        second_rows: rows,
+                    });
                 }
                 Some(_) => {}
                 None => batch = Some((rows, tensor.name.clone())),
             }
             slots[index] = Some(tensor);
         }
-        let missing: Vec<&str> = self
+        let missing: Vec<String> = self
             .inputs
             .iter()
             .zip(&slots)
             .filter(|(_, slot)| slot.is_none())
-            .map(|(spec, _)| spec.name.as_str())
+            .map(|(spec, _)| spec.name.clone())
             .collect();
         if !missing.is_empty() {
-            return Err(Error::invalid(format!(
-                "expected {} inputs but got {}: missing {}",
-                self.inputs.len(),
-                self.inputs.len() - missing.len(),
-                missing.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(InputError::MissingInputs { expected: self.inputs.len(), missing });
         }
         let inputs: Vec<Tensor> = slots.into_iter().flatten().collect();
         let batch_size = batch.map_or(1, |(rows, _)| rows);
@@ -357,14 +606,13 @@ impl ModelIo {
             let mut binary = Vec::with_capacity(request.outputs.len());
             for wanted in &request.outputs {
                 let Some(&index) = self.output_index.get(&wanted.name) else {
-                    return Err(Error::invalid(format!(
-                        "unexpected output '{}': the model's outputs are {}",
-                        wanted.name,
-                        names(&self.outputs)
-                    )));
+                    return Err(InputError::UnexpectedOutput {
+                        name: wanted.name.clone(),
+                        model_outputs: names(&self.outputs),
+                    });
                 };
                 if std::mem::replace(&mut seen[index], true) {
-                    return Err(Error::invalid(format!("output '{}' is requested more than once", wanted.name)));
+                    return Err(InputError::DuplicateOutput { name: wanted.name.clone() });
                 }
                 outputs.push(index);
                 binary.push(wanted.binary.unwrap_or(request.binary_output));
@@ -375,35 +623,35 @@ impl ModelIo {
     }
 
     /// Checks one input's shape against the model and returns its batch rows.
-    fn check_shape(&self, spec: &IoSpec, shape: &[i64]) -> Result<usize, Error> {
+    /// A shape that does not fit moves out of the (refused) tensor into the
+    /// error: a client's shape can hold millions of dimensions, and an error
+    /// is no reason to copy them.
+    fn check_shape(&self, spec: &IoSpec, tensor: &mut Tensor) -> Result<usize, InputError> {
         let batching = self.max_batch_size > 0;
+        let shape = &tensor.shape;
         let dims = if batching { shape.get(1..).unwrap_or(&[]) } else { shape };
         let fits = shape.len() == spec.dims.len() + usize::from(batching)
             && dims.iter().zip(&spec.dims).all(|(&given, &want)| want < 0 || given == want);
         if !fits {
-            return Err(Error::invalid(format!(
-                "input '{}': unexpected shape {}, the model expects {:?}",
-                spec.name,
-                Dims(shape),
-                self.full_shape(spec)
-            )));
+            return Err(InputError::ShapeMismatch {
+                name: spec.name.clone(),
+                shape: std::mem::take(&mut tensor.shape),
+                expected: self.full_shape(spec),
+            });
         }
         if !batching {
             return Ok(1);
         }
         let rows = shape[0];
         if rows < 1 || rows as u64 > u64::from(self.max_batch_size) {
-            return Err(Error::invalid(format!(
-                "input '{}': batch size {rows} must be between 1 and the model's max_batch_size {}",
-                spec.name, self.max_batch_size
-            )));
+            return Err(InputError::BatchSize { name: spec.name.clone(), rows, max_batch_size: self.max_batch_size });
         }
         Ok(rows as usize)
     }
 }
 
-fn names(specs: &[IoSpec]) -> String {
-    specs.iter().map(|s| format!("'{}'", s.name)).collect::<Vec<_>>().join(", ")
+fn names(specs: &[IoSpec]) -> Vec<String> {
+    specs.iter().map(|s| s.name.clone()).collect()
 }
 
 /// What every request a front door decodes must satisfy (for the decoders'
@@ -413,8 +661,9 @@ fn names(specs: &[IoSpec]) -> String {
 pub(crate) fn check_decoded(request: &InferRequest, limit: usize) -> Result<(), String> {
     let mut total = 0usize;
     for tensor in &request.inputs {
-        let count = checked_element_count(&tensor.name, &tensor.shape)
-            .map_err(|e| format!("accepted a shape it should refuse: {e}"))?;
+        let count = checked_element_count(&tensor.shape).map_err(|fault| {
+            format!("accepted a shape it should refuse: {}", fault.refuse(tensor.name.clone(), tensor.shape.clone()))
+        })?;
         if let Some(size) = tensor.dtype.element_size()
             && tensor.data.len() != count * size
         {
@@ -452,22 +701,55 @@ mod tests {
         InferRequest { inputs, ..Default::default() }
     }
 
-    fn message(result: Result<ValidRequest, Error>) -> String {
-        result.unwrap_err().message().to_owned()
+    fn refusal(result: Result<ValidRequest, InputError>) -> InputError {
+        result.unwrap_err()
     }
 
     #[test]
     fn tensor_bytes_must_match_shape_exactly_and_bools_become_0_or_1() {
-        let err = Tensor::checked("x".into(), DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 12]));
-        assert!(err.unwrap_err().message().contains("needs 16 bytes, got 12"));
-        let err = Tensor::checked("x".into(), DataType::Int8, vec![2, -5], Bytes::new());
-        assert!(err.unwrap_err().message().contains("negative dimension -5"));
-        let err = Tensor::checked("x".into(), DataType::Fp64, vec![1 << 40, 1 << 40], Bytes::new());
-        assert!(err.unwrap_err().message().contains("too many elements"));
+        let err = Tensor::checked("x".into(), DataType::Fp32, vec![2, 2], Bytes::from(vec![0u8; 12])).unwrap_err();
+        assert_eq!(
+            err,
+            InputError::ByteCount {
+                name: "x".into(),
+                shape: vec![2, 2],
+                dtype: DataType::Fp32,
+                expected: Some(16),
+                got: 12
+            }
+        );
+        let err = Tensor::checked("x".into(), DataType::Int8, vec![2, -5], Bytes::new()).unwrap_err();
+        assert_eq!(err, InputError::NegativeDimension { name: "x".into(), shape: vec![2, -5], dimension: -5 });
+        let err = Tensor::checked("x".into(), DataType::Fp64, vec![1 << 40, 1 << 40], Bytes::new()).unwrap_err();
+        assert_eq!(err, InputError::TooManyElements { name: "x".into(), shape: vec![1 << 40, 1 << 40] });
+        let err = Tensor::checked("x".into(), DataType::Fp64, vec![1 << 62], Bytes::new()).unwrap_err();
+        assert!(matches!(err, InputError::ByteCount { expected: None, got: 0, .. }), "{err:?}");
         let bools = Tensor::checked("b".into(), DataType::Bool, vec![3], Bytes::from_static(&[1, 7, 0])).unwrap();
         assert_eq!(&bools.data[..], &[1, 1, 0], "non-zero bytes are true");
         let err = Tensor::checked("s".into(), DataType::Bytes, vec![2], Bytes::from_static(&[1, 0, 0, 0, b'a']));
-        assert!(err.unwrap_err().message().contains("expected 2 BYTES elements, found 1"));
+        assert_eq!(
+            err.unwrap_err(),
+            InputError::BytesLayout { name: "s".into(), layout: BytesLayoutError::Count { expected: 2, found: 1 } }
+        );
+    }
+
+    #[test]
+    fn declared_inputs_are_refused_before_their_data_is_allocated() {
+        let err = DeclaredInput::new("a".into(), "FP99", vec![1], 1 << 20).unwrap_err();
+        assert_eq!(err, InputError::UnknownDatatype { name: "a".into(), datatype: "FP99".into() });
+        let err = DeclaredInput::new("a".into(), "FP64", vec![1000], 4096).unwrap_err();
+        assert_eq!(err, InputError::OverLimit { name: "a".into(), count: 1000, dtype: DataType::Fp64, limit: 4096 });
+        assert!(matches!(Error::from(err), Error::PayloadTooLarge(_)), "over the limit is a 413");
+        let err = DeclaredInput::new("a".into(), "INT8", vec![3, -1], 4096).unwrap_err();
+        assert!(matches!(err, InputError::NegativeDimension { dimension: -1, .. }), "{err:?}");
+        assert!(matches!(Error::from(err), Error::InvalidArgument(_)));
+        let parameters = ["timeout".to_owned(), "sequence_end".to_owned()];
+        let err = refuse_unsupported_parameters(&parameters, || ParameterOwner::Input("a".into())).unwrap_err();
+        assert!(
+            matches!(&err, InputError::UnsupportedParameter { owner: ParameterOwner::Input(name), key, .. }
+                if name == "a" && key == "sequence_end"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -487,27 +769,134 @@ mod tests {
     }
 
     #[test]
-    fn validate_refuses_each_mismatch_with_a_clear_message() {
+    fn validate_refuses_each_mismatch_naming_what_was_given_and_expected() {
         let io = mlp();
-        assert!(message(io.validate(request(vec![]))).contains("missing 'x'"));
-        assert!(message(io.validate(request(vec![f32_tensor("q", vec![1, 4])]))).contains("unexpected input 'q'"));
-        assert!(
-            message(io.validate(request(vec![f32_tensor("x", vec![1, 4]), f32_tensor("x", vec![1, 4])])))
-                .contains("more than once")
+        assert_eq!(
+            refusal(io.validate(request(vec![]))),
+            InputError::MissingInputs { expected: 1, missing: vec!["x".into()] }
         );
-        assert!(message(io.validate(request(vec![f32_tensor("x", vec![1, 5])]))).contains("unexpected shape [1, 5]"));
-        assert!(message(io.validate(request(vec![f32_tensor("x", vec![4])]))).contains("unexpected shape [4]"));
-        assert!(message(io.validate(request(vec![f32_tensor("x", vec![9, 4])]))).contains("max_batch_size 8"));
-        assert!(message(io.validate(request(vec![f32_tensor("x", vec![0, 4])]))).contains("between 1"));
+        assert_eq!(
+            refusal(io.validate(request(vec![f32_tensor("q", vec![1, 4])]))),
+            InputError::UnexpectedInput { name: "q".into(), model_inputs: vec!["x".into()] }
+        );
+        assert_eq!(
+            refusal(io.validate(request(vec![f32_tensor("x", vec![1, 4]), f32_tensor("x", vec![1, 4])]))),
+            InputError::DuplicateInput { name: "x".into() }
+        );
+        assert_eq!(
+            refusal(io.validate(request(vec![f32_tensor("x", vec![1, 5])]))),
+            InputError::ShapeMismatch { name: "x".into(), shape: vec![1, 5], expected: vec![-1, 4] }
+        );
+        assert!(matches!(
+            refusal(io.validate(request(vec![f32_tensor("x", vec![4])]))),
+            InputError::ShapeMismatch { shape, .. } if shape == [4]
+        ));
+        assert_eq!(
+            refusal(io.validate(request(vec![f32_tensor("x", vec![9, 4])]))),
+            InputError::BatchSize { name: "x".into(), rows: 9, max_batch_size: 8 }
+        );
+        assert!(matches!(
+            refusal(io.validate(request(vec![f32_tensor("x", vec![0, 4])]))),
+            InputError::BatchSize { rows: 0, .. }
+        ));
         let int = Tensor::checked("x".into(), DataType::Int32, vec![1, 4], Bytes::from(vec![0u8; 16])).unwrap();
-        assert!(message(io.validate(request(vec![int]))).contains("datatype is INT32, but the model expects FP32"));
+        assert_eq!(
+            refusal(io.validate(request(vec![int]))),
+            InputError::DatatypeMismatch { name: "x".into(), given: DataType::Int32, expected: DataType::Fp32 }
+        );
 
         let mut wrong_output = request(vec![f32_tensor("x", vec![1, 4])]);
         wrong_output.outputs = vec![RequestedOutput { name: "nope".into(), binary: None }];
-        assert!(message(io.validate(wrong_output)).contains("unexpected output 'nope'"));
+        assert_eq!(
+            refusal(io.validate(wrong_output)),
+            InputError::UnexpectedOutput { name: "nope".into(), model_outputs: vec!["y".into(), "z".into()] }
+        );
         let mut twice = request(vec![f32_tensor("x", vec![1, 4])]);
         twice.outputs = vec![RequestedOutput { name: "y".into(), binary: None }; 2];
-        assert!(message(io.validate(twice)).contains("requested more than once"));
+        assert_eq!(refusal(io.validate(twice)), InputError::DuplicateOutput { name: "y".into() });
+    }
+
+    #[test]
+    fn inputs_of_one_request_agree_on_the_batch_size() {
+        let io = ModelIo::new(
+            8,
+            vec![
+                IoSpec { name: "a".into(), dtype: DataType::Fp32, dims: vec![1] },
+                IoSpec { name: "b".into(), dtype: DataType::Fp32, dims: vec![1] },
+            ],
+            vec![],
+        );
+        assert_eq!(
+            refusal(io.validate(request(vec![f32_tensor("a", vec![2, 1]), f32_tensor("b", vec![3, 1])]))),
+            InputError::BatchDisagreement { first: "a".into(), first_rows: 2, second: "b".into(), second_rows: 3 }
+        );
+    }
+
+    #[test]
+    fn a_raw_request_needs_one_input_of_fixed_dims() {
+        let raw =
+            |body: &'static [u8]| InferRequest { raw_input: Some(Bytes::from_static(body)), ..Default::default() };
+        let spec = |name: &str| IoSpec { name: name.into(), dtype: DataType::Fp32, dims: vec![4] };
+        let two = ModelIo::new(0, vec![spec("a"), spec("b")], vec![]);
+        assert_eq!(refusal(two.validate(raw(b""))), InputError::RawRequestInputCount { inputs: 2 });
+        let variable =
+            ModelIo::new(0, vec![IoSpec { name: "v".into(), dtype: DataType::Fp32, dims: vec![-1] }], vec![]);
+        assert_eq!(
+            refusal(variable.validate(raw(b""))),
+            InputError::RawRequestVariableDims { name: "v".into(), dims: vec![-1] }
+        );
+        assert!(matches!(
+            refusal(mlp().validate(raw(&[0; 4]))),
+            InputError::ByteCount { expected: Some(16), got: 4, .. }
+        ));
+        assert_eq!(mlp().validate(raw(&[0; 16])).unwrap().inputs[0].shape, vec![1, 4]);
+    }
+
+    /// The messages clients see (and compare), one per kind of text: client
+    /// text quoted through `Quoted` and `Dims`, "too many" bytes, the 413,
+    /// a parameter's owner, lists of names, a model shape.
+    #[test]
+    fn refusals_render_the_messages_clients_see() {
+        let cases = [
+            (
+                InputError::NegativeDimension { name: "a\nb".into(), shape: vec![1; 20], dimension: -3 },
+                r"input 'a\nb': shape [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ... (20 dimensions)] has negative dimension -3",
+            ),
+            (
+                InputError::ByteCount {
+                    name: "x".into(),
+                    shape: vec![1 << 62],
+                    dtype: DataType::Fp64,
+                    expected: None,
+                    got: 0,
+                },
+                "input 'x': shape [4611686018427387904] of FP64 needs too many bytes, got 0",
+            ),
+            (
+                InputError::OverLimit { name: "a".into(), count: 100, dtype: DataType::Fp64, limit: 8 },
+                "input 'a': 100 FP64 elements exceed the request limit of 8 bytes",
+            ),
+            (
+                InputError::UnsupportedParameter {
+                    owner: ParameterOwner::Output("y".into()),
+                    key: "classification".into(),
+                    why: "the classification extension is not supported",
+                },
+                "output 'y': parameter 'classification': the classification extension is not supported",
+            ),
+            (
+                InputError::MissingInputs { expected: 3, missing: vec!["a".into(), "c".into()] },
+                "expected 3 inputs but got 1: missing 'a', 'c'",
+            ),
+            (
+                InputError::ShapeMismatch { name: "x".into(), shape: vec![1, 5], expected: vec![-1, 4] },
+                "input 'x': unexpected shape [1, 5], the model expects [-1, 4]",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+            assert_eq!(Error::from(error).message(), text);
+        }
     }
 
     #[test]

@@ -18,12 +18,12 @@ use crate::proto::inference::{
 use crate::repository::ModelVersion;
 use crate::stats::StatDuration;
 use crate::tensor::{
-    DeclaredInput, InferRequest, InferResponse, RequestedOutput, Tensor, refuse_unsupported_parameters,
+    DeclaredInput, InferRequest, InferResponse, ParameterOwner, RequestedOutput, Tensor, refuse_unsupported_parameters,
 };
 
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.
 pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferRequest, Error> {
-    refuse_unsupported_parameters(message.parameters.keys(), || "request".into())?;
+    refuse_unsupported_parameters(message.parameters.keys(), || ParameterOwner::Request)?;
     let mut request = InferRequest { id: (!message.id.is_empty()).then_some(message.id), ..InferRequest::default() };
     if let Some(timeout) = message.parameters.get("timeout") {
         match timeout.parameter_choice {
@@ -52,14 +52,14 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
         request.inputs.push(tensor);
     }
     for output in message.outputs {
-        refuse_unsupported_parameters(output.parameters.keys(), || format!("output '{}'", output.name))?;
+        refuse_unsupported_parameters(output.parameters.keys(), || ParameterOwner::Output(output.name.clone()))?;
         request.outputs.push(RequestedOutput { name: output.name, binary: None });
     }
     Ok(request)
 }
 
 fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, Error> {
-    refuse_unsupported_parameters(input.parameters.keys(), || format!("input '{}'", input.name))?;
+    refuse_unsupported_parameters(input.parameters.keys(), || ParameterOwner::Input(input.name.clone()))?;
     let declared = DeclaredInput::new(input.name, &input.datatype, input.shape, limit)?;
     let contents = input.contents.unwrap_or_default();
     let data = match raw {
@@ -74,7 +74,7 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Re
         }
         None => typed(&declared.name, declared.dtype, declared.count, contents)?,
     };
-    declared.with_data(data)
+    Ok(declared.with_data(data)?)
 }
 
 fn has_typed(c: &InferTensorContents) -> bool {

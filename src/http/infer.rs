@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
 use crate::tensor::{
-    DeclaredInput, InferRequest, InferResponse, RequestedOutput, Tensor, refuse_unsupported_parameters,
+    DeclaredInput, InferRequest, InferResponse, ParameterOwner, RequestedOutput, Tensor, refuse_unsupported_parameters,
 };
 
 /// The header that splits a binary request or response.
@@ -112,7 +112,7 @@ pub fn decode_request(header_length: Option<usize>, body: Bytes, limit: usize) -
     for output in json.outputs.unwrap_or_default() {
         let mut requested = RequestedOutput { name: output.name, binary: None };
         if let Some(parameters) = &output.parameters {
-            refuse_unsupported_parameters(parameters.keys(), || format!("output '{}'", requested.name))?;
+            refuse_unsupported_parameters(parameters.keys(), || ParameterOwner::Output(requested.name.clone()))?;
             requested.binary = bool_parameter(parameters, "binary_data")?;
         }
         request.outputs.push(requested);
@@ -129,7 +129,7 @@ fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<b
 }
 
 fn apply_request_parameters(parameters: &Map<String, Value>, request: &mut InferRequest) -> Result<(), Error> {
-    refuse_unsupported_parameters(parameters.keys(), || "request".into())?;
+    refuse_unsupported_parameters(parameters.keys(), || ParameterOwner::Request)?;
     request.binary_output = bool_parameter(parameters, "binary_data_output")?.unwrap_or(false);
     match parameters.get("timeout") {
         None | Some(Value::Null) => {}
@@ -164,7 +164,7 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
 
     let binary_size = match &input.parameters {
         Some(parameters) => {
-            refuse_unsupported_parameters(parameters.keys(), || format!("input '{name}'"))?;
+            refuse_unsupported_parameters(parameters.keys(), || ParameterOwner::Input(name.clone()))?;
             match parameters.get("binary_data_size") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(n)) => Some(n.as_u64().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
@@ -218,7 +218,7 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
             Bytes::from(bytes)
         }
     };
-    declared.with_data(data)
+    Ok(declared.with_data(data)?)
 }
 
 /// An encoded response: the parts of the body and, for binary responses, the
