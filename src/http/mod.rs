@@ -17,7 +17,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-pub use infer::{HEADER_LENGTH, decode_request, encode_response};
+pub use infer::{DecodeError, HEADER_LENGTH, decode_request, encode_response};
 
 use crate::error::{Error, Quoted};
 use crate::gateway::{Call, Gateway};
@@ -279,7 +279,7 @@ where
     let mut decoded = if body.len() < OFFLOAD_BYTES || header_length == Some(0) {
         decode_request(header_length, body, limit)?
     } else {
-        offload(move || decode_request(header_length, body, limit)).await?
+        offload(move || Ok(decode_request(header_length, body, limit)?)).await?
     };
     if let Some(t) = header_timeout {
         decoded.cap_timeout(t);

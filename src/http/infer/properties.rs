@@ -8,7 +8,7 @@ use modelgate_backend::DataType;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{HEADER_LENGTH, decode_request, header_length};
+use super::{DecodeError, HEADER_LENGTH, decode_request, header_length};
 use crate::error::Error;
 use crate::tensor::{InferRequest, check_decoded};
 
@@ -167,10 +167,11 @@ fn consistent_request() -> impl Strategy<Value = (HeaderMap, Bytes, Vec<Value>, 
 }
 
 /// What every decoded request must satisfy, and every refusal.
-fn check(result: Result<InferRequest, Error>) -> Result<(), TestCaseError> {
+fn check(result: Result<InferRequest, DecodeError>) -> Result<(), TestCaseError> {
     match result {
         Ok(request) => check_decoded(&request, LIMIT).map_err(TestCaseError::fail)?,
         Err(error) => {
+            let error = Error::from(error);
             let status = error.http_status().as_u16();
             prop_assert!(matches!(status, 400 | 413 | 501), "{status}: {error}");
             prop_assert!(!error.message().is_empty());
