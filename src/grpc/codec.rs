@@ -18,11 +18,92 @@ use crate::proto::inference::{
 use crate::repository::ModelVersion;
 use crate::stats::StatDuration;
 use crate::tensor::{
-    DeclaredInput, InferRequest, InferResponse, ParameterOwner, RequestedOutput, Tensor, refuse_unsupported_parameters,
+    DeclaredInput, InferRequest, InferResponse, InputError, ParameterOwner, RequestedOutput, Tensor,
+    refuse_unsupported_parameters,
 };
 
+/// Why a `ModelInferRequest` is refused while it is decoded: its `timeout`,
+/// how its data is laid out over the typed `contents` and
+/// `raw_input_contents`, or, through [`InputError`], a tensor that is not
+/// sound. Each variant holds what the client sent; its text is the status
+/// message, which clients and the Triton-client compatibility suite compare.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The `timeout` parameter (held as sent) is not a non-negative integer.
+    #[error("parameter 'timeout' must be a non-negative integer of microseconds")]
+    Timeout(Option<ParameterChoice>),
+    /// `raw_input_contents` is given, but not one entry per input.
+    #[error("raw_input_contents holds {raw} entries for {inputs} inputs; send one per input")]
+    RawContentsCount {
+        /// Entries of `raw_input_contents`.
+        raw: usize,
+        /// Inputs of the request.
+        inputs: usize,
+    },
+    /// An input has data both in its typed `contents` and in `raw_input_contents`.
+    #[error("input '{name}': data given both in contents and in raw_input_contents")]
+    ContentsAndRaw {
+        /// The input.
+        name: String,
+    },
+    /// FP16 or BF16 data in typed `contents`, which has no field for them.
+    #[error("input '{name}': {dtype} data must be sent in raw_input_contents")]
+    HalfPrecisionInContents {
+        /// The input.
+        name: String,
+        /// Its element type.
+        dtype: DataType,
+    },
+    /// Typed data in another `contents` field than the input's datatype's.
+    #[error("input '{name}': {dtype} data belongs in {field}, not {given}")]
+    ContentsField {
+        /// The input.
+        name: String,
+        /// Its element type.
+        dtype: DataType,
+        /// The field for that type.
+        field: &'static str,
+        /// The field the data was given in.
+        given: &'static str,
+    },
+    /// The typed `contents` field holds another number of elements than the shape.
+    #[error("input '{name}': {field} holds {found} elements, the shape needs {count}")]
+    ContentsCount {
+        /// The input.
+        name: String,
+        /// The field.
+        field: &'static str,
+        /// Elements in it.
+        found: usize,
+        /// Elements the shape holds.
+        count: usize,
+    },
+    /// A typed value out of the range of the input's (narrower) datatype.
+    #[error("input '{name}': {value} is out of range for {dtype}")]
+    OutOfRange {
+        /// The input.
+        name: String,
+        /// The value as sent.
+        value: i64,
+        /// Its element type.
+        dtype: DataType,
+    },
+    /// A tensor that is not sound, or a parameter the gateway refuses.
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+impl From<DecodeError> for Error {
+    fn from(error: DecodeError) -> Error {
+        match error {
+            DecodeError::Input(input) => input.into(),
+            _ => Error::InvalidArgument(error.to_string()),
+        }
+    }
+}
+
 /// Decodes a `ModelInferRequest`. `limit` bounds the decoded tensor bytes.
-pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferRequest, Error> {
+pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferRequest, DecodeError> {
     refuse_unsupported_parameters(message.parameters.keys(), || ParameterOwner::Request)?;
     let mut request = InferRequest { id: (!message.id.is_empty()).then_some(message.id), ..InferRequest::default() };
     if let Some(timeout) = message.parameters.get("timeout") {
@@ -31,18 +112,12 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
                 request.timeout = (us > 0).then(|| Duration::from_micros(us as u64));
             }
             Some(ParameterChoice::Uint64Param(us)) => request.timeout = (us > 0).then(|| Duration::from_micros(us)),
-            _ => {
-                return Err(Error::invalid("parameter 'timeout' must be a non-negative integer of microseconds"));
-            }
+            ref other => return Err(DecodeError::Timeout(other.clone())),
         }
     }
     let raw = message.raw_input_contents;
     if !raw.is_empty() && raw.len() != message.inputs.len() {
-        return Err(Error::invalid(format!(
-            "raw_input_contents holds {} entries for {} inputs; send one per input",
-            raw.len(),
-            message.inputs.len()
-        )));
+        return Err(DecodeError::RawContentsCount { raw: raw.len(), inputs: message.inputs.len() });
     }
     let mut raw = raw.into_iter();
     let mut decoded = 0usize;
@@ -58,17 +133,14 @@ pub fn decode_request(message: ModelInferRequest, limit: usize) -> Result<InferR
     Ok(request)
 }
 
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, Error> {
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Result<Tensor, DecodeError> {
     refuse_unsupported_parameters(input.parameters.keys(), || ParameterOwner::Input(input.name.clone()))?;
     let declared = DeclaredInput::new(input.name, &input.datatype, input.shape, limit)?;
     let contents = input.contents.unwrap_or_default();
     let data = match raw {
         Some(raw) => {
             if has_typed(&contents) {
-                return Err(Error::invalid(format!(
-                    "input '{}': data given both in contents and in raw_input_contents",
-                    declared.name
-                )));
+                return Err(DecodeError::ContentsAndRaw { name: declared.name });
             }
             raw
         }
@@ -89,7 +161,7 @@ fn has_typed(c: &InferTensorContents) -> bool {
 }
 
 /// Converts typed contents to little-endian bytes, range-checking narrowing.
-fn typed(name: &str, dtype: DataType, count: usize, c: InferTensorContents) -> Result<Bytes, Error> {
+fn typed(name: &str, dtype: DataType, count: usize, c: InferTensorContents) -> Result<Bytes, DecodeError> {
     let field = match dtype {
         DataType::Bool => "bool_contents",
         DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
@@ -100,7 +172,7 @@ fn typed(name: &str, dtype: DataType, count: usize, c: InferTensorContents) -> R
         DataType::Fp64 => "fp64_contents",
         DataType::Bytes => "bytes_contents",
         DataType::Fp16 | DataType::Bf16 => {
-            return Err(Error::invalid(format!("input '{name}': {dtype} data must be sent in raw_input_contents")));
+            return Err(DecodeError::HalfPrecisionInContents { name: name.to_owned(), dtype });
         }
     };
     let given = [
@@ -113,14 +185,14 @@ fn typed(name: &str, dtype: DataType, count: usize, c: InferTensorContents) -> R
         ("fp64_contents", c.fp64_contents.len()),
         ("bytes_contents", c.bytes_contents.len()),
     ];
-    if let Some((other, _)) = given.iter().find(|(f, n)| *n > 0 && *f != field) {
-        return Err(Error::invalid(format!("input '{name}': {dtype} data belongs in {field}, not {other}")));
+    if let Some(&(other, _)) = given.iter().find(|(f, n)| *n > 0 && *f != field) {
+        return Err(DecodeError::ContentsField { name: name.to_owned(), dtype, field, given: other });
     }
     let found = given.iter().find(|(f, _)| *f == field).map_or(0, |(_, n)| *n);
     if found != count {
-        return Err(Error::invalid(format!("input '{name}': {field} holds {found} elements, the shape needs {count}")));
+        return Err(DecodeError::ContentsCount { name: name.to_owned(), field, found, count });
     }
-    let range = |v: i64| Error::invalid(format!("input '{name}': {v} is out of range for {dtype}"));
+    let range = |value: i64| DecodeError::OutOfRange { name: name.to_owned(), value, dtype };
     let mut out: Vec<u8> = Vec::with_capacity(count * dtype.element_size().unwrap_or(8));
     match dtype {
         DataType::Bool => out.extend(c.bool_contents.iter().map(|&b| u8::from(b))),
@@ -282,56 +354,125 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused_with_a_reason() {
         let empty = InferTensorContents::default;
+        let ints = |int_contents: Vec<i32>| InferTensorContents { int_contents, ..Default::default() };
+        let floats = |fp32_contents: Vec<f32>| InferTensorContents { fp32_contents, ..Default::default() };
+        let x = || "x".to_owned();
         let cases = vec![
             (
                 request(vec![input("FP32", vec![2], empty())], vec![Bytes::new(), Bytes::new()]),
-                "2 entries for 1 inputs",
-            ),
-            (request(vec![input("FP32", vec![2], empty())], vec![Bytes::from(vec![0u8; 4])]), "needs 8 bytes, got 4"),
-            (
-                request(
-                    vec![input("INT32", vec![1], InferTensorContents { int_contents: vec![1], ..Default::default() })],
-                    vec![Bytes::from(vec![0u8; 4])],
-                ),
-                "both in contents and in raw",
+                DecodeError::RawContentsCount { raw: 2, inputs: 1 },
             ),
             (
-                request(
-                    vec![input(
-                        "FP32",
-                        vec![2],
-                        InferTensorContents { fp32_contents: vec![1.0], ..Default::default() },
-                    )],
-                    vec![],
-                ),
-                "holds 1 elements",
+                request(vec![input("FP32", vec![2], empty())], vec![Bytes::from(vec![0u8; 4])]),
+                DecodeError::Input(InputError::ByteCount {
+                    name: x(),
+                    shape: vec![2],
+                    dtype: DataType::Fp32,
+                    expected: Some(8),
+                    got: 4,
+                }),
             ),
             (
-                request(
-                    vec![input(
-                        "INT32",
-                        vec![1],
-                        InferTensorContents { fp32_contents: vec![1.0], ..Default::default() },
-                    )],
-                    vec![],
-                ),
-                "not fp32_contents",
+                request(vec![input("INT32", vec![1], ints(vec![1]))], vec![Bytes::from(vec![0u8; 4])]),
+                DecodeError::ContentsAndRaw { name: x() },
             ),
             (
-                request(
-                    vec![input("INT8", vec![1], InferTensorContents { int_contents: vec![300], ..Default::default() })],
-                    vec![],
-                ),
-                "out of range",
+                request(vec![input("FP32", vec![2], floats(vec![1.0]))], vec![]),
+                DecodeError::ContentsCount { name: x(), field: "fp32_contents", found: 1, count: 2 },
             ),
-            (request(vec![input("FP16", vec![1], empty())], vec![]), "raw_input_contents"),
-            (request(vec![input("FP99", vec![1], empty())], vec![]), "unknown datatype"),
-            (request(vec![input("FP32", vec![-1], empty())], vec![]), "negative dimension"),
-            (request(vec![input("FP32", vec![i64::MAX, 4], empty())], vec![]), "too many elements"),
+            (
+                request(vec![input("INT32", vec![1], floats(vec![1.0]))], vec![]),
+                DecodeError::ContentsField {
+                    name: x(),
+                    dtype: DataType::Int32,
+                    field: "int_contents",
+                    given: "fp32_contents",
+                },
+            ),
+            (
+                request(vec![input("INT8", vec![1], ints(vec![300]))], vec![]),
+                DecodeError::OutOfRange { name: x(), value: 300, dtype: DataType::Int8 },
+            ),
+            (
+                request(vec![input("FP16", vec![1], empty())], vec![]),
+                DecodeError::HalfPrecisionInContents { name: x(), dtype: DataType::Fp16 },
+            ),
+            (
+                request(vec![input("FP99", vec![1], empty())], vec![]),
+                DecodeError::Input(InputError::UnknownDatatype { name: x(), datatype: "FP99".into() }),
+            ),
+            (
+                request(vec![input("FP32", vec![-1], empty())], vec![]),
+                DecodeError::Input(InputError::NegativeDimension { name: x(), shape: vec![-1], dimension: -1 }),
+            ),
+            (
+                request(vec![input("FP32", vec![i64::MAX, 4], empty())], vec![]),
+                DecodeError::Input(InputError::TooManyElements { name: x(), shape: vec![i64::MAX, 4] }),
+            ),
         ];
         for (message, expected) in cases {
-            let error = decode_request(message, 1 << 20).unwrap_err();
-            assert!(error.message().contains(expected), "{expected}: {error}");
+            assert_eq!(decode_request(message, 1 << 20).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn request_parameters_are_checked() {
+        let with = |key: &str, choice: ParameterChoice| {
+            let mut message = request(vec![], vec![]);
+            message.parameters.insert(key.into(), pb::InferParameter { parameter_choice: Some(choice) });
+            message
+        };
+        let bool_timeout = with("timeout", ParameterChoice::BoolParam(true));
+        assert_eq!(
+            decode_request(bool_timeout, 1 << 20).unwrap_err(),
+            DecodeError::Timeout(Some(ParameterChoice::BoolParam(true)))
+        );
+        let negative = with("timeout", ParameterChoice::Int64Param(-1));
+        assert_eq!(
+            decode_request(negative, 1 << 20).unwrap_err(),
+            DecodeError::Timeout(Some(ParameterChoice::Int64Param(-1)))
+        );
+        let timeout = with("timeout", ParameterChoice::Uint64Param(250));
+        assert_eq!(decode_request(timeout, 1 << 20).unwrap().timeout, Some(Duration::from_micros(250)));
+        let sequence = with("sequence_id", ParameterChoice::Int64Param(1));
+        assert!(matches!(
+            decode_request(sequence, 1 << 20).unwrap_err(),
+            DecodeError::Input(InputError::UnsupportedParameter { owner: ParameterOwner::Request, key, .. })
+                if key == "sequence_id"
+        ));
+    }
+
+    /// What a gRPC client reads: the code and the status message, pinned for
+    /// refusals of the door's own and for tensor checks (the 413 among them).
+    #[test]
+    fn refusals_keep_their_code_and_wire_text() {
+        let empty = InferTensorContents::default;
+        let wrong_field = InferTensorContents { fp32_contents: vec![1.0], ..Default::default() };
+        let cases = [
+            (
+                request(vec![input("INT32", vec![1], wrong_field)], vec![]),
+                tonic::Code::InvalidArgument,
+                "input 'x': INT32 data belongs in int_contents, not fp32_contents",
+            ),
+            (
+                request(vec![input("FP32", vec![2], empty())], vec![Bytes::new(), Bytes::new()]),
+                tonic::Code::InvalidArgument,
+                "raw_input_contents holds 2 entries for 1 inputs; send one per input",
+            ),
+            (
+                request(vec![input("FP32", vec![2], empty())], vec![Bytes::from(vec![0u8; 4])]),
+                tonic::Code::InvalidArgument,
+                "input 'x': shape [2] of FP32 needs 8 bytes, got 4",
+            ),
+            (
+                request(vec![input("FP32", vec![1 << 30], empty())], vec![]),
+                tonic::Code::ResourceExhausted,
+                "input 'x': 1073741824 FP32 elements exceed the request limit of 1048576 bytes",
+            ),
+        ];
+        for (message, code, text) in cases {
+            let status = tonic::Status::from(Error::from(decode_request(message, 1 << 20).unwrap_err()));
+            assert_eq!((status.code(), status.message()), (code, text));
         }
     }
 

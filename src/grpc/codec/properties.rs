@@ -9,6 +9,7 @@ use modelgate_backend::DataType;
 use proptest::prelude::*;
 
 use super::decode_request;
+use crate::error::Error;
 use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::{InferParameter, InferTensorContents, ModelInferRequest};
@@ -112,6 +113,7 @@ proptest! {
         match decode_request(message, LIMIT) {
             Ok(request) => check_decoded(&request, LIMIT).map_err(TestCaseError::fail)?,
             Err(error) => {
+                let error = Error::from(error);
                 let code = error.grpc_code();
                 prop_assert!(
                     matches!(code, tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted),
