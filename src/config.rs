@@ -32,6 +32,7 @@
 //! | `admin.token_file` | file holding the admin bearer token (else env `MODELGATE_ADMIN_TOKEN`) | none |
 //! | `admin.max_connections` | open connections of the admin port; past it new ones wait | 64 |
 //! | `[models.<name>]` | per-model settings laid over `config.pbtxt`: `max_batch_size`, `dynamic_batching` (`false`, `true` or a table of Triton's fields), `instances`, `device` (keys in `repository::overrides`) | none |
+//! | `[sync]`, `[[follow]]` | following a control plane: keys in `sync::settings` | the embedded control plane, every model with a `champion` alias |
 //! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `routing::policy`); re-read on SIGHUP | none |
 
 use std::collections::BTreeMap;
@@ -46,6 +47,7 @@ use crate::connection::Timeouts;
 use crate::gateway::Limits;
 use crate::repository::{ModelOverrides, RepositorySettings, validate_model_name};
 use crate::routing::RouteSpec;
+use crate::sync::{Follow, FollowRule, SyncSettings};
 
 /// Everything `modelgate serve` needs.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -63,6 +65,10 @@ pub struct Config {
     pub models: BTreeMap<String, ModelOverrides>,
     /// Routes of public model names to versions.
     pub routes: Vec<RouteSpec>,
+    /// Following a control plane.
+    pub sync: SyncSettings,
+    /// Registered models to serve, and under which aliases.
+    pub follow: Vec<FollowRule>,
 }
 
 /// Listeners and limits.
@@ -197,8 +203,39 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// The `[[follow]]` rules, checked.
+    pub fn follow_rules(&self) -> Result<Vec<Follow>, ConfigError> {
+        let rules: Vec<Follow> =
+            self.follow.iter().map(FollowRule::check).collect::<Result<_, _>>().map_err(ConfigError::Invalid)?;
+        for (i, rule) in rules.iter().enumerate() {
+            if rules[..i].iter().any(|r| r.model == rule.model) {
+                return Err(ConfigError::Invalid(format!("two [[follow]] rules serve model '{}'", rule.model)));
+            }
+            if self.routes.iter().any(|r| r.model == rule.model) {
+                return Err(ConfigError::Invalid(format!(
+                    "model '{}' has a [[routes]] entry and a [[follow]] rule: a followed model's route comes from the registry",
+                    rule.model
+                )));
+            }
+        }
+        if self.sync.wait_secs == 0 || self.sync.wait_secs > 60 {
+            return Err(ConfigError::Invalid(format!(
+                "sync.wait_secs must be between 1 and 60, got {}",
+                self.sync.wait_secs
+            )));
+        }
+        if self.sync.keep_versions < 2 {
+            return Err(ConfigError::Invalid(format!(
+                "sync.keep_versions must be at least 2 (a stable and a canary), got {}",
+                self.sync.keep_versions
+            )));
+        }
+        Ok(rules)
+    }
+
     /// Checks ranges that the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.follow_rules()?;
         let s = &self.server;
         if s.max_request_bytes == 0 || s.max_request_bytes > (2 << 30) {
             return Err(ConfigError::Invalid(format!(

@@ -15,7 +15,8 @@
 //! - [`batching`]: per-version queue and instance threads.
 //!
 //! Beside it: [`admin`] (the admin API, own listener, bearer token, and its
-//! client), [`config`] (the file and flags, assembled from each subsystem's
+//! client), [`sync`] (following the control plane: pulled versions, alias-driven
+//! canaries, the last-known-good state), [`config`] (the file and flags, assembled from each subsystem's
 //! own settings), [`respond`] (response bodies both doors and the admin API
 //! send), [`stats`], [`metrics`], [`triton_metrics`] (Triton statistics and
 //! Prometheus metrics), [`budget`] (request bytes held at once),
@@ -25,7 +26,7 @@
 //! mapped once to HTTP and gRPC).
 //!
 //! Imports point down this order only, top floor first: `server`, `config`,
-//! `admin`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
+//! `admin`, `sync`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
 //! `routing`, `repository`, `batching`, `stats`/`budget`/`connection`, `metrics`,
 //! `tensor`/`proto`, `error` (checked by `tests/module_floors.rs`).
 
@@ -46,6 +47,7 @@ pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod stats;
+pub mod sync;
 pub mod tensor;
 pub mod triton_metrics;
 
@@ -91,7 +93,11 @@ pub fn loaders(config: &Config) -> Loaders {
 /// Builds the gateway and loads the start-up models. Models that fail are
 /// reported in the repository index; the others serve.
 pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
-    let repository = Arc::new(Repository::new(config.repository.clone(), config.models.clone(), loaders));
+    let mut repository = Repository::new(config.repository.clone(), config.models.clone(), loaders);
+    if config.sync.enabled {
+        repository = repository.with_pulled_models(config.sync.models_dir());
+    }
+    let repository = Arc::new(repository);
     let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from(&config.server), metrics::install()));
     repository.load_startup_models().await;
     if !config.routes.is_empty() {

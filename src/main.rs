@@ -100,6 +100,13 @@ struct ServeArgs {
     /// File holding the admin bearer token (else env MODELGATE_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Follow this control plane (`http://host:port`, token: `sync.token_file` or the admin
+    /// token) instead of the embedded one.
+    #[arg(long)]
+    registry: Option<String>,
+    /// This gateway's id in its reports to the control plane (default: $HOSTNAME).
+    #[arg(long)]
+    gateway_id: Option<String>,
     #[command(flatten)]
     control_plane: modelgate_registry::cli::EmbeddedArgs,
 }
@@ -155,6 +162,14 @@ impl ServeArgs {
         if let Some(v) = self.admin_token_file {
             a.token_file = Some(v);
         }
+        let sync = &mut config.sync;
+        if let Some(v) = self.registry {
+            sync.registry = Some(v);
+        }
+        if let Some(v) = self.gateway_id {
+            sync.gateway_id = Some(v);
+        }
+        sync.data_dir = self.control_plane.data_dir;
         config.validate()?;
         Ok(config)
     }
@@ -269,6 +284,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         })
         .await?;
+    let embedded_port = control_plane_task
+        .as_ref()
+        .map(|_| control_plane.control_plane_port.unwrap_or(modelgate_registry::cli::DEFAULT_PORT));
+    follow_control_plane(&config, &gateway, embedded_port)?;
     let options = ServerOptions::from(&config.server);
     let shutdown = async move {
         shutdown_signal().await;
@@ -281,6 +300,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = control_plane_task {
         let _ = task.await;
     }
+    Ok(())
+}
+
+/// Follows the control plane: an external one (`sync.registry`), else the embedded one
+/// when it runs (on `embedded_port`). Off with `sync.enabled = false`.
+fn follow_control_plane(
+    config: &Config,
+    gateway: &std::sync::Arc<modelgate::gateway::Gateway>,
+    embedded_port: Option<u16>,
+) -> anyhow::Result<()> {
+    if !config.sync.enabled {
+        tracing::info!("not following a control plane: sync.enabled is false");
+        return Ok(());
+    }
+    let rules = config.follow_rules()?;
+    let (base, token_file) = match (&config.sync.registry, embedded_port) {
+        (Some(url), _) => (url.clone(), config.sync.token_file.clone().or_else(|| config.admin.token_file.clone())),
+        (None, Some(port)) => (format!("http://127.0.0.1:{port}"), config.admin.token_file.clone()),
+        (None, None) => {
+            tracing::info!("not following a control plane: the embedded one is off and sync.registry is not set");
+            return Ok(());
+        }
+    };
+    let token = AdminToken::configured(token_file.as_deref())?
+        .context("following a control plane needs its token: set sync.token_file or MODELGATE_ADMIN_TOKEN")?;
+    let token = modelgate_registry::api::auth::Token::new(token.expose())
+        .map_err(|e| anyhow::anyhow!("the control plane token: {e}"))?;
+    let control_plane = modelgate::sync::client::ControlPlane::new(&base, token)?;
+    let follower = modelgate::sync::Follower::new(gateway.clone(), config.sync.clone(), rules, control_plane)
+        .with_context(|| format!("cannot open the pulled-model directory under {}", config.sync.root().display()))?;
+    tracing::info!(control_plane = %base, gateway_id = %config.sync.gateway_id(), "following the control plane");
+    tokio::spawn(follower.run());
     Ok(())
 }
 

@@ -76,6 +76,15 @@ pub const SHADOW_COMPARISONS: &str = "modelgate_shadow_comparisons_total";
 /// Largest absolute difference between primary and shadow outputs per
 /// compared request, by model, primary and shadow.
 pub const SHADOW_ABS_DIFF: &str = "modelgate_shadow_max_abs_difference";
+/// 1 while the last call to the control plane succeeded, 0 after one failed.
+pub const CONTROL_PLANE_CONNECTED: &str = "modelgate_control_plane_connected";
+/// The generation of the last desired state applied.
+pub const SYNC_APPLIED_GENERATION: &str = "modelgate_sync_applied_generation";
+/// Parts of a desired state that did not apply, by reason (`failed_verification`,
+/// `download`, `disk`, `load`, `conflict`, `missing`, `unreachable`).
+pub const SYNC_FAILURES: &str = "modelgate_sync_failures_total";
+/// Bytes of model files downloaded from the control plane.
+pub const ARTIFACT_BYTES_DOWNLOADED: &str = "modelgate_artifact_bytes_downloaded_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -136,6 +145,14 @@ fn describe() {
     metrics::describe_counter!(ROLLOUT_CHECKS, "Rollout SLO checks by verdict");
     metrics::describe_counter!(ROLLOUT_ROLLBACKS, "Rollouts rolled back, by reason");
     metrics::describe_counter!(ROLLOUT_PROMOTIONS, "Rollouts promoted");
+    metrics::describe_gauge!(CONTROL_PLANE_CONNECTED, "1 while the control plane answers, 0 when it does not");
+    metrics::describe_gauge!(SYNC_APPLIED_GENERATION, "Generation of the last desired state applied");
+    metrics::describe_counter!(SYNC_FAILURES, "Parts of a desired state that did not apply, by reason");
+    metrics::describe_counter!(
+        ARTIFACT_BYTES_DOWNLOADED,
+        metrics::Unit::Bytes,
+        "Bytes of model files downloaded from the control plane"
+    );
     metrics::describe_counter!(SHADOW_REQUESTS, "Shadow copies of routed requests, by outcome");
     metrics::describe_histogram!(SHADOW_DURATION, metrics::Unit::Seconds, "Time of shadow copies");
     metrics::describe_counter!(SHADOW_COMPARISONS, "Shadow responses compared with the primary's");
@@ -413,4 +430,26 @@ pub fn rollout_rollback(model: &str, canary: u64, reason: &'static str) {
 pub fn rollout_promotion(model: &str, canary: u64, how: &'static str) {
     counter!(ROLLOUT_PROMOTIONS, "model" => model.to_owned(), "canary" => canary.to_string(), "how" => how)
         .increment(1);
+}
+
+/// Whether the control plane answered the last call.
+pub fn control_plane_connected(connected: bool) {
+    gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The generation of the desired state just applied.
+pub fn sync_applied_generation(generation: i64) {
+    gauge!(SYNC_APPLIED_GENERATION).set(generation as f64);
+}
+
+/// Counts a part of a desired state that did not apply.
+pub fn sync_failure(reason: &'static str) {
+    counter!(SYNC_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Counts downloaded model bytes.
+pub fn artifact_bytes_downloaded(bytes: u64) {
+    if bytes > 0 {
+        counter!(ARTIFACT_BYTES_DOWNLOADED).increment(bytes);
+    }
 }

@@ -23,6 +23,8 @@ const FLOORS: &[&[&str]] = &[
     &["config"],
     // The admin API, beside the data-plane doors.
     &["admin"],
+    // Following a control plane: loads versions and puts routes as an operator would.
+    &["sync"],
     &["http", "grpc"],
     // What both doors and the admin API render.
     &["respond", "triton_metrics"],

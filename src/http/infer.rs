@@ -117,7 +117,10 @@ pub enum DecodeError {
     },
     /// A fixed-size input claims other binary bytes than its shape and type
     /// call for.
-    #[error("input '{name}': unexpected size {size} for shape {shape:?} of {dtype}, expected {expected} bytes")]
+    #[error(
+        "input '{name}': unexpected size {size} for shape {} of {dtype}, expected {expected} bytes",
+        crate::error::Dims(shape)
+    )]
     BinaryDataSizeMismatch {
         /// The input.
         name: String,
@@ -433,6 +436,19 @@ mod tests {
 
     fn error(body: &[u8], header_length: Option<usize>) -> DecodeError {
         decode(body, header_length).unwrap_err()
+    }
+
+    #[test]
+    fn a_huge_shape_with_a_wrong_binary_size_makes_a_short_message() {
+        let shape = vec![0i64; 1 << 20];
+        let error = DecodeError::BinaryDataSizeMismatch {
+            name: "x".into(),
+            size: 4,
+            shape,
+            dtype: DataType::Int32,
+            expected: 0,
+        };
+        assert!(error.to_string().len() < 256, "{} bytes", error.to_string().len());
     }
 
     #[test]

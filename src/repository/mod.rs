@@ -190,6 +190,9 @@ pub struct Repository {
     /// only under `operations`.
     pinned: parking_lot::Mutex<HashMap<String, BTreeSet<u64>>>,
     started: AtomicBool,
+    /// Versions pulled from a registry, laid out as a second repository (`sync`);
+    /// a model in the directory repository takes precedence.
+    pulled: Option<PathBuf>,
 }
 
 /// Checks a model name: it becomes a directory name, so no separators, no
@@ -232,6 +235,30 @@ impl Repository {
             operations: tokio::sync::Mutex::new(()),
             pinned: parking_lot::Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
+            pulled: None,
+        }
+    }
+
+    /// Also serves the versions pulled from a registry under `root` (one directory
+    /// per model, one per version, each with its own `config.pbtxt`).
+    pub fn with_pulled_models(mut self, root: PathBuf) -> Repository {
+        self.pulled = Some(root);
+        self
+    }
+
+    /// Whether `name` is a model of the directory repository (which a registry
+    /// model must not shadow).
+    pub fn in_directory(&self, name: &str) -> bool {
+        validate_model_name(name).is_ok() && self.settings.path.join(name).is_dir()
+    }
+
+    /// The directory a model is read from: the directory repository's, else the
+    /// pulled one's.
+    fn model_dir(&self, name: &str) -> PathBuf {
+        let own = self.settings.path.join(name);
+        match &self.pulled {
+            Some(pulled) if !own.is_dir() => pulled.join(name),
+            _ => own,
         }
     }
 
@@ -411,9 +438,11 @@ impl Repository {
     /// the version directories `wanted` selects. The outer error answers the
     /// caller (no such model); the inner one is why the model cannot load.
     async fn scan(&self, name: &str, wanted: BTreeSet<u64>) -> Result<Result<Scanned, String>, Error> {
-        let dir = self.settings.path.join(name);
+        let dir = self.model_dir(name);
         let loaders = self.loaders.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted))
+        // A pulled version is loaded one at a time, with its own config.
+        let own_config = self.pulled.as_ref().is_some_and(|p| dir.starts_with(p));
+        let scanned = tokio::task::spawn_blocking(move || scan_model(&dir, &loaders, &wanted, own_config))
             .await
             .map_err(|e| Error::Internal(format!("model scan task failed: {e}")))?;
         match scanned {
@@ -611,7 +640,7 @@ type Scanned = (ConfigFile, Arc<dyn ModelLoader>, Vec<(u64, PathBuf)>);
 
 /// Reads a model directory: config, loader, and the versions the policy
 /// selects, plus the `pinned` ones that exist.
-fn scan_model(dir: &Path, loaders: &Loaders, pinned: &BTreeSet<u64>) -> Result<Scanned, ScanError> {
+fn scan_model(dir: &Path, loaders: &Loaders, pinned: &BTreeSet<u64>, own_config: bool) -> Result<Scanned, ScanError> {
     if !dir.is_dir() {
         return Err(ScanError::Missing);
     }
@@ -630,12 +659,34 @@ fn scan_model(dir: &Path, loaders: &Loaders, pinned: &BTreeSet<u64>) -> Result<S
         .filter_map(|e| Some((parse_version_dir(e.file_name().to_str()?)?, e.path())))
         .collect();
     available.sort();
+    let file = match own_config.then(|| own_version_config(&available, pinned)).transpose()?.flatten() {
+        Some(own) => own,
+        None => file,
+    };
     let loader = loaders.for_model(&file, &available).map_err(ScanError::Invalid)?;
     let numbers: Vec<u64> = available.iter().map(|(v, _)| *v).collect();
     let policy = file.version_policy.clone().unwrap_or(model_config::VersionPolicy::Latest(1));
     let selected = policy.select(&numbers);
     let versions = available.into_iter().filter(|(v, _)| selected.contains(v) || pinned.contains(v)).collect();
     Ok((file, loader, versions))
+}
+
+/// A pulled version's own `config.pbtxt` (`<model>/<version>/config.pbtxt`),
+/// when one version alone is asked for: versions of a registry model may
+/// differ, and its `name` is the registry's business, not this gateway's (the
+/// served name comes from the follow rule).
+fn own_version_config(available: &[(u64, PathBuf)], pinned: &BTreeSet<u64>) -> Result<Option<ConfigFile>, ScanError> {
+    let [version] = pinned.iter().collect::<Vec<_>>()[..] else { return Ok(None) };
+    let Some((_, dir)) = available.iter().find(|(v, _)| v == version) else { return Ok(None) };
+    let path = dir.join("config.pbtxt");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ScanError::Invalid(format!("cannot read version {version}'s config.pbtxt: {e}")))?;
+    let mut file = parse_config_file(&text).map_err(|e| ScanError::Invalid(format!("version {version}: {}", e.0)))?;
+    file.name = None;
+    Ok(Some(file))
 }
 
 #[cfg(test)]

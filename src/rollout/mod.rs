@@ -67,6 +67,9 @@ pub enum Source {
     File,
     /// An operator: every version the route sends traffic to must be ready.
     Operator,
+    /// A registry alias (`sync`): versions are loaded before the route is put,
+    /// and must be ready, as for an operator.
+    Registry,
 }
 
 /// What a config reload changed.
@@ -116,7 +119,7 @@ impl Rollouts {
         }
         let model = &valid.spec.model;
         match source {
-            Source::Operator => Err(Error::FailedPrecondition(format!(
+            Source::Operator | Source::Registry => Err(Error::FailedPrecondition(format!(
                 "route '{model}' sends traffic to versions that are not ready: {}",
                 unready.join("; ")
             ))),

@@ -15,7 +15,7 @@
 
 mod arm;
 pub mod policy;
-mod random;
+pub mod random;
 mod shadow;
 pub mod spec;
 mod table;

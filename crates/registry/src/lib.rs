@@ -8,6 +8,7 @@
 //! - [`error`]: the one error type and its HTTP status mapping.
 //! - [`import`]: hashing a version's source files into blobs in the background.
 //! - [`cli`]: the `control-plane` flags and runner; [`client`]: `modelgate registry ...`.
+//! - [`sync`]: the desired state gateways pull and the reports they send back.
 //! - [`api`]: `/cp/v1`, the MLflow subset and the artifact proxy, behind a bearer token.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod import;
 pub mod manifest;
 pub mod name;
 pub mod store;
+pub mod sync;
 pub mod types;
 
 pub use error::RegistryError;

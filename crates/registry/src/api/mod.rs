@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod mlflow;
 pub mod native;
+pub mod sync;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,6 +69,7 @@ pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
         .merge(native::routes())
         .merge(mlflow::routes())
         .merge(artifacts::routes())
+        .merge(sync::routes())
         .fallback(|| async { ApiError(RegistryError::NotFound("no such endpoint".into())) })
         .with_state(registry)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))

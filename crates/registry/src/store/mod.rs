@@ -9,6 +9,7 @@
 //! race, and events commit in generation order.
 
 mod read;
+mod sync;
 mod write;
 
 use std::borrow::Cow;
@@ -29,6 +30,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Woken after every commit of this process (the long polls of `/cp/v1/sync`).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The schema, embedded in the binary.
@@ -40,7 +43,14 @@ fn migrator() -> Migrator {
         AssertSqlSafe(include_str!("../../migrations/0001_registry.sql")).into_sql_str(),
         false,
     );
-    Migrator { migrations: Cow::Owned(vec![init]), ..Migrator::DEFAULT }
+    let gateways = Migration::new(
+        2,
+        Cow::Borrowed("gateways"),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../../migrations/0002_gateways.sql")).into_sql_str(),
+        false,
+    );
+    Migrator { migrations: Cow::Owned(vec![init, gateways]), ..Migrator::DEFAULT }
 }
 
 impl Store {
@@ -75,12 +85,18 @@ impl Store {
             sqlx::migrate::MigrateError::Execute(e) => RegistryError::from_db(e),
             other => RegistryError::Internal(format!("database migration: {other}")),
         })?;
-        Ok(Store { pool })
+        Ok(Store { pool, changed: Default::default() })
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// A notice that completes at the next commit made through this store (in this
+    /// process). Enable it before reading the generation so no commit slips between.
+    pub fn change_notice(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The current generation.

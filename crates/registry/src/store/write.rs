@@ -10,24 +10,30 @@ use crate::manifest::Manifest;
 use crate::types::{Alias, Format, Model, NewVersion, Stage, Status, Tags, Version};
 
 /// One writing transaction, holding its generation.
-struct Change {
+pub(super) struct Change {
     tx: Transaction<'static, Any>,
     generation: i64,
     now: i64,
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Change {
-    async fn begin(store: &Store) -> Result<Change, RegistryError> {
+    pub(super) async fn begin(store: &Store) -> Result<Change, RegistryError> {
         let mut tx = store.pool.begin().await?;
         let generation: i64 =
             sqlx::query_scalar("UPDATE cp_state SET generation = generation + 1 WHERE id = 1 RETURNING generation")
                 .fetch_one(&mut *tx)
                 .await?;
-        Ok(Change { tx, generation, now: now_ms() })
+        Ok(Change { tx, generation, now: now_ms(), changed: store.changed.clone() })
     }
 
     /// Appends the event and commits; returns the generation.
-    async fn commit(mut self, kind: &str, model: &str, payload: serde_json::Value) -> Result<i64, RegistryError> {
+    pub(super) async fn commit(
+        mut self,
+        kind: &str,
+        model: &str,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
         sqlx::query("INSERT INTO events (generation, at_ms, kind, model, payload) VALUES ($1, $2, $3, $4, $5)")
             .bind(self.generation)
             .bind(self.now)
@@ -37,6 +43,8 @@ impl Change {
             .execute(&mut *self.tx)
             .await?;
         self.tx.commit().await?;
+        // Wakes the gateways' long polls served by this process (others re-read each second).
+        self.changed.notify_waiters();
         Ok(self.generation)
     }
 
@@ -57,7 +65,7 @@ impl Change {
     }
 
     /// The version's status, or not found.
-    async fn version_status(&mut self, model: &str, version: i64) -> Result<Status, RegistryError> {
+    pub(super) async fn version_status(&mut self, model: &str, version: i64) -> Result<Status, RegistryError> {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM model_versions WHERE model = $1 AND version = $2")
                 .bind(model.to_owned())
@@ -67,7 +75,11 @@ impl Change {
         status.ok_or_else(|| RegistryError::NotFound(format!("model '{model}' has no version {version}")))?.parse()
     }
 
-    async fn current_alias(&mut self, model: &str, alias: &str) -> Result<Option<(i64, i64)>, RegistryError> {
+    pub(super) async fn current_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+    ) -> Result<Option<(i64, i64)>, RegistryError> {
         let row: Option<(i64, i64)> =
             sqlx::query_as("SELECT version, generation FROM aliases WHERE model = $1 AND alias = $2")
                 .bind(model.to_owned())
@@ -103,7 +115,7 @@ impl Change {
     }
 
     /// Points `alias` at `version` (which must be READY), with history.
-    async fn set_alias(
+    pub(super) async fn set_alias(
         &mut self,
         model: &str,
         alias: &str,
@@ -152,7 +164,7 @@ impl Change {
     }
 
     /// Removes `alias`, with history; `None` when it did not exist.
-    async fn delete_alias(
+    pub(super) async fn delete_alias(
         &mut self,
         model: &str,
         alias: &str,
@@ -168,6 +180,71 @@ impl Change {
             .await?;
         self.record_alias(model, alias, Some(from), None, write).await?;
         Ok(Some(from))
+    }
+}
+
+impl Change {
+    /// Sets (`Some`) or deletes (`None`) one tag of a model, or of one of its versions.
+    pub(super) async fn set_tag(
+        &mut self,
+        model: &str,
+        version: Option<i64>,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let current: Option<String> = match version {
+            None => {
+                sqlx::query_scalar("SELECT tags FROM registered_models WHERE name = $1")
+                    .bind(model.to_owned())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+            }
+            Some(v) => {
+                sqlx::query_scalar("SELECT tags FROM model_versions WHERE model = $1 AND version = $2")
+                    .bind(model.to_owned())
+                    .bind(v)
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+            }
+        };
+        let current = current.ok_or_else(|| match version {
+            None => RegistryError::NotFound(format!("registered model '{model}' not found")),
+            Some(v) => RegistryError::NotFound(format!("model '{model}' has no version {v}")),
+        })?;
+        let mut tags: Tags =
+            serde_json::from_str(&current).map_err(|e| RegistryError::Internal(format!("stored tags: {e}")))?;
+        match value {
+            Some(value) => {
+                tags.insert(key.to_owned(), value.to_owned());
+            }
+            None => {
+                tags.remove(key);
+            }
+        }
+        match version {
+            None => {
+                sqlx::query("UPDATE registered_models SET tags = $1, updated_ms = $2, generation = $3 WHERE name = $4")
+                    .bind(to_json(&tags))
+                    .bind(self.now)
+                    .bind(self.generation)
+                    .bind(model.to_owned())
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
+            Some(v) => {
+                sqlx::query(
+                    "UPDATE model_versions SET tags = $1, updated_ms = $2, generation = $3 WHERE model = $4 AND version = $5",
+                )
+                .bind(to_json(&tags))
+                .bind(self.now)
+                .bind(self.generation)
+                .bind(model.to_owned())
+                .bind(v)
+                .execute(&mut *self.tx)
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -284,58 +361,7 @@ impl Store {
         value: Option<&str>,
     ) -> Result<(), RegistryError> {
         let mut change = Change::begin(self).await?;
-        let current: Option<String> = match version {
-            None => {
-                sqlx::query_scalar("SELECT tags FROM registered_models WHERE name = $1")
-                    .bind(model.to_owned())
-                    .fetch_optional(&mut *change.tx)
-                    .await?
-            }
-            Some(v) => {
-                sqlx::query_scalar("SELECT tags FROM model_versions WHERE model = $1 AND version = $2")
-                    .bind(model.to_owned())
-                    .bind(v)
-                    .fetch_optional(&mut *change.tx)
-                    .await?
-            }
-        };
-        let current = current.ok_or_else(|| match version {
-            None => RegistryError::NotFound(format!("registered model '{model}' not found")),
-            Some(v) => RegistryError::NotFound(format!("model '{model}' has no version {v}")),
-        })?;
-        let mut tags: Tags =
-            serde_json::from_str(&current).map_err(|e| RegistryError::Internal(format!("stored tags: {e}")))?;
-        match value {
-            Some(value) => {
-                tags.insert(key.to_owned(), value.to_owned());
-            }
-            None => {
-                tags.remove(key);
-            }
-        }
-        match version {
-            None => {
-                sqlx::query("UPDATE registered_models SET tags = $1, updated_ms = $2, generation = $3 WHERE name = $4")
-                    .bind(to_json(&tags))
-                    .bind(change.now)
-                    .bind(change.generation)
-                    .bind(model.to_owned())
-                    .execute(&mut *change.tx)
-                    .await?;
-            }
-            Some(v) => {
-                sqlx::query(
-                    "UPDATE model_versions SET tags = $1, updated_ms = $2, generation = $3 WHERE model = $4 AND version = $5",
-                )
-                .bind(to_json(&tags))
-                .bind(change.now)
-                .bind(change.generation)
-                .bind(model.to_owned())
-                .bind(v)
-                .execute(&mut *change.tx)
-                .await?;
-            }
-        }
+        change.set_tag(model, version, key, value).await?;
         let kind = if value.is_some() { "tag_set" } else { "tag_deleted" };
         change.commit(kind, model, json!({ "version": version, "key": key, "value": value })).await?;
         Ok(())

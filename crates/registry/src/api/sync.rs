@@ -1,0 +1,116 @@
+//! What gateways call: `GET /cp/v1/sync` (a long poll for the whole desired
+//! state), `POST /cp/v1/gateways/{id}/report`, and `GET /cp/v1/gateways`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use http::header::ETAG;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, JsonBody};
+use crate::Registry;
+use crate::error::RegistryError;
+use crate::name::Name;
+use crate::sync::Report;
+
+type Shared = State<Arc<Registry>>;
+
+/// Longest a sync request may wait for a change.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a waiting sync re-reads the generation: commits made by another
+/// replica (another process on the same database) wake no local waiter.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The routes gateways call.
+pub fn routes() -> Router<Arc<Registry>> {
+    Router::new()
+        .route("/cp/v1/sync", get(sync))
+        .route("/cp/v1/gateways", get(gateways))
+        .route("/cp/v1/gateways/{id}/report", post(report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncQuery {
+    gateway: String,
+    #[serde(default)]
+    since: i64,
+    /// Seconds, optionally suffixed `s` (`30` or `30s`).
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+fn parse_wait(text: Option<&str>) -> Result<Duration, RegistryError> {
+    let Some(text) = text else { return Ok(Duration::ZERO) };
+    let seconds = text.strip_suffix('s').unwrap_or(text);
+    let seconds: u64 = seconds.parse().map_err(|_| {
+        RegistryError::InvalidArgument(format!("wait '{text}': expected whole seconds, e.g. 30s (at most 60s)"))
+    })?;
+    Ok(Duration::from_secs(seconds).min(MAX_WAIT))
+}
+
+/// Answers the whole desired state once the generation passes `since`, at once if
+/// it has; else waits up to `wait` and answers 304 Not Modified.
+async fn sync(
+    State(registry): Shared,
+    query: Result<Query<SyncQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| RegistryError::InvalidArgument(e.body_text()))?;
+    Name::parse("gateway", &query.gateway)?;
+    let deadline = tokio::time::Instant::now() + parse_wait(query.wait.as_deref())?;
+    loop {
+        // Enabled before the read: a commit between the read and the wait still wakes us.
+        let notice = registry.store.change_notice();
+        tokio::pin!(notice);
+        notice.as_mut().enable();
+        let generation = registry.store.generation().await?;
+        if generation > query.since {
+            let state = registry.store.desired_state().await?;
+            let etag = format!("\"{}\"", state.generation);
+            return Ok(([(ETAG, etag)], axum::Json(state)).into_response());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(StatusCode::NOT_MODIFIED.into_response());
+        }
+        let _ = tokio::time::timeout((deadline - now).min(RECHECK), notice).await;
+    }
+}
+
+async fn report(
+    State(registry): Shared,
+    Path(id): Path<String>,
+    JsonBody(report): JsonBody<Report>,
+) -> Result<Response, ApiError> {
+    let id = Name::parse("gateway", &id)?;
+    registry.store.apply_report(id.as_str(), &report).await?;
+    Ok((StatusCode::OK, axum::Json(json!({ "gateway": id, "applied_generation": report.applied_generation })))
+        .into_response())
+}
+
+async fn gateways(State(registry): Shared) -> Result<Response, ApiError> {
+    Ok(axum::Json(json!({ "gateways": registry.store.gateways().await? })).into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_takes_seconds_with_or_without_a_suffix_and_is_capped() {
+        assert_eq!(parse_wait(None).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait(Some("30s")).unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait(Some("5")).unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_wait(Some("3600s")).unwrap(), MAX_WAIT);
+        assert!(parse_wait(Some("-1")).is_err());
+        assert!(parse_wait(Some("1m")).is_err());
+    }
+}

@@ -1,0 +1,561 @@
+//! Gateways follow the registry: pull the desired state, fetch and verify
+//! each version's files, load them, and release what an alias names as a
+//! canary under the rollout policy the data plane already runs.
+//!
+//! - [`settings`]: `[sync]` and `[[follow]]`.
+//! - [`client`]: the control plane's API as the gateway calls it.
+//! - [`cache`]: verified blobs; resumable, size-capped downloads.
+//! - [`materialize`]: version directories built whole and renamed into place.
+//! - [`plan`]: what to serve of a model, given its aliases (pure).
+//! - [`snapshot`]: the last-known-good state, served when the control plane
+//!   is away at start.
+//!
+//! The [`Follower`] changes the data plane only through
+//! `Repository::load_version` / `unload_version` and `Rollouts::put`, like an
+//! operator would; a control plane that goes away never touches the request
+//! path (the versions and routes in force stay).
+
+pub mod cache;
+pub mod client;
+pub mod materialize;
+pub mod plan;
+pub mod settings;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelgate_registry::sync::{
+    DesiredModel, DesiredState, DesiredVersion, Failure, FailureReason, LoadedVersion, Outcome, Report, RolloutOutcome,
+};
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+use crate::rollout::{Phase, Source};
+use crate::routing::{RouteSpec, TargetSpec};
+use cache::BlobCache;
+use client::ControlPlane;
+use materialize::VersionDirs;
+use plan::{Served, plan};
+pub use settings::{Follow, FollowRule, SyncSettings, Verify};
+use snapshot::Snapshot;
+
+/// Longest pause between two tries to reach the control plane.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often rollouts the registry started are checked for their end.
+const ROLLOUT_WATCH: Duration = Duration::from_millis(200);
+
+/// Follows one control plane until the process ends.
+pub struct Follower {
+    gateway: Arc<Gateway>,
+    settings: SyncSettings,
+    rules: Vec<Follow>,
+    control_plane: ControlPlane,
+    id: String,
+    cache: BlobCache,
+    dirs: VersionDirs,
+    /// Per served model: what it serves.
+    served: BTreeMap<String, Served>,
+    /// Per served model: versions rolled back on this gateway.
+    rolled_back: BTreeMap<String, BTreeSet<u64>>,
+    /// Per served model: loaded versions and the manifest each was built from.
+    loaded: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Per registered model: the files of every version loaded here, so one
+    /// that no alias names any more (the stable side of a release) can be
+    /// loaded again, after a restart from the snapshot too.
+    remembered: BTreeMap<String, BTreeMap<i64, DesiredVersion>>,
+    /// Rollout ends not yet reported.
+    outcomes: Vec<RolloutOutcome>,
+    /// The last state applied and its failures.
+    applied: Option<DesiredState>,
+    failures: Vec<Failure>,
+}
+
+/// How one version of a model fared.
+type Applied<T> = Result<T, Failure>;
+
+impl Follower {
+    /// A follower of `control_plane`; `rules` empty follows every registered
+    /// model that has a `champion` alias.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        settings: SyncSettings,
+        rules: Vec<Follow>,
+        control_plane: ControlPlane,
+    ) -> std::io::Result<Follower> {
+        let root = settings.root();
+        let cache = BlobCache::open(&root.join("cache"))?;
+        let dirs = VersionDirs::open(&settings.models_dir())?;
+        Ok(Follower {
+            gateway,
+            id: settings.gateway_id(),
+            settings,
+            rules,
+            control_plane,
+            cache,
+            dirs,
+            served: BTreeMap::new(),
+            rolled_back: BTreeMap::new(),
+            loaded: BTreeMap::new(),
+            remembered: BTreeMap::new(),
+            outcomes: Vec::new(),
+            applied: None,
+            failures: Vec::new(),
+        })
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        snapshot::path(&self.settings.root())
+    }
+
+    /// Runs: the first state (or the last-known-good one when the control plane
+    /// does not answer), then every change, rollout ends and retries.
+    pub async fn run(mut self) {
+        match self.control_plane.poll(&self.id, 0, Duration::ZERO).await {
+            Ok(Some(state)) => {
+                crate::metrics::control_plane_connected(true);
+                self.apply(state).await;
+            }
+            Ok(None) => crate::metrics::control_plane_connected(true),
+            Err(error) => {
+                crate::metrics::control_plane_connected(false);
+                crate::metrics::sync_failure("unreachable");
+                match snapshot::load(&self.snapshot_path()) {
+                    Some(last) => {
+                        tracing::warn!(%error, generation = last.state.generation,
+                            "control plane unreachable at start: serving the last-known-good state");
+                        self.served = last.served;
+                        self.apply_offline(last.state).await;
+                    }
+                    None => tracing::warn!(%error, "control plane unreachable at start and no last-known-good state"),
+                }
+            }
+        }
+        let since = self.applied.as_ref().map_or(0, |s| s.generation);
+        let (states, mut next) = watch::channel(None::<DesiredState>);
+        let poller = tokio::spawn(poll_forever(
+            self.control_plane.clone(),
+            self.id.clone(),
+            since,
+            Duration::from_secs(self.settings.wait_secs),
+            states,
+        ));
+        let mut watch_rollouts = tokio::time::interval(ROLLOUT_WATCH);
+        watch_rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = Backoff::default();
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let retry_sleep = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = next.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = next.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        self.apply(state).await;
+                    }
+                }
+                _ = watch_rollouts.tick() => {
+                    if self.watch_rollouts().await {
+                        // Apply again at once: a promotion makes the canary the base.
+                        if let Some(state) = self.applied.clone() {
+                            self.apply(state).await;
+                        }
+                    }
+                }
+                () = retry_sleep => {
+                    retry_at = None;
+                    if let Some(state) = self.applied.clone() {
+                        self.apply(state).await;
+                    }
+                }
+            }
+            // Failures a retry may fix (a download cut off, a full disk) are retried with backoff.
+            if self.failures.iter().any(|f| matches!(f.reason, FailureReason::Download | FailureReason::Disk)) {
+                if retry_at.is_none() {
+                    retry_at = Some(tokio::time::Instant::now() + retry.next());
+                }
+            } else {
+                retry = Backoff::default();
+                retry_at = None;
+            }
+        }
+        poller.abort();
+    }
+
+    /// The rules in force for `state`: the configured ones, else one per registered
+    /// model that has a `champion` alias.
+    fn rules_for(&self, state: &DesiredState) -> Vec<Follow> {
+        if !self.rules.is_empty() {
+            return self.rules.clone();
+        }
+        state
+            .models
+            .iter()
+            .filter(|(_, m)| m.aliases.contains_key(settings::DEFAULT_STABLE_ALIAS))
+            .map(|(name, _)| Follow::default_for(name))
+            .collect()
+    }
+
+    /// `state` with the files of every version loaded here that the registry
+    /// still has READY, where no alias brought them along.
+    fn with_remembered(&self, mut state: DesiredState) -> DesiredState {
+        for (name, model) in &mut state.models {
+            for (version, files) in self.remembered.get(name).into_iter().flatten() {
+                if model.ready.contains(version) {
+                    model.versions.entry(*version).or_insert_with(|| files.clone());
+                }
+            }
+        }
+        state
+    }
+
+    /// Applies a state from the control plane, reports, and saves it as the
+    /// last-known-good one when every file verified.
+    async fn apply(&mut self, state: DesiredState) {
+        let state = self.with_remembered(state);
+        self.apply_state(&state, true).await;
+        let verified = !self.failures.iter().any(|f| {
+            matches!(f.reason, FailureReason::FailedVerification | FailureReason::Download | FailureReason::Disk)
+        });
+        if verified {
+            let snapshot = Snapshot { state: state.clone(), served: self.served.clone() };
+            if let Err(error) = snapshot::save(&self.snapshot_path(), &snapshot).await {
+                tracing::error!(%error, "cannot write the last-known-good snapshot");
+            }
+        }
+        self.applied = Some(state);
+        self.report().await;
+    }
+
+    /// Applies the last-known-good state from disk alone (no downloads).
+    async fn apply_offline(&mut self, state: DesiredState) {
+        let state = self.with_remembered(state);
+        self.apply_state(&state, false).await;
+        self.applied = Some(state);
+    }
+
+    async fn apply_state(&mut self, state: &DesiredState, online: bool) {
+        let rules = self.rules_for(state);
+        self.failures.clear();
+        for rule in &rules {
+            if let Err(failure) = self.apply_model(rule, state.models.get(&rule.registered), online).await {
+                tracing::error!(model = %failure.model, version = ?failure.version, reason = failure.reason.as_str(),
+                    message = %failure.message, "registry model not applied");
+                crate::metrics::sync_failure(failure.reason.as_str());
+                self.failures.push(failure);
+            }
+        }
+        // Models no longer followed (alias or model deleted): their route and versions go.
+        let followed: BTreeSet<&str> = rules.iter().map(|r| r.model.as_str()).collect();
+        let gone: Vec<String> = self.served.keys().filter(|m| !followed.contains(m.as_str())).cloned().collect();
+        for model in gone {
+            tracing::info!(model, "no longer followed: its route and versions are removed");
+            let _ = self.gateway.rollouts.delete(&model).await;
+            for version in self.loaded.remove(&model).unwrap_or_default().into_keys() {
+                let _ = self.gateway.repository.unload_version(&model, version).await;
+            }
+            self.served.remove(&model);
+        }
+        crate::metrics::sync_applied_generation(state.generation);
+    }
+
+    /// Serves one followed model as the plan says. Failures of the canary leave
+    /// the stable version serving alone; failures of the stable version leave
+    /// whatever served before.
+    async fn apply_model(&mut self, rule: &Follow, model: Option<&DesiredModel>, online: bool) -> Applied<()> {
+        let failure = |version: Option<u64>, reason: FailureReason, message: String| Failure {
+            model: rule.model.clone(),
+            version: version.map(|v| v as i64),
+            reason,
+            message,
+        };
+        if self.gateway.repository.in_directory(&rule.model) {
+            return Err(failure(
+                None,
+                FailureReason::Conflict,
+                format!(
+                    "model '{}' is defined by both the model repository directory and the registry; the directory's serves",
+                    rule.model
+                ),
+            ));
+        }
+        let here = self.rolled_back.get(&rule.model).cloned().unwrap_or_default();
+        let mut want = plan(rule, model, self.served.get(&rule.model).copied(), &here)
+            .map_err(|e| failure(None, FailureReason::Missing, e.to_string()))?;
+        let Some(model) = model else { return Ok(()) };
+        self.hold_version(rule, model, want.stable, online).await?;
+        let mut canary_failure = None;
+        if let Some(canary) = want.canary
+            && let Err(f) = self.hold_version(rule, model, canary, online).await
+        {
+            want.canary = None;
+            canary_failure = Some(f);
+        }
+        self.route(rule, want).await.map_err(|e| failure(Some(want.stable), FailureReason::Load, e))?;
+        // Versions no longer wanted stop serving (in-flight requests finish); their
+        // directories stay, the newest few, so a rollback needs no download.
+        let wanted: BTreeSet<u64> = std::iter::once(want.stable).chain(want.canary).collect();
+        let loaded = self.loaded.entry(rule.model.clone()).or_default();
+        let leaving: Vec<u64> = loaded.keys().filter(|v| !wanted.contains(v)).copied().collect();
+        for version in leaving {
+            loaded.remove(&version);
+            let _ = self.gateway.repository.unload_version(&rule.model, version).await;
+        }
+        self.dirs.collect(&rule.model, &wanted, self.settings.keep_versions).await;
+        self.served.insert(rule.model.clone(), want);
+        canary_failure.map_or(Ok(()), Err)
+    }
+
+    /// Makes `version` of `rule`'s model present, verified and loaded.
+    async fn hold_version(&mut self, rule: &Follow, model: &DesiredModel, version: u64, online: bool) -> Applied<()> {
+        let failure = |reason: FailureReason, message: String| Failure {
+            model: rule.model.clone(),
+            version: Some(version as i64),
+            reason,
+            message,
+        };
+        let desired = model.versions.get(&(version as i64)).ok_or_else(|| {
+            failure(FailureReason::Missing, format!("version {version} is not READY in the registry"))
+        })?;
+        let digest = &desired.manifest_digest;
+        let ready = self.gateway.repository.resolve(&rule.model, Some(version)).is_ok();
+        if ready && self.loaded.get(&rule.model).and_then(|l| l.get(&version)) == Some(digest) {
+            return Ok(());
+        }
+        if !self.dirs.holds(&rule.model, version, digest).await
+            || (!online && self.settings.verify_on_start == Verify::Full)
+        {
+            for entry in &desired.files {
+                if online {
+                    self.cache
+                        .fetch(&self.control_plane, entry)
+                        .await
+                        .map_err(|e| failure(e.reason(), e.to_string()))?;
+                } else if !self.cache.has(entry, self.settings.verify_on_start).await {
+                    return Err(failure(
+                        FailureReason::FailedVerification,
+                        format!("{}: not in the cache or not as the manifest says", entry.path),
+                    ));
+                }
+            }
+            self.dirs
+                .materialize(&self.cache, &rule.model, version, desired)
+                .await
+                .map_err(|e| failure(e.reason(), e.to_string()))?;
+        }
+        let started = std::time::Instant::now();
+        self.gateway
+            .repository
+            .load_version(&rule.model, version)
+            .await
+            .map_err(|e| failure(FailureReason::Load, e.message().to_owned()))?;
+        tracing::info!(model = %rule.model, version, digest = %digest, load_ms = started.elapsed().as_millis() as u64,
+            "registry version loaded");
+        self.loaded.entry(rule.model.clone()).or_default().insert(version, digest.clone());
+        self.remembered.entry(rule.registered.clone()).or_default().insert(version as i64, desired.clone());
+        Ok(())
+    }
+
+    /// Puts the route `want` calls for, unless the one in force already is it (a
+    /// rollout in progress, paused by an operator or finished, is left alone).
+    async fn route(&self, rule: &Follow, want: Served) -> Result<(), String> {
+        let current = self.gateway.routes.get(&rule.model);
+        let spec = match want.canary {
+            Some(canary) => {
+                let running = current.as_ref().is_some_and(|r| {
+                    r.spec.rollout.as_ref().is_some_and(|p| p.canary == canary)
+                        && r.spec.targets.iter().any(|t| t.version == want.stable)
+                });
+                if running {
+                    return Ok(());
+                }
+                let rollout = rule.rollout.for_canary(canary)?;
+                let target = |version| TargetSpec { version, weight: None, max_in_flight: None };
+                RouteSpec {
+                    model: rule.model.clone(),
+                    targets: vec![target(want.stable), target(canary)],
+                    rules: Vec::new(),
+                    sticky_header: None,
+                    shadow: None,
+                    rollout: Some(rollout),
+                }
+            }
+            None => {
+                let pinned = current.as_ref().is_some_and(|r| {
+                    r.spec.rollout.is_none() && matches!(r.spec.targets.as_slice(), [t] if t.version == want.stable)
+                });
+                if pinned {
+                    return Ok(());
+                }
+                RouteSpec::weighted(&rule.model, &[(want.stable, 100)])
+            }
+        };
+        self.gateway.rollouts.put(spec, Source::Registry).await.map_err(|e| e.message().to_owned())?;
+        if let Some(canary) = want.canary {
+            tracing::info!(model = %rule.model, stable = want.stable, canary, "registry release started");
+        }
+        Ok(())
+    }
+
+    /// Looks for registry-started rollouts that ended; records each end once.
+    /// Returns whether one ended.
+    async fn watch_rollouts(&mut self) -> bool {
+        let mut ended = false;
+        let releases: Vec<(String, Served)> =
+            self.served.iter().filter(|(_, s)| s.canary.is_some()).map(|(m, s)| (m.clone(), *s)).collect();
+        for (model, served) in releases {
+            let Some(canary) = served.canary else { continue };
+            let Ok(status) = self.gateway.rollouts.status(&model).await else { continue };
+            let Some(rollout) = status.rollout.filter(|r| r.canary == canary && r.baseline == served.stable) else {
+                continue;
+            };
+            let outcome = match rollout.state {
+                Phase::Succeeded => Outcome::Promoted,
+                Phase::Failed => Outcome::RolledBack,
+                Phase::Progressing | Phase::Paused => continue,
+            };
+            let rule = self.rule_of(&model);
+            let reason = rollout.reason.clone().unwrap_or_else(|| format!("{outcome:?}"));
+            tracing::info!(model, stable = served.stable, canary, ?outcome, %reason, "registry release ended");
+            match outcome {
+                Outcome::Promoted => {
+                    self.served.insert(model.clone(), Served { stable: canary, canary: None });
+                }
+                Outcome::RolledBack => {
+                    self.rolled_back.entry(model.clone()).or_default().insert(canary);
+                    self.served.insert(model.clone(), Served { stable: served.stable, canary: None });
+                }
+            }
+            self.outcomes.push(RolloutOutcome {
+                model: rule.registered.clone(),
+                stable: served.stable as i64,
+                canary: canary as i64,
+                outcome,
+                stable_alias: rule.stable_alias.clone(),
+                canary_alias: rule.canary_alias.clone(),
+                on_rollback: rule.on_rollback,
+                reason,
+            });
+            ended = true;
+        }
+        ended
+    }
+
+    fn rule_of(&self, model: &str) -> Follow {
+        self.rules.iter().find(|r| r.model == model).cloned().unwrap_or_else(|| Follow::default_for(model))
+    }
+
+    /// Sends what was applied, what failed and the rollout ends; ends not
+    /// delivered are sent with the next report.
+    async fn report(&mut self) {
+        let Some(state) = &self.applied else { return };
+        let loaded = self
+            .loaded
+            .iter()
+            .flat_map(|(model, versions)| {
+                versions.iter().map(|(v, digest)| LoadedVersion {
+                    model: model.clone(),
+                    version: *v as i64,
+                    manifest_digest: digest.clone(),
+                })
+            })
+            .collect();
+        let report = Report {
+            applied_generation: state.generation,
+            loaded,
+            failures: self.failures.clone(),
+            rollouts: self.outcomes.clone(),
+        };
+        match self.control_plane.report(&self.id, &report).await {
+            Ok(()) => {
+                crate::metrics::control_plane_connected(true);
+                self.outcomes.clear();
+            }
+            Err(error) => {
+                crate::metrics::control_plane_connected(false);
+                crate::metrics::sync_failure("unreachable");
+                tracing::warn!(%error, "report not delivered; it is sent again with the next one");
+            }
+        }
+    }
+}
+
+/// Long-polls the control plane forever, handing each new state over; backs
+/// off with jitter while it does not answer.
+async fn poll_forever(
+    control_plane: ControlPlane,
+    id: String,
+    mut since: i64,
+    wait: Duration,
+    states: watch::Sender<Option<DesiredState>>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        match control_plane.poll(&id, since, wait).await {
+            Ok(Some(state)) => {
+                crate::metrics::control_plane_connected(true);
+                backoff = Backoff::default();
+                since = state.generation;
+                if states.send(Some(state)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                crate::metrics::control_plane_connected(true);
+                backoff = Backoff::default();
+            }
+            Err(error) => {
+                crate::metrics::control_plane_connected(false);
+                crate::metrics::sync_failure("unreachable");
+                let pause = backoff.next();
+                tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "control plane unreachable; serving what is loaded");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 250 ms to [`MAX_BACKOFF`], with full jitter (so a
+/// fleet of gateways does not return in step).
+#[derive(Debug)]
+struct Backoff {
+    ceiling: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { ceiling: Duration::from_millis(250) }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(MAX_BACKOFF);
+        let jitter = crate::routing::random::next_random() as f64 / u64::MAX as f64;
+        ceiling.mul_f64(0.5 + jitter / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_below_the_ceiling() {
+        let mut backoff = Backoff::default();
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.next()).collect();
+        assert!(pauses[0] <= Duration::from_millis(250) && pauses[0] >= Duration::from_millis(125));
+        assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));
+        assert!(pauses[11] >= MAX_BACKOFF / 2);
+    }
+}

@@ -1,0 +1,391 @@
+//! A gateway following a real control plane (SQLite, loopback), end to end
+//! with real ONNX Runtime: an alias set in the registry is fetched, verified,
+//! loaded and released as a canary; the rollout's end moves the aliases; a
+//! corrupted blob is refused while the previous version serves; a gateway
+//! restarted while the control plane is down serves its last-known-good state.
+#![allow(clippy::unwrap_used)] // helpers of tests: a panic is the failure report
+
+mod support_routing;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use modelgate::config::Config;
+use modelgate::gateway::Gateway;
+use modelgate::server::{Listeners, ServerOptions};
+use modelgate::sync::client::ControlPlane;
+use modelgate::sync::{Follow, FollowRule, Follower};
+use modelgate_registry::api::auth::{Auth, Token};
+use modelgate_registry::client::{Client, PushOptions};
+use modelgate_registry::manifest::Entry;
+use modelgate_registry::{Config as RegistryConfig, Registry};
+use support_routing::{Http, Kind, Repo, infer_body};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A control plane on loopback over SQLite.
+struct Plane {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Plane {
+    async fn start(dir: &Path) -> Plane {
+        let data_dir = dir.join("cp");
+        let config = RegistryConfig {
+            db_url: RegistryConfig::default_db_url(&data_dir),
+            data_dir: data_dir.clone(),
+            limits: Default::default(),
+            file_roots: Vec::new(),
+        };
+        let registry = Registry::open(&config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let auth = Auth::new(Token::new(TOKEN).unwrap(), &[]);
+        let task = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                let _ = modelgate_registry::api::serve(listener, registry, auth, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+        Plane { addr, registry, data_dir, stop: Some(stop), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = (&mut self.task).await;
+        self.registry.store.close().await;
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.addr.to_string(), Token::new(TOKEN).unwrap())
+    }
+
+    /// Pushes `path` as a new version of `model`, with `alias` set; returns its number.
+    async fn push(&self, model: &str, path: &Path, alias: Option<&str>) -> i64 {
+        let options = PushOptions { alias: alias.map(str::to_owned), actor: "test".into(), ..Default::default() };
+        self.client().push(model, path, options).await.unwrap()["version"].as_i64().unwrap()
+    }
+
+    async fn set_alias(&self, model: &str, alias: &str, version: i64) {
+        self.client().set_alias(model, alias, version, None, "test", "release").await.unwrap();
+    }
+
+    async fn alias(&self, model: &str, alias: &str) -> Option<i64> {
+        self.registry.store.alias(model, alias).await.unwrap().map(|a| a.version)
+    }
+}
+
+/// A gateway following `control_plane`, with its pulled state under `data_dir`.
+struct Follows {
+    gateway: Arc<Gateway>,
+    http: String,
+    stop: Option<oneshot::Sender<()>>,
+    follower: tokio::task::JoinHandle<()>,
+    _repo: tempfile::TempDir,
+}
+
+impl Follows {
+    async fn start(data_dir: &Path, control_plane: &str, rules: &[&str]) -> Follows {
+        let repo = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.repository.path = repo.path().to_owned();
+        config.repository.strict_readiness = false;
+        config.sync.data_dir = data_dir.to_owned();
+        config.follow = rules.iter().map(|r| toml::from_str::<FollowRule>(r).unwrap()).collect();
+        config.validate().unwrap();
+        let follow: Vec<Follow> = config.follow_rules().unwrap();
+        let gateway = modelgate::start(&config, modelgate::loaders(&config)).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServerOptions { drain_timeout: Duration::from_secs(2), ..ServerOptions::from(&config.server) };
+        tokio::spawn(modelgate::server::serve(
+            gateway.clone(),
+            Listeners { http: listener, grpc: None, metrics: None },
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = ControlPlane::new(control_plane, Token::new(TOKEN).unwrap()).unwrap();
+        let follower = Follower::new(gateway.clone(), config.sync.clone(), follow, client).unwrap();
+        let follower = tokio::spawn(follower.run());
+        Follows { gateway, http, stop: Some(stop), follower, _repo: repo }
+    }
+
+    async fn infer(&self, model: &str, seed: u32) -> (StatusCode, Option<u64>) {
+        let url = format!("http://{}/v2/models/{model}/infer", self.http);
+        let reply = Http::default().send(Method::POST, url, &[], Some(infer_body(seed))).await;
+        (reply.status, reply.version())
+    }
+
+    /// Waits until `model` answers from `version`.
+    async fn serves(&self, model: &str, version: u64, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.infer(model, 1).await.1 == Some(version) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < within, "{model} never answered from version {version}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Follows {
+    fn drop(&mut self) {
+        self.follower.abort();
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// Waits for `check` to hold, polling.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A model directory of one version of `kind` (config.pbtxt + 1/model.onnx).
+fn model_dir(kind: Kind) -> Repo {
+    Repo::new("m", &[(1, kind)])
+}
+
+/// A fast rollout, so a release ends within seconds.
+const FAST: &str = "rollout = { step_weights = [50, 100], interval = \"1s\", check_interval = \"100ms\", \
+                    window = \"2s\", min_requests = 5, threshold = 1, max_p99_latency = \"5s\" }";
+
+fn rule(model: &str, canary_alias: Option<&str>) -> String {
+    let canary = canary_alias.map(|a| format!("canary_alias = \"{a}\"\n")).unwrap_or_default();
+    format!("model = \"{model}\"\nsource = \"models:/{model}@champion\"\n{canary}{FAST}")
+}
+
+/// Sends requests to `model` from a few tasks until `stop`; counts failures.
+fn drive(
+    gateway: &Arc<Follows>,
+    model: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks = (0..4)
+        .map(|c| {
+            let (gateway, stop, failed) = (gateway.clone(), stop.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut seed = c * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    seed += 1;
+                    if gateway.infer(model, seed).await.0 != StatusCode::OK {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    (failed, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_challenger_set_in_the_registry_is_released_as_a_canary_and_its_promotion_moves_the_champion() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let gateway = Arc::new(Follows::start(&dir.path().join("gw"), &cp, &[&rule("fraud", Some("challenger"))]).await);
+    let (one, two) = (model_dir(Kind::Mlp), model_dir(Kind::Mlp));
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+
+    // The same bytes as version 1: nothing to download, the load alone.
+    let set = Instant::now();
+    plane.push("fraud", &two.path().join("m"), Some("challenger")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, tasks) = drive(&gateway, "fraud", stop.clone());
+    let canary_after = gateway.serves("fraud", 2, Duration::from_secs(20)).await;
+    eprintln!("challenger set -> canary traffic: {:?}", set.elapsed().min(canary_after + Duration::from_secs(1)));
+    eventually("the champion moved to 2", Duration::from_secs(30), || async {
+        plane.alias("fraud", "champion").await == Some(2)
+    })
+    .await;
+    assert_eq!(plane.alias("fraud", "challenger").await, None, "promotion clears the challenger");
+    eventually("version 1 unloaded", Duration::from_secs(10), || async {
+        gateway.gateway.repository.resolve("fraud", Some(1)).is_err()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a healthy release fails no request");
+    let history = plane.registry.store.alias_history("fraud", Some("champion")).await.unwrap();
+    assert_eq!(history.last().unwrap().actor, "rollout");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_champion_that_fails_is_rolled_back_and_the_alias_moves_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let gateway = Arc::new(Follows::start(&dir.path().join("gw"), &cp, &[&rule("fraud", None)]).await);
+    let (good, bad) = (model_dir(Kind::Mlp), model_dir(Kind::Failing));
+    plane.push("fraud", &good.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    plane.push("fraud", &bad.path().join("m"), Some("champion")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_failed, tasks) = drive(&gateway, "fraud", stop.clone());
+    eventually("the champion moved back to 1", Duration::from_secs(30), || async {
+        plane.alias("fraud", "champion").await == Some(1)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = plane.registry.store.desired_state().await.unwrap();
+    assert!(state.models["fraud"].rolled_back.contains(&2), "version 2 is tagged rolled back");
+    // Nothing starts version 2 again: a minute of requests would show it; a burst is enough here.
+    for seed in 0..50 {
+        assert_eq!(gateway.infer("fraud", seed).await, (StatusCode::OK, Some(1)));
+    }
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_corrupted_in_the_store_is_refused_and_the_serving_version_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let data_dir = dir.path().join("gw");
+    let gateway = Follows::start(&data_dir, &cp, &[&rule("fraud", None)]).await;
+    let (good, other) = (model_dir(Kind::Mlp), model_dir(Kind::Slow));
+    plane.push("fraud", &good.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    let v2 = plane.push("fraud", &other.path().join("m"), None).await;
+    let version = plane.registry.store.require_version("fraud", v2).await.unwrap();
+    let model_file: &Entry = version.manifest.as_ref().unwrap().iter().find(|e| e.path.ends_with(".onnx")).unwrap();
+    let blob = plane.data_dir.join("blobs").join("sha256").join(model_file.sha256.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    plane.set_alias("fraud", "champion", v2).await;
+
+    eventually("the gateway reports failed_verification", Duration::from_secs(20), || async {
+        plane.registry.store.gateways().await.unwrap().iter().any(|g| {
+            g.report.failures.iter().any(|f| f.reason == modelgate_registry::sync::FailureReason::FailedVerification)
+        })
+    })
+    .await;
+    assert_eq!(gateway.infer("fraud", 7).await, (StatusCode::OK, Some(1)), "version 1 keeps serving");
+    assert!(gateway.gateway.repository.resolve("fraud", Some(2)).is_err(), "version 2 was never loaded");
+    let cached = data_dir.join("gateway/cache/blobs/sha256").join(model_file.sha256.hex());
+    assert!(!cached.exists(), "unverified bytes never reach the cache");
+    assert!(!data_dir.join("gateway/models/fraud/2").exists(), "nor a version directory");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_restarted_while_the_control_plane_is_down_serves_its_last_known_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let data_dir = dir.path().join("gw");
+    let good = model_dir(Kind::Mlp);
+    plane.push("fraud", &good.path().join("m"), Some("champion")).await;
+    let first = Follows::start(&data_dir, &cp, &[]).await;
+    first.serves("fraud", 1, Duration::from_secs(20)).await;
+    eventually("the snapshot is written", Duration::from_secs(10), || async {
+        data_dir.join("gateway/state/snapshot.json").exists()
+    })
+    .await;
+    drop(first);
+    plane.stop().await;
+
+    let started = Instant::now();
+    let second = Follows::start(&data_dir, &cp, &[]).await;
+    let ready = second.serves("fraud", 1, Duration::from_secs(10)).await;
+    eprintln!("restart with the control plane down -> serving the last-known-good state: {:?}", started.elapsed());
+    assert!(ready < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_that_cannot_load_or_does_not_exist_is_reported_while_the_others_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let good = model_dir(Kind::Mlp);
+    plane.push("good", &good.path().join("m"), Some("champion")).await;
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(broken.path().join("1")).unwrap();
+    std::fs::write(broken.path().join("1/model.onnx"), b"not an onnx model").unwrap();
+    plane.push("broken", broken.path(), Some("champion")).await;
+    let rules = [rule("good", None), rule("broken", None), rule("ghost", None)];
+    let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+    let gateway = Follows::start(&dir.path().join("gw"), &cp, &rules).await;
+    gateway.serves("good", 1, Duration::from_secs(20)).await;
+    eventually("both failures reported", Duration::from_secs(20), || async {
+        let gateways = plane.registry.store.gateways().await.unwrap();
+        let Some(report) = gateways.first().map(|g| &g.report) else { return false };
+        let reason = |model: &str| report.failures.iter().find(|f| f.model == model).map(|f| f.reason);
+        use modelgate_registry::sync::FailureReason::{Load, Missing};
+        reason("broken") == Some(Load) && reason("ghost") == Some(Missing)
+    })
+    .await;
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_from_the_bytes_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let file = dir.path().join("weights.bin");
+    std::fs::write(&file, &data).unwrap();
+    plane.registry.store.create_model("big", "", &Default::default()).await.unwrap();
+    let digest = modelgate_registry::digest::Digest::of(&data);
+    let entry = Entry { path: "weights.bin".into(), size: data.len() as u64, sha256: digest };
+    // The blob goes in through the registry's own store.
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
+    plane.registry.blobs.put(&digest, data.len() as u64, stream).await.unwrap();
+
+    let cache_root = dir.path().join("cache");
+    let cache = modelgate::sync::cache::BlobCache::open(&cache_root).unwrap();
+    // A download cut off after 1 MB left this behind.
+    let part = cache_root.join("tmp").join(format!("{}.part", digest.hex()));
+    std::fs::write(&part, &data[..1_000_000]).unwrap();
+    let control_plane = ControlPlane::new(&format!("http://{}", plane.addr), Token::new(TOKEN).unwrap()).unwrap();
+    let downloaded = cache.fetch(&control_plane, &entry).await.unwrap();
+    assert_eq!(downloaded, 2_000_000, "only the missing bytes are fetched");
+    assert_eq!(std::fs::read(cache.path(&digest)).unwrap(), data);
+    assert!(!part.exists());
+
+    // A .part whose bytes are wrong verifies wrong at the end: deleted, never renamed into place.
+    std::fs::remove_file(cache.path(&digest)).unwrap();
+    let mut wrong = data[..1_000_000].to_vec();
+    wrong[10] ^= 0xff;
+    std::fs::write(&part, &wrong).unwrap();
+    let refused = cache.fetch(&control_plane, &entry).await.unwrap_err();
+    assert_eq!(refused.reason(), modelgate_registry::sync::FailureReason::FailedVerification, "{refused}");
+    assert!(!part.exists() && !cache.path(&digest).exists());
+    assert_eq!(cache.fetch(&control_plane, &entry).await.unwrap(), 3_000_000, "a fresh download then succeeds");
+    plane.stop().await;
+}
