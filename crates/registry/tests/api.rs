@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Server, TOKEN, answer, backends, error_of};
+use modelgate_registry::RegistryError;
 use modelgate_registry::digest::Digest;
+use modelgate_registry::types::NewVersion;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -347,6 +349,28 @@ async fn state_survives_a_restart_and_stale_uploads_are_cleaned() {
         assert_eq!(alias["version"], v);
         let (_, g) = server.get("/cp/v1/generation").await;
         assert_eq!(g["generation"], 3);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_version_number_chosen_by_the_caller_must_be_above_every_existing_one() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        server.create_model("fraud").await;
+        let store = &server.registry.store;
+        let new =
+            || NewVersion { source: "modelgate:manifest".into(), creator: "test".into(), ..NewVersion::default() };
+        assert_eq!(store.create_version_numbered("fraud", Some(5), new()).await.unwrap().version, 5);
+        let refused = store.create_version_numbered("fraud", Some(3), new()).await.unwrap_err();
+        assert!(matches!(refused, RegistryError::Conflict(_)), "{backend:?}: {refused}");
+        let refused = store.create_version_numbered("fraud", Some(5), new()).await.unwrap_err();
+        assert!(matches!(refused, RegistryError::Conflict(_)), "{backend:?}: {refused}");
+        assert_eq!(
+            store.create_version("fraud", new()).await.unwrap().version,
+            6,
+            "{backend:?}: numbers go on from the highest"
+        );
         server.stop().await;
     }
 }
