@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/cp/v1/models/{model}/aliases/{alias}", get(get_alias).put(set_alias).delete(delete_alias))
         .route("/cp/v1/models/{model}/history", get(history))
         .route("/cp/v1/events", get(events))
+        .route("/cp/v1/mirror", get(mirror))
 }
 
 fn json(status: StatusCode, value: impl serde::Serialize) -> Response {
@@ -301,4 +302,10 @@ async fn events(State(registry): Shared, Query(query): Query<HashMap<String, Str
     let limit = number("limit", 100)?.clamp(1, 1000);
     let events = registry.store.events(since, limit).await?;
     Ok(json(StatusCode::OK, json!({ "generation": registry.store.generation().await?, "events": events })))
+}
+
+// === mirror ===
+
+async fn mirror(State(registry): Shared) -> Answer {
+    Ok(json(StatusCode::OK, registry.mirror.report()))
 }
