@@ -202,7 +202,8 @@ def test_mirror_imports_versions_with_their_bytes_and_follows_the_alias(mlflow_s
 
     data_dir = tmp_path / "data"
     db = database_args(backend)
-    mirror_args = [*db, "--mirror-mlflow", mlflow_server, "--mirror-interval", "1"]
+    # The upstream is shared by both backends' runs: each follows only its own models.
+    mirror_args = [*db, "--mirror-mlflow", mlflow_server, "--mirror-models", f"{model},{broken}", "--mirror-interval", "1"]
     with running_control_plane(data_dir, mirror_args) as cp:
         cp_started = time.monotonic()
         versions = _wait_for(
