@@ -256,3 +256,14 @@ def test_mirror_imports_versions_with_their_bytes_and_follows_the_alias(mlflow_s
     print(f"\nmirror [{backend}]: versions and alias in place {imported_after:.1f} s after the control plane started, "
           f"an alias move followed in {followed_after:.1f} s; whole test {time.monotonic() - started:.1f} s "
           "(MLflow server start not counted)", file=sys.stderr)
+
+
+def test_an_unreachable_upstream_is_reported_and_the_registry_still_serves(tmp_path):
+    # A port nothing listens on: bound, then closed.
+    upstream = f"http://127.0.0.1:{_free_port()}"
+    args = ["--mirror-mlflow", upstream, "--mirror-interval", "1"]
+    with running_control_plane(tmp_path / "data", args) as cp:
+        report = _wait_for("two failed polls", lambda: (r := _get(cp, "/cp/v1/mirror")[1])["polls"] >= 2 and r)
+        assert report["errors"] >= 2 and report["imported"] == 0
+        assert upstream in report["last_errors"]["*"]
+        assert _get(cp, "/cp/v1/models")[0] == 200
