@@ -15,6 +15,9 @@
 #            models/make_models.py and for reference outputs in tests.
 #   client   .venv/client: tritonclient[all] 2.50.0 with its perf_analyzer binary, onnxruntime, pytest,
 #            numpy, mlflow-skinny (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
+#   mlflow-server  .venv/mlflow-server: the full `mlflow` 3.17.2 server (requirements-mlflow-server.txt,
+#            about 850 MB), which tests/registry/test_mirror.py runs as the upstream of mirror mode.
+#            Not a default: without it that test makes its own venv under target/ (or skips offline).
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
 #            libonnxruntime.so with the CUDA execution provider beside it -> .native/onnxruntime-gpu/lib/.
 #            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
@@ -221,6 +224,11 @@ step_client() {
     fi
 }
 
+# .venv/mlflow-server: a real MLflow tracking server, the upstream the mirror test follows.
+step_mlflow_server() {
+    ensure_venv mlflow-server scripts/requirements-mlflow-server.txt
+}
+
 # The Python 3.12 interpreter for .venv/pytriton (Triton's Python backend is built for 3.12).
 find_python312() {
     local candidate
@@ -310,7 +318,7 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::api::auth::{Auth, TOKEN_ENV, Token};
 use crate::manifest::Limits;
+use crate::mirror::{MirrorArgs, MirrorError};
 use crate::{Config, Registry, RegistryError};
 
 /// Flags of `modelgate control-plane`.
@@ -39,6 +40,9 @@ pub struct ControlPlaneArgs {
     /// Most files in one version.
     #[arg(long, default_value_t = Limits::default().max_files)]
     pub max_files: usize,
+    /// Mirror mode.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 }
 
 /// Why the control plane could not start.
@@ -50,6 +54,9 @@ pub enum StartError {
     /// The registry would not open.
     #[error("cannot open the registry: {0}")]
     Registry(#[from] RegistryError),
+    /// The mirror flags are wrong.
+    #[error("{0}")]
+    Mirror(#[from] MirrorError),
     /// The port would not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -90,17 +97,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let token = args.token()?;
+    let mirror = args.mirror.config()?;
     let registry = Registry::open(&args.config()).await?;
     let addr = SocketAddr::new(args.address, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     println!("control plane listening on {bound}");
     let auth = Auth::new(token, &args.allowed_hosts);
-    crate::api::serve(listener, registry.clone(), auth, shutdown)
-        .await
-        .map_err(|source| StartError::Bind { addr: bound, source })?;
+    let mirror = mirror.map(|config| crate::mirror::spawn(registry.clone(), config));
+    let served = crate::api::serve(listener, registry.clone(), auth, shutdown).await;
+    if let Some(mirror) = mirror {
+        mirror.abort();
+    }
     registry.store.close().await;
-    Ok(())
+    served.map_err(|source| StartError::Bind { addr: bound, source })
 }
 
 /// The control plane embedded in `modelgate serve` (single node, zero set-up).
@@ -114,6 +124,9 @@ pub struct EmbeddedArgs {
     /// The embedded control plane's state: registry.db (SQLite) and blobs/.
     #[arg(long, default_value = ".modelgate")]
     pub data_dir: PathBuf,
+    /// Mirror mode for the embedded control plane.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 }
 
 /// The default port of the embedded control plane.
@@ -141,7 +154,9 @@ pub async fn spawn_embedded(
         file_roots: Vec::new(),
         max_blob_size: Limits::default().max_blob_size,
         max_files: Limits::default().max_files,
+        mirror: args.mirror.clone(),
     };
+    let mirror = full.mirror.config()?;
     let token = match full.token() {
         Ok(token) => token,
         Err(error) => {
@@ -163,9 +178,13 @@ pub async fn spawn_embedded(
     let registry = Registry::open(&full.config()).await?;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded control plane listening");
     let auth = Auth::new(token, &[]);
+    let mirror = mirror.map(|config| crate::mirror::spawn(registry.clone(), config));
     Ok(Some(tokio::spawn(async move {
         if let Err(error) = crate::api::serve(listener, registry.clone(), auth, shutdown).await {
             tracing::error!(%error, "embedded control plane stopped");
+        }
+        if let Some(mirror) = mirror {
+            mirror.abort();
         }
         registry.store.close().await;
     })))

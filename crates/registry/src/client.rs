@@ -1,10 +1,15 @@
 //! `modelgate registry ...`: push a model directory (hashing it, uploading
-//! only the blobs the registry lacks), list versions, show one, move an
-//! alias, read the alias history, and pull a version into a directory,
-//! verifying every file's size and sha256 before it is renamed into place.
+//! only the blobs the registry lacks, resuming an upload that broke off),
+//! list versions, show one, move an alias, read the alias history, and pull a
+//! version into a directory, verifying every file's size and sha256 before it
+//! is renamed into place.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -201,11 +206,7 @@ impl Client {
             if present {
                 println!("{rel}: {size} bytes, already in the registry");
             } else {
-                let handle = tokio::fs::File::open(file).await.map_err(|e| local(file, e))?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
-                let request = self.request(Method::PUT, &blob).header("content-length", size).body(body);
-                self.json(request).await?;
-                println!("{rel}: {size} bytes uploaded");
+                self.upload(rel, file, &digest, size).await?;
             }
             if rel == "config.pbtxt" {
                 config_pbtxt = tokio::fs::read_to_string(file).await.ok();
@@ -247,6 +248,102 @@ impl Client {
             self.set_alias(model, &alias, number, None, &options.actor, "registry push").await?;
         }
         Ok(version)
+    }
+
+    /// Uploads one blob, resuming from what the control plane holds of it: after a broken
+    /// connection it asks how much arrived and sends only the rest (up to [`UPLOAD_ATTEMPTS`]
+    /// tries; a later push resumes too). Shows progress while it runs.
+    pub async fn upload(&self, rel: &str, file: &Path, digest: &Digest, size: u64) -> Result<Uploaded, ClientError> {
+        let mut progress = Progress::new(rel, size);
+        let mut report = Uploaded { last_sent: 0, resumed_from: 0, tries: 0 };
+        loop {
+            report.tries += 1;
+            let outcome = match self.upload_offset(digest).await {
+                Ok(Some(held)) if held >= size => {
+                    progress.done(&report);
+                    return Ok(report);
+                }
+                Ok(Some(held)) => {
+                    if held > 0 {
+                        report.resumed_from = held;
+                        progress.note(&format!("resuming at byte {held} of {size}"));
+                    }
+                    self.send_from(file, digest, held, size, &mut progress, &mut report.last_sent).await
+                }
+                // Another upload of this blob runs (or the server has not yet noticed that
+                // ours broke off): wait for it.
+                Ok(None) => Err(ClientError::Api {
+                    status: StatusCode::CONFLICT,
+                    message: format!("an upload of {digest} is in progress"),
+                }),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    progress.done(&report);
+                    return Ok(report);
+                }
+                Err(error) if report.tries < UPLOAD_ATTEMPTS && retryable(&error) => {
+                    progress.note(&format!("interrupted ({error}); retrying"));
+                    tokio::time::sleep(RETRY_PAUSE * report.tries).await;
+                }
+                Err(error) => {
+                    progress.abandon();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Bytes of `digest` the control plane holds; `None` while an upload of it runs. A server
+    /// without resumable uploads (404 on the endpoint) holds nothing.
+    async fn upload_offset(&self, digest: &Digest) -> Result<Option<u64>, ClientError> {
+        match self.json(self.request(Method::GET, &format!("/cp/v1/uploads/{digest}"))).await {
+            Ok((_, body)) => Ok(Some(body["received"].as_u64().unwrap_or(0))),
+            Err(ClientError::Api { status: StatusCode::CONFLICT, .. }) => Ok(None),
+            Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One PUT of the blob's bytes from `start` (a plain upload from 0, else `Content-Range`).
+    async fn send_from(
+        &self,
+        file: &Path,
+        digest: &Digest,
+        start: u64,
+        size: u64,
+        progress: &mut Progress,
+        sent: &mut u64,
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncSeekExt;
+        let mut handle = tokio::fs::File::open(file).await.map_err(|e| local(file, e))?;
+        handle.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| local(file, e))?;
+        let counter = Arc::new(AtomicU64::new(0));
+        let read = counter.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(handle, 256 << 10).map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            chunk
+        });
+        let mut request = self
+            .request(Method::PUT, &format!("/cp/v1/blobs/{digest}"))
+            .header("content-length", size - start)
+            .body(reqwest::Body::wrap_stream(stream));
+        if start > 0 {
+            request = request.header("content-range", format!("bytes {start}-{}/{size}", size - 1));
+        }
+        let mut answer = std::pin::pin!(self.json(request));
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let result = loop {
+            tokio::select! {
+                result = &mut answer => break result,
+                _ = tick.tick() => progress.show(start + read.load(Ordering::Relaxed)),
+            }
+        };
+        *sent = read.load(Ordering::Relaxed);
+        result.map(|_| ())
     }
 
     /// Moves an alias; with `if_match`, only from that generation.
@@ -332,6 +429,101 @@ impl Client {
         }
         out.sync_all().await.map_err(|e| local(temp, e))?;
         Ok(())
+    }
+}
+
+/// Tries of one blob upload before a push gives up (a later push still resumes).
+pub const UPLOAD_ATTEMPTS: u32 = 5;
+/// Pause before the next try, times the number of tries so far.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Uploads at least this large print plain progress lines every quarter when not on a terminal.
+const PLAIN_PROGRESS_FROM: u64 = 16 << 20;
+
+/// What one blob upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Bytes of the blob the last try sent (a resumed try sends only the rest).
+    pub last_sent: u64,
+    /// Where the last resume started (0: never resumed).
+    pub resumed_from: u64,
+    /// Tries, the last included.
+    pub tries: u32,
+}
+
+/// Whether an upload error may pass on a new try: the connection broke, the server had not yet
+/// noticed, or it answered 5xx.
+fn retryable(error: &ClientError) -> bool {
+    match error {
+        ClientError::Http(_) => true,
+        ClientError::Api { status, .. } => *status == StatusCode::CONFLICT || status.is_server_error(),
+        _ => false,
+    }
+}
+
+/// One blob's upload progress: a line redrawn in place on a terminal, plain lines otherwise.
+struct Progress {
+    rel: String,
+    total: u64,
+    terminal: bool,
+    /// Quarters already reported as plain lines.
+    quarters: u64,
+    drawn: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(rel: &str, total: u64) -> Progress {
+        Progress {
+            rel: rel.to_owned(),
+            total,
+            terminal: std::io::stdout().is_terminal(),
+            quarters: 0,
+            drawn: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, held: u64) {
+        let percent = held.saturating_mul(100).checked_div(self.total).unwrap_or(100);
+        if self.terminal {
+            print!("\r{}: {held} / {} bytes ({percent}%)\x1b[K", self.rel, self.total);
+            let _ = std::io::stdout().flush();
+            self.drawn = true;
+        } else if self.total >= PLAIN_PROGRESS_FROM && percent / 25 > self.quarters && percent < 100 {
+            self.quarters = percent / 25;
+            println!("{}: {held} / {} bytes ({percent}%)", self.rel, self.total);
+        }
+    }
+
+    /// A line of its own, not overwritten by the progress line.
+    fn note(&mut self, text: &str) {
+        self.abandon();
+        println!("{}: {text}", self.rel);
+    }
+
+    fn abandon(&mut self) {
+        if self.drawn {
+            println!();
+            self.drawn = false;
+        }
+    }
+
+    fn done(&mut self, report: &Uploaded) {
+        if self.terminal {
+            print!("\r\x1b[K");
+            self.drawn = false;
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        if report.resumed_from > 0 {
+            println!(
+                "{}: {} bytes uploaded (resumed at byte {}: the last of {} tries sent {} bytes; {seconds:.1} s)",
+                self.rel, self.total, report.resumed_from, report.tries, report.last_sent
+            );
+        } else {
+            println!("{}: {} bytes uploaded ({seconds:.1} s)", self.rel, self.total);
+        }
     }
 }
 

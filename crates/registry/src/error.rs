@@ -70,6 +70,16 @@ pub enum RegistryError {
         /// Bytes received before the end (or before the excess was noticed).
         received: u64,
     },
+    /// A resumed upload that does not start where the held part ends.
+    #[error(
+        "the upload resumes at byte {given}, but the control plane holds {held} bytes of this blob; resume at {held}"
+    )]
+    UploadOffset {
+        /// Where the client's `Content-Range` starts.
+        given: u64,
+        /// Bytes the part holds.
+        held: u64,
+    },
     /// An upload without a declared size.
     #[error("an upload needs a Content-Length header (the declared size)")]
     LengthRequired,
@@ -107,7 +117,7 @@ impl RegistryError {
             DigestMismatch { .. } | SizeMismatch { .. } | Incomplete { .. } => StatusCode::BAD_REQUEST,
             MissingBlob { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             NotFound(_) => StatusCode::NOT_FOUND,
-            AlreadyExists(_) | Conflict(_) => StatusCode::CONFLICT,
+            AlreadyExists(_) | Conflict(_) | UploadOffset { .. } => StatusCode::CONFLICT,
             PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             LengthRequired => StatusCode::LENGTH_REQUIRED,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -14,19 +14,12 @@ use crate::manifest::{Entry, Manifest, check_path};
 use crate::types::{Format, Status};
 
 /// Largest `config.pbtxt` read into the version record.
-const MAX_CONFIG_PBTXT: u64 = 1 << 20;
+pub(crate) const MAX_CONFIG_PBTXT: u64 = 1 << 20;
 
 /// Where a source's files are, refusing sources the registry does not import.
 pub fn resolve_source(registry: &Registry, source: &str) -> Result<PathBuf, RegistryError> {
-    if let Some(rest) = source.strip_prefix("mlflow-artifacts:") {
-        // `mlflow-artifacts:/path` or `mlflow-artifacts://host:port/path`.
-        let path = match rest.strip_prefix("//") {
-            Some(with_host) => with_host.split_once('/').map_or("", |(_, p)| p),
-            None => rest.trim_start_matches('/'),
-        };
-        check_path(path.trim_end_matches('/'))
-            .map_err(|e| RegistryError::InvalidArgument(format!("source '{source}': {e}")))?;
-        return Ok(registry.artifacts_root.join(path.trim_end_matches('/')));
+    if let Some(path) = mlflow_artifacts_path(source) {
+        return Ok(registry.artifacts_root.join(path?));
     }
     if let Some(path) = source.strip_prefix("file://") {
         let canonical = std::fs::canonicalize(path).map_err(|_| {
@@ -48,6 +41,18 @@ pub fn resolve_source(registry: &Registry, source: &str) -> Result<PathBuf, Regi
     Err(RegistryError::Unsupported(format!(
         "source '{source}': expected mlflow-artifacts:/<path> (uploaded through the artifact proxy) or an allowed file:// path"
     )))
+}
+
+/// The checked path inside the artifact store of an `mlflow-artifacts:/path` or
+/// `mlflow-artifacts://host:port/path` URI; `None` for any other scheme.
+pub(crate) fn mlflow_artifacts_path(source: &str) -> Option<Result<&str, RegistryError>> {
+    let rest = source.strip_prefix("mlflow-artifacts:")?;
+    let path = match rest.strip_prefix("//") {
+        Some(with_host) => with_host.split_once('/').map_or("", |(_, p)| p),
+        None => rest.trim_start_matches('/'),
+    };
+    let path = path.trim_end_matches('/');
+    Some(check_path(path).map(|()| path).map_err(|e| RegistryError::InvalidArgument(format!("source '{source}': {e}"))))
 }
 
 /// Starts importing `version` of `model` from `source` in the background; the handle ends

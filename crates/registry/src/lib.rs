@@ -7,6 +7,7 @@
 //! - [`blobs`]: content-addressed files under `<data-dir>/blobs/sha256/`.
 //! - [`error`]: the one error type and its HTTP status mapping.
 //! - [`import`]: hashing a version's source files into blobs in the background.
+//! - [`mirror`]: mirror mode, following an external MLflow Model Registry.
 //! - [`cli`]: the `control-plane` flags and runner; [`client`]: `modelgate registry ...`.
 //! - [`sync`]: the desired state gateways pull and the reports they send back.
 //! - [`api`]: `/cp/v1`, the MLflow subset and the artifact proxy, behind a bearer token.
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod import;
 pub mod manifest;
+pub mod mirror;
 pub mod name;
 pub mod store;
 pub mod sync;
@@ -67,6 +69,8 @@ pub struct Registry {
     pub artifacts_root: PathBuf,
     /// Allowed `file://` roots, canonical.
     pub file_roots: Vec<PathBuf>,
+    /// What mirror mode has done (empty when it is off).
+    pub mirror: mirror::MirrorStatus,
 }
 
 impl Registry {
@@ -83,7 +87,14 @@ impl Registry {
         let blobs = BlobStore::open(&config.data_dir, config.limits.max_blob_size).await?;
         let store = Store::connect(&config.db_url).await?;
         let file_roots = config.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
-        let registry = Arc::new(Registry { store, blobs, limits: config.limits, artifacts_root, file_roots });
+        let registry = Arc::new(Registry {
+            store,
+            blobs,
+            limits: config.limits,
+            artifacts_root,
+            file_roots,
+            mirror: mirror::MirrorStatus::default(),
+        });
         import::resume_pending(&registry).await?;
         Ok(registry)
     }

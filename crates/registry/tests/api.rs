@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Server, TOKEN, answer, backends, error_of};
+use modelgate_registry::RegistryError;
 use modelgate_registry::digest::Digest;
+use modelgate_registry::types::NewVersion;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +83,7 @@ async fn blobs_are_verified_stored_once_and_served_with_ranges() {
 }
 
 #[tokio::test]
-async fn an_upload_cut_off_midway_leaves_no_blob_and_no_temp_file() {
+async fn an_upload_cut_off_midway_leaves_no_blob_only_the_part_to_resume() {
     for backend in backends() {
         let server = Server::start(backend).await;
         let bytes = vec![42u8; 100_000];
@@ -97,15 +99,21 @@ async fn an_upload_cut_off_midway_leaves_no_blob_and_no_temp_file() {
         // Give the server time to start writing the temp file, then go away.
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(socket);
-        let mut cleaned = false;
+        let mut held = None;
         for _ in 0..50 {
-            if temp_files(&server) == 0 {
-                cleaned = true;
+            // 409 while the server has not yet noticed the cut.
+            let (status, body) = server.get(&format!("/cp/v1/uploads/{digest}")).await;
+            if status == StatusCode::OK {
+                held = Some(body);
                 break;
             }
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(cleaned, "{backend:?}: the partial upload's temp file was removed");
+        let held = held.expect("the server noticed the cut");
+        assert_eq!(held["received"], 50_000, "{backend:?}: {held}");
+        assert_eq!(held["complete"], false);
+        assert_eq!(temp_files(&server), 1, "{backend:?}: only the part to resume is left");
         let (status, _) = server.get(&format!("/cp/v1/blobs/{digest}")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -347,6 +355,61 @@ async fn state_survives_a_restart_and_stale_uploads_are_cleaned() {
         assert_eq!(alias["version"], v);
         let (_, g) = server.get("/cp/v1/generation").await;
         assert_eq!(g["generation"], 3);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_version_number_chosen_by_the_caller_must_be_above_every_existing_one() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        server.create_model("fraud").await;
+        let store = &server.registry.store;
+        let new =
+            || NewVersion { source: "modelgate:manifest".into(), creator: "test".into(), ..NewVersion::default() };
+        assert_eq!(store.create_version_numbered("fraud", Some(5), new()).await.unwrap().version, 5);
+        let refused = store.create_version_numbered("fraud", Some(3), new()).await.unwrap_err();
+        assert!(matches!(refused, RegistryError::Conflict(_)), "{backend:?}: {refused}");
+        let refused = store.create_version_numbered("fraud", Some(5), new()).await.unwrap_err();
+        assert!(matches!(refused, RegistryError::Conflict(_)), "{backend:?}: {refused}");
+        assert_eq!(
+            store.create_version("fraud", new()).await.unwrap().version,
+            6,
+            "{backend:?}: numbers go on from the highest"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_upload_appends_at_the_held_offset_and_is_refused_elsewhere() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        let bytes = b"0123456789".repeat(10);
+        let digest = Digest::of(&bytes);
+        let url = server.url(&format!("/cp/v1/blobs/{digest}"));
+        let put = |range: &str, part: &[u8]| {
+            server.http.put(&url).header("content-range", range.to_owned()).body(part.to_vec()).send()
+        };
+        // The first 40 bytes as a range of their own: kept, 202, Upload-Offset says so.
+        let first = put("bytes 0-39/100", &bytes[..40]).await.unwrap();
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        assert_eq!(first.headers()["upload-offset"], "40");
+        let (status, held) = server.get(&format!("/cp/v1/uploads/{digest}")).await;
+        assert_eq!((status, held["received"].as_u64()), (StatusCode::OK, Some(40)));
+
+        let (status, body) = answer(put("bytes 50-99/100", &bytes[50..]).await.unwrap()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{backend:?}: {body}");
+        assert!(error_of(&body).contains("resume at 40"), "{body}");
+        for bad in ["bytes 40-98/100", "40-99/100", "bytes 40-99/99", "bytes x-99/100"] {
+            let (status, body) = answer(put(bad, &bytes[40..]).await.unwrap()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        }
+        let (status, body) = answer(put("bytes 40-99/100", &bytes[40..]).await.unwrap()).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend:?}: {body}");
+        assert_eq!(server.http.get(&url).send().await.unwrap().bytes().await.unwrap(), bytes);
+        let (_, held) = server.get(&format!("/cp/v1/uploads/{digest}")).await;
+        assert_eq!(held["complete"], true);
         server.stop().await;
     }
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use http::header::{CONTENT_LENGTH, ETAG, IF_MATCH};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,7 +18,7 @@ use tower::ServiceExt;
 
 use super::{ApiError, JsonBody};
 use crate::Registry;
-use crate::blobs::Stored;
+use crate::blobs::{Held, Stored, Upload};
 use crate::digest::Digest;
 use crate::error::RegistryError;
 use crate::manifest::{Entry, Manifest};
@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
         .route("/cp/v1/generation", get(generation))
         .route("/cp/v1/blobs/{digest}", put(put_blob).get(get_blob).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/cp/v1/uploads/{digest}", get(get_upload))
         .route("/cp/v1/models", get(list_models).post(create_model))
         .route("/cp/v1/models/{model}", get(get_model))
         .route("/cp/v1/models/{model}/versions", get(list_versions).post(create_version))
@@ -42,6 +43,7 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/cp/v1/models/{model}/aliases/{alias}", get(get_alias).put(set_alias).delete(delete_alias))
         .route("/cp/v1/models/{model}/history", get(history))
         .route("/cp/v1/events", get(events))
+        .route("/cp/v1/mirror", get(mirror))
 }
 
 fn json(status: StatusCode, value: impl serde::Serialize) -> Response {
@@ -70,10 +72,63 @@ async fn put_blob(State(registry): Shared, Path(digest): Path<String>, request: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or(RegistryError::LengthRequired)?;
+    let range = request.headers().get(CONTENT_RANGE).map(|v| content_range(v, size)).transpose()?;
     let stream = request.into_body().into_data_stream();
-    let stored = registry.blobs.put(&digest, size, stream).await?;
+    let (stored, total) = match range {
+        None => (registry.blobs.put(&digest, size, stream).await?, size),
+        Some((start, total)) => match registry.blobs.put_range(&digest, start, size, total, stream).await? {
+            Upload::Done(stored) => (stored, total),
+            Upload::Partial(held) => {
+                let body = json!({ "digest": digest, "received": held, "size": total });
+                return Ok(with_offset(json(StatusCode::ACCEPTED, body), held));
+            }
+        },
+    };
     let status = if stored == Stored::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json(status, json!({ "digest": digest, "size": size })))
+    Ok(json(status, json!({ "digest": digest, "size": total })))
+}
+
+/// `Content-Range: bytes START-END/TOTAL` of a resumed upload: (START, TOTAL), with END - START
+/// + 1 equal to the `Content-Length`.
+fn content_range(value: &HeaderValue, length: u64) -> Result<(u64, u64), RegistryError> {
+    let text = value.to_str().unwrap_or("").trim();
+    let bad = || {
+        RegistryError::InvalidArgument(format!(
+            "Content-Range '{}': expected bytes START-END/TOTAL covering the Content-Length ({length}) bytes sent",
+            text.escape_debug()
+        ))
+    };
+    let (range, total) = text.strip_prefix("bytes ").and_then(|r| r.split_once('/')).ok_or_else(bad)?;
+    let (start, end) = range.split_once('-').ok_or_else(bad)?;
+    let number = |s: &str| s.parse::<u64>().map_err(|_| bad());
+    let (start, end, total) = (number(start)?, number(end)?, number(total)?);
+    if end < start || end >= total || end - start + 1 != length {
+        return Err(bad());
+    }
+    Ok((start, total))
+}
+
+/// The `Upload-Offset` header: how many bytes of the blob the control plane holds.
+fn with_offset(mut response: Response, held: u64) -> Response {
+    response.headers_mut().insert("upload-offset", HeaderValue::from(held));
+    response
+}
+
+/// How much of a blob is held: a client resumes an interrupted upload from `received`.
+async fn get_upload(State(registry): Shared, Path(digest): Path<String>) -> Answer {
+    let digest: Digest = digest.parse()?;
+    let (received, complete) = match registry.blobs.held(&digest).await? {
+        Held::Complete(size) => (size, true),
+        Held::Part(held) => (held, false),
+        Held::InProgress => {
+            return Err(RegistryError::Conflict(format!(
+                "an upload of {digest} is in progress; ask again when it ends"
+            ))
+            .into());
+        }
+    };
+    let body = json!({ "digest": digest, "received": received, "complete": complete });
+    Ok(with_offset(json(StatusCode::OK, body), received))
 }
 
 async fn get_blob(State(registry): Shared, Path(digest): Path<String>, request: Request) -> Answer {
@@ -301,4 +356,10 @@ async fn events(State(registry): Shared, Query(query): Query<HashMap<String, Str
     let limit = number("limit", 100)?.clamp(1, 1000);
     let events = registry.store.events(since, limit).await?;
     Ok(json(StatusCode::OK, json!({ "generation": registry.store.generation().await?, "events": events })))
+}
+
+// === mirror ===
+
+async fn mirror(State(registry): Shared) -> Answer {
+    Ok(json(StatusCode::OK, registry.mirror.report()))
 }

@@ -369,13 +369,34 @@ impl Store {
 
     /// Adds a version; READY at once when it comes with a manifest, else PENDING_REGISTRATION.
     pub async fn create_version(&self, model: &str, new: NewVersion) -> Result<Version, RegistryError> {
+        self.create_version_numbered(model, None, new).await
+    }
+
+    /// Adds a version as [`Store::create_version`] does, numbered `number` when given (the
+    /// mirror keeps an upstream registry's numbers). A given number must be above every version
+    /// the model has, so numbers still only grow; else [`RegistryError::Conflict`].
+    pub async fn create_version_numbered(
+        &self,
+        model: &str,
+        number: Option<i64>,
+        new: NewVersion,
+    ) -> Result<Version, RegistryError> {
         let mut change = Change::begin(self).await?;
         change.require_model(model).await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM model_versions WHERE model = $1")
             .bind(model.to_owned())
             .fetch_one(&mut *change.tx)
             .await?;
-        let version = last.unwrap_or(0) + 1;
+        let last = last.unwrap_or(0);
+        let version = match number {
+            None => last + 1,
+            Some(n) if n > last => n,
+            Some(n) => {
+                return Err(RegistryError::Conflict(format!(
+                    "version {n} of '{model}' cannot be created: the model already has version {last}"
+                )));
+            }
+        };
         let status = if new.manifest.is_some() { Status::Ready } else { Status::PendingRegistration };
         let digest = new.manifest.as_ref().map(|m| m.digest().to_string());
         sqlx::query(
