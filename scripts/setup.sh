@@ -5,7 +5,7 @@
 #
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
-# Components (default: apt ort models client; `torch` only when asked for):
+# Components (default: apt ort models client mlflow-server token; `torch` only when asked for):
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
 #            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh).
 #            Installed with apt-get only when missing; needs root or sudo.
@@ -17,7 +17,8 @@
 #            numpy, mlflow-skinny (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
 #   mlflow-server  .venv/mlflow-server: the full `mlflow` 3.17.2 server (requirements-mlflow-server.txt,
 #            about 850 MB), which tests/registry/test_mirror.py runs as the upstream of mirror mode.
-#            Not a default: without it that test makes its own venv under target/ (or skips offline).
+#   token    .modelgate/admin-token: a random bearer token (mode 0600) for the README's first command
+#            (`serve --admin-token-file .modelgate/admin-token`: admin API and embedded control plane).
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
 #            libonnxruntime.so with the CUDA execution provider beside it -> .native/onnxruntime-gpu/lib/.
 #            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
@@ -229,6 +230,20 @@ step_mlflow_server() {
     ensure_venv mlflow-server scripts/requirements-mlflow-server.txt
 }
 
+# .modelgate/admin-token: a random bearer token (0600) for the admin API and the embedded control
+# plane of the README's first command (`serve --admin-token-file .modelgate/admin-token`). Kept
+# when it exists, so the CLI keeps working across set-ups.
+step_token() {
+    local token=.modelgate/admin-token
+    if [[ -s $token ]]; then
+        log "token: $token kept"
+        return 0
+    fi
+    mkdir -p .modelgate
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$token")
+    log "token: $token written (export MODELGATE_ADMIN_TOKEN=\$(cat $token) for the CLI)"
+}
+
 # The Python 3.12 interpreter for .venv/pytriton (Triton's Python backend is built for 3.12).
 find_python312() {
     local candidate
@@ -318,12 +333,12 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|mlflow-server|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|token|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
     if (( ${#components[@]} == 0 )); then
-        components=(apt ort models client)
+        components=(apt ort models client mlflow-server token)
     fi
     if [[ $with_torch == 1 && ! " ${components[*]} " =~ " torch " ]]; then
         components+=(torch)

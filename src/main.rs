@@ -279,11 +279,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, limits, shutdown))
     });
     let mut stopped = admin_stopped.clone();
-    let control_plane_task =
-        modelgate_registry::cli::spawn_embedded(&control_plane, config.admin.token_file.clone(), async move {
+    let control_plane_task = modelgate_registry::cli::spawn_embedded(
+        &control_plane,
+        config.admin.token_file.clone(),
+        Some(&config.repository.path),
+        async move {
             let _ = stopped.changed().await;
-        })
-        .await?;
+        },
+    )
+    .await?;
     let embedded_port = control_plane_task
         .as_ref()
         .map(|_| control_plane.control_plane_port.unwrap_or(modelgate_registry::cli::DEFAULT_PORT));

@@ -279,6 +279,12 @@ impl Follower {
             message,
         };
         if self.gateway.repository.in_directory(&rule.model) {
+            if self.rules.is_empty() {
+                // No rule asked for it: the registry merely holds a copy (e.g. seeded from
+                // the directory at first start), and the directory's version serves.
+                tracing::debug!(model = %rule.model, "a registry model of a directory model's name: the directory's serves");
+                return Ok(());
+            }
             return Err(failure(
                 None,
                 FailureReason::Conflict,

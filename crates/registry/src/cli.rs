@@ -124,6 +124,9 @@ pub struct EmbeddedArgs {
     /// The embedded control plane's state: registry.db (SQLite) and blobs/.
     #[arg(long, default_value = ".modelgate")]
     pub data_dir: PathBuf,
+    /// Do not register the model repository's models in an empty embedded registry at start.
+    #[arg(long)]
+    pub no_seed: bool,
     /// Mirror mode for the embedded control plane.
     #[command(flatten)]
     pub mirror: MirrorArgs,
@@ -137,6 +140,7 @@ pub const DEFAULT_PORT: u16 = 8004;
 pub async fn spawn_embedded(
     args: &EmbeddedArgs,
     token_file: Option<PathBuf>,
+    seed_from: Option<&std::path::Path>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
     let port = args.control_plane_port.unwrap_or(DEFAULT_PORT);
@@ -176,6 +180,15 @@ pub async fn spawn_embedded(
         Err(source) => return Err(StartError::Bind { addr, source }),
     };
     let registry = Registry::open(&full.config()).await?;
+    if let Some(dir) = seed_from.filter(|_| !args.no_seed) {
+        match crate::import::seed(&registry, dir).await {
+            Ok(seeded) if !seeded.is_empty() => {
+                tracing::info!(models = ?seeded, "the empty registry was seeded from the model repository (alias champion)")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "the registry was not seeded from the model repository"),
+        }
+    }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded control plane listening");
     let auth = Auth::new(token, &[]);
     let mirror = mirror.map(|config| crate::mirror::spawn(registry.clone(), config));

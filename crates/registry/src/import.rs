@@ -70,6 +70,52 @@ pub fn spawn(registry: Arc<Registry>, model: String, version: i64, source: Strin
     })
 }
 
+/// Registers every model directory of a Triton model repository (`dir/<model>/...`) as
+/// version 1 with the alias `champion`, when the registry holds no model at all: a first
+/// start of `modelgate serve` then shows its example models in the registry. Directories
+/// that fail to import are logged and skipped. Returns the models registered.
+pub async fn seed(registry: &Registry, dir: &Path) -> Result<Vec<String>, RegistryError> {
+    if !registry.store.models().await?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| RegistryError::io("listing the model repository to seed from", e))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(name, _)| crate::name::Name::parse("model", name).is_ok() && !name.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut seeded = Vec::new();
+    for (name, path) in names {
+        let imported = hash_tree(registry, path.clone()).await;
+        let (manifest, format, config_pbtxt) = match imported {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(model = name, %error, "not seeded into the registry");
+                continue;
+            }
+        };
+        registry
+            .store
+            .create_model(&name, "seeded from the model repository at first start", &Default::default())
+            .await?;
+        let version = crate::types::NewVersion {
+            source: format!("file://{}", path.display()),
+            format,
+            config_pbtxt,
+            manifest: Some(manifest),
+            creator: "seed".into(),
+            ..Default::default()
+        };
+        let created = registry.store.create_version(&name, version).await?;
+        let write = crate::store::AliasWrite { if_match: None, actor: "seed".into(), reason: "first start".into() };
+        registry.store.set_alias(&name, crate::types::CHAMPION, created.version, &write).await?;
+        seeded.push(name);
+    }
+    Ok(seeded)
+}
+
 /// Restarts the imports a previous run left pending.
 pub async fn resume_pending(registry: &Arc<Registry>) -> Result<(), RegistryError> {
     for version in registry.store.versions(None).await? {
@@ -85,7 +131,15 @@ async fn import(
     registry: &Registry,
     source: &str,
 ) -> Result<(Manifest, Option<Format>, Option<String>), RegistryError> {
-    let root = resolve_source(registry, source)?;
+    hash_tree(registry, resolve_source(registry, source)?).await
+}
+
+/// Hashes every file under `root` into the blob store: the manifest, the format it
+/// suggests, and the `config.pbtxt` if there is one.
+async fn hash_tree(
+    registry: &Registry,
+    root: PathBuf,
+) -> Result<(Manifest, Option<Format>, Option<String>), RegistryError> {
     let max_files = registry.limits.max_files;
     let files = tokio::task::spawn_blocking(move || walk(&root, max_files))
         .await
