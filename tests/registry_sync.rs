@@ -40,6 +40,11 @@ struct Plane {
 
 impl Plane {
     async fn start(dir: &Path) -> Plane {
+        Plane::start_on(dir, "127.0.0.1:0").await
+    }
+
+    /// On `addr` (a restart takes the port it had).
+    async fn start_on(dir: &Path, addr: &str) -> Plane {
         let data_dir = dir.join("cp");
         let config = RegistryConfig {
             db_url: RegistryConfig::default_db_url(&data_dir),
@@ -48,7 +53,7 @@ impl Plane {
             file_roots: Vec::new(),
         };
         let registry = Registry::open(&config).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let auth = Auth::new(Token::new(TOKEN).unwrap(), &[]);
@@ -387,5 +392,34 @@ async fn an_interrupted_download_resumes_from_the_bytes_it_holds() {
     assert_eq!(refused.reason(), modelgate_registry::sync::FailureReason::FailedVerification, "{refused}");
     assert!(!part.exists() && !cache.path(&digest).exists());
     assert_eq!(cache.fetch(&control_plane, &entry).await.unwrap(), 3_000_000, "a fresh download then succeeds");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_never_fail_while_the_control_plane_is_gone_and_the_gateway_resyncs_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let addr = plane.addr.to_string();
+    let cp = format!("http://{addr}");
+    let gateway = Arc::new(Follows::start(&dir.path().join("gw"), &cp, &[&rule("fraud", None)]).await);
+    let (one, two) = (model_dir(Kind::Mlp), model_dir(Kind::Slow));
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, tasks) = drive(&gateway, "fraud", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plane.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plane = Plane::start_on(dir.path(), &addr).await;
+    let version = plane.push("fraud", &two.path().join("m"), None).await;
+    let back = Instant::now();
+    plane.set_alias("fraud", "champion", version).await;
+    gateway.serves("fraud", 2, Duration::from_secs(40)).await;
+    eprintln!("control plane back -> its change served: {:?}", back.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the control plane was gone");
     plane.stop().await;
 }

@@ -190,6 +190,9 @@ pub struct Repository {
     /// only under `operations`.
     pinned: parking_lot::Mutex<HashMap<String, BTreeSet<u64>>>,
     started: AtomicBool,
+    /// False from when a registry follower starts until its first desired state
+    /// is applied (or found unreachable): a pod is not ready before its models are.
+    synced: AtomicBool,
     /// Versions pulled from a registry, laid out as a second repository (`sync`);
     /// a model in the directory repository takes precedence.
     pulled: Option<PathBuf>,
@@ -235,6 +238,7 @@ impl Repository {
             operations: tokio::sync::Mutex::new(()),
             pinned: parking_lot::Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
+            synced: AtomicBool::new(true),
             pulled: None,
         }
     }
@@ -306,10 +310,22 @@ impl Repository {
         .unwrap_or_default()
     }
 
-    /// Whether the server is ready: start-up loading is done and, with strict
-    /// readiness, no model is loading or failed.
+    /// Holds readiness until [`Repository::first_sync_done`]: a registry
+    /// follower is starting.
+    pub fn await_first_sync(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
+    /// The follower applied its first desired state (or could not reach the
+    /// control plane and served what it had).
+    pub fn first_sync_done(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the server is ready: start-up loading (and a registry follower's
+    /// first sync) is done and, with strict readiness, no model is loading or failed.
     pub fn is_ready(&self) -> bool {
-        if !self.started.load(Ordering::Acquire) {
+        if !self.started.load(Ordering::Acquire) || !self.synced.load(Ordering::Acquire) {
             return false;
         }
         if !self.settings.strict_readiness {

@@ -88,6 +88,7 @@ impl Follower {
         let root = settings.root();
         let cache = BlobCache::open(&root.join("cache"))?;
         let dirs = VersionDirs::open(&settings.models_dir())?;
+        gateway.repository.await_first_sync();
         Ok(Follower {
             gateway,
             id: settings.gateway_id(),
@@ -133,6 +134,7 @@ impl Follower {
                 }
             }
         }
+        self.gateway.repository.first_sync_done();
         let since = self.applied.as_ref().map_or(0, |s| s.generation);
         let (states, mut next) = watch::channel(None::<DesiredState>);
         let poller = tokio::spawn(poll_forever(
