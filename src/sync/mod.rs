@@ -436,11 +436,11 @@ impl Follower {
             tracing::info!(model, stable = served.stable, canary, ?outcome, %reason, "registry release ended");
             match outcome {
                 Outcome::Promoted => {
-                    self.served.insert(model.clone(), Served { stable: canary, canary: None });
+                    self.served.insert(model.clone(), Served { stable: canary, canary: None, ..served });
                 }
                 Outcome::RolledBack => {
                     self.rolled_back.entry(model.clone()).or_default().insert(canary);
-                    self.served.insert(model.clone(), Served { stable: served.stable, canary: None });
+                    self.served.insert(model.clone(), Served { canary: None, ..served });
                 }
             }
             self.outcomes.push(RolloutOutcome {

@@ -5,8 +5,9 @@
 //! - The **base** is what the gateway serves as stable: the version it
 //!   served before (while the registry still has it), else the stable alias's.
 //! - A **release** is the canary alias's version, else the stable alias's
-//!   when it moved away from the base; never the base itself and never a
-//!   version rolled back (here, or tagged so in the registry).
+//!   when it moved since the last plan (or names the canary already under
+//!   release); never the base itself and never a version rolled back (here,
+//!   or tagged so in the registry).
 //!
 //! So moving `champion` 3 → 4 releases 4 beside 3; setting `challenger` to 4
 //! does too; once 4 is promoted here it is the base before the registry has
@@ -27,6 +28,11 @@ pub struct Served {
     pub stable: u64,
     /// A canary under release beside it.
     pub canary: Option<u64>,
+    /// The stable alias's version when this was planned: only a move of the
+    /// alias releases its version (a champion left behind by a local
+    /// promotion the registry has not recorded yet releases nothing).
+    #[serde(default)]
+    pub stable_alias_seen: Option<u64>,
 }
 
 /// Why a followed model cannot be served.
@@ -59,9 +65,12 @@ pub fn plan(
     let releasable = |v: &u64| {
         *v != base && held(model, *v) && !rolled_back_here.contains(v) && !model.rolled_back.contains(&(*v as i64))
     };
+    let moved = served.is_none_or(|s| s.stable_alias_seen != Some(stable_alias));
+    let continuing = served.and_then(|s| s.canary) == Some(stable_alias);
     let canary_alias = rule.canary_alias.as_deref().and_then(|a| alias(model, a));
-    let release = canary_alias.filter(releasable).or(Some(stable_alias).filter(releasable));
-    Ok(Served { stable: base, canary: release })
+    let release =
+        canary_alias.filter(releasable).or(Some(stable_alias).filter(|v| (moved || continuing) && releasable(v)));
+    Ok(Served { stable: base, canary: release, stable_alias_seen: Some(stable_alias) })
 }
 
 /// The version an alias points at, when the registry has it READY.
@@ -91,55 +100,68 @@ mod tests {
         }
     }
 
-    fn served(stable: u64, canary: Option<u64>) -> Option<Served> {
-        Some(Served { stable, canary })
+    /// What a gateway serves, planned when the champion was `seen`.
+    fn served(stable: u64, canary: Option<u64>, seen: u64) -> Option<Served> {
+        Some(Served { stable, canary, stable_alias_seen: Some(seen) })
     }
 
-    fn run(m: &DesiredModel, now: Option<Served>, here: &[u64]) -> Served {
-        plan(&Follow::default_for("m"), Some(m), now, &here.iter().copied().collect()).unwrap()
+    fn plain(stable: u64, canary: Option<u64>) -> (u64, Option<u64>) {
+        (stable, canary)
+    }
+
+    fn run(m: &DesiredModel, now: Option<Served>, here: &[u64]) -> (u64, Option<u64>) {
+        let planned = plan(&Follow::default_for("m"), Some(m), now, &here.iter().copied().collect()).unwrap();
+        (planned.stable, planned.canary)
     }
 
     #[test]
     fn a_first_sync_serves_the_champion_and_releases_a_challenger_beside_it() {
         let m = model(&[("champion", 3)], &[3], &[]);
-        assert_eq!(run(&m, None, &[]), Served { stable: 3, canary: None });
+        assert_eq!(run(&m, None, &[]), plain(3, None));
         let m = model(&[("champion", 3), ("challenger", 4)], &[3, 4], &[]);
-        assert_eq!(run(&m, None, &[]), Served { stable: 3, canary: Some(4) });
+        assert_eq!(run(&m, None, &[]), plain(3, Some(4)));
     }
 
     #[test]
     fn moving_the_champion_releases_the_new_version_beside_the_one_served() {
         let m = model(&[("champion", 4)], &[3, 4], &[]);
-        assert_eq!(run(&m, served(3, None), &[]), Served { stable: 3, canary: Some(4) });
+        assert_eq!(run(&m, served(3, None, 3), &[]), plain(3, Some(4)));
         // The same state again (a replay): the same plan.
-        assert_eq!(run(&m, served(3, Some(4)), &[]), Served { stable: 3, canary: Some(4) });
+        assert_eq!(run(&m, served(3, Some(4), 4), &[]), plain(3, Some(4)));
     }
 
     #[test]
     fn a_version_promoted_here_is_the_base_before_the_registry_moves_its_alias() {
+        // Promoted through the challenger: the champion still names 3, as when planned.
         let challenger = model(&[("champion", 3), ("challenger", 4)], &[3, 4], &[]);
-        assert_eq!(run(&challenger, served(4, None), &[]), Served { stable: 4, canary: None });
-        let moved = model(&[("champion", 4)], &[3, 4], &[]);
-        assert_eq!(run(&moved, served(4, None), &[]), Served { stable: 4, canary: None });
+        assert_eq!(run(&challenger, served(4, None, 3), &[]), plain(4, None));
+        // The registry caught up: champion 4, challenger gone.
+        let caught_up = model(&[("champion", 4)], &[3, 4], &[]);
+        assert_eq!(run(&caught_up, served(4, None, 3), &[]), plain(4, None));
+        // Promoted after the champion moved to 4.
+        assert_eq!(run(&caught_up, served(4, None, 4), &[]), plain(4, None));
+        // Later the champion moves again: that is a release.
+        let next = model(&[("champion", 5)], &[4, 5], &[]);
+        assert_eq!(run(&next, served(4, None, 4), &[]), plain(4, Some(5)));
     }
 
     #[test]
     fn a_rolled_back_version_is_never_released_again_whatever_the_aliases_say() {
         // revert_alias not yet carried out (or `hold`): the alias still names 4.
         let m = model(&[("champion", 4)], &[3, 4], &[]);
-        assert_eq!(run(&m, served(3, None), &[4]), Served { stable: 3, canary: None });
+        assert_eq!(run(&m, served(3, None, 4), &[4]), plain(3, None));
         // Tagged in the registry by another gateway's rollback.
         let tagged = model(&[("champion", 3), ("challenger", 4)], &[3, 4], &[4]);
-        assert_eq!(run(&tagged, served(3, None), &[]), Served { stable: 3, canary: None });
+        assert_eq!(run(&tagged, served(3, None, 3), &[]), plain(3, None));
         // Reverted: the champion is 3 again.
         let reverted = model(&[("champion", 3)], &[3, 4], &[4]);
-        assert_eq!(run(&reverted, served(3, Some(4)), &[]), Served { stable: 3, canary: None });
+        assert_eq!(run(&reverted, served(3, Some(4), 4), &[]), plain(3, None));
     }
 
     #[test]
     fn a_served_version_the_registry_no_longer_has_gives_way_to_the_champion() {
         let m = model(&[("champion", 5)], &[5], &[]);
-        assert_eq!(run(&m, served(3, None), &[]), Served { stable: 5, canary: None });
+        assert_eq!(run(&m, served(3, None, 3), &[]), plain(5, None));
     }
 
     #[test]

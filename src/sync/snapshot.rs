@@ -68,7 +68,7 @@ mod tests {
         assert_eq!(load(&at), None);
         let mut snapshot = Snapshot::default();
         snapshot.state.generation = 42;
-        snapshot.served.insert("m".into(), Served { stable: 3, canary: Some(4) });
+        snapshot.served.insert("m".into(), Served { stable: 3, canary: Some(4), stable_alias_seen: Some(4) });
         save(&at, &snapshot).await.unwrap();
         assert_eq!(load(&at), Some(snapshot));
         std::fs::write(&at, b"{not json").unwrap();
