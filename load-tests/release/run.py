@@ -758,78 +758,90 @@ class Scenario:
 
 
 def markdown(result: dict) -> str:
+    """The table of each phase that ran."""
     f = reportlib.fmt
-    r, s, o, b = result.get("release", {}), result.get("sync", {}), result.get("outage", {}), result.get("bad_version", {})
-
-    def row(what: str, stats: dict | None, scale: float = 1.0) -> list[object]:
-        stats = stats or {}
-        get = lambda k: None if stats.get(k) is None else stats[k] / scale  # noqa: E731
-        return [what, stats.get("n"), get("p50"), get("p99"), get("max")]
-
     args = result["args"]
+
+    def row(what: str, stats: dict | None) -> list[object]:
+        stats = stats or {}
+        return [what, stats.get("n"), stats.get("p50"), stats.get("p99"), stats.get("max")]
+
     parts = [
-        f"Release through the registry: a control plane (`modelgate control-plane`, SQLite) and one gateway "
+        "Release through the registry: a control plane (`modelgate control-plane`, SQLite) and one gateway "
         f"following it (`serve --registry`), loopback. Command: `{result['command']}`.",
-        "",
-        f"**1. Alias `challenger` set → new version answers canary traffic** ({args['releases']} releases, "
-        f"{args['release_clients']} clients × {args['client_rate']:g} req/s; times from the alias PUT's answer, ms):",
-        "",
-        reportlib.markdown_table(["step", "n", "median", "p99", "max"], [
-            row("version loaded (gateway log: delivery + files + load)", r.get("alias_set_to_version_loaded_ms")),
-            row("of which `load_ms` (ONNX Runtime load + warm-up)", r.get("load_ms")),
-            row("release started (route put, gateway log)", r.get("alias_set_to_release_started_ms")),
-            row("route with the canary seen by an admin poll (20 ms)", r.get("alias_set_to_route_seen_by_admin_poll_ms")),
-            row("**first answer from the new version**", r.get("alias_set_to_first_canary_answer_ms")),
-        ]),
-        "",
-        f"Requests during the releases: {f(r.get('requests'))}, failed: {f(r.get('failed_requests'))}. "
-        f"Old version released again as a canary right after a promotion (bug, see README): "
-        f"{f(r.get('old_version_released_again_after_promotion'))} of {f(len(r.get('releases', [])))} releases; "
-        f"requests it answered after its replacement's promotion: {f(r.get('old_version_answers_after_promotion'))}.",
-        "",
-        f"**2. Alias moved → desired state answered to a long poll of `/cp/v1/sync`** ({f(s.get('moves'))} moves, ms):",
-        "",
-        reportlib.markdown_table(["measured from", "n", "p50", "p99", "max"], [
-            row("the PUT's answer", s.get("put_answered_to_poll_answered_ms")),
-            row("the PUT's send", s.get("put_sent_to_poll_answered_ms")),
-        ]),
-        "",
-        f"The poll answered before the PUT's own answer arrived {f(s.get('poll_answered_before_put_answer'))} times "
-        f"(negative values); desired state: {f(s.get('state_bytes'))} bytes.",
-        "",
-        f"**3. Control plane killed (SIGKILL) for {f(o.get('outage_s'))} s** under {f(o.get('clients'))} clients × "
-        f"{f(o.get('client_rate'))} req/s, then restarted on the same data directory and port:",
-        "",
-        reportlib.markdown_table(["measure", "value"], [
-            ["failed requests (goal 0)", f"{f(o.get('failed_requests'))} of {f(o.get('requests'))}"],
-            ["control plane process start → answering", f"{f(o.get('control_plane_start_ms'))} ms"],
-            ["restart → `modelgate_control_plane_connected 1`", f"{f(o.get('restart_to_connected_ms'))} ms"],
-            ["restart → alias moved right after is served", f"{f(o.get('restart_to_alias_served_ms'))} ms"],
-            ["gateway's retry pauses while it was down", ", ".join(str(p) for p in o.get("gateway_retry_pauses_ms", [])) + " ms"],
-        ]),
-        "",
-        f"**4. Failing version {b.get('bad_version')} pushed with `--alias challenger`** under the same load "
-        f"(ms from the first failed request):",
-        "",
-        reportlib.markdown_table(["measure", "value"], [
-            ["failed requests", f(b.get("failed_requests"))],
-            ["→ canary weight 0 (rollout's `rolled_back` event)", f(b.get("rollback_to_weight_0_ms"))],
-            ["→ weight 0 seen by an admin poll", f(b.get("weight_0_seen_by_admin_poll_ms"))],
-            ["→ last failed answer", f(b.get("last_failed_answer_ms"))],
-            ["→ alias `challenger` moved back in the registry (seen by a 20 ms poll)", f(b.get("alias_moved_back_seen_ms"))],
-            ["failed requests sent after weight 0", f(b.get("failed_requests_sent_after_weight_0"))],
-            ["version tagged `modelgate.rolled_back`", str(b.get("tagged_rolled_back"))],
-            ["alias moves by `rollout` in the history", str(len(b.get("alias_history") or []))],
-            ["champion / challenger afterwards", f"{b.get('champion_after')} / {b.get('challenger_after')}"],
-        ]),
     ]
-    m = result.get("outage_mid_release")
-    if m:
+    if r := result.get("release"):
+        parts += [
+            "",
+            f"**1. Alias `challenger` set → new version answers canary traffic** ({args['releases']} releases, "
+            f"{args['release_clients']} clients × {args['client_rate']:g} req/s; ms from the alias PUT's answer):",
+            "",
+            reportlib.markdown_table(["step", "n", "median", "p99", "max"], [
+                row("version loaded (gateway log: delivery + files + load)", r["alias_set_to_version_loaded_ms"]),
+                row("of which `load_ms` (ONNX Runtime load + warm-up)", r["load_ms"]),
+                row("release started (route put, gateway log)", r["alias_set_to_release_started_ms"]),
+                row("route with the canary seen by an admin poll (20 ms)", r["alias_set_to_route_seen_by_admin_poll_ms"]),
+                row("**first answer from the new version**", r["alias_set_to_first_canary_answer_ms"]),
+            ]),
+            "",
+            f"Requests during the releases: {f(r['requests'])}, failed: {f(r['failed_requests'])}. "
+            "The old version released again as a canary right after a promotion (bug, see the README): "
+            f"{f(r['old_version_released_again_after_promotion'])} of {f(len(r['releases']))} releases; requests "
+            f"it answered after its replacement's promotion: {f(r['old_version_answers_after_promotion'])}.",
+        ]
+    if s := result.get("sync"):
+        parts += [
+            "",
+            f"**2. Alias moved → desired state answered to a long poll of `/cp/v1/sync`** ({f(s['moves'])} moves, ms):",
+            "",
+            reportlib.markdown_table(["measured from", "n", "p50", "p99", "max"], [
+                row("the PUT's answer", s["put_answered_to_poll_answered_ms"]),
+                row("the PUT's send", s["put_sent_to_poll_answered_ms"]),
+            ]),
+            "",
+            f"The poll answered before the PUT's own answer arrived {f(s['poll_answered_before_put_answer'])} times "
+            f"(negative values); desired state: {f(s['state_bytes'])} bytes.",
+        ]
+    if o := result.get("outage"):
+        parts += [
+            "",
+            f"**3. Control plane killed (SIGKILL) for {f(o['outage_s'])} s** under {f(o['clients'])} clients × "
+            f"{f(o['client_rate'])} req/s, then restarted on the same data directory and port:",
+            "",
+            reportlib.markdown_table(["measure", "value"], [
+                ["failed requests (goal 0)", f"{f(o['failed_requests'])} of {f(o['requests'])}"],
+                ["control plane process start → answering", f"{f(o['control_plane_start_ms'])} ms"],
+                ["restart → `modelgate_control_plane_connected 1`", f"{f(o['restart_to_connected_ms'])} ms"],
+                ["restart → alias moved right after is served", f"{f(o['restart_to_alias_served_ms'])} ms"],
+                ["gateway's retry pauses while it was down",
+                 ", ".join(str(p) for p in o["gateway_retry_pauses_ms"]) + " ms"],
+            ]),
+        ]
+    if b := result.get("bad_version"):
+        parts += [
+            "",
+            f"**4. Failing version {b['bad_version']} pushed with `--alias challenger`** under "
+            f"{args['clients']} clients × {args['client_rate']:g} req/s (ms from the first failed request):",
+            "",
+            reportlib.markdown_table(["measure", "value"], [
+                ["failed requests", f(b["failed_requests"])],
+                ["→ canary weight 0 (rollout's `rolled_back` event)", f(b["rollback_to_weight_0_ms"])],
+                ["→ weight 0 seen by an admin poll", f(b["weight_0_seen_by_admin_poll_ms"])],
+                ["→ last failed answer", f(b["last_failed_answer_ms"])],
+                ["→ alias `challenger` moved back in the registry (seen by a 20 ms poll)",
+                 f(b["alias_moved_back_seen_ms"])],
+                ["failed requests sent after weight 0", f(b["failed_requests_sent_after_weight_0"])],
+                ["version tagged `modelgate.rolled_back`", str(b["tagged_rolled_back"])],
+                ["alias moves by `rollout` in the history", str(len(b["alias_history"]))],
+                ["champion / challenger afterwards", f"{b['champion_after']} / {b['challenger_after']}"],
+            ]),
+        ]
+    if m := result.get("outage_mid_release"):
         parts += [
             "",
             f"**5. Control plane killed for {f(m['outage_s'])} s in the middle of a release** of version "
-            f"{m['released']} over {m['stable']} (`--phases mid-release`; expected: {m['released']} promoted, champion "
-            f"{m['released']}):",
+            f"{m['released']} over {m['stable']} (`--phases mid-release`; expected: {m['released']} promoted once, "
+            f"champion {m['released']}):",
             "",
             reportlib.markdown_table(["measure", "value"], [
                 ["releases started / ended on the gateway", f"{m['releases_started']} / {len(m['releases_ended'])}: "
