@@ -28,8 +28,15 @@ Usage (from the repository root, after `cargo build --release --bin modelgate`):
     .venv/client/bin/python load-tests/release/run.py [--outage 60] [--releases 20] [--alias-moves 200]
         [--clients 8] [--client-rate 25] [--binary target/release/modelgate]
 
-`--quick` is `--outage 10 --releases 5 --alias-moves 50`. The whole default run takes about four
-minutes. Every process is stopped at the end, on an error, or on Ctrl-C.
+`--quick` is `--outage 10 --releases 5 --alias-moves 50`. The whole default run takes about two
+and a half minutes (60 s of it the outage, up to 30 s more the gateway's retry backoff). Every
+process is stopped at the end, on an error, or on Ctrl-C.
+
+`--phases mid-release` (not a default) kills the control plane for `--mid-release-outage` s right
+after a release started: it shows the bug described in load-tests/release/README.md (the replaced
+version released again after a promotion; with the control plane away, the two versions flip at
+every rollout and so does `champion` once the reports arrive). Phase 1 counts the same bug's
+short-lived form with the control plane up (`old_version_released_again_after_promotion`).
 """
 
 from __future__ import annotations
