@@ -63,6 +63,29 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         );
     });
+    // The same 10,000 values into a sketch that already holds a million: compactions then reach
+    // higher levels, the cost of a long window.
+    let mut warm = KllSketch::<KllFloat<f64>>::new(DEFAULT_K).expect("k = 200 is valid");
+    for _ in 0..100 {
+        for &v in &values {
+            if let Ok(item) = KllFloat::<f64>::new(v) {
+                warm.update(item);
+            }
+        }
+    }
+    group.bench_function("kll_k200_after_1m", |b| {
+        b.iter_batched_ref(
+            || warm.clone(),
+            |s| {
+                for &v in black_box(&values) {
+                    if let Ok(item) = KllFloat::<f64>::new(v) {
+                        s.update(item);
+                    }
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
     group.bench_function("feature_profile", |b| {
         b.iter_batched_ref(
             || FeatureProfile::new(edges(), DEFAULT_K).expect("edges are increasing"),

@@ -41,7 +41,8 @@ impl Histogram {
         Ok(Self { edges, counts })
     }
 
-    /// Adds one value. The caller passes finite values only (NaN would land in the last bin).
+    /// Adds one value. The caller passes finite values only: a NaN compares false with every edge
+    /// and would be counted in the first bin.
     #[inline]
     pub fn update(&mut self, value: f64) {
         // Number of edges <= value, i.e. numpy's searchsorted(side="right").

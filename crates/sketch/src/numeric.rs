@@ -113,8 +113,10 @@ impl FeatureProfile {
     /// Adds another profile of the same feature (another window or another gateway's window).
     /// The histograms must share their edges.
     pub fn merge(&mut self, other: &FeatureProfile) -> Result<(), SketchError> {
-        self.histogram.merge(&other.histogram)?;
+        // Every check before the first change, so that a refused merge leaves `self` as it was.
+        self.histogram.check_same_edges(&other.histogram)?;
         self.kll.merge(&other.kll)?;
+        self.histogram.merge(&other.histogram)?;
         let (na, nb) = (self.finite_count() as f64, other.finite_count() as f64);
         if nb > 0.0 {
             // Chan et al.'s pairwise update of mean and M2.
