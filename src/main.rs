@@ -279,6 +279,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, limits, shutdown))
     });
     let mut stopped = admin_stopped.clone();
+    // A gateway that follows an external control plane runs no embedded one, unless a port
+    // for it is given explicitly (a push to an embedded registry nobody follows is lost).
+    let mut control_plane = control_plane;
+    if config.sync.registry.is_some() && control_plane.control_plane_port.is_none() {
+        tracing::info!("embedded control plane off: following the control plane of --registry");
+        control_plane.control_plane_port = Some(0);
+    }
     let control_plane_task = modelgate_registry::cli::spawn_embedded(
         &control_plane,
         config.admin.token_file.clone(),
