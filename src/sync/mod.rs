@@ -44,6 +44,8 @@ use snapshot::Snapshot;
 
 /// Longest pause between two tries to reach the control plane.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often undelivered rollout ends are reported again.
+const REPORT_RETRY: Duration = Duration::from_secs(1);
 /// How often rollouts the registry started are checked for their end.
 const ROLLOUT_WATCH: Duration = Duration::from_millis(200);
 
@@ -148,6 +150,10 @@ impl Follower {
         watch_rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = Backoff::default();
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // Rollout ends that could not be reported go again on their own, once a second (one
+        // small POST): a control plane that returns with nothing changed sends no new state
+        // whose report would carry them.
+        let mut report_at = tokio::time::Instant::now();
         loop {
             let retry_sleep = async {
                 match retry_at {
@@ -171,6 +177,11 @@ impl Follower {
                         if let Some(state) = self.applied.clone() {
                             self.apply(state).await;
                         }
+                    } else if !self.outcomes.is_empty() && tokio::time::Instant::now() >= report_at {
+                        self.report().await;
+                    }
+                    if !self.outcomes.is_empty() && tokio::time::Instant::now() >= report_at {
+                        report_at = tokio::time::Instant::now() + REPORT_RETRY;
                     }
                 }
                 () = retry_sleep => {
@@ -507,11 +518,16 @@ async fn poll_forever(
     states: watch::Sender<Option<DesiredState>>,
 ) {
     let mut backoff = Backoff::default();
+    let mut recovering = false;
     loop {
-        match control_plane.poll(&id, since, wait).await {
+        // After a failure, a quick poll first: a control plane that is back is known (and its
+        // state fetched) at once, not after a long poll's wait.
+        let this_wait = if recovering { Duration::ZERO } else { wait };
+        match control_plane.poll(&id, since, this_wait).await {
             Ok(Some(state)) => {
                 crate::metrics::control_plane_connected(true);
                 backoff = Backoff::default();
+                recovering = false;
                 since = state.generation;
                 if states.send(Some(state)).is_err() {
                     return;
@@ -520,8 +536,10 @@ async fn poll_forever(
             Ok(None) => {
                 crate::metrics::control_plane_connected(true);
                 backoff = Backoff::default();
+                recovering = false;
             }
             Err(error) => {
+                recovering = true;
                 crate::metrics::control_plane_connected(false);
                 crate::metrics::sync_failure("unreachable");
                 let pause = backoff.next();
