@@ -105,11 +105,18 @@ struct Follows {
 
 impl Follows {
     async fn start(data_dir: &Path, control_plane: &str, rules: &[&str]) -> Follows {
+        Follows::start_over(data_dir, control_plane, rules, None).await
+    }
+
+    /// With `directory` as its model repository (else an empty one).
+    async fn start_over(data_dir: &Path, control_plane: &str, rules: &[&str], directory: Option<&Path>) -> Follows {
         let repo = tempfile::tempdir().unwrap();
         let mut config = Config::default();
-        config.repository.path = repo.path().to_owned();
+        config.repository.path = directory.unwrap_or(repo.path()).to_owned();
         config.repository.strict_readiness = false;
         config.sync.data_dir = data_dir.to_owned();
+        // Each gateway reports under its own id (the name of its data directory).
+        config.sync.gateway_id = data_dir.file_name().map(|n| n.to_string_lossy().into_owned());
         config.follow = rules.iter().map(|r| toml::from_str::<FollowRule>(r).unwrap()).collect();
         config.validate().unwrap();
         let follow: Vec<Follow> = config.follow_rules().unwrap();
@@ -421,5 +428,50 @@ async fn requests_never_fail_while_the_control_plane_is_gone_and_the_gateway_res
         task.await.unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the control plane was gone");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_seeded_from_the_gateways_own_directory_is_handed_over_to_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let directory = model_dir(Kind::Mlp);
+    let seeded = modelgate_registry::import::seed(&plane.registry, directory.path()).await.unwrap();
+    assert_eq!(seeded, ["m"]);
+    let data_dir = dir.path().join("gw");
+    let gateway = Follows::start_over(&data_dir, &cp, &[], Some(directory.path())).await;
+    eventually("m served from the pulled repository", Duration::from_secs(20), || async {
+        data_dir.join("gateway/models/m/1/model.onnx").exists()
+            && gateway.gateway.routes.get("m").is_some_and(|r| r.targets.len() == 1)
+    })
+    .await;
+    assert_eq!(gateway.infer("m", 3).await, (StatusCode::OK, Some(1)));
+    // Released through the registry like any registry model.
+    let next = model_dir(Kind::Mlp);
+    plane.push("m", &next.path().join("m"), Some("challenger")).await;
+    eventually("version 2 released as a canary", Duration::from_secs(20), || async {
+        gateway.gateway.routes.get("m").is_some_and(|r| r.spec.rollout.as_ref().is_some_and(|p| p.canary == 2))
+    })
+    .await;
+    // A registry model of a directory model's name that was not seeded from it stays a conflict.
+    let other = model_dir(Kind::Mlp);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(other.path().join("m"), elsewhere.path().join("mine")).unwrap();
+    let conflict = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(conflict.path().join("mine")).unwrap();
+    plane.push("mine", &elsewhere.path().join("mine"), Some("champion")).await;
+    let rule = rule("mine", None);
+    let second = Follows::start_over(&dir.path().join("gw2"), &cp, &[&rule], Some(conflict.path())).await;
+    eventually("the conflict reported", Duration::from_secs(20), || async {
+        plane.registry.store.gateways().await.unwrap().iter().any(|g| {
+            g.report
+                .failures
+                .iter()
+                .any(|f| f.model == "mine" && f.reason == modelgate_registry::sync::FailureReason::Conflict)
+        })
+    })
+    .await;
+    drop(second);
     plane.stop().await;
 }

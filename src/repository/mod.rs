@@ -194,8 +194,11 @@ pub struct Repository {
     /// is applied (or found unreachable): a pod is not ready before its models are.
     synced: AtomicBool,
     /// Versions pulled from a registry, laid out as a second repository (`sync`);
-    /// a model in the directory repository takes precedence.
+    /// a model in the directory repository takes precedence unless adopted.
     pulled: Option<PathBuf>,
+    /// Directory models handed over to the registry (seeded from this directory):
+    /// read from the pulled repository from then on.
+    adopted: parking_lot::RwLock<BTreeSet<String>>,
 }
 
 /// Checks a model name: it becomes a directory name, so no separators, no
@@ -240,6 +243,7 @@ impl Repository {
             started: AtomicBool::new(false),
             synced: AtomicBool::new(true),
             pulled: None,
+            adopted: parking_lot::RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -250,18 +254,26 @@ impl Repository {
         self
     }
 
-    /// Whether `name` is a model of the directory repository (which a registry
-    /// model must not shadow).
+    /// Whether `name` is served from the directory repository (which a registry
+    /// model must not shadow, unless the directory handed it over).
     pub fn in_directory(&self, name: &str) -> bool {
-        validate_model_name(name).is_ok() && self.settings.path.join(name).is_dir()
+        validate_model_name(name).is_ok()
+            && self.settings.path.join(name).is_dir()
+            && !self.adopted.read().contains(name)
     }
 
-    /// The directory a model is read from: the directory repository's, else the
-    /// pulled one's.
+    /// Hands a directory model over to the registry: its versions are read from
+    /// the pulled repository from now on (the registry was seeded from it).
+    pub fn adopt(&self, name: &str) {
+        self.adopted.write().insert(name.to_owned());
+    }
+
+    /// The directory a model is read from: the directory repository's, else (or
+    /// once adopted) the pulled one's.
     fn model_dir(&self, name: &str) -> PathBuf {
         let own = self.settings.path.join(name);
         match &self.pulled {
-            Some(pulled) if !own.is_dir() => pulled.join(name),
+            Some(pulled) if !own.is_dir() || self.adopted.read().contains(name) => pulled.join(name),
             _ => own,
         }
     }

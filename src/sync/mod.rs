@@ -291,6 +291,10 @@ impl Follower {
             reason,
             message,
         };
+        if self.gateway.repository.in_directory(&rule.model) && self.seeded_here(rule, model) {
+            tracing::info!(model = %rule.model, "seeded from the model repository: served through the registry from now on");
+            self.gateway.repository.adopt(&rule.model);
+        }
         if self.gateway.repository.in_directory(&rule.model) {
             if self.rules.is_empty() {
                 // No rule asked for it: the registry merely holds a copy (e.g. seeded from
@@ -332,6 +336,18 @@ impl Follower {
         self.dirs.collect(&rule.model, &wanted, self.settings.keep_versions).await;
         self.served.insert(rule.model.clone(), want);
         canary_failure.map_or(Ok(()), Err)
+    }
+
+    /// Whether the registry's model was seeded from this gateway's own model
+    /// directory, and no route of the data plane's own (a `[[routes]]` entry, an
+    /// operator's) claims the name: then the directory hands the model over.
+    fn seeded_here(&self, rule: &Follow, model: Option<&DesiredModel>) -> bool {
+        let Some(seeded_from) = model.and_then(|m| m.tags.get(modelgate_registry::sync::SEEDED_FROM_TAG)) else {
+            return false;
+        };
+        let own = self.gateway.repository.settings().path.join(&rule.model);
+        let own = std::fs::canonicalize(&own).unwrap_or(own);
+        own.display().to_string() == *seeded_from && self.gateway.routes.get(&rule.model).is_none()
     }
 
     /// Makes `version` of `rule`'s model present, verified and loaded.

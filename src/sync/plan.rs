@@ -97,6 +97,7 @@ mod tests {
             versions: versions.iter().map(|v| (*v, version.clone())).collect(),
             ready: versions.iter().copied().collect(),
             rolled_back: rolled_back.iter().copied().collect(),
+            tags: Default::default(),
         }
     }
 

@@ -96,10 +96,9 @@ pub async fn seed(registry: &Registry, dir: &Path) -> Result<Vec<String>, Regist
                 continue;
             }
         };
-        registry
-            .store
-            .create_model(&name, "seeded from the model repository at first start", &Default::default())
-            .await?;
+        let seeded_from = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let tags = [(crate::sync::SEEDED_FROM_TAG.to_owned(), seeded_from.display().to_string())].into();
+        registry.store.create_model(&name, "seeded from the model repository at first start", &tags).await?;
         let version = crate::types::NewVersion {
             source: format!("file://{}", path.display()),
             format,

@@ -19,6 +19,11 @@ use crate::types::Format;
 /// never starts it as a canary again until an operator deletes the tag.
 pub const ROLLED_BACK_TAG: &str = "modelgate.rolled_back";
 
+/// The model tag that says a registered model was seeded from a gateway's model
+/// repository directory (its canonical path): that gateway hands the model over
+/// from the directory to the registry instead of calling the two a conflict.
+pub const SEEDED_FROM_TAG: &str = "modelgate.seeded_from";
+
 /// Everything a gateway should serve, as of one generation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +49,9 @@ pub struct DesiredModel {
     /// Versions tagged [`ROLLED_BACK_TAG`].
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub rolled_back: BTreeSet<i64>,
+    /// The registered model's tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A version to hold: its identity and its files.

@@ -24,8 +24,9 @@ impl Store {
     pub async fn desired_state(&self) -> Result<DesiredState, RegistryError> {
         let generation = self.generation().await?;
         let mut state = DesiredState { generation, ..DesiredState::default() };
-        for name in sqlx::query_scalar::<_, String>("SELECT name FROM registered_models").fetch_all(&self.pool).await? {
-            state.models.insert(name, DesiredModel::default());
+        for row in sqlx::query("SELECT name, tags FROM registered_models").fetch_all(&self.pool).await? {
+            let tags: Tags = json_col(&row, "tags")?;
+            state.models.insert(row.try_get("name")?, DesiredModel { tags, ..DesiredModel::default() });
         }
         let ready = sqlx::query("SELECT model, version FROM model_versions WHERE status = $1")
             .bind(Status::Ready.as_str())
