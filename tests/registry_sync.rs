@@ -475,3 +475,38 @@ async fn a_model_seeded_from_the_gateways_own_directory_is_handed_over_to_the_re
     drop(second);
     plane.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_while_downloading_is_reported_the_old_version_serves_and_a_retry_finishes_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let data_dir = dir.path().join("gw");
+    let gateway = Follows::start(&data_dir, &cp, &[&rule("fraud", None)]).await;
+    let (one, two) = (model_dir(Kind::Mlp), model_dir(Kind::Slow));
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    let v2 = plane.push("fraud", &two.path().join("m"), None).await;
+    let version = plane.registry.store.require_version("fraud", v2).await.unwrap();
+    let model_file = version.manifest.as_ref().unwrap().iter().find(|e| e.path.ends_with(".onnx")).unwrap().clone();
+    // The download of version 2's model writes where every write fails with ENOSPC.
+    let part = data_dir.join("gateway/cache/tmp").join(format!("{}.part", model_file.sha256.hex()));
+    std::os::unix::fs::symlink("/dev/full", &part).unwrap();
+    plane.set_alias("fraud", "champion", v2).await;
+    eventually("the gateway reports a full disk", Duration::from_secs(20), || async {
+        plane.registry.store.gateways().await.unwrap().iter().any(|g| {
+            g.report.failures.iter().any(|f| {
+                f.reason == modelgate_registry::sync::FailureReason::Disk && f.message.contains("No space left")
+            })
+        })
+    })
+    .await;
+    assert_eq!(gateway.infer("fraud", 5).await, (StatusCode::OK, Some(1)), "version 1 keeps serving");
+    // Space again: the retry (backoff, no new state needed) finishes the release.
+    std::fs::remove_file(&part).unwrap();
+    eventually("version 2 released after the retry", Duration::from_secs(40), || async {
+        gateway.gateway.routes.get("fraud").is_some_and(|r| r.spec.rollout.as_ref().is_some_and(|p| p.canary == 2))
+    })
+    .await;
+    plane.stop().await;
+}

@@ -155,8 +155,11 @@ impl BlobCache {
             .open(&part)
             .await
             .map_err(disk(&part))?;
-        // Drop anything past what was hashed, then append from there.
-        file.set_len(held).await.map_err(disk(&part))?;
+        // Drop anything past what was hashed (only then: truncating is not free of
+        // errors on every file system), then append from there.
+        if file.metadata().await.is_ok_and(|m| m.len() > held) {
+            file.set_len(held).await.map_err(disk(&part))?;
+        }
         file.seek(std::io::SeekFrom::Start(held)).await.map_err(disk(&part))?;
         let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let download = |source| FetchError::Download { path: entry.path.clone(), source };

@@ -321,6 +321,11 @@ impl Follower {
             && let Err(f) = self.hold_version(rule, model, canary, online).await
         {
             want.canary = None;
+            if matches!(f.reason, FailureReason::Download | FailureReason::Disk) {
+                // Not the version's fault: the alias move stays unseen, so the retry
+                // releases it once the files come (a version that cannot load is not retried).
+                want.stable_alias_seen = self.served.get(&rule.model).and_then(|s| s.stable_alias_seen);
+            }
             canary_failure = Some(f);
         }
         self.route(rule, want).await.map_err(|e| failure(Some(want.stable), FailureReason::Load, e))?;
