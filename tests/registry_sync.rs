@@ -510,3 +510,24 @@ async fn a_full_disk_while_downloading_is_reported_the_old_version_serves_and_a_
     .await;
     plane.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follow_rule_set_through_the_control_planes_api_serves_a_model_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let gateway = Follows::start(&dir.path().join("gw"), &cp, &[]).await;
+    let model = model_dir(Kind::Mlp);
+    plane.push("fraud-detector", &model.path().join("m"), Some("prod")).await;
+    let spec = modelgate_registry::sync::FollowSpec {
+        model: "fraud".into(),
+        source: "models:/fraud-detector@prod".into(),
+        canary_alias: None,
+        on_rollback: Default::default(),
+        rollout: None,
+    };
+    plane.registry.store.put_follow(&spec).await.unwrap();
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    assert!(gateway.gateway.repository.resolve("fraud-detector", None).is_err(), "only the rule's name serves");
+    plane.stop().await;
+}

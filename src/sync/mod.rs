@@ -54,6 +54,8 @@ pub struct Follower {
     gateway: Arc<Gateway>,
     settings: SyncSettings,
     rules: Vec<Follow>,
+    /// The rules of the last state applied (configured, from the API, or the default).
+    in_force: Vec<Follow>,
     control_plane: ControlPlane,
     id: String,
     cache: BlobCache,
@@ -96,6 +98,7 @@ impl Follower {
             id: settings.gateway_id(),
             settings,
             rules,
+            in_force: Vec::new(),
             control_plane,
             cache,
             dirs,
@@ -204,11 +207,27 @@ impl Follower {
         poller.abort();
     }
 
-    /// The rules in force for `state`: the configured ones, else one per registered
-    /// model that has a `champion` alias.
-    fn rules_for(&self, state: &DesiredState) -> Vec<Follow> {
+    /// The rules in force for `state`: the configured ones, else those set through the
+    /// control plane's API (one it sends that this gateway refuses is reported), else
+    /// one per registered model that has a `champion` alias.
+    fn rules_for(&mut self, state: &DesiredState) -> Vec<Follow> {
         if !self.rules.is_empty() {
             return self.rules.clone();
+        }
+        if !state.follow.is_empty() {
+            let mut rules = Vec::new();
+            for spec in &state.follow {
+                match FollowRule::from(spec.clone()).check() {
+                    Ok(rule) => rules.push(rule),
+                    Err(message) => self.failures.push(Failure {
+                        model: spec.model.clone(),
+                        version: None,
+                        reason: FailureReason::Rule,
+                        message,
+                    }),
+                }
+            }
+            return rules;
         }
         state
             .models
@@ -257,8 +276,9 @@ impl Follower {
     }
 
     async fn apply_state(&mut self, state: &DesiredState, online: bool) {
-        let rules = self.rules_for(state);
         self.failures.clear();
+        let rules = self.rules_for(state);
+        self.in_force = rules.clone();
         for rule in &rules {
             if let Err(failure) = self.apply_model(rule, state.models.get(&rule.registered), online).await {
                 tracing::error!(model = %failure.model, version = ?failure.version, reason = failure.reason.as_str(),
@@ -296,7 +316,7 @@ impl Follower {
             self.gateway.repository.adopt(&rule.model);
         }
         if self.gateway.repository.in_directory(&rule.model) {
-            if self.rules.is_empty() {
+            if self.rules.is_empty() && state_has_no_rule_for(&self.in_force, &rule.model) {
                 // No rule asked for it: the registry merely holds a copy (e.g. seeded from
                 // the directory at first start), and the directory's version serves.
                 tracing::debug!(model = %rule.model, "a registry model of a directory model's name: the directory's serves");
@@ -491,7 +511,7 @@ impl Follower {
     }
 
     fn rule_of(&self, model: &str) -> Follow {
-        self.rules.iter().find(|r| r.model == model).cloned().unwrap_or_else(|| Follow::default_for(model))
+        self.in_force.iter().find(|r| r.model == model).cloned().unwrap_or_else(|| Follow::default_for(model))
     }
 
     /// Sends what was applied, what failed and the rollout ends; ends not
@@ -527,6 +547,12 @@ impl Follower {
             }
         }
     }
+}
+
+/// Whether the rules in force are the default ones for `model` (no configured or
+/// API rule names it explicitly).
+fn state_has_no_rule_for(in_force: &[Follow], model: &str) -> bool {
+    in_force.iter().find(|r| r.model == model).is_none_or(|r| *r == Follow::default_for(model))
 }
 
 /// Long-polls the control plane forever, handing each new state over; backs

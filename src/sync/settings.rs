@@ -11,11 +11,11 @@
 //! | `sync.wait_secs` | how long one long poll waits for a change | 30 |
 //! | `sync.keep_versions` | versions of a model kept on disk (so a rollback needs no download) | 3 |
 //! | `sync.verify_on_start` | `size` or `full` (re-hash every file) when serving the last-known-good snapshot | `size` |
-//! | `[[follow]]` | `model`, `source = "models:/NAME@ALIAS"`, `canary_alias`, `on_rollback` (`revert_alias` or `hold`), `rollout = { ... }` (a route's rollout keys without `canary`) | every registered model with a `champion` alias, canary alias `challenger` |
+//! | `[[follow]]` | (else the rules set through the control plane's `PUT /cp/v1/follow/{model}`) `model`, `source = "models:/NAME@ALIAS"`, `canary_alias`, `on_rollback` (`revert_alias` or `hold`), `rollout = { ... }` (a route's rollout keys without `canary`) | every registered model with a `champion` alias, canary alias `challenger` |
 
 use std::path::PathBuf;
 
-use modelgate_registry::sync::OnRollback;
+use modelgate_registry::sync::{FollowSpec, OnRollback};
 use serde::Deserialize;
 
 use crate::routing::RolloutSpec;
@@ -119,6 +119,19 @@ pub struct FollowRule {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(transparent)]
 pub struct RolloutTemplate(serde_json::Map<String, serde_json::Value>);
+
+impl From<FollowSpec> for FollowRule {
+    /// A rule set through the control plane's API: the same fields as `[[follow]]`.
+    fn from(spec: FollowSpec) -> FollowRule {
+        FollowRule {
+            model: spec.model,
+            source: spec.source,
+            canary_alias: spec.canary_alias,
+            on_rollback: spec.on_rollback,
+            rollout: spec.rollout.map(RolloutTemplate),
+        }
+    }
+}
 
 impl RolloutTemplate {
     /// The policy for a release of `canary`.

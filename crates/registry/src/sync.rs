@@ -32,6 +32,64 @@ pub struct DesiredState {
     pub generation: i64,
     /// Registered models by name.
     pub models: BTreeMap<String, DesiredModel>,
+    /// Follow rules set through the API (a gateway's own `[[follow]]` rules win).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow: Vec<FollowSpec>,
+}
+
+/// Which registered model to serve under which name and aliases: a gateway's
+/// `[[follow]]` rule, as the control plane's API holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowSpec {
+    /// The name it is served under.
+    pub model: String,
+    /// `models:/NAME@ALIAS`: the registered model and its stable alias.
+    pub source: String,
+    /// An alias whose version is released as a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_alias: Option<String>,
+    /// What to do with the aliases on rollback.
+    #[serde(default)]
+    pub on_rollback: OnRollback,
+    /// The rollout policy of the releases (a route's rollout keys without `canary`); the
+    /// gateway checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl FollowSpec {
+    /// The registered model and the stable alias of `source` (`models:/NAME@ALIAS`).
+    pub fn source_parts(&self) -> Option<(&str, &str)> {
+        let ok = |n: &str| crate::name::Name::parse("name", n).is_ok();
+        self.source.strip_prefix("models:/")?.split_once('@').filter(|(m, a)| ok(m) && ok(a))
+    }
+
+    /// Checks names, the source's form and the canary alias; the rollout keys are
+    /// the gateway's to check.
+    pub fn check(&self) -> Result<(), crate::RegistryError> {
+        crate::name::Name::parse("model", &self.model)?;
+        let (_, alias) = self.source_parts().ok_or_else(|| {
+            crate::RegistryError::InvalidArgument(format!(
+                "source '{}': expected models:/NAME@ALIAS (version numbers and stages are not followed)",
+                self.source
+            ))
+        })?;
+        if let Some(canary) = &self.canary_alias {
+            crate::name::Name::parse("alias", canary)?;
+            if canary == alias {
+                return Err(crate::RegistryError::InvalidArgument(format!(
+                    "canary_alias '{canary}' must differ from the source's alias"
+                )));
+            }
+        }
+        if self.rollout.as_ref().is_some_and(|r| r.contains_key("canary")) {
+            return Err(crate::RegistryError::InvalidArgument(
+                "rollout takes no 'canary': each release names it".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One registered model as the gateways need it.
@@ -114,6 +172,8 @@ pub enum FailureReason {
     Conflict,
     /// A follow rule names a model or alias the registry does not have.
     Missing,
+    /// A follow rule from the control plane that the gateway refuses (its rollout keys).
+    Rule,
 }
 
 impl FailureReason {
@@ -126,6 +186,7 @@ impl FailureReason {
             FailureReason::Load => "load",
             FailureReason::Conflict => "conflict",
             FailureReason::Missing => "missing",
+            FailureReason::Rule => "rule",
         }
     }
 }

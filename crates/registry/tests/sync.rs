@@ -148,3 +148,35 @@ async fn bad_sync_and_report_requests_are_refused_with_the_field_named() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(common::error_of(&body).contains("typo"), "{body}");
 }
+
+#[tokio::test]
+async fn follow_rules_set_through_the_api_are_part_of_the_desired_state() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        let rule = json!({ "source": "models:/fraud@champion", "canary_alias": "challenger",
+                           "rollout": { "step_weights": [50, 100] } });
+        let put = server.http.put(server.url("/cp/v1/follow/fraud-live")).json(&rule).send().await.unwrap();
+        let (status, body) = common::answer(put).await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}: {body}");
+        let (_, state) = sync(&server, 0, "0s").await;
+        assert_eq!(state["follow"][0]["model"], "fraud-live", "{backend:?}: {state}");
+        assert_eq!(state["follow"][0]["rollout"]["step_weights"], json!([50, 100]), "{backend:?}");
+        for (bad, expected) in [
+            (json!({ "source": "models:/fraud/3" }), "models:/NAME@ALIAS"),
+            (json!({ "source": "models:/fraud@a", "canary_alias": "a" }), "differ"),
+            (json!({ "source": "models:/fraud@a", "rollout": { "canary": 2 } }), "canary"),
+            (json!({ "source": "models:/fraud@a", "typo": 1 }), "typo"),
+        ] {
+            let put = server.http.put(server.url("/cp/v1/follow/x")).json(&bad).send().await.unwrap();
+            let (status, body) = common::answer(put).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{backend:?}: {bad}");
+            assert!(common::error_of(&body).contains(expected), "{backend:?}: {body}");
+        }
+        let delete = server.http.delete(server.url("/cp/v1/follow/fraud-live")).send().await.unwrap();
+        assert_eq!(delete.status(), StatusCode::NO_CONTENT, "{backend:?}");
+        let again = server.http.delete(server.url("/cp/v1/follow/fraud-live")).send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_FOUND, "{backend:?}");
+        let (_, state) = sync(&server, 0, "0s").await;
+        assert!(state.get("follow").is_none(), "{backend:?}: {state}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use http::StatusCode;
 use http::header::ETAG;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::{ApiError, JsonBody};
 use crate::Registry;
 use crate::error::RegistryError;
 use crate::name::Name;
-use crate::sync::Report;
+use crate::sync::{FollowSpec, OnRollback, Report};
 
 type Shared = State<Arc<Registry>>;
 
@@ -33,6 +33,8 @@ pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
         .route("/cp/v1/sync", get(sync))
         .route("/cp/v1/gateways", get(gateways))
+        .route("/cp/v1/follow", get(list_follow))
+        .route("/cp/v1/follow/{model}", put(put_follow).delete(delete_follow))
         .route("/cp/v1/gateways/{id}/report", post(report))
 }
 
@@ -93,6 +95,45 @@ async fn report(
     registry.store.apply_report(id.as_str(), &report).await?;
     Ok((StatusCode::OK, axum::Json(json!({ "gateway": id, "applied_generation": report.applied_generation })))
         .into_response())
+}
+
+/// A follow rule's body: the spec without the model, which the path names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FollowBody {
+    source: String,
+    #[serde(default)]
+    canary_alias: Option<String>,
+    #[serde(default)]
+    on_rollback: OnRollback,
+    #[serde(default)]
+    rollout: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn list_follow(State(registry): Shared) -> Result<Response, ApiError> {
+    Ok(axum::Json(json!({ "follow": registry.store.follow_rules().await? })).into_response())
+}
+
+async fn put_follow(
+    State(registry): Shared,
+    Path(model): Path<String>,
+    JsonBody(body): JsonBody<FollowBody>,
+) -> Result<Response, ApiError> {
+    let spec = FollowSpec {
+        model,
+        source: body.source,
+        canary_alias: body.canary_alias,
+        on_rollback: body.on_rollback,
+        rollout: body.rollout,
+    };
+    let generation = registry.store.put_follow(&spec).await?;
+    Ok(axum::Json(json!({ "follow": spec, "generation": generation })).into_response())
+}
+
+async fn delete_follow(State(registry): Shared, Path(model): Path<String>) -> Result<Response, ApiError> {
+    let model = Name::parse("model", &model)?;
+    registry.store.delete_follow(model.as_str()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn gateways(State(registry): Shared) -> Result<Response, ApiError> {

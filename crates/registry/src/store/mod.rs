@@ -50,7 +50,14 @@ fn migrator() -> Migrator {
         AssertSqlSafe(include_str!("../../migrations/0002_gateways.sql")).into_sql_str(),
         false,
     );
-    Migrator { migrations: Cow::Owned(vec![init, gateways]), ..Migrator::DEFAULT }
+    let follow = Migration::new(
+        3,
+        Cow::Borrowed("follow_rules"),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../../migrations/0003_follow_rules.sql")).into_sql_str(),
+        false,
+    );
+    Migrator { migrations: Cow::Owned(vec![init, gateways, follow]), ..Migrator::DEFAULT }
 }
 
 impl Store {

@@ -8,8 +8,8 @@ use super::write::{AliasWrite, Change};
 use super::{Store, json_col, now_ms, to_json};
 use crate::error::RegistryError;
 use crate::sync::{
-    DesiredModel, DesiredState, DesiredVersion, GatewayStatus, OnRollback, Outcome, ROLLED_BACK_TAG, Report,
-    RolloutOutcome,
+    DesiredModel, DesiredState, DesiredVersion, FollowSpec, GatewayStatus, OnRollback, Outcome, ROLLED_BACK_TAG,
+    Report, RolloutOutcome,
 };
 use crate::types::{Status, Tags};
 
@@ -73,7 +73,32 @@ impl Store {
                 entry.rolled_back.insert(row.try_get("version")?);
             }
         }
+        state.follow = self.follow_rules().await?;
         Ok(state)
+    }
+
+    /// The follow rules set through the API, by served name.
+    pub async fn follow_rules(&self) -> Result<Vec<FollowSpec>, RegistryError> {
+        let rows = sqlx::query("SELECT rule FROM follow_rules ORDER BY model").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| json_col(row, "rule")).collect()
+    }
+
+    /// Sets the follow rule of `spec.model` (checked); returns the generation.
+    pub async fn put_follow(&self, spec: &FollowSpec) -> Result<i64, RegistryError> {
+        spec.check()?;
+        let mut change = Change::begin(self).await?;
+        change.upsert_follow(spec).await?;
+        change.commit("follow_set", &spec.model, serde_json::to_value(spec).unwrap_or_default()).await
+    }
+
+    /// Removes the follow rule of `model`; 404 when there is none.
+    pub async fn delete_follow(&self, model: &str) -> Result<(), RegistryError> {
+        let mut change = Change::begin(self).await?;
+        if !change.delete_follow(model).await? {
+            return Err(RegistryError::NotFound(format!("no follow rule for '{model}'")));
+        }
+        change.commit("follow_deleted", model, json!({})).await?;
+        Ok(())
     }
 
     /// Records a gateway's report and carries out the alias moves its finished

@@ -184,6 +184,30 @@ impl Change {
 }
 
 impl Change {
+    /// Inserts or replaces a follow rule.
+    pub(super) async fn upsert_follow(&mut self, spec: &crate::sync::FollowSpec) -> Result<(), RegistryError> {
+        sqlx::query(
+            "INSERT INTO follow_rules (model, rule, generation, updated_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (model) DO UPDATE SET rule = $2, generation = $3, updated_ms = $4",
+        )
+        .bind(spec.model.clone())
+        .bind(to_json(spec))
+        .bind(self.generation)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a follow rule; whether there was one.
+    pub(super) async fn delete_follow(&mut self, model: &str) -> Result<bool, RegistryError> {
+        let done = sqlx::query("DELETE FROM follow_rules WHERE model = $1")
+            .bind(model.to_owned())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Sets (`Some`) or deletes (`None`) one tag of a model, or of one of its versions.
     pub(super) async fn set_tag(
         &mut self,
