@@ -24,6 +24,12 @@ cargo fmt --all -- --check
 step "cargo clippy ${feature_args[*]:-}"
 cargo clippy --workspace --all-targets "${feature_args[@]}" -- -D warnings
 
+# The GPU code paths cannot run here (no GPU), but they must build and stay lint-clean on every
+# change: ONNX Runtime's CUDA execution provider is loaded at run time, so this needs no CUDA.
+# (`torch,cuda` needs a CUDA libtorch at build time: checked on the GPU machine, README "GPU".)
+step "cargo clippy --features cuda (GPU code builds)"
+cargo clippy --workspace --features cuda -- -D warnings
+
 # The registry's tests run on SQLite and on a throwaway PostgreSQL; requiring it means a
 # machine without PostgreSQL fails here instead of skipping those tests.
 export MODELGATE_REQUIRE_POSTGRES=1
