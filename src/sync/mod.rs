@@ -182,8 +182,6 @@ impl Follower {
                         }
                     } else if !self.outcomes.is_empty() && tokio::time::Instant::now() >= report_at {
                         self.report().await;
-                    }
-                    if !self.outcomes.is_empty() && tokio::time::Instant::now() >= report_at {
                         report_at = tokio::time::Instant::now() + REPORT_RETRY;
                     }
                 }
