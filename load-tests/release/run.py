@@ -921,12 +921,48 @@ def main() -> int:
         load_average_before=report.load_before, load_average_after=reportlib.load_average(),
         duration_s=time.time() - started,
     )
+    report.checks.extend(targets(result))
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     report.add(markdown(result))
     report.add(f"Whole run: {result['duration_s']:.0f} s. Raw numbers: `{name}.json`; server logs: `{name}-logs/`.")
     report.write(readme=False)
     print(f"results: {RESULTS / name}.md, .json")
-    return 0
+    return 0 if all(check.passed for check in report.checks) else 1
+
+
+def targets(result: dict) -> list[reportlib.Check]:
+    """The issue's targets for the phases that ran (#10: alias set -> canary traffic <= 2 s,
+    alias -> desired state p99 <= 100 ms, 0 failed requests with the control plane down,
+    rollback <= 2 s after the first breaching request with the alias moved back)."""
+    checks = []
+
+    def at_most(what: str, measured: float | None, bound: float, unit: str) -> None:
+        # A measure that never came (None) is a miss, not a pass.
+        checks.append(reportlib.Check(what, float("inf") if measured is None else float(measured), bound,
+                                      higher_is_better=False, unit=unit))
+
+    if "release" in result:
+        r = result["release"]
+        at_most("alias set -> first canary answer, max", r["alias_set_to_first_canary_answer_ms"].get("max"),
+                2000.0, " ms")
+        at_most("failed requests during releases", r["failed_requests"], 0.0, "")
+        at_most("old version released again after a promotion", r["old_version_released_again_after_promotion"],
+                0.0, "")
+    if "sync" in result:
+        at_most("alias set -> desired state at a long poll, p99", result["sync"]["put_answered_to_poll_answered_ms"]
+                .get("p99"), 100.0, " ms")
+    if "outage" in result:
+        at_most("failed requests with the control plane down", result["outage"]["failed_requests"], 0.0, "")
+    if "bad_version" in result:
+        b = result["bad_version"]
+        at_most("first failed request -> canary weight 0", b["rollback_to_weight_0_ms"], 2000.0, " ms")
+        at_most("bad version not tagged rolled back", 0.0 if b["tagged_rolled_back"] else 1.0, 0.0, "")
+        at_most("failed requests sent after weight 0", b["failed_requests_sent_after_weight_0"], 0.0, "")
+    if "outage_mid_release" in result:
+        m = result["outage_mid_release"]
+        at_most("failed requests, outage mid-release", m["failed_requests"], 0.0, "")
+        at_most("releases ended in a mid-release outage (1 expected)", len(m["releases_ended"]), 1.0, "")
+    return checks
 
 
 if __name__ == "__main__":
