@@ -206,7 +206,7 @@ impl Config {
     /// The `[[follow]]` rules, checked.
     pub fn follow_rules(&self) -> Result<Vec<Follow>, ConfigError> {
         let rules: Vec<Follow> =
-            self.follow.iter().map(FollowRule::check).collect::<Result<_, _>>().map_err(ConfigError::Invalid)?;
+            self.follow.iter().map(Follow::from_rule).collect::<Result<_, _>>().map_err(ConfigError::Invalid)?;
         for (i, rule) in rules.iter().enumerate() {
             if rules[..i].iter().any(|r| r.model == rule.model) {
                 return Err(ConfigError::Invalid(format!("two [[follow]] rules serve model '{}'", rule.model)));

@@ -215,7 +215,7 @@ impl Follower {
         if !state.follow.is_empty() {
             let mut rules = Vec::new();
             for spec in &state.follow {
-                match FollowRule::from(spec.clone()).check() {
+                match Follow::from_rule(spec) {
                     Ok(rule) => rules.push(rule),
                     Err(message) => self.failures.push(Failure {
                         model: spec.model.clone(),

@@ -15,9 +15,11 @@
 
 use std::path::PathBuf;
 
+use modelgate_registry::name::Name;
 use modelgate_registry::sync::{FollowSpec, OnRollback};
 use serde::Deserialize;
 
+use crate::repository::validate_model_name;
 use crate::routing::RolloutSpec;
 
 /// How the gateway follows a control plane.
@@ -62,13 +64,10 @@ impl Default for SyncSettings {
 impl SyncSettings {
     /// The gateway's id: configured, else `$HOSTNAME` (a pod's name), else `gateway`.
     pub fn gateway_id(&self) -> String {
-        let valid = |id: &String| {
-            !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        };
         self.gateway_id
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(valid)
+            .filter(|id| Name::parse("gateway", id).is_ok())
             .unwrap_or_else(|| "gateway".into())
     }
 
@@ -94,44 +93,14 @@ pub enum Verify {
     Full,
 }
 
-/// Which registered model to serve, under which aliases.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FollowRule {
-    /// The name it is served under.
-    pub model: String,
-    /// `models:/NAME@ALIAS` (MLflow's URI form): the registered model and the
-    /// alias of the stable version.
-    pub source: String,
-    /// An alias whose version is released as a canary beside the stable one.
-    #[serde(default)]
-    pub canary_alias: Option<String>,
-    /// What the control plane does with the aliases when a canary is rolled back.
-    #[serde(default)]
-    pub on_rollback: OnRollback,
-    /// The rollout policy of registry-started canaries (a route's rollout keys,
-    /// `canary` left out); the defaults of `routing::policy` otherwise.
-    #[serde(default)]
-    pub rollout: Option<RolloutTemplate>,
-}
+/// Which registered model to serve, under which aliases: a `[[follow]]` entry,
+/// the same type the control plane's API holds (`PUT /cp/v1/follow/{model}`).
+pub type FollowRule = FollowSpec;
 
 /// A rollout policy without its canary, which each release fills in.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(transparent)]
 pub struct RolloutTemplate(serde_json::Map<String, serde_json::Value>);
-
-impl From<FollowSpec> for FollowRule {
-    /// A rule set through the control plane's API: the same fields as `[[follow]]`.
-    fn from(spec: FollowSpec) -> FollowRule {
-        FollowRule {
-            model: spec.model,
-            source: spec.source,
-            canary_alias: spec.canary_alias,
-            on_rollback: spec.on_rollback,
-            rollout: spec.rollout.map(RolloutTemplate),
-        }
-    }
-}
 
 impl RolloutTemplate {
     /// The policy for a release of `canary`.
@@ -182,43 +151,22 @@ impl Follow {
     }
 }
 
-impl FollowRule {
-    /// Checks the rule: a valid model name, a `models:/NAME@ALIAS` source, a
-    /// rollout template that makes a valid policy.
-    pub fn check(&self) -> Result<Follow, String> {
-        let name_ok = |n: &str| {
-            !n.is_empty() && n.len() <= 128 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        };
-        if !name_ok(&self.model) || self.model.starts_with('.') {
-            return Err(format!("follow rule: invalid model name '{}'", self.model));
-        }
-        let (registered, alias) = self
-            .source
-            .strip_prefix("models:/")
-            .and_then(|rest| rest.split_once('@'))
-            .filter(|(m, a)| name_ok(m) && name_ok(a))
-            .ok_or_else(|| {
-                format!(
-                    "follow rule for '{}': source '{}' must be models:/NAME@ALIAS (version numbers and stages are not followed)",
-                    self.model, self.source
-                )
-            })?;
-        if let Some(canary) = &self.canary_alias
-            && (!name_ok(canary) || canary == alias)
-        {
-            return Err(format!(
-                "follow rule for '{}': canary_alias '{canary}' must be a valid alias other than '{alias}'",
-                self.model
-            ));
-        }
-        let rollout = self.rollout.clone().unwrap_or_default();
-        rollout.for_canary(2).map_err(|e| format!("follow rule for '{}': {e}", self.model))?;
+impl Follow {
+    /// Checks a rule: a valid served name, a `models:/NAME@ALIAS` source and canary
+    /// alias (the registry's own checks), a rollout template that makes a valid policy.
+    pub fn from_rule(rule: &FollowRule) -> Result<Follow, String> {
+        let refused = |e: &dyn std::fmt::Display| format!("follow rule for '{}': {e}", rule.model);
+        validate_model_name(&rule.model).map_err(|e| format!("follow rule: {}", e.message()))?;
+        rule.check().map_err(|e| refused(&e))?;
+        let (registered, alias) = rule.source_parts().ok_or_else(|| refused(&"source does not parse"))?;
+        let rollout = RolloutTemplate(rule.rollout.clone().unwrap_or_default());
+        rollout.for_canary(2).map_err(|e| refused(&e))?;
         Ok(Follow {
-            model: self.model.clone(),
+            model: rule.model.clone(),
             registered: registered.to_owned(),
             stable_alias: alias.to_owned(),
-            canary_alias: self.canary_alias.clone(),
-            on_rollback: self.on_rollback,
+            canary_alias: rule.canary_alias.clone(),
+            on_rollback: rule.on_rollback,
             rollout,
         })
     }
@@ -235,11 +183,10 @@ mod tests {
 
     #[test]
     fn a_follow_rule_names_an_mlflow_alias_uri_and_an_optional_canary_alias() {
-        let follow = rule(
+        let follow = Follow::from_rule(&rule(
             "model = \"fraud\"\nsource = \"models:/fraud-detector@champion\"\ncanary_alias = \"challenger\"\n\
              on_rollback = \"hold\"\nrollout = { step_weights = [10, 100], interval = \"5s\" }",
-        )
-        .check()
+        ))
         .unwrap();
         assert_eq!(follow.registered, "fraud-detector");
         assert_eq!(follow.stable_alias, "champion");
@@ -258,7 +205,7 @@ mod tests {
             ("model = \"m\"\nsource = \"models:/m@a\"\nrollout = { canary = 3 }", "takes no 'canary'"),
             ("model = \"m\"\nsource = \"models:/m@a\"\nrollout = { step_weights = \"x\" }", "rollout:"),
         ] {
-            let error = rule(text).check().unwrap_err();
+            let error = Follow::from_rule(&rule(text)).unwrap_err();
             assert!(error.contains(expected), "{text}: {error}");
         }
         assert!(toml::from_str::<FollowRule>("model = \"m\"\nsource = \"models:/m@a\"\ntypo = 1").is_err());

@@ -71,7 +71,7 @@ impl FollowSpec {
         crate::name::Name::parse("model", &self.model)?;
         let (_, alias) = self.source_parts().ok_or_else(|| {
             crate::RegistryError::InvalidArgument(format!(
-                "source '{}': expected models:/NAME@ALIAS (version numbers and stages are not followed)",
+                "source '{}' must be models:/NAME@ALIAS (version numbers and stages are not followed)",
                 self.source
             ))
         })?;
@@ -79,7 +79,7 @@ impl FollowSpec {
             crate::name::Name::parse("alias", canary)?;
             if canary == alias {
                 return Err(crate::RegistryError::InvalidArgument(format!(
-                    "canary_alias '{canary}' must differ from the source's alias"
+                    "canary_alias '{canary}' must be an alias other than the source's '{alias}' (the two must differ)"
                 )));
             }
         }
