@@ -123,6 +123,19 @@ fn verdict(stat: Stat, value: f64, p_value: Option<f64>, threshold: f64, rows: (
     Verdict { stat, value, p_value, threshold, drifted, reference_rows: rows.0, current_rows: rows.1 }
 }
 
+/// Refuses a verdict on an empty reference, or on a window with fewer than `min_rows`
+/// (at least 1) usable rows; `(nan, inf, missing)` say what the window held instead.
+fn check_rows(rows: (u64, u64), min_rows: u64, (nan, inf, missing): (u64, u64, u64)) -> Result<(), NoVerdict> {
+    if rows.0 == 0 {
+        return Err(NoVerdict::EmptyReference);
+    }
+    let min = min_rows.max(1);
+    if rows.1 < min {
+        return Err(NoVerdict::TooFewRows { rows: rows.1, min, nan, inf, missing });
+    }
+    Ok(())
+}
+
 /// Tests a numeric window against its reference. `min_rows` is the fewest finite window values
 /// worth a verdict (at least 1).
 pub fn evaluate_numeric(
@@ -132,18 +145,7 @@ pub fn evaluate_numeric(
     min_rows: u64,
 ) -> Result<Verdict, NoVerdict> {
     let rows = (reference.finite_count(), current.finite_count());
-    if rows.0 == 0 {
-        return Err(NoVerdict::EmptyReference);
-    }
-    if rows.1 < min_rows.max(1) {
-        return Err(NoVerdict::TooFewRows {
-            rows: rows.1,
-            min: min_rows.max(1),
-            nan: current.nan_count(),
-            inf: current.inf_count(),
-            missing: 0,
-        });
-    }
+    check_rows(rows, min_rows, (current.nan_count(), current.inf_count(), 0))?;
     let (stat, threshold) = match rule {
         Rule::Auto if rows.0 <= AUTO_SMALL_REFERENCE => (Stat::Ks, Stat::Ks.default_threshold()),
         Rule::Auto => (Stat::Wasserstein, Stat::Wasserstein.default_threshold()),
@@ -193,18 +195,7 @@ pub fn evaluate_categorical(
     min_rows: u64,
 ) -> Result<Verdict, NoVerdict> {
     let rows = (reference.count(), current.count());
-    if rows.0 == 0 {
-        return Err(NoVerdict::EmptyReference);
-    }
-    if rows.1 < min_rows.max(1) {
-        return Err(NoVerdict::TooFewRows {
-            rows: rows.1,
-            min: min_rows.max(1),
-            nan: 0,
-            inf: 0,
-            missing: current.missing_count(),
-        });
-    }
+    check_rows(rows, min_rows, (0, 0, current.missing_count()))?;
     let (stat, threshold) = match rule {
         Rule::Auto if rows.0 <= AUTO_SMALL_REFERENCE => (Stat::ChiSquared, Stat::ChiSquared.default_threshold()),
         Rule::Auto => (Stat::JensenShannon, Stat::JensenShannon.default_threshold()),
