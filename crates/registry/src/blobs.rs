@@ -156,12 +156,7 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        if declared_size > self.max_blob_size {
-            return Err(RegistryError::TooLarge(format!(
-                "blob of {declared_size} bytes refused: at most {} bytes per blob",
-                self.max_blob_size
-            )));
-        }
+        self.check_size(declared_size)?;
         let Some(lock) = self.lock(declared) else {
             // Another upload of this digest holds its part: this one is not resumable.
             let (temp, actual, _) = self.receive(Some(declared_size), body).await?;
@@ -195,12 +190,7 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        if total > self.max_blob_size {
-            return Err(RegistryError::TooLarge(format!(
-                "blob of {total} bytes refused: at most {} bytes per blob",
-                self.max_blob_size
-            )));
-        }
+        self.check_size(total)?;
         if self.size(declared).await?.is_some() {
             return Ok(Upload::Done(Stored::Existed));
         }
@@ -219,6 +209,17 @@ impl BlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Held::Part(0)),
             Err(e) => Err(RegistryError::io("reading an upload's size", e)),
         }
+    }
+
+    /// Refuses a blob over the size limit before a byte of it is read.
+    fn check_size(&self, size: u64) -> Result<(), RegistryError> {
+        if size > self.max_blob_size {
+            return Err(RegistryError::TooLarge(format!(
+                "blob of {size} bytes refused: at most {} bytes per blob",
+                self.max_blob_size
+            )));
+        }
+        Ok(())
     }
 
     fn part_path(&self, digest: &Digest) -> PathBuf {
