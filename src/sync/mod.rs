@@ -56,6 +56,8 @@ pub struct Follower {
     rules: Vec<Follow>,
     /// The rules of the last state applied (configured, from the API, or the default).
     in_force: Vec<Follow>,
+    /// Whether `in_force` came from a rule someone wrote (config or API), not the default.
+    explicit: bool,
     control_plane: ControlPlane,
     id: String,
     cache: BlobCache,
@@ -99,6 +101,7 @@ impl Follower {
             settings,
             rules,
             in_force: Vec::new(),
+            explicit: false,
             control_plane,
             cache,
             dirs,
@@ -276,6 +279,7 @@ impl Follower {
     async fn apply_state(&mut self, state: &DesiredState, online: bool) {
         self.failures.clear();
         let rules = self.rules_for(state);
+        self.explicit = !self.rules.is_empty() || !state.follow.is_empty();
         self.in_force = rules.clone();
         for rule in &rules {
             if let Err(failure) = self.apply_model(rule, state.models.get(&rule.registered), online).await {
@@ -314,7 +318,7 @@ impl Follower {
             self.gateway.repository.adopt(&rule.model);
         }
         if self.gateway.repository.in_directory(&rule.model) {
-            if self.rules.is_empty() && state_has_no_rule_for(&self.in_force, &rule.model) {
+            if !self.explicit {
                 // No rule asked for it: the registry merely holds a copy (e.g. seeded from
                 // the directory at first start), and the directory's version serves.
                 tracing::debug!(model = %rule.model, "a registry model of a directory model's name: the directory's serves");
@@ -545,12 +549,6 @@ impl Follower {
             }
         }
     }
-}
-
-/// Whether the rules in force are the default ones for `model` (no configured or
-/// API rule names it explicitly).
-fn state_has_no_rule_for(in_force: &[Follow], model: &str) -> bool {
-    in_force.iter().find(|r| r.model == model).is_none_or(|r| *r == Follow::default_for(model))
 }
 
 /// Long-polls the control plane forever, handing each new state over; backs
