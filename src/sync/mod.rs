@@ -536,6 +536,7 @@ impl Follower {
             loaded,
             failures: self.failures.clone(),
             rollouts: self.outcomes.clone(),
+            drift_windows: Vec::new(),
         };
         match self.control_plane.report(&self.id, &report).await {
             Ok(()) => {

@@ -90,14 +90,20 @@ mod tests {
     use modelgate_registry::sync::DesiredVersion;
 
     fn model(aliases: &[(&str, i64)], versions: &[i64], rolled_back: &[i64]) -> DesiredModel {
-        let version =
-            DesiredVersion { manifest_digest: String::new(), format: None, config_pbtxt: None, files: Vec::new() };
+        let version = DesiredVersion {
+            manifest_digest: String::new(),
+            format: None,
+            config_pbtxt: None,
+            files: Vec::new(),
+            drift_features: None,
+        };
         DesiredModel {
             aliases: aliases.iter().map(|(a, v)| ((*a).to_owned(), *v)).collect(),
             versions: versions.iter().map(|v| (*v, version.clone())).collect(),
             ready: versions.iter().copied().collect(),
             rolled_back: rolled_back.iter().copied().collect(),
             tags: Default::default(),
+            drift: Default::default(),
         }
     }
 

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use modelgate_sketch::{FeatureSpec, Profile, Stat};
+
 use crate::manifest::Entry;
 use crate::types::Format;
 
@@ -110,6 +112,9 @@ pub struct DesiredModel {
     /// The registered model's tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The control plane's latest drift evaluation of each version it has one for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drift: BTreeMap<i64, DriftStatus>,
 }
 
 /// A version to hold: its identity and its files.
@@ -125,10 +130,67 @@ pub struct DesiredVersion {
     pub config_pbtxt: Option<String>,
     /// Every file, with size and sha256.
     pub files: Vec<Entry>,
+    /// The features of its drift reference, when it has one: gateways profile its traffic on
+    /// these (names, kinds, the reference's histogram edges) so windows compare with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_features: Option<BTreeMap<String, FeatureSpec>>,
+}
+
+/// One closed window of a served version's traffic, profiled by a gateway and shipped with
+/// its next report (the control plane merges the windows of every gateway).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftWindow {
+    /// The registered model.
+    pub model: String,
+    /// The version that answered.
+    pub version: i64,
+    /// The route arm it answered as: `stable` or `canary` while a release runs, else `stable`.
+    pub arm: String,
+    /// Window start, milliseconds since the Unix epoch.
+    pub start_ms: i64,
+    /// Window length in seconds (60 by default).
+    pub seconds: u32,
+    /// Rows (batch entries) profiled in the window.
+    pub rows: u64,
+    /// Per-feature summaries: inputs, outputs, a classifier's argmax.
+    pub profile: Profile,
+}
+
+/// The control plane's verdict on one version's recent traffic against its reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftStatus {
+    /// When it was evaluated, milliseconds since the Unix epoch.
+    pub evaluated_ms: i64,
+    /// The span of windows merged, in seconds.
+    pub span_seconds: u32,
+    /// Rows in the span.
+    pub rows: u64,
+    /// Whether the share of drifted features reached the dataset bound.
+    pub drifted: bool,
+    /// Drifted features / features with a verdict.
+    pub share: f64,
+    /// Per feature with a verdict: the statistic and whether it drifted.
+    pub features: BTreeMap<String, FeatureDrift>,
+}
+
+/// One feature's drift verdict, as the gateways export it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDrift {
+    /// The statistic used (`ks`, `wasserstein`, `psi`, ...).
+    pub stat: Stat,
+    /// Its value.
+    pub value: f64,
+    /// The threshold it was held to.
+    pub threshold: f64,
+    /// Whether it drifted.
+    pub drifted: bool,
 }
 
 /// What a gateway tells the control plane after applying a state.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// The generation of the last state applied (in full or in part).
@@ -142,6 +204,9 @@ pub struct Report {
     /// Rollouts that ended since the last report.
     #[serde(default)]
     pub rollouts: Vec<RolloutOutcome>,
+    /// Drift windows closed since the last report that reached the control plane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift_windows: Vec<DriftWindow>,
 }
 
 /// A version a gateway serves.
@@ -253,7 +318,7 @@ pub struct RolloutOutcome {
 }
 
 /// A gateway as the control plane last heard from it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GatewayStatus {
     /// Its id.
     pub id: String,

@@ -107,6 +107,9 @@ pub enum NoVerdict {
     /// The window was not profiled on the reference's histogram edges.
     #[error("the window's histogram edges differ from the reference's")]
     EdgesMismatch,
+    /// The window's feature is of another kind (numeric vs categorical) than the reference's.
+    #[error("the window's feature is numeric where the reference's is categorical, or the reverse")]
+    KindMismatch,
     /// The statistic does not apply to this kind of feature.
     #[error("{stat:?} does not apply to a categorical feature")]
     NotApplicable {

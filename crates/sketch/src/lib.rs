@@ -11,6 +11,8 @@
 //! - [`categorical`]: [`CategoricalProfile`], bounded frequent items plus an "other" count.
 //! - [`stats`]: PSI, Jensen–Shannon, Hellinger, KS (statistic and p-value), normed Wasserstein,
 //!   chi-squared, NannyML's adaptive threshold.
+//! - [`profile`]: [`Profile`], every feature of a version over one window or a reference, and
+//!   [`FeatureSpec`], what a window is profiled on.
 //! - [`drift`]: [`Verdict`] per feature under a [`Rule`] (Evidently's `auto` by default), and
 //!   [`DatasetDrift`].
 //!
@@ -23,6 +25,7 @@ pub mod drift;
 mod error;
 pub mod histogram;
 pub mod numeric;
+pub mod profile;
 pub mod stats;
 #[cfg(test)]
 mod testing;
@@ -33,3 +36,4 @@ pub use drift::{DatasetDrift, NoVerdict, Rule, Stat, Verdict};
 pub use error::SketchError;
 pub use histogram::Histogram;
 pub use numeric::FeatureProfile;
+pub use profile::{FeatureSpec, Profile, Summary};

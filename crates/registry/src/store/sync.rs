@@ -55,6 +55,7 @@ impl Store {
                     format: found.format,
                     config_pbtxt: found.config_pbtxt,
                     files,
+                    drift_features: None,
                 };
                 entry.versions.insert(version, desired);
             }
