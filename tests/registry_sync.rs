@@ -51,6 +51,7 @@ impl Plane {
             data_dir: data_dir.clone(),
             limits: Default::default(),
             file_roots: Vec::new(),
+            drift: Default::default(),
         };
         let registry = Registry::open(&config).await.unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();

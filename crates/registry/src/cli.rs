@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::api::auth::{Auth, TOKEN_ENV, Token};
+use crate::drift::DriftSettings;
 use crate::manifest::Limits;
 use crate::mirror::{MirrorArgs, MirrorError};
 use crate::{Config, Registry, RegistryError};
@@ -43,6 +44,9 @@ pub struct ControlPlaneArgs {
     /// Mirror mode.
     #[command(flatten)]
     pub mirror: MirrorArgs,
+    /// Drift evaluation.
+    #[command(flatten)]
+    pub drift: DriftSettings,
 }
 
 /// Why the control plane could not start.
@@ -57,6 +61,9 @@ pub enum StartError {
     /// The mirror flags are wrong.
     #[error("{0}")]
     Mirror(#[from] MirrorError),
+    /// The drift flags are wrong.
+    #[error("{0}")]
+    Drift(String),
     /// The port would not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -86,6 +93,7 @@ impl ControlPlaneArgs {
             data_dir: self.data_dir.clone(),
             limits: Limits { max_files: self.max_files, max_blob_size: self.max_blob_size },
             file_roots: self.file_roots.clone(),
+            drift: self.drift.clone(),
         }
     }
 }
@@ -98,6 +106,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let token = args.token()?;
     let mirror = args.mirror.config()?;
+    args.drift.check().map_err(StartError::Drift)?;
     let registry = Registry::open(&args.config()).await?;
     let addr = SocketAddr::new(args.address, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -105,7 +114,9 @@ pub async fn run(
     println!("control plane listening on {bound}");
     let auth = Auth::new(token, &args.allowed_hosts);
     let mirror = mirror.map(|config| crate::mirror::spawn(registry.clone(), config));
+    let evaluator = crate::drift::spawn_evaluator(registry.clone(), args.drift.clone());
     let served = crate::api::serve(listener, registry.clone(), auth, shutdown).await;
+    evaluator.abort();
     if let Some(mirror) = mirror {
         mirror.abort();
     }
@@ -130,6 +141,9 @@ pub struct EmbeddedArgs {
     /// Mirror mode for the embedded control plane.
     #[command(flatten)]
     pub mirror: MirrorArgs,
+    /// Drift evaluation in the embedded control plane.
+    #[command(flatten)]
+    pub drift: DriftSettings,
 }
 
 /// The default port of the embedded control plane.
@@ -159,8 +173,10 @@ pub async fn spawn_embedded(
         max_blob_size: Limits::default().max_blob_size,
         max_files: Limits::default().max_files,
         mirror: args.mirror.clone(),
+        drift: args.drift.clone(),
     };
     let mirror = full.mirror.config()?;
+    full.drift.check().map_err(StartError::Drift)?;
     let token = match full.token() {
         Ok(token) => token,
         Err(error) => {
@@ -192,10 +208,12 @@ pub async fn spawn_embedded(
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "embedded control plane listening");
     let auth = Auth::new(token, &[]);
     let mirror = mirror.map(|config| crate::mirror::spawn(registry.clone(), config));
+    let evaluator = crate::drift::spawn_evaluator(registry.clone(), full.drift.clone());
     Ok(Some(tokio::spawn(async move {
         if let Err(error) = crate::api::serve(listener, registry.clone(), auth, shutdown).await {
             tracing::error!(%error, "embedded control plane stopped");
         }
+        evaluator.abort();
         if let Some(mirror) = mirror {
             mirror.abort();
         }

@@ -9,6 +9,7 @@
 //! - [`import`]: hashing a version's source files into blobs in the background.
 //! - [`mirror`]: mirror mode, following an external MLflow Model Registry.
 //! - [`cli`]: the `control-plane` flags and runner; [`client`]: `modelgate registry ...`.
+//! - [`drift`]: drift references, the evaluation of gateways' windows, the evaluator loop.
 //! - [`sync`]: the desired state gateways pull and the reports they send back.
 //! - [`api`]: `/cp/v1`, the MLflow subset and the artifact proxy, behind a bearer token.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod digest;
+pub mod drift;
 pub mod error;
 pub mod import;
 pub mod manifest;
@@ -47,6 +49,8 @@ pub struct Config {
     pub limits: Limits,
     /// Directories under which `file://` sources may be imported (none by default).
     pub file_roots: Vec<PathBuf>,
+    /// How drift is evaluated.
+    pub drift: drift::DriftSettings,
 }
 
 impl Config {
@@ -71,6 +75,8 @@ pub struct Registry {
     pub file_roots: Vec<PathBuf>,
     /// What mirror mode has done (empty when it is off).
     pub mirror: mirror::MirrorStatus,
+    /// How drift is evaluated.
+    pub drift: drift::DriftSettings,
 }
 
 impl Registry {
@@ -94,6 +100,7 @@ impl Registry {
             artifacts_root,
             file_roots,
             mirror: mirror::MirrorStatus::default(),
+            drift: config.drift.clone(),
         });
         import::resume_pending(&registry).await?;
         Ok(registry)

@@ -155,6 +155,10 @@ pub struct DriftWindow {
     pub rows: u64,
     /// Per-feature summaries: inputs, outputs, a classifier's argmax.
     pub profile: Profile,
+    /// The features that are predictions (outputs, argmax): a canary's are also tested
+    /// against the stable version's.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub predictions: BTreeSet<String>,
 }
 
 /// The control plane's verdict on one version's recent traffic against its reference.

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod drift;
 pub mod mlflow;
 pub mod native;
 pub mod sync;
@@ -70,6 +71,7 @@ pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
         .merge(mlflow::routes())
         .merge(artifacts::routes())
         .merge(sync::routes())
+        .merge(drift::routes())
         .fallback(|| async { ApiError(RegistryError::NotFound("no such endpoint".into())) })
         .with_state(registry)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))

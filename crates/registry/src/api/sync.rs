@@ -92,9 +92,15 @@ async fn report(
     JsonBody(report): JsonBody<Report>,
 ) -> Result<Response, ApiError> {
     let id = Name::parse("gateway", &id)?;
-    registry.store.apply_report(id.as_str(), &report).await?;
-    Ok((StatusCode::OK, axum::Json(json!({ "gateway": id, "applied_generation": report.applied_generation })))
-        .into_response())
+    let refused = registry.store.apply_report(id.as_str(), &report).await?;
+    if refused > 0 {
+        tracing::warn!(gateway = %id, refused, "drift windows for versions the gateway does not report loaded were refused");
+    }
+    let body = json!({
+        "gateway": id, "applied_generation": report.applied_generation,
+        "drift_windows": { "stored": report.drift_windows.len() - refused, "refused": refused },
+    });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
 /// A follow rule's body: the spec without the model, which the path names.

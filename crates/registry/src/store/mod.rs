@@ -8,6 +8,7 @@
 //! version exist, is the alias still at the `If-Match` generation) cannot
 //! race, and events commit in generation order.
 
+mod drift;
 mod read;
 mod sync;
 mod write;
@@ -57,7 +58,14 @@ fn migrator() -> Migrator {
         AssertSqlSafe(include_str!("../../migrations/0003_follow_rules.sql")).into_sql_str(),
         false,
     );
-    Migrator { migrations: Cow::Owned(vec![init, gateways, follow]), ..Migrator::DEFAULT }
+    let drift = Migration::new(
+        4,
+        Cow::Borrowed("drift"),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../../migrations/0004_drift.sql")).into_sql_str(),
+        false,
+    );
+    Migrator { migrations: Cow::Owned(vec![init, gateways, follow, drift]), ..Migrator::DEFAULT }
 }
 
 impl Store {

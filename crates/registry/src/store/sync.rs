@@ -60,6 +60,16 @@ impl Store {
                 entry.versions.insert(version, desired);
             }
         }
+        for ((model, version), specs) in self.drift_feature_specs().await? {
+            if let Some(desired) = state.models.get_mut(&model).and_then(|m| m.versions.get_mut(&version)) {
+                desired.drift_features = Some(specs);
+            }
+        }
+        for ((model, version), status) in self.latest_drift_statuses().await? {
+            if let Some(entry) = state.models.get_mut(&model) {
+                entry.drift.insert(version, status);
+            }
+        }
         // The tag is a key of a JSON text column: LIKE narrows, the parse decides.
         let tagged = sqlx::query("SELECT model, version, tags FROM model_versions WHERE tags LIKE $1")
             .bind(format!("%{ROLLED_BACK_TAG}%"))
@@ -105,21 +115,27 @@ impl Store {
     /// Records a gateway's report and carries out the alias moves its finished
     /// rollouts ask for. Each move happens only while the aliases still say what the
     /// rollout started from, so a report sent twice (or late) moves nothing twice.
-    pub async fn apply_report(&self, gateway: &str, report: &Report) -> Result<(), RegistryError> {
+    /// Drift windows for versions the report does not list as loaded are refused; returns
+    /// how many were.
+    pub async fn apply_report(&self, gateway: &str, report: &Report) -> Result<usize, RegistryError> {
+        let held = report.loaded.iter().map(|l| (l.model.clone(), l.version)).collect();
+        let refused = self.add_drift_windows(gateway, &report.drift_windows, &held).await?;
+        // The gateway's row keeps the report without its windows (they are stored above).
+        let summary = Report { drift_windows: Vec::new(), ..report.clone() };
         sqlx::query(
             "INSERT INTO gateways (id, applied_generation, report, seen_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET applied_generation = $2, report = $3, seen_ms = $4",
         )
         .bind(gateway.to_owned())
         .bind(report.applied_generation)
-        .bind(to_json(report))
+        .bind(to_json(&summary))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
         for rollout in &report.rollouts {
             self.finish_rollout(gateway, rollout).await?;
         }
-        Ok(())
+        Ok(refused)
     }
 
     async fn finish_rollout(&self, gateway: &str, rollout: &RolloutOutcome) -> Result<(), RegistryError> {

@@ -48,6 +48,21 @@ impl Change {
         Ok(self.generation)
     }
 
+    /// Commits without an event (the generation moves so gateways re-read the state).
+    pub(super) async fn commit_quietly(self) -> Result<i64, RegistryError> {
+        self.tx.commit().await?;
+        self.changed.notify_waiters();
+        Ok(self.generation)
+    }
+
+    /// Runs one statement inside the change; returns the rows it touched.
+    pub(super) async fn execute<'q>(
+        &mut self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, RegistryError> {
+        Ok(query.execute(&mut *self.tx).await?.rows_affected())
+    }
+
     async fn model_exists(&mut self, name: &str) -> Result<bool, RegistryError> {
         let found: Option<i64> = sqlx::query_scalar("SELECT generation FROM registered_models WHERE name = $1")
             .bind(name.to_owned())

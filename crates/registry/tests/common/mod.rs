@@ -98,6 +98,7 @@ impl Server {
             data_dir: dir.path().join("data"),
             limits: limits(),
             file_roots: vec![dir.path().join("allowed")],
+            drift: Default::default(),
         };
         std::fs::create_dir_all(dir.path().join("allowed")).unwrap();
         let registry = Registry::open(&config).await.expect("open the registry");
