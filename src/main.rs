@@ -33,8 +33,11 @@ enum Command {
     Admin(AdminArgs),
     /// Run the control plane (model registry, MLflow-compatible API) alone, e.g. for a cluster.
     ControlPlane(modelgate_registry::cli::ControlPlaneArgs),
-    /// Call the model registry: push, versions, show, alias, history, pull.
+    /// Call the model registry: push, versions, show, alias, history, pull, reference.
     Registry(modelgate_registry::client::RegistryArgs),
+    /// Build a drift reference profile from a `.npy` or `.csv` data file (JSON, for
+    /// `modelgate registry reference` or `push --reference`).
+    Profile(modelgate_registry::reference::ProfileArgs),
 }
 
 #[derive(clap::Args)]
@@ -380,5 +383,24 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(modelgate_registry::cli::run(args, shutdown_signal())).map_err(Into::into)
         }
         Command::Registry(args) => runtime.block_on(modelgate_registry::client::run(args)).map_err(Into::into),
+        Command::Profile(args) => profile(&args),
     }
+}
+
+/// `modelgate profile`: writes the reference as JSON and says what it holds on stderr.
+fn profile(args: &modelgate_registry::reference::ProfileArgs) -> anyhow::Result<()> {
+    let reference = modelgate_registry::reference::build(args)?;
+    let text = serde_json::to_string(&reference)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    eprintln!(
+        "{}: {} features, {} rows{}",
+        args.data.display(),
+        reference.profile.features.len(),
+        reference.profile.rows(),
+        if reference.rules.is_empty() { String::new() } else { format!(", {} adaptive thresholds", reference.rules.len()) }
+    );
+    Ok(())
 }

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::api::auth::{TOKEN_ENV, Token};
 use crate::digest::Digest;
+use crate::drift::Reference;
 use crate::manifest::check_path;
 use crate::types::{Format, Lineage};
 
@@ -75,6 +76,25 @@ pub enum RegistryCommand {
         /// Free text.
         #[arg(long, default_value = "")]
         description: String,
+        /// The version's drift reference: a profile `.json` from `modelgate profile`, or a
+        /// `.npy`/`.csv` data file profiled with the defaults.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// The model input a `--reference` data file is for (names its features INPUT[i]).
+        #[arg(long)]
+        reference_input: Option<String>,
+    },
+    /// Set a version's drift reference (a profile `.json`, or a `.npy`/`.csv` data file).
+    Reference {
+        /// The model.
+        model: String,
+        /// The version number.
+        version: i64,
+        /// The reference.
+        file: PathBuf,
+        /// The model input a data file is for (names its features INPUT[i]).
+        #[arg(long)]
+        input: Option<String>,
     },
     /// List a model's versions.
     Versions {
@@ -367,6 +387,28 @@ impl Client {
         Ok(set)
     }
 
+    /// Sets a version's drift reference; `source` says what made it.
+    pub async fn set_reference(
+        &self,
+        model: &str,
+        version: i64,
+        reference: &Reference,
+        source: &str,
+    ) -> Result<Value, ClientError> {
+        let request = self
+            .request(Method::PUT, &format!("/cp/v1/models/{model}/versions/{version}/reference"))
+            .query(&[("source", source.chars().take(200).collect::<String>())])
+            .json(reference);
+        let (_, set) = self.json(request).await?;
+        println!(
+            "{model} version {version}: drift reference of {} features, {} rows (generation {})",
+            reference.profile.features.len(),
+            reference.profile.rows(),
+            set["generation"]
+        );
+        Ok(set)
+    }
+
     /// Downloads a version into `dir`, each file verified before it is renamed into place.
     pub async fn pull(&self, model: &str, version: &str, dir: &Path) -> Result<Value, ClientError> {
         let number = match version.strip_prefix('@') {
@@ -592,8 +634,21 @@ async fn hash_file(path: &Path) -> Result<(Digest, u64), ClientError> {
     Ok((Digest::from_hasher(hasher), size))
 }
 
+/// Checks a reference against the model it is for (its directory), before anything is sent:
+/// the gateway binary passes one that reads the model's config.
+pub type ReferenceCheck = fn(&Path, &Reference) -> Result<(), String>;
+
 /// Runs one `modelgate registry` command, printing its result.
 pub async fn run(args: RegistryArgs) -> Result<(), ClientError> {
+    run_with(args, None).await
+}
+
+fn load_reference(path: &Path, input: Option<&str>) -> Result<Reference, ClientError> {
+    crate::reference::load(path, input).map_err(|e| ClientError::Local(format!("--reference: {e}")))
+}
+
+/// Runs one `modelgate registry` command, checking references with `check`.
+pub async fn run_with(args: RegistryArgs, check: Option<ReferenceCheck>) -> Result<(), ClientError> {
     let text = match &args.token_file {
         Some(path) => std::fs::read_to_string(path).map_err(|e| local(path, e))?,
         None => std::env::var(TOKEN_ENV).map_err(|_| ClientError::Token)?,
@@ -613,7 +668,21 @@ pub async fn run(args: RegistryArgs) -> Result<(), ClientError> {
             metrics,
             tags,
             description,
+            reference,
+            reference_input,
         } => {
+            // Read and checked before anything is uploaded: a reference that does not fit the
+            // model is refused at registration, with the reason.
+            let reference = match &reference {
+                Some(file) => {
+                    let loaded = load_reference(file, reference_input.as_deref())?;
+                    if let Some(check) = check {
+                        check(&path, &loaded).map_err(|e| ClientError::Local(format!("--reference: {e}")))?;
+                    }
+                    Some((loaded, file.display().to_string()))
+                }
+                None => None,
+            };
             let mut metric_values = BTreeMap::new();
             for (k, v) in metrics {
                 let number: f64 =
@@ -636,7 +705,15 @@ pub async fn run(args: RegistryArgs) -> Result<(), ClientError> {
                 description,
                 actor: args.actor,
             };
-            client.push(&model, &path, options).await?;
+            let pushed = client.push(&model, &path, options).await?;
+            if let Some((reference, source)) = reference {
+                let version = pushed["version"].as_i64().unwrap_or(0);
+                client.set_reference(&model, version, &reference, &source).await?;
+            }
+        }
+        RegistryCommand::Reference { model, version, file, input } => {
+            let reference = load_reference(&file, input.as_deref())?;
+            client.set_reference(&model, version, &reference, &file.display().to_string()).await?;
         }
         RegistryCommand::Versions { model } => {
             let listed = client.get(&format!("/cp/v1/models/{model}/versions")).await?;

@@ -25,6 +25,7 @@ pub mod import;
 pub mod manifest;
 pub mod mirror;
 pub mod name;
+pub mod reference;
 pub mod store;
 pub mod sync;
 pub mod types;
