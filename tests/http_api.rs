@@ -103,7 +103,11 @@ async fn json_inference_computes_the_models_outputs() {
         { "name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [a] },
         { "name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [b] },
     ]});
-    assert_eq!(server.post_json("/v2/models/simple/infer", &nested).await.status, 200);
+    let reply = server.post_json("/v2/models/simple/infer", &nested).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let out = reply.json();
+    let sum: Vec<i64> = out["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(sum, (0..16).map(|i| (a[i] + b[i]) as i64).collect::<Vec<_>>(), "nested data decodes as flat data");
 }
 
 /// Builds a binary-extension body: JSON header then raw bytes.
@@ -400,7 +404,11 @@ async fn compressed_requests_and_responses_work() {
     let reply = server
         .request(Method::POST, "/v2/models/mlp/infer", &[("content-encoding", "deflate")], zlib.finish().unwrap())
         .await;
-    assert_eq!(reply.status, 200);
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // The same request, plain: a deflated body decodes to the same inputs and answers alike.
+    let plain = server.post_json("/v2/models/mlp/infer", &mlp_request(2, 3)).await.json();
+    assert_eq!(reply.json()["outputs"], plain["outputs"]);
+    assert_eq!(json["outputs"], plain["outputs"], "the gzip answer is the plain answer");
 }
 
 #[tokio::test]
