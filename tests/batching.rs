@@ -226,7 +226,9 @@ async fn a_request_the_runtime_refuses_fails_alone_and_different_shapes_never_mi
         "identity",
         "identity",
         1,
-        Some("max_batch_size: 8\ndynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 60000000 }"),
+        Some(
+            "max_batch_size: 8\ndynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 60000000 }",
+        ),
     );
     let server = Arc::new(TestServer::start(config_for(repo.path())).await);
     let mut tasks = Vec::new();
