@@ -190,7 +190,7 @@ impl Gateway {
         // A header that names the canary asked for the canary: only a weighted pick may be answered by another version.
         let retry = route.retry.as_ref().filter(|r| r.canary == target.version && !by_rule);
         let copy = retry.map(|_| request.clone());
-        let mut result = self.run_target(model, target, request, call).await;
+        let mut result = self.run_target(model, target, request, call, call.arrival).await;
         match (retry, copy) {
             (Some(retry), Some(copy)) => {
                 if let Err(error) = &result
@@ -217,15 +217,17 @@ impl Gateway {
         result
     }
 
-    /// Runs a request on one target of a route and records its outcome in
-    /// the target's arm. A canary whose latency is tested has its slowness
-    /// counted the moment it passes the threshold, not when it answers.
+    /// Runs a request on one target of a route and records its outcome, and
+    /// its time since `since`, in the target's arm (the deadline still counts
+    /// from the call's arrival). A canary whose latency is tested has its
+    /// slowness counted the moment it passes the threshold, not when it answers.
     async fn run_target(
         &self,
         model: &str,
         target: &Target,
         request: InferRequest,
         call: Call<'_>,
+        since: Instant,
     ) -> Result<InferResponse, Error> {
         let run = async {
             match target.arm.admit(model, target.max_in_flight) {
@@ -242,7 +244,7 @@ impl Gateway {
             None => (run.await, false),
             Some((sequential, threshold)) => {
                 // From the tokio clock (tests pause it), what is left of the threshold since arrival.
-                let late = tokio::time::Instant::now() + threshold.saturating_sub(call.arrival.elapsed());
+                let late = tokio::time::Instant::now() + threshold.saturating_sub(since.elapsed());
                 tokio::pin!(run);
                 tokio::select! {
                     biased;
@@ -255,7 +257,7 @@ impl Gateway {
             }
         };
         let outcome = result.as_ref().map(|_| ()).map_err(Error::fault);
-        target.arm.record_watched(outcome, call.arrival.elapsed(), slow_counted);
+        target.arm.record_watched(outcome, since.elapsed(), slow_counted);
         result
     }
 
@@ -275,7 +277,8 @@ impl Gateway {
             metrics::canary_retry(model, retry.canary, "no_budget");
             return None;
         }
-        let result = self.run_target(model, baseline, request, call).await;
+        // The baseline's window gets the retry's own time, not the canary's before it.
+        let result = self.run_target(model, baseline, request, call, Instant::now()).await;
         metrics::canary_retry(model, retry.canary, if result.is_ok() { "success" } else { "error" });
         Some(result)
     }

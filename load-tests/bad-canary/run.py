@@ -19,8 +19,8 @@ Reported (stdout and load-tests/results/bad-canary-<time>.json):
 
 `--canary flaky --poison 0.4` serves `flaky.onnx` instead, which fails the requests whose input
 holds a poison value, and the client poisons 40 % of its requests: a canary that fails on 40 % of
-inputs. `--canary slow --slo-ms 5` serves `slow.onnx` (about 50 ms, `--slow-layers`) under
-`max_p99_latency = "5ms"`: a canary 10x slower than its latency SLO. For every scenario the report
+inputs. `--canary slow` serves `slow.onnx` (4,000 layers, 50 to 200 ms by the machine: `--slow-layers`) under
+`max_p99_latency = "20ms"` (`--slo-ms`): a canary about 10x slower than its latency SLO. For every scenario the report
 counts `breaching_answers`: the canary answers a client got that breach an SLO (a failure; or, for
 the slow canary, an answer slower than `--slo-ms`), and of those how many were sent before the
 rollback. `--first-step` sets the canary's share (its rate is `--rate` x that share), `--retry
@@ -236,15 +236,15 @@ def main() -> int:
     parser.add_argument("--canary", choices=["failing", "flaky", "slow"], default="failing",
                         help="the bad canary: fails every request, fails poisoned inputs, or is slow")
     parser.add_argument("--poison", type=float, default=0.4, help="share of requests poisoned (flaky canary)")
-    parser.add_argument("--slow-layers", type=int, default=600, help="MatMuls of slow.onnx (about 50 ms)")
-    parser.add_argument("--slo-ms", type=int, default=None, help="max_p99_latency in ms (slow canary: 5)")
+    parser.add_argument("--slow-layers", type=int, default=4000, help="MatMuls of slow.onnx (50-200 ms, by the machine)")
+    parser.add_argument("--slo-ms", type=int, default=None, help="max_p99_latency in ms (slow canary: 20)")
     parser.add_argument("--first-step", type=int, default=25, help="canary weight of the first step")
     parser.add_argument("--retry", choices=["on", "off"], default=None, help="retry_on_baseline (newer builds)")
     parser.add_argument("--sequential", choices=["on", "off"], default=None, help="sequential (newer builds)")
     args = parser.parse_args()
     args.slo_ms_set = args.slo_ms is not None
     if args.slo_ms is None:
-        args.slo_ms = 5 if args.canary == "slow" else 500
+        args.slo_ms = 20 if args.canary == "slow" else 500
     if args.canary != "flaky":
         args.poison = 0.0
     if not args.binary.exists():

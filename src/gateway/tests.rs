@@ -506,3 +506,23 @@ async fn a_request_whose_header_names_the_canary_is_not_retried() {
     assert!(matches!(answer, Err(Error::Internal(_))), "the client asked for version 2: {answer:?}");
     assert_eq!(rig.window(1).requests, 0);
 }
+
+#[test]
+fn only_server_faults_with_time_left_before_the_clients_deadline_are_retried() {
+    let arrival = Instant::now();
+    let plain = request(1);
+    assert!(super::retryable(&Error::Internal("model failed".into()), &plain, arrival));
+    assert!(super::retryable(&Error::Unavailable("queue full".into()), &plain, arrival));
+    // The client's mistakes and its own deadline are its outcome, never retried.
+    assert!(!super::retryable(&Error::invalid("bad shape"), &plain, arrival));
+    assert!(!super::retryable(&Error::ClientDeadline("too late".into()), &plain, arrival));
+    // A deadline the gateway enforced leaves the baseline no time either.
+    assert!(!super::retryable(&Error::DeadlineExceeded("too late".into()), &plain, arrival));
+    // A server fault after the client's deadline passed: nobody is waiting for a retry.
+    let mut timed = request(1);
+    timed.timeout = Some(Duration::from_millis(1));
+    let earlier = arrival.checked_sub(Duration::from_millis(5)).unwrap();
+    assert!(!super::retryable(&Error::Internal("model failed".into()), &timed, earlier));
+    timed.timeout = Some(Duration::from_secs(60));
+    assert!(super::retryable(&Error::Internal("model failed".into()), &timed, earlier));
+}
