@@ -21,7 +21,8 @@ use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use modelgate::error::Fault;
-use modelgate::routing::sprt::{Rates, Sprt};
+use modelgate::routing::policy::Rates;
+use modelgate::routing::sprt::Sprt;
 use modelgate::routing::{Route, RouteSpec, Routes, RuleSpec, TargetSpec};
 
 fn route(spec: RouteSpec) -> Route {

@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::sprt::Rates;
-
 /// Longest duration any rollout setting takes: a day.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
@@ -126,6 +124,17 @@ fn default_breach_factor() -> f64 {
 }
 fn default_retry_budget_percent() -> f64 {
     10.0
+}
+
+/// The error rates of a test and how far over the SLO a breach is "clear".
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// α: chance of rolling back a canary that meets its SLO (false rollback).
+    pub false_rollback: f64,
+    /// β: chance of passing a canary that breaches at `breach_factor × p0`.
+    pub missed_breach: f64,
+    /// `p1 / p0`.
+    pub breach_factor: f64,
 }
 
 /// A checked policy: what the analyzer runs.

@@ -30,22 +30,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::policy::Policy;
+use super::policy::{Policy, Rates};
 use super::window::Outcome;
 
 /// Fixed-point units per nat of log-likelihood ratio.
 const SCALE: f64 = (1u64 << 20) as f64;
-
-/// The error rates of a test and how far over the SLO a breach is "clear".
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Rates {
-    /// α: chance of rolling back a canary that meets its SLO (false rollback).
-    pub false_rollback: f64,
-    /// β: chance of passing a canary that breaches at `breach_factor × p0`.
-    pub missed_breach: f64,
-    /// `p1 / p0`.
-    pub breach_factor: f64,
-}
 
 /// One sequential test of a Bernoulli breach rate.
 #[derive(Debug)]
