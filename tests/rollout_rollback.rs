@@ -86,7 +86,14 @@ async fn roll_back_bad_canary(model: &'static str, canary: Kind, rollout: &str, 
 
     let took = wait_for(&server, model, Phase::Failed, Duration::from_secs(30)).await;
     rolled_back.store(true, Ordering::Release);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Traffic goes on until the baseline has answered 100 more requests (a count, not a
+    // time: the rollback can come within a few requests, on a machine of any speed).
+    let at_rollback = tally.ok_baseline.load(Ordering::Relaxed);
+    let started = Instant::now();
+    while tally.ok_baseline.load(Ordering::Relaxed) < at_rollback + 100 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the baseline stopped serving after the rollback");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();

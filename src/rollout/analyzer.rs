@@ -519,7 +519,7 @@ impl Analyzer {
                     };
                     let window = self.canary.window.summary(Instant::now());
                     format!(
-                        "canary {canary} broke its {reason} SLO: its sequential test crossed its bound (log-likelihood ratio {:.1} of {:.1}) with {} requests and {} failures in its window; baseline {baseline} at 100 %",
+                        "canary {canary} broke its {reason} SLO: its sequential test crossed its bound (log-likelihood ratio {:.1} of {:.1}; its window so far: {} answered requests, {} failures; a slow request counts when it passes the threshold); baseline {baseline} at 100 %",
                         test.map_or(0.0, |t| t.ratio()),
                         test.map_or(0.0, |t| t.upper()),
                         window.requests,
