@@ -10,6 +10,7 @@ control plane that cannot be reached (sync failures), and requests that succeed 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shutil
@@ -124,6 +125,16 @@ class Gateway:
                 shutil.copy(onnx, repo / name / str(version) / "model.onnx")
             text = config.replace('name: "simple"', f'name: "{name}"')
             (repo / name / "config.pbtxt").write_text(text + "version_policy: { all { } }\n")
+        # A queue of one that waits half a second for a batch: concurrent requests find it full.
+        (repo / "queued" / "1").mkdir(parents=True)
+        shutil.copy(onnx, repo / "queued" / "1" / "model.onnx")
+        queued = config.replace('name: "simple"', 'name: "queued"').replace(
+            "dynamic_batching { }",
+            "dynamic_batching { max_queue_delay_microseconds: 500000 preferred_batch_size: [ 8 ] "
+            "default_queue_policy { max_queue_size: 1 } }",
+        )
+        assert queued != config
+        (repo / "queued" / "config.pbtxt").write_text(queued)
         (repo / "broken" / "1").mkdir(parents=True)
         (repo / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
         (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nplatform: "onnxruntime_onnx"\n')
@@ -226,6 +237,9 @@ def gateway(tmp_path_factory):
             assert gw.infer("simple") == 200
             assert gw.infer("simple_b") == 200
         assert gw.infer("simple", datatype="FP32") == 400  # a client mistake
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: gw.infer("queued"), range(6)))
+        assert 200 in statuses and any(s != 200 for s in statuses), statuses
         assert gw.admin_post("/admin/v1/routes/simple/rollback")[0] == 200
         assert gw.admin_post("/admin/v1/routes/simple_b/promote")[0] == 200
         # The follower's calls to the unreachable control plane fail: wait for a failure counted.
