@@ -10,6 +10,7 @@ Run: scripts/with-postgres.sh .venv/deploy-tools/bin/python -m pytest -q tests/d
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,15 +92,21 @@ def test_overlay_validates_strictly(overlay, version, tmp_path):
 def drain_secs(container: dict, pod: LocalPod) -> int:
     """The drain the binary does at SIGTERM with this container's args and config."""
     args = container.get("args", [])
+    # crates/registry/src/api/mod.rs: DRAIN_TIMEOUT of the control plane (not configurable).
+    source = (REPO / "crates/registry/src/api/mod.rs").read_text()
+    control_plane_drain = int(re.search(r"DRAIN_TIMEOUT[^=]*=.*from_secs\((\d+)\)", source).group(1))
     if container.get("command", [None])[0] == "modelgate-control-plane":
-        # crates/registry/src/api/mod.rs: DRAIN_TIMEOUT (not configurable).
-        source = (REPO / "crates/registry/src/api/mod.rs").read_text()
-        return int(re.search(r"DRAIN_TIMEOUT[^=]*=.*from_secs\((\d+)\)", source).group(1))
+        return control_plane_drain
+    config = gateway_config(container, pod)
+    drain = config.get("server", {}).get("drain_timeout_secs", 30)
     for arg in args:
         if arg.startswith("--exit-timeout-secs="):
-            return int(arg.split("=", 1)[1])
-    config = gateway_config(container, pod)
-    return config.get("server", {}).get("drain_timeout_secs", 30)
+            drain = int(arg.split("=", 1)[1])
+    # An embedded control plane drains beside the gateway, and waits out the gateway's own long
+    # poll (up to its DRAIN_TIMEOUT): the pod stops after the longer of the two.
+    if any(a.startswith("--control-plane-port=") and a != "--control-plane-port=0" for a in args):
+        drain = max(drain, control_plane_drain)
+    return drain
 
 
 def gateway_config(container: dict, pod: LocalPod) -> dict:
@@ -205,7 +212,6 @@ def test_the_dockerfile_builds_the_binaries_the_manifests_run(image):
         capture_output=True,
         text=True,
     ).stdout
-    import json
 
     targets = {
         (p["name"], t["name"])
@@ -238,6 +244,8 @@ class Cluster:
         self.secrets = Secrets({("modelgate-control-plane-db", "url"): url})
         self.pods: dict[str, LocalPod] = {}
         self.started: dict[str, list[Running]] = {}
+        # Containers other containers call through a Service (the control plane).
+        self.called: list[Running] = []
 
     def service(self, name: str, prefer: str) -> tuple[dict, list[dict]]:
         """A Service by name: from the overlay under test, else from any overlay (applied first)."""
@@ -282,6 +290,7 @@ class Cluster:
                     if selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
                 ]
                 runs = self.start_workload(target, objects, overlay)
+                self.called.extend(r for r in runs if r not in self.called)
                 local = runs[0].port(service_port["targetPort"])
                 hosts[f"{host}:{port}"] = f"127.0.0.1:{local}"
         return hosts
@@ -323,6 +332,54 @@ def check_follows_control_plane(running: Running, pod_spec: dict, annotations: d
     raise AssertionError(f"{running.name}: not connected to its control plane: {lines}\n{running.log_tail()}")
 
 
+def control_plane_token(cp: Running) -> str:
+    token_mount = [m for m in cp.container["volumeMounts"] if "token" in m["name"]][0]
+    return (cp.root / "volumes" / token_mount["name"] / "token").read_text().strip()
+
+
+def release(port: int, token: str, model: str) -> None:
+    """`modelgate registry push MODEL models/mlp --alias champion` against a control plane, as
+    deploy/README.md tells an operator to (through a port-forward there, directly here)."""
+    result = subprocess.run(
+        [str(localpod.BIN_DIR / "modelgate"), "registry", "--address", f"127.0.0.1:{port}",
+         "push", model, str(REPO / "models" / "mlp"), "--alias", "champion"],
+        env={"PATH": os.environ["PATH"], "MODELGATE_ADMIN_TOKEN": token, "USER": "test"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def check_serves_released(gateway: Running, model: str) -> None:
+    """The gateway pulls and serves what was released through its control plane."""
+    port = gateway.port("http")
+    deadline = time.monotonic() + 30
+    status = 0
+    while time.monotonic() < deadline:
+        status, _ = http_get(port, f"/v2/models/{model}/ready")
+        if status == 200:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{gateway.name}: {model} not ready ({status}) after its release\n{gateway.log_tail()}")
+
+
+def check_reported(gateway: Running, control_planes: list[Running]) -> None:
+    """The control plane lists the gateway under its pod's name ($HOSTNAME)."""
+    assert control_planes, f"{gateway.name} follows a control plane the test did not start"
+    deadline = time.monotonic() + 20
+    ids: list = []
+    while time.monotonic() < deadline:
+        for cp in control_planes:
+            token = control_plane_token(cp)
+            port = cp.port(cp.container["ports"][0]["containerPort"])
+            status, body = http_get(port, "/cp/v1/gateways", {"Authorization": f"Bearer {token}"})
+            assert status == 200, body
+            ids = [g["id"] for g in json.loads(body)["gateways"]]
+            if gateway.env["HOSTNAME"] in ids:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"{gateway.name}: not among the control plane's gateways {ids}\n{gateway.log_tail()}")
+
+
 def check_control_plane_api(running: Running, secrets: Secrets) -> None:
     """The control plane answers its token when called by the Service's name."""
     args = running.container.get("args", [])
@@ -343,6 +400,7 @@ def test_overlay_runs_on_the_real_binaries(overlay, rendered, image, pod_root):
     try:
         objects = rendered[overlay]
         checked = []
+        released = False
         for workload in workloads(objects):
             spec = workload["spec"]["template"]["spec"]
             annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
@@ -353,6 +411,25 @@ def test_overlay_runs_on_the_real_binaries(overlay, rendered, image, pod_root):
                 config = gateway_config(running.container, LocalPod(workload, objects, tmp_path / "x", Secrets(), image))
                 if config.get("sync", {}).get("registry"):
                     check_follows_control_plane(running, spec, annotations)
+                    assert cluster.called, f"{running.name} follows a control plane the test did not start"
+                    if not released:
+                        cp = cluster.called[0]
+                        release(cp.port(cp.container["ports"][0]["containerPort"]), control_plane_token(cp), "fraud")
+                        released = True
+                    check_serves_released(running, "fraud")
+                    check_reported(running, cluster.called)
+                embedded = [a.split("=", 1)[1] for a in running.container.get("args", []) if a.startswith("--control-plane-port=")]
+                if embedded and embedded[0] != "0":
+                    # The single node's embedded control plane (loopback only: a port-forward in a
+                    # cluster), with the admin token it shares.
+                    [volume] = [
+                        v["name"]
+                        for v in spec["volumes"]
+                        if v.get("secret", {}).get("secretName") == "modelgate-admin-token"
+                    ]
+                    token = (running.root / "volumes" / volume / "token").read_text().strip()
+                    release(running.port(int(embedded[0])), token, "fraud")
+                    check_serves_released(running, "fraud")
                 checked.append((running, spec))
         assert checked, f"{overlay}: no modelgate container ran"
         # SIGTERM as the kubelet sends it after preStop: each exits cleanly within what is left.
@@ -360,6 +437,7 @@ def test_overlay_runs_on_the_real_binaries(overlay, rendered, image, pod_root):
             grace = spec.get("terminationGracePeriodSeconds", 30)
             left = grace - running.container["lifecycle"]["preStop"]["sleep"]["seconds"]
             took = running.stop(timeout=left)
+            print(f"{running.name}: exited {took:.1f} s after SIGTERM")
             assert running.process.returncode == 0, f"{running.name}: exit {running.process.returncode}\n{running.log_tail()}"
             assert took < left
     finally:
