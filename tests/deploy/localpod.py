@@ -190,6 +190,8 @@ class Running:
     argv: list[str]
     root: Path
     env: dict[str, str] = field(default_factory=dict)
+    # The pod template's annotations (prometheus.io/*), set by the caller.
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def port(self, ref) -> int:
         """The local port of a probe's or Service's port (a number or a containerPort name)."""

@@ -372,3 +372,12 @@ def test_the_alerts_of_the_scenario_fire_or_pend(prometheus):
         time.sleep(0.5)
     assert all(states.get(name) == state for name, state in wanted.items()), states
     assert "ModelgateDown" not in states
+
+
+def test_every_series_the_alerts_read_has_data_on_prometheus(prometheus):
+    """Alert expressions compare against thresholds, so most are empty while nothing is wrong;
+    what each one reads (every metric and recording rule it names) must have data."""
+    names = {name for rule in rules() if "alert" in rule for name in metric_names(rule["expr"])}
+    assert len(names) > 8, names
+    empty = sorted(name for name in names if not query(prometheus, f'count({name}{{job="modelgate"}})'))
+    assert not empty, f"series the alerts read without data: {empty}"
