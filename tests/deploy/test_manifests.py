@@ -187,7 +187,8 @@ def test_services_and_autoscaling_point_at_real_pods(overlay, rendered):
         containers = pods[0]["spec"].get("initContainers", []) + pods[0]["spec"]["containers"]
         named = {p.get("name"): p["containerPort"] for c in containers for p in c.get("ports", [])}
         for port in service["spec"]["ports"]:
-            assert port["targetPort"] in named, f"Service {name}: targetPort {port['targetPort']} is declared by no container"
+            target = port["targetPort"]
+            assert target in named, f"Service {name}: targetPort {target} is declared by no container"
             if port["name"] == "grpc":
                 assert port.get("appProtocol") == "kubernetes.io/h2c", f"Service {name}: gRPC port needs h2c"
     for hpa in by_kind(objects, "HorizontalPodAutoscaler"):

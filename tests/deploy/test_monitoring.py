@@ -69,8 +69,9 @@ def metric_names(promql: str) -> set[str]:
     without_strings = re.sub(r'"[^"]*"', '""', promql)
     without_matchers = re.sub(r"\{[^}]*\}", "{}", without_strings)
     without_grouping = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_matchers)
-    tokens = set(re.findall(r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*)(?=\s*(\{|\[|\)|$|\s|,|/|\*|>|<|=|!))", without_grouping))
-    tokens = {t[0] for t in tokens}
+    # An identifier not inside another, followed by a selector, a range, an operator or the end.
+    identifier = r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*)(?=\s*(?:\{|\[|\)|$|\s|,|/|\*|>|<|=|!))"
+    tokens = set(re.findall(identifier, without_grouping))
     return {t for t in tokens if t.startswith(("modelgate", "nv_")) or ":" in t or t in PROMETHEUS_SERIES}
 
 
@@ -274,6 +275,23 @@ def test_every_metric_in_the_rules_and_the_board_is_exported(gateway):
     assert not missing, f"not exported by the gateway (scraped names: {sorted(exported)}): {missing}"
 
 
+def test_the_board_is_importable():
+    """Unique panel ids, every query on the board's Prometheus data-source variable, the
+    variables the queries use defined."""
+    board = json.loads(BOARD.read_text())
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), ids
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "model", "version"} <= variables
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
+            assert used <= variables, (panel["title"], used)
+
+
 def test_the_name_extraction_finds_what_it_must():
     found = metric_names(
         'histogram_quantile(0.99, sum by (model, le) (rate(modelgate_x_bucket{job="a", outcome!="b"}[5m]))) '
@@ -331,7 +349,8 @@ def prometheus(gateway, tmp_path_factory):
             gateway.infer("simple")
             time.sleep(0.5)
         else:
-            raise AssertionError("no modelgate:requests:rate5m in time\n" + (root / "prometheus.log").read_text()[-3000:])
+            log = (root / "prometheus.log").read_text()[-3000:]
+            raise AssertionError(f"no modelgate:requests:rate5m in time\n{log}")
         yield port
     finally:
         process.terminate()
@@ -353,7 +372,9 @@ def test_every_board_query_returns_data_on_prometheus(prometheus, gateway):
     for expr in board_queries():
         if expr.startswith("label_values("):
             continue
-        promql = expr.replace("$__rate_interval", "1m").replace('=~"$model"', '=~".*"').replace('=~"$version"', '=~".*"')
+        # Grafana's variables as "All" and a rate window that fits a 1 s scrape.
+        promql = expr.replace("$__rate_interval", "1m")
+        promql = promql.replace('=~"$model"', '=~".*"').replace('=~"$version"', '=~".*"')
         assert "$" not in promql, promql
         if not query(prometheus, promql):
             empty.append(promql)
