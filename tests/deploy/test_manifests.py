@@ -2,7 +2,9 @@
 Kubernetes schemas (kubernetes-validate --strict), and what the manifests promise holds for the
 real binaries: each modelgate container is started with its own args, env and config files (only
 paths, ports and Service host names rewritten, see localpod.py), its probes answer, it listens on
-exactly the ports it declares, and it drains within the pod's grace period at SIGTERM.
+exactly the ports it declares, a model pushed to its control plane (the control plane overlay's,
+or the single node's embedded one) is served, and it drains within the pod's grace period at
+SIGTERM.
 
 Run: scripts/with-postgres.sh .venv/deploy-tools/bin/python -m pytest -q tests/deploy
 (the control plane's database URL comes from a Secret; here it is the throwaway PostgreSQL's).
@@ -250,8 +252,10 @@ class Cluster:
         self.pods_by_running: dict[int, LocalPod] = {}
 
     def service(self, name: str, prefer: str) -> tuple[dict, list[dict]]:
-        """A Service by name: from the overlay under test, else from any overlay (applied first)."""
-        for overlay in [prefer] + [o for o in self.rendered if o != prefer]:
+        """A Service by name: from the overlay under test, else from the smallest other overlay that
+        renders it (the one deploy/README.md says to apply first: control-plane, not cluster)."""
+        others = sorted((o for o in self.rendered if o != prefer), key=lambda o: len(self.rendered[o]))
+        for overlay in [prefer] + others:
             for s in by_kind(self.rendered[overlay], "Service"):
                 if s["metadata"]["name"] == name:
                     return s, self.rendered[overlay]
