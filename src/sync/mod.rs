@@ -309,11 +309,11 @@ impl Follower {
         for rule in rules {
             let Some(model) = state.models.get(&rule.registered) else { continue };
             let Some(loaded) = self.loaded.get(&rule.model) else { continue };
-            for (version, status) in &model.drift {
-                let Ok(version) = u64::try_from(*version) else { continue };
-                if !loaded.contains_key(&version) {
-                    continue;
-                }
+            for &version in loaded.keys() {
+                let status = i64::try_from(version).ok().and_then(|v| model.drift.get(&v));
+                // Rollouts of this gateway hold or roll back a drifting canary (policy `drift`).
+                self.gateway.routes.set_drifted(&rule.model, version, status.is_some_and(|s| s.drifted));
+                let Some(status) = status else { continue };
                 let features: Vec<(&str, &'static str, f64)> =
                     status.features.iter().map(|(name, f)| (name.as_str(), stat_name(f.stat), f.value)).collect();
                 crate::metrics::drift(&rule.model, version, status.drifted, &features);
