@@ -634,6 +634,19 @@ impl Backoff {
     }
 }
 
+/// A drift statistic's name in metric labels (the API's spelling).
+fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
+    use modelgate_sketch::Stat;
+    match stat {
+        Stat::Ks => "ks",
+        Stat::Wasserstein => "wasserstein",
+        Stat::Psi => "psi",
+        Stat::JensenShannon => "jensen_shannon",
+        Stat::Hellinger => "hellinger",
+        Stat::ChiSquared => "chi_squared",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,18 +658,5 @@ mod tests {
         assert!(pauses[0] <= Duration::from_millis(250) && pauses[0] >= Duration::from_millis(125));
         assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));
         assert!(pauses[11] >= MAX_BACKOFF / 2);
-    }
-}
-
-/// A drift statistic's name in metric labels (the API's spelling).
-fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
-    use modelgate_sketch::Stat;
-    match stat {
-        Stat::Ks => "ks",
-        Stat::Wasserstein => "wasserstein",
-        Stat::Psi => "psi",
-        Stat::JensenShannon => "jensen_shannon",
-        Stat::Hellinger => "hellinger",
-        Stat::ChiSquared => "chi_squared",
     }
 }
