@@ -28,7 +28,14 @@ use modelgate::tensor::{IoSpec, Tensor};
 use modelgate_backend::{DataType, OutputTensor};
 use modelgate_sketch::FeatureSpec;
 
+// The gateway's allocator (src/main.rs), so the hand-off's few small
+// allocations cost here what they cost in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FEATURES: usize = 64;
+/// A wall-clock time on a minute boundary (2027-01-15): every batch falls in one window.
+const MINUTE_START_MS: i64 = 1_800_000_000_000;
 const CLASSES: usize = 10;
 
 fn floats(n: usize, seed: usize) -> Vec<f32> {
@@ -67,7 +74,7 @@ fn bench_handoff(c: &mut Criterion) {
     // bounded channel to a thread that drains it.
     let (unit_tx, unit_rx) = crossbeam_channel::bounded::<()>(64);
     std::thread::spawn(move || while unit_rx.recv().is_ok() {});
-    group.bench_function("baseline_try_send_unit", |b| b.iter(|| black_box(unit_tx.try_send(black_box(())).is_ok())));
+    group.bench_function("baseline_try_send_unit", |b| b.iter(|| black_box(unit_tx.try_send(()).is_ok())));
 
     // What the worker does per batch with the profiler off.
     let off: Option<DriftTap> = None;
@@ -94,7 +101,7 @@ fn bench_offers(
     for requests in [1usize, 8, 64] {
         let batch: Vec<Vec<Tensor>> = (0..requests).map(request).collect();
         let views: Vec<&[Tensor]> = batch.iter().map(Vec::as_slice).collect();
-        let outputs = vec![output(requests)];
+        let outputs = [output(requests)];
         group.bench_with_input(BenchmarkId::new(label, format!("{requests}req")), &requests, |b, &rows| {
             // The assembled batch exists in the worker already: setup, not measured.
             b.iter_batched(
@@ -155,7 +162,7 @@ fn report_window_bytes() {
     for (label, reference) in [("no reference", None), ("10-bin reference", Some(deciles()))] {
         let (mut windows, id, _alive) = windows_on(reference);
         let batches: Vec<DriftBatch> = (0..16).map(|s| input_batch(id, 64, s)).collect();
-        let now = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+        let now = MINUTE_START_MS;
         let mut rows = 0;
         while rows < 600_000 {
             windows.record(&batches[rows % 16], now);
@@ -174,7 +181,7 @@ fn bench_profile(c: &mut Criterion) {
     for (label, reference) in [("no_reference", None), ("deciles", Some(deciles()))] {
         let (mut windows, id, _alive) = windows_on(reference);
         let batches: Vec<DriftBatch> = (0..16).map(|s| input_batch(id, 64, s)).collect();
-        let now = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+        let now = MINUTE_START_MS;
         group.throughput(Throughput::Elements((64 * FEATURES) as u64));
         let mut i = 0;
         group.bench_function(BenchmarkId::new("64rows_x_64features", label), |b| {

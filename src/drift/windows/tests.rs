@@ -12,8 +12,8 @@ use crate::drift::handoff::SharedTensor;
 use crate::tensor::IoSpec;
 
 const MINUTE: i64 = 60_000;
-/// A wall-clock time on a minute boundary.
-const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % MINUTE;
+/// A wall-clock time on a minute boundary (2027-01-15).
+const T0: i64 = 1_800_000_000_000;
 
 fn io(name: &str, dtype: DataType, dims: &[i64]) -> IoSpec {
     IoSpec { name: name.into(), dtype, dims: dims.to_vec() }
