@@ -8,6 +8,16 @@
 //! thread does the rest. Off by default (`[drift] enabled`), and then the
 //! worker pays one `Option` check per batch.
 //!
+//! Costs, measured by `cargo bench --bench drift_handoff -- --quick` (2 shared,
+//! loaded cores): the hand-off of a one-request batch 110 ns (a bare
+//! `try_send(())` 12 ns, the check with drift off 0.65 ns); batches of 8 or 64
+//! requests 0.5–0.75 µs when the profiler keeps up (their assembled buffer
+//! moves to the profiler thread). Profiling 61–107 ns per value (row ×
+//! feature), mostly the KLL update: 10,000 rows/s × 64 features is 4–7 % of a
+//! core. Memory per (numeric feature, version, window) after 600,000 rows:
+//! about 5.0 KiB (5.2 KiB on 10 reference bins); a categorical feature is
+//! bounded by its 64-entry map whatever the number of distinct values.
+//!
 //! - [`settings`]: `[drift]` in the gateway's config.
 //! - [`schema`]: a version's features, from its config (`INPUT0[3]`, `OUTPUT0.argmax`, …).
 //! - [`plan`]: the features profiled and their specs, with or without a reference.
