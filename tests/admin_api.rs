@@ -51,16 +51,17 @@ async fn the_operations_page_loads_without_the_token_and_calls_the_api_from_its_
     let redirect = http.send(Method::GET, format!("http://{}/admin/", server.admin), &[], None).await;
     assert_eq!(redirect.status, StatusCode::PERMANENT_REDIRECT);
     // The page's files need the same Host as the API.
-    let rebound =
-        http.send(Method::GET, format!("http://{}/admin/ui/ops.js", server.admin), &[("host", "evil.example")], None);
-    assert_eq!(rebound.await.status, StatusCode::FORBIDDEN);
+    let ops_js = format!("http://{}/admin/ui/ops.js", server.admin);
+    let rebound = http.send(Method::GET, ops_js, &[("host", "evil.example")], None).await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN);
     // The page's own writes carry its origin; they pass with the token, and only with it.
     let url = format!("http://{}/admin/v1/routes/m/weights", server.admin);
     let own = format!("http://{}", server.admin);
     let body = Some(json!({ "weights": [{ "version": 1, "weight": 100 }] }).to_string());
     let auth = format!("Bearer {TOKEN}");
-    let with_token = http.send(Method::PUT, url.clone(), &[("authorization", &auth), ("origin", &own)], body.clone());
-    assert_eq!(with_token.await.status, StatusCode::OK);
+    let with_token =
+        http.send(Method::PUT, url.clone(), &[("authorization", &auth), ("origin", &own)], body.clone()).await;
+    assert_eq!(with_token.status, StatusCode::OK, "{with_token:?}");
     let without = http.send(Method::PUT, url.clone(), &[("origin", &own)], body.clone()).await;
     assert_eq!(without.status, StatusCode::UNAUTHORIZED);
     let foreign = [("authorization", auth.as_str()), ("origin", "http://evil.example")];

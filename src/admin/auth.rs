@@ -357,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_says_how_to_authenticate() {
-        let request = Request::builder().header("host", "127.0.0.1").body(()).unwrap();
+        let request = Request::builder().uri("/admin/v1/routes").header("host", "127.0.0.1").body(()).unwrap();
         let response = service().oneshot(request).await.unwrap();
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"modelgate-admin\"");
     }
