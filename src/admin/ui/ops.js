@@ -381,9 +381,12 @@
         return new window.uPlot(options, chartData(h, versions, metric.key), holder);
       });
       card.plots = { versions: key, list };
-      return;
+    } else {
+      card.plots.list.forEach((plot, i) => plot.setData(chartData(h, versions, METRICS[i].key)));
     }
-    card.plots.list.forEach((plot, i) => plot.setData(chartData(h, versions, METRICS[i].key)));
+    // At least the last minute on the time axis: a first point alone would span years.
+    const last = h.times[h.times.length - 1];
+    for (const plot of card.plots.list) plot.setScale('x', { min: Math.min(h.times[0], last - 60), max: last });
   }
 
   function chartData(h, versions, key) {
