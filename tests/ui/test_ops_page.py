@@ -222,6 +222,17 @@ def test_a_token_changed_while_the_page_is_open_sends_the_operator_back_to_the_f
     shoot(page, "08-token-refused-while-open")
 
 
+def test_without_the_chart_library_the_page_shows_numbers_and_says_so(page, gateway, shoot):
+    # What a build without `scripts/setup.sh ui` serves: an empty uplot.js.
+    page.route("**/admin/ui/uplot.js", lambda route: route.fulfill(body="", content_type="text/javascript"))
+    log_in(page, gateway)
+    expect(page.locator("#charts-off")).to_be_visible()
+    mlp = card(page, "mlp")
+    expect(weight_cell(page, "mlp", 1)).to_have_text("100 %")
+    assert mlp.locator(".chart").count() == 0
+    shoot(page, "09-no-chart-library")
+
+
 def test_the_page_fits_a_phone(browser, gateway, shoot):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
@@ -229,5 +240,5 @@ def test_the_page_fits_a_phone(browser, gateway, shoot):
     expect(card(page, "mlp")).to_be_visible()
     # Long names wrap: nothing is wider than the screen.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    shoot(page, "09-phone")
+    shoot(page, "10-phone")
     context.close()
