@@ -382,9 +382,33 @@ fn main() -> anyhow::Result<()> {
         Command::ControlPlane(args) => {
             runtime.block_on(modelgate_registry::cli::run(args, shutdown_signal())).map_err(Into::into)
         }
-        Command::Registry(args) => runtime.block_on(modelgate_registry::client::run(args)).map_err(Into::into),
+        Command::Registry(args) => {
+            runtime.block_on(modelgate_registry::client::run_with(args, Some(reference_fits_model))).map_err(Into::into)
+        }
         Command::Profile(args) => profile(&args),
     }
+}
+
+/// Checks a drift reference against the model directory it is pushed with: its
+/// `config.pbtxt` (inputs, outputs, feature-name parameters) gives the features the gateway
+/// will profile. A directory without a complete config is completed from the model file only
+/// at load, so the reference is then checked by the control plane's evaluation alone.
+fn reference_fits_model(dir: &std::path::Path, reference: &modelgate_registry::drift::Reference) -> Result<(), String> {
+    use modelgate::drift::schema::{Schema, Source};
+    let Ok(text) = std::fs::read_to_string(dir.join("config.pbtxt")) else { return Ok(()) };
+    let config = modelgate::repository::model_config::parse_config_file(&text)
+        .map_err(|e| format!("{}: {e}", dir.join("config.pbtxt").display()))?;
+    if config.inputs.is_empty() || config.outputs.is_empty() {
+        return Ok(());
+    }
+    let schema =
+        Schema::from_config(config.max_batch_size.unwrap_or(0), &config.inputs, &config.outputs, &config.parameters)
+            .map_err(|e| e.to_string())?;
+    let names = |source: Source| match source {
+        Source::Input(i) => config.inputs.get(i).map(|s| s.name.clone()).unwrap_or_default(),
+        Source::Output(j) => config.outputs.get(j).map(|s| s.name.clone()).unwrap_or_default(),
+    };
+    modelgate::drift::fit::check(&schema, &names, &reference.profile)
 }
 
 /// `modelgate profile`: writes the reference as JSON and says what it holds on stderr.

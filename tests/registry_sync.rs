@@ -561,7 +561,9 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
     let dir = tempfile::tempdir().unwrap();
     let plane = Plane::start(dir.path()).await;
     let cp = format!("http://{}", plane.addr);
-    let hold = "rollout = { step_weights = [50, 100], interval = \"1s\", check_interval = \"100ms\", \
+    // Steps 10 s apart: the control plane's verdict on the canary (1 s windows, shipped and
+    // evaluated within a few seconds) lands inside its first step on a loaded machine too.
+    let hold = "rollout = { step_weights = [50, 100], interval = \"10s\", check_interval = \"100ms\", \
                 window = \"2s\", min_requests = 5, threshold = 1, max_p99_latency = \"5s\", drift = \"hold\" }";
     let rule = format!("model = \"fraud\"\nsource = \"models:/fraud@champion\"\ncanary_alias = \"challenger\"\n{hold}");
     let gateway = Arc::new(
@@ -601,17 +603,21 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
     plane.push("fraud", &two.path().join("m"), Some("challenger")).await;
     plane.registry.store.put_drift_reference("fraud", 2, &far_reference(), "test").await.unwrap();
     gateway.serves("fraud", 2, Duration::from_secs(20)).await;
-    eventually("the canary evaluated as drifted", Duration::from_secs(20), || async {
+    let canary_started = Instant::now();
+    eventually("the canary evaluated as drifted", Duration::from_secs(10), || async {
         modelgate_registry::drift::evaluate_all(&plane.registry, &settings).await.unwrap();
         gateway.gateway.routes.drifted("fraud", 2)
     })
     .await;
-    // Four intervals of a 1 s step: without the hold it would have been promoted.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the first step's interval: without the hold the canary would be at 100 %.
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(canary_started.elapsed())).await;
     let status = gateway.gateway.rollouts.status("fraud").await.unwrap();
     let status = serde_json::to_value(&status).unwrap();
     assert_eq!(plane.alias("fraud", "champion").await, Some(1), "{status}");
     assert!(status.to_string().contains("drift_hold"), "{status}");
+    let weights: Vec<u64> =
+        status["targets"].as_array().unwrap().iter().map(|t| t["weight"].as_u64().unwrap()).collect();
+    assert_eq!(weights, [50, 50], "held at the first step: {status}");
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();

@@ -24,9 +24,11 @@
 //! - [`handoff`]: [`DriftTap::offer`], the instance thread's side.
 //! - [`extract`]: one batch's rows into the window's summaries.
 //! - [`windows`]: windows per version, closing on time, kept until drained.
+//! - [`fit`]: whether a reference fits a model (checked before a push uploads it).
 //! - [`profiler`]: the thread, and [`Profiler`], the handle the gateway and the sync follower use.
 
 pub mod extract;
+pub mod fit;
 pub mod handoff;
 pub mod plan;
 pub mod profiler;
