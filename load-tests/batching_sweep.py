@@ -197,6 +197,8 @@ def main() -> int:
                    + markdown_table(["batching", "req/s", "p50 µs", "p99 µs", "errors", "mean batch", "instance busy"],
                                     rows))
         on, off = wrk_results["on"]["result"], wrk_results["off"]["result"]
+        report.checks.append(Check("wrk errors (non-2xx, socket errors), both runs", on.errors + off.errors, 0,
+                                   higher_is_better=False, unit=""))
         if off.rps:
             report.checks.append(Check(f"`{model}` HTTP JSON (wrk) c=64: req/s batching on / off", on.rps / off.rps, 3.0))
 
@@ -210,7 +212,7 @@ def main() -> int:
                                 "server_queue_us": None, "server_compute_us": b.us_per_call,
                                 "mean_batch": b.batch_size, "stable": True})
     report.write(readme=args.readme)
-    return 0
+    return report.exit_code()
 
 
 if __name__ == "__main__":

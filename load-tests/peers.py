@@ -294,6 +294,8 @@ def main() -> int:
 
     mg = measured.get("modelgate")
     if mg:
+        report.checks.append(Check("modelgate wrk errors (non-2xx, socket errors)",
+                                   sum(r.errors for r in mg.wrk.values()), 0, higher_is_better=False, unit=""))
         for peer, bound in (("triton", 10.0), ("mlserver", 15.0), ("nginx", 0.25)):
             if peer in measured and measured[peer].wrk[64].rps:
                 report.checks.append(Check(f"HTTP c=64 req/s: modelgate / {peer}",
@@ -302,7 +304,7 @@ def main() -> int:
             report.checks.append(Check("HTTP c=1 p50: modelgate − nginx", mg.wrk[1].p50_us - measured["nginx"].wrk[1].p50_us,
                                        40.0, higher_is_better=False, unit=" µs"))
     report.write(readme=args.readme)
-    return 0
+    return report.exit_code()
 
 
 if __name__ == "__main__":

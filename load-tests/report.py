@@ -128,6 +128,10 @@ class Report:
                                                       [c.row() for c in self.checks]), ""]
         return "\n".join(parts).rstrip() + "\n"
 
+    def exit_code(self) -> int:
+        """0 when every target was met, 1 when one was missed: a load test that misses fails."""
+        return 0 if all(check.passed for check in self.checks) else 1
+
     def write(self, readme: bool) -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
         md = RESULTS / f"{self.name}.md"

@@ -400,7 +400,11 @@ fn profile(args: &modelgate_registry::reference::ProfileArgs) -> anyhow::Result<
         args.data.display(),
         reference.profile.features.len(),
         reference.profile.rows(),
-        if reference.rules.is_empty() { String::new() } else { format!(", {} adaptive thresholds", reference.rules.len()) }
+        if reference.rules.is_empty() {
+            String::new()
+        } else {
+            format!(", {} adaptive thresholds", reference.rules.len())
+        }
     );
     Ok(())
 }

@@ -78,6 +78,10 @@ pub const SHADOW_COMPARISONS: &str = "modelgate_shadow_comparisons_total";
 pub const SHADOW_ABS_DIFF: &str = "modelgate_shadow_max_abs_difference";
 /// 1 while the last call to the control plane succeeded, 0 after one failed.
 pub const CONTROL_PLANE_CONNECTED: &str = "modelgate_control_plane_connected";
+/// The control plane's drift statistic of a feature of a served version.
+pub const DRIFT_STATISTIC: &str = "modelgate_drift_statistic";
+/// 1 while the control plane says a served version drifted, 0 when it does not.
+pub const DRIFT_STATUS: &str = "modelgate_drift_status";
 /// The generation of the last desired state applied.
 pub const SYNC_APPLIED_GENERATION: &str = "modelgate_sync_applied_generation";
 /// Parts of a desired state that did not apply, by reason (`failed_verification`,
@@ -146,6 +150,14 @@ fn describe() {
     metrics::describe_counter!(ROLLOUT_ROLLBACKS, "Rollouts rolled back, by reason");
     metrics::describe_counter!(ROLLOUT_PROMOTIONS, "Rollouts promoted");
     metrics::describe_gauge!(CONTROL_PLANE_CONNECTED, "1 while the control plane answers, 0 when it does not");
+    metrics::describe_gauge!(
+        DRIFT_STATISTIC,
+        "The control plane's latest drift statistic of a feature of a served version (label stat names it)"
+    );
+    metrics::describe_gauge!(
+        DRIFT_STATUS,
+        "1 while the control plane's latest evaluation says a served version drifted (against its reference, or a canary against the stable version)"
+    );
     metrics::describe_gauge!(SYNC_APPLIED_GENERATION, "Generation of the last desired state applied");
     metrics::describe_counter!(SYNC_FAILURES, "Parts of a desired state that did not apply, by reason");
     metrics::describe_counter!(
@@ -435,6 +447,21 @@ pub fn rollout_promotion(model: &str, canary: u64, how: &'static str) {
 /// Whether the control plane answered the last call.
 pub fn control_plane_connected(connected: bool) {
     gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// A served version's drift status and its features' statistics, as the control plane
+/// evaluated them.
+pub fn drift(model: &str, version: u64, drifted: bool, features: &[(&str, &'static str, f64)]) {
+    gauge!(DRIFT_STATUS, "model" => model.to_owned(), "version" => version.to_string()).set(if drifted {
+        1.0
+    } else {
+        0.0
+    });
+    for (feature, stat, value) in features {
+        gauge!(DRIFT_STATISTIC, "model" => model.to_owned(), "version" => version.to_string(),
+            "feature" => (*feature).to_owned(), "stat" => *stat)
+        .set(*value);
+    }
 }
 
 /// The generation of the desired state just applied.

@@ -928,5 +928,51 @@ mod tests {
             let checked = Tensor::checked("x".into(), dtype, shape.clone(), Bytes::from(vec![1u8; len]));
             proptest::prop_assert_eq!(checked.is_ok(), fits, "{:?} {:?} {} bytes: {:?}", dtype, shape, len, checked.err());
         }
+
+        /// A BYTES tensor is accepted exactly when its data is `count` whole length-prefixed
+        /// elements (4-byte little-endian length, then the bytes), checked against an oracle that
+        /// walks the same data independently; cutting or padding the data is refused.
+        #[test]
+        fn a_bytes_tensor_is_accepted_exactly_when_its_elements_are_whole(
+            elements in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..6),
+            declared in 0i64..8,
+            edit in 0u8..3,
+            cut in 1usize..64,
+            extra in proptest::collection::vec(proptest::num::u8::ANY, 1..6),
+        ) {
+            let mut data = Vec::new();
+            for element in &elements {
+                data.extend_from_slice(&(element.len() as u32).to_le_bytes());
+                data.extend_from_slice(element);
+            }
+            // 0: as encoded; 1: cut short; 2: with bytes after the last element.
+            match edit {
+                1 => data.truncate(data.len().saturating_sub(cut.min(data.len()))),
+                2 => data.extend_from_slice(&extra),
+                _ => {}
+            }
+            // The oracle: how many whole elements the data holds, and whether nothing is left over.
+            let mut rest = &data[..];
+            let mut whole = 0i64;
+            let oracle_ok = loop {
+                if rest.is_empty() {
+                    break true;
+                }
+                if rest.len() < 4 {
+                    break false;
+                }
+                let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if rest.len() - 4 < n {
+                    break false;
+                }
+                rest = &rest[4 + n..];
+                whole += 1;
+            } && whole == declared;
+            let checked = Tensor::checked("x".into(), DataType::Bytes, vec![declared], Bytes::from(data.clone()));
+            proptest::prop_assert_eq!(checked.is_ok(), oracle_ok, "{} elements declared, data {:?}: {:?}", declared, data, checked.err());
+            if let Ok(tensor) = checked {
+                proptest::prop_assert_eq!(&tensor.data[..], &data[..], "the data is kept as sent");
+            }
+        }
     }
 }

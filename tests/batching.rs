@@ -131,15 +131,20 @@ async fn a_full_queue_refuses_at_once_and_a_departed_client_frees_its_slot() {
     refused.expect_error(503, "exceeds maximum queue size");
     assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after waiting");
 
-    // The second client goes away: its slot is free for the next request.
+    // The second client goes away: the gateway notices (its connection closes, the request's
+    // answer has nobody to go to) and its slot is freed. Without disconnect detection the depth
+    // stays at 2 and this waits in vain.
     second.abort();
     let _ = second.await;
+    common::eventually("the departed client's slot to be freed", || version.queue_depth() == 1).await;
     let third = {
         let server = server.clone();
         tokio::spawn(async move { server.post_json("/v2/models/mlp/infer", &mlp_request(1, 4)).await })
     };
-    common::eventually("the third request queued", || version.queue_depth() == 2).await;
-    assert!(!third.is_finished(), "the third request waits in the freed slot instead of being refused");
+    // Back to 2 only once the third request is queued (a refused one never counts).
+    common::eventually("the third request queued in the freed slot", || version.queue_depth() == 2).await;
+    assert!(!third.is_finished(), "the third request waits in the queue");
+    server.post_json("/v2/models/mlp/infer", &mlp_request(1, 5)).await.expect_error(503, "exceeds maximum queue size");
     first.abort();
     third.abort();
 }

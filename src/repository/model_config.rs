@@ -879,8 +879,49 @@ mod tests {
             ]), 0..60),
             noise in ".{0,40}",
         ) {
-            let _ = parse_config_file(&tokens.join(" "));
-            let _ = parse_config_file(&noise);
+            for text in [tokens.join(" "), noise] {
+                if let Err(error) = parse_config_file(&text) {
+                    proptest::prop_assert!(!error.to_string().is_empty(), "a refusal without a reason: {text:?}");
+                }
+            }
+        }
+
+        /// A config written from random values reads back as those values, whatever the
+        /// field order and spacing: the reader keeps what it is given, not only its shape.
+        #[test]
+        fn a_written_config_reads_back_as_its_values(
+            max_batch in 0u32..100_000,
+            delay in 0u64..10_000_000,
+            queue in 0u32..1000,
+            dims in proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(-1i64), 1i64..4096], 1..4),
+            fp32 in proptest::bool::ANY,
+            reverse in proptest::bool::ANY,
+            sep in proptest::sample::select(vec![" ", "\n", "  \n\t"]),
+        ) {
+            let dims_text = dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            let dtype = if fp32 { "TYPE_FP32" } else { "TYPE_INT64" };
+            let mut fields = vec![
+                format!("name: \"m\""),
+                format!("max_batch_size: {max_batch}"),
+                format!("input [ {{ name: \"x\"{sep}data_type: {dtype}{sep}dims: [ {dims_text} ] }} ]"),
+                format!(
+                    "dynamic_batching {{ max_queue_delay_microseconds: {delay}{sep}default_queue_policy {{ max_queue_size: {queue} }} }}"
+                ),
+            ];
+            if reverse {
+                fields.reverse();
+            }
+            let config = parse_config_file(&fields.join(sep)).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(config.name.as_deref(), Some("m"));
+            proptest::prop_assert_eq!(config.max_batch_size, Some(max_batch));
+            proptest::prop_assert_eq!(config.inputs.len(), 1);
+            proptest::prop_assert_eq!(&config.inputs[0].name, "x");
+            proptest::prop_assert_eq!(&config.inputs[0].dims, &dims);
+            let expected = if fp32 { DataType::Fp32 } else { DataType::Int64 };
+            proptest::prop_assert_eq!(config.inputs[0].dtype, expected);
+            let batching = config.dynamic_batching.expect("dynamic_batching");
+            proptest::prop_assert_eq!(batching.max_queue_delay_microseconds, delay);
+            proptest::prop_assert_eq!(batching.max_queue_size, queue);
         }
     }
 }

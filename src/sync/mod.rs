@@ -300,7 +300,25 @@ impl Follower {
             }
             self.served.remove(&model);
         }
+        self.publish_drift(state, &rules);
         crate::metrics::sync_applied_generation(state.generation);
+    }
+
+    /// Exports the control plane's drift evaluations of the versions served here.
+    fn publish_drift(&self, state: &DesiredState, rules: &[Follow]) {
+        for rule in rules {
+            let Some(model) = state.models.get(&rule.registered) else { continue };
+            let Some(loaded) = self.loaded.get(&rule.model) else { continue };
+            for (version, status) in &model.drift {
+                let Ok(version) = u64::try_from(*version) else { continue };
+                if !loaded.contains_key(&version) {
+                    continue;
+                }
+                let features: Vec<(&str, &'static str, f64)> =
+                    status.features.iter().map(|(name, f)| (name.as_str(), stat_name(f.stat), f.value)).collect();
+                crate::metrics::drift(&rule.model, version, status.drifted, &features);
+            }
+        }
     }
 
     /// Serves one followed model as the plan says. Failures of the canary leave
@@ -627,5 +645,18 @@ mod tests {
         assert!(pauses[0] <= Duration::from_millis(250) && pauses[0] >= Duration::from_millis(125));
         assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));
         assert!(pauses[11] >= MAX_BACKOFF / 2);
+    }
+}
+
+/// A drift statistic's name in metric labels (the API's spelling).
+fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
+    use modelgate_sketch::Stat;
+    match stat {
+        Stat::Ks => "ks",
+        Stat::Wasserstein => "wasserstein",
+        Stat::Psi => "psi",
+        Stat::JensenShannon => "jensen_shannon",
+        Stat::Hellinger => "hellinger",
+        Stat::ChiSquared => "chi_squared",
     }
 }

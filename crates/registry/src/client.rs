@@ -41,6 +41,8 @@ pub struct RegistryArgs {
 }
 
 /// The registry commands.
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum RegistryCommand {
     /// Register a model directory (or one file) as a new version.

@@ -49,6 +49,10 @@ pub struct DriftSettings {
     /// Rows of its own traffic a version without a reference is compared against.
     #[arg(long = "drift-baseline-rows", default_value_t = 10_000)]
     pub baseline_rows: u64,
+    /// URL POSTed a JSON body when a version starts or stops drifting (also logged as events
+    /// `drift_detected` / `drift_cleared`).
+    #[arg(long = "drift-webhook")]
+    pub webhook: Option<String>,
 }
 
 impl Default for DriftSettings {
@@ -61,6 +65,7 @@ impl Default for DriftSettings {
             threshold: None,
             share: modelgate_sketch::drift::DEFAULT_DRIFT_SHARE,
             baseline_rows: 10_000,
+            webhook: None,
         }
     }
 }
@@ -101,6 +106,11 @@ impl DriftSettings {
         }
         if self.threshold.is_some() && self.stat.is_none() {
             return Err("--drift-threshold needs --drift-stat (auto has its own thresholds)".into());
+        }
+        if let Some(url) = &self.webhook
+            && reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(format!("--drift-webhook '{url}': expected an http(s) URL"));
         }
         Ok(())
     }
@@ -373,9 +383,38 @@ pub async fn evaluate_all(registry: &Registry, settings: &DriftSettings) -> Resu
     }
     let n = evaluations.len();
     if n > 0 {
+        let before = store.latest_drift_statuses().await?;
         store.put_drift_results(&evaluations).await?;
+        for (model, version, evaluation) in &evaluations {
+            let status = evaluation.status();
+            let was = before.get(&(model.clone(), *version)).is_some_and(|s| s.drifted);
+            if status.drifted != was {
+                store.record_drift_flip(model, *version, &status).await?;
+                tracing::warn!(model, version, drifted = status.drifted, share = status.share, "drift status changed");
+                if let Some(url) = &settings.webhook {
+                    notify(url.clone(), model.clone(), *version, status);
+                }
+            }
+        }
     }
     Ok(n)
+}
+
+/// POSTs a drift flip to the webhook in the background (5 s timeout; a failure is logged, not
+/// retried: the event log and the metric still hold it).
+fn notify(url: String, model: String, version: i64, status: DriftStatus) {
+    tokio::spawn(async move {
+        let body = serde_json::json!({
+            "event": if status.drifted { "drift_detected" } else { "drift_cleared" },
+            "model": model, "version": version, "status": status,
+        });
+        let sent = reqwest::Client::new().post(&url).timeout(Duration::from_secs(5)).json(&body).send().await;
+        match sent.map(|r| r.status()) {
+            Ok(code) if code.is_success() => {}
+            Ok(code) => tracing::warn!(%url, %code, "drift webhook refused the notification"),
+            Err(error) => tracing::warn!(%url, %error, "drift webhook unreachable"),
+        }
+    });
 }
 
 /// Evaluations are kept this long (the history the API and the operations page show).

@@ -202,10 +202,9 @@ pub fn read_csv(path: &Path, input: Option<&str>, categorical: &BTreeSet<String>
             let feature = input.map_or_else(|| name.clone(), |input| format!("{input}[{i}]"));
             let numbers: Option<Vec<f64>> = match categorical.contains(name) {
                 true => None,
-                false => column
-                    .iter()
-                    .map(|c| if c.is_empty() { Some(f64::NAN) } else { c.parse::<f64>().ok() })
-                    .collect(),
+                false => {
+                    column.iter().map(|c| if c.is_empty() { Some(f64::NAN) } else { c.parse::<f64>().ok() }).collect()
+                }
             };
             let values = match numbers {
                 Some(n) => Values::Numeric(n),

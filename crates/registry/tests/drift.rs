@@ -108,10 +108,31 @@ async fn a_reference_reaches_gateways_with_the_desired_state_and_a_broken_one_is
     }
 }
 
+/// A local endpoint that records the bodies POSTed to it.
+async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (sent, received) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sent = sent.clone();
+            async move {
+                let _ = sent.send(body);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
 #[tokio::test]
 async fn a_shifted_stream_from_two_gateways_flips_the_versions_drift_status() {
     for backend in backends() {
-        let server = Server::start(backend).await;
+        let (url, mut hooks) = webhook().await;
+        let settings = modelgate_registry::drift::DriftSettings { webhook: Some(url), ..Default::default() };
+        let server = Server::start_with_drift(backend, settings).await;
         fraud(&server).await;
         let profile = reference(10_000);
         let specs = profile.specs();
@@ -155,6 +176,18 @@ async fn a_shifted_stream_from_two_gateways_flips_the_versions_drift_status() {
         let status = &state["models"]["fraud"]["drift"]["1"];
         assert_eq!(status["drifted"], true, "{backend:?}: {state}");
         assert!(status["features"]["INPUT0[2]"]["value"].as_f64().unwrap() > 0.1, "{backend:?}: {status}");
+        // The flip is an event and a webhook call; the first, undrifted evaluation was neither.
+        let (_, events) = server.get("/cp/v1/events?model=fraud").await;
+        let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| k.starts_with("drift_d") || k.starts_with("drift_c")).count(),
+            1,
+            "{backend:?}: {kinds:?}"
+        );
+        assert!(kinds.contains(&"drift_detected"), "{backend:?}: {kinds:?}");
+        let hook = tokio::time::timeout(std::time::Duration::from_secs(5), hooks.recv()).await.unwrap().unwrap();
+        assert_eq!((hook["event"].as_str(), hook["version"].as_i64()), (Some("drift_detected"), Some(1)), "{hook}");
+        assert!(hooks.try_recv().is_err(), "{backend:?}: a second webhook call");
 
         let (status, body) = server.get("/cp/v1/models/fraud/drift?history=0").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{backend:?}: {body}");

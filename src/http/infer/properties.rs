@@ -166,6 +166,36 @@ fn consistent_request() -> impl Strategy<Value = (HeaderMap, Bytes, Vec<Value>, 
     })
 }
 
+/// The tensor bytes JSON `data` stands for, written independently of the decoder: row-major,
+/// little-endian, booleans 0/1, BYTES as length-prefixed UTF-8.
+fn json_oracle(dtype: DataType, data: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in data.as_array().into_iter().flatten() {
+        let int = || value.as_i64().unwrap_or_default();
+        match dtype {
+            DataType::Bool => out.push(u8::from(value.as_bool().unwrap_or_default())),
+            DataType::Uint8 => out.extend((int() as u8).to_le_bytes()),
+            DataType::Uint16 => out.extend((int() as u16).to_le_bytes()),
+            DataType::Uint32 => out.extend((int() as u32).to_le_bytes()),
+            DataType::Uint64 => out.extend((int() as u64).to_le_bytes()),
+            DataType::Int8 => out.extend((int() as i8).to_le_bytes()),
+            DataType::Int16 => out.extend((int() as i16).to_le_bytes()),
+            DataType::Int32 => out.extend((int() as i32).to_le_bytes()),
+            DataType::Int64 => out.extend(int().to_le_bytes()),
+            DataType::Fp32 => out.extend((value.as_f64().unwrap_or_default() as f32).to_le_bytes()),
+            DataType::Fp64 => out.extend(value.as_f64().unwrap_or_default().to_le_bytes()),
+            DataType::Bytes => {
+                let text = value.as_str().unwrap_or_default().as_bytes();
+                out.extend((text.len() as u32).to_le_bytes());
+                out.extend(text);
+            }
+            // Only in binary form (see consistent_input).
+            DataType::Fp16 | DataType::Bf16 => {}
+        }
+    }
+    out
+}
+
 /// What every decoded request must satisfy, and every refusal.
 fn check(result: Result<InferRequest, DecodeError>) -> Result<(), TestCaseError> {
     match result {
@@ -192,6 +222,10 @@ proptest! {
             prop_assert_eq!(tensor.dtype.v2_name(), sent["datatype"].as_str().unwrap_or_default());
             if !tail.is_empty() && tensor.dtype != DataType::Bool {
                 prop_assert_eq!(&tensor.data[..], &tail[..], "binary bytes pass through unchanged");
+            }
+            if tail.is_empty() {
+                let expected = json_oracle(tensor.dtype, &sent["data"]);
+                prop_assert_eq!(&tensor.data[..], &expected[..], "JSON {} data decodes to its values", tensor.dtype.v2_name());
             }
         }
         check(Ok(request))?;

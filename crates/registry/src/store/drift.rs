@@ -235,6 +235,21 @@ impl Store {
         change.commit_quietly().await
     }
 
+    /// Logs that a version's drift status flipped (`drift_detected` / `drift_cleared`): the
+    /// alert trail beside the metric and the webhook.
+    pub async fn record_drift_flip(
+        &self,
+        model: &str,
+        version: i64,
+        status: &DriftStatus,
+    ) -> Result<i64, RegistryError> {
+        let kind = if status.drifted { "drift_detected" } else { "drift_cleared" };
+        let drifted: Vec<&String> = status.features.iter().filter(|(_, f)| f.drifted).map(|(n, _)| n).collect();
+        let payload = json!({ "version": version, "share": status.share, "rows": status.rows,
+            "drifted_features": drifted });
+        Change::begin(self).await?.commit(kind, model, payload).await
+    }
+
     /// A model's evaluations, newest first, at most `limit` per version.
     pub async fn drift_results(
         &self,
@@ -258,7 +273,7 @@ impl Store {
     }
 
     /// Every version's latest evaluation as the gateways get it.
-    pub(super) async fn latest_drift_statuses(&self) -> Result<BTreeMap<(String, i64), DriftStatus>, RegistryError> {
+    pub async fn latest_drift_statuses(&self) -> Result<BTreeMap<(String, i64), DriftStatus>, RegistryError> {
         let rows = sqlx::query(
             "SELECT r.model, r.version, r.result FROM drift_results r JOIN \
              (SELECT model, version, MAX(evaluated_ms) AS latest FROM drift_results GROUP BY model, version) l \

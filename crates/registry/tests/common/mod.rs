@@ -93,12 +93,28 @@ impl Server {
     }
 
     pub async fn start_at(backend: Backend, dir: tempfile::TempDir, db_url: String) -> Server {
+        Server::start_with(backend, dir, db_url, Default::default()).await
+    }
+
+    /// A server with its own drift settings.
+    pub async fn start_with_drift(backend: Backend, drift: modelgate_registry::drift::DriftSettings) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = fresh_db(backend, dir.path()).await;
+        Server::start_with(backend, dir, db_url, drift).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        dir: tempfile::TempDir,
+        db_url: String,
+        drift: modelgate_registry::drift::DriftSettings,
+    ) -> Server {
         let config = Config {
             db_url: db_url.clone(),
             data_dir: dir.path().join("data"),
             limits: limits(),
             file_roots: vec![dir.path().join("allowed")],
-            drift: Default::default(),
+            drift,
         };
         std::fs::create_dir_all(dir.path().join("allowed")).unwrap();
         let registry = Registry::open(&config).await.expect("open the registry");
