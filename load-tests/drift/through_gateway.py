@@ -772,9 +772,13 @@ def pooled_rate(results, variant: str, tool_flags) -> float | None:
     return rate(flags)
 
 
-def build_report(args, data: Data, results, comp: Comparison, stats: dict, live: dict | None,
+def new_report() -> Report:
+    """Made when the run starts, so that its load average 'before' is from then."""
+    return Report("drift_through_gateway", "Drift verdicts through the gateway against Evidently, alibi-detect and numpy")
+
+
+def build_report(report: Report, args, data: Data, results, comp: Comparison, stats: dict, live: dict | None,
                  preset_diff: float | None, timings: dict) -> Report:
-    report = Report("drift_through_gateway", "Drift verdicts through the gateway against Evidently, alibi-detect and numpy")
     windows = len(next(iter(data.x.values())))
     mode = ("fake gateway: windows profiled in Python (datasketches) and posted as a sync report"
             if args.fake_gateway else "windows profiled by the gateway's profiler")
@@ -978,6 +982,7 @@ def main() -> int:
     if not args.binary.exists():
         ap.error(f"{args.binary} is missing: cargo build --bin modelgate")
     stop_on_sigterm()
+    report = new_report()
     started = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -1046,7 +1051,7 @@ def main() -> int:
     timings["peers after the rounds"] = time.monotonic() - t
     comp = compare(results, peers)
     timings["total"] = time.monotonic() - started
-    report = build_report(args, data, results, comp, stats, live, preset_diff, timings)
+    build_report(report, args, data, results, comp, stats, live, preset_diff, timings)
     report.write(args.readme)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
