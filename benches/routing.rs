@@ -6,6 +6,10 @@
 //!   baseline: one random number.
 //! - `record`: admitting a request and recording its outcome in the arm's
 //!   window (CAS on packed counters); baseline: one atomic add.
+//! - `sequential`: one update of a canary's sequential test (`Sprt::observe`)
+//!   for a healthy outcome (the ratio at its floor: a load, no write) and a
+//!   failure (a CAS), and a canary arm's whole record (window, both tests)
+//!   beside the same record on an arm without tests; baseline: one atomic add.
 //!
 //! Run: `cargo bench --bench routing`.
 
@@ -17,7 +21,9 @@ use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use modelgate::error::Fault;
-use modelgate::routing::{Route, RouteSpec, Routes, RuleSpec};
+use modelgate::routing::policy::Rates;
+use modelgate::routing::sprt::Sprt;
+use modelgate::routing::{Route, RouteSpec, Routes, RuleSpec, TargetSpec};
 
 fn route(spec: RouteSpec) -> Route {
     Route::build(&spec.validate().expect("a valid bench route"), 1)
@@ -82,5 +88,44 @@ fn record(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, pick, record);
+fn sequential(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sequential");
+    let counter = AtomicU64::new(0);
+    group.bench_function("baseline_atomic_add", |b| b.iter(|| black_box(&counter).fetch_add(1, Ordering::Relaxed)));
+    let rates = Rates { false_rollback: 0.001, missed_breach: 0.01, breach_factor: 10.0 };
+    let test = Sprt::new(0.01, rates).expect("a 1 % SLO can be breached");
+    group.bench_function("observe_healthy", |b| b.iter(|| test.observe(black_box(false))));
+    // Breaches alternating with enough good outcomes to stay under the bound: each one writes.
+    let busy = Sprt::new(0.01, rates).expect("a 1 % SLO can be breached");
+    let mut i = 0u32;
+    group.bench_function("observe_mixed_one_in_30_breaches", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            busy.observe(black_box(i.is_multiple_of(30)))
+        })
+    });
+    let spec = RouteSpec {
+        model: "mlp".into(),
+        targets: vec![
+            TargetSpec { version: 1, weight: None, max_in_flight: None },
+            TargetSpec { version: 2, weight: None, max_in_flight: None },
+        ],
+        rules: Vec::new(),
+        sticky_header: None,
+        shadow: None,
+        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
+    };
+    let rollout = route(spec);
+    let (plain, canary) = (&rollout.targets[0].arm, &rollout.targets[1].arm);
+    assert!(plain.sequential.is_none() && canary.sequential.is_some());
+    group.bench_function("record_success_arm_without_tests", |b| {
+        b.iter(|| plain.record(Ok(()), black_box(Duration::from_micros(850))))
+    });
+    group.bench_function("record_success_canary_arm", |b| {
+        b.iter(|| canary.record(Ok(()), black_box(Duration::from_micros(850))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, pick, record, sequential);
 criterion_main!(benches);

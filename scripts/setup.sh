@@ -5,10 +5,11 @@
 #
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
-# Components (default: apt ort models client mlflow-server token; `torch` only when asked for):
+# Components (default: apt ort models client mlflow-server deploy-tools token; `torch` only when asked for):
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
-#            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh).
-#            Installed with apt-get only when missing; needs root or sudo.
+#            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh),
+#            prometheus (its `promtool` checks and unit-tests deploy/prometheus/; tests/deploy starts
+#            the server itself). Installed with apt-get only when missing; needs root or sudo.
 #   ort      ONNX Runtime 1.31.1 C library from the PyPI wheel -> .native/onnxruntime/lib/
 #            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
 #   models   .venv/models: onnx, onnxruntime, numpy (scripts/requirements-models.txt), used by
@@ -17,6 +18,10 @@
 #            numpy, mlflow-skinny (scripts/requirements-client.txt). Run perf_analyzer via scripts/perf_analyzer.
 #   mlflow-server  .venv/mlflow-server: the full `mlflow` 3.17.2 server (requirements-mlflow-server.txt,
 #            about 850 MB), which tests/registry/test_mirror.py runs as the upstream of mirror mode.
+#   deploy-tools  .venv/deploy-tools: kubernetes-validate (offline Kubernetes schemas), PyYAML, pytest
+#            (scripts/requirements-deploy-tools.txt), used by tests/deploy/ on the manifests in
+#            deploy/kubernetes/ (rendered with `kubectl kustomize`: kubectl comes with the machine image,
+#            not from this script).
 #   token    .modelgate/admin-token: a random bearer token (mode 0600) for the README's first command
 #            (`serve --admin-token-file .modelgate/admin-token`: admin API and embedded control plane).
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
@@ -55,7 +60,7 @@ readonly ORT_VERSION=1.31.1
 readonly TORCH_VERSION=2.13.0
 readonly NATIVE=.native
 readonly WHEELS=$NATIVE/wheels          # download cache, deleted after a successful run
-readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15)
+readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15 prometheus)
 readonly PYTHON=${PYTHON:-python3}
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +235,11 @@ step_mlflow_server() {
     ensure_venv mlflow-server scripts/requirements-mlflow-server.txt
 }
 
+# .venv/deploy-tools: what tests/deploy/ validates the Kubernetes manifests with.
+step_deploy_tools() {
+    ensure_venv deploy-tools scripts/requirements-deploy-tools.txt
+}
+
 # .modelgate/admin-token: a random bearer token (0600) for the admin API and the embedded control
 # plane of the README's first command (`serve --admin-token-file .modelgate/admin-token`). Kept
 # when it exists, so the CLI keeps working across set-ups.
@@ -333,12 +343,12 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|mlflow-server|token|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|token|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
     if (( ${#components[@]} == 0 )); then
-        components=(apt ort models client mlflow-server token)
+        components=(apt ort models client mlflow-server deploy-tools token)
     fi
     if [[ $with_torch == 1 && ! " ${components[*]} " =~ " torch " ]]; then
         components+=(torch)

@@ -11,11 +11,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::budget::InflightBytes;
-use crate::error::Error;
+use crate::error::{Error, Fault};
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
-use crate::routing::{Route, Routes};
+use crate::routing::{CanaryRetry, Route, Routes, Target};
 use crate::tensor::{InferRequest, InferResponse};
 
 /// Limits applied at the door, the same for HTTP and gRPC.
@@ -171,7 +171,8 @@ impl Gateway {
     }
 
     /// Picks the route's target, runs the request there, records the outcome
-    /// in the target's window, and sends the shadow copy.
+    /// in the target's window, and sends the shadow copy. A rollout canary's
+    /// server fault is retried once on the baseline (see [`retryable`]).
     async fn infer_routed(
         &self,
         route: &Arc<Route>,
@@ -179,27 +180,107 @@ impl Gateway {
         call: Call<'_>,
     ) -> Result<InferResponse, Error> {
         let model = route.model.as_str();
-        let target = &route.targets[route.pick(call.headers)?];
+        let (index, by_rule) = route.pick_why(call.headers)?;
+        let target = &route.targets[index];
         let shadow = route
             .shadow
             .as_ref()
             .filter(|s| s.spec.version != target.version)
             .and_then(|s| Some((s.clone(), s.admit()?, request.clone())));
-        let result = match target.arm.admit(model, target.max_in_flight) {
-            Ok(_in_flight) => match self.repository.resolve(model, Some(target.version)) {
-                Ok(served_by) => self.run(model, &served_by, request, call).await,
-                // The route names it, so a missing version is the server's fault, not the client's.
-                Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
-            },
-            Err(e) => Err(e),
-        };
-        target.arm.record(result.as_ref().map(|_| ()).map_err(Error::fault), call.arrival.elapsed());
+        // A header that names the canary asked for the canary: only a weighted pick may be answered by another version.
+        let retry = route.retry.as_ref().filter(|r| r.canary == target.version && !by_rule);
+        let copy = retry.map(|_| request.clone());
+        let mut result = self.run_target(model, target, request, call, call.arrival).await;
+        match (retry, copy) {
+            (Some(retry), Some(copy)) => {
+                if let Err(error) = &result
+                    && retryable(error, &copy, call.arrival)
+                {
+                    // The canary's answer is dropped unsent: the client gets the retry's answer, once.
+                    result = self.retry_on_baseline(route, retry, copy, call).await.unwrap_or(result);
+                }
+            }
+            _ => {
+                if result.is_ok()
+                    && let Some(retry) = route.retry.as_ref().filter(|r| r.baseline == target.version)
+                {
+                    retry.budget.earn();
+                }
+            }
+        }
         if let Some((shadow, permit, copy)) = shadow {
             let primary = result.as_ref().ok().map(|r| r.outputs.clone());
-            let task = shadow.run(permit, self.repository.clone(), model.to_owned(), target.version, copy, primary);
+            let answered = result.as_ref().map_or(target.version, |r| r.model_version);
+            let task = shadow.run(permit, self.repository.clone(), model.to_owned(), answered, copy, primary);
             tokio::spawn(task);
         }
         result
+    }
+
+    /// Runs a request on one target of a route and records its outcome, and
+    /// its time since `since`, in the target's arm (the deadline still counts
+    /// from the call's arrival). A canary whose latency is tested has its
+    /// slowness counted the moment it passes the threshold, not when it answers.
+    async fn run_target(
+        &self,
+        model: &str,
+        target: &Target,
+        request: InferRequest,
+        call: Call<'_>,
+        since: Instant,
+    ) -> Result<InferResponse, Error> {
+        let run = async {
+            match target.arm.admit(model, target.max_in_flight) {
+                Ok(_in_flight) => match self.repository.resolve(model, Some(target.version)) {
+                    Ok(served_by) => self.run(model, &served_by, request, call).await,
+                    // The route names it, so a missing version is the server's fault, not the client's.
+                    Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
+                },
+                Err(e) => Err(e),
+            }
+        };
+        let watch = target.arm.sequential.as_ref().and_then(|s| Some((s, s.latency_threshold()?)));
+        let (result, slow_counted) = match watch {
+            None => (run.await, false),
+            Some((sequential, threshold)) => {
+                // From the tokio clock (tests pause it), what is left of the threshold since arrival.
+                let late = tokio::time::Instant::now() + threshold.saturating_sub(since.elapsed());
+                tokio::pin!(run);
+                tokio::select! {
+                    biased;
+                    result = &mut run => (result, false),
+                    () = tokio::time::sleep_until(late) => {
+                        sequential.observe_slow();
+                        (run.await, true)
+                    }
+                }
+            }
+        };
+        let outcome = result.as_ref().map(|_| ()).map_err(Error::fault);
+        target.arm.record_watched(outcome, since.elapsed(), slow_counted);
+        result
+    }
+
+    /// Runs `request` again on the route's baseline, within its budget;
+    /// `None` when it may not (no budget, no live baseline), and the canary's
+    /// answer stands.
+    async fn retry_on_baseline(
+        &self,
+        route: &Route,
+        retry: &CanaryRetry,
+        request: InferRequest,
+        call: Call<'_>,
+    ) -> Option<Result<InferResponse, Error>> {
+        let model = route.model.as_str();
+        let baseline = route.target(retry.baseline).filter(|t| !t.failed)?;
+        if !retry.budget.spend() {
+            metrics::canary_retry(model, retry.canary, "no_budget");
+            return None;
+        }
+        // The baseline's window gets the retry's own time, not the canary's before it.
+        let result = self.run_target(model, baseline, request, call, Instant::now()).await;
+        metrics::canary_retry(model, retry.canary, if result.is_ok() { "success" } else { "error" });
+        Some(result)
     }
 
     /// Runs a request on one version and records it.
@@ -223,6 +304,19 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Whether a canary's failed request may be retried on the baseline: a
+/// server fault (never the client's mistake, nor its own deadline), with
+/// time left before the client's deadline (the retry runs within what
+/// remains: deadlines count from arrival), and not a deadline the gateway
+/// enforced (that time is spent for the baseline too). Every inference
+/// request that reaches a route is idempotent: the parameters that would
+/// make one stateful (`sequence_id`, ...) are refused at the door.
+fn retryable(error: &Error, request: &InferRequest, arrival: Instant) -> bool {
+    error.fault() == Fault::Server
+        && !matches!(error, Error::DeadlineExceeded(_))
+        && request.timeout.is_none_or(|timeout| arrival.elapsed() < timeout)
 }
 
 /// A version as the client wrote it (`None` or empty: not named; gRPC sends

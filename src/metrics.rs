@@ -56,6 +56,10 @@ pub const ROUTE_REQUESTS: &str = "modelgate_route_requests_total";
 pub const ROUTE_DURATION: &str = "modelgate_route_request_duration_seconds";
 /// Current route weight in percent, by model and version.
 pub const ROUTE_WEIGHT: &str = "modelgate_route_weight";
+/// A rollout canary's server faults retried on the baseline, by model, canary
+/// version and outcome (`success`, `error`: the baseline failed too,
+/// `no_budget`: not retried, the retry budget was spent).
+pub const ROUTE_CANARY_RETRIES: &str = "modelgate_route_canary_retries_total";
 /// 1 for the current phase of a rollout, by model, canary version and state.
 pub const ROLLOUT_STATE: &str = "modelgate_rollout_state";
 /// Canary weight of a rollout's current step, by model and canary version.
@@ -144,6 +148,7 @@ fn describe() {
     metrics::describe_counter!(ROUTE_REQUESTS, "Routed requests by target version and outcome");
     metrics::describe_histogram!(ROUTE_DURATION, metrics::Unit::Seconds, "End-to-end time of routed requests");
     metrics::describe_gauge!(ROUTE_WEIGHT, "Route weight of each target version, in percent");
+    metrics::describe_counter!(ROUTE_CANARY_RETRIES, "Canary server faults retried on the baseline, by outcome");
     metrics::describe_gauge!(ROLLOUT_STATE, "1 for the current phase of each rollout");
     metrics::describe_gauge!(ROLLOUT_CANARY_WEIGHT, "Canary weight of each rollout, in percent");
     metrics::describe_counter!(ROLLOUT_CHECKS, "Rollout SLO checks by verdict");
@@ -429,6 +434,13 @@ pub fn rollout_state(model: &str, canary: u64, state: &str, canary_weight: u32) 
 /// Counts one SLO check of a rollout.
 pub fn rollout_check(model: &str, canary: u64, verdict: &'static str) {
     counter!(ROLLOUT_CHECKS, "model" => model.to_owned(), "canary" => canary.to_string(), "verdict" => verdict)
+        .increment(1);
+}
+
+/// Counts one retry of a canary's fault on the baseline (rare: a failing
+/// canary is rolled back within a few requests, so no handle is kept).
+pub fn canary_retry(model: &str, canary: u64, outcome: &'static str) {
+    counter!(ROUTE_CANARY_RETRIES, "model" => model.to_owned(), "canary" => canary.to_string(), "outcome" => outcome)
         .increment(1);
 }
 

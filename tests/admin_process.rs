@@ -5,7 +5,7 @@
 
 mod support_routing;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ struct Serve {
     child: Child,
     http: u16,
     admin: u16,
+    /// Where its stderr goes: the log lines say what it did with a signal or why it stopped.
+    log: PathBuf,
 }
 
 impl Serve {
@@ -39,12 +41,32 @@ impl Serve {
             .args(["--control-plane-port", "0"])
             .env_remove("MODELGATE_ADMIN_TOKEN")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Beside the repository, not in it: a file there would be read as a model.
+        let log = std::env::temp_dir().join(format!("modelgate-admin-process-{}-{http}.log", std::process::id()));
+        command.stderr(std::fs::File::create(&log).unwrap());
         if let Some(token) = token {
             command.env("MODELGATE_ADMIN_TOKEN", token);
         }
-        Serve { child: command.spawn().unwrap(), http, admin }
+        Serve { child: command.spawn().unwrap(), http, admin, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle` `times` times: the server has finished handling
+    /// the signal that writes it, so a check that nothing changed is not a guess.
+    async fn wait_log(&self, needle: &str, times: usize) {
+        let started = Instant::now();
+        while self.log_text().matches(needle).count() < times {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no '{needle}' (x{times}) in the log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_ready(&self) {
@@ -104,7 +126,7 @@ async fn sighup_reloads_the_routes_of_the_config_file() {
     // A broken file changes nothing.
     std::fs::write(&config, "[[routes]]\nmodel = \"m\"\ntargets = [{ version = 1, weight = 7 }]\n").unwrap();
     Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    serve.wait_log("not reloaded", 1).await;
     assert_eq!(serve.weights().await, (20, 80));
     // Issue #15, finding 9: a route to a version that is not loaded is
     // refused as the admin API refuses it, and an empty file removes nothing.
@@ -114,11 +136,11 @@ async fn sighup_reloads_the_routes_of_the_config_file() {
     )
     .unwrap();
     Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    serve.wait_log("not reloaded", 2).await;
     assert_eq!(serve.weights().await, (20, 80), "a route to a missing version was applied");
     std::fs::write(&config, "").unwrap();
     Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    serve.wait_log("the config file is empty", 1).await;
     assert_eq!(serve.weights().await, (20, 80), "an empty file removed the route");
 }
 
@@ -132,6 +154,10 @@ async fn without_a_token_the_admin_port_stays_closed() {
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", serve.admin)).await.is_err());
     // A token too short to be safe stops the server at start instead.
     let mut weak = Serve::start(&repo, &config, Some("short"));
+    let log = weak.log.clone();
     let status = tokio::task::spawn_blocking(move || weak.child.wait().unwrap()).await.unwrap();
     assert!(!status.success());
+    // Stopped for the token's sake, not for any other start-up failure.
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("admin token must be at least"), "{text}");
 }

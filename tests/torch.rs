@@ -189,7 +189,19 @@ async fn onnx_and_torchscript_copies_of_one_model_serve_side_by_side_with_matchi
 async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows() {
     let references = torch_reference(&repo_models().join("mlp_torch/1/model.pt"), &[64]);
     let reference = &references[&64];
-    let server = Arc::new(start(&repo_models(), &["mlp_torch"]).await);
+    // Batches close at the preferred size, never on the clock (the 60 s delay only bounds a
+    // broken run): 48 concurrent requests make exactly six batches of eight on any machine.
+    let repository = tempfile::tempdir().unwrap();
+    let version = repository.path().join("mlp_torch/1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::copy(repo_models().join("mlp_torch/1/model.pt"), version.join("model.pt")).unwrap();
+    let config = std::fs::read_to_string(repo_models().join("mlp_torch/config.pbtxt")).unwrap().replace(
+        "dynamic_batching { }",
+        "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 60000000 }",
+    );
+    assert!(config.contains("preferred_batch_size"), "the example's batching stanza changed: {config}");
+    std::fs::write(repository.path().join("mlp_torch/config.pbtxt"), config).unwrap();
+    let server = Arc::new(start(repository.path(), &["mlp_torch"]).await);
     let requests = 48;
     let tasks: Vec<_> = (0..requests)
         .map(|row| {
@@ -218,7 +230,7 @@ async fn concurrent_requests_to_mlp_torch_are_batched_and_each_gets_its_own_rows
     let inferences = stats["inference_count"].as_u64().unwrap();
     let executions = stats["execution_count"].as_u64().unwrap();
     assert_eq!(inferences, requests as u64, "{stats}");
-    assert!(executions < inferences, "no request was batched with another: {stats}");
+    assert_eq!(executions, 6, "48 rows in batches of the preferred 8: {stats}");
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }
 

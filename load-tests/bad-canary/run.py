@@ -17,6 +17,16 @@ Reported (stdout and load-tests/results/bad-canary-<time>.json):
 * canary_rps: canary requests per second during the breach, to show the load was >= 100/s;
 * baseline_failures: failures of version 1 (must be 0).
 
+`--canary flaky --poison 0.4` serves `flaky.onnx` instead, which fails the requests whose input
+holds a poison value, and the client poisons 40 % of its requests: a canary that fails on 40 % of
+inputs. `--canary slow` serves `slow.onnx` (4,000 layers, 50 to 200 ms by the machine: `--slow-layers`) under
+`max_p99_latency = "20ms"` (`--slo-ms`): a canary about 10x slower than its latency SLO. For every scenario the report
+counts `breaching_answers`: the canary answers a client got that breach an SLO (a failure; or, for
+the slow canary, an answer slower than `--slo-ms`), and of those how many were sent before the
+rollback. `--first-step` sets the canary's share (its rate is `--rate` x that share), `--retry
+off` and `--sequential off` turn off the per-request test and the retries of builds that have them
+(the keys are only written when given: an older build refuses them).
+
 `--healthy` runs the same route with a healthy canary (a copy of version 1) for `--duration`
 seconds with steps 25/50/75/100 spread over the run, and reports the rollbacks (must be 0),
 the failures, and where the rollout ended.
@@ -60,19 +70,27 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-def body(seed: int) -> bytes:
+POISON_VALUE = 100.0  # over flaky.onnx's POISON (tests/models/make_test_models.py)
+
+
+def body(seed: int, poisoned: bool = False) -> bytes:
     data = [((i * 7 + seed * 13) % 97) / 97.0 - 0.5 for i in range(64)]
+    if poisoned:
+        data[seed % 64] = POISON_VALUE
     return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]}).encode()
 
 
-def make_repo(dir: Path, healthy: bool) -> None:
+def make_repo(dir: Path, healthy: bool, kind: str, slow_layers: int) -> None:
     models = dir / "generated"
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/models/make_test_models.py"), "--out", str(models), "--slow-layers", "1"],
+    made = subprocess.run(
+        [sys.executable, str(REPO / "tests/models/make_test_models.py"), "--out", str(models),
+         "--slow-layers", str(slow_layers)],
         check=True,
         capture_output=True,
+        text=True,
     )
-    canary = REPO / "models/mlp/1/model.onnx" if healthy else models / "failing.onnx"
+    print(made.stdout.strip())
+    canary = REPO / "models/mlp/1/model.onnx" if healthy else models / f"{kind}.onnx"
     for version, source in [(1, REPO / "models/mlp/1/model.onnx"), (2, canary)]:
         target = dir / "repo" / "m" / str(version)
         target.mkdir(parents=True)
@@ -83,22 +101,31 @@ def make_repo(dir: Path, healthy: bool) -> None:
     )
 
 
-def write_config(dir: Path, healthy: bool, duration: float) -> Path:
+def write_config(dir: Path, healthy: bool, duration: float, args: argparse.Namespace) -> Path:
+    first = args.first_step
     if healthy:
         # Four steps spread over the run: the promotion lands at its end.
         interval = f"{max(1, int(duration / 4))}s"
-        steps = "[25, 50, 75, 100]"
+        steps = [first] + [w for w in (50, 75, 100) if w > first]
     else:
         interval = "10m"
-        steps = "[25, 50, 100]"
+        steps = [first] + [w for w in (50, 100) if w > first]
+    # Only the steps and the interval are set, and the latency SLO of the slow scenario: the
+    # rest of the SLO policy is the default one.
+    extra = ""
+    if args.canary == "slow" or args.slo_ms_set:
+        extra += f', max_p99_latency = "{args.slo_ms}ms"'
+    if args.sequential is not None:
+        extra += f", sequential = {'true' if args.sequential == 'on' else 'false'}"
+    if args.retry is not None:
+        extra += f", retry_on_baseline = {'true' if args.retry == 'on' else 'false'}"
     config = dir / "modelgate.toml"
     config.write_text(
         f"""
 [[routes]]
 model = "m"
 targets = [{{ version = 1 }}, {{ version = 2 }}]
-# Only the steps and the interval are set: the SLO policy is the default one.
-rollout = {{ canary = 2, step_weights = {steps}, interval = "{interval}" }}
+rollout = {{ canary = 2, step_weights = {steps}, interval = "{interval}"{extra} }}
 """
     )
     return config
@@ -145,8 +172,8 @@ def wait_ready(port: int, server: subprocess.Popen, timeout: float = 60.0) -> No
 class Load:
     """Open-loop load: request k is due at start + k / rate, spread over `threads` connections."""
 
-    def __init__(self, port: int, rate: float, threads: int):
-        self.port, self.rate, self.threads = port, rate, threads
+    def __init__(self, port: int, rate: float, threads: int, poison: float):
+        self.port, self.rate, self.threads, self.poison = port, rate, threads, poison
         self.records: list[list[tuple[float, float, int, int]]] = [[] for _ in range(threads)]
         self.stop = threading.Event()
         self.late = 0
@@ -165,7 +192,10 @@ class Load:
                 self.late += 1
             sent = now_ms()
             try:
-                conn.request("POST", "/v2/models/m/infer", body=body(k), headers={"Content-Type": "application/json"})
+                # Request k is poisoned when the share of poisoned requests up to k grows past a whole one.
+                poisoned = int((k + 1) * self.poison) > int(k * self.poison)
+                conn.request("POST", "/v2/models/m/infer", body=body(k, poisoned),
+                             headers={"Content-Type": "application/json"})
                 reply = conn.getresponse()
                 data = reply.read()
                 status = reply.status
@@ -203,13 +233,26 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--healthy", action="store_true", help="healthy canary: count false rollbacks")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load with --healthy")
+    parser.add_argument("--canary", choices=["failing", "flaky", "slow"], default="failing",
+                        help="the bad canary: fails every request, fails poisoned inputs, or is slow")
+    parser.add_argument("--poison", type=float, default=0.4, help="share of requests poisoned (flaky canary)")
+    parser.add_argument("--slow-layers", type=int, default=4000, help="MatMuls of slow.onnx (50-200 ms, by the machine)")
+    parser.add_argument("--slo-ms", type=int, default=None, help="max_p99_latency in ms (slow canary: 20)")
+    parser.add_argument("--first-step", type=int, default=25, help="canary weight of the first step")
+    parser.add_argument("--retry", choices=["on", "off"], default=None, help="retry_on_baseline (newer builds)")
+    parser.add_argument("--sequential", choices=["on", "off"], default=None, help="sequential (newer builds)")
     args = parser.parse_args()
+    args.slo_ms_set = args.slo_ms is not None
+    if args.slo_ms is None:
+        args.slo_ms = 20 if args.canary == "slow" else 500
+    if args.canary != "flaky":
+        args.poison = 0.0
     if not args.binary.exists():
         raise SystemExit(f"{args.binary} is missing: run cargo build --release first")
 
     work = Path(tempfile.mkdtemp(prefix="modelgate-bad-canary-"))
-    make_repo(work, args.healthy)
-    config = write_config(work, args.healthy, args.duration)
+    make_repo(work, args.healthy, args.canary, args.slow_layers)
+    config = write_config(work, args.healthy, args.duration, args)
     http_port, admin_port = free_port(), free_port()
     log = open(work / "modelgate.log", "w")
     env = dict(os.environ, MODELGATE_ADMIN_TOKEN=TOKEN, RUST_LOG="info,ort=warn")
@@ -220,10 +263,12 @@ def main() -> int:
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     admin = Admin(admin_port)
-    result: dict = {"scenario": "healthy canary" if args.healthy else "bad canary", "rate": args.rate}
+    scenario = "healthy canary" if args.healthy else f"bad canary ({args.canary})"
+    result: dict = {"scenario": scenario, "rate": args.rate, "canary_share": args.first_step,
+                    "config": config.read_text().strip().splitlines()[-1]}
     try:
         wait_ready(http_port, server)
-        load = Load(http_port, args.rate, args.threads)
+        load = Load(http_port, args.rate, args.threads, args.poison)
         started = now_ms()
         threads = load.run()
         rolled_back_seen = None
@@ -264,9 +309,21 @@ def main() -> int:
         )
         rolled = [e for e in events if e["kind"] == "rolled_back"]
         result["rollbacks"] = len(rolled)
+        # What a client got that breaches an SLO: a failure (the baseline fails none, so every
+        # failure is the canary's), or a canary answer slower than the latency SLO.
+        breaching = [r for r in records if r[2] != 200 or (r[3] == 2 and r[1] - r[0] > args.slo_ms)]
+        result["breaching_answers"] = len(breaching)
         if not args.healthy:
-            if not failures or not rolled:
-                raise SystemExit(f"no breach or no rollback: {json.dumps(result, indent=2)}")
+            if not rolled:
+                raise SystemExit(f"no rollback: {json.dumps(result, indent=2)}")
+            weight0 = rolled[0]["at_unix_ms"]
+            result["breaching_answers_sent_before_rollback"] = sum(1 for r in breaching if r[0] < weight0 + 1)
+            result["rollback_after_first_request_s"] = (weight0 - records[0][0]) / 1000.0
+            if not failures:
+                result["rollback_message"] = rolled[0]["message"]
+                failures = breaching
+            if not failures:
+                failures = [records[0]]
             first_breach = failures[0][0]
             weight0 = rolled[0]["at_unix_ms"]
             after_breach = [r for r in failures if r[0] >= first_breach]
@@ -295,11 +352,12 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     shutil.copy(work / "modelgate.log", out.with_suffix(".log"))
     shutil.rmtree(work, ignore_errors=True)
-    keys = ["scenario", "rate", "achieved_rps", "requests", "failures", "baseline_failures", "canary_failures",
+    keys = ["scenario", "config", "rate", "canary_share", "achieved_rps", "requests", "failures", "baseline_failures", "canary_failures",
             "baseline_answers", "canary_answers_ok",
             "final_state", "final_weights", "rollbacks", "p99_ms", "late_sends"]
     if not args.healthy:
-        keys += ["rollback_s", "rollback_seen_by_admin_poll_s", "canary_rps", "canary_answered_after_breach",
+        keys += ["breaching_answers", "breaching_answers_sent_before_rollback", "rollback_after_first_request_s",
+                 "rollback_s", "rollback_seen_by_admin_poll_s", "canary_rps", "canary_answered_after_breach",
                  "canary_answered_after_rollback", "rollback_message"]
     for key in keys:
         print(f"{key:32} {result.get(key)}")

@@ -362,6 +362,10 @@ fn rollout_route() -> RouteSpec {
             "max_error_rate": 0.1,
             // Latency is the instance threads' real time: not judged here.
             "max_p99_latency": null,
+            // The checks alone, answers as the versions gave them: the
+            // stopping rule and the retries have their own tests below.
+            "sequential": false,
+            "retry_on_baseline": false,
         },
     });
     serde_json::from_value(spec).unwrap()
@@ -455,4 +459,70 @@ async fn a_healthy_canary_behind_the_gateway_is_promoted_not_rolled_back() {
         settle().await;
     }
     assert_eq!((rig.phase().await, rig.weights()), (Phase::Succeeded, vec![(1, 0), (2, 100)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stopping_rule_rolls_a_failing_canary_back_between_two_requests_and_retries_hide_its_faults() {
+    let rig = rig(&[1, 2]).await;
+    let canary = rig.loader.model("m", 2);
+    canary.set_failure(Failure::Always);
+    let mut spec = rollout_route();
+    let rollout = spec.rollout.as_mut().unwrap();
+    (rollout.sequential, rollout.retry_on_baseline) = (true, true);
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    settle().await;
+    let answers = with_clock_held(async {
+        let mut answers = Vec::new();
+        for value in 0..40 {
+            answers.push(rig.infer(value, &HeaderMap::new()).await);
+            // The analyzer runs between two requests; the clock does not move.
+            settle().await;
+        }
+        answers
+    })
+    .await;
+    assert!(answers.iter().all(|a| *a == Ok(1)), "the baseline answered every request: {answers:?}");
+    assert_eq!(rig.phase().await, Phase::Failed, "rolled back before any check");
+    assert_eq!(rig.weights(), [(1, 100), (2, 0)]);
+    // Against a 10 % SLO a clear breach is 55 % (halfway to 1): each failure
+    // adds ln 5.5, and 5 of them cross ln(0.99 / 0.001); 4 do not.
+    let canary_window = rig.window(2);
+    assert_eq!((canary_window.requests, canary_window.errors), (5, 5), "counted against the canary");
+    assert_eq!(rig.window(1).requests, 40, "35 routed to the baseline, 5 retried on it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_header_names_the_canary_is_not_retried() {
+    let rig = rig(&[1, 2]).await;
+    rig.loader.model("m", 2).set_failure(Failure::Always);
+    let mut spec = rollout_route();
+    spec.rules = vec![RuleSpec { header: "x-model-version".into(), value: None, version: None }];
+    spec.rollout.as_mut().unwrap().retry_on_baseline = true;
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    settle().await;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-model-version", http::HeaderValue::from_static("2"));
+    let answer = with_clock_held(rig.infer(0, &headers)).await;
+    assert!(matches!(answer, Err(Error::Internal(_))), "the client asked for version 2: {answer:?}");
+    assert_eq!(rig.window(1).requests, 0);
+}
+
+#[test]
+fn only_server_faults_with_time_left_before_the_clients_deadline_are_retried() {
+    let arrival = Instant::now();
+    let plain = request(1);
+    assert!(super::retryable(&Error::Internal("model failed".into()), &plain, arrival));
+    assert!(super::retryable(&Error::Unavailable("queue full".into()), &plain, arrival));
+    // The client's mistakes and its own deadline are its outcome, never retried.
+    assert!(!super::retryable(&Error::invalid("bad shape"), &plain, arrival));
+    assert!(!super::retryable(&Error::ClientDeadline("too late".into()), &plain, arrival));
+    // A deadline the gateway enforced leaves the baseline no time either.
+    assert!(!super::retryable(&Error::DeadlineExceeded("too late".into()), &plain, arrival));
+    // A server fault after the client's deadline passed: nobody is waiting for a retry.
+    let mut timed = request(1);
+    timed.timeout = Some(Duration::from_millis(1));
+    let earlier = arrival.checked_sub(Duration::from_millis(5)).unwrap();
+    assert!(!super::retryable(&Error::Internal("model failed".into()), &timed, earlier));
+    timed.timeout = Some(Duration::from_secs(60));
+    assert!(super::retryable(&Error::Internal("model failed".into()), &timed, earlier));
 }

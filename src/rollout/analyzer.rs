@@ -29,6 +29,14 @@
 //!   and from Succeeded roll back.
 //! - Resume restarts the current step: its weight, and a fresh interval.
 //!
+//! In front of the checks, every canary outcome updates the canary's
+//! sequential tests (`routing::sprt`: server faults, and answers over the
+//! latency threshold). The outcome that carries one over its bound wakes the
+//! analyzer, which rolls back at once, between two requests rather than at
+//! the next tick, unless the baseline, with enough requests in its window,
+//! breaks the same SLO (then the test starts over: the trouble is not the
+//! canary's). The checks stay as a backstop.
+//!
 //! A check reads the canary's and the baseline's sliding windows. With fewer
 //! than `min_requests` canary requests it has no verdict, and since only a
 //! passing check steps up, a canary without enough traffic waits at its step. A canary over an
@@ -130,6 +138,8 @@ enum Trigger {
     Operator,
     /// The canary broke an SLO in `threshold` consecutive checks.
     Slo(Breach),
+    /// A sequential test of the canary's outcomes crossed its bound.
+    Sequential(Breach),
 }
 
 impl Trigger {
@@ -137,7 +147,7 @@ impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
             Trigger::Operator => "manual",
-            Trigger::Slo(breach) => breach.as_str(),
+            Trigger::Slo(breach) | Trigger::Sequential(breach) => breach.as_str(),
         }
     }
 }
@@ -231,8 +241,14 @@ impl Analyzer {
     /// Checking and stepping up.
     async fn progressing(&mut self) -> Next {
         let mut ticks = self.ticks();
+        let canary = self.canary.clone();
         loop {
             tokio::select! {
+                () = crossed(&canary) => {
+                    if let ControlFlow::Break(next) = self.sequential_verdict() {
+                        return next;
+                    }
+                }
                 _ = ticks.tick() => {
                     let verdict = match self.check_and_protect() {
                         ControlFlow::Break(next) => return next,
@@ -266,8 +282,14 @@ impl Analyzer {
     /// Checking (and rolling back on breach), not stepping up.
     async fn paused(&mut self) -> Next {
         let mut ticks = self.ticks();
+        let canary = self.canary.clone();
         loop {
             tokio::select! {
+                () = crossed(&canary) => {
+                    if let ControlFlow::Break(next) = self.sequential_verdict() {
+                        return next;
+                    }
+                }
                 _ = ticks.tick() => {
                     if let ControlFlow::Break(next) = self.check_and_protect() {
                         return next;
@@ -356,6 +378,39 @@ impl Analyzer {
         };
         let _ = reply.send(answer);
         step
+    }
+
+    /// A sequential test crossed its bound: rolls back, unless the baseline
+    /// breaks the same SLO in its window (then the test starts over).
+    fn sequential_verdict(&mut self) -> ControlFlow<Next> {
+        let canary = self.canary.clone();
+        let Some(sequential) = canary.sequential.as_ref() else { return ControlFlow::Continue(()) };
+        let baseline = self.baseline.window.summary(Instant::now());
+        let counts = baseline.requests >= self.policy.min_requests;
+        let baseline_over_latency = match (self.policy.max_p99_latency, baseline.p99()) {
+            (Some(max), Some(p99)) => p99 > max,
+            _ => false,
+        };
+        let tests = [
+            (Breach::ErrorRate, sequential.errors.as_ref(), baseline.error_rate() > self.policy.max_error_rate),
+            (Breach::Latency, sequential.latency.as_ref().map(|(_, t)| t), baseline_over_latency),
+        ];
+        for (breach, test, baseline_over) in tests {
+            let Some(test) = test.filter(|t| t.crossed()) else { continue };
+            if counts && baseline_over {
+                tracing::warn!(
+                    target: "modelgate::rollout",
+                    model = %self.model,
+                    canary = self.policy.canary,
+                    slo = breach.as_str(),
+                    "the canary's sequential test crossed its bound, but the baseline breaks the same SLO: not the canary's fault, the test starts over"
+                );
+                test.reset();
+                continue;
+            }
+            return ControlFlow::Break(self.roll_back(Trigger::Sequential(breach)));
+        }
+        ControlFlow::Continue(())
     }
 
     /// Runs one check; after `threshold` failed ones in a row, rolls the
@@ -456,6 +511,21 @@ impl Analyzer {
                 (None, Trigger::Slo(_)) => {
                     format!("canary {canary} rolled back ({reason}); baseline {baseline} at 100 %")
                 }
+                (_, Trigger::Sequential(breach)) => {
+                    let sequential = self.canary.sequential.as_ref();
+                    let test = match breach {
+                        Breach::ErrorRate => sequential.and_then(|s| s.errors.as_ref()),
+                        Breach::Latency => sequential.and_then(|s| s.latency.as_ref().map(|(_, t)| t)),
+                    };
+                    let window = self.canary.window.summary(Instant::now());
+                    format!(
+                        "canary {canary} broke its {reason} SLO: its sequential test crossed its bound (log-likelihood ratio {:.1} of {:.1}; its window so far: {} answered requests, {} failures; a slow request counts when it passes the threshold); baseline {baseline} at 100 %",
+                        test.map_or(0.0, |t| t.ratio()),
+                        test.map_or(0.0, |t| t.upper()),
+                        window.requests,
+                        window.errors,
+                    )
+                }
             }
         };
         tracing::warn!(target: "modelgate::rollout", model = %self.model, canary, reason, "{message}");
@@ -507,6 +577,14 @@ impl Analyzer {
             status.events.pop_front();
         }
         status.events.push_back(Event { at_unix_ms, kind, message });
+    }
+}
+
+/// Resolves when the canary's sequential tests ring; never without them.
+async fn crossed(canary: &Arm) {
+    match &canary.sequential {
+        Some(sequential) => sequential.crossed.notified().await,
+        None => std::future::pending().await,
     }
 }
 

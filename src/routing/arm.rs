@@ -1,11 +1,13 @@
 //! One version behind a route, at run time: its sliding window of outcomes
 //! (read by the rollout analyzer and the admin API), its in-flight count
 //! against the route's limit, and its metric handles. An arm outlives weight
-//! changes: a new route table points at the same arm.
+//! changes: a new route table points at the same arm. A rollout's canary arm
+//! also feeds every outcome to its sequential tests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::sprt::Sequential;
 use super::window::{Outcome, Window};
 use crate::error::{Error, Fault};
 use crate::metrics::RouteMetrics;
@@ -17,6 +19,8 @@ pub struct Arm {
     pub version: u64,
     /// Outcomes of routed requests.
     pub window: Window,
+    /// The canary's sequential tests (a rollout's canary only).
+    pub sequential: Option<Sequential>,
     in_flight: AtomicU32,
     metrics: RouteMetrics,
 }
@@ -37,9 +41,15 @@ impl Arm {
         Arm {
             version,
             window: Window::new(span, tokio::time::Instant::now()),
+            sequential: None,
             in_flight: AtomicU32::new(0),
             metrics: RouteMetrics::new(model, version),
         }
+    }
+
+    /// The same arm, with its outcomes also fed to `sequential`.
+    pub fn watched(self, sequential: Option<Sequential>) -> Arm {
+        Arm { sequential, ..self }
     }
 
     /// Requests in flight through the route.
@@ -62,9 +72,15 @@ impl Arm {
         }
     }
 
-    /// Records a routed request's outcome: in the window (client mistakes
-    /// left out) and in the route metrics.
+    /// Records a routed request's outcome: in the window and the sequential
+    /// tests (client mistakes left out) and in the route metrics.
     pub fn record(&self, outcome: Result<(), Fault>, elapsed: Duration) {
+        self.record_watched(outcome, elapsed, false);
+    }
+
+    /// [`Arm::record`], for a request whose slowness the latency test
+    /// already counted when it passed the threshold (`slow_counted`).
+    pub fn record_watched(&self, outcome: Result<(), Fault>, elapsed: Duration, slow_counted: bool) {
         self.metrics.duration.record(elapsed.as_secs_f64());
         let outcome = match outcome {
             Ok(()) => {
@@ -81,6 +97,9 @@ impl Arm {
             }
         };
         self.window.record(tokio::time::Instant::now(), outcome);
+        if let Some(sequential) = &self.sequential {
+            sequential.observe(outcome, slow_counted);
+        }
     }
 
     /// Publishes the arm's current weight.

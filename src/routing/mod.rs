@@ -6,6 +6,8 @@
 //! - `arm.rs`: per-version run-time state (outcome window, in-flight count).
 //! - `shadow.rs`: shadow copies and the comparison of their answers.
 //! - `window.rs`: lock-free sliding windows of per-version outcomes.
+//! - `sprt.rs`: per-request sequential tests of a canary's outcomes.
+//! - `retry.rs`: the budget of retries of canary faults on the baseline.
 //! - `policy.rs`: the rollout policy as written, and its checks (the
 //!   `rollout` module runs it).
 //!
@@ -16,8 +18,10 @@
 mod arm;
 pub mod policy;
 pub mod random;
+mod retry;
 mod shadow;
 pub mod spec;
+pub mod sprt;
 mod table;
 pub mod window;
 
@@ -28,8 +32,10 @@ use arc_swap::ArcSwap;
 
 pub use arm::Arm;
 pub use policy::{Policy, PolicyError, RolloutSpec};
+pub use retry::{CanaryRetry, RetryBudget};
 pub use shadow::Shadow;
 pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
+pub use sprt::Sequential;
 pub use table::{Route, Target};
 pub use window::{Outcome, Summary, Window};
 

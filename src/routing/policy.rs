@@ -13,6 +13,12 @@
 //! | `min_requests` | canary requests a window needs before a check counts | 20 |
 //! | `max_error_rate` | highest server-fault error rate, 0..=1 | 0.01 |
 //! | `max_p99_latency` | highest p99 latency of successful requests; absent = not checked | `"500ms"` |
+//! | `sequential` | decide per request: a sequential test (SPRT) of each canary outcome rolls back the moment the evidence crosses its bound; the checks above stay as a backstop | `true` |
+//! | `false_rollback_rate` | α of the sequential tests: chance of rolling back a canary that meets its SLOs, in (0, 0.5) | 0.001 |
+//! | `missed_breach_rate` | β: chance of passing a canary that breaches at `breach_factor` × the allowed rate, in (0, 0.5) | 0.01 |
+//! | `breach_factor` | a "clear" breach is this many times the rate the SLO allows (`max_error_rate`; 1 % of answers over `max_p99_latency`), in (1, 1000] | 10 |
+//! | `retry_on_baseline` | answer a canary's server fault by retrying the request once on the baseline, within its deadline | `true` |
+//! | `retry_budget_percent` | retries add at most this share of the baseline's successful requests as extra load (plus a burst of 20), in (0, 100] | 10 |
 
 use std::time::Duration;
 
@@ -51,6 +57,24 @@ pub struct RolloutSpec {
     /// Highest p99 latency of successful requests; `None` skips the check.
     #[serde(default = "default_max_p99", with = "duration_text::option")]
     pub max_p99_latency: Option<Duration>,
+    /// Per-request sequential tests in front of the interval checks.
+    #[serde(default = "default_true")]
+    pub sequential: bool,
+    /// α of the sequential tests (false rollback).
+    #[serde(default = "default_false_rollback_rate")]
+    pub false_rollback_rate: f64,
+    /// β of the sequential tests (missed breach).
+    #[serde(default = "default_missed_breach_rate")]
+    pub missed_breach_rate: f64,
+    /// A clear breach, as a multiple of the allowed rate.
+    #[serde(default = "default_breach_factor")]
+    pub breach_factor: f64,
+    /// Retry a canary's server faults once on the baseline.
+    #[serde(default = "default_true")]
+    pub retry_on_baseline: bool,
+    /// Extra baseline load the retries may add, in percent.
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: f64,
 }
 
 fn default_steps() -> Vec<u32> {
@@ -77,6 +101,41 @@ fn default_max_error_rate() -> f64 {
 fn default_max_p99() -> Option<Duration> {
     Some(Duration::from_millis(500))
 }
+fn default_true() -> bool {
+    true
+}
+// α = 0.1 %: from a fresh start, at most one canary in a thousand that meets
+// its SLO is rolled back; the floor at ln(β / (1 - α)) keeps a long healthy
+// run far below that (see `routing::sprt`). Three failures in a row against a
+// 1 % SLO suffice, since ln(10) × 3 > ln(0.99 / 0.001).
+fn default_false_rollback_rate() -> f64 {
+    0.001
+}
+// β = 1 %: how much evidence of health is banked. A canary that turns bad
+// after a long healthy run needs ln((1-β)/α) - ln(β/(1-α)) = 11.5 nats: five
+// failures in a row against a 1 % SLO.
+fn default_missed_breach_rate() -> f64 {
+    0.01
+}
+// 10 × the allowed rate (10 % against a 1 % SLO) is a breach nobody argues
+// with; a closer p1 needs far more outcomes to tell apart from p0.
+fn default_breach_factor() -> f64 {
+    10.0
+}
+fn default_retry_budget_percent() -> f64 {
+    10.0
+}
+
+/// The error rates of a test and how far over the SLO a breach is "clear".
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// α: chance of rolling back a canary that meets its SLO (false rollback).
+    pub false_rollback: f64,
+    /// β: chance of passing a canary that breaches at `breach_factor × p0`.
+    pub missed_breach: f64,
+    /// `p1 / p0`.
+    pub breach_factor: f64,
+}
 
 /// A checked policy: what the analyzer runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +160,11 @@ pub struct Policy {
     pub max_error_rate: f64,
     /// Highest p99 latency.
     pub max_p99_latency: Option<Duration>,
+    /// The sequential tests' error rates; `None`: off.
+    pub sequential: Option<Rates>,
+    /// Retries of canary faults on the baseline: the budget as a fraction of
+    /// baseline successes; `None`: off.
+    pub retry_budget: Option<f64>,
 }
 
 impl RolloutSpec {
@@ -116,6 +180,12 @@ impl RolloutSpec {
             min_requests: default_min_requests(),
             max_error_rate: default_max_error_rate(),
             max_p99_latency: default_max_p99(),
+            sequential: true,
+            false_rollback_rate: default_false_rollback_rate(),
+            missed_breach_rate: default_missed_breach_rate(),
+            breach_factor: default_breach_factor(),
+            retry_on_baseline: true,
+            retry_budget_percent: default_retry_budget_percent(),
         }
     }
 
@@ -160,6 +230,20 @@ impl RolloutSpec {
         {
             return Err(PolicyError::MaxP99Latency(p99));
         }
+        for (key, value) in
+            [("false_rollback_rate", self.false_rollback_rate), ("missed_breach_rate", self.missed_breach_rate)]
+        {
+            // Both below one half keeps Wald's bounds apart: ln((1-β)/α) > 0 > ln(β/(1-α)).
+            if !(value > 0.0 && value < 0.5) {
+                return Err(PolicyError::TestRate { key, value });
+            }
+        }
+        if !(self.breach_factor > 1.0 && self.breach_factor <= 1000.0) {
+            return Err(PolicyError::BreachFactor(self.breach_factor));
+        }
+        if !(self.retry_budget_percent > 0.0 && self.retry_budget_percent <= 100.0) {
+            return Err(PolicyError::RetryBudget(self.retry_budget_percent));
+        }
         Ok(Policy {
             canary: self.canary,
             baseline,
@@ -171,6 +255,12 @@ impl RolloutSpec {
             min_requests: self.min_requests,
             max_error_rate: self.max_error_rate,
             max_p99_latency: self.max_p99_latency,
+            sequential: self.sequential.then_some(Rates {
+                false_rollback: self.false_rollback_rate,
+                missed_breach: self.missed_breach_rate,
+                breach_factor: self.breach_factor,
+            }),
+            retry_budget: self.retry_on_baseline.then_some(self.retry_budget_percent / 100.0),
         })
     }
 }
@@ -223,6 +313,20 @@ pub enum PolicyError {
     /// `max_p99_latency` out of range.
     #[error("rollout.max_p99_latency must be between 1ms and 24h, got {}", duration_text::format(*.0))]
     MaxP99Latency(Duration),
+    /// `false_rollback_rate` or `missed_breach_rate` out of range.
+    #[error("rollout.{key} must be above 0 and below 0.5, got {value}")]
+    TestRate {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// `breach_factor` out of range.
+    #[error("rollout.breach_factor must be above 1 and at most 1000, got {0}")]
+    BreachFactor(f64),
+    /// `retry_budget_percent` out of range.
+    #[error("rollout.retry_budget_percent must be above 0 and at most 100, got {0}")]
+    RetryBudget(f64),
 }
 
 /// Durations written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole
@@ -323,6 +427,20 @@ mod tests {
         assert_eq!(spec, RolloutSpec::new(2));
         let policy = spec.validate(1).unwrap();
         assert_eq!((policy.canary, policy.baseline, policy.threshold), (2, 1, 2));
+        let rates = Rates { false_rollback: 0.001, missed_breach: 0.01, breach_factor: 10.0 };
+        assert_eq!((policy.sequential, policy.retry_budget), (Some(rates), Some(0.1)));
+    }
+
+    #[test]
+    fn the_stopping_rule_and_the_retries_can_be_turned_off() {
+        let spec: RolloutSpec = toml::from_str(
+            "canary = 2
+sequential = false
+retry_on_baseline = false",
+        )
+        .unwrap();
+        let policy = spec.validate(1).unwrap();
+        assert_eq!((policy.sequential, policy.retry_budget), (None, None));
     }
 
     #[test]
@@ -348,6 +466,16 @@ mod tests {
         ));
         assert_eq!(refuse(&|s| s.max_p99_latency = Some(Duration::ZERO)), PolicyError::MaxP99Latency(Duration::ZERO));
         assert_eq!(refuse(&|s| s.canary = 1), PolicyError::Canary(1));
+        assert_eq!(
+            refuse(&|s| s.false_rollback_rate = 0.0),
+            PolicyError::TestRate { key: "false_rollback_rate", value: 0.0 }
+        );
+        assert_eq!(
+            refuse(&|s| s.missed_breach_rate = 0.5),
+            PolicyError::TestRate { key: "missed_breach_rate", value: 0.5 }
+        );
+        assert_eq!(refuse(&|s| s.breach_factor = 1.0), PolicyError::BreachFactor(1.0));
+        assert_eq!(refuse(&|s| s.retry_budget_percent = 0.0), PolicyError::RetryBudget(0.0));
         // The message names the key, the bound and the value.
         assert_eq!(refuse(&|s| s.threshold = 0).to_string(), "rollout.threshold must be in 1..=1000, got 0");
         assert!(toml::from_str::<RolloutSpec>("canary = 2\nintervall = \"1m\"").is_err());

@@ -11,8 +11,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::arm::Arm;
 use super::random::next_random;
+use super::retry::{CanaryRetry, RetryBudget};
 use super::shadow::Shadow;
 use super::spec::{RouteSpec, Rule, ValidRoute};
+use super::sprt::Sequential;
 use crate::error::Error;
 
 /// Window span of routes without a rollout (the admin API shows each arm's span).
@@ -48,6 +50,8 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// Shadow copies.
     pub shadow: Option<Arc<Shadow>>,
+    /// A rollout's retries of canary faults on the baseline.
+    pub retry: Option<CanaryRetry>,
     rules: Vec<Rule>,
     sticky: Option<HeaderName>,
     /// Running sums of the weights, in target order; the last is 100.
@@ -72,7 +76,10 @@ impl Route {
                     Some(p) if p.canary == t.version => p.step_weights[0],
                     Some(p) => 100 - p.step_weights[0],
                 };
-                let arm = Arc::new(Arm::new(&spec.model, t.version, span));
+                let arm = Arm::new(&spec.model, t.version, span);
+                // Only the canary is judged outcome by outcome.
+                let sequential = valid.policy.as_ref().filter(|p| p.canary == t.version).and_then(Sequential::new);
+                let arm = Arc::new(arm.watched(sequential));
                 Target { version: t.version, weight, failed: false, max_in_flight: t.max_in_flight, arm }
             })
             .collect();
@@ -84,6 +91,13 @@ impl Route {
             shadow: spec.shadow.as_ref().map(|s| {
                 let versions: Vec<u64> = spec.targets.iter().map(|t| t.version).collect();
                 Arc::new(Shadow::new(&spec.model, s, &versions))
+            }),
+            retry: valid.policy.as_ref().and_then(|p| {
+                Some(CanaryRetry {
+                    canary: p.canary,
+                    baseline: p.baseline,
+                    budget: Arc::new(RetryBudget::new(p.retry_budget?)),
+                })
             }),
             rules: valid.rules.clone(),
             sticky: valid.sticky.clone(),
@@ -139,6 +153,12 @@ impl Route {
 
     /// Index of the target that serves a request with these headers.
     pub fn pick(&self, headers: &HeaderMap) -> Result<usize, Error> {
+        self.pick_why(headers).map(|(index, _)| index)
+    }
+
+    /// [`Route::pick`], and whether a header rule chose the target (the
+    /// client asked for that version: no other version may answer for it).
+    pub fn pick_why(&self, headers: &HeaderMap) -> Result<(usize, bool), Error> {
         for (name, matcher) in &self.rules {
             let Some(value) = headers.get(name) else { continue };
             let version = match matcher {
@@ -147,7 +167,7 @@ impl Route {
                 None => self.named_version(name, value)?,
             };
             match self.targets.iter().position(|t| t.version == version) {
-                Some(i) if !self.targets[i].failed => return Ok(i),
+                Some(i) if !self.targets[i].failed => return Ok((i, true)),
                 // A rolled-back version gets no routed traffic, asked for or not.
                 Some(_) => break,
                 None => {
@@ -163,7 +183,7 @@ impl Route {
             Some(key) => scale(fnv_mix(self.salt, key.as_bytes())),
             None => scale(next_random()),
         };
-        self.weighted(point)
+        self.weighted(point).map(|index| (index, false))
     }
 
     fn named_version(&self, name: &HeaderName, value: &HeaderValue) -> Result<u64, Error> {

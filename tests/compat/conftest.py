@@ -44,6 +44,20 @@ def grpc_url():
 
 
 @pytest.fixture(scope="session")
+def torch_built(http_client):
+    """Whether the server under test was built with TorchScript support.
+
+    scripts/test.sh says which build it runs (MODELGATE_EXPECT_TORCH=1 or 0), so a wrong build
+    fails instead of skipping; run by hand without it, the server's index decides.
+    """
+    expected = os.environ.get("MODELGATE_EXPECT_TORCH")
+    if expected in ("0", "1"):
+        return expected == "1"
+    index = {row["name"]: row for row in http_client.get_model_repository_index()}
+    return index["mlp_torch"].get("state") == "READY"
+
+
+@pytest.fixture(scope="session")
 def http_client(http_url):
     # concurrency > 1 so that async_infer really has requests in flight together.
     client = httpclient.InferenceServerClient(http_url, concurrency=4, connection_timeout=10, network_timeout=30)

@@ -41,13 +41,10 @@ def test_models_are_ready_by_name_and_by_version(http_client, grpc_client, model
         assert not client.is_model_ready(model + "_missing")
 
 
-def test_a_model_that_failed_to_load_is_not_ready(http_client, grpc_client):
-    # mlp_torch needs the `torch` build; in an ONNX-only build it stays UNAVAILABLE.
-    index = {row["name"]: row for row in http_client.get_model_repository_index()}
-    if index["mlp_torch"].get("state") == "READY":
-        pytest.skip("this build serves TorchScript")
-    assert not http_client.is_model_ready("mlp_torch")
-    assert not grpc_client.is_model_ready("mlp_torch")
+def test_mlp_torch_is_ready_exactly_when_the_build_has_torch(http_client, grpc_client, torch_built):
+    # mlp_torch needs the `torch` build; in an ONNX-only build it stays UNAVAILABLE (README).
+    assert http_client.is_model_ready("mlp_torch") == torch_built
+    assert grpc_client.is_model_ready("mlp_torch") == torch_built
 
 
 def test_model_metadata_matches_between_protocols_and_versions(http_client, grpc_client):

@@ -7,6 +7,10 @@ not a mock. Both models take and give what `models/mlp` does (`input` FP32 [batc
 * failing.onnx  loads and warms up without complaint (the warm-up failure is only logged), then
                 fails every request at run time: a Reshape of the input to [-1, 1000003] cannot
                 succeed, since 64 * batch is never a multiple of that odd prime.
+* flaky.onnx    fails the runs whose input holds a value over POISON (10.0), and answers the others
+                as an MLP would: the Reshape's target shape is [-1, 64] or the impossible one,
+                chosen by the data. A client that sends poison in 40 % of its requests meets a
+                canary that fails 40 % of its inputs (a batch fails as a whole, as real ones do).
 * slow.onnx     a chain of --slow-layers MatMuls sharing one orthogonal [D, D] weight (so the
                 file stays small and the values neither vanish nor blow up), then [D, 10].
 
@@ -31,6 +35,7 @@ OPSET = 17
 IR_VERSION = 8
 SEED = 20251124
 IMPOSSIBLE = 1_000_003  # an odd prime: 64 * batch is never a multiple of it
+POISON = 10.0  # flaky.onnx fails a run whose input holds a value over this
 
 
 def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -64,6 +69,26 @@ def build_failing() -> onnx.ModelProto:
         helper.make_node("Add", ["scores", "total"], ["output"]),
     ]
     return finish(helper.make_graph(nodes, "failing", [x], [y], [weight, shape, axes]))
+
+
+def build_flaky() -> onnx.ModelProto:
+    """output = reshape(input, max(input) > POISON ? [-1, IMPOSSIBLE] : [-1, 64]) @ W."""
+    rng = np.random.default_rng(SEED)
+    x, y = io()
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 10)) * 0.1).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([-1, IMPOSSIBLE], dtype=np.int64), "impossible_shape"),
+        numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "plain_shape"),
+        numpy_helper.from_array(np.array(POISON, dtype=np.float32), "poison"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["largest"], keepdims=0),
+        helper.make_node("Greater", ["largest", "poison"], ["poisoned"]),
+        helper.make_node("Where", ["poisoned", "impossible_shape", "plain_shape"], ["shape"]),
+        helper.make_node("Reshape", ["input", "shape"], ["reshaped"]),
+        helper.make_node("MatMul", ["reshaped", "w"], ["output"]),
+    ]
+    return finish(helper.make_graph(nodes, "flaky", [x], [y], inits))
 
 
 def build_slow(layers: int, dim: int) -> onnx.ModelProto:
@@ -100,6 +125,19 @@ def check_failing(path: Path) -> None:
         sys.exit(f"{path}: batch {batch} ran, but every run must fail")
 
 
+def check_flaky(path: Path) -> None:
+    s = session(path)
+    (out,) = s.run(None, {"input": np.ones((2, 64), np.float32)})
+    assert out.shape == (2, 10), out.shape
+    poisoned = np.ones((2, 64), np.float32)
+    poisoned[1, 3] = POISON * 2
+    try:
+        s.run(None, {"input": poisoned})
+    except Exception:  # noqa: BLE001 - any run-time failure is what we want
+        return
+    sys.exit(f"{path}: a poisoned input ran, but it must fail")
+
+
 def check_slow(path: Path) -> float:
     s = session(path)
     x = np.ones((1, 64), np.float32)
@@ -121,9 +159,11 @@ def main() -> int:
     failing, slow = args.out / "failing.onnx", args.out / "slow.onnx"
     onnx.save(build_failing(), failing)
     onnx.save(build_slow(args.slow_layers, args.dim), slow)
+    onnx.save(build_flaky(), args.out / "flaky.onnx")
     check_failing(failing)
+    check_flaky(args.out / "flaky.onnx")
     seconds = check_slow(slow)
-    print(f"failing.onnx fails every run; slow.onnx takes {seconds * 1000:.1f} ms per batch of 1")
+    print(f"failing.onnx fails every run; flaky.onnx the poisoned ones; slow.onnx takes {seconds * 1000:.1f} ms per batch of 1")
     return 0
 
 

@@ -39,7 +39,7 @@ pub struct DriftSettings {
     /// `auto` (Evidently's rule) or one of ks, wasserstein, psi, jensen_shannon, hellinger,
     /// chi_squared; its threshold with `--drift-threshold`.
     #[arg(long = "drift-stat", default_value = "auto", value_parser = parse_stat)]
-    pub stat: Option<Stat>,
+    pub stat: StatChoice,
     /// The threshold of `--drift-stat` (α for ks and chi_squared; the distance bound otherwise).
     #[arg(long = "drift-threshold")]
     pub threshold: Option<f64>,
@@ -61,7 +61,7 @@ impl Default for DriftSettings {
             every: Duration::from_secs(60),
             span: Duration::from_secs(900),
             min_rows: 500,
-            stat: None,
+            stat: StatChoice::Auto,
             threshold: None,
             share: modelgate_sketch::drift::DEFAULT_DRIFT_SHARE,
             baseline_rows: 10_000,
@@ -78,12 +78,21 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_stat(text: &str) -> Result<Option<Stat>, String> {
+/// `--drift-stat`: Evidently's rule, or one statistic for every feature.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StatChoice {
+    /// Evidently's `auto`.
+    Auto,
+    /// One statistic.
+    Fixed(Stat),
+}
+
+fn parse_stat(text: &str) -> Result<StatChoice, String> {
     if text == "auto" {
-        return Ok(None);
+        return Ok(StatChoice::Auto);
     }
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map(Some)
+        .map(StatChoice::Fixed)
         .map_err(|_| format!("'{text}': expected auto, ks, wasserstein, psi, jensen_shannon, hellinger or chi_squared"))
 }
 
@@ -91,8 +100,10 @@ impl DriftSettings {
     /// The rule every feature without a threshold of its own is tested under.
     pub fn rule(&self) -> Rule {
         match self.stat {
-            None => Rule::Auto,
-            Some(stat) => Rule::Fixed { stat, threshold: self.threshold.unwrap_or_else(|| stat.default_threshold()) },
+            StatChoice::Auto => Rule::Auto,
+            StatChoice::Fixed(stat) => {
+                Rule::Fixed { stat, threshold: self.threshold.unwrap_or_else(|| stat.default_threshold()) }
+            }
         }
     }
 
@@ -104,7 +115,7 @@ impl DriftSettings {
         if self.threshold.is_some_and(|t| !t.is_finite() || t <= 0.0) {
             return Err("--drift-threshold: expected a finite number above 0".into());
         }
-        if self.threshold.is_some() && self.stat.is_none() {
+        if self.threshold.is_some() && self.stat == StatChoice::Auto {
             return Err("--drift-threshold needs --drift-stat (auto has its own thresholds)".into());
         }
         if let Some(url) = &self.webhook
@@ -522,15 +533,30 @@ mod tests {
     }
 
     #[test]
+    fn the_drift_flags_parse_with_their_defaults_and_a_chosen_statistic() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            drift: DriftSettings,
+        }
+        let defaults = Cli::try_parse_from(["x"]).unwrap().drift;
+        assert_eq!((defaults.rule(), defaults.min_rows, defaults.span), (Rule::Auto, 500, Duration::from_secs(900)));
+        let chosen = Cli::try_parse_from(["x", "--drift-stat", "psi", "--drift-threshold", "0.25"]).unwrap().drift;
+        assert_eq!(chosen.rule(), Rule::Fixed { stat: Stat::Psi, threshold: 0.25 });
+        assert!(Cli::try_parse_from(["x", "--drift-stat", "t-test"]).is_err());
+    }
+
+    #[test]
     fn settings_refuse_a_threshold_without_a_statistic_and_a_share_out_of_range() {
         let mut s = DriftSettings { threshold: Some(0.2), ..DriftSettings::default() };
         assert!(s.check().is_err());
-        s.stat = Some(Stat::Psi);
+        s.stat = StatChoice::Fixed(Stat::Psi);
         assert!(s.check().is_ok());
         assert_eq!(s.rule(), Rule::Fixed { stat: Stat::Psi, threshold: 0.2 });
         s.share = 0.0;
         assert!(s.check().is_err());
-        assert_eq!(parse_stat("jensen_shannon").unwrap(), Some(Stat::JensenShannon));
+        assert_eq!(parse_stat("jensen_shannon").unwrap(), StatChoice::Fixed(Stat::JensenShannon));
         assert!(parse_stat("t-test").is_err());
     }
 

@@ -280,3 +280,109 @@ fn judge_blames_the_canary_only_for_what_the_baseline_does_not_share() {
     no_latency.max_p99_latency = None;
     assert_eq!(judge(&no_latency, &window(100, 0, 300), &healthy), Verdict::Pass);
 }
+
+/// `n` outcomes through the arm, as the request path records them (window
+/// and sequential tests).
+fn record(arm: &Arm, n: usize, outcome: Result<(), crate::error::Fault>, latency: Duration) {
+    for _ in 0..n {
+        arm.record(outcome, latency);
+    }
+}
+
+const FAST: Duration = Duration::from_millis(5);
+
+#[tokio::test(start_paused = true)]
+async fn the_sequential_test_rolls_a_failing_canary_back_at_its_third_failure_without_waiting_for_a_check() {
+    use crate::error::Fault;
+    let rig = start(rollout()).await;
+    record(&rig.baseline, 300, Ok(()), FAST);
+    // Against a 5 % SLO a failure adds ln(10) and the bound is ln(0.99 / 0.001) = 6.9.
+    record(&rig.canary, 2, Err(Fault::Server), FAST);
+    settle().await;
+    assert_eq!(rig.state(), Phase::Progressing, "two failures are not proof yet");
+    record(&rig.canary, 1, Err(Fault::Server), FAST);
+    settle().await;
+    // No time has passed: no check ran, the test decided.
+    assert_eq!((rig.state(), rig.weights()), (Phase::Failed, (100, 0)));
+    let status = rig.status.lock().clone();
+    assert!(status.last_check.is_none(), "rolled back before the first check");
+    assert_eq!(status.reason.as_deref(), Some("rolled back: error_rate"));
+    let message = &status.events.back().unwrap().message;
+    assert!(message.contains("sequential test crossed its bound"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sequential_test_rolls_a_slow_canary_back_at_its_third_slow_answer() {
+    let rig = start(rollout()).await;
+    record(&rig.canary, 2, Ok(()), Duration::from_millis(800));
+    settle().await;
+    assert_eq!(rig.state(), Phase::Progressing);
+    record(&rig.canary, 1, Ok(()), Duration::from_millis(800));
+    settle().await;
+    assert_eq!((rig.state(), rig.weights()), (Phase::Failed, (100, 0)));
+    assert_eq!(rig.status.lock().reason.as_deref(), Some("rolled back: latency"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sequential_test_leaves_a_canary_at_half_its_error_budget_alone() {
+    use crate::error::Fault;
+    let mut spec = rollout();
+    spec.interval = Duration::from_secs(3600);
+    let rig = start(spec).await;
+    // 2.5 % failures against a 5 % SLO, and 0.5 % of answers over the
+    // latency threshold (half of what a p99 allows), for 60 s at 2,000
+    // canary requests a second: 120,000 outcomes, spread evenly.
+    for _ in 0..120 {
+        for i in 0..1000 {
+            let (outcome, latency) = match i {
+                _ if i % 40 == 7 => (Err(Fault::Server), FAST),
+                _ if i % 200 == 3 => (Ok(()), Duration::from_millis(300)),
+                _ => (Ok(()), FAST),
+            };
+            rig.canary.record(outcome, latency);
+        }
+        record(&rig.baseline, 1000, Ok(()), FAST);
+        tokio::time::advance(CHECK).await;
+        settle().await;
+        assert_eq!(rig.state(), Phase::Progressing, "{:?}", rig.status.lock().events);
+    }
+    assert_eq!(rig.weights(), (90, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_baseline_breaking_the_same_slo_makes_the_sequential_test_start_over() {
+    use crate::error::Fault;
+    let rig = start(rollout()).await;
+    record(&rig.baseline, 50, Err(Fault::Server), FAST);
+    record(&rig.baseline, 50, Ok(()), FAST);
+    record(&rig.canary, 3, Err(Fault::Server), FAST);
+    settle().await;
+    assert_eq!((rig.state(), rig.weights()), (Phase::Progressing, (90, 10)));
+    let test = rig.canary.sequential.as_ref().unwrap().errors.as_ref().unwrap();
+    assert!(!test.crossed(), "the test starts over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_rollout_is_still_rolled_back_by_the_sequential_test() {
+    use crate::error::Fault;
+    let rig = start(rollout()).await;
+    rig.send(Command::Pause).await.unwrap();
+    record(&rig.canary, 3, Err(Fault::Server), FAST);
+    settle().await;
+    assert_eq!((rig.state(), rig.weights()), (Phase::Failed, (100, 0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_sequential_test_only_the_checks_roll_back() {
+    use crate::error::Fault;
+    let mut spec = rollout();
+    spec.sequential = false;
+    let rig = start(spec).await;
+    assert!(rig.canary.sequential.is_none());
+    record(&rig.canary, 30, Err(Fault::Server), FAST);
+    settle().await;
+    assert_eq!(rig.state(), Phase::Progressing);
+    tick().await;
+    tick().await;
+    assert_eq!(rig.state(), Phase::Failed);
+}
