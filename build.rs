@@ -1,6 +1,11 @@
 //! Compiles the KServe V2 / Triton protocol (`proto/`) into Rust with a pure-Rust
 //! protobuf compiler (`protox`), so building needs no `protoc` on the machine.
 //!
+//! Copies the operations page's chart library (uPlot, installed from npm by
+//! `scripts/setup.sh ui` into `.native/uplot/`) into `OUT_DIR`, where
+//! `src/admin/ui.rs` embeds it; without it, empty files stand in and the page
+//! shows its figures as numbers only.
+//!
 //! With the `torch` feature, also the linker arguments libtorch needs in this
 //! package's binaries, tests and benches (crates/backend-torch/build.rs does
 //! the same for its own tests; cargo never passes them on to dependents):
@@ -11,6 +16,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     link_libtorch();
+    embed_chart_library()?;
     let protos = ["grpc_service.proto", "model_config.proto", "health.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed=proto/{proto}");
@@ -27,6 +33,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Clients are for tests; they bring their own channel.
         .build_transport(false)
         .compile_fds(descriptors)?;
+    Ok(())
+}
+
+/// The files of `.native/uplot/` that `src/admin/ui.rs` embeds.
+const CHART_FILES: [&str; 2] = ["uPlot.iife.min.js", "uPlot.min.css"];
+
+fn embed_chart_library() -> std::io::Result<()> {
+    let dir = std::path::Path::new(".native/uplot");
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("uplot");
+    std::fs::create_dir_all(&out)?;
+    // Watching a path that does not exist would rerun this script (and rebuild the crate) on every
+    // build; without the library, a build after `scripts/setup.sh ui` needs `touch build.rs`.
+    if dir.exists() {
+        println!("cargo:rerun-if-changed=.native/uplot");
+    }
+    for file in CHART_FILES {
+        let content = std::fs::read(dir.join(file)).unwrap_or_default();
+        std::fs::write(out.join(file), content)?;
+    }
+    if !dir.join(CHART_FILES[0]).exists() {
+        println!(
+            "cargo:warning=no chart library in .native/uplot (scripts/setup.sh ui): the operations page will show numbers without charts"
+        );
+    }
     Ok(())
 }
 

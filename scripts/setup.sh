@@ -5,11 +5,12 @@
 #
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
-# Components (default: apt ort models client mlflow-server deploy-tools token; `torch` only when asked for):
+# Components (default: apt ort models client mlflow-server deploy-tools token ui; `torch` only when asked for):
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
 #            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh),
 #            prometheus (its `promtool` checks and unit-tests deploy/prometheus/; tests/deploy starts
-#            the server itself). Installed with apt-get only when missing; needs root or sudo.
+#            the server itself), chromium (the operations page's browser test, tests/ui).
+#            Installed with apt-get only when missing; needs root or sudo.
 #   ort      ONNX Runtime 1.31.1 C library from the PyPI wheel -> .native/onnxruntime/lib/
 #            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
 #   models   .venv/models: onnx, onnxruntime, numpy (scripts/requirements-models.txt), used by
@@ -22,6 +23,11 @@
 #            (scripts/requirements-deploy-tools.txt), used by tests/deploy/ on the manifests in
 #            deploy/kubernetes/ (rendered with `kubectl kustomize`: kubectl comes with the machine image,
 #            not from this script).
+#   ui       the operations page (GET /admin/ui/ on the admin listener): its chart library uPlot
+#            1.6.32 from npm (integrity-checked) -> .native/uplot/, embedded into the binary by
+#            build.rs (a build without it serves the page with numbers only, and says so; after
+#            installing it, `touch build.rs` and build again), and .venv/ui: Playwright + pytest
+#            (scripts/requirements-ui.txt) for tests/ui/, driving Debian's chromium.
 #   token    .modelgate/admin-token: a random bearer token (mode 0600) for the README's first command
 #            (`serve --admin-token-file .modelgate/admin-token`: admin API and embedded control plane).
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
@@ -60,7 +66,10 @@ readonly ORT_VERSION=1.31.1
 readonly TORCH_VERSION=2.13.0
 readonly NATIVE=.native
 readonly WHEELS=$NATIVE/wheels          # download cache, deleted after a successful run
-readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15 prometheus)
+readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15 prometheus chromium)
+# The operations page's chart library (npm) and the integrity npm's registry publishes for it.
+readonly UPLOT_VERSION=1.6.32
+readonly UPLOT_INTEGRITY=sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==
 readonly PYTHON=${PYTHON:-python3}
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +249,44 @@ step_deploy_tools() {
     ensure_venv deploy-tools scripts/requirements-deploy-tools.txt
 }
 
+# .native/uplot: the three files of the uplot npm package that the operations page uses (the
+# browser build, its stylesheet, the licence), taken from the pinned tarball after checking its
+# sha512 against UPLOT_INTEGRITY. build.rs embeds them; nothing of them is committed.
+step_uplot() {
+    local dir=$NATIVE/uplot-$UPLOT_VERSION
+    if [[ -f $dir/uPlot.iife.min.js && -f $dir/uPlot.min.css ]]; then
+        log "uplot: $dir already there"
+    else
+        command -v npm >/dev/null || die "npm not found: install Debian's npm (or skip the ui component)"
+        log "uplot: fetching uplot@$UPLOT_VERSION from npm"
+        local work
+        work=$(mktemp -d)
+        (cd "$work" && npm pack --silent "uplot@$UPLOT_VERSION" >/dev/null)
+        local tarball=$work/uplot-$UPLOT_VERSION.tgz
+        [[ -f $tarball ]] || die "npm pack did not write $tarball"
+        local integrity
+        integrity="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+        [[ $integrity == "$UPLOT_INTEGRITY" ]] || die "uplot-$UPLOT_VERSION.tgz has integrity $integrity, expected $UPLOT_INTEGRITY"
+        tar -xzf "$tarball" -C "$work" package/dist/uPlot.iife.min.js package/dist/uPlot.min.css package/LICENSE
+        rm -rf "$dir.partial"
+        mkdir -p "$dir.partial"
+        mv "$work"/package/dist/uPlot.iife.min.js "$work"/package/dist/uPlot.min.css "$work"/package/LICENSE "$dir.partial"/
+        rm -rf "$work" "$dir"
+        mv "$dir.partial" "$dir"
+    fi
+    ln -sfn "uplot-$UPLOT_VERSION" "$NATIVE/uplot"
+}
+
+step_ui() {
+    step_uplot
+    ensure_venv ui scripts/requirements-ui.txt
+    if [[ -x /usr/bin/chromium ]]; then
+        log "ui: /usr/bin/chromium is there for Playwright"
+    else
+        log "ui: WARNING: no /usr/bin/chromium (the apt step installs it): tests/ui cannot run"
+    fi
+}
+
 # .modelgate/admin-token: a random bearer token (0600) for the admin API and the embedded control
 # plane of the README's first command (`serve --admin-token-file .modelgate/admin-token`). Kept
 # when it exists, so the CLI keeps working across set-ups.
@@ -343,12 +390,12 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|token|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|token|ui|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
     if (( ${#components[@]} == 0 )); then
-        components=(apt ort models client mlflow-server deploy-tools token)
+        components=(apt ort models client mlflow-server deploy-tools token ui)
     fi
     if [[ $with_torch == 1 && ! " ${components[*]} " =~ " torch " ]]; then
         components+=(torch)

@@ -3,7 +3,9 @@
 # ONNX Runtime, real sockets; the registry's on SQLite and a throwaway PostgreSQL),
 # the MLflow-client tests of the registry, the deployment checks (tests/deploy: Kubernetes
 # manifests run against the binaries, Prometheus rules on promtool and a real Prometheus), and the
-# Triton-client compatibility suite (tritonclient + perf_analyzer against the built server).
+# Triton-client compatibility suite (tritonclient + perf_analyzer against the built server), and
+# the operations page in a real browser (Playwright driving Debian's chromium against the built
+# server).
 # Run `scripts/setup.sh` once first (README: `scripts/setup.sh && scripts/test.sh`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -69,5 +71,9 @@ if [ "$expect_torch" = 1 ]; then
     cargo build "${feature_args[@]}" --bin modelgate
     MODELGATE_EXPECT_TORCH=0 bash tests/compat/run.sh target/debug/modelgate-onnx-only -k "mlp_torch or index"
 fi
+
+step "Operations page in a real browser (Playwright, chromium; screenshots in load-tests/results/ui/)"
+MODELGATE_BINARY=target/debug/modelgate PYTHONDONTWRITEBYTECODE=1 \
+    timeout 300 "${UI_PYTHON:-.venv/ui/bin/python}" -m pytest -q -p no:cacheprovider tests/ui
 
 step "all tests passed"

@@ -33,6 +33,7 @@
 //! | `admin.max_connections` | open connections of the admin port; past it new ones wait | 64 |
 //! | `[models.<name>]` | per-model settings laid over `config.pbtxt`: `max_batch_size`, `dynamic_batching` (`false`, `true` or a table of Triton's fields), `instances`, `device` (keys in `repository::overrides`) | none |
 //! | `[sync]`, `[[follow]]` | following a control plane: keys in `sync::settings` | the embedded control plane, every model with a `champion` alias |
+//! | `[drift]` | profiling served traffic for drift checks: `enabled` (false), `window_seconds` (60), `keep_windows` (60), `queue` (64 batches) (keys in `drift::settings`) | off |
 //! | `[[routes]]` | routes of public model names to versions: `model`, `targets`, `rules`, `sticky_header`, `shadow`, `rollout` (keys in `routing::spec` and `routing::policy`); re-read on SIGHUP | none |
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
 use crate::connection::Timeouts;
+use crate::drift::DriftSettings;
 use crate::gateway::Limits;
 use crate::repository::{ModelOverrides, RepositorySettings, validate_model_name};
 use crate::routing::RouteSpec;
@@ -69,6 +71,8 @@ pub struct Config {
     pub sync: SyncSettings,
     /// Registered models to serve, and under which aliases.
     pub follow: Vec<FollowRule>,
+    /// Drift profiling of served traffic.
+    pub drift: DriftSettings,
 }
 
 /// Listeners and limits.
@@ -304,6 +308,7 @@ impl Config {
             overrides.validate().map_err(|e| ConfigError::Invalid(format!("models.{name}: {e}")))?;
         }
         crate::routing::validate_all(&self.routes)?;
+        self.drift.validate().map_err(ConfigError::Invalid)?;
         let r = &self.repository;
         if r.default_max_queue_size == 0 {
             return Err(ConfigError::Invalid("repository.default_max_queue_size must be at least 1".into()));

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::budget::InflightBytes;
+use crate::drift::Profiler;
 use crate::error::{Error, Fault};
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
@@ -58,6 +59,9 @@ pub struct Gateway {
     pub routes: Arc<Routes>,
     /// Every change to the routes, and the rollouts.
     pub rollouts: Rollouts,
+    /// The drift profiler (`[drift] enabled`): the sync follower drains its
+    /// closed windows and hands it the references' specs.
+    pub drift: Option<Arc<Profiler>>,
     draining: AtomicBool,
 }
 
@@ -90,6 +94,7 @@ impl Gateway {
         let inflight = InflightBytes::new(limits.max_inflight_bytes);
         let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
         let decompressions = Arc::new(Semaphore::new(limits.max_concurrent_decompressions.clamp(1, 1 << 16)));
+        let drift = repository.drift().cloned();
         Gateway {
             repository,
             limits,
@@ -99,6 +104,7 @@ impl Gateway {
             metrics,
             routes,
             rollouts,
+            drift,
             draining: AtomicBool::new(false),
         }
     }

@@ -14,7 +14,8 @@
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
 //!
-//! Beside it: [`admin`] (the admin API, own listener, bearer token, and its
+//! Beside it: [`drift`] (profiles of served traffic for drift checks, off the
+//! request path), [`admin`] (the admin API, own listener, bearer token, and its
 //! client), [`sync`] (following the control plane: pulled versions, alias-driven
 //! canaries, the last-known-good state), [`config`] (the file and flags, assembled from each subsystem's
 //! own settings), [`respond`] (response bodies both doors and the admin API
@@ -35,6 +36,7 @@ pub mod batching;
 pub mod budget;
 pub mod config;
 pub mod connection;
+pub mod drift;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
@@ -96,6 +98,12 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
     let mut repository = Repository::new(config.repository.clone(), config.models.clone(), loaders);
     if config.sync.enabled {
         repository = repository.with_pulled_models(config.sync.models_dir());
+    }
+    if config.drift.enabled {
+        match drift::Profiler::start(&config.drift) {
+            Ok(profiler) => repository = repository.with_drift(profiler),
+            Err(e) => tracing::error!(error = %e, "the drift profiler thread did not start; drift is off"),
+        }
     }
     let repository = Arc::new(repository);
     let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from(&config.server), metrics::install()));

@@ -93,6 +93,16 @@ pub const SYNC_APPLIED_GENERATION: &str = "modelgate_sync_applied_generation";
 pub const SYNC_FAILURES: &str = "modelgate_sync_failures_total";
 /// Bytes of model files downloaded from the control plane.
 pub const ARTIFACT_BYTES_DOWNLOADED: &str = "modelgate_artifact_bytes_downloaded_total";
+/// Rows the drift profiler added to a window, by model and version.
+pub const DRIFT_ROWS: &str = "modelgate_drift_rows_total";
+/// Rows of batches the drift profiler had no room for (its queue was full), by model and version.
+pub const DRIFT_ROWS_DROPPED: &str = "modelgate_drift_rows_dropped_total";
+/// Rows of batches whose tensors did not fit the version's drift schema, by model and version.
+pub const DRIFT_ROWS_SKIPPED: &str = "modelgate_drift_rows_skipped_total";
+/// Closed drift windows dropped before anyone drained them (`drift.keep_windows`), by model and version.
+pub const DRIFT_WINDOWS_DROPPED: &str = "modelgate_drift_windows_dropped_total";
+/// Heap bytes of every open and kept drift window.
+pub const DRIFT_PROFILE_BYTES: &str = "modelgate_drift_profile_bytes";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -174,6 +184,15 @@ fn describe() {
     metrics::describe_histogram!(SHADOW_DURATION, metrics::Unit::Seconds, "Time of shadow copies");
     metrics::describe_counter!(SHADOW_COMPARISONS, "Shadow responses compared with the primary's");
     metrics::describe_histogram!(SHADOW_ABS_DIFF, "Largest absolute output difference, primary vs shadow");
+    describe_drift();
+}
+
+fn describe_drift() {
+    metrics::describe_counter!(DRIFT_ROWS, "Rows profiled for drift");
+    metrics::describe_counter!(DRIFT_ROWS_DROPPED, "Rows not profiled for drift: the profiler's queue was full");
+    metrics::describe_counter!(DRIFT_ROWS_SKIPPED, "Rows not profiled for drift: the batch did not fit the schema");
+    metrics::describe_counter!(DRIFT_WINDOWS_DROPPED, "Closed drift windows dropped before they were drained");
+    metrics::describe_gauge!(DRIFT_PROFILE_BYTES, metrics::Unit::Bytes, "Heap bytes of open and kept drift windows");
 }
 
 /// The protocol a request came in on.
@@ -491,4 +510,35 @@ pub fn artifact_bytes_downloaded(bytes: u64) {
     if bytes > 0 {
         counter!(ARTIFACT_BYTES_DOWNLOADED).increment(bytes);
     }
+}
+
+// === drift profiler ===
+
+fn version_labels(model: &str, version: u64) -> [(&'static str, String); 2] {
+    [("model", model.to_owned()), ("version", version.to_string())]
+}
+
+/// [`DRIFT_ROWS`] of one version.
+pub fn drift_rows(model: &str, version: u64) -> Counter {
+    counter!(DRIFT_ROWS, &version_labels(model, version))
+}
+
+/// [`DRIFT_ROWS_DROPPED`] of one version.
+pub fn drift_rows_dropped(model: &str, version: u64) -> Counter {
+    counter!(DRIFT_ROWS_DROPPED, &version_labels(model, version))
+}
+
+/// [`DRIFT_ROWS_SKIPPED`] of one version.
+pub fn drift_rows_skipped(model: &str, version: u64) -> Counter {
+    counter!(DRIFT_ROWS_SKIPPED, &version_labels(model, version))
+}
+
+/// [`DRIFT_WINDOWS_DROPPED`] of one version.
+pub fn drift_windows_dropped(model: &str, version: u64) -> Counter {
+    counter!(DRIFT_WINDOWS_DROPPED, &version_labels(model, version))
+}
+
+/// Sets [`DRIFT_PROFILE_BYTES`].
+pub fn drift_profile_bytes(bytes: usize) {
+    gauge!(DRIFT_PROFILE_BYTES).set(bytes as f64);
 }

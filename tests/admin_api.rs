@@ -40,6 +40,35 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token_browsers_and_foreign
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_page_loads_without_the_token_and_calls_the_api_from_its_own_origin_only() {
+    let repo = Repo::new("m", &[(1, Kind::Mlp)]);
+    let spec = route("model = \"m\"\ntargets = [{ version = 1, weight = 100 }]");
+    let server = Server::start(&repo, vec![spec]).await;
+    let http = Http::default();
+    let page = http.send(Method::GET, format!("http://{}/admin/ui/", server.admin), &[], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.as_str().unwrap().contains("<title>modelgate operations</title>"), "{page:?}");
+    let redirect = http.send(Method::GET, format!("http://{}/admin/", server.admin), &[], None).await;
+    assert_eq!(redirect.status, StatusCode::PERMANENT_REDIRECT);
+    // The page's files need the same Host as the API.
+    let ops_js = format!("http://{}/admin/ui/ops.js", server.admin);
+    let rebound = http.send(Method::GET, ops_js, &[("host", "evil.example")], None).await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN);
+    // The page's own writes carry its origin; they pass with the token, and only with it.
+    let url = format!("http://{}/admin/v1/routes/m/weights", server.admin);
+    let own = format!("http://{}", server.admin);
+    let body = Some(json!({ "weights": [{ "version": 1, "weight": 100 }] }).to_string());
+    let auth = format!("Bearer {TOKEN}");
+    let with_token =
+        http.send(Method::PUT, url.clone(), &[("authorization", &auth), ("origin", &own)], body.clone()).await;
+    assert_eq!(with_token.status, StatusCode::OK, "{with_token:?}");
+    let without = http.send(Method::PUT, url.clone(), &[("origin", &own)], body.clone()).await;
+    assert_eq!(without.status, StatusCode::UNAUTHORIZED);
+    let foreign = [("authorization", auth.as_str()), ("origin", "http://evil.example")];
+    assert_eq!(http.send(Method::PUT, url, &foreign, body).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_admin_requests_get_clear_errors() {
     let repo = Repo::new("m", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
     repo.add("n", &[(1, Kind::Mlp), (2, Kind::Mlp)], true);

@@ -35,6 +35,8 @@ const FLOORS: &[&[&str]] = &[
     &["routing"],
     &["repository"],
     &["batching"],
+    // The drift profiler: the batch worker hands it batches; it reads tensors and metrics.
+    &["drift"],
     &["stats", "budget", "connection"],
     // The ground floor: names, values and codes that everything else uses.
     &["metrics"],

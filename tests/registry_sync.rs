@@ -111,8 +111,20 @@ impl Follows {
 
     /// With `directory` as its model repository (else an empty one).
     async fn start_over(data_dir: &Path, control_plane: &str, rules: &[&str], directory: Option<&Path>) -> Follows {
+        Follows::start_with(data_dir, control_plane, rules, directory, |_| {}).await
+    }
+
+    /// With `tweak` applied to its config.
+    async fn start_with(
+        data_dir: &Path,
+        control_plane: &str,
+        rules: &[&str],
+        directory: Option<&Path>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Follows {
         let repo = tempfile::tempdir().unwrap();
         let mut config = Config::default();
+        tweak(&mut config);
         config.repository.path = directory.unwrap_or(repo.path()).to_owned();
         config.repository.strict_readiness = false;
         config.sync.data_dir = data_dir.to_owned();
@@ -530,5 +542,80 @@ async fn a_follow_rule_set_through_the_control_planes_api_serves_a_model_under_i
     plane.registry.store.put_follow(&spec).await.unwrap();
     gateway.serves("fraud", 1, Duration::from_secs(20)).await;
     assert!(gateway.gateway.repository.resolve("fraud-detector", None).is_err(), "only the rule's name serves");
+    plane.stop().await;
+}
+
+/// A reference far from what `infer_body` sends (inputs near 100 instead of in ±0.5), so the
+/// control plane's evaluation of any window says the version drifted.
+fn far_reference() -> modelgate_registry::drift::Reference {
+    use modelgate_sketch::{FeatureProfile, Profile, Summary};
+    let values: Vec<f64> = (0..2000).map(|i| 100.0 + f64::from(i % 50) / 50.0).collect();
+    let features = (0..64)
+        .map(|f| (format!("input[{f}]"), Summary::Numeric(FeatureProfile::reference(&values, 10, 200).unwrap())))
+        .collect();
+    modelgate_registry::drift::Reference { profile: Profile { features }, rules: Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let cp = format!("http://{}", plane.addr);
+    let hold = "rollout = { step_weights = [50, 100], interval = \"1s\", check_interval = \"100ms\", \
+                window = \"2s\", min_requests = 5, threshold = 1, max_p99_latency = \"5s\", drift = \"hold\" }";
+    let rule = format!("model = \"fraud\"\nsource = \"models:/fraud@champion\"\ncanary_alias = \"challenger\"\n{hold}");
+    let gateway = Arc::new(
+        Follows::start_with(&dir.path().join("gw"), &cp, &[&rule], None, |c| {
+            c.drift.enabled = true;
+            c.drift.window_seconds = 1;
+        })
+        .await,
+    );
+    let (one, two) = (model_dir(Kind::Mlp), model_dir(Kind::Mlp));
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    plane.registry.store.put_drift_reference("fraud", 1, &far_reference(), "test").await.unwrap();
+
+    // Traffic: windows of one second close and ship with the follower's reports.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, tasks) = drive(&gateway, "fraud", stop.clone());
+    let settings = modelgate_registry::drift::DriftSettings { min_rows: 20, ..Default::default() };
+    eventually("version 1 evaluated as drifted", Duration::from_secs(20), || async {
+        modelgate_registry::drift::evaluate_all(&plane.registry, &settings).await.unwrap();
+        let statuses = plane.registry.store.latest_drift_statuses().await.unwrap();
+        statuses.get(&("fraud".to_owned(), 1)).is_some_and(|s| s.drifted)
+    })
+    .await;
+    // The verdict reaches the gateway with the desired state: metric and route state.
+    eventually("the gateway learned of the drift", Duration::from_secs(10), || async {
+        gateway.gateway.routes.drifted("fraud", 1)
+    })
+    .await;
+    let metrics = modelgate::metrics::install().render();
+    assert!(metrics.contains("modelgate_drift_status{model=\"fraud\",version=\"1\"} 1"), "{metrics}");
+    assert!(metrics.contains(
+        "modelgate_drift_statistic{model=\"fraud\",version=\"1\",feature=\"input[0]\",stat=\"wasserstein\"}"
+    ));
+
+    // A challenger whose traffic drifts as well: its release holds at the first step.
+    plane.push("fraud", &two.path().join("m"), Some("challenger")).await;
+    plane.registry.store.put_drift_reference("fraud", 2, &far_reference(), "test").await.unwrap();
+    gateway.serves("fraud", 2, Duration::from_secs(20)).await;
+    eventually("the canary evaluated as drifted", Duration::from_secs(20), || async {
+        modelgate_registry::drift::evaluate_all(&plane.registry, &settings).await.unwrap();
+        gateway.gateway.routes.drifted("fraud", 2)
+    })
+    .await;
+    // Four intervals of a 1 s step: without the hold it would have been promoted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = gateway.gateway.rollouts.status("fraud").await.unwrap();
+    let status = serde_json::to_value(&status).unwrap();
+    assert_eq!(plane.alias("fraud", "champion").await, Some(1), "{status}");
+    assert!(status.to_string().contains("drift_hold"), "{status}");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
     plane.stop().await;
 }

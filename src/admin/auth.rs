@@ -2,12 +2,16 @@
 //! route, so no route can be added without it.
 //!
 //! A request passes only with `Authorization: Bearer <token>` equal to the
-//! configured token (compared in constant time). Requests that carry an
-//! `Origin` header come from a browser page and are refused (403) whatever
-//! their token: the admin API has no browser clients. So are requests whose
-//! `Host` names anything but this server (a loopback name or address, the
-//! address the connection arrived on, or `admin.allowed_hosts`): a page that
-//! rebinds its own domain name to 127.0.0.1 still sends that name.
+//! configured token (compared in constant time). Requests whose `Host` names
+//! anything but this server (a loopback name or address, the address the
+//! connection arrived on, or `admin.allowed_hosts`) are refused (403)
+//! whatever their token: a page that rebinds its own domain name to
+//! 127.0.0.1 still sends that name. So are requests whose `Origin` is not
+//! this server's own origin (`http://` or `https://` and the `Host` sent):
+//! the only browser page that may call the API is the operations page this
+//! listener serves ([`super::ui`]); another site's page always sends its own
+//! origin. The page's files themselves need no token (they hold no data),
+//! but the same `Host` and `Origin` rules.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -146,8 +150,8 @@ pub enum Refusal {
     /// A token that is not the admin token.
     #[error("invalid bearer token")]
     Invalid,
-    /// A browser request.
-    #[error("admin requests from browser pages are refused")]
+    /// A request from another site's page.
+    #[error("admin requests from other sites' pages are refused (Origin must be this server's own)")]
     Browser,
     /// A `Host` that does not name this server.
     #[error(
@@ -158,25 +162,48 @@ pub enum Refusal {
 
 impl<S> BearerAuth<S> {
     fn check<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
-        if request.headers().contains_key(ORIGIN) {
-            return Err(Refusal::Browser);
-        }
         // Two Host lines may name two servers: which one counts is ambiguous
         // (RFC 9112 §3.2 says 400), so neither does.
         if request.headers().get_all(HOST).iter().nth(1).is_some() {
             return Err(Refusal::Host);
         }
         // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
-        let host = request.uri().host().or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()));
+        let host = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => request.headers().get(HOST).and_then(|h| h.to_str().ok()),
+        };
         let local = request.extensions().get::<Local>().map(|l| l.0.ip());
-        if !host.is_some_and(|host| names_this_server(host, local, &self.allowed_hosts)) {
+        let Some(host) = host.filter(|host| names_this_server(host, local, &self.allowed_hosts)) else {
             return Err(Refusal::Host);
+        };
+        if let Some(origin) = request.headers().get(ORIGIN)
+            && !is_own_origin(origin.as_bytes(), host)
+        {
+            return Err(Refusal::Browser);
+        }
+        if super::ui::serves(request.method(), request.uri().path()) {
+            return Ok(());
         }
         let header = request.headers().get(AUTHORIZATION).ok_or(Refusal::Missing)?;
         let given = header.as_bytes();
         let token = bearer_token(given).ok_or(Refusal::Missing)?;
         if self.token.matches(token) { Ok(()) } else { Err(Refusal::Invalid) }
     }
+}
+
+/// Whether `origin` is `http://HOST` or `https://HOST` (a TLS proxy in front),
+/// `host` being the `Host` the request named (already checked to be this
+/// server). Browsers send `Origin` on the page's own writes (same origin);
+/// a page of any other site sends its own, and `null` matches nothing.
+fn is_own_origin(origin: &[u8], host: &str) -> bool {
+    let rest = if origin.len() >= 8 && origin[..8].eq_ignore_ascii_case(b"https://") {
+        &origin[8..]
+    } else if origin.len() >= 7 && origin[..7].eq_ignore_ascii_case(b"http://") {
+        &origin[7..]
+    } else {
+        return false;
+    };
+    rest.eq_ignore_ascii_case(host.as_bytes())
 }
 
 fn refusal_response(refusal: Refusal) -> Response<Chunks> {
@@ -280,14 +307,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn browser_requests_are_refused_even_with_the_token() {
+    async fn other_sites_pages_are_refused_even_with_the_token() {
         let auth = format!("Bearer {TOKEN}");
-        assert_eq!(status(&[("authorization", &auth), ("origin", "http://evil.example")]).await, StatusCode::FORBIDDEN);
+        for origin in [
+            "http://evil.example",
+            "null",
+            "http://localhost:8004",
+            "http://localhost",
+            "http://localhost:8003.evil.example",
+            "file://localhost:8003",
+            "",
+        ] {
+            assert_eq!(
+                status(&[("authorization", &auth), ("origin", origin)]).await,
+                StatusCode::FORBIDDEN,
+                "{origin}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_operations_page_may_call_its_own_server() {
+        let auth = format!("Bearer {TOKEN}");
+        for origin in ["http://localhost:8003", "HTTP://LocalHost:8003", "https://localhost:8003"] {
+            assert_eq!(status(&[("authorization", &auth), ("origin", origin)]).await, StatusCode::OK, "{origin}");
+        }
+        // Its origin still needs the token.
+        assert_eq!(status(&[("origin", "http://localhost:8003")]).await, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn the_page_needs_no_token_but_the_same_host_and_origin() {
+        let get = |path: &str, headers: &[(&str, &str)]| {
+            let mut request = Request::builder().uri(path);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            service().oneshot(request.body(()).unwrap())
+        };
+        assert_eq!(get("/admin/ui/", &[("host", "127.0.0.1:8003")]).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(get("/admin/ui/ops.js", &[("host", "evil.example")]).await.unwrap().status(), StatusCode::FORBIDDEN);
+        let foreign = [("host", "127.0.0.1:8003"), ("origin", "http://evil.example")];
+        assert_eq!(get("/admin/ui/ops.js", &foreign).await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            get("/admin/v1/routes", &[("host", "127.0.0.1:8003")]).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[tokio::test]
     async fn a_refusal_says_how_to_authenticate() {
-        let request = Request::builder().header("host", "127.0.0.1").body(()).unwrap();
+        let request = Request::builder().uri("/admin/v1/routes").header("host", "127.0.0.1").body(()).unwrap();
         let response = service().oneshot(request).await.unwrap();
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"modelgate-admin\"");
     }

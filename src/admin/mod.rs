@@ -6,7 +6,8 @@
 //! `MODELGATE_ADMIN_TOKEN`). Every route sits behind one authentication
 //! layer ([`auth::BearerAuthLayer`]); every change writes an audit line
 //! (tracing target `modelgate::audit`). `api/admin.openapi.yaml` describes it,
-//! and `modelgate admin ...` ([`client`]) calls it.
+//! and `modelgate admin ...` ([`client`]) calls it, as does the operations
+//! page ([`ui`], `GET /admin/ui/`) from an operator's browser.
 //!
 //! | key | meaning | default |
 //! |---|---|---|
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod ui;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -91,10 +93,18 @@ pub async fn serve(
         let gateway = gateway.clone();
         let activity = Activity::new();
         let tracker = activity.clone();
-        // The auth layer wraps the whole API: no admin route exists without it.
-        let service = auth.layer(tower::service_fn(move |request| {
+        // The auth layer wraps the whole API and the page: no admin route exists without it.
+        let service = auth.layer(tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let gateway = gateway.clone();
-            async move { Ok::<_, std::convert::Infallible>(api::handle(gateway, request).await) }
+            async move {
+                let (method, path) = (request.method(), request.uri().path());
+                let response = if ui::serves(method, path) {
+                    ui::respond(method, path)
+                } else {
+                    api::handle(gateway, request).await
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         }));
         let hyper_service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(Peer(peer));
@@ -102,7 +112,10 @@ pub async fn serve(
                 request.extensions_mut().insert(Local(local));
             }
             let in_use = Some(tracker.begin());
-            service.clone().oneshot(request).map_ok(|response| response.map(|body| Tracked::new(body, in_use)))
+            service.clone().oneshot(request).map_ok(|mut response| {
+                ui::add_common_headers(response.headers_mut());
+                response.map(|body| Tracked::new(body, in_use))
+            })
         });
         let (builder, stop) = (builder.clone(), connection_stop.clone());
         tokio::spawn(async move {

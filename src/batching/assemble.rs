@@ -6,8 +6,10 @@
 //! 8-byte-aligned buffer, which every numeric element type accepts. Outputs are
 //! split by slicing the backend's `Bytes`, so no request pays for a copy.
 
+use bytes::Bytes;
 use modelgate_backend::{DataType, InputTensor, OutputTensor, bytes_elements, element_count};
 
+use crate::drift::SharedTensor;
 use crate::error::Error;
 use crate::tensor::Tensor;
 
@@ -35,10 +37,19 @@ impl AlignedBuf {
     }
 }
 
+/// Lets `Bytes::from_owner` share an assembled batch without copying it.
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// One input of a batch: borrowed from the request or assembled.
 #[derive(Debug)]
 enum Data<'a> {
-    Borrowed(&'a [u8]),
+    // The request's `Bytes` rather than a slice of it, so the drift profiler
+    // can share it (a reference count) after the batch ran.
+    Borrowed(&'a Bytes),
     Owned(AlignedBuf),
     Packed(Vec<u8>),
 }
@@ -66,6 +77,17 @@ impl BatchedInput<'_> {
     pub fn copied(&self) -> bool {
         !matches!(self.data, Data::Borrowed(_))
     }
+
+    /// The input as the backend saw it, shared without a copy: the request's
+    /// buffer gains a reference, an assembled buffer is moved into `Bytes`.
+    pub fn into_shared(self) -> SharedTensor {
+        let data = match self.data {
+            Data::Borrowed(b) => b.clone(),
+            Data::Owned(buf) => Bytes::from_owner(buf),
+            Data::Packed(v) => Bytes::from(v),
+        };
+        SharedTensor { dtype: self.dtype, shape: self.shape, data }
+    }
 }
 
 fn aligned_for(data: &[u8], dtype: DataType) -> bool {
@@ -79,7 +101,7 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
     let first = &requests[0][index];
     if requests.len() == 1 {
         let data = if aligned_for(&first.data, first.dtype) {
-            Data::Borrowed(&first.data[..])
+            Data::Borrowed(&first.data)
         } else {
             let mut buf = AlignedBuf::zeroed(first.data.len());
             buf.as_bytes_mut().copy_from_slice(&first.data);

@@ -23,6 +23,7 @@ pub use assemble::{AlignedBuf, BatchedInput, concat, split};
 pub use queue::{BatchPolicy, BatchQueue, Closed, Decision, Dropped, Queued};
 pub use worker::Reply;
 
+use crate::drift::DriftTap;
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::ModelStats;
@@ -38,13 +39,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts one thread per backend instance.
+    /// Starts one thread per backend instance. With `drift`, every batch that
+    /// runs is offered to the drift profiler.
     pub fn start(
         thread_name: &str,
         policy: BatchPolicy,
         backends: Vec<Box<dyn Backend>>,
         stats: Arc<ModelStats>,
         metrics: Arc<VersionMetrics>,
+        drift: Option<DriftTap>,
     ) -> std::io::Result<Scheduler> {
         let batched = policy.combine;
         let shared = Arc::new(Shared {
@@ -54,6 +57,7 @@ impl Scheduler {
             stats,
             batches: metrics.batch_counters(Closed::ALL.map(Closed::as_str)),
             metrics,
+            drift,
         });
         let scheduler = Scheduler { shared: shared.clone(), instances: backends.len() };
         for (i, backend) in backends.into_iter().enumerate() {

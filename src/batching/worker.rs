@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::assemble::{concat, split};
 use super::queue::{BatchQueue, Closed, Decision, Dropped, Queued};
+use crate::drift::{DriftBatch, DriftTap};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::{ComputeTimes, ModelStats};
@@ -70,6 +71,8 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<VersionMetrics>,
     /// Batches run, by why each closed (indexed by `Closed as usize`).
     pub(super) batches: [Counter; Closed::ALL.len()],
+    /// The drift profiler's hand-off, when `[drift]` is on.
+    pub(super) drift: Option<DriftTap>,
 }
 
 impl Shared {
@@ -133,9 +136,13 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
     }
     shared.batches[closed as usize].increment(1);
     match execute(shared, backend, &batch) {
-        Ok(outputs) => {
+        Ok((outputs, profiled)) => {
             for (pending, outputs) in batch.into_iter().zip(outputs) {
                 let _ = pending.reply.send(Ok(outputs));
+            }
+            // After the answers: the profiler never delays a client.
+            if let (Some(tap), Some(profiled)) = (&shared.drift, profiled) {
+                tap.offer(profiled);
             }
         }
         // A batch-mate may be the cause (e.g. a string the runtime refuses):
@@ -143,7 +150,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
         Err(_) if batch.len() > 1 => {
             for pending in batch {
                 let reply = execute(shared, backend, std::slice::from_ref(&pending))
-                    .map(|mut per_request| per_request.pop().unwrap_or_default());
+                    .map(|(mut per_request, _)| per_request.pop().unwrap_or_default());
                 let _ = pending.reply.send(reply);
             }
         }
@@ -155,8 +162,12 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, cl
     }
 }
 
+/// Per request, the outputs it asked for; and the batch for the drift
+/// profiler when it is on.
+type Executed = (Vec<Vec<OutputTensor>>, Option<DriftBatch>);
+
 /// Runs one batch and returns, per request, the outputs it asked for.
-fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Result<Vec<Vec<OutputTensor>>, Error> {
+fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Result<Executed, Error> {
     let t0 = Instant::now();
     let mut wanted: Vec<usize> = batch.iter().flat_map(|p| p.request.outputs.iter().copied()).collect();
     wanted.sort_unstable();
@@ -185,6 +196,13 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
             wanted.len()
         )));
     }
+    // Shared, not copied: reference counts on the buffers the backend saw and produced.
+    let profiled = shared.drift.as_ref().map(|tap| DriftBatch {
+        registration: tap.registration(),
+        rows: total_rows,
+        inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
+        outputs: wanted.iter().copied().zip(outputs.iter().cloned()).collect(),
+    });
     // [output][request] -> [request][output]
     let mut per_output: Vec<std::vec::IntoIter<OutputTensor>> = Vec::with_capacity(outputs.len());
     for (output, &index) in outputs.into_iter().zip(&wanted) {
@@ -218,7 +236,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
     shared.stats.record_execution(batch.len(), total_rows, times);
     shared.metrics.compute_duration.record(times.infer.as_secs_f64());
     shared.metrics.batch_size.record(total_rows as f64);
-    Ok(replies)
+    Ok((replies, profiled))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub use overrides::{BatchingOverride, ModelOverrides};
 pub use settings::RepositorySettings;
 pub use version::{LoadError, ModelVersion};
 
+use crate::drift::Profiler;
 use crate::error::Error;
 use model_config::{ConfigFile, parse_config_file};
 use version::{VersionPlan, load_version};
@@ -199,6 +200,8 @@ pub struct Repository {
     /// Directory models handed over to the registry (seeded from this directory):
     /// read from the pulled repository from then on.
     adopted: parking_lot::RwLock<BTreeSet<String>>,
+    /// The drift profiler every loaded version registers with, when `[drift]` is on.
+    drift: Option<Arc<Profiler>>,
 }
 
 /// Checks a model name: it becomes a directory name, so no separators, no
@@ -244,7 +247,19 @@ impl Repository {
             synced: AtomicBool::new(true),
             pulled: None,
             adopted: parking_lot::RwLock::new(BTreeSet::new()),
+            drift: None,
         }
+    }
+
+    /// Registers every version loaded from now on with the drift profiler.
+    pub fn with_drift(mut self, profiler: Arc<Profiler>) -> Repository {
+        self.drift = Some(profiler);
+        self
+    }
+
+    /// The drift profiler, when `[drift]` is on.
+    pub fn drift(&self) -> Option<&Arc<Profiler>> {
+        self.drift.as_ref()
     }
 
     /// Also serves the versions pulled from a registry under `root` (one directory
@@ -496,7 +511,7 @@ impl Repository {
         file: ConfigFile,
         loader: Arc<dyn ModelLoader>,
     ) -> Result<ModelVersion, LoadError> {
-        let (settings, model) = (self.settings.clone(), name.to_owned());
+        let (settings, model, drift) = (self.settings.clone(), name.to_owned(), self.drift.clone());
         tokio::task::spawn_blocking(move || {
             load_version(VersionPlan {
                 name: &model,
@@ -505,6 +520,7 @@ impl Repository {
                 file: &file,
                 loader: loader.as_ref(),
                 settings: &settings,
+                drift: drift.as_deref(),
             })
         })
         .await

@@ -900,8 +900,8 @@ mod tests {
         ) {
             let dims_text = dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
             let dtype = if fp32 { "TYPE_FP32" } else { "TYPE_INT64" };
-            let mut fields = vec![
-                format!("name: \"m\""),
+            let mut fields = [
+                "name: \"m\"".to_string(),
                 format!("max_batch_size: {max_batch}"),
                 format!("input [ {{ name: \"x\"{sep}data_type: {dtype}{sep}dims: [ {dims_text} ] }} ]"),
                 format!(

@@ -13,6 +13,7 @@ use modelgate_backend::{
 use super::model_config::{self, ConfigFile, InstanceKind, ModelConfig, ModelConfigError};
 use super::settings::RepositorySettings;
 use crate::batching::{AlignedBuf, BatchPolicy, Scheduler};
+use crate::drift::{Profiler, Schema};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::ModelStats;
@@ -137,6 +138,8 @@ pub struct VersionPlan<'a> {
     pub loader: &'a dyn ModelLoader,
     /// Repository-wide settings.
     pub settings: &'a RepositorySettings,
+    /// The drift profiler, when `[drift]` is on.
+    pub drift: Option<&'a Profiler>,
 }
 
 /// Why a version could not be loaded: what the repository index shows (no
@@ -177,7 +180,7 @@ pub enum LoadError {
 /// async runtime.
 pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let started = Instant::now();
-    let VersionPlan { name, version, dir, file, loader, settings } = plan;
+    let VersionPlan { name, version, dir, file, loader, settings, drift } = plan;
     let filename = file.default_model_filename.clone().unwrap_or_else(|| loader.default_filename().to_owned());
     let model_file = dir.join(&filename);
     if !model_file.exists() {
@@ -206,6 +209,10 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let first = loader.load(&model_file, declared.as_ref(), &first_options).map_err(scrub)?;
     let config = Arc::new(complete(first.signature())?);
     let signature = config.signature();
+    // Checked with drift off too: a wrong `modelgate.features.*` fails the load
+    // the day it is written, not the day drift is turned on.
+    let schema = Schema::from_config(config.max_batch_size, &config.inputs, &config.outputs, &config.parameters)
+        .map_err(|e| ModelConfigError(format!("model '{name}': {e}")))?;
 
     let mut backends = vec![first];
     for &device in devices.iter().skip(1) {
@@ -226,7 +233,8 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let stats = Arc::new(ModelStats::new(max_rows.max(1)));
     let metrics = Arc::new(VersionMetrics::new(name, version));
     let thread_name = format!("mg-{name}-{version}");
-    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone())?;
+    let tap = drift.map(|profiler| profiler.register(name, version, schema));
+    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone(), tap)?;
     let (default_timeout, allow_timeout_override) = match &config.dynamic_batching {
         Some(b) if b.default_timeout_microseconds > 0 => {
             (Some(Duration::from_micros(b.default_timeout_microseconds)), b.allow_timeout_override)

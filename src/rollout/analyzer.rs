@@ -56,7 +56,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::status::{Breach, Check, Event, EventKind, Phase, Status, Verdict, WindowStats};
 use crate::error::Error;
-use crate::routing::{Arm, Policy, Routes, Summary};
+use crate::routing::{Arm, DriftGate, Policy, Routes, Summary};
 
 /// Events a rollout keeps for the admin API.
 const EVENTS_KEPT: usize = 64;
@@ -116,6 +116,8 @@ pub struct Analyzer {
     commands: mpsc::Receiver<Request>,
     status: Arc<Mutex<Status>>,
     step_started: Instant,
+    /// Whether stepping up is held because the canary drifts (for the hold's events).
+    drift_held: bool,
 }
 
 /// How a state ends: the next state, or `None` when the route is gone.
@@ -140,6 +142,8 @@ enum Trigger {
     Slo(Breach),
     /// A sequential test of the canary's outcomes crossed its bound.
     Sequential(Breach),
+    /// The control plane says the canary drifts, and the policy says roll back.
+    Drift,
 }
 
 impl Trigger {
@@ -148,6 +152,7 @@ impl Trigger {
         match self {
             Trigger::Operator => "manual",
             Trigger::Slo(breach) | Trigger::Sequential(breach) => breach.as_str(),
+            Trigger::Drift => "drift",
         }
     }
 }
@@ -207,6 +212,7 @@ impl Analyzer {
             commands,
             status: status.clone(),
             step_started: Instant::now(),
+            drift_held: false,
         };
         Some((analyzer, sender, status))
     }
@@ -254,7 +260,11 @@ impl Analyzer {
                         ControlFlow::Break(next) => return next,
                         ControlFlow::Continue(verdict) => verdict,
                     };
-                    if verdict == Verdict::Pass && self.step_started.elapsed() >= self.policy.interval {
+                    let held = match self.drift_gate() {
+                        ControlFlow::Break(next) => return next,
+                        ControlFlow::Continue(held) => held,
+                    };
+                    if verdict == Verdict::Pass && !held && self.step_started.elapsed() >= self.policy.interval {
                         let step = self.status.lock().step + 1;
                         if step == self.policy.step_weights.len() {
                             return self.promote(Promotion::Automatic);
@@ -292,6 +302,10 @@ impl Analyzer {
                 }
                 _ = ticks.tick() => {
                     if let ControlFlow::Break(next) = self.check_and_protect() {
+                        return next;
+                    }
+                    // A paused canary is still protected: drift under `rollback` rolls it back.
+                    if let ControlFlow::Break(next) = self.drift_gate() {
                         return next;
                     }
                 }
@@ -413,6 +427,29 @@ impl Analyzer {
         ControlFlow::Continue(())
     }
 
+    /// Applies the policy's drift gate: rolls back a drifting canary under `rollback`
+    /// (breaking with the next state), else continues with whether stepping up is held.
+    /// A hold and its end are events.
+    fn drift_gate(&mut self) -> ControlFlow<Next, bool> {
+        let drifted = self.policy.drift != DriftGate::Ignore && self.routes.drifted(&self.model, self.policy.canary);
+        if drifted && self.policy.drift == DriftGate::Rollback {
+            return ControlFlow::Break(self.roll_back(Trigger::Drift));
+        }
+        if drifted != self.drift_held {
+            self.drift_held = drifted;
+            let message = if drifted {
+                format!("step up held: the control plane says canary {} drifts", self.policy.canary)
+            } else {
+                // Like a resume: the step gets a fresh interval without drift.
+                self.step_started = Instant::now();
+                format!("canary {} no longer drifts: stepping up resumes after a fresh interval", self.policy.canary)
+            };
+            tracing::warn!(target: "modelgate::rollout", model = %self.model, canary = self.policy.canary, "{message}");
+            self.event(EventKind::DriftHold, message);
+        }
+        ControlFlow::Continue(drifted)
+    }
+
     /// Runs one check; after `threshold` failed ones in a row, rolls the
     /// canary back and breaks with the state that follows.
     fn check_and_protect(&mut self) -> ControlFlow<Next, Verdict> {
@@ -511,6 +548,9 @@ impl Analyzer {
                 (None, Trigger::Slo(_)) => {
                     format!("canary {canary} rolled back ({reason}); baseline {baseline} at 100 %")
                 }
+                (_, Trigger::Drift) => format!(
+                    "canary {canary} drifts against its reference or against baseline {baseline} (control plane's drift evaluation; policy drift = \"rollback\"); baseline {baseline} at 100 %"
+                ),
                 (_, Trigger::Sequential(breach)) => {
                     let sequential = self.canary.sequential.as_ref();
                     let test = match breach {

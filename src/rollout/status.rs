@@ -97,6 +97,8 @@ pub enum EventKind {
     RolledBack,
     /// The canary went to 100 %.
     Promoted,
+    /// Stepping up was held because the canary drifts, or resumed when it stopped drifting.
+    DriftHold,
 }
 
 /// One line of a rollout's history.

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use arm::Arm;
-pub use policy::{Policy, PolicyError, RolloutSpec};
+pub use policy::{DriftGate, Policy, PolicyError, RolloutSpec};
 pub use retry::{CanaryRetry, RetryBudget};
 pub use shadow::Shadow;
 pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};
@@ -50,9 +50,29 @@ pub struct RouteTable {
 #[derive(Debug, Default)]
 pub struct Routes {
     table: ArcSwap<RouteTable>,
+    /// Versions (public model name, version) the control plane's latest drift evaluation
+    /// says drifted: rollouts hold or roll back a drifting canary (policy `drift`). Set by
+    /// the sync follower; read once per rollout check, never on the request path.
+    drifted: parking_lot::RwLock<std::collections::HashSet<(String, u64)>>,
 }
 
 impl Routes {
+    /// Records the control plane's drift verdict on a served version.
+    pub fn set_drifted(&self, model: &str, version: u64, drifted: bool) {
+        let key = (model.to_owned(), version);
+        let mut set = self.drifted.write();
+        if drifted {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// Whether the control plane's latest evaluation says `version` of `model` drifted.
+    pub fn drifted(&self, model: &str, version: u64) -> bool {
+        self.drifted.read().contains(&(model.to_owned(), version))
+    }
+
     /// The route of `model`, if it has one.
     pub fn get(&self, model: &str) -> Option<Arc<Route>> {
         self.table.load().routes.get(model).cloned()

@@ -19,6 +19,7 @@
 //! | `breach_factor` | a "clear" breach is this many times the rate the SLO allows (`max_error_rate`; 1 % of answers over `max_p99_latency`), in (1, 1000] | 10 |
 //! | `retry_on_baseline` | answer a canary's server fault by retrying the request once on the baseline, within its deadline | `true` |
 //! | `retry_budget_percent` | retries add at most this share of the baseline's successful requests as extra load (plus a burst of 20), in (0, 100] | 10 |
+//! | `drift` | while the control plane says the canary drifts (its inputs or predictions against its reference, or its predictions against the baseline's): `hold` (checks go on, no step up), `rollback`, or `ignore` | `"hold"` |
 
 use std::time::Duration;
 
@@ -75,6 +76,22 @@ pub struct RolloutSpec {
     /// Extra baseline load the retries may add, in percent.
     #[serde(default = "default_retry_budget_percent")]
     pub retry_budget_percent: f64,
+    /// What a drifting canary does to the rollout.
+    #[serde(default)]
+    pub drift: DriftGate,
+}
+
+/// What the rollout does while the control plane says the canary drifts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftGate {
+    /// No step up while it drifts (checks go on; Flagger's confirm-promotion gate).
+    #[default]
+    Hold,
+    /// Roll the canary back.
+    Rollback,
+    /// Drift does not touch the rollout.
+    Ignore,
 }
 
 fn default_steps() -> Vec<u32> {
@@ -165,6 +182,8 @@ pub struct Policy {
     /// Retries of canary faults on the baseline: the budget as a fraction of
     /// baseline successes; `None`: off.
     pub retry_budget: Option<f64>,
+    /// What a drifting canary does to the rollout.
+    pub drift: DriftGate,
 }
 
 impl RolloutSpec {
@@ -186,6 +205,7 @@ impl RolloutSpec {
             breach_factor: default_breach_factor(),
             retry_on_baseline: true,
             retry_budget_percent: default_retry_budget_percent(),
+            drift: DriftGate::default(),
         }
     }
 
@@ -261,6 +281,7 @@ impl RolloutSpec {
                 breach_factor: self.breach_factor,
             }),
             retry_budget: self.retry_on_baseline.then_some(self.retry_budget_percent / 100.0),
+            drift: self.drift,
         })
     }
 }

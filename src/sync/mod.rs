@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modelgate_registry::sync::{
-    DesiredModel, DesiredState, DesiredVersion, Failure, FailureReason, LoadedVersion, Outcome, Report, RolloutOutcome,
+    DesiredModel, DesiredState, DesiredVersion, DriftWindow, Failure, FailureReason, LoadedVersion, Outcome, Report,
+    RolloutOutcome,
 };
 use tokio::sync::watch;
 
@@ -48,6 +49,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const REPORT_RETRY: Duration = Duration::from_secs(1);
 /// How often rollouts the registry started are checked for their end.
 const ROLLOUT_WATCH: Duration = Duration::from_millis(200);
+/// Profile bytes of drift windows one report carries at most (the control plane takes JSON
+/// bodies up to 8 MiB; base64 and field names roughly double the sketches' bytes); the rest
+/// go with the next report.
+const MAX_REPORT_DRIFT_BYTES: usize = 2 << 20;
 
 /// Follows one control plane until the process ends.
 pub struct Follower {
@@ -152,6 +157,11 @@ impl Follower {
             Duration::from_secs(self.settings.wait_secs),
             states,
         ));
+        // Closed drift windows go to the control plane once per window, with a report.
+        let drift_every =
+            self.gateway.drift.as_ref().map(|p| Duration::from_secs(u64::from(p.settings().window_seconds)));
+        let mut ship_drift = tokio::time::interval(drift_every.unwrap_or(Duration::from_secs(3600)));
+        ship_drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch_rollouts = tokio::time::interval(ROLLOUT_WATCH);
         watch_rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = Backoff::default();
@@ -187,6 +197,9 @@ impl Follower {
                         self.report().await;
                         report_at = tokio::time::Instant::now() + REPORT_RETRY;
                     }
+                }
+                _ = ship_drift.tick(), if drift_every.is_some() => {
+                    self.report().await;
                 }
                 () = retry_sleep => {
                     retry_at = None;
@@ -309,11 +322,19 @@ impl Follower {
         for rule in rules {
             let Some(model) = state.models.get(&rule.registered) else { continue };
             let Some(loaded) = self.loaded.get(&rule.model) else { continue };
-            for (version, status) in &model.drift {
-                let Ok(version) = u64::try_from(*version) else { continue };
-                if !loaded.contains_key(&version) {
-                    continue;
+            for &version in loaded.keys() {
+                if let Some(profiler) = &self.gateway.drift {
+                    // Windows are profiled on the reference's features (from the next window).
+                    let features = i64::try_from(version)
+                        .ok()
+                        .and_then(|v| model.versions.get(&v))
+                        .and_then(|d| d.drift_features.clone());
+                    profiler.set_features(&rule.model, version, features);
                 }
+                let status = i64::try_from(version).ok().and_then(|v| model.drift.get(&v));
+                // Rollouts of this gateway hold or roll back a drifting canary (policy `drift`).
+                self.gateway.routes.set_drifted(&rule.model, version, status.is_some_and(|s| s.drifted));
+                let Some(status) = status else { continue };
                 let features: Vec<(&str, &'static str, f64)> =
                     status.features.iter().map(|(name, f)| (name.as_str(), stat_name(f.stat), f.value)).collect();
                 crate::metrics::drift(&rule.model, version, status.drifted, &features);
@@ -538,34 +559,83 @@ impl Follower {
     /// delivered are sent with the next report.
     async fn report(&mut self) {
         let Some(state) = &self.applied else { return };
+        // The control plane speaks registry names: a served name maps to its registered model.
+        let registered = |served: &str| {
+            self.in_force.iter().find(|r| r.model == served).map_or_else(|| served.to_owned(), |r| r.registered.clone())
+        };
         let loaded = self
             .loaded
             .iter()
             .flat_map(|(model, versions)| {
-                versions.iter().map(|(v, digest)| LoadedVersion {
+                let model = registered(model);
+                versions.iter().map(move |(v, digest)| LoadedVersion {
                     model: model.clone(),
                     version: *v as i64,
                     manifest_digest: digest.clone(),
                 })
             })
             .collect();
+        let (drift_windows, sent, unsent) = self.drift_windows();
         let report = Report {
             applied_generation: state.generation,
             loaded,
             failures: self.failures.clone(),
             rollouts: self.outcomes.clone(),
-            drift_windows: Vec::new(),
+            drift_windows,
         };
         match self.control_plane.report(&self.id, &report).await {
             Ok(()) => {
                 crate::metrics::control_plane_connected(true);
                 self.outcomes.clear();
+                self.requeue_drift(unsent);
             }
             Err(error) => {
                 crate::metrics::control_plane_connected(false);
                 crate::metrics::sync_failure("unreachable");
                 tracing::warn!(%error, "report not delivered; it is sent again with the next one");
+                // The windows wait in the profiler (its last `keep_windows` per version).
+                let mut back = sent;
+                back.extend(unsent);
+                self.requeue_drift(back);
             }
+        }
+    }
+
+    /// The profiler's closed windows of followed models, as the report carries them (registry
+    /// names, the arm each version serves as), up to [`MAX_REPORT_DRIFT_BYTES`] of profiles;
+    /// the same windows as the profiler holds them (to give back if the report is lost); and
+    /// the windows left for the next report.
+    fn drift_windows(&self) -> (Vec<DriftWindow>, Vec<crate::drift::ClosedWindow>, Vec<crate::drift::ClosedWindow>) {
+        let Some(profiler) = &self.gateway.drift else { return (Vec::new(), Vec::new(), Vec::new()) };
+        let mut windows = Vec::new();
+        let mut sent = Vec::new();
+        let mut rest = Vec::new();
+        let mut bytes = 0usize;
+        for mut window in profiler.drain_closed() {
+            let Some(rule) = self.in_force.iter().find(|r| r.model == window.model) else {
+                // A model served from the repository directory: no control plane to test it.
+                continue;
+            };
+            let size = window.profile.memory_bytes();
+            if bytes + size > MAX_REPORT_DRIFT_BYTES && !windows.is_empty() {
+                rest.push(window);
+                continue;
+            }
+            bytes += size;
+            if self.served.get(&window.model).is_some_and(|s| s.canary == Some(window.version)) {
+                window.arm = "canary".into();
+            }
+            let mut report = window.clone().into_report();
+            report.model = rule.registered.clone();
+            windows.push(report);
+            sent.push(window);
+        }
+        (windows, sent, rest)
+    }
+
+    fn requeue_drift(&self, windows: Vec<crate::drift::ClosedWindow>) {
+        if let (Some(profiler), false) = (&self.gateway.drift, windows.is_empty()) {
+            profiler.requeue(windows);
         }
     }
 }
@@ -634,6 +704,19 @@ impl Backoff {
     }
 }
 
+/// A drift statistic's name in metric labels (the API's spelling).
+fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
+    use modelgate_sketch::Stat;
+    match stat {
+        Stat::Ks => "ks",
+        Stat::Wasserstein => "wasserstein",
+        Stat::Psi => "psi",
+        Stat::JensenShannon => "jensen_shannon",
+        Stat::Hellinger => "hellinger",
+        Stat::ChiSquared => "chi_squared",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,18 +728,5 @@ mod tests {
         assert!(pauses[0] <= Duration::from_millis(250) && pauses[0] >= Duration::from_millis(125));
         assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));
         assert!(pauses[11] >= MAX_BACKOFF / 2);
-    }
-}
-
-/// A drift statistic's name in metric labels (the API's spelling).
-fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
-    use modelgate_sketch::Stat;
-    match stat {
-        Stat::Ks => "ks",
-        Stat::Wasserstein => "wasserstein",
-        Stat::Psi => "psi",
-        Stat::JensenShannon => "jensen_shannon",
-        Stat::Hellinger => "hellinger",
-        Stat::ChiSquared => "chi_squared",
     }
 }

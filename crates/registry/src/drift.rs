@@ -204,6 +204,10 @@ pub struct Evaluation {
     pub gateways: usize,
     /// Rows in the span.
     pub rows: u64,
+    /// Window features left out of the span for being profiled on other histogram edges
+    /// (windows from before the reference was set).
+    #[serde(default)]
+    pub skipped_features: usize,
     /// The reference's rows and where it came from.
     pub reference_rows: u64,
     /// `upload`, `production baseline`, ...
@@ -259,6 +263,8 @@ pub struct Merged {
     pub predictions: BTreeSet<String>,
     /// Route arms the windows came from (`stable`, `canary`).
     pub arms: BTreeSet<String>,
+    /// Window features left out for being profiled on other edges than the rest.
+    pub skipped_features: usize,
 }
 
 /// Tests every feature of `current` against `reference` (feature rules first, else `rule`).
@@ -331,6 +337,7 @@ pub fn evaluate(
         windows: current.windows,
         gateways: current.gateways.len(),
         rows: current.rows,
+        skipped_features: current.skipped_features,
         reference_rows: reference.rows,
         reference_source: reference.source.clone(),
         dataset: dataset(&features, settings.share),
@@ -378,21 +385,15 @@ pub async fn evaluate_all(registry: &Registry, settings: &DriftSettings) -> Resu
     let since = now.saturating_sub(span_ms);
     let mut evaluations = Vec::new();
     for (model, version) in store.versions_with_windows(since).await? {
-        let Some(reference) = reference_or_baseline(registry, settings, &model, version).await? else { continue };
-        let current = store.merged_windows(&model, version, since, None).await?;
-        // A canary is also held against the version that served the stable arm beside it.
-        let stable_version = match current.arms.contains("canary") {
-            true => store.stable_arm_version(&model, version, since).await?,
-            false => None,
-        };
-        let stable = match stable_version {
-            Some(v) => Some((v, store.merged_windows(&model, v, since, Some("stable")).await?)),
-            None => None,
-        };
-        let evaluation = evaluate(settings, now, &reference, &current, stable.as_ref().map(|(v, m)| (*v, m)));
-        evaluations.push((model, version, evaluation));
+        // One version's trouble (a stored window that no longer reads) never stops the round.
+        match evaluate_version(registry, settings, now, since, &model, version).await {
+            Ok(Some(evaluation)) => evaluations.push((model, version, evaluation)),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(model, version, %error, "drift evaluation of a version failed"),
+        }
     }
     let n = evaluations.len();
+
     if n > 0 {
         let before = store.latest_drift_statuses().await?;
         store.put_drift_results(&evaluations).await?;
@@ -426,6 +427,31 @@ fn notify(url: String, model: String, version: i64, status: DriftStatus) {
             Err(error) => tracing::warn!(%url, %error, "drift webhook unreachable"),
         }
     });
+}
+
+/// Evaluates one version's windows of the span; `None` when it has no reference yet.
+async fn evaluate_version(
+    registry: &Registry,
+    settings: &DriftSettings,
+    now: i64,
+    since: i64,
+    model: &str,
+    version: i64,
+) -> Result<Option<Evaluation>, RegistryError> {
+    let store = &registry.store;
+    let Some(reference) = reference_or_baseline(registry, settings, model, version).await? else { return Ok(None) };
+    let specs = reference.reference.profile.specs();
+    let current = store.merged_windows(model, version, since, None, Some(&specs)).await?;
+    // A canary is also held against the version that served the stable arm beside it.
+    let stable_version = match current.arms.contains("canary") {
+        true => store.stable_arm_version(model, version, since).await?,
+        false => None,
+    };
+    let stable = match stable_version {
+        Some(v) => Some((v, store.merged_windows(model, v, since, Some("stable"), None).await?)),
+        None => None,
+    };
+    Ok(Some(evaluate(settings, now, &reference, &current, stable.as_ref().map(|(v, m)| (*v, m)))))
 }
 
 /// Evaluations are kept this long (the history the API and the operations page show).

@@ -30,7 +30,7 @@ fn policy(max_batch_size: usize, combine: bool) -> BatchPolicy {
 fn start(model: &Arc<FakeModel>, instances: usize, policy: BatchPolicy) -> Scheduler {
     let stats = Arc::new(ModelStats::new(policy.max_batch_size));
     let metrics = Arc::new(VersionMetrics::new("fake", 1));
-    Scheduler::start("fake", policy, model.instances(instances), stats, metrics).unwrap()
+    Scheduler::start("fake", policy, model.instances(instances), stats, metrics, None).unwrap()
 }
 
 /// The values of input `a` of request `id`: row `r` holds `id * 100 + r` in

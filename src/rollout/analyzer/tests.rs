@@ -386,3 +386,42 @@ async fn without_the_sequential_test_only_the_checks_roll_back() {
     tick().await;
     assert_eq!(rig.state(), Phase::Failed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drifting_canary_is_held_at_its_step_until_it_stops_drifting() {
+    let rig = start(rollout()).await;
+    rig.routes.set_drifted("m", 2, true);
+    rig.healthy_for(Duration::from_secs(25)).await;
+    assert_eq!((rig.state(), rig.weights()), (Phase::Progressing, (90, 10)), "held at the first step");
+    let kinds: Vec<EventKind> = rig.status.lock().events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::DriftHold).count(), 1, "{kinds:?}");
+    // Drift on another version (the baseline) holds nothing.
+    rig.routes.set_drifted("m", 2, false);
+    rig.routes.set_drifted("m", 1, true);
+    rig.healthy_for(Duration::from_secs(9)).await;
+    assert_eq!(rig.weights(), (90, 10), "a fresh interval at the step once the drift ends");
+    rig.healthy_for(Duration::from_secs(2)).await;
+    assert_eq!(rig.weights(), (50, 50), "stepping up resumed");
+    rig.healthy_for(Duration::from_secs(22)).await;
+    assert_eq!(rig.state(), Phase::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drifting_canary_is_rolled_back_under_drift_rollback_and_ignored_under_ignore() {
+    let mut spec = rollout();
+    spec.drift = crate::routing::DriftGate::Rollback;
+    let rig = start(spec).await;
+    rig.healthy_for(Duration::from_secs(1)).await;
+    rig.routes.set_drifted("m", 2, true);
+    rig.healthy_for(Duration::from_secs(1)).await;
+    assert_eq!((rig.state(), rig.weights()), (Phase::Failed, (100, 0)));
+    let last = rig.status.lock().events.back().unwrap().message.clone();
+    assert!(last.contains("drifts"), "{last}");
+
+    let mut spec = rollout();
+    spec.drift = crate::routing::DriftGate::Ignore;
+    let rig = start(spec).await;
+    rig.routes.set_drifted("m", 2, true);
+    rig.healthy_for(Duration::from_secs(31)).await;
+    assert_eq!(rig.state(), Phase::Succeeded, "drift ignored");
+}

@@ -144,13 +144,15 @@ impl Store {
         rows.iter().map(|row| Ok((row.try_get("model")?, row.try_get("version")?))).collect()
     }
 
-    /// A version's windows since `since_ms` (of one arm, or all), merged across gateways.
+    /// A version's windows since `since_ms` (of one arm, or all), merged across gateways; with
+    /// `on`, only features profiled on those specs (a reference's) are merged.
     pub async fn merged_windows(
         &self,
         model: &str,
         version: i64,
         since_ms: i64,
         arm: Option<&str>,
+        on: Option<&BTreeMap<String, modelgate_sketch::FeatureSpec>>,
     ) -> Result<Merged, RegistryError> {
         let rows = sqlx::query(
             "SELECT gateway, arm, rows, profile FROM drift_windows \
@@ -162,6 +164,11 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut merged = Merged::default();
+        if let Some(specs) = on {
+            // Empty summaries on the reference's specs: windows on other edges are left out.
+            merged.profile = modelgate_sketch::Profile::empty(specs)
+                .map_err(|e| RegistryError::Internal(format!("a stored reference's specs: {e}")))?;
+        }
         for row in &rows {
             let window_arm: String = row.try_get("arm")?;
             if arm.is_some_and(|a| a != window_arm) {
@@ -315,13 +322,25 @@ struct StoredWindowOwned {
     predictions: BTreeSet<String>,
 }
 
+/// Adds one stored window to `merged`, feature by feature. A feature profiled on other
+/// histogram edges than what is merged so far (a window from before the version's reference
+/// was set, or from a gateway that has not seen it yet) is left out and counted: windows of one
+/// feature compare only on the same edges.
 fn add_window(merged: &mut Merged, row: &sqlx::any::AnyRow, arm: String) -> Result<(), RegistryError> {
     let stored: StoredWindowOwned = json_col(row, "profile")?;
     let rows: i64 = row.try_get("rows")?;
-    merged
-        .profile
-        .merge(&stored.profile)
-        .map_err(|e| RegistryError::Internal(format!("merging drift windows: {e}")))?;
+    for (name, summary) in stored.profile.features {
+        match merged.profile.features.get_mut(&name) {
+            Some(mine) => {
+                if mine.spec() != summary.spec() || mine.merge(&summary).is_err() {
+                    merged.skipped_features += 1;
+                }
+            }
+            None => {
+                merged.profile.features.insert(name, summary);
+            }
+        }
+    }
     merged.rows += u64::try_from(rows).unwrap_or(0);
     merged.windows += 1;
     merged.gateways.insert(row.try_get("gateway")?);

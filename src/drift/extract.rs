@@ -1,0 +1,262 @@
+//! Profiling one batch: reads each planned feature's value per row out of the
+//! batch's tensors and adds it to that feature's summary.
+//!
+//! Every tensor the plan reads is checked against the schema's layout first
+//! (element type, dims, byte length, BYTES element count): a batch that does
+//! not fit is skipped whole, so no index can fall outside a buffer and a
+//! window never holds half a batch. Values are decoded once per tensor into a
+//! reused `f64` buffer (integers above 2^53 lose precision there, which no
+//! drift statistic notices); BYTES elements are located, not copied.
+
+use std::ops::Range;
+
+use modelgate_backend::{DataType, bytes_elements};
+use modelgate_sketch::Summary;
+
+use super::handoff::DriftBatch;
+use super::plan::Plan;
+use super::schema::{Reduce, Schema, Source};
+
+/// Why a batch was not profiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch(pub String);
+
+/// Buffers reused from batch to batch (the profiler thread owns one).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    tensors: Vec<Decoded>,
+}
+
+/// One tensor of the batch, decoded.
+#[derive(Debug, Default)]
+struct Decoded {
+    used: bool,
+    is_bytes: bool,
+    per_row: usize,
+    numbers: Vec<f64>,
+    /// Byte ranges of BYTES elements in `data`.
+    strings: Vec<Range<usize>>,
+    /// Per row: mean, std, min, max of the finite elements (filled on first use).
+    row_stats: Vec<[f64; 4]>,
+}
+
+/// The bytes of a source tensor and its shape, if the batch has it.
+fn tensor_of(batch: &DriftBatch, source: Source) -> Option<(DataType, &[i64], &[u8])> {
+    match source {
+        Source::Input(i) => batch.inputs.get(i).map(|t| (t.dtype, t.shape.as_slice(), &t.data[..])),
+        Source::Output(j) => {
+            batch.outputs.iter().find(|(index, _)| *index == j).map(|(_, t)| (t.dtype, t.shape.as_slice(), &t.data[..]))
+        }
+    }
+}
+
+fn slot(schema: &Schema, source: Source) -> usize {
+    match source {
+        Source::Input(i) => i,
+        Source::Output(j) => schema.inputs.len() + j,
+    }
+}
+
+/// Adds the batch's rows to `summaries` (one per planned feature); returns
+/// the rows added. Features of outputs the batch's requests did not ask for
+/// get no rows from it.
+pub fn profile_batch(
+    schema: &Schema,
+    plan: &Plan,
+    summaries: &mut [Summary],
+    batch: &DriftBatch,
+    scratch: &mut Scratch,
+) -> Result<u64, Mismatch> {
+    let slots = schema.inputs.len() + schema.outputs.len();
+    scratch.tensors.resize_with(slots, Decoded::default);
+    for decoded in &mut scratch.tensors {
+        decoded.used = false;
+    }
+    // Check and decode every tensor the plan reads, before touching a summary.
+    for planned in &plan.features {
+        let source = planned.feature.source;
+        let at = slot(schema, source);
+        if scratch.tensors[at].used {
+            continue;
+        }
+        let Some((dtype, shape, data)) = tensor_of(batch, source) else {
+            if matches!(source, Source::Input(_)) {
+                return Err(Mismatch(format!("the batch has no input {source:?}")));
+            }
+            continue;
+        };
+        let layout = schema.layout(source).ok_or_else(|| Mismatch(format!("{source:?} is not in the schema")))?;
+        let (rows, per_row) = layout
+            .rows_of(dtype, shape, schema.batched)
+            .ok_or_else(|| Mismatch(format!("{source:?}: {dtype:?} {shape:?} does not fit {layout:?}")))?;
+        if rows != batch.rows {
+            return Err(Mismatch(format!("{source:?} has {rows} rows, the batch {}", batch.rows)));
+        }
+        decode(dtype, data, rows * per_row, &mut scratch.tensors[at])
+            .map_err(|e| Mismatch(format!("{source:?}: {e}")))?;
+        scratch.tensors[at].per_row = per_row;
+        scratch.tensors[at].is_bytes = dtype == DataType::Bytes;
+        scratch.tensors[at].used = true;
+    }
+
+    let mut text = String::new();
+    for (planned, summary) in plan.features.iter().zip(summaries.iter_mut()) {
+        let at = slot(schema, planned.feature.source);
+        let decoded = &mut scratch.tensors[at];
+        if !decoded.used {
+            continue;
+        }
+        let per_row = decoded.per_row;
+        let rows = batch.rows;
+        match (summary, planned.feature.reduce) {
+            (Summary::Numeric(p), Reduce::Element(i)) => {
+                for r in 0..rows {
+                    p.update(decoded.numbers[r * per_row + i]);
+                }
+            }
+            (Summary::Numeric(p), Reduce::Argmax) => {
+                for r in 0..rows {
+                    p.update(argmax(&decoded.numbers[r * per_row..(r + 1) * per_row]).map_or(f64::NAN, |i| i as f64));
+                }
+            }
+            (Summary::Numeric(p), stat) => {
+                let which = match stat {
+                    Reduce::Mean => 0,
+                    Reduce::Std => 1,
+                    Reduce::Min => 2,
+                    _ => 3,
+                };
+                if decoded.row_stats.len() != rows {
+                    decoded.row_stats.clear();
+                    decoded.row_stats.extend(decoded.numbers.chunks_exact(per_row.max(1)).take(rows).map(row_stats));
+                    // A row of zero elements has no statistics.
+                    decoded.row_stats.resize(rows, [f64::NAN; 4]);
+                }
+                for stats in &decoded.row_stats {
+                    p.update(stats[which]);
+                }
+            }
+            (Summary::Categorical(p), Reduce::Element(i)) if decoded.is_bytes => {
+                let data = tensor_of(batch, planned.feature.source).map_or(&[][..], |(_, _, data)| data);
+                for r in 0..rows {
+                    let range = decoded.strings[r * per_row + i].clone();
+                    match &data[range] {
+                        [] => p.update_missing(),
+                        element => p.update(&String::from_utf8_lossy(element)),
+                    }
+                }
+            }
+            (Summary::Categorical(p), Reduce::Element(i)) => {
+                for r in 0..rows {
+                    let value = decoded.numbers[r * per_row + i];
+                    if value.is_nan() {
+                        p.update_missing();
+                    } else {
+                        text.clear();
+                        category_of(value, &mut text);
+                        p.update(&text);
+                    }
+                }
+            }
+            (Summary::Categorical(p), Reduce::Argmax) => {
+                let mut buffer = itoa::Buffer::new();
+                for r in 0..rows {
+                    match argmax(&decoded.numbers[r * per_row..(r + 1) * per_row]) {
+                        Some(i) => p.update(buffer.format(i)),
+                        None => p.update_missing(),
+                    }
+                }
+            }
+            // The plan never makes a per-row statistic categorical.
+            (Summary::Categorical(_), _) => {}
+        }
+    }
+    for decoded in &mut scratch.tensors {
+        decoded.row_stats.clear();
+    }
+    Ok(batch.rows as u64)
+}
+
+/// Decodes `elements` values of `dtype` from `data` into `out`, checking the length.
+fn decode(dtype: DataType, data: &[u8], elements: usize, out: &mut Decoded) -> Result<(), String> {
+    out.numbers.clear();
+    out.strings.clear();
+    if dtype == DataType::Bytes {
+        let mut at = 0usize;
+        for element in bytes_elements(data) {
+            let element = element.map_err(|e| e.to_string())?;
+            at += 4;
+            out.strings.push(at..at + element.len());
+            at += element.len();
+        }
+        if out.strings.len() != elements {
+            return Err(format!("{} BYTES elements, the shape says {elements}", out.strings.len()));
+        }
+        return Ok(());
+    }
+    let size = dtype.element_size().unwrap_or(1);
+    if data.len() != elements * size {
+        return Err(format!("{} bytes, the shape needs {}", data.len(), elements * size));
+    }
+    match dtype {
+        DataType::Bool | DataType::Uint8 => out.numbers.extend(data.iter().map(|&b| f64::from(b))),
+        DataType::Int8 => out.numbers.extend(data.iter().map(|&b| f64::from(b as i8))),
+        DataType::Uint16 => out.numbers.extend(le::<2>(data).map(|b| f64::from(u16::from_le_bytes(b)))),
+        DataType::Int16 => out.numbers.extend(le::<2>(data).map(|b| f64::from(i16::from_le_bytes(b)))),
+        DataType::Uint32 => out.numbers.extend(le::<4>(data).map(|b| f64::from(u32::from_le_bytes(b)))),
+        DataType::Int32 => out.numbers.extend(le::<4>(data).map(|b| f64::from(i32::from_le_bytes(b)))),
+        DataType::Uint64 => out.numbers.extend(le::<8>(data).map(|b| u64::from_le_bytes(b) as f64)),
+        DataType::Int64 => out.numbers.extend(le::<8>(data).map(|b| i64::from_le_bytes(b) as f64)),
+        DataType::Fp16 => out.numbers.extend(le::<2>(data).map(|b| half::f16::from_le_bytes(b).to_f64())),
+        DataType::Bf16 => out.numbers.extend(le::<2>(data).map(|b| half::bf16::from_le_bytes(b).to_f64())),
+        DataType::Fp32 => out.numbers.extend(le::<4>(data).map(|b| f64::from(f32::from_le_bytes(b)))),
+        DataType::Fp64 => out.numbers.extend(le::<8>(data).map(f64::from_le_bytes)),
+        DataType::Bytes => {}
+    }
+    Ok(())
+}
+
+/// Little-endian element bytes, whatever the buffer's alignment.
+fn le<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N).map(|c| {
+        let mut b = [0u8; N];
+        b.copy_from_slice(c);
+        b
+    })
+}
+
+/// Index of the largest finite element (the first of ties); `None` when none is finite.
+fn argmax(row: &[f64]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_finite() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Mean, population std, min and max of a row's finite elements (NaN when none is finite).
+fn row_stats(row: &[f64]) -> [f64; 4] {
+    let (mut n, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &v in row.iter().filter(|v| v.is_finite()) {
+        n += 1.0;
+        let delta = v - mean;
+        mean += delta / n;
+        m2 += delta * (v - mean);
+        min = min.min(v);
+        max = max.max(v);
+    }
+    if n == 0.0 { [f64::NAN; 4] } else { [mean, (m2.max(0.0) / n).sqrt(), min, max] }
+}
+
+/// A number as a category: integers without a fraction (`3`, not `3.0`), so
+/// an integer input reads like the reference's labels.
+fn category_of(value: f64, out: &mut String) {
+    if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 {
+        out.push_str(itoa::Buffer::new().format(value as i64));
+    } else {
+        out.push_str(ryu::Buffer::new().format(value));
+    }
+}

@@ -1,0 +1,67 @@
+//! `[drift]` in the gateway's config: whether the data plane profiles served
+//! traffic for drift checks, and the bounds of what it keeps.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `drift.enabled` | profile every served version's inputs and outputs off the request path | false |
+//! | `drift.window_seconds` | window length, aligned to the wall clock (1..=3600) | 60 |
+//! | `drift.keep_windows` | closed windows kept per version while the control plane is away; the oldest go first (1..=10000) | 60 |
+//! | `drift.queue` | batches waiting for the profiler; past it batches are skipped and counted (1..=65536) | 64 |
+
+use serde::Deserialize;
+
+/// The drift profiler's settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSettings {
+    /// Profile served traffic at all.
+    pub enabled: bool,
+    /// Window length in seconds.
+    pub window_seconds: u32,
+    /// Closed windows kept per version until drained.
+    pub keep_windows: usize,
+    /// Batches queued for the profiler at most.
+    pub queue: usize,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings { enabled: false, window_seconds: 60, keep_windows: 60, queue: 64 }
+    }
+}
+
+impl DriftSettings {
+    /// Checks the ranges the types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=3600).contains(&self.window_seconds) {
+            return Err(format!("drift.window_seconds must be between 1 and 3600, got {}", self.window_seconds));
+        }
+        if !(1..=10_000).contains(&self.keep_windows) {
+            return Err(format!("drift.keep_windows must be between 1 and 10000, got {}", self.keep_windows));
+        }
+        if !(1..=65_536).contains(&self.queue) {
+            return Err(format!("drift.queue must be between 1 and 65536, got {}", self.queue));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_off_with_minute_windows_and_an_hour_kept() {
+        let d = DriftSettings::default();
+        assert_eq!((d.enabled, d.window_seconds, d.keep_windows, d.queue), (false, 60, 60, 64));
+        assert!(d.validate().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let bad = DriftSettings { window_seconds: 0, ..DriftSettings::default() };
+        assert!(bad.validate().unwrap_err().contains("drift.window_seconds"));
+        let bad = DriftSettings { queue: 0, ..DriftSettings::default() };
+        assert!(bad.validate().unwrap_err().contains("drift.queue"));
+    }
+}

@@ -1,0 +1,156 @@
+"""Fixtures of the operations page's browser test.
+
+A real `modelgate serve` (MODELGATE_BINARY, default target/debug/modelgate: this suite builds
+nothing) on free loopback ports, with a model repository made here from the example models:
+
+- `mlp` with versions 1 and 2 (the same file twice), the canary and its baseline;
+- `simple`, a model without a route;
+- `broken`, whose config names the model `<img src=x onerror=...>`: it fails to load, and the
+  repository index carries that HTML in its reason (model names themselves cannot hold `<`);
+- a model with a 128-character name (the longest allowed).
+
+The browser is Debian's chromium driven by Playwright (`playwright install` is not used).
+Screenshots go to load-tests/results/ui/ (git-ignored).
+"""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("MODELGATE_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = REPO_ROOT / "load-tests" / "results" / "ui"
+HTML_NAME = "<img src=x onerror=window.__xss=1>"
+LONG_NAME = "a_model_with_a_very_long_name_" + "x" * 98
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_repository(root: Path):
+    models = REPO_ROOT / "models"
+    mlp = root / "mlp"
+    for version in ("1", "2"):
+        (mlp / version).mkdir(parents=True)
+        shutil.copy(models / "mlp" / "1" / "model.onnx", mlp / version / "model.onnx")
+    config = (models / "mlp" / "config.pbtxt").read_text()
+    (mlp / "config.pbtxt").write_text(config + "version_policy: { all { } }\n")
+    shutil.copytree(models / "simple", root / "simple")
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    shutil.copy(models / "simple" / "1" / "model.onnx", broken / "model.onnx")
+    (root / "broken" / "config.pbtxt").write_text(f'name: "{HTML_NAME}"\nplatform: "onnxruntime_onnx"\n')
+    shutil.copytree(models / "identity", root / LONG_NAME)
+
+
+class Gateway:
+    """A running `modelgate serve` with its admin listener."""
+
+    def __init__(self, work: Path):
+        binary = Path(os.environ.get("MODELGATE_BINARY", REPO_ROOT / "target" / "debug" / "modelgate"))
+        if not binary.exists():
+            pytest.exit(f"no gateway binary at {binary}: run `cargo build --bin modelgate` first", returncode=2)
+        self.binary = binary
+        repository = work / "models"
+        make_repository(repository)
+        self.token = secrets.token_hex(16)
+        self.token_file = work / "admin-token"
+        self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
+        self.http_port, self.admin_port = free_port(), free_port()
+        self.log = open(work / "server.log", "w")
+        command = [
+            str(binary), "serve", "--model-repository", str(repository),
+            "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
+            "--grpc-port", "0", "--metrics-port", "0", "--strict-readiness", "false",
+            "--admin-port", str(self.admin_port), "--admin-token-file", str(self.token_file),
+            "--control-plane-port", "0", "--data-dir", str(work / "data"),
+        ]
+        env = dict(os.environ, RUST_LOG="warn")
+        env.pop("MODELGATE_ADMIN_TOKEN", None)
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.admin_port}"
+        self.page_url = self.url + "/admin/ui/"
+        self._wait_ready()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.exit(f"the gateway exited with {self.process.returncode} (log: {self.log.name})", returncode=1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/models/mlp/versions/2/ready", timeout=2):
+                    pass
+                with urllib.request.urlopen(self.page_url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        pytest.exit("the gateway did not become ready within 60 s", returncode=1)
+
+    def admin_cli(self, *args):
+        """`modelgate admin ARGS...` against this gateway; its standard output."""
+        command = [str(self.binary), "admin", "--address", f"127.0.0.1:{self.admin_port}",
+                   "--token-file", str(self.token_file), *args]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory):
+    work = tmp_path_factory.mktemp("modelgate-ui")
+    gateway = Gateway(work)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.exit(f"no chromium at {CHROMIUM}: scripts/setup.sh apt (or set MODELGATE_CHROMIUM)", returncode=2)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab (its own session storage) on a laptop-sized screen; fails the test on any
+    error the page's scripts throw."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+@pytest.fixture(scope="session")
+def shoot():
+    """shoot(page, name): a full-page screenshot in load-tests/results/ui/NAME.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shoot(page, name):
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    return shoot
