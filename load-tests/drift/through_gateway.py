@@ -28,7 +28,7 @@ What it does (issue 11, "Check it against the tools people trust"):
   stattests as `DataDriftPreset` calls them (the same forced tests; `--evidently-reports` windows
   also run the whole `Report([DataDriftPreset(...)])` and must give the same values); numpy PSI on
   the reference's bin edges from `GET .../reference`; scipy for the KS distance.
-* Live: a second gateway with the evaluator on (`--drift-every 1`, span 2 windows) gets unshifted rows,
+* Live: a second gateway with the evaluator on (`--drift-every 1`, span 2 windows + 2 s) gets unshifted rows,
   then rows shifted by 0.25 sigma; the windows it takes `modelgate_drift_status{model,version}`
   on the gateway's /metrics to flip to 1 are counted (skipped, and said so, while the gateway has
   no such metric).
@@ -454,12 +454,12 @@ class Gateway:
             f'[server]\naddress = "127.0.0.1"\nhttp_port = {self.http_port}\ngrpc_port = 0\nmetrics_port = {self.metrics_port}\n'
             f'\n[repository]\npath = "{self.workdir / "repo"}"\n'
             f'\n[admin]\nport = {admin_port}\n{drift}')
-        # Live: the evaluator every second over the last two windows' starts. A span of two
-        # windows with the evaluator every window can miss a window for good: the gateway ships
-        # closed windows every window_seconds at its own phase, and a window counts only while
-        # its start is within the span.
+        # Live: the evaluator every second over a span of two windows and 2 s. A window counts
+        # only while its START is within the span, and the gateway ships closed windows every
+        # window_seconds at its own phase (up to a window after the close): a span of two windows
+        # misses a window for good at some phases (seen: no evaluation at all in 4 windows).
         every = 1 if self.live else 3600
-        span = 2 * window if self.live else a.drift_span
+        span = 2 * window + 2 if self.live else a.drift_span
         argv = [str(a.binary), "serve", "--config", str(config), "--admin-token-file", str(self.workdir / "token"),
                 "--data-dir", str(self.workdir / "data"), "--control-plane-port", str(cp_port),
                 "--drift-every", str(every), "--drift-span", str(span), "--drift-min-rows", str(WIN_ROWS // 2)]
@@ -863,7 +863,7 @@ def build_report(report: Report, args, data: Data, results, comp: Comparison, st
             first = live["evaluated_drifted_windows"]
             first_text = "never" if first is None else f"{first:.2f} windows"
             back_text = "–" if live["to_gateway_s"] is None else f"{live['to_gateway_s']:.2f} s"
-            report.add(f"Live stream (window {args.live_window_seconds} s, evaluator every second, span 2 windows): "
+            report.add(f"Live stream (window {args.live_window_seconds} s, evaluator every second, span 2 windows + 2 s): "
                        f"modelgate_drift_status {live['status_unshifted']} on unshifted traffic; after a "
                        f"{LIVE_SHIFT} sigma shift it flipped to 1 after {flip} (the control plane's first drifted "
                        f"evaluation came {first_text} after the shift; from there to the gateway's metric: {back_text}).")
