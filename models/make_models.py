@@ -19,6 +19,12 @@ optional `<out>/<name>/config.pbtxt`, and then checks every model with ONNX Runt
             config.pbtxt at all.
 * mlp_wide  (only with --wide) FP32 MLP 64 -> 1024 -> ReLU -> 1024 -> ReLU -> 10, for
             compute-heavy benchmarks. Not committed (4.3 MB).
+* drift16   (only with --drift) the drift harness's model (load-tests/drift/through_gateway.py):
+            INPUT0 FP32 [batch, 16] (16 numeric features) and CAT INT64 [batch, 1] (one
+            categorical feature); OUTPUT0 = INPUT0 @ w FP32 [batch, 1], OUTPUT1 = CAT. Not
+            committed: the harness builds it into its own model repository.
+
+`--only NAME` (repeatable) builds just those models.
 
 See models/README.md for the table of inputs and outputs.
 """
@@ -136,6 +142,29 @@ def build_identity() -> onnx.ModelProto:
     return finish_model(helper.make_graph(nodes, "identity", inputs, outputs))
 
 
+def build_drift16() -> onnx.ModelProto:
+    """A tiny linear model with 16 numeric features and one integer category per row.
+
+    Every input is used (ONNX Runtime prunes unused inputs), and the outputs are small so that
+    the gateway's profiler has little else to do than the inputs the harness checks.
+    """
+    weight = np.full((16, 1), 1.0 / 16, dtype=np.float32)
+    inputs = [
+        helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 16]),
+        helper.make_tensor_value_info("CAT", TensorProto.INT64, ["batch", 1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 1]),
+        helper.make_tensor_value_info("OUTPUT1", TensorProto.INT64, ["batch", 1]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["INPUT0", "w"], ["OUTPUT0"], name="mean"),
+        helper.make_node("Identity", ["CAT"], ["OUTPUT1"], name="category"),
+    ]
+    graph = helper.make_graph(nodes, "drift16", inputs, outputs, initializer=[numpy_helper.from_array(weight, "w")])
+    return finish_model(graph)
+
+
 # ---------------------------------------------------------------------------------------------
 # Triton model configurations (text protobuf). Absent for `identity` on purpose.
 
@@ -199,6 +228,43 @@ name: "mlp_wide"
 platform: "onnxruntime_onnx"
 max_batch_size: 64
 dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+DRIFT16_CONFIG = """\
+# The drift harness's model (load-tests/drift/through_gateway.py): 16 numeric features, one category.
+name: "drift16"
+platform: "onnxruntime_onnx"
+max_batch_size: 1024
+input [
+  {
+    name: "INPUT0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  },
+  {
+    name: "CAT"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
+output [
+  {
+    name: "OUTPUT0"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+  },
+  {
+    name: "OUTPUT1"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
 instance_group [
   {
     count: 1
@@ -288,6 +354,18 @@ def check_identity(path: Path) -> None:
             assert np.array_equal(got, sent), t
 
 
+def check_drift16(path: Path) -> None:
+    session = open_session(path)
+    rng = np.random.default_rng(4)
+    for batch in (1, 7):
+        x = rng.standard_normal((batch, 16), dtype=np.float32)
+        cat = rng.integers(0, 5, (batch, 1), dtype=np.int64)
+        y, c = session.run(["OUTPUT0", "OUTPUT1"], {"INPUT0": x, "CAT": cat})
+        assert y.dtype == np.float32 and y.shape == (batch, 1)
+        np.testing.assert_allclose(y[:, 0], x.mean(axis=1), rtol=1e-5, atol=1e-6)
+        assert np.array_equal(c, cat)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -309,6 +387,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"model repository folder (default: {DEFAULT_OUT})")
     parser.add_argument("--wide", action="store_true", help="also build mlp_wide (4.3 MB)")
+    parser.add_argument("--drift", action="store_true", help="also build drift16 (the drift harness's model)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="build only these models (repeatable)")
     args = parser.parse_args()
 
     # name -> (builder, config.pbtxt text or None, check)
@@ -319,6 +399,13 @@ def main() -> int:
     }
     if args.wide:
         plan["mlp_wide"] = (lambda: build_mlp("mlp_wide", [64, 1024, 1024, 10]), MLP_WIDE_CONFIG, check_mlp)
+    if args.drift:
+        plan["drift16"] = (build_drift16, DRIFT16_CONFIG, check_drift16)
+    if args.only:
+        unknown = sorted(set(args.only) - set(plan))
+        if unknown:
+            parser.error(f"--only {', '.join(unknown)}: not built with these flags (known: {', '.join(plan)})")
+        plan = {name: entry for name, entry in plan.items() if name in args.only}
 
     print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, opset {OPSET}, IR {IR_VERSION}")
     for name, (build, config, check) in plan.items():
