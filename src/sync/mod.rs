@@ -160,7 +160,10 @@ impl Follower {
         // Closed drift windows go to the control plane once per window, with a report.
         let drift_every =
             self.gateway.drift.as_ref().map(|p| Duration::from_secs(u64::from(p.settings().window_seconds)));
-        let mut ship_drift = tokio::time::interval(drift_every.unwrap_or(Duration::from_secs(3600)));
+        // Windows close on the wall clock: reports go just after each close, not at this
+        // follower's own phase, which would hold a closed window for up to one more window.
+        let period = drift_every.unwrap_or(Duration::from_secs(3600));
+        let mut ship_drift = tokio::time::interval_at(tokio::time::Instant::now() + after_next_close(period), period);
         ship_drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch_rollouts = tokio::time::interval(ROLLOUT_WATCH);
         watch_rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -704,6 +707,16 @@ impl Backoff {
     }
 }
 
+/// Time from now until shortly after the next wall-clock multiple of `period` (when drift
+/// windows close): the slack lets the profiler thread close the window first.
+fn after_next_close(period: Duration) -> Duration {
+    const SLACK: Duration = Duration::from_millis(200);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let period_ms = period.as_millis().max(1);
+    let into = now.as_millis() % period_ms;
+    Duration::from_millis(u64::try_from(period_ms - into).unwrap_or(0)) + SLACK
+}
+
 /// A drift statistic's name in metric labels (the API's spelling).
 fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
     use modelgate_sketch::Stat;
@@ -720,6 +733,18 @@ fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_reports_are_timed_just_after_the_next_window_close() {
+        for period in [Duration::from_secs(1), Duration::from_secs(60)] {
+            let wait = after_next_close(period);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            let at = (now + wait).as_millis() % period.as_millis();
+            assert!(wait <= period + Duration::from_millis(200), "{wait:?}");
+            // Lands 200 ms past a multiple of the period (a few ms of clock between the calls).
+            assert!((195..=215).contains(&at), "{period:?}: {at} ms into the period");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_below_the_ceiling() {
