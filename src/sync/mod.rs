@@ -339,7 +339,7 @@ impl Follower {
                 self.gateway.routes.set_drifted(&rule.model, version, status.is_some_and(|s| s.drifted));
                 let Some(status) = status else { continue };
                 let features: Vec<(&str, &'static str, f64)> =
-                    status.features.iter().map(|(name, f)| (name.as_str(), stat_name(f.stat), f.value)).collect();
+                    status.features.iter().map(|(name, f)| (name.as_str(), f.stat.as_str(), f.value)).collect();
                 crate::metrics::drift(&rule.model, version, status.drifted, &features);
             }
         }
@@ -715,19 +715,6 @@ fn after_next_close(period: Duration) -> Duration {
     let period_ms = period.as_millis().max(1);
     let into = now.as_millis() % period_ms;
     Duration::from_millis(u64::try_from(period_ms - into).unwrap_or(0)) + SLACK
-}
-
-/// A drift statistic's name in metric labels (the API's spelling).
-fn stat_name(stat: modelgate_sketch::Stat) -> &'static str {
-    use modelgate_sketch::Stat;
-    match stat {
-        Stat::Ks => "ks",
-        Stat::Wasserstein => "wasserstein",
-        Stat::Psi => "psi",
-        Stat::JensenShannon => "jensen_shannon",
-        Stat::Hellinger => "hellinger",
-        Stat::ChiSquared => "chi_squared",
-    }
 }
 
 #[cfg(test)]

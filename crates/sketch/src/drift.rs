@@ -34,6 +34,18 @@ pub enum Stat {
 }
 
 impl Stat {
+    /// Its name, as serde and the API spell it (`ks`, `jensen_shannon`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stat::Ks => "ks",
+            Stat::Wasserstein => "wasserstein",
+            Stat::Psi => "psi",
+            Stat::JensenShannon => "jensen_shannon",
+            Stat::Hellinger => "hellinger",
+            Stat::ChiSquared => "chi_squared",
+        }
+    }
+
     /// The usual threshold: α = 0.05 for tests, 0.1 for distances (Evidently's defaults; PSI 0.1
     /// is the "minor shift" line, 0.25 "major").
     pub fn default_threshold(self) -> f64 {

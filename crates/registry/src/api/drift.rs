@@ -35,6 +35,11 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/cp/v1/drift/evaluate", post(evaluate_now))
 }
 
+/// A `{model}/versions/{version}` path, checked.
+fn version_path(model: &str, version: &str) -> Result<(Name, i64), RegistryError> {
+    Ok((Name::parse("model", model)?, parse_version(version)?))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReferenceQuery {
@@ -50,8 +55,7 @@ async fn put_reference(
     JsonBody(reference): JsonBody<Reference>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| RegistryError::InvalidArgument(e.body_text()))?;
-    let model = Name::parse("model", &model)?;
-    let version = parse_version(&version)?;
+    let (model, version) = version_path(&model, &version)?;
     let source = query.source.unwrap_or_else(|| "upload".into());
     if source.len() > 200 {
         return Err(RegistryError::InvalidArgument("source: at most 200 characters".into()).into());
@@ -68,8 +72,7 @@ async fn get_reference(
     State(registry): Shared,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let model = Name::parse("model", &model)?;
-    let version = parse_version(&version)?;
+    let (model, version) = version_path(&model, &version)?;
     let found =
         registry.store.drift_reference(model.as_str(), version).await?.ok_or_else(|| {
             RegistryError::NotFound(format!("model '{model}' version {version} has no drift reference"))
@@ -81,8 +84,7 @@ async fn delete_reference(
     State(registry): Shared,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let model = Name::parse("model", &model)?;
-    let version = parse_version(&version)?;
+    let (model, version) = version_path(&model, &version)?;
     registry.store.delete_drift_reference(model.as_str(), version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -332,7 +332,8 @@ fn add_window(merged: &mut Merged, row: &sqlx::any::AnyRow, arm: String) -> Resu
     for (name, summary) in stored.profile.features {
         match merged.profile.features.get_mut(&name) {
             Some(mine) => {
-                if mine.spec() != summary.spec() || mine.merge(&summary).is_err() {
+                // A refused merge (other edges, other kind) leaves `mine` as it was.
+                if mine.merge(&summary).is_err() {
                     merged.skipped_features += 1;
                 }
             }

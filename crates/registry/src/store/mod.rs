@@ -35,37 +35,29 @@ pub struct Store {
     changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// The schema's migrations, in order: (version, name, SQL).
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "registry", include_str!("../../migrations/0001_registry.sql")),
+    (2, "gateways", include_str!("../../migrations/0002_gateways.sql")),
+    (3, "follow_rules", include_str!("../../migrations/0003_follow_rules.sql")),
+    (4, "drift", include_str!("../../migrations/0004_drift.sql")),
+];
+
 /// The schema, embedded in the binary.
 fn migrator() -> Migrator {
-    let init = Migration::new(
-        1,
-        Cow::Borrowed("registry"),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/0001_registry.sql")).into_sql_str(),
-        false,
-    );
-    let gateways = Migration::new(
-        2,
-        Cow::Borrowed("gateways"),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/0002_gateways.sql")).into_sql_str(),
-        false,
-    );
-    let follow = Migration::new(
-        3,
-        Cow::Borrowed("follow_rules"),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/0003_follow_rules.sql")).into_sql_str(),
-        false,
-    );
-    let drift = Migration::new(
-        4,
-        Cow::Borrowed("drift"),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/0004_drift.sql")).into_sql_str(),
-        false,
-    );
-    Migrator { migrations: Cow::Owned(vec![init, gateways, follow, drift]), ..Migrator::DEFAULT }
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, name, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 impl Store {
