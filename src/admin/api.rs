@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Peer;
+use super::registry::{Read, ReadError};
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::respond::{Chunks, json_response};
@@ -38,6 +39,11 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/admin/v1/models"),
     ("POST", "/admin/v1/models/m/versions/2/load"),
     ("POST", "/admin/v1/models/m/versions/2/unload"),
+    ("GET", "/admin/v1/registry/models"),
+    ("GET", "/admin/v1/registry/models/m/versions"),
+    ("GET", "/admin/v1/registry/models/m/history"),
+    ("GET", "/admin/v1/registry/models/m/drift"),
+    ("GET", "/admin/v1/registry/models/m/versions/2/drift/distribution"),
 ];
 
 /// An admin endpoint.
@@ -52,11 +58,12 @@ enum Endpoint {
     Models,
     LoadVersion(String, u64),
     UnloadVersion(String, u64),
+    Registry(Read),
 }
 
 impl Endpoint {
     fn changes(&self) -> bool {
-        !matches!(self, Endpoint::ListRoutes | Endpoint::GetRoute(_) | Endpoint::Models)
+        !matches!(self, Endpoint::ListRoutes | Endpoint::GetRoute(_) | Endpoint::Models | Endpoint::Registry(_))
     }
 }
 
@@ -67,6 +74,8 @@ enum AdminError {
     Gateway(#[from] Error),
     #[error("request bodies must be JSON (Content-Type: application/json)")]
     NotJson,
+    #[error(transparent)]
+    Registry(#[from] ReadError),
 }
 
 impl AdminError {
@@ -74,6 +83,7 @@ impl AdminError {
         match self {
             AdminError::Gateway(e) => e.http_status(),
             AdminError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AdminError::Registry(e) => e.status(),
         }
     }
 }
@@ -111,6 +121,9 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
             (Endpoint::Rollout(name(m)?, command), &[Method::POST][..])
         }
         ["admin", "v1", "models"] => (Endpoint::Models, &[Method::GET][..]),
+        ["admin", "v1", "registry", rest @ ..] if let Some(read) = super::registry::route(rest)? => {
+            (Endpoint::Registry(read), &[Method::GET][..])
+        }
         ["admin", "v1", "models", m, "versions", v, "load"] => {
             (Endpoint::LoadVersion(name(m)?, version(v)?), &[Method::POST][..])
         }
@@ -150,6 +163,7 @@ where
 {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
     let peer = request.extensions().get::<Peer>().map(|p| p.0.to_string()).unwrap_or_default();
     let actor: String = request
         .headers()
@@ -168,7 +182,10 @@ where
             return error_response(&e);
         }
     };
-    let result = run(&gateway, &endpoint, body.as_ref()).await;
+    let result = match &endpoint {
+        Endpoint::Registry(read) => super::registry::read(&gateway, read, query.as_deref()).await.map_err(Into::into),
+        _ => run(&gateway, &endpoint, body.as_ref()).await,
+    };
     audit(&actor, &peer, &method, &path, endpoint.changes(), body.as_ref(), result.as_ref().err());
     match result {
         Ok(value) => json_response(StatusCode::OK, &value),
@@ -249,6 +266,7 @@ async fn run(gateway: &Gateway, endpoint: &Endpoint, body: Option<&Value>) -> Re
             let rows = gateway.repository.index(false).await;
             crate::http::metadata::repository_index(&rows)
         }
+        Endpoint::Registry(read) => super::registry::read(gateway, read, None).await?,
         Endpoint::LoadVersion(model, version) | Endpoint::UnloadVersion(model, version) => {
             if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(
@@ -331,6 +349,7 @@ mod tests {
             (Method::GET, "/admin/v1/models", Endpoint::Models),
             (Method::POST, "/admin/v1/models/mlp/versions/2/load", Endpoint::LoadVersion("mlp".into(), 2)),
             (Method::POST, "/admin/v1/models/mlp/versions/2/unload", Endpoint::UnloadVersion("mlp".into(), 2)),
+            (Method::GET, "/admin/v1/registry/models/mlp/drift", Endpoint::Registry(Read::Drift("mlp".into()))),
         ];
         for (method, path, endpoint) in cases {
             assert_eq!(route(&method, path), Ok(endpoint), "{method} {path}");
@@ -338,10 +357,12 @@ mod tests {
         for (method, path) in ENDPOINTS {
             assert!(route(&method.parse().unwrap(), path).is_ok(), "{method} {path}");
         }
-        assert_eq!(ENDPOINTS.len(), 12, "a new endpoint goes in ENDPOINTS (and in api/admin.openapi.yaml)");
+        assert_eq!(ENDPOINTS.len(), 17, "a new endpoint goes in ENDPOINTS (and in api/admin.openapi.yaml)");
         assert!(matches!(route(&Method::GET, "/admin/v1/routes/mlp/promote"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::POST, "/admin/v1/routes"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::GET, "/admin/v1/nothing"), Err(Error::NotFound(_))));
+        assert!(matches!(route(&Method::GET, "/admin/v1/registry/models/m/aliases"), Err(Error::NotFound(_))));
+        assert!(matches!(route(&Method::PUT, "/admin/v1/registry/models/m/drift"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::GET, "/v2/models/mlp"), Err(Error::NotFound(_))));
         assert!(matches!(route(&Method::GET, "/admin/v1/routes/..%2f"), Err(Error::InvalidArgument(_))));
         assert!(matches!(route(&Method::POST, "/admin/v1/models/m/versions/0/load"), Err(Error::InvalidArgument(_))));

@@ -7,7 +7,8 @@
 //! layer ([`auth::BearerAuthLayer`]); every change writes an audit line
 //! (tracing target `modelgate::audit`). `api/admin.openapi.yaml` describes it,
 //! and `modelgate admin ...` ([`client`]) calls it, as does the operations
-//! page ([`ui`], `GET /admin/ui/`) from an operator's browser.
+//! page ([`ui`], `GET /admin/ui/`) from an operator's browser. Its registry
+//! reads ([`registry`]) go to the control plane this gateway follows.
 //!
 //! | key | meaning | default |
 //! |---|---|---|
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod registry;
 pub mod ui;
 
 use std::future::Future;

@@ -302,6 +302,7 @@ impl Rollouts {
                 max_in_flight: t.max_in_flight,
                 in_flight: t.arm.in_flight(),
                 window: window(&t.arm),
+                drift: self.routes.drift(&route.model, t.version),
             })
             .collect();
         let shadow = route.shadow.as_ref().map(|s| {

@@ -211,6 +211,10 @@ pub struct TargetStatus {
     pub in_flight: u32,
     /// Its sliding window.
     pub window: TargetWindow,
+    /// The control plane's latest drift verdict on it, when it has one (versions the gateway
+    /// serves from the registry, with a reference or a production baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::routing::DriftMark>,
 }
 
 /// A target's sliding window.

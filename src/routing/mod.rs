@@ -50,27 +50,94 @@ pub struct RouteTable {
 #[derive(Debug, Default)]
 pub struct Routes {
     table: ArcSwap<RouteTable>,
-    /// Versions (public model name, version) the control plane's latest drift evaluation
-    /// says drifted: rollouts hold or roll back a drifting canary (policy `drift`). Set by
-    /// the sync follower; read once per rollout check, never on the request path.
-    drifted: parking_lot::RwLock<std::collections::HashSet<(String, u64)>>,
+    /// The control plane's latest drift verdict on each served version (public model name,
+    /// version) it has one for: rollouts hold or roll back a drifting canary (policy `drift`),
+    /// and the admin API's route status shows it. Set by the sync follower; read once per
+    /// rollout check and status, never on the request path.
+    drift: parking_lot::RwLock<HashMap<(String, u64), DriftMark>>,
+}
+
+/// The control plane's latest drift verdict on one served version, as the route status shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DriftMark {
+    /// Whether the version drifts (against its reference, or a canary against the stable version).
+    pub drifted: bool,
+    /// Drifted features / features with a verdict.
+    pub share: f64,
+    /// When it was evaluated, milliseconds since the Unix epoch (0: not known).
+    pub evaluated_ms: i64,
+    /// The feature furthest past its bound ([`DriftMark::new`] says how they are ranked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst: Option<WorstFeature>,
+}
+
+/// One feature's verdict.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WorstFeature {
+    /// Its name (`INPUT0[3]`, an output, ...).
+    pub feature: String,
+    /// The statistic (`ks`, `wasserstein`, ...).
+    pub stat: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// The threshold it was held to (α for the tests `ks` and `chi_squared`).
+    pub threshold: f64,
+    /// Whether it drifted.
+    pub drifted: bool,
+}
+
+impl DriftMark {
+    /// The mark of `status`. The worst feature is a drifted one if any, then the one with the
+    /// largest statistic relative to its bound: value / threshold for distances, the value for
+    /// the tests (whose threshold bounds the p-value, which the status does not carry).
+    pub fn new(status: &modelgate_registry::sync::DriftStatus) -> DriftMark {
+        let score = |f: &modelgate_registry::sync::FeatureDrift| {
+            let relative = if f.stat.is_test() || f.threshold <= 0.0 { f.value } else { f.value / f.threshold };
+            (f.drifted, if relative.is_finite() { relative } else { f64::MAX })
+        };
+        let worst = status
+            .features
+            .iter()
+            .max_by(|(_, a), (_, b)| {
+                let (a, b) = (score(a), score(b));
+                a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))
+            })
+            .map(|(name, f)| WorstFeature {
+                feature: name.clone(),
+                stat: f.stat.as_str(),
+                value: f.value,
+                threshold: f.threshold,
+                drifted: f.drifted,
+            });
+        DriftMark { drifted: status.drifted, share: status.share, evaluated_ms: status.evaluated_ms, worst }
+    }
 }
 
 impl Routes {
-    /// Records the control plane's drift verdict on a served version.
+    /// Records whether a served version drifts, without the details of [`Routes::set_drift`].
     pub fn set_drifted(&self, model: &str, version: u64, drifted: bool) {
+        let mark = drifted.then(|| DriftMark { drifted, share: 0.0, evaluated_ms: 0, worst: None });
+        self.set_drift(model, version, mark);
+    }
+
+    /// Records the control plane's drift verdict on a served version (`None`: it has none).
+    pub fn set_drift(&self, model: &str, version: u64, mark: Option<DriftMark>) {
         let key = (model.to_owned(), version);
-        let mut set = self.drifted.write();
-        if drifted {
-            set.insert(key);
-        } else {
-            set.remove(&key);
-        }
+        let mut marks = self.drift.write();
+        match mark {
+            Some(mark) => marks.insert(key, mark),
+            None => marks.remove(&key),
+        };
     }
 
     /// Whether the control plane's latest evaluation says `version` of `model` drifted.
     pub fn drifted(&self, model: &str, version: u64) -> bool {
-        self.drifted.read().contains(&(model.to_owned(), version))
+        self.drift.read().get(&(model.to_owned(), version)).is_some_and(|m| m.drifted)
+    }
+
+    /// The control plane's latest drift verdict on `version` of `model`, if it has one.
+    pub fn drift(&self, model: &str, version: u64) -> Option<DriftMark> {
+        self.drift.read().get(&(model.to_owned(), version)).cloned()
     }
 
     /// The route of `model`, if it has one.
@@ -179,5 +246,38 @@ mod tests {
         assert!(routes.remove("m").is_some());
         assert!(!routes.update("m", 2, |r| r.clone()));
         assert!(!routes.serves("m", 2));
+    }
+
+    #[test]
+    fn a_drift_mark_names_a_drifted_feature_before_a_nearer_undrifted_one() {
+        use modelgate_registry::sync::{DriftStatus, FeatureDrift};
+        use modelgate_sketch::Stat;
+        let feature = |stat, value, threshold, drifted| FeatureDrift { stat, value, threshold, drifted };
+        let status = DriftStatus {
+            evaluated_ms: 7,
+            span_seconds: 60,
+            rows: 1000,
+            drifted: true,
+            share: 0.5,
+            features: [
+                // Far past its bound relatively, but not drifted: never worse than a drifted one.
+                ("a".to_owned(), feature(Stat::Wasserstein, 0.09, 0.1, false)),
+                ("b".to_owned(), feature(Stat::Wasserstein, 0.12, 0.1, true)),
+                ("c".to_owned(), feature(Stat::Wasserstein, 0.30, 0.1, true)),
+                ("d".to_owned(), feature(Stat::Ks, 0.9, 0.05, false)),
+            ]
+            .into(),
+        };
+        let mark = DriftMark::new(&status);
+        let worst = mark.worst.as_ref().expect("features with verdicts");
+        assert_eq!((worst.feature.as_str(), worst.stat, worst.drifted), ("c", "wasserstein", true));
+        assert_eq!((mark.drifted, mark.evaluated_ms), (true, 7));
+
+        let routes = Routes::default();
+        routes.set_drift("m", 2, Some(mark.clone()));
+        assert!(routes.drifted("m", 2) && !routes.drifted("m", 1));
+        assert_eq!(routes.drift("m", 2), Some(mark));
+        routes.set_drift("m", 2, None);
+        assert!(!routes.drifted("m", 2) && routes.drift("m", 2).is_none());
     }
 }

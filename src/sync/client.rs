@@ -1,5 +1,6 @@
 //! The gateway's side of the control plane's API: the long poll for the
-//! desired state, blob downloads (from an offset, to resume), and reports.
+//! desired state, blob downloads (from an offset, to resume), reports, and
+//! the admin API's registry reads.
 
 use std::time::Duration;
 
@@ -98,6 +99,17 @@ impl ControlPlane {
             return Err(Self::refused(response).await);
         }
         Ok(response.bytes_stream().map(|chunk| chunk.map_err(CallError::from)))
+    }
+
+    /// A read of the control plane's API (`GET /cp/v1/...` with `query`): its JSON answer.
+    pub async fn read(&self, path: &str, query: &[(&str, String)]) -> Result<serde_json::Value, CallError> {
+        let response =
+            self.request(reqwest::Method::GET, path).query(query).timeout(Duration::from_secs(10)).send().await?;
+        if !response.status().is_success() {
+            return Err(Self::refused(response).await);
+        }
+        let bytes = response.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
     }
 
     /// Sends a report.

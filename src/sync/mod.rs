@@ -100,6 +100,8 @@ impl Follower {
         let cache = BlobCache::open(&root.join("cache"))?;
         let dirs = VersionDirs::open(&settings.models_dir())?;
         gateway.repository.await_first_sync();
+        // The admin API reads the registry (drift, alias history) through the same client.
+        let _ = gateway.control_plane.set(control_plane.clone());
         Ok(Follower {
             gateway,
             id: settings.gateway_id(),
@@ -336,7 +338,7 @@ impl Follower {
                 }
                 let status = i64::try_from(version).ok().and_then(|v| model.drift.get(&v));
                 // Rollouts of this gateway hold or roll back a drifting canary (policy `drift`).
-                self.gateway.routes.set_drifted(&rule.model, version, status.is_some_and(|s| s.drifted));
+                self.gateway.routes.set_drift(&rule.model, version, status.map(crate::routing::DriftMark::new));
                 let Some(status) = status else { continue };
                 let features: Vec<(&str, &'static str, f64)> =
                     status.features.iter().map(|(name, f)| (name.as_str(), f.stat.as_str(), f.value)).collect();

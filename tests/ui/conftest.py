@@ -114,6 +114,87 @@ class Gateway:
         self.log.close()
 
 
+class RegistryGateway:
+    """A `modelgate serve` that runs the embedded control plane and profiles traffic for drift:
+    1-second windows, the evaluator every second over the last 4 s, 100 rows a verdict. Its
+    repository holds `drift16` (models/make_models.py --drift: INPUT0 FP32 [n, 16], CAT INT64
+    [n, 1]), which the embedded registry is seeded with (alias champion) and serves from then on.
+    `restart()` stops it and starts it again on the same ports and data directory."""
+
+    def __init__(self, work: Path):
+        self.binary = Path(os.environ.get("MODELGATE_BINARY", REPO_ROOT / "target" / "debug" / "modelgate"))
+        self.work = work
+        python = REPO_ROOT / ".venv" / "models" / "bin" / "python"
+        if not python.exists():
+            pytest.exit(f"{python} is missing: scripts/setup.sh models", returncode=2)
+        subprocess.run([str(python), str(REPO_ROOT / "models" / "make_models.py"), "--drift", "--only", "drift16",
+                        "--out", str(work / "built")], check=True, capture_output=True, timeout=120)
+        shutil.copytree(work / "built" / "drift16", work / "models" / "drift16")
+        self.token = secrets.token_hex(16)
+        self.token_file = work / "admin-token"
+        self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
+        self.http_port, self.admin_port, self.cp_port = free_port(), free_port(), free_port()
+        config = work / "modelgate.toml"
+        config.write_text(
+            f'[server]\naddress = "127.0.0.1"\nhttp_port = {self.http_port}\ngrpc_port = 0\nmetrics_port = 0\n'
+            f'\n[repository]\npath = "{work / "models"}"\n'
+            f'\n[admin]\nport = {self.admin_port}\n'
+            "\n[drift]\nenabled = true\nwindow_seconds = 1\n")
+        self.command = [
+            str(self.binary), "serve", "--config", str(config), "--admin-token-file", str(self.token_file),
+            "--data-dir", str(work / "data"), "--control-plane-port", str(self.cp_port),
+            "--drift-every", "1", "--drift-span", "4", "--drift-min-rows", "100",
+        ]
+        self.url = f"http://127.0.0.1:{self.admin_port}"
+        self.page_url = self.url + "/admin/ui/"
+        self.starts = 0
+        self.start()
+
+    def start(self):
+        self.starts += 1
+        self.log = open(self.work / f"server-{self.starts}.log", "w")
+        env = dict(os.environ, RUST_LOG="warn")
+        env.pop("MODELGATE_ADMIN_TOKEN", None)
+        self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.exit(f"the gateway exited with {self.process.returncode} (log: {self.log.name})", returncode=1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/models/drift16/ready", timeout=2):
+                    pass
+                with urllib.request.urlopen(self.page_url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        pytest.exit("the registry gateway did not become ready within 90 s", returncode=1)
+
+    def registry_cli(self, *args, actor="ui-test"):
+        """`modelgate registry ARGS...` against the embedded control plane; its standard output."""
+        command = [str(self.binary), "registry", "--address", f"127.0.0.1:{self.cp_port}",
+                   "--token-file", str(self.token_file), "--actor", actor, *args]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+
+    def admin_cli(self, *args):
+        command = [str(self.binary), "admin", "--address", f"127.0.0.1:{self.admin_port}",
+                   "--token-file", str(self.token_file), *args]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     work = tmp_path_factory.mktemp("modelgate-ui")

@@ -189,6 +189,25 @@ async fn a_shifted_stream_from_two_gateways_flips_the_versions_drift_status() {
         assert_eq!((hook["event"].as_str(), hook["version"].as_i64()), (Some("drift_detected"), Some(1)), "{hook}");
         assert!(hooks.try_recv().is_err(), "{backend:?}: a second webhook call");
 
+        // The page's view of one feature: the reference's bins beside the span's, on the same
+        // edges; the shifted window moved mass into the top bin.
+        let (status, shown) =
+            server.get("/cp/v1/models/fraud/versions/1/drift/distribution?feature=INPUT0%5B2%5D").await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}: {shown}");
+        let (reference, current) = (&shown["reference"], &shown["current"]);
+        assert_eq!(reference["edges"], current["edges"], "{backend:?}: {shown}");
+        let counts = |side: &Value| -> Vec<f64> {
+            side["counts"].as_array().unwrap().iter().map(|c| c.as_f64().unwrap()).collect()
+        };
+        let (before, now) = (counts(reference), counts(current));
+        assert_eq!(now.iter().sum::<f64>(), 5000.0, "{backend:?}: {shown}");
+        let top = |c: &[f64]| c[c.len() - 1] / c.iter().sum::<f64>();
+        assert!(top(&now) > top(&before) + 0.03, "{backend:?}: {} vs {}", top(&now), top(&before));
+        let (status, body) = server.get("/cp/v1/models/fraud/versions/1/drift/distribution?feature=nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{backend:?}: {body}");
+        let (status, _) = server.get("/cp/v1/models/fraud/versions/1/drift/distribution").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{backend:?}");
+
         let (status, body) = server.get("/cp/v1/models/fraud/drift?history=0").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{backend:?}: {body}");
         let (status, _) = server.get("/cp/v1/models/nope/drift").await;

@@ -5,6 +5,10 @@
 // per model, its versions and route weights, small time series of each routed version's request
 // rate, error rate, p50 and p99 (computed here from the route's sliding windows, read after read),
 // and its rollout: step, checks, events, and the buttons that call the API's commands.
+// Every few reads it also reads the registry through the admin API's registry reads
+// (GET /admin/v1/registry/...): per version and feature the drift statistic over time against
+// its threshold, one feature's reference and current distributions, the alias history, and each
+// version's aliases, digest and lineage in the models list.
 //
 // Safety rules of this file:
 // - Strings from the API reach the page only as text nodes (`el`, `textContent`): never through
@@ -221,6 +225,7 @@
     $('forget-token').hidden = false;
     setStatus('ok', 'live, read at ' + clock(now));
     render();
+    await refreshRegistry(false);
   }
 
   function render() {
@@ -241,7 +246,11 @@
     for (const name of names) {
       let card = cards.get(name);
       if (!card) {
-        card = makeCard(name, names.length <= 20 || lastRoutes.has(name));
+        // Open at first: every card of a small gateway; of a large one, the first few rollouts in
+        // progress (each open card draws four charts: hundreds would stall the page).
+        const route = lastRoutes.get(name);
+        const live = route && route.rollout && ['progressing', 'paused'].includes(route.rollout.state);
+        card = makeCard(name, names.length <= OPEN_ALL_UP_TO || (live && openCards() < OPEN_ROLLOUTS));
         cards.set(name, card);
       }
       // Keep the cards in name order without moving those already in place.
@@ -254,6 +263,11 @@
   }
 
   // === A model's card ===
+
+  const OPEN_ALL_UP_TO = 20;
+  const OPEN_ROLLOUTS = 6;
+  const openCards = () => [...cards.values()].filter((c) => c.root.open).length;
+
 
   function makeCard(name, open) {
     const card = {
@@ -286,6 +300,7 @@
     const rows = lastIndex.get(card.name) || [];
     card.badges.replaceChildren(route ? badge('route', 'route') : badge('no route', 'plain'));
     if (route && route.rollout) card.badges.append(badge('rollout ' + route.rollout.state, route.rollout.state));
+    if (route && route.targets.some((t) => t.drift && t.drift.drifted)) card.badges.append(badge('drifted', 'failed'));
     if (!card.root.open) return;
     card.versions.replaceChildren(versionsTable(route, rows));
     if (route) {
@@ -307,8 +322,9 @@
     const versions = new Map(rows.filter((r) => r.version !== undefined).map((r) => [Number(r.version), r]));
     for (const v of targets.keys()) if (!versions.has(v)) versions.set(v, null);
     const modelReasons = rows.filter((r) => r.version === undefined && r.reason);
-    const head = el('tr', {}, ['version', 'state', 'weight', 'in flight', 'req/s', 'errors %', 'p50 ms', 'p99 ms', 'note']
-      .map((h) => el('th', { scope: 'col' }, h)));
+    const known = registryVersionsOf(route ? route.model : (rows[0] && rows[0].name));
+    const head = el('tr', {}, ['version', 'state', 'weight', 'in flight', 'req/s', 'errors %', 'p50 ms', 'p99 ms', 'drift',
+      'registry', 'note'].map((h) => el('th', { scope: 'col' }, h)));
     const body = [...versions.keys()].sort((a, b) => a - b).map((v) => {
       const row = versions.get(v);
       const t = targets.get(v);
@@ -328,6 +344,8 @@
         el('td', {}, w && w.requests > 0 ? fmt(100 * w.error_rate, 2) : '–'),
         el('td', {}, w ? fmt(w.p50_ms, 1) : '–'),
         el('td', {}, w ? fmt(w.p99_ms, 1) : '–'),
+        el('td', { class: 'drift' + (t && t.drift && t.drift.drifted ? ' error' : '') }, driftText(t && t.drift)),
+        el('td', { class: 'registry' }, registryCell(known && known.get(v))),
         el('td', { class: 'note' }, notes.join('; ')));
     });
     const table = body.length ? el('table', {}, el('thead', {}, head), el('tbody', {}, body)) : null;
@@ -531,6 +549,362 @@
     inputs[0].focus();
   }
 
+  // === The registry: drift and alias history ===
+
+  // The admin API's registry reads; `{model}` and `{version}` are filled in by registryPath.
+  const REGISTRY = {
+    models: '/admin/v1/registry/models',
+    versions: '/admin/v1/registry/models/{model}/versions',
+    history: '/admin/v1/registry/models/{model}/history',
+    drift: '/admin/v1/registry/models/{model}/drift',
+    distribution: '/admin/v1/registry/models/{model}/versions/{version}/drift/distribution',
+  };
+  const REGISTRY_EVERY = 3; // the registry is read every third poll
+  const DRIFT_EVALUATIONS = 60; // evaluations per version drawn over time
+  const VERSIONS_MAX_AGE_MS = 30 * 1000;
+
+  const registry = {
+    names: [], // registered models
+    available: false, // whether the last read of the registry answered
+    selected: null,
+    version: null, // the version whose features are shown
+    feature: null, // the feature drawn
+    versions: new Map(), // model -> { at, rows: Map(version -> row) }
+    plots: [],
+    polls: 0,
+  };
+
+  function registryPath(key, model, version, query) {
+    let path = REGISTRY[key].replace('{model}', encodeURIComponent(model)).replace('{version}', String(version));
+    if (query) path += '?' + new URLSearchParams(query).toString();
+    return path;
+  }
+
+  function registryVersionsOf(model) {
+    const known = model && registry.versions.get(model);
+    return known ? known.rows : null;
+  }
+
+  // A served version's drift, as the route status carries it.
+  function driftText(mark) {
+    if (!mark) return '–';
+    const worst = mark.worst;
+    const state = mark.drifted ? 'drifted' : 'no drift';
+    if (!worst) return state;
+    return state + ' (worst ' + worst.feature + ': ' + worst.stat + ' ' + fmt(worst.value, 3) +
+      ', bound ' + fmt(worst.threshold, 3) + ')';
+  }
+
+  function shortDigest(digest) {
+    if (!digest) return '';
+    const hex = digest.replace(/^sha256:/, '');
+    return 'sha256:' + hex.slice(0, 12) + '…';
+  }
+
+  function lineageText(lineage) {
+    if (!lineage) return '';
+    const parts = [];
+    if (lineage.run_id) parts.push('run ' + lineage.run_id);
+    if (lineage.git_commit) parts.push('commit ' + String(lineage.git_commit).slice(0, 12));
+    if (lineage.dataset_digest) parts.push('data ' + shortDigest(lineage.dataset_digest));
+    return parts.join(', ');
+  }
+
+  // The registry's facts on one served version: aliases, digest, lineage.
+  function registryCell(row) {
+    if (!row) return '–';
+    const aliases = (row.aliases || []).map((a) => badge('@' + a, 'route'));
+    const digest = row.manifest_digest
+      ? el('code', { class: 'digest', title: row.manifest_digest }, shortDigest(row.manifest_digest)) : null;
+    const lineage = lineageText(row.lineage);
+    return el('span', { class: 'registry-facts' }, aliases, ' ', digest, lineage ? el('span', { class: 'hint' }, ' ' + lineage) : null);
+  }
+
+  function sayRegistry(kind, text) {
+    const message = $('registry-message');
+    message.className = 'message ' + kind;
+    message.textContent = text;
+  }
+
+  // Reads the registry every REGISTRY_EVERY polls (or now, with `force`): the models, then the
+  // chosen model's drift and alias history, then the versions of the registered models whose
+  // cards are open.
+  async function refreshRegistry(force) {
+    if (!force && registry.polls++ % REGISTRY_EVERY !== 0) return;
+    let names;
+    try {
+      names = (await api('GET', REGISTRY.models)).models.map((m) => m.name).sort();
+    } catch (error) {
+      registry.available = false;
+      failed(error, (text) => sayRegistry('error', 'Registry: ' + text));
+      return;
+    }
+    registry.available = true;
+    sayRegistry('', '');
+    registry.names = names;
+    const select = $('registry-model');
+    if (!names.includes(registry.selected)) registry.selected = names[0] || null;
+    if (select.options.length !== names.length || [...select.options].some((o, i) => o.value !== names[i])) {
+      select.replaceChildren(...names.map((n) => el('option', { value: n }, n)));
+    }
+    select.value = registry.selected || '';
+    if (!registry.selected) {
+      $('drift-summary').textContent = 'The registry holds no model.';
+      return;
+    }
+    const model = registry.selected;
+    const [drift, history] = await Promise.allSettled([
+      api('GET', registryPath('drift', model, 0, { history: DRIFT_EVALUATIONS })),
+      api('GET', registryPath('history', model)),
+    ]);
+    if (model !== registry.selected) return; // another model was chosen meanwhile
+    if (drift.status === 'fulfilled') await renderDrift(model, drift.value);
+    else failed(drift.reason, (text) => sayRegistry('error', 'Drift of ' + model + ': ' + text));
+    if (history.status === 'fulfilled') renderAliasHistory(history.value.history);
+    else failed(history.reason, (text) => sayRegistry('error', 'Alias history of ' + model + ': ' + text));
+    await refreshCardVersions();
+  }
+
+  // The registry's versions of each registered model whose card is open (at most every 30 s).
+  async function refreshCardVersions() {
+    const now = Date.now();
+    const wanted = [...cards.values()]
+      .filter((c) => c.root.open && !c.root.hidden && registry.names.includes(c.name))
+      .filter((c) => { const k = registry.versions.get(c.name); return !k || now - k.at > VERSIONS_MAX_AGE_MS; })
+      .slice(0, 20);
+    for (const card of wanted) {
+      try {
+        const answer = await api('GET', registryPath('versions', card.name));
+        registry.versions.set(card.name, { at: now, rows: new Map(answer.versions.map((r) => [Number(r.version), r])) });
+        updateCard(card);
+      } catch (error) {
+        registry.versions.set(card.name, { at: now, rows: null });
+        failed(error, (text) => say(card, 'error', 'Registry versions: ' + text));
+      }
+    }
+  }
+
+  // What a verdict is compared with: the p-value for tests (drifts below α), the statistic for
+  // distances (drifts at or above the bound).
+  function score(verdict) {
+    return verdict.p_value !== undefined && verdict.p_value !== null ? verdict.p_value : verdict.value;
+  }
+
+  function isTest(verdict) {
+    return verdict.p_value !== undefined && verdict.p_value !== null;
+  }
+
+  // The feature furthest past its bound in an evaluation (drifted ones first).
+  function worstFeature(evaluation) {
+    let worst = null;
+    let worstKey = null;
+    for (const [name, v] of Object.entries(evaluation.features)) {
+      if (v.no_verdict !== undefined) continue;
+      const relative = isTest(v) ? (v.threshold > 0 ? v.threshold / Math.max(v.p_value, 1e-300) : 0)
+        : (v.threshold > 0 ? v.value / v.threshold : v.value);
+      const key = [v.drifted ? 1 : 0, relative];
+      if (!worstKey || key[0] > worstKey[0] || (key[0] === worstKey[0] && key[1] > worstKey[1])) {
+        worst = name;
+        worstKey = key;
+      }
+    }
+    return worst;
+  }
+
+  function destroyDriftCharts() {
+    for (const plot of registry.plots) plot.destroy();
+    registry.plots = [];
+  }
+
+  async function renderDrift(model, answer) {
+    const settings = answer.settings;
+    const versions = Object.entries(answer.versions)
+      .map(([v, x]) => ({ version: Number(v), evaluations: x.evaluations }))
+      .filter((x) => x.evaluations.length)
+      .sort((a, b) => a.version - b.version);
+    $('drift-summary').textContent = 'Evaluated every ' + settings.every_seconds + ' s over the last ' +
+      settings.span_seconds + ' s of traffic (at least ' + settings.min_rows + ' rows a feature); a version drifts when ' +
+      fmt(100 * settings.drift_share, 0) + ' % of its features do.' +
+      (versions.length ? '' : ' No evaluation of ' + model + ' yet: it needs a reference (or a production baseline) and traffic.');
+    if (!versions.some((x) => x.version === registry.version)) {
+      const drifted = versions.filter((x) => x.evaluations[0].dataset.drifted);
+      const pick = drifted.length ? drifted[drifted.length - 1] : versions[versions.length - 1];
+      registry.version = pick ? pick.version : null;
+      registry.feature = null;
+    }
+    $('drift-versions').replaceChildren(driftVersionsTable(versions));
+    const chosen = versions.find((x) => x.version === registry.version);
+    destroyDriftCharts();
+    $('drift-charts').replaceChildren();
+    if (!chosen) {
+      $('drift-features').replaceChildren();
+      return;
+    }
+    const latest = chosen.evaluations[0];
+    if (!registry.feature || !(registry.feature in latest.features)) registry.feature = worstFeature(latest);
+    $('drift-features').replaceChildren(driftFeaturesTable(chosen));
+    if (!registry.feature) return;
+    drawDriftHistory(chosen);
+    try {
+      const shown = await api('GET', registryPath('distribution', model, chosen.version, { feature: registry.feature }));
+      if (model === registry.selected && shown.feature === registry.feature) drawDistribution(shown);
+    } catch (error) {
+      failed(error, (text) => $('drift-charts').append(el('p', { class: 'error' }, 'Distribution: ' + text)));
+    }
+  }
+
+  function driftVersionsTable(versions) {
+    const head = el('tr', {}, ['version', 'drift', 'drifted features', 'rows', 'evaluated', 'worst feature', '']
+      .map((h) => el('th', { scope: 'col' }, h)));
+    const body = versions.map((x) => {
+      const e = x.evaluations[0];
+      const drifted = e.dataset.drifted || (e.versus_stable && e.versus_stable.dataset.drifted);
+      const worst = worstFeature(e);
+      return el('tr', { 'data-version': x.version, class: (drifted ? 'drifted' : 'steady') + (x.version === registry.version ? ' chosen' : '') },
+        el('td', {}, String(x.version)),
+        el('td', { class: drifted ? 'error' : 'ok' }, drifted ? 'drifted' : 'no drift',
+          e.versus_stable && e.versus_stable.dataset.drifted ? ' (predictions vs v' + e.versus_stable.stable_version + ')' : ''),
+        el('td', {}, e.dataset.drifted_features + ' of ' + e.dataset.features + ' (' + fmt(100 * e.dataset.share, 0) + ' %)'),
+        el('td', {}, String(e.rows)),
+        el('td', {}, clock(e.evaluated_ms)),
+        el('td', {}, worst || '–'),
+        el('td', {}, el('button', { type: 'button', class: 'show-version', onclick: () => {
+          registry.version = x.version;
+          registry.feature = null;
+          refreshRegistry(true);
+        } }, 'Features')));
+    });
+    return el('table', { class: 'drift-versions' }, el('thead', {}, head), el('tbody', {}, body));
+  }
+
+  function driftFeaturesTable(chosen) {
+    const latest = chosen.evaluations[0];
+    const entries = Object.entries(latest.features).sort(([a, x], [b, y]) =>
+      (Number(!!y.drifted) - Number(!!x.drifted)) || a.localeCompare(b));
+    const head = el('tr', {}, ['feature', 'statistic', 'value', 'compared', 'bound', 'verdict', '']
+      .map((h) => el('th', { scope: 'col' }, h)));
+    const body = entries.map(([name, v]) => {
+      if (v.no_verdict !== undefined) {
+        return el('tr', { 'data-feature': name }, el('td', {}, name), el('td', { colspan: 6, class: 'hint' }, v.no_verdict));
+      }
+      return el('tr', { 'data-feature': name, class: (v.drifted ? 'drifted' : 'steady') + (name === registry.feature ? ' chosen' : '') },
+        el('td', {}, name),
+        el('td', {}, v.stat),
+        el('td', {}, fmt(v.value, 4)),
+        el('td', {}, isTest(v) ? 'p ' + fmt(v.p_value, 4) : 'distance'),
+        el('td', {}, (isTest(v) ? 'p < ' : '≥ ') + fmt(v.threshold, 3)),
+        el('td', { class: v.drifted ? 'error' : 'ok' }, v.drifted ? 'drifted' : 'no drift'),
+        el('td', {}, el('button', { type: 'button', class: 'show-feature', onclick: () => {
+          registry.feature = name;
+          refreshRegistry(true);
+        } }, 'Draw')));
+    });
+    return el('table', { class: 'drift-features' },
+      el('caption', {}, 'Version ' + chosen.version + ', evaluated at ' + clock(latest.evaluated_ms) + ' over ' +
+        latest.rows + ' rows (reference: ' + latest.reference_rows + ' rows, ' + latest.reference_source + ')'),
+      el('thead', {}, head), el('tbody', {}, body));
+  }
+
+  function driftChartWidth() {
+    const width = $('drift-charts').clientWidth || 600;
+    return Math.max(260, Math.min(640, Math.floor(width / (width >= 720 ? 2 : 1)) - 12));
+  }
+
+  // The chosen feature's statistic (the p-value for tests) over time, with its bound.
+  function drawDriftHistory(chosen) {
+    const feature = registry.feature;
+    const points = [...chosen.evaluations].reverse().map((e) => [e.evaluated_ms / 1000, e.features[feature]])
+      .filter(([, v]) => v && v.no_verdict === undefined);
+    if (!points.length || !hasCharts()) return;
+    const test = isTest(points[points.length - 1][1]);
+    const holder = el('div', { class: 'chart drift-history', 'data-feature': feature });
+    $('drift-charts').append(holder);
+    const data = [points.map(([t]) => t), points.map(([, v]) => score(v)), points.map(([, v]) => v.threshold)];
+    const options = {
+      title: feature + ' of v' + chosen.version + ': ' + (test ? 'p-value (drifts below α)' : points[0][1].stat + ' (drifts at the bound)'),
+      width: driftChartWidth(),
+      height: 180,
+      scales: { x: { time: true } },
+      axes: [{ size: 30 }, { size: 50 }],
+      series: [{}, { label: test ? 'p-value' : 'statistic', stroke: COLORS[0], width: 1.5, points: { show: true } },
+        { label: test ? 'α' : 'bound', stroke: COLORS[1], width: 1, dash: [6, 4] }],
+    };
+    registry.plots.push(new window.uPlot(options, data, holder));
+  }
+
+  // Bins (or categories) of a distribution answer, with the reference's and the current share.
+  function distributionRows(shown) {
+    const share = (counts) => {
+      const total = counts.reduce((a, b) => a + b, 0);
+      return counts.map((c) => (total > 0 ? c / total : 0));
+    };
+    const ref = shown.reference;
+    const cur = shown.current;
+    if (ref.kind === 'numeric') {
+      const edges = ref.edges;
+      const labels = ref.counts.map((_, i) => (i === 0 ? '< ' + fmt(edges[0], 2)
+        : i === edges.length ? '≥ ' + fmt(edges[i - 1], 2) : fmt(edges[i - 1], 2) + '…' + fmt(edges[i], 2)));
+      return { labels, reference: share(ref.counts), current: cur ? share(cur.counts) : null };
+    }
+    const names = ref.counts.map(([name]) => name);
+    const of = (side) => {
+      const map = new Map(side.counts);
+      return share([...names.map((n) => map.get(n) || 0), side.other + side.counts.filter(([n]) => !names.includes(n))
+        .reduce((a, [, c]) => a + c, 0)]);
+    };
+    return { labels: [...names, 'other'], reference: of(ref), current: cur ? of(cur) : null };
+  }
+
+  function drawDistribution(shown) {
+    const rows = distributionRows(shown);
+    const caption = shown.feature + ' of v' + shown.version + ': reference (' + shown.reference.rows + ' rows) vs the last ' +
+      shown.span_seconds + ' s (' + (shown.current ? shown.current.rows + ' rows' : 'no traffic') + ')';
+    if (hasCharts() && rows.current) {
+      const holder = el('div', { class: 'chart drift-distribution', 'data-feature': shown.feature });
+      $('drift-charts').append(holder);
+      const x = rows.labels.map((_, i) => i);
+      const bars = window.uPlot.paths && window.uPlot.paths.bars;
+      const series = (label, color, align) => ({
+        label, stroke: color, fill: color + '66', width: 1,
+        paths: bars ? bars({ size: [0.4, 40], align }) : undefined,
+        points: { show: false },
+      });
+      const options = {
+        title: caption,
+        width: driftChartWidth(),
+        height: 180,
+        scales: { x: { time: false, range: [-0.6, x.length - 0.4] }, y: { range: [0, null] } },
+        axes: [{ size: 40, values: (u, splits) => splits.map((i) => rows.labels[i] ?? '') }, { size: 44 }],
+        series: [{ label: 'bin', value: (u, i) => (i === null ? '–' : rows.labels[i] ?? '') },
+          series('reference', COLORS[0], -1), series('current', COLORS[1], 1)],
+      };
+      registry.plots.push(new window.uPlot(options, [x, rows.reference, rows.current], holder));
+    }
+    const table = el('table', { class: 'distribution' },
+      el('caption', {}, caption),
+      el('thead', {}, el('tr', {}, ['bin', 'reference %', 'current %'].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, rows.labels.map((label, i) => el('tr', {},
+        el('td', {}, label), el('td', {}, fmt(100 * rows.reference[i], 1)),
+        el('td', {}, rows.current ? fmt(100 * rows.current[i], 1) : '–')))));
+    $('drift-charts').append(el('details', { class: 'distribution-numbers', open: !hasCharts() },
+      el('summary', {}, 'Numbers'), el('div', { class: 'table-wrap' }, table)));
+  }
+
+  function renderAliasHistory(history) {
+    const version = (v) => (v === null || v === undefined ? null : 'v' + v);
+    const head = el('tr', {}, ['time', 'alias', 'move', 'who', 'why', 'generation'].map((h) => el('th', { scope: 'col' }, h)));
+    const body = [...history].reverse().slice(0, 200).map((c) => el('tr', { 'data-alias': c.alias },
+      el('td', {}, new Date(c.at_ms).toLocaleString()),
+      el('td', {}, '@' + c.alias),
+      el('td', {}, (version(c.from_version) || 'created') + ' → ' + (version(c.to_version) || 'deleted')),
+      el('td', {}, c.actor),
+      el('td', { class: 'note' }, c.reason || '–'),
+      el('td', {}, String(c.generation))));
+    $('alias-history').replaceChildren(history.length
+      ? el('table', { class: 'alias-history' }, el('thead', {}, head), el('tbody', {}, body))
+      : el('p', { class: 'hint' }, 'No alias of ' + registry.selected + ' was ever set.'));
+  }
+
   // === Start ===
 
   let timer = null;
@@ -552,12 +926,19 @@
       tick();
     });
     $('forget-token').addEventListener('click', () => {
+      destroyDriftCharts();
       for (const card of cards.values()) destroyCharts(card);
       cards.clear();
       $('models').replaceChildren();
       askForToken();
     });
     $('filter').addEventListener('input', render);
+    $('registry-model').addEventListener('change', () => {
+      registry.selected = $('registry-model').value || null;
+      registry.version = null;
+      registry.feature = null;
+      refreshRegistry(true);
+    });
     let resizing = null;
     window.addEventListener('resize', () => {
       clearTimeout(resizing);

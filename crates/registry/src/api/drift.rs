@@ -1,6 +1,8 @@
 //! Drift: a version's reference (`PUT/GET/DELETE /cp/v1/models/{m}/versions/{v}/reference`),
-//! its evaluations (`GET /cp/v1/models/{m}/drift`), and an evaluation round on demand
-//! (`POST /cp/v1/drift/evaluate`, for operators and tests that cannot wait a minute).
+//! its evaluations (`GET /cp/v1/models/{m}/drift`), one feature's reference and current
+//! distributions (`GET /cp/v1/models/{m}/versions/{v}/drift/distribution?feature=F`, what the
+//! operations page draws), and an evaluation round on demand (`POST /cp/v1/drift/evaluate`, for
+//! operators and tests that cannot wait a minute).
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use crate::Registry;
 use crate::drift::Reference;
 use crate::error::RegistryError;
 use crate::name::Name;
+use modelgate_sketch::Summary;
 
 type Shared = State<Arc<Registry>>;
 
@@ -32,6 +35,7 @@ pub fn routes() -> Router<Arc<Registry>> {
             get(get_reference).put(put_reference).delete(delete_reference),
         )
         .route("/cp/v1/models/{model}/drift", get(drift))
+        .route("/cp/v1/models/{model}/versions/{version}/drift/distribution", get(distribution))
         .route("/cp/v1/drift/evaluate", post(evaluate_now))
 }
 
@@ -124,6 +128,58 @@ async fn drift(
         "versions": versions,
     });
     Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DistributionQuery {
+    /// The feature, as the reference names it.
+    feature: String,
+}
+
+/// One feature of a version: its reference's histogram (or category counts) and the same of the
+/// windows the next evaluation merges (the last `--drift-span`, on the reference's edges).
+async fn distribution(
+    State(registry): Shared,
+    Path((model, version)): Path<(String, String)>,
+    query: Result<Query<DistributionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| RegistryError::InvalidArgument(e.body_text()))?;
+    let (model, version) = version_path(&model, &version)?;
+    let found =
+        registry.store.drift_reference(model.as_str(), version).await?.ok_or_else(|| {
+            RegistryError::NotFound(format!("model '{model}' version {version} has no drift reference"))
+        })?;
+    let feature = &query.feature;
+    let reference = found.reference.profile.features.get(feature).ok_or_else(|| {
+        let shown: String = feature.chars().take(200).collect();
+        RegistryError::NotFound(format!("the reference of model '{model}' version {version} has no feature {shown:?}"))
+    })?;
+    let span_ms = i64::try_from(registry.drift.span.as_millis()).unwrap_or(i64::MAX);
+    let since_ms = crate::store::now_ms().saturating_sub(span_ms);
+    let specs = std::collections::BTreeMap::from([(feature.clone(), reference.spec())]);
+    let current = registry.store.merged_windows(model.as_str(), version, since_ms, None, Some(&specs)).await?;
+    let body = json!({
+        "model": model, "version": version, "feature": feature,
+        "span_seconds": registry.drift.span.as_secs(), "since_ms": since_ms, "windows": current.windows,
+        "reference": shape(reference), "current": current.profile.features.get(feature).map(shape),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// A summary as counts to draw: a numeric feature's bins (one more count than edges: the outer
+/// bins are open), or a categorical one's categories, largest first, and the rest.
+fn shape(summary: &Summary) -> serde_json::Value {
+    match summary {
+        Summary::Numeric(p) => json!({
+            "kind": "numeric", "rows": p.rows(), "edges": p.histogram().edges(), "counts": p.histogram().counts(),
+            "nan": p.nan_count(), "inf": p.inf_count(),
+        }),
+        Summary::Categorical(p) => {
+            let (counts, other) = p.counts();
+            json!({ "kind": "categorical", "rows": p.count(), "counts": counts, "other": other, "missing": p.missing_count() })
+        }
+    }
 }
 
 async fn evaluate_now(State(registry): Shared) -> Result<Response, ApiError> {
