@@ -78,6 +78,16 @@ async fn bad_admin_requests_get_clear_errors() {
     let weights =
         |a: u32, b: u32| Some(json!({ "weights": [{ "version": 1, "weight": a }, { "version": 2, "weight": b }] }));
     let cases: Vec<(Method, &str, Option<Value>, StatusCode, &str)> = vec![
+        // This gateway follows no control plane: the registry reads say so; a key a read does
+        // not take is refused before that.
+        (
+            Method::GET,
+            "/admin/v1/registry/models/m/drift",
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "follows no control plane",
+        ),
+        (Method::GET, "/admin/v1/registry/models/m/drift?limit=5", None, StatusCode::BAD_REQUEST, "takes history"),
         (Method::PUT, "/admin/v1/routes/m/weights", weights(60, 30), StatusCode::BAD_REQUEST, "sum to 100"),
         (
             Method::PUT,

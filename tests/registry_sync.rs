@@ -593,6 +593,12 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
         gateway.gateway.routes.drifted("fraud", 1)
     })
     .await;
+    // The admin API's route status carries it, with the feature furthest past its bound.
+    let status = gateway.gateway.rollouts.status("fraud").await.unwrap();
+    let mark = status.targets.iter().find(|t| t.version == 1).and_then(|t| t.drift.clone()).expect("a drift mark");
+    let worst = mark.worst.expect("features with verdicts");
+    assert!(mark.drifted && worst.drifted && worst.feature.starts_with("input["), "{worst:?}");
+    assert_eq!((worst.stat, mark.share), ("wasserstein", 1.0), "{worst:?}");
     let metrics = modelgate::metrics::install().render();
     assert!(metrics.contains("modelgate_drift_status{model=\"fraud\",version=\"1\"} 1"), "{metrics}");
     assert!(metrics.contains(

@@ -678,8 +678,11 @@
         registry.versions.set(card.name, { at: now, rows: new Map(answer.versions.map((r) => [Number(r.version), r])) });
         updateCard(card);
       } catch (error) {
-        registry.versions.set(card.name, { at: now, rows: null });
-        failed(error, (text) => say(card, 'error', 'Registry versions: ' + text));
+        // Kept as they were, and asked again at the next registry read; an unreachable gateway
+        // is already said at the top of the page.
+        const known = registry.versions.get(card.name);
+        registry.versions.set(card.name, { at: now - VERSIONS_MAX_AGE_MS, rows: known ? known.rows : null });
+        if (error.status !== 0) failed(error, (text) => say(card, 'error', 'Registry versions: ' + text));
       }
     }
   }
@@ -780,7 +783,7 @@
   function driftFeaturesTable(chosen) {
     const latest = chosen.evaluations[0];
     const entries = Object.entries(latest.features).sort(([a, x], [b, y]) =>
-      (Number(!!y.drifted) - Number(!!x.drifted)) || a.localeCompare(b));
+      (Number(!!y.drifted) - Number(!!x.drifted)) || a.localeCompare(b, undefined, { numeric: true }));
     const head = el('tr', {}, ['feature', 'statistic', 'value', 'compared', 'bound', 'verdict', '']
       .map((h) => el('th', { scope: 'col' }, h)));
     const body = entries.map(([name, v]) => {
@@ -829,7 +832,11 @@
       series: [{}, { label: test ? 'p-value' : 'statistic', stroke: COLORS[0], width: 1.5, points: { show: true } },
         { label: test ? 'α' : 'bound', stroke: COLORS[1], width: 1, dash: [6, 4] }],
     };
-    registry.plots.push(new window.uPlot(options, data, holder));
+    const plot = new window.uPlot(options, data, holder);
+    // At least the last minute on the time axis: a first point alone would span years.
+    const times = data[0];
+    plot.setScale('x', { min: Math.min(times[0], times[times.length - 1] - 60), max: times[times.length - 1] });
+    registry.plots.push(plot);
   }
 
   // Bins (or categories) of a distribution answer, with the reference's and the current share.
@@ -844,7 +851,9 @@
       const edges = ref.edges;
       const labels = ref.counts.map((_, i) => (i === 0 ? '< ' + fmt(edges[0], 2)
         : i === edges.length ? '≥ ' + fmt(edges[i - 1], 2) : fmt(edges[i - 1], 2) + '…' + fmt(edges[i], 2)));
-      return { labels, reference: share(ref.counts), current: cur ? share(cur.counts) : null };
+      // The axis names each bin by its lower edge; the legend and the table give the range.
+      const ticks = ref.counts.map((_, i) => (i === 0 ? '<' + fmt(edges[0], 1) : fmt(edges[i - 1], 1)));
+      return { labels, ticks, reference: share(ref.counts), current: cur ? share(cur.counts) : null };
     }
     const names = ref.counts.map(([name]) => name);
     const of = (side) => {
@@ -852,7 +861,8 @@
       return share([...names.map((n) => map.get(n) || 0), side.other + side.counts.filter(([n]) => !names.includes(n))
         .reduce((a, [, c]) => a + c, 0)]);
     };
-    return { labels: [...names, 'other'], reference: of(ref), current: cur ? of(cur) : null };
+    const labels = [...names, 'other'];
+    return { labels, ticks: labels, reference: of(ref), current: cur ? of(cur) : null };
   }
 
   function drawDistribution(shown) {
@@ -874,7 +884,7 @@
         width: driftChartWidth(),
         height: 180,
         scales: { x: { time: false, range: [-0.6, x.length - 0.4] }, y: { range: [0, null] } },
-        axes: [{ size: 40, values: (u, splits) => splits.map((i) => rows.labels[i] ?? '') }, { size: 44 }],
+        axes: [{ size: 40, space: 34, values: (u, splits) => splits.map((i) => rows.ticks[i] ?? '') }, { size: 44 }],
         series: [{ label: 'bin', value: (u, i) => (i === null ? '–' : rows.labels[i] ?? '') },
           series('reference', COLORS[0], -1), series('current', COLORS[1], 1)],
       };
