@@ -116,7 +116,7 @@ impl DriftMark {
 impl Routes {
     /// Records whether a served version drifts, without the details of [`Routes::set_drift`].
     pub fn set_drifted(&self, model: &str, version: u64, drifted: bool) {
-        let mark = drifted.then(|| DriftMark { drifted, share: 0.0, evaluated_ms: 0, worst: None });
+        let mark = drifted.then_some(DriftMark { drifted, share: 0.0, evaluated_ms: 0, worst: None });
         self.set_drift(model, version, mark);
     }
 

@@ -827,7 +827,8 @@
       title: feature + ' of v' + chosen.version + ': ' + (test ? 'p-value (drifts below α)' : points[0][1].stat + ' (drifts at the bound)'),
       width: driftChartWidth(),
       height: 180,
-      scales: { x: { time: true } },
+      // From 0, so the bound is never the chart's bottom edge.
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       axes: [{ size: 30 }, { size: 50 }],
       series: [{}, { label: test ? 'p-value' : 'statistic', stroke: COLORS[0], width: 1.5, points: { show: true } },
         { label: test ? 'α' : 'bound', stroke: COLORS[1], width: 1, dash: [6, 4] }],
