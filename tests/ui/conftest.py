@@ -9,6 +9,10 @@ nothing) on free loopback ports, with a model repository made here from the exam
   repository index carries that HTML in its reason (model names themselves cannot hold `<`);
 - a model with a 128-character name (the longest allowed).
 
+`RegistryGateway` (tests/ui/test_registry_panels.py) is a second gateway, with the embedded
+control plane and drift profiling on, serving `drift16` (models/make_models.py --drift, through
+.venv/models) from its registry.
+
 The browser is Debian's chromium driven by Playwright (`playwright install` is not used).
 Screenshots go to load-tests/results/ui/ (git-ignored).
 """

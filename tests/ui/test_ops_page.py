@@ -138,6 +138,10 @@ def test_with_the_token_the_models_and_routes_are_shown(page, gateway, shoot):
         expect(card(page, model)).to_be_attached()
     expect(weight_cell(page, "mlp", 1)).to_have_text("100 %")
     expect(page.locator("#status")).to_contain_text("live")
+    # This gateway runs no control plane (--control-plane-port 0): the registry panel shows the
+    # admin API's refusal of its registry reads.
+    expect(page.locator("#registry-message")).to_contain_text("Refused (503)", timeout=SEEN)
+    expect(page.locator("#registry-message")).to_contain_text("follows no control plane")
     # The token stays in this tab's session storage only.
     assert page.evaluate("sessionStorage.getItem('modelgate.adminToken')") == gateway.token
     assert page.context.cookies() == []
