@@ -545,6 +545,18 @@ async fn a_follow_rule_set_through_the_control_planes_api_serves_a_model_under_i
     plane.stop().await;
 }
 
+/// A registry read through the admin API's handler (authenticated already): its JSON answer.
+async fn admin_read(gateway: &Arc<Gateway>, path: &str) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let request = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let response = modelgate::admin::api::handle(gateway.clone(), request).await;
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::OK, "{path}: {value}");
+    value
+}
+
 /// A reference far from what `infer_body` sends (inputs near 100 instead of in ±0.5), so the
 /// control plane's evaluation of any window says the version drifted.
 fn far_reference() -> modelgate_registry::drift::Reference {
@@ -599,6 +611,24 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
     let worst = mark.worst.expect("features with verdicts");
     assert!(mark.drifted && worst.drifted && worst.feature.starts_with("input["), "{worst:?}");
     assert_eq!((worst.stat, mark.share), ("wasserstein", 1.0), "{worst:?}");
+    // The admin API reads the same evaluations, and one feature's distributions, from the
+    // control plane this gateway follows (the operations page's drift panel).
+    let drift = admin_read(&gateway.gateway, "/admin/v1/registry/models/fraud/drift?history=2").await;
+    let latest = &drift["versions"]["1"]["evaluations"][0];
+    assert_eq!(latest["dataset"]["drifted"], true, "{drift}");
+    let feature = &worst.feature;
+    let shown = admin_read(
+        &gateway.gateway,
+        &format!(
+            "/admin/v1/registry/models/fraud/versions/1/drift/distribution?feature={}",
+            feature.replace('[', "%5B").replace(']', "%5D")
+        ),
+    )
+    .await;
+    assert_eq!(shown["feature"], feature.as_str(), "{shown}");
+    assert!(shown["current"]["rows"].as_u64().is_some_and(|rows| rows > 0), "{shown}");
+    // Every value sent is below the reference's lowest edge: all of it in the first bin.
+    assert_eq!(shown["current"]["counts"][0], shown["current"]["rows"], "{shown}");
     let metrics = modelgate::metrics::install().render();
     assert!(metrics.contains("modelgate_drift_status{model=\"fraud\",version=\"1\"} 1"), "{metrics}");
     assert!(metrics.contains(
