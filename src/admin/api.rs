@@ -182,10 +182,7 @@ where
             return error_response(&e);
         }
     };
-    let result = match &endpoint {
-        Endpoint::Registry(read) => super::registry::read(&gateway, read, query.as_deref()).await.map_err(Into::into),
-        _ => run(&gateway, &endpoint, body.as_ref()).await,
-    };
+    let result = run(&gateway, &endpoint, body.as_ref(), query.as_deref()).await;
     audit(&actor, &peer, &method, &path, endpoint.changes(), body.as_ref(), result.as_ref().err());
     match result {
         Ok(value) => json_response(StatusCode::OK, &value),
@@ -230,7 +227,12 @@ fn parse<T: serde::de::DeserializeOwned>(body: Option<&Value>, what: &str) -> Re
     T::deserialize(body).map_err(|e| Error::invalid(format!("invalid {what}: {e}")))
 }
 
-async fn run(gateway: &Gateway, endpoint: &Endpoint, body: Option<&Value>) -> Result<Value, AdminError> {
+async fn run(
+    gateway: &Gateway,
+    endpoint: &Endpoint,
+    body: Option<&Value>,
+    query: Option<&str>,
+) -> Result<Value, AdminError> {
     let rollouts = &gateway.rollouts;
     Ok(match endpoint {
         Endpoint::ListRoutes => json!({ "routes": status(rollouts.list().await)? }),
@@ -266,7 +268,7 @@ async fn run(gateway: &Gateway, endpoint: &Endpoint, body: Option<&Value>) -> Re
             let rows = gateway.repository.index(false).await;
             crate::http::metadata::repository_index(&rows)
         }
-        Endpoint::Registry(read) => super::registry::read(gateway, read, None).await?,
+        Endpoint::Registry(read) => super::registry::read(gateway, read, query).await?,
         Endpoint::LoadVersion(model, version) | Endpoint::UnloadVersion(model, version) => {
             if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(

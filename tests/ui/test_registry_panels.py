@@ -5,7 +5,8 @@ In file order: shifted traffic through the gateway makes `drift16` drift for rea
 set with `modelgate registry reference`, windows profiled by the gateway, verdicts by the
 embedded evaluator), and the drift panel, the models list and `modelgate admin routes` show it;
 an alias moved with `modelgate registry alias` shows in the alias history; the page survives a
-gateway restart; and a page of 500 models renders in bounded time and stays light.
+gateway restart; the panels fit a phone; and a page of 500 models renders in bounded time and
+stays light.
 """
 
 import csv
@@ -187,6 +188,18 @@ def test_the_page_survives_a_gateway_restart_and_asks_for_the_token_once(page, r
     expect(page.locator("#registry-model")).to_have_value("drift16", timeout=SEEN)
     assert page.evaluate("sessionStorage.getItem('modelgate.adminToken')") == gw.token
     shoot(page, "15-after-restart")
+
+
+def test_the_registry_panels_fit_a_phone(browser, registry_gateway, shoot):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    log_in(page, registry_gateway)
+    expect(page.locator('#drift-versions tr[data-version="1"]')).to_contain_text("drifted", timeout=SEEN)
+    expect(page.locator('#alias-history tr[data-alias="challenger"]')).to_be_attached()
+    # Wide tables scroll in their own box: nothing is wider than the screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(page, "17-registry-phone")
+    context.close()
 
 
 def synthetic_fleet(n):
