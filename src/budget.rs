@@ -33,6 +33,22 @@ pub struct Held {
     bytes: usize,
 }
 
+/// A response's [`Held`] bytes riding in the response's extensions from a
+/// handler that cannot reach the body (tonic's) to the listener, which keeps
+/// it with the body until the body is dropped. Clone only because extensions
+/// must be; the bytes are given back when the last clone goes.
+#[derive(Clone, Debug)]
+pub struct HeldUntilWritten {
+    _held: Arc<Held>,
+}
+
+impl HeldUntilWritten {
+    /// Carries `held`.
+    pub fn new(held: Held) -> HeldUntilWritten {
+        HeldUntilWritten { _held: Arc::new(held) }
+    }
+}
+
 impl InflightBytes {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<InflightBytes> {

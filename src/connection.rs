@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::budget::HeldUntilWritten;
+
 /// How long a connection may stay without a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -192,12 +194,19 @@ impl Drop for InUse {
 pub struct Tracked<B> {
     inner: B,
     _in_use: Option<InUse>,
+    _held: Option<HeldUntilWritten>,
 }
 
 impl<B> Tracked<B> {
     /// `inner`, keeping `in_use` until the body is dropped.
     pub fn new(inner: B, in_use: Option<InUse>) -> Tracked<B> {
-        Tracked { inner, _in_use: in_use }
+        Tracked { inner, _in_use: in_use, _held: None }
+    }
+
+    /// The same body, keeping `held` (its bytes against the budget) until it is dropped.
+    pub fn holding(mut self, held: Option<HeldUntilWritten>) -> Tracked<B> {
+        self._held = held;
+        self
     }
 }
 

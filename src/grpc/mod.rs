@@ -14,6 +14,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::budget::{Held, HeldUntilWritten};
 use crate::error::Error;
 use crate::gateway::{Call, EXTENSIONS, Gateway, SERVER_NAME};
 use crate::metrics::Protocol;
@@ -72,7 +73,7 @@ async fn infer_one(
     deadline: Option<Duration>,
     headers: &http::HeaderMap,
     arrival: Instant,
-) -> Result<pb::ModelInferResponse, Error> {
+) -> Result<(pb::ModelInferResponse, Held), Error> {
     let model = std::mem::take(&mut message.model_name);
     let version = std::mem::take(&mut message.model_version);
     let mut request = codec::decode_request(message, gateway.limits.max_request_bytes)?;
@@ -84,7 +85,34 @@ async fn infer_one(
     }
     let call = Call { protocol: Protocol::Grpc, arrival, headers };
     let response = gateway.infer(&model, Some(&version), request, call).await?;
-    Ok(codec::encode_response(response))
+    drop(_held);
+    let response = codec::encode_response(response);
+    // Held until the connection has taken the encoded message (see
+    // `HeldUntilWritten`): a client that does not read keeps it that long.
+    let held = gateway.inflight.reserve(prost::Message::encoded_len(&response))?;
+    Ok((response, held))
+}
+
+/// A stream's responses, each holding its bytes against the budget until the
+/// connection asks for the next one: HTTP/2 asks only once the last has
+/// mostly gone out (hyper waits for flow-control room before it polls the
+/// body again), so a stream whose client never reads holds what the budget
+/// allows and no more. The replies waiting in the channel hold theirs too.
+struct HeldStream {
+    responses: ReceiverStream<(Result<pb::ModelStreamInferResponse, Status>, Option<Held>)>,
+    last: Option<Held>,
+}
+
+impl Stream for HeldStream {
+    type Item = Result<pb::ModelStreamInferResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::task::ready!(Pin::new(&mut self.responses).poll_next(cx));
+        std::task::Poll::Ready(next.map(|(reply, held)| {
+            self.last = held;
+            reply
+        }))
+    }
 }
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -168,8 +196,10 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_deadline(&request)?;
         let (metadata, _, message) = request.into_parts();
         let headers = metadata.into_headers();
-        let response = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
-        Ok(Response::new(response))
+        let (response, held) = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
+        let mut response = Response::new(response);
+        response.extensions_mut().insert(HeldUntilWritten::new(held));
+        Ok(response)
     }
 
     type ModelStreamInferStream = StreamOf<pb::ModelStreamInferResponse>;
@@ -194,7 +224,7 @@ impl GrpcInferenceService for InferenceService {
                     Ok(Some(message)) => message,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.send((Err(e), None)).await;
                         return;
                     }
                 };
@@ -204,22 +234,25 @@ impl GrpcInferenceService for InferenceService {
                 let (gateway, tx, headers) = (gateway.clone(), tx.clone(), headers.clone());
                 tokio::spawn(async move {
                     let id = message.id.clone();
-                    let reply = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
-                        Ok(response) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
-                        Err(error) => pb::ModelStreamInferResponse {
-                            error_message: error.message().to_owned(),
-                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
-                        },
+                    let (reply, held) = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
+                        Ok((response, held)) => (
+                            pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                            Some(held),
+                        ),
+                        Err(error) => (
+                            pb::ModelStreamInferResponse {
+                                error_message: error.message().to_owned(),
+                                infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                            },
+                            None,
+                        ),
                     };
-                    let _ = tx.send(Ok(reply)).await;
+                    let _ = tx.send((Ok(reply), held)).await;
                     drop(slot);
                 });
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(HeldStream { responses: ReceiverStream::new(rx), last: None })))
     }
 
     async fn model_config(
