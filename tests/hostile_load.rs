@@ -506,3 +506,26 @@ async fn a_stream_nobody_reads_holds_its_responses_against_the_budget() {
     drop(client);
     common::eventually("the departed stream gives its bytes back", || budget.held() == 0).await;
 }
+
+// === finding 6: gRPC decoding ===
+
+#[tokio::test]
+async fn a_message_of_millions_of_empty_elements_is_refused_before_it_is_built() {
+    use modelgate::proto::inference::InferTensorContents;
+    let (_repo, server) = identity_server(|c| c.server.max_request_bytes = 16 << 20).await;
+    let mut client = server.grpc().await;
+    // 12 MB on the wire, 6 million `Bytes` (192 MB) decoded.
+    let mut message = identity_raw(4);
+    message.raw_input_contents.clear();
+    for input in &mut message.inputs {
+        let elements = if input.name == "IN_BYTES" { 6_000_000 } else { 0 };
+        input.contents = Some(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); elements], ..Default::default() });
+    }
+    let status = client.model_infer(message).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too many elements"), "{status:?}");
+    // A large message within the bound decodes (off the worker) and is served.
+    let response = client.model_infer(identity_raw(8 << 20)).await.unwrap().into_inner();
+    let fp32 = response.outputs.iter().position(|o| o.name == "OUT_FP32").unwrap();
+    assert_eq!(response.raw_output_contents[fp32].len(), 8 << 20);
+}

@@ -1,7 +1,9 @@
 //! The gRPC front door: `inference.GRPCInferenceService` as Triton serves it,
 //! and the standard `grpc.health.v1.Health` service.
 
+pub mod bounded_codec;
 pub mod codec;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,12 +27,16 @@ use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceServic
 use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
 use crate::repository::config_message;
 
+/// Typed elements from which a request is converted on the blocking pool.
+const OFFLOAD_ELEMENTS: usize = 1 << 16;
+
 /// Requests of one `ModelStreamInfer` stream that may run at once.
 const STREAM_CONCURRENCY: usize = 64;
 
 /// The gRPC services, ready to be served beside HTTP.
 pub fn routes(gateway: Arc<Gateway>) -> Routes {
     let limit = gateway.limits.max_request_bytes;
+    bounded_codec::set_request_limit(limit);
     let inference = GrpcInferenceServiceServer::new(InferenceService { gateway: gateway.clone() })
         // tonic's 4 MiB default would refuse what HTTP accepts; tritonclient allows 2 GiB.
         .max_decoding_message_size(limit)
@@ -76,7 +82,16 @@ async fn infer_one(
 ) -> Result<(pb::ModelInferResponse, Held), Error> {
     let model = std::mem::take(&mut message.model_name);
     let version = std::mem::take(&mut message.model_version);
-    let mut request = codec::decode_request(message, gateway.limits.max_request_bytes)?;
+    let limit = gateway.limits.max_request_bytes;
+    // Converting typed contents is a loop over every element: a large one
+    // runs on the blocking pool, not on the worker other clients share.
+    let mut request = if codec::typed_elements(&message) < OFFLOAD_ELEMENTS {
+        codec::decode_request(message, limit)?
+    } else {
+        tokio::task::spawn_blocking(move || codec::decode_request(message, limit))
+            .await
+            .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??
+    };
     // tonic has read the message already; holding its tensors against the
     // budget still keeps queued requests from outgrowing memory.
     let _held = gateway.inflight.reserve(request.inputs.iter().map(|t| t.data.len()).sum())?;
