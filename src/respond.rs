@@ -121,10 +121,15 @@ mod tests {
     async fn a_held_body_goes_out_in_slices_and_gives_its_bytes_back_with_the_last() {
         let budget = InflightBytes::new(10 << 20);
         let part = Bytes::from(vec![7u8; SLICE_BYTES * 2 + 10]);
-        let mut body = Chunks::many(VecDeque::from([Bytes::from_static(b"{}"), part])).held(budget.reserve(3 << 20).unwrap());
+        let mut body =
+            Chunks::many(VecDeque::from([Bytes::from_static(b"{}"), part])).held(budget.reserve(3 << 20).unwrap());
         let mut sizes = Vec::new();
         while let Some(frame) = body.frame().await {
-            assert_eq!(budget.held(), if http_body::Body::is_end_stream(&body) { 0 } else { 3 << 20 }, "after {sizes:?}");
+            assert_eq!(
+                budget.held(),
+                if http_body::Body::is_end_stream(&body) { 0 } else { 3 << 20 },
+                "after {sizes:?}"
+            );
             sizes.push(frame.unwrap().into_data().unwrap().len());
         }
         assert_eq!(sizes, [2, SLICE_BYTES, SLICE_BYTES, 10]);

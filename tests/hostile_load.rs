@@ -519,7 +519,8 @@ async fn a_message_of_millions_of_empty_elements_is_refused_before_it_is_built()
     message.raw_input_contents.clear();
     for input in &mut message.inputs {
         let elements = if input.name == "IN_BYTES" { 6_000_000 } else { 0 };
-        input.contents = Some(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); elements], ..Default::default() });
+        input.contents =
+            Some(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); elements], ..Default::default() });
     }
     let status = client.model_infer(message).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");

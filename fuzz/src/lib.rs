@@ -15,8 +15,11 @@ use prost::Message;
 /// Request limit the decoders are given (the real default is 64 MiB).
 pub const LIMIT: usize = 1 << 20;
 
-/// Every target, by name (the corpus folder under `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: its name (the corpus folder under `fuzz/corpus/`) and its function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("v2_json", v2_json),
     ("binary_tensor", binary_tensor),
     ("grpc_infer", grpc_infer),

@@ -251,7 +251,10 @@ impl GrpcInferenceService for InferenceService {
                     let id = message.id.clone();
                     let (reply, held) = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
                         Ok((response, held)) => (
-                            pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                            pb::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(response),
+                            },
                             Some(held),
                         ),
                         Err(error) => (

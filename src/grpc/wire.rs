@@ -157,11 +157,9 @@ mod tests {
 
     #[test]
     fn empty_bytes_elements_count_their_handles() {
-        let message = with_contents(InferTensorContents {
-            bytes_contents: vec![Bytes::new(); 1000],
-            ..Default::default()
-        })
-        .encode_to_vec();
+        let message =
+            with_contents(InferTensorContents { bytes_contents: vec![Bytes::new(); 1000], ..Default::default() })
+                .encode_to_vec();
         assert!(message.len() < 2100, "{}", message.len());
         let decoded = decoded_bytes(&message);
         assert!(decoded >= 1000 * size_of::<Bytes>(), "{decoded}");
@@ -179,7 +177,8 @@ mod tests {
 
     #[test]
     fn raw_contents_cost_a_handle_not_their_length() {
-        let message = ModelInferRequest { raw_input_contents: vec![Bytes::from(vec![0; 1 << 20])], ..Default::default() };
+        let message =
+            ModelInferRequest { raw_input_contents: vec![Bytes::from(vec![0; 1 << 20])], ..Default::default() };
         assert_eq!(decoded_bytes(&message.encode_to_vec()), size_of::<ModelInferRequest>() + size_of::<Bytes>());
     }
 
