@@ -45,6 +45,13 @@ scripts/with-postgres.sh cargo test --workspace "${feature_args[@]}"
 step "cargo build ${feature_args[*]:-} --bin modelgate (for the client suites)"
 cargo build "${feature_args[@]}" --bin modelgate
 
+# Idle connections (2,000 silent sockets, 300 HTTP/2 connections without a stream) beside a
+# client sending every 50 ms: its p99 and errors, every listener accepting, RSS; about 30 s.
+# The whole harness (stalled uploads, gzip bombs, unread responses, gRPC bombs) is
+# load-tests/hostile/run.py without --fast.
+step "hostile load, fast cases (load-tests/hostile/run.py --fast)"
+"${COMPAT_PYTHON:-.venv/client/bin/python}" load-tests/hostile/run.py --fast --binary target/debug/modelgate
+
 step "MLflow client against the registry (mlflow-skinny, SQLite and PostgreSQL)"
 scripts/with-postgres.sh "${COMPAT_PYTHON:-.venv/client/bin/python}" -m pytest -q tests/registry
 

@@ -10,9 +10,13 @@ of the attack, and how long the server takes after the attack to come back to it
     peak RSS < server.max_inflight_bytes + 256 MiB, bystander p99 < 50 ms, 0 bystander errors,
     every listener accepting, idle RSS again within 30 s.
 
+Attacks run one after another on one server, so a row's idle RSS is what the previous attack left.
+
 Every attack is bounded in count and time and runs on loopback only. `--fast` runs the attacks
-that take a few seconds each (scripts/test.sh runs those, about 40 s); the whole run takes about
-4 minutes.
+that cost the server no CPU to speak of (idle connections: scripts/test.sh runs those, about
+30 s); the whole run takes about 4 minutes. The CPU-heavy attacks (inflating gzip bombs, encoding
+360 MB of JSON) compete with the bystander for the machine's cores, so their p99 says as much
+about the machine as about the server: run them on an otherwise idle machine and a release build.
 
     .venv/client/bin/python load-tests/hostile/run.py [--fast] [--binary target/release/modelgate] [--only NAME ...]
 """
@@ -278,7 +282,7 @@ ATTACKS = [
     Attack("silent sockets (2,000)", silent_sockets, 12, True),
     Attack("HTTP/2 without streams (300)", h2_without_streams, 8, True),
     Attack("stalled chunked uploads (40 x 32 MiB)", stalled_chunked_uploads, 12, False),
-    Attack("gzip bombs (48 x 80 MiB)", gzip_bombs, 10, True),
+    Attack("gzip bombs (48 x 80 MiB)", gzip_bombs, 10, False),
     Attack("unread 360 MB JSON responses (8)", unread_json_responses, 15, False),
     Attack("gRPC empty elements (4 x 60 MB)", grpc_empty_elements, 8, False),
 ]
