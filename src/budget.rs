@@ -16,6 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
 
+/// What an inference holds while it runs, in multiples of its input tensors'
+/// bytes: the inputs, the batch's copy of them, and outputs about as large.
+/// A request holds this much from when it is decoded until its response is
+/// ready (eight 60 MiB inferences at once otherwise held three times what
+/// the budget counted; issue #15's unread-responses attack).
+pub const RUN_FACTOR: usize = 3;
+
 /// How many request bytes may be held at once, and how many are.
 #[derive(Debug)]
 pub struct InflightBytes {

@@ -530,3 +530,19 @@ async fn a_message_of_millions_of_empty_elements_is_refused_before_it_is_built()
     let fp32 = response.outputs.iter().position(|o| o.name == "OUT_FP32").unwrap();
     assert_eq!(response.raw_output_contents[fp32].len(), 8 << 20);
 }
+
+#[tokio::test]
+async fn an_inference_holds_its_inputs_batch_copy_and_outputs_while_it_runs() {
+    let (_repo, server) = identity_server(|c| {
+        c.server.max_request_bytes = 16 << 20;
+        c.server.max_inflight_bytes = 30 << 20;
+    })
+    .await;
+    let mut client = server.grpc().await;
+    // 8 MiB of inputs run with 24 MiB held; 12 MiB would need 36 MiB.
+    client.model_infer(identity_raw(8 << 20)).await.unwrap();
+    let status = client.model_infer(identity_raw(12 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry later"), "{status:?}");
+    assert_eq!(server.gateway.inflight.held(), 0);
+}

@@ -92,9 +92,11 @@ async fn infer_one(
             .await
             .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??
     };
-    // tonic has read the message already; holding its tensors against the
-    // budget still keeps queued requests from outgrowing memory.
-    let _held = gateway.inflight.reserve(request.inputs.iter().map(|t| t.data.len()).sum())?;
+    // tonic has read the message already; holding its run's working set (see
+    // `RUN_FACTOR`) against the budget still keeps queued requests from
+    // outgrowing memory.
+    let tensor_bytes: usize = request.inputs.iter().map(|t| t.data.len()).sum();
+    let _held = gateway.inflight.reserve(tensor_bytes.saturating_mul(crate::budget::RUN_FACTOR))?;
     if let Some(d) = deadline {
         request.cap_timeout(d);
     }

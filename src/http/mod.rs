@@ -271,7 +271,7 @@ where
     let (parts, body) = request.into_parts();
     let limit = gateway.limits.max_request_bytes;
     // Held until the inference is done: the request's data lives that long.
-    let (body, held) =
+    let (body, mut held) =
         body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
@@ -281,6 +281,10 @@ where
     } else {
         offload(move || Ok(decode_request(header_length, body, limit)?)).await?
     };
+    // From here the request holds its run's working set (see `RUN_FACTOR`);
+    // a JSON body's text is gone with the decode.
+    let tensor_bytes: usize = decoded.inputs.iter().map(|t| t.data.len()).sum();
+    held.resize(tensor_bytes.saturating_mul(crate::budget::RUN_FACTOR))?;
     if let Some(t) = header_timeout {
         decoded.cap_timeout(t);
     }
