@@ -405,7 +405,11 @@ pub fn encoded_bound(response: &InferResponse) -> usize {
 
 /// Encodes a response: JSON outputs inline, binary outputs after the JSON.
 pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Error> {
-    let mut json = Vec::with_capacity(128 + response.outputs.len() * 64);
+    // Sized once at the longest the text can be: growing by doubling would
+    // copy a 360 MB text from a 256 MiB buffer into a 512 MiB one, both
+    // resident meanwhile. Pages never written are never resident.
+    let binary: usize = response.outputs.iter().filter(|o| o.binary).map(|o| o.tensor.data.len()).sum();
+    let mut json = Vec::with_capacity(encoded_bound(response).saturating_sub(binary));
     json.extend_from_slice(b"{\"model_name\":");
     write_str(&mut json, &response.model_name);
     json.extend_from_slice(b",\"model_version\":\"");
