@@ -123,8 +123,9 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
                 };
                 // A unary response's bytes stay held until its body is dropped.
                 let held = response.extensions_mut().remove::<HeldUntilWritten>();
+                let keep = held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>);
                 Ok(resource_exhausted_on_oversize(response)
-                    .map(|body| Tracked::new(Either::Right(body), in_use).holding(held)))
+                    .map(|body| Tracked::new(Either::Right(body), in_use).keeping(keep)))
             });
         }
         Box::pin(async move {

@@ -43,7 +43,8 @@ pub fn set_request_limit(max_request_bytes: usize) {
 
 fn decoded_limit() -> usize {
     match DECODED_LIMIT.load(Ordering::Relaxed) {
-        0 => 2 * crate::config::ServerConfig::default().max_request_bytes,
+        // Twice the default server.max_request_bytes (64 MiB).
+        0 => 2 * (64 << 20),
         limit => limit,
     }
 }
