@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Tensor payloads stay `Bytes`: decoded without a copy, encoded without one.
         .bytes(".")
+        // prost's codec with a bound on what a message decodes to, decoding
+        // large ones off the async workers (src/grpc/bounded_codec.rs).
+        .codec_path("crate::grpc::bounded_codec::BoundedCodec")
         .build_server(true)
         .build_client(true)
         // Clients are for tests; they bring their own channel.

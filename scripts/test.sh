@@ -6,7 +6,9 @@
 # Triton-client compatibility suite (tritonclient + perf_analyzer against the built server), and
 # the operations page in a real browser (Playwright driving Debian's chromium against the built
 # server).
-# Run `scripts/setup.sh` once first (README: `scripts/setup.sh && scripts/test.sh`).
+# The fuzz corpus (fuzz/corpus/) is replayed on stable by tests/fuzz_corpus.rs, part of `cargo test`
+# below; fuzzing itself (nightly, libFuzzer) is scripts/fuzz.sh, not run here.
+# Run `scripts/setup.sh --torch` once first (README: `scripts/setup.sh --torch && scripts/test.sh`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,11 +39,18 @@ cargo clippy --workspace --features cuda -- -D warnings
 # machine without PostgreSQL fails here instead of skipping those tests.
 export MODELGATE_REQUIRE_POSTGRES=1
 
-step "cargo test ${feature_args[*]:-} (with a throwaway PostgreSQL)"
+step "cargo test ${feature_args[*]:-} (with a throwaway PostgreSQL; replays the fuzz corpus too)"
 scripts/with-postgres.sh cargo test --workspace "${feature_args[@]}"
 
 step "cargo build ${feature_args[*]:-} --bin modelgate (for the client suites)"
 cargo build "${feature_args[@]}" --bin modelgate
+
+# Idle connections (2,000 silent sockets, 300 HTTP/2 connections without a stream) beside a
+# client sending every 50 ms: its p99 and errors, every listener accepting, RSS; about 30 s.
+# The whole harness (stalled uploads, gzip bombs, unread responses, gRPC bombs) is
+# load-tests/hostile/run.py without --fast.
+step "hostile load, fast cases (load-tests/hostile/run.py --fast)"
+"${COMPAT_PYTHON:-.venv/client/bin/python}" load-tests/hostile/run.py --fast --binary target/debug/modelgate
 
 step "MLflow client against the registry (mlflow-skinny, SQLite and PostgreSQL)"
 scripts/with-postgres.sh "${COMPAT_PYTHON:-.venv/client/bin/python}" -m pytest -q tests/registry

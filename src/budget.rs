@@ -16,6 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
 
+/// What an inference holds while it runs, in multiples of its input tensors'
+/// bytes: the inputs, the batch's copy of them, and outputs about as large.
+/// A request holds this much from when it is decoded until its response is
+/// ready (eight 60 MiB inferences at once otherwise held three times what
+/// the budget counted; issue #15's unread-responses attack).
+pub const RUN_FACTOR: usize = 3;
+
 /// How many request bytes may be held at once, and how many are.
 #[derive(Debug)]
 pub struct InflightBytes {
@@ -31,6 +38,22 @@ pub struct InflightBytes {
 pub struct Held {
     budget: Arc<InflightBytes>,
     bytes: usize,
+}
+
+/// A response's [`Held`] bytes riding in the response's extensions from a
+/// handler that cannot reach the body (tonic's) to the listener, which keeps
+/// it with the body until the body is dropped. Clone only because extensions
+/// must be; the bytes are given back when the last clone goes.
+#[derive(Clone, Debug)]
+pub struct HeldUntilWritten {
+    _held: Arc<Held>,
+}
+
+impl HeldUntilWritten {
+    /// Carries `held`.
+    pub fn new(held: Held) -> HeldUntilWritten {
+        HeldUntilWritten { _held: Arc::new(held) }
+    }
 }
 
 impl InflightBytes {

@@ -192,12 +192,23 @@ impl Drop for InUse {
 pub struct Tracked<B> {
     inner: B,
     _in_use: Option<InUse>,
+    /// What must live as long as the body: a response's bytes held against
+    /// the budget (`budget::HeldUntilWritten`), kept opaque here so the
+    /// connection layer depends on nothing above it.
+    _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<B> Tracked<B> {
     /// `inner`, keeping `in_use` until the body is dropped.
     pub fn new(inner: B, in_use: Option<InUse>) -> Tracked<B> {
-        Tracked { inner, _in_use: in_use }
+        Tracked { inner, _in_use: in_use, _keep: None }
+    }
+
+    /// The same body, keeping `keep` (e.g. its bytes held against the
+    /// budget) until it is dropped.
+    pub fn keeping(mut self, keep: Option<Box<dyn std::any::Any + Send + Sync>>) -> Tracked<B> {
+        self._keep = keep;
+        self
     }
 }
 

@@ -48,8 +48,8 @@ struct AdminArgs {
     /// File holding the bearer token (default: env MODELGATE_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Who makes the change, for the audit log (default: $USER).
-    #[arg(long, env = "USER", default_value = "unknown")]
+    /// Who makes the change, for the audit log [default: $USER, else "unknown"].
+    #[arg(long, env = "USER", hide_env = true, default_value = "unknown", hide_default_value = true)]
     actor: String,
     #[command(subcommand)]
     command: AdminCommand,
@@ -58,25 +58,25 @@ struct AdminArgs {
 /// Flags take Triton's names where the concept is the same; they override the config file.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML config file (see src/config.rs for every key).
+    /// TOML config file; config/modelgate.toml lists every key with its default. Flags override it.
     #[arg(long, env = "MODELGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Model repository directory.
+    /// Model repository directory [default: models].
     #[arg(long)]
     model_repository: Option<PathBuf>,
-    /// Address the data-plane listeners bind.
+    /// Address the data-plane listeners bind [default: 0.0.0.0].
     #[arg(long)]
     http_address: Option<std::net::IpAddr>,
-    /// HTTP port (gRPC is served there too).
+    /// HTTP port (gRPC is served there too) [default: 8000].
     #[arg(long)]
     http_port: Option<u16>,
-    /// gRPC port (HTTP is served there too); 0 turns it off.
+    /// gRPC port (HTTP is served there too); 0 turns it off [default: 8001].
     #[arg(long)]
     grpc_port: Option<u16>,
-    /// Prometheus metrics port; 0 turns it off (/metrics stays on the HTTP port).
+    /// Prometheus metrics port; 0 turns it off (/metrics stays on the HTTP port) [default: 8002].
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// Largest request body in bytes, after decompression, for HTTP and gRPC.
+    /// Largest request body in bytes, after decompression, for HTTP and gRPC [default: 67108864 (64 MiB)].
     #[arg(long)]
     max_input_size: Option<usize>,
     /// `none` (the default) refuses the repository load/unload API; `explicit` allows it.
@@ -85,19 +85,19 @@ struct ServeArgs {
     /// Load only these models at start (repeatable); default: all.
     #[arg(long = "load-model")]
     load_model: Vec<String>,
-    /// Ready only when every model is ready.
+    /// Ready only when every model is ready [default: true].
     #[arg(long)]
     strict_readiness: Option<bool>,
-    /// Seconds to wait for in-flight requests at shutdown.
+    /// Seconds to wait for in-flight requests at shutdown [default: 30].
     #[arg(long)]
     exit_timeout_secs: Option<u64>,
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, else .native/ from scripts/setup.sh).
     #[arg(long)]
     onnxruntime_library: Option<PathBuf>,
-    /// Address the admin listener binds (default 127.0.0.1: keep it off public interfaces).
+    /// Address the admin listener binds [default: 127.0.0.1: keep it off public interfaces].
     #[arg(long)]
     admin_address: Option<std::net::IpAddr>,
-    /// Admin API port; 0 turns it off. It is off anyway without a token.
+    /// Admin API port; 0 turns it off. It is off anyway without a token [default: 8003].
     #[arg(long)]
     admin_port: Option<u16>,
     /// File holding the admin bearer token (else env MODELGATE_ADMIN_TOKEN).

@@ -12,14 +12,26 @@ use http::{Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use serde_json::Value;
 
+use crate::budget::Held;
 use crate::error::Error;
 
 /// A response body made of parts written in order: the JSON header and then
 /// each binary output, without joining them into one buffer.
+///
+/// A large body may hold its bytes against the server's memory budget
+/// ([`Chunks::held`]) until the body is dropped, which is when the connection
+/// has taken its last slice: parts go out in slices of at most
+/// [`SLICE_BYTES`], so what the connection still buffers after that is at
+/// most one slice (a 300 MB part handed over whole would be buffered by the
+/// connection long after the body, and its budget, were gone).
 #[derive(Debug, Default)]
 pub struct Chunks {
     pub(crate) parts: VecDeque<Bytes>,
+    held: Option<Held>,
 }
+
+/// The largest frame a [`Chunks`] body hands the connection at once.
+pub const SLICE_BYTES: usize = 1 << 20;
 
 impl Chunks {
     /// No body.
@@ -29,12 +41,29 @@ impl Chunks {
 
     /// One part.
     pub fn one(bytes: Bytes) -> Chunks {
-        Chunks { parts: VecDeque::from([bytes]) }
+        Chunks { parts: VecDeque::from([bytes]), held: None }
     }
 
     /// Several parts.
     pub fn many(parts: VecDeque<Bytes>) -> Chunks {
-        Chunks { parts }
+        Chunks { parts, held: None }
+    }
+
+    /// The same body, holding `held` (its bytes against the budget) until
+    /// its last slice is taken.
+    pub fn held(mut self, held: Held) -> Chunks {
+        self.held = Some(held);
+        self
+    }
+
+    /// Bytes of the body.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
     }
 }
 
@@ -43,7 +72,19 @@ impl http_body::Body for Chunks {
     type Error = Infallible;
 
     fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.parts.pop_front().map(|b| Ok(Frame::data(b))))
+        let Some(mut part) = self.parts.pop_front() else {
+            self.held = None;
+            return Poll::Ready(None);
+        };
+        if part.len() > SLICE_BYTES {
+            let rest = part.split_off(SLICE_BYTES);
+            self.parts.push_front(rest);
+        }
+        if self.parts.is_empty() {
+            // The last slice: what it shares its allocation with is gone.
+            self.held = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(part))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -67,4 +108,30 @@ pub fn json_response(status: StatusCode, value: &Value) -> Response<Chunks> {
 /// The `{"error": "..."}` body Triton sends, with the mapped status.
 pub fn error_response(error: &Error) -> Response<Chunks> {
     json_response(error.http_status(), &serde_json::json!({ "error": error.message() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::budget::InflightBytes;
+
+    #[tokio::test]
+    async fn a_held_body_goes_out_in_slices_and_gives_its_bytes_back_with_the_last() {
+        let budget = InflightBytes::new(10 << 20);
+        let part = Bytes::from(vec![7u8; SLICE_BYTES * 2 + 10]);
+        let mut body =
+            Chunks::many(VecDeque::from([Bytes::from_static(b"{}"), part])).held(budget.reserve(3 << 20).unwrap());
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            assert_eq!(
+                budget.held(),
+                if http_body::Body::is_end_stream(&body) { 0 } else { 3 << 20 },
+                "after {sizes:?}"
+            );
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [2, SLICE_BYTES, SLICE_BYTES, 10]);
+    }
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
+use crate::budget::HeldUntilWritten;
 use crate::config::ServerConfig;
 use crate::connection::{Activity, Timeouts, Tracked};
 use crate::gateway::Gateway;
@@ -116,11 +117,15 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         if is_grpc(&request) {
             let mut grpc = self.grpc.clone();
             return Box::pin(async move {
-                let response = match grpc.call(request).await {
+                let mut response = match grpc.call(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                Ok(resource_exhausted_on_oversize(response).map(|body| Tracked::new(Either::Right(body), in_use)))
+                // A unary response's bytes stay held until its body is dropped.
+                let held = response.extensions_mut().remove::<HeldUntilWritten>();
+                let keep = held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>);
+                Ok(resource_exhausted_on_oversize(response)
+                    .map(|body| Tracked::new(Either::Right(body), in_use).keeping(keep)))
             });
         }
         Box::pin(async move {

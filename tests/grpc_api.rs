@@ -187,7 +187,8 @@ async fn messages_over_the_size_limit_or_the_shared_inflight_budget_are_resource
     repo.add("identity", "identity", 1, Some("max_batch_size: 0"));
     let mut config = config_for(repo.path());
     config.server.max_request_bytes = 8 << 20;
-    config.server.max_inflight_bytes = 11 << 20;
+    // An inference holds three times its tensors while it runs (budget::RUN_FACTOR).
+    config.server.max_inflight_bytes = 19 << 20;
     let server = TestServer::start(config).await;
     let mut client = server.grpc().await;
     let request = |elements: usize| {
@@ -221,8 +222,9 @@ async fn messages_over_the_size_limit_or_the_shared_inflight_budget_are_resource
     let status = client.model_infer(request(3 << 20)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
-    // The in-flight budget (11 MiB) is shared with HTTP: an upload that
-    // declares 8 MiB leaves no room for a 4 MiB message until it goes away.
+    // The in-flight budget (19 MiB) is shared with HTTP: an upload that
+    // declares 8 MiB leaves no room for a 4 MiB message (12 MiB while it
+    // runs) until it goes away.
     let upload = server.stalled_upload("/v2/models/identity/infer", 8 << 20, "{").await;
     let budget = &server.gateway.inflight;
     common::eventually("the upload holds its declared bytes", || budget.held() == 8 << 20).await;

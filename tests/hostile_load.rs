@@ -391,3 +391,158 @@ async fn a_client_that_does_not_read_its_responses_is_cut_off_at_the_write_timeo
     assert!(cut_after <= Duration::from_secs(11), "cut off after {cut_after:?}, not at the write timeout");
     assert_eq!(live(server.http, "/v2/health/live").await, 200, "others are served");
 }
+
+// === finding 4: responses are held against the budget until written ===
+
+/// An identity inference as one binary body: `n` INT8 elements of -100 in
+/// `IN_INT8` (every other input one element), asking for `OUT_INT8` as JSON,
+/// which writes `-100,` (5 bytes) for each byte sent.
+fn int8_json_request(n: usize) -> (Vec<u8>, String) {
+    let mut inputs = Vec::new();
+    let mut binary = Vec::new();
+    for &(name, dtype, size) in common::IDENTITY_FIXED_INPUTS.iter().chain([&("IN_BYTES", "BYTES", 5)]) {
+        let (count, data) = match name {
+            "IN_INT8" => (n, vec![0x9c; n]),
+            "IN_BYTES" => (1, vec![1, 0, 0, 0, b'x']),
+            _ => (1, vec![0; size]),
+        };
+        inputs.push(serde_json::json!({
+            "name": name, "datatype": dtype, "shape": [1, count], "parameters": {"binary_data_size": data.len()}
+        }));
+        binary.extend(data);
+    }
+    let header = serde_json::json!({"inputs": inputs, "outputs": [{"name": "OUT_INT8"}]}).to_string();
+    let length = header.len().to_string();
+    let mut body = header.into_bytes();
+    body.extend(binary);
+    (body, length)
+}
+
+async fn identity_server(configure: impl FnOnce(&mut Config)) -> (TempRepo, TestServer) {
+    let repo = TempRepo::new();
+    repo.add("identity", "identity", 1, Some("max_batch_size: 0"));
+    let mut config = config_for(repo.path());
+    configure(&mut config);
+    config.validate().unwrap();
+    (repo, TestServer::start(config).await)
+}
+
+#[tokio::test]
+async fn a_response_nobody_reads_is_held_against_the_budget_until_written() {
+    let (_repo, server) = identity_server(|c| {
+        c.server.max_request_bytes = 16 << 20;
+        c.server.max_inflight_bytes = 64 << 20;
+    })
+    .await;
+    // 8 MB asks for a 40 MB JSON response, and its client never reads it.
+    let (body, length) = int8_json_request(8 << 20);
+    let mut silent = TcpStream::connect(server.http).await.unwrap();
+    let head = format!(
+        "POST /v2/models/identity/infer HTTP/1.1\r\nhost: t\r\ninference-header-content-length: {length}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    silent.write_all(head.as_bytes()).await.unwrap();
+    silent.write_all(&body).await.unwrap();
+    let budget = &server.gateway.inflight;
+    // What the socket buffers took is given back only with the last slice:
+    // tens of megabytes stay held while the client does not read.
+    common::eventually("the unread response holds its bytes", || budget.held() >= 30 << 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(budget.held() >= 30 << 20, "given back before it was written: {}", budget.held());
+    // The same request again does not fit beside it: refused before its
+    // response is encoded.
+    let headers = [("inference-header-content-length", length.as_str())];
+    let reply = server.request(http::Method::POST, "/v2/models/identity/infer", &headers, body.clone()).await;
+    reply.expect_error(429, "retry later");
+    drop(silent);
+    common::eventually("the departed client's response is given back", || budget.held() == 0).await;
+    let reply = server.request(http::Method::POST, "/v2/models/identity/infer", &headers, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.error());
+    assert_eq!(budget.held(), 0, "a response read to its end holds nothing");
+}
+
+/// A `ModelInferRequest` for identity: `fp32` bytes of `IN_FP32`, every
+/// other input one element, all in `raw_input_contents`.
+fn identity_raw(fp32: usize) -> modelgate::proto::inference::ModelInferRequest {
+    use modelgate::proto::inference::model_infer_request::InferInputTensor;
+    let mut inputs = Vec::new();
+    let mut raw = Vec::new();
+    for &(name, dtype, size) in common::IDENTITY_FIXED_INPUTS.iter().chain([&("IN_BYTES", "BYTES", 5)]) {
+        let data = match name {
+            "IN_FP32" => vec![0; fp32],
+            "IN_BYTES" => vec![1, 0, 0, 0, b'x'],
+            _ => vec![0; size],
+        };
+        let count = if name == "IN_FP32" { fp32 / 4 } else { 1 };
+        let shape = vec![1, count as i64];
+        inputs.push(InferInputTensor { name: name.into(), datatype: dtype.into(), shape, ..Default::default() });
+        raw.push(bytes::Bytes::from(data));
+    }
+    modelgate::proto::inference::ModelInferRequest {
+        model_name: "identity".into(),
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_holds_its_responses_against_the_budget() {
+    let (_repo, server) = identity_server(|c| {
+        c.server.max_request_bytes = 4 << 20;
+        c.server.max_inflight_bytes = 24 << 20;
+    })
+    .await;
+    let mut client = server.grpc().await;
+    // 40 requests of 2 MiB, 80 MiB of responses, and the client reads none.
+    let requests = (0..40).map(|_| identity_raw(2 << 20)).collect::<Vec<_>>();
+    let unread = client.model_stream_infer(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let budget = &server.gateway.inflight;
+    common::eventually("the unread responses hold their bytes", || budget.held() >= 16 << 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = budget.held();
+    assert!((16 << 20..=24 << 20).contains(&held), "{held} bytes held by a stream nobody reads");
+    drop(unread);
+    drop(client);
+    common::eventually("the departed stream gives its bytes back", || budget.held() == 0).await;
+}
+
+// === finding 6: gRPC decoding ===
+
+#[tokio::test]
+async fn a_message_of_millions_of_empty_elements_is_refused_before_it_is_built() {
+    use modelgate::proto::inference::InferTensorContents;
+    let (_repo, server) = identity_server(|c| c.server.max_request_bytes = 16 << 20).await;
+    let mut client = server.grpc().await;
+    // 12 MB on the wire, 6 million `Bytes` (192 MB) decoded.
+    let mut message = identity_raw(4);
+    message.raw_input_contents.clear();
+    for input in &mut message.inputs {
+        let elements = if input.name == "IN_BYTES" { 6_000_000 } else { 0 };
+        input.contents =
+            Some(InferTensorContents { bytes_contents: vec![bytes::Bytes::new(); elements], ..Default::default() });
+    }
+    let status = client.model_infer(message).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too many elements"), "{status:?}");
+    // A large message within the bound decodes (off the worker) and is served.
+    let response = client.model_infer(identity_raw(8 << 20)).await.unwrap().into_inner();
+    let fp32 = response.outputs.iter().position(|o| o.name == "OUT_FP32").unwrap();
+    assert_eq!(response.raw_output_contents[fp32].len(), 8 << 20);
+}
+
+#[tokio::test]
+async fn an_inference_holds_its_inputs_batch_copy_and_outputs_while_it_runs() {
+    let (_repo, server) = identity_server(|c| {
+        c.server.max_request_bytes = 16 << 20;
+        c.server.max_inflight_bytes = 30 << 20;
+    })
+    .await;
+    let mut client = server.grpc().await;
+    // 8 MiB of inputs run with 24 MiB held; 12 MiB would need 36 MiB.
+    client.model_infer(identity_raw(8 << 20)).await.unwrap();
+    let status = client.model_infer(identity_raw(12 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry later"), "{status:?}");
+    assert_eq!(server.gateway.inflight.held(), 0);
+}

@@ -149,6 +149,26 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>, limit: usize) -> Re
     Ok(declared.with_data(data)?)
 }
 
+/// Elements a message holds in typed `contents` (which [`decode_request`]
+/// converts one by one; `raw_input_contents` it takes without a copy).
+pub fn typed_elements(message: &ModelInferRequest) -> usize {
+    message
+        .inputs
+        .iter()
+        .filter_map(|input| input.contents.as_ref())
+        .map(|c| {
+            c.bool_contents.len()
+                + c.int_contents.len()
+                + c.int64_contents.len()
+                + c.uint_contents.len()
+                + c.uint64_contents.len()
+                + c.fp32_contents.len()
+                + c.fp64_contents.len()
+                + c.bytes_contents.len()
+        })
+        .sum()
+}
+
 fn has_typed(c: &InferTensorContents) -> bool {
     !(c.bool_contents.is_empty()
         && c.int_contents.is_empty()

@@ -1,7 +1,9 @@
 //! The gRPC front door: `inference.GRPCInferenceService` as Triton serves it,
 //! and the standard `grpc.health.v1.Health` service.
 
+pub mod bounded_codec;
 pub mod codec;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::budget::{Held, HeldUntilWritten};
 use crate::error::Error;
 use crate::gateway::{Call, EXTENSIONS, Gateway, SERVER_NAME};
 use crate::metrics::Protocol;
@@ -24,12 +27,16 @@ use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceServic
 use crate::proto::inference::{self as pb, model_repository_parameter::ParameterChoice};
 use crate::repository::config_message;
 
+/// Typed elements from which a request is converted on the blocking pool.
+const OFFLOAD_ELEMENTS: usize = 1 << 16;
+
 /// Requests of one `ModelStreamInfer` stream that may run at once.
 const STREAM_CONCURRENCY: usize = 64;
 
 /// The gRPC services, ready to be served beside HTTP.
 pub fn routes(gateway: Arc<Gateway>) -> Routes {
     let limit = gateway.limits.max_request_bytes;
+    bounded_codec::set_request_limit(limit);
     let inference = GrpcInferenceServiceServer::new(InferenceService { gateway: gateway.clone() })
         // tonic's 4 MiB default would refuse what HTTP accepts; tritonclient allows 2 GiB.
         .max_decoding_message_size(limit)
@@ -72,19 +79,57 @@ async fn infer_one(
     deadline: Option<Duration>,
     headers: &http::HeaderMap,
     arrival: Instant,
-) -> Result<pb::ModelInferResponse, Error> {
+) -> Result<(pb::ModelInferResponse, Held), Error> {
     let model = std::mem::take(&mut message.model_name);
     let version = std::mem::take(&mut message.model_version);
-    let mut request = codec::decode_request(message, gateway.limits.max_request_bytes)?;
-    // tonic has read the message already; holding its tensors against the
-    // budget still keeps queued requests from outgrowing memory.
-    let _held = gateway.inflight.reserve(request.inputs.iter().map(|t| t.data.len()).sum())?;
+    let limit = gateway.limits.max_request_bytes;
+    // Converting typed contents is a loop over every element: a large one
+    // runs on the blocking pool, not on the worker other clients share.
+    let mut request = if codec::typed_elements(&message) < OFFLOAD_ELEMENTS {
+        codec::decode_request(message, limit)?
+    } else {
+        tokio::task::spawn_blocking(move || codec::decode_request(message, limit))
+            .await
+            .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??
+    };
+    // tonic has read the message already; holding its run's working set (see
+    // `RUN_FACTOR`) against the budget still keeps queued requests from
+    // outgrowing memory.
+    let tensor_bytes: usize = request.inputs.iter().map(|t| t.data.len()).sum();
+    let _held = gateway.inflight.reserve(tensor_bytes.saturating_mul(crate::budget::RUN_FACTOR))?;
     if let Some(d) = deadline {
         request.cap_timeout(d);
     }
     let call = Call { protocol: Protocol::Grpc, arrival, headers };
     let response = gateway.infer(&model, Some(&version), request, call).await?;
-    Ok(codec::encode_response(response))
+    drop(_held);
+    let response = codec::encode_response(response);
+    // Held until the connection has taken the encoded message (see
+    // `HeldUntilWritten`): a client that does not read keeps it that long.
+    let held = gateway.inflight.reserve(prost::Message::encoded_len(&response))?;
+    Ok((response, held))
+}
+
+/// A stream's responses, each holding its bytes against the budget until the
+/// connection asks for the next one: HTTP/2 asks only once the last has
+/// mostly gone out (hyper waits for flow-control room before it polls the
+/// body again), so a stream whose client never reads holds what the budget
+/// allows and no more. The replies waiting in the channel hold theirs too.
+struct HeldStream {
+    responses: ReceiverStream<(Result<pb::ModelStreamInferResponse, Status>, Option<Held>)>,
+    last: Option<Held>,
+}
+
+impl Stream for HeldStream {
+    type Item = Result<pb::ModelStreamInferResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::task::ready!(Pin::new(&mut self.responses).poll_next(cx));
+        std::task::Poll::Ready(next.map(|(reply, held)| {
+            self.last = held;
+            reply
+        }))
+    }
 }
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -168,8 +213,10 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_deadline(&request)?;
         let (metadata, _, message) = request.into_parts();
         let headers = metadata.into_headers();
-        let response = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
-        Ok(Response::new(response))
+        let (response, held) = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
+        let mut response = Response::new(response);
+        response.extensions_mut().insert(HeldUntilWritten::new(held));
+        Ok(response)
     }
 
     type ModelStreamInferStream = StreamOf<pb::ModelStreamInferResponse>;
@@ -194,7 +241,7 @@ impl GrpcInferenceService for InferenceService {
                     Ok(Some(message)) => message,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.send((Err(e), None)).await;
                         return;
                     }
                 };
@@ -204,22 +251,28 @@ impl GrpcInferenceService for InferenceService {
                 let (gateway, tx, headers) = (gateway.clone(), tx.clone(), headers.clone());
                 tokio::spawn(async move {
                     let id = message.id.clone();
-                    let reply = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
-                        Ok(response) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        },
-                        Err(error) => pb::ModelStreamInferResponse {
-                            error_message: error.message().to_owned(),
-                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
-                        },
+                    let (reply, held) = match infer_one(&gateway, message, deadline, &headers, Instant::now()).await {
+                        Ok((response, held)) => (
+                            pb::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(response),
+                            },
+                            Some(held),
+                        ),
+                        Err(error) => (
+                            pb::ModelStreamInferResponse {
+                                error_message: error.message().to_owned(),
+                                infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                            },
+                            None,
+                        ),
                     };
-                    let _ = tx.send(Ok(reply)).await;
+                    let _ = tx.send((Ok(reply), held)).await;
                     drop(slot);
                 });
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(HeldStream { responses: ReceiverStream::new(rx), last: None })))
     }
 
     async fn model_config(

@@ -367,9 +367,49 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
+/// The most bytes [`encode_response`] can write for `response`: binary
+/// outputs as they are, JSON outputs at the longest text of each element
+/// (`-2147483648,` for INT32, an escaped `\u00XX` for every BYTES byte).
+/// Taken from the budget before encoding, so a small request cannot make
+/// the server write a response of hundreds of megabytes unaccounted.
+pub fn encoded_bound(response: &InferResponse) -> usize {
+    let text = |s: &str| 6 * s.len() + 2;
+    let mut bound = 128 + text(&response.model_name) + response.id.as_deref().map_or(0, text);
+    for output in &response.outputs {
+        let tensor = &output.tensor;
+        bound = bound.saturating_add(96 + text(&tensor.name) + 21 * tensor.shape.len());
+        let data = tensor.data.len();
+        let per_element = |size: usize, longest: usize| (data / size).saturating_mul(longest + 1);
+        let json = match tensor.dtype {
+            _ if output.binary => data,
+            DataType::Bool => per_element(1, 5),
+            DataType::Int8 => per_element(1, 4),
+            DataType::Uint8 => per_element(1, 3),
+            DataType::Int16 => per_element(2, 6),
+            DataType::Uint16 => per_element(2, 5),
+            DataType::Int32 => per_element(4, 11),
+            DataType::Uint32 => per_element(4, 10),
+            DataType::Int64 | DataType::Uint64 => per_element(8, 20),
+            // ryu's longest f32 is 15 characters, f64 24; "-Infinity" is 11.
+            DataType::Fp32 => per_element(4, 15),
+            DataType::Fp64 => per_element(8, 24),
+            // Refused by the encoder (no JSON form).
+            DataType::Fp16 | DataType::Bf16 => 0,
+            // Each element: its 4-byte length becomes `"",`, each byte at most `\u00XX`.
+            DataType::Bytes => data.saturating_mul(6),
+        };
+        bound = bound.saturating_add(json);
+    }
+    bound
+}
+
 /// Encodes a response: JSON outputs inline, binary outputs after the JSON.
 pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Error> {
-    let mut json = Vec::with_capacity(128 + response.outputs.len() * 64);
+    // Sized once at the longest the text can be: growing by doubling would
+    // copy a 360 MB text from a 256 MiB buffer into a 512 MiB one, both
+    // resident meanwhile. Pages never written are never resident.
+    let binary: usize = response.outputs.iter().filter(|o| o.binary).map(|o| o.tensor.data.len()).sum();
+    let mut json = Vec::with_capacity(encoded_bound(response).saturating_sub(binary));
     json.extend_from_slice(b"{\"model_name\":");
     write_str(&mut json, &response.model_name);
     json.extend_from_slice(b",\"model_version\":\"");

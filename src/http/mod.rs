@@ -270,8 +270,8 @@ where
 {
     let (parts, body) = request.into_parts();
     let limit = gateway.limits.max_request_bytes;
-    // Held until the response is encoded: the request's data lives that long.
-    let (body, _held) =
+    // Held until the inference is done: the request's data lives that long.
+    let (body, mut held) =
         body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
     let header_timeout = timeout_header(&parts.headers)?;
     let header_length = infer::header_length(&parts.headers)?;
@@ -281,15 +281,32 @@ where
     } else {
         offload(move || Ok(decode_request(header_length, body, limit)?)).await?
     };
+    // From here the request holds its run's working set (see `RUN_FACTOR`);
+    // a JSON body's text is gone with the decode.
+    let tensor_bytes: usize = decoded.inputs.iter().map(|t| t.data.len()).sum();
+    held.resize(tensor_bytes.saturating_mul(crate::budget::RUN_FACTOR))?;
     if let Some(t) = header_timeout {
         decoded.cap_timeout(t);
     }
     let call = Call { protocol: Protocol::Http, arrival, headers: &parts.headers };
     let response = gateway.infer(name, version, decoded, call).await?;
+    // The request's data is gone with the inference; the response's is held
+    // from here until the connection has taken its last slice (finding 4 of
+    // #15: a small compressed request can ask for hundreds of megabytes of
+    // JSON, and a client that does not read keeps them). While it is encoded
+    // the outputs, the text and a compressed copy all live at once.
+    drop(held);
     let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
     let encoding = response::accepts(&parts.headers);
-    let respond = move || Ok(response::infer_response(encode_response(&response)?, encoding));
-    if size < OFFLOAD_BYTES { respond() } else { offload(respond).await }
+    let text = infer::encoded_bound(&response);
+    let encoding_bytes = size.saturating_add(text).saturating_add(if encoding.is_some() { text } else { 0 });
+    let mut held = gateway.inflight.reserve(encoding_bytes)?;
+    let respond = move || {
+        let response = response::infer_response(encode_response(&response)?, encoding);
+        held.resize(response.body().len())?;
+        Ok(response.map(|body| body.held(held)))
+    };
+    if size < OFFLOAD_BYTES && text < OFFLOAD_BYTES { respond() } else { offload(respond).await }
 }
 
 /// Runs CPU-heavy work (large decodes and encodes) on the blocking pool.
