@@ -9,10 +9,12 @@ use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::budget::InflightBytes;
 use crate::drift::Profiler;
 use crate::error::{Error, Fault};
+use crate::feedback::request_id;
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
@@ -167,13 +169,21 @@ impl Gateway {
     ) -> Result<InferResponse, Error> {
         validate_model_name(model)?;
         let version = parse_version(version)?;
-        if version.is_none()
-            && let Some(route) = self.routes.get(model)
-        {
-            return self.infer_routed(&route, request, call).await;
+        let mut request = request;
+        // Every request has an id: feedback names the prediction by it, and logs carry it.
+        let id = request.id.get_or_insert_with(request_id::generate).clone();
+        let span = tracing::debug_span!("infer", model, request_id = %id);
+        async {
+            if version.is_none()
+                && let Some(route) = self.routes.get(model)
+            {
+                return self.infer_routed(&route, request, call).await;
+            }
+            let served_by = self.repository.resolve(model, version)?;
+            self.run(model, &served_by, request, call).await
         }
-        let served_by = self.repository.resolve(model, version)?;
-        self.run(model, &served_by, request, call).await
+        .instrument(span)
+        .await
     }
 
     /// Picks the route's target, runs the request there, records the outcome
@@ -213,6 +223,12 @@ impl Gateway {
                     retry.budget.earn();
                 }
             }
+        }
+        if let (Some(feedback), Ok(response)) = (&route.feedback, &result)
+            && let Some(id) = &response.id
+        {
+            // The version that answered: after a retry, the baseline's.
+            feedback.keep(id, response.model_version, &response.outputs);
         }
         if let Some((shadow, permit, copy)) = shadow {
             let primary = result.as_ref().ok().map(|r| r.outputs.clone());

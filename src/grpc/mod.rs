@@ -169,7 +169,13 @@ impl GrpcInferenceService for InferenceService {
         let (metadata, _, message) = request.into_parts();
         let headers = metadata.into_headers();
         let response = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
-        Ok(Response::new(response))
+        // The id is in the message too; the metadata lets a proxy or a log read it unparsed.
+        let id = tonic::metadata::MetadataValue::try_from(response.id.as_str()).ok();
+        let mut response = Response::new(response);
+        if let Some(id) = id {
+            response.metadata_mut().insert(crate::feedback::request_id::HEADER, id);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream = StreamOf<pb::ModelStreamInferResponse>;
