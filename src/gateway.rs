@@ -123,6 +123,16 @@ impl Gateway {
         metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
     }
 
+    /// Publishes each feedback route's quality over its window and its
+    /// index's size (at scrape time, like the door's).
+    pub fn record_feedback_metrics(&self) {
+        for route in self.routes.snapshot().routes.values() {
+            if let Some(feedback) = &route.feedback {
+                feedback.publish_metrics();
+            }
+        }
+    }
+
     /// Refuses to unload, through the repository API, a model that a route
     /// serves: the admin API refuses to unload a routed version, and the
     /// unauthenticated API may not do more than the authenticated one.

@@ -154,6 +154,7 @@ where
                 version.queue_depth();
             }
             gateway.record_door_metrics();
+            gateway.record_feedback_metrics();
             let mut text = gateway.metrics.render();
             crate::triton_metrics::render(&versions, &mut text);
             let mut response = Response::new(Chunks::one(Bytes::from(text)));

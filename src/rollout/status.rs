@@ -189,6 +189,9 @@ pub struct RouteStatus {
     /// The rollout, when the route has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Status>,
+    /// The prediction index, when the route keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<IndexStatus>,
     /// The route as applied.
     pub spec: RouteSpec,
 }
@@ -211,6 +214,31 @@ pub struct TargetStatus {
     pub in_flight: u32,
     /// Its sliding window.
     pub window: TargetWindow,
+    /// Its quality from ground truth (routes with `feedback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<TargetQuality>,
+}
+
+/// A target's quality from the truths its predictions received.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetQuality {
+    /// Since the route began (what A/B results and the release gate read).
+    pub total: crate::feedback::Report,
+    /// Over the feedback window (what the metrics show).
+    pub window: crate::feedback::Report,
+}
+
+/// A route's prediction index.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexStatus {
+    /// Predictions held.
+    pub entries: usize,
+    /// Most held at once.
+    pub capacity: usize,
+    /// Heap bytes.
+    pub bytes: usize,
+    /// Pushed out by newer ones.
+    pub evicted: u64,
 }
 
 /// A target's sliding window.
