@@ -99,6 +99,9 @@ pub enum EventKind {
     Promoted,
     /// Stepping up was held because the canary drifts, or resumed when it stopped drifting.
     DriftHold,
+    /// Stepping up was held because ground truth says the canary is less
+    /// accurate than `min_accuracy_delta` allows, or resumed when it no longer is.
+    QualityHold,
 }
 
 /// One line of a rollout's history.

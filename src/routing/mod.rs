@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 
 pub use arm::Arm;
 pub use feedback_spec::FeedbackSpec;
-pub use policy::{DriftGate, Policy, PolicyError, RolloutSpec};
+pub use policy::{DriftGate, Policy, PolicyError, QualityGate, RolloutSpec};
 pub use retry::{CanaryRetry, RetryBudget};
 pub use shadow::Shadow;
 pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};

@@ -160,6 +160,9 @@ pub enum RouteError {
     /// The feedback section.
     #[error(transparent)]
     Feedback(#[from] FeedbackError),
+    /// An accuracy gate on a route that keeps no predictions to judge it by.
+    #[error("rollout.min_accuracy_delta needs ground truth: add a `feedback` section to the route")]
+    AccuracyGateWithoutFeedback,
     /// Too many rules.
     #[error("rules: at most {MAX_RULES}, got {0}")]
     RuleCount(usize),
@@ -271,6 +274,9 @@ impl RouteSpec {
         let sticky = self.sticky_header.as_deref().map(|h| header_name("sticky_header", h)).transpose()?;
         self.check_shadow()?;
         let feedback = self.feedback.as_ref().map(FeedbackSpec::validate).transpose()?;
+        if feedback.is_none() && self.rollout.as_ref().is_some_and(|r| r.min_accuracy_delta.is_some()) {
+            return Err(RouteError::AccuracyGateWithoutFeedback);
+        }
         let mut spec = self.clone();
         for (rule, (name, _)) in spec.rules.iter_mut().zip(&rules) {
             rule.header = name.as_str().to_owned();
