@@ -149,6 +149,13 @@ impl Feedback {
         result
     }
 
+    /// Counts a feedback request or item refused before it named a
+    /// prediction (malformed JSON, a missing id, a label that is no class
+    /// index, a batch over its bound).
+    pub fn count_invalid(&self) {
+        metrics::feedback(&self.model, "invalid");
+    }
+
     fn try_judge(&self, id: &str, truth: Truth) -> Result<Judged, Error> {
         request_id::check(id).map_err(Error::InvalidArgument)?;
         // The kind is checked before the entry is marked judged, so a

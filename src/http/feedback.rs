@@ -17,35 +17,45 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// Answers a feedback body for `feedback`'s route: the JSON reply on success
 /// (the batch form succeeds as a whole and reports each item).
+/// Every refusal is counted in `modelgate_feedback_total`: here those before
+/// an item names a prediction (`invalid`), in [`Feedback::judge`] the others.
 pub fn answer(feedback: &Feedback, body: &[u8]) -> Result<Value, Error> {
+    let invalid = |e: Error| {
+        feedback.count_invalid();
+        e
+    };
+    parse_and_judge(feedback, body, &invalid)
+}
+
+fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> Error) -> Result<Value, Error> {
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| Error::invalid(format!("malformed feedback request: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| invalid(Error::invalid(format!("malformed feedback request: {e}"))))?;
     let Value::Object(object) = value else {
-        return Err(Error::invalid("a feedback request is a JSON object: {\"id\": ..., \"label\": ...} or {\"feedback\": [...]}"));
+        return Err(invalid(Error::invalid("a feedback request is a JSON object: {\"id\": ..., \"label\": ...} or {\"feedback\": [...]}")));
     };
     match object.get("feedback") {
         None => {
-            let (id, truth) = parse_item(&object)?;
+            let (id, truth) = parse_item(&object).map_err(invalid)?;
             let judged = feedback.judge(&id, truth)?;
             Ok(serde_json::to_value(judged).expect("a Judged always serializes"))
         }
         Some(Value::Array(items)) => {
             if object.len() > 1 {
-                return Err(Error::invalid("a batch of feedback has only the key \"feedback\""));
+                return Err(invalid(Error::invalid("a batch of feedback has only the key \"feedback\"")));
             }
             if items.len() > MAX_BATCH {
-                return Err(Error::PayloadTooLarge(format!(
+                return Err(invalid(Error::PayloadTooLarge(format!(
                     "a batch of feedback holds at most {MAX_BATCH} items, got {}",
                     items.len()
-                )));
+                ))));
             }
             let mut accepted = 0usize;
             let results: Vec<Value> = items
                 .iter()
                 .map(|item| {
                     let result = match item {
-                        Value::Object(o) => parse_item(o).and_then(|(id, truth)| feedback.judge(&id, truth)),
-                        _ => Err(Error::invalid("each feedback item is a JSON object")),
+                        Value::Object(o) => parse_item(o).map_err(invalid).and_then(|(id, truth)| feedback.judge(&id, truth)),
+                        _ => Err(invalid(Error::invalid("each feedback item is a JSON object"))),
                     };
                     match result {
                         Ok(judged) => {
@@ -63,7 +73,7 @@ pub fn answer(feedback: &Feedback, body: &[u8]) -> Result<Value, Error> {
                 .collect();
             Ok(json!({"accepted": accepted, "results": results}))
         }
-        Some(_) => Err(Error::invalid("\"feedback\" must be an array of feedback items")),
+        Some(_) => Err(invalid(Error::invalid("\"feedback\" must be an array of feedback items"))),
     }
 }
 
