@@ -181,8 +181,9 @@ impl Gateway {
         let version = parse_version(version)?;
         let mut request = request;
         // Every request has an id: feedback names the prediction by it, and logs carry it.
-        let id = request.id.get_or_insert_with(request_id::generate).clone();
-        let span = tracing::debug_span!("infer", model, request_id = %id);
+        let id: &str = request.id.get_or_insert_with(request_id::generate);
+        // The span copies the id only when it is enabled.
+        let span = tracing::debug_span!("infer", model, request_id = id);
         async {
             if version.is_none()
                 && let Some(route) = self.routes.get(model)

@@ -314,3 +314,54 @@ async fn an_accuracy_gate_without_feedback_is_refused() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
     assert!(reply.body["error"].as_str().unwrap().contains("feedback"));
 }
+
+#[tokio::test]
+async fn grpc_feedback_judges_each_truth_like_the_http_batch() {
+    use modelgate::proto::inference as pb;
+    use modelgate::proto::modelgate::{FeedbackRequest, Truth, modelgate_client::ModelgateClient, truth};
+    let repo = common::TempRepo::new();
+    repo.add("mlp", "g", 1, None);
+    let mut config = common::config_for(repo.path());
+    config.routes = vec![route("model = \"g\"\ntargets = [{ version = 1, weight = 100 }]\nfeedback = {}")];
+    let server = common::TestServer::start(config).await;
+    let mut client = server.grpc().await;
+    let input = pb::model_infer_request::InferInputTensor {
+        name: "input".into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 64],
+        parameters: Default::default(),
+        contents: None,
+    };
+    let answer = client
+        .model_infer(pb::ModelInferRequest {
+            model_name: "g".into(),
+            inputs: vec![input],
+            raw_input_contents: vec![bytes::Bytes::from(vec![0u8; 256])],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let scores: Vec<f32> = bytemuck::pod_collect_to_vec(&answer.raw_output_contents[0]);
+    let class = (0..10).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap() as u32;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
+    let mut own = ModelgateClient::new(channel);
+    let truths = vec![
+        Truth { id: answer.id.clone(), truth: Some(truth::Truth::Label(class)) },
+        Truth { id: answer.id.clone(), truth: Some(truth::Truth::Label(class)) },
+        Truth { id: "unknown".into(), truth: Some(truth::Truth::Label(0)) },
+        Truth { id: answer.id.clone(), truth: None },
+    ];
+    let reply = own.feedback(FeedbackRequest { model_name: "g".into(), truths }).await.unwrap().into_inner();
+    assert_eq!(reply.accepted, 1);
+    let codes: Vec<(i32, u32)> = reply.results.iter().map(|r| (r.code, r.http_status)).collect();
+    assert_eq!(codes, [(0, 200), (6, 409), (5, 404), (3, 400)]);
+    assert_eq!((reply.results[0].model_version.as_str(), reply.results[0].correct), ("1", Some(true)));
+
+    let refused = own.feedback(FeedbackRequest { model_name: "mlp".into(), truths: Vec::new() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let flood = vec![Truth { id: "x".into(), truth: Some(truth::Truth::Reward(1.0)) }; 10_001];
+    let refused = own.feedback(FeedbackRequest { model_name: "g".into(), truths: flood }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+}

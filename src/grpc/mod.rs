@@ -1,7 +1,9 @@
 //! The gRPC front door: `inference.GRPCInferenceService` as Triton serves it,
-//! and the standard `grpc.health.v1.Health` service.
+//! the standard `grpc.health.v1.Health` service, and modelgate's own
+//! `modelgate.Modelgate` (feedback, `feedback.rs`).
 
 pub mod codec;
+pub mod feedback;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,8 +41,12 @@ pub fn routes(gateway: Arc<Gateway>) -> Routes {
     // Responses go uncompressed, as from Triton by default: gRPC clients
     // (tritonclient, perf_analyzer) all advertise gzip in grpc-accept-encoding,
     // so offering it would gzip every response, tensors included.
+    let own = crate::proto::modelgate::modelgate_server::ModelgateServer::new(feedback::ModelgateService {
+        gateway: gateway.clone(),
+    })
+    .max_decoding_message_size(limit);
     let health = HealthServer::new(HealthService { gateway });
-    Routes::new(inference).add_service(health)
+    Routes::new(inference).add_service(own).add_service(health)
 }
 
 /// `inference.GRPCInferenceService`.
