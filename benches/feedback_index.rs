@@ -110,7 +110,8 @@ fn keep(c: &mut Criterion) {
     };
     let feedback = Feedback::new("mlp", settings, &[1, 2]);
     let scores: Vec<u8> = (0..10).flat_map(|i| (i as f32 / 10.0).to_le_bytes()).collect();
-    let tensor = Tensor::checked("output".into(), DataType::Fp32, vec![1, 10], Bytes::from(scores)).expect("a sound tensor");
+    let tensor =
+        Tensor::checked("output".into(), DataType::Fp32, vec![1, 10], Bytes::from(scores)).expect("a sound tensor");
     let outputs = [ResponseOutput { tensor, binary: false }];
     for id in &ids[..FULL] {
         feedback.keep(id, 1, &outputs);

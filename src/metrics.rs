@@ -622,6 +622,7 @@ pub fn model_quality(model: &str, version: u64, figures: &QualityFigures) {
         let c = class.to_string();
         gauge!(MODEL_PRECISION, "model" => m.clone(), "version" => v.clone(), "class" => c.clone())
             .set(precision.unwrap_or(f64::NAN));
-        gauge!(MODEL_RECALL, "model" => m.clone(), "version" => v.clone(), "class" => c).set(recall.unwrap_or(f64::NAN));
+        gauge!(MODEL_RECALL, "model" => m.clone(), "version" => v.clone(), "class" => c)
+            .set(recall.unwrap_or(f64::NAN));
     }
 }

@@ -26,7 +26,8 @@ fn two_arms(model: &str, feedback: &str) -> Vec<modelgate::routing::RouteSpec> {
 
 /// The class an answer predicts: the argmax of its 10 scores.
 fn argmax(reply: &support_routing::Reply) -> u64 {
-    let scores: Vec<f64> = reply.body["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let scores: Vec<f64> =
+        reply.body["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap() as u64
 }
 
@@ -117,7 +118,10 @@ async fn grpc_answers_carry_the_request_id_in_the_message_and_the_metadata() {
     assert!(!id.is_empty());
     assert_eq!(generated.metadata().get("x-request-id").unwrap(), id.as_str());
     let chosen = client.model_infer(request("grpc-7")).await.unwrap();
-    assert_eq!((chosen.get_ref().id.as_str(), chosen.metadata().get("x-request-id").unwrap().to_str().unwrap()), ("grpc-7", "grpc-7"));
+    assert_eq!(
+        (chosen.get_ref().id.as_str(), chosen.metadata().get("x-request-id").unwrap().to_str().unwrap()),
+        ("grpc-7", "grpc-7")
+    );
 }
 
 #[tokio::test]
@@ -276,10 +280,16 @@ async fn the_accuracy_gate_holds_a_less_accurate_canary() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let status = http.admin(&server, Method::GET, "/admin/v1/routes/m", None).await;
     let rollout = &status.body["rollout"];
-    assert_eq!((rollout["state"].as_str(), rollout["canary_weight"].as_u64()), (Some("progressing"), Some(50)), "{rollout}");
+    assert_eq!(
+        (rollout["state"].as_str(), rollout["canary_weight"].as_u64()),
+        (Some("progressing"), Some(50)),
+        "{rollout}"
+    );
     let events = rollout["events"].as_array().unwrap();
     assert!(
-        events.iter().any(|e| e["kind"] == "quality_hold" && e["message"].as_str().unwrap().contains("min_accuracy_delta")),
+        events
+            .iter()
+            .any(|e| e["kind"] == "quality_hold" && e["message"].as_str().unwrap().contains("min_accuracy_delta")),
         "{events:?}"
     );
 }
@@ -301,7 +311,13 @@ async fn the_accuracy_gate_rolls_back_when_told_to() {
     }
     assert_eq!(state["state"], "failed", "{state}");
     assert_eq!(state["canary_weight"], 0);
-    assert!(state["events"].as_array().unwrap().iter().any(|e| e["message"].as_str().unwrap().contains("on_quality_breach")));
+    assert!(
+        state["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("on_quality_breach"))
+    );
 }
 
 #[tokio::test]
@@ -345,7 +361,8 @@ async fn grpc_feedback_judges_each_truth_like_the_http_batch() {
     let scores: Vec<f32> = bytemuck::pod_collect_to_vec(&answer.raw_output_contents[0]);
     let class = (0..10).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap() as u32;
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
     let mut own = ModelgateClient::new(channel);
     let truths = vec![
         Truth { id: answer.id.clone(), truth: Some(truth::Truth::Label(class)) },

@@ -183,9 +183,9 @@ impl Feedback {
                 "the prediction of request id '{id}' is older than model '{model}''s feedback ttl of {}s",
                 self.settings.ttl.as_secs()
             )),
-            Miss::Duplicate => Error::Conflict(format!(
-                "request id '{id}' already has its truth; the first one stands"
-            )),
+            Miss::Duplicate => {
+                Error::Conflict(format!("request id '{id}' already has its truth; the first one stands"))
+            }
         }
     }
 
@@ -222,7 +222,9 @@ impl Feedback {
         let estimate = |t: &quality::Tally| metric.and_then(|m| ab::Estimate::of(t, m));
         let base_estimate = estimate(&base);
         let mut arms = Vec::with_capacity(totals.len());
-        for (version, tally) in totals.iter().filter(|(v, _)| *v == baseline).chain(totals.iter().filter(|(v, _)| *v != baseline)) {
+        for (version, tally) in
+            totals.iter().filter(|(v, _)| *v == baseline).chain(totals.iter().filter(|(v, _)| *v != baseline))
+        {
             let mine = estimate(tally);
             let comparison = match (metric, &base_estimate, &mine) {
                 (Some(m), Some(b), Some(a)) if *version != baseline => {
@@ -236,7 +238,12 @@ impl Feedback {
                 }),
                 _ => None,
             };
-            arms.push(ArmResult { version: *version, n: mine.map_or(0, |e| e.n), value: mine.map(|e| e.mean), comparison });
+            arms.push(ArmResult {
+                version: *version,
+                n: mine.map_or(0, |e| e.n),
+                value: mine.map(|e| e.mean),
+                comparison,
+            });
         }
         AbResult {
             model: self.model.clone(),
@@ -256,12 +263,12 @@ fn check_truth(prediction: Prediction, truth: Truth) -> Result<(), Error> {
             "label {label} is not a class of this model's output: classes are 0 to {}",
             classes - 1
         ))),
-        (Prediction::Class { .. }, Truth::Value(_)) => {
-            Err(Error::invalid("this route's predictions are classes: send a \"label\" (or a \"reward\"), not a \"value\""))
-        }
-        (Prediction::Value(_), Truth::Label(_)) => {
-            Err(Error::invalid("this route's predictions are values: send a \"value\" (or a \"reward\"), not a \"label\""))
-        }
+        (Prediction::Class { .. }, Truth::Value(_)) => Err(Error::invalid(
+            "this route's predictions are classes: send a \"label\" (or a \"reward\"), not a \"value\"",
+        )),
+        (Prediction::Value(_), Truth::Label(_)) => Err(Error::invalid(
+            "this route's predictions are values: send a \"value\" (or a \"reward\"), not a \"label\"",
+        )),
         (_, Truth::Value(x) | Truth::Reward(x)) if !x.is_finite() => {
             Err(Error::invalid(format!("the truth must be a finite number, got {x}")))
         }

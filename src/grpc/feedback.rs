@@ -30,7 +30,9 @@ impl Modelgate for ModelgateService {
         let model = message.model_name.as_str();
         crate::repository::validate_model_name(model)?;
         let route = self.gateway.routes.get(model).filter(|r| r.feedback.is_some()).ok_or_else(|| {
-            Error::NotFound(format!("model '{model}' keeps no predictions for feedback: its route needs a `feedback` section"))
+            Error::NotFound(format!(
+                "model '{model}' keeps no predictions for feedback: its route needs a `feedback` section"
+            ))
         })?;
         let feedback = route.feedback.as_ref().expect("filtered on feedback above");
         if message.truths.len() > MAX_BATCH {

@@ -28,10 +28,12 @@ pub fn answer(feedback: &Feedback, body: &[u8]) -> Result<Value, Error> {
 }
 
 fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> Error) -> Result<Value, Error> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(Error::invalid(format!("malformed feedback request: {e}"))))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(Error::invalid(format!("malformed feedback request: {e}"))))?;
     let Value::Object(object) = value else {
-        return Err(invalid(Error::invalid("a feedback request is a JSON object: {\"id\": ..., \"label\": ...} or {\"feedback\": [...]}")));
+        return Err(invalid(Error::invalid(
+            "a feedback request is a JSON object: {\"id\": ..., \"label\": ...} or {\"feedback\": [...]}",
+        )));
     };
     match object.get("feedback") {
         None => {
@@ -54,7 +56,9 @@ fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> 
                 .iter()
                 .map(|item| {
                     let result = match item {
-                        Value::Object(o) => parse_item(o).map_err(invalid).and_then(|(id, truth)| feedback.judge(&id, truth)),
+                        Value::Object(o) => {
+                            parse_item(o).map_err(invalid).and_then(|(id, truth)| feedback.judge(&id, truth))
+                        }
                         _ => Err(invalid(Error::invalid("each feedback item is a JSON object"))),
                     };
                     match result {
@@ -95,11 +99,9 @@ fn parse_item(item: &Map<String, Value>) -> Result<(String, Truth), Error> {
     let truths: Vec<(&str, &Value)> =
         ["label", "value", "reward"].iter().filter_map(|k| item.get(*k).map(|v| (*k, v))).collect();
     let truth = match truths.as_slice() {
-        [("label", v)] => Truth::Label(
-            v.as_u64().and_then(|l| u32::try_from(l).ok()).ok_or_else(|| {
-                Error::invalid(format!("feedback \"label\" must be a class index (an integer from 0), got {v}"))
-            })?,
-        ),
+        [("label", v)] => Truth::Label(v.as_u64().and_then(|l| u32::try_from(l).ok()).ok_or_else(|| {
+            Error::invalid(format!("feedback \"label\" must be a class index (an integer from 0), got {v}"))
+        })?),
         [(key, v)] => {
             let x = v
                 .as_f64()
@@ -186,11 +188,14 @@ mod tests {
     #[test]
     fn a_batch_reports_each_item() {
         let feedback = feedback();
-        let reply =
-            answer(&feedback, br#"{"feedback":[{"id":"a","label":1},{"id":"nope","label":1},{"id":"b","reward":2}, 5]}"#)
-                .unwrap();
+        let reply = answer(
+            &feedback,
+            br#"{"feedback":[{"id":"a","label":1},{"id":"nope","label":1},{"id":"b","reward":2}, 5]}"#,
+        )
+        .unwrap();
         assert_eq!(reply["accepted"], 2);
-        let statuses: Vec<u64> = reply["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+        let statuses: Vec<u64> =
+            reply["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
         assert_eq!(statuses, [200, 404, 200, 400]);
         assert_eq!(reply["results"][0]["correct"], false);
         let many = format!(r#"{{"feedback":[{}]}}"#, vec![r#"{"id":"a","label":1}"#; MAX_BATCH + 1].join(","));

@@ -254,10 +254,8 @@ where
                 feedback::answer(feedback, &body)?
             } else {
                 let route = route.clone();
-                offload(move || {
-                    feedback::answer(route.feedback.as_ref().expect("filtered on feedback above"), &body)
-                })
-                .await?
+                offload(move || feedback::answer(route.feedback.as_ref().expect("filtered on feedback above"), &body))
+                    .await?
             };
             Ok(json_response(StatusCode::OK, &reply))
         }

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use analyzer::Analyzer;
 pub use analyzer::Command;
 pub use status::{
-    Breach, Check, Event, EventKind, IndexStatus, Phase, RouteStatus, ShadowStatus, Status, TargetQuality, TargetStatus,
-    TargetWindow, Verdict, WindowStats,
+    Breach, Check, Event, EventKind, IndexStatus, Phase, RouteStatus, ShadowStatus, Status, TargetQuality,
+    TargetStatus, TargetWindow, Verdict, WindowStats,
 };
 
 use crate::error::Error;
@@ -293,10 +293,10 @@ impl Rollouts {
         };
         let reports = route.feedback.as_ref().map(|f| f.reports()).unwrap_or_default();
         let quality = |version: u64| {
-            reports.iter().find(|(v, ..)| *v == version).map(|(_, total, window)| TargetQuality {
-                total: total.clone(),
-                window: window.clone(),
-            })
+            reports
+                .iter()
+                .find(|(v, ..)| *v == version)
+                .map(|(_, total, window)| TargetQuality { total: total.clone(), window: window.clone() })
         };
         let targets = route
             .targets

@@ -120,8 +120,10 @@ mod tests {
 
     #[test]
     fn defaults_and_the_issue_example() {
-        let spec = parse(r#"ttl = "24h"
-max_entries = 1000000"#);
+        let spec = parse(
+            r#"ttl = "24h"
+max_entries = 1000000"#,
+        );
         let settings = spec.validate().unwrap();
         assert_eq!(settings.ttl, Duration::from_secs(86_400));
         assert_eq!(settings.max_entries, 1_000_000);

@@ -147,9 +147,12 @@ impl Route {
     pub fn baseline(&self) -> u64 {
         match &self.retry {
             Some(retry) => retry.baseline,
-            None => self.spec.rollout.as_ref().and_then(|r| {
-                self.targets.iter().map(|t| t.version).find(|&v| v != r.canary)
-            }).unwrap_or(self.targets[0].version),
+            None => self
+                .spec
+                .rollout
+                .as_ref()
+                .and_then(|r| self.targets.iter().map(|t| t.version).find(|&v| v != r.canary))
+                .unwrap_or(self.targets[0].version),
         }
     }
 
