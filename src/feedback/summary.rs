@@ -129,7 +129,7 @@ mod tests {
         );
         let value = output("v", DataType::Fp64, vec![1, 1], 2.5f64.to_le_bytes().to_vec());
         assert_eq!(summarize(&[scores.clone(), value], Some("v"), OutputKind::Auto), Some(Prediction::Value(2.5)));
-        assert_eq!(summarize(&[scores.clone()], None, OutputKind::Regressor), Some(Prediction::Value(0.1)));
+        assert_eq!(summarize(std::slice::from_ref(&scores), None, OutputKind::Regressor), Some(Prediction::Value(0.1)));
         assert_eq!(summarize(&[scores], Some("missing"), OutputKind::Auto), None);
     }
 
