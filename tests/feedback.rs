@@ -382,3 +382,58 @@ async fn grpc_feedback_judges_each_truth_like_the_http_batch() {
     let refused = own.feedback(FeedbackRequest { model_name: "g".into(), truths: flood }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_truths_and_shows_ab_results() {
+    let repo = Repo::new("cli", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
+    let server = Server::start(&repo, two_arms("cli", "")).await;
+    let http = Http::default();
+    let predictions = predictions(&http, &server, "cli", 3).await;
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+                .args(args)
+                .env("MODELGATE_ADMIN_TOKEN", support_routing::TOKEN)
+                .env("RUST_LOG", "off")
+                .output()
+                .unwrap()
+        })
+    };
+    let (id, _, class) = &predictions[0];
+    let out = run(vec![
+        "feedback".into(),
+        "--address".into(),
+        server.http.clone(),
+        "cli".into(),
+        id.clone(),
+        "--label".into(),
+        class.to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let judged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(judged["correct"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("truths.jsonl");
+    let lines: Vec<String> =
+        predictions.iter().map(|(id, _, _)| json!({ "id": id, "reward": 1.0 }).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let args = vec!["feedback".into(), "--address".into(), server.http.clone(), "cli".into(), "--file".into()];
+    let out = run([args, vec![file.display().to_string()]].concat()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["accepted"].as_u64(), summary["refused"].as_u64()),
+        (Some(2), Some(1)),
+        "the first id already had its truth"
+    );
+
+    let out =
+        run(vec!["admin".into(), "--address".into(), server.admin.clone(), "ab".into(), "cli".into()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ab: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ab["model"], "cli");
+    assert_eq!(ab["arms"].as_array().unwrap().len(), 2);
+}
