@@ -112,6 +112,8 @@ pub const FEEDBACK_INDEX_ENTRIES: &str = "modelgate_feedback_index_entries";
 pub const FEEDBACK_INDEX_CAPACITY: &str = "modelgate_feedback_index_capacity";
 /// Heap bytes of a route's prediction index, by model.
 pub const FEEDBACK_INDEX_BYTES: &str = "modelgate_feedback_index_bytes";
+/// Predictions never kept because the queue to a route's index was full, by model.
+pub const FEEDBACK_INDEX_DROPPED: &str = "modelgate_feedback_index_dropped_total";
 /// Predictions pushed out of a route's index by newer ones, by model.
 pub const FEEDBACK_INDEX_EVICTED: &str = "modelgate_feedback_index_evicted_total";
 /// Share of labelled predictions that were right over the feedback window, by model and version.
@@ -574,7 +576,8 @@ pub fn feedback(model: &str, result: &'static str) {
 }
 
 /// Publishes a route's prediction index size (at scrape time).
-pub fn feedback_index(model: &str, entries: usize, capacity: usize, bytes: usize, evicted: u64) {
+pub fn feedback_index(model: &str, entries: usize, capacity: usize, bytes: usize, evicted: u64, dropped: u64) {
+    counter!(FEEDBACK_INDEX_DROPPED, "model" => model.to_owned()).absolute(dropped);
     gauge!(FEEDBACK_INDEX_ENTRIES, "model" => model.to_owned()).set(entries as f64);
     gauge!(FEEDBACK_INDEX_CAPACITY, "model" => model.to_owned()).set(capacity as f64);
     gauge!(FEEDBACK_INDEX_BYTES, "model" => model.to_owned()).set(bytes as f64);

@@ -192,7 +192,9 @@ impl Feedback {
     /// Each version's figures over the window, and the index's size, as metrics.
     pub fn publish_metrics(&self) {
         let index = &self.index;
-        metrics::feedback_index(&self.model, index.len(), index.capacity(), index.heap_bytes(), index.evicted());
+        index.flush();
+        let (entries, bytes) = (index.len(), index.heap_bytes());
+        metrics::feedback_index(&self.model, entries, index.capacity(), bytes, index.evicted(), index.dropped());
         let now = Instant::now();
         for (version, quality) in &self.versions {
             let report = quality.window(now).report();

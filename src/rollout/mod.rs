@@ -341,11 +341,13 @@ impl Rollouts {
             rollout,
             feedback: route.feedback.as_ref().map(|f| {
                 let index = f.index();
+                index.flush();
                 IndexStatus {
                     entries: index.len(),
                     capacity: index.capacity(),
                     bytes: index.heap_bytes(),
                     evicted: index.evicted(),
+                    dropped: index.dropped(),
                 }
             }),
             spec: (*route.spec).clone(),

@@ -242,6 +242,8 @@ pub struct IndexStatus {
     pub bytes: usize,
     /// Pushed out by newer ones.
     pub evicted: u64,
+    /// Never kept: the queue to the index's applier thread was full.
+    pub dropped: u64,
 }
 
 /// A target's sliding window.
