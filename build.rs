@@ -1,4 +1,4 @@
-//! Compiles the KServe V2 / Triton protocol (`proto/`) into Rust with a pure-Rust
+//! Compiles the KServe V2 / Triton protocol and modelgate's own service (`proto/`) into Rust with a pure-Rust
 //! protobuf compiler (`protox`), so building needs no `protoc` on the machine.
 //!
 //! Copies the operations page's chart library (uPlot, installed from npm by
@@ -17,7 +17,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     link_libtorch();
     embed_chart_library()?;
-    let protos = ["grpc_service.proto", "model_config.proto", "health.proto"];
+    let protos = ["grpc_service.proto", "model_config.proto", "health.proto", "modelgate.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed=proto/{proto}");
     }

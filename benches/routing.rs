@@ -114,6 +114,7 @@ fn sequential(c: &mut Criterion) {
         sticky_header: None,
         shadow: None,
         rollout: Some(modelgate::routing::RolloutSpec::new(2)),
+        feedback: None,
     };
     let rollout = route(spec);
     let (plain, canary) = (&rollout.targets[0].arm, &rollout.targets[1].arm);

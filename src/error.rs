@@ -49,6 +49,14 @@ pub enum Error {
     /// Missing or wrong credentials (401 / UNAUTHENTICATED).
     #[error("{0}")]
     Unauthenticated(String),
+    /// What the request names was there but has expired, e.g. a prediction
+    /// past its feedback ttl (410 / NOT_FOUND).
+    #[error("{0}")]
+    Gone(String),
+    /// The request conflicts with what is there, e.g. a second truth for
+    /// one prediction (409 / ALREADY_EXISTS).
+    #[error("{0}")]
+    Conflict(String),
     /// The gateway or the model failed (500 / INTERNAL).
     #[error("{0}")]
     Internal(String),
@@ -69,6 +77,8 @@ impl Error {
         match self {
             Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Gone(_) => StatusCode::GONE,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded(_) | Error::ClientDeadline(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -85,7 +95,8 @@ impl Error {
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
             Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
-            Error::NotFound(_) => tonic::Code::NotFound,
+            Error::NotFound(_) | Error::Gone(_) => tonic::Code::NotFound,
+            Error::Conflict(_) => tonic::Code::AlreadyExists,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::DeadlineExceeded(_) | Error::ClientDeadline(_) | Error::RequestTimeout(_) => {
                 tonic::Code::DeadlineExceeded
@@ -103,6 +114,8 @@ impl Error {
         match self {
             Error::InvalidArgument(_)
             | Error::NotFound(_)
+            | Error::Gone(_)
+            | Error::Conflict(_)
             | Error::MethodNotAllowed(_)
             | Error::PayloadTooLarge(_)
             | Error::RequestTimeout(_)
@@ -121,6 +134,8 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::NotFound(_) => "not_found",
+            Error::Gone(_) => "gone",
+            Error::Conflict(_) => "conflict",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
@@ -140,6 +155,8 @@ impl Error {
         match self {
             Error::InvalidArgument(m)
             | Error::NotFound(m)
+            | Error::Gone(m)
+            | Error::Conflict(m)
             | Error::MethodNotAllowed(m)
             | Error::Unavailable(m)
             | Error::DeadlineExceeded(m)

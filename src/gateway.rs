@@ -9,10 +9,12 @@ use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::budget::InflightBytes;
 use crate::drift::Profiler;
 use crate::error::{Error, Fault};
+use crate::feedback::request_id;
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
@@ -125,6 +127,16 @@ impl Gateway {
         metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
     }
 
+    /// Publishes each feedback route's quality over its window and its
+    /// index's size (at scrape time, like the door's).
+    pub fn record_feedback_metrics(&self) {
+        for route in self.routes.snapshot().routes.values() {
+            if let Some(feedback) = &route.feedback {
+                feedback.publish_metrics();
+            }
+        }
+    }
+
     /// Refuses to unload, through the repository API, a model that a route
     /// serves: the admin API refuses to unload a routed version, and the
     /// unauthenticated API may not do more than the authenticated one.
@@ -171,13 +183,22 @@ impl Gateway {
     ) -> Result<InferResponse, Error> {
         validate_model_name(model)?;
         let version = parse_version(version)?;
-        if version.is_none()
-            && let Some(route) = self.routes.get(model)
-        {
-            return self.infer_routed(&route, request, call).await;
+        let mut request = request;
+        // Every request has an id: feedback names the prediction by it, and logs carry it.
+        let id: &str = request.id.get_or_insert_with(request_id::generate);
+        // The span copies the id only when it is enabled.
+        let span = tracing::debug_span!("infer", model, request_id = id);
+        async {
+            if version.is_none()
+                && let Some(route) = self.routes.get(model)
+            {
+                return self.infer_routed(&route, request, call).await;
+            }
+            let served_by = self.repository.resolve(model, version)?;
+            self.run(model, &served_by, request, call).await
         }
-        let served_by = self.repository.resolve(model, version)?;
-        self.run(model, &served_by, request, call).await
+        .instrument(span)
+        .await
     }
 
     /// Picks the route's target, runs the request there, records the outcome
@@ -217,6 +238,12 @@ impl Gateway {
                     retry.budget.earn();
                 }
             }
+        }
+        if let (Some(feedback), Ok(response)) = (&route.feedback, &result)
+            && let Some(id) = &response.id
+        {
+            // The version that answered: after a retry, the baseline's.
+            feedback.keep(id, response.model_version, &response.outputs);
         }
         if let Some((shadow, permit, copy)) = shadow {
             let primary = result.as_ref().ok().map(|r| r.outputs.clone());

@@ -11,6 +11,8 @@
 //! - [`routing`]: routes of public names to versions: weights, header rules,
 //!   sticky keys, shadow copies, and the outcome windows and rollout policy a
 //!   route carries.
+//! - [`feedback`]: request ids, the predictions routes keep for ground
+//!   truth, per-version quality and A/B results.
 //! - [`repository`]: the model table, config.pbtxt, load → warm → publish → drain.
 //! - [`batching`]: per-version queue and instance threads.
 //!
@@ -28,7 +30,7 @@
 //!
 //! Imports point down this order only, top floor first: `server`, `config`,
 //! `admin`, `sync`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
-//! `routing`, `repository`, `batching`, `stats`/`budget`/`connection`, `metrics`,
+//! `routing`, `feedback`, `repository`, `batching`, `stats`/`budget`/`connection`, `metrics`,
 //! `tensor`/`proto`, `error` (checked by `tests/module_floors.rs`).
 
 pub mod admin;
@@ -38,6 +40,7 @@ pub mod config;
 pub mod connection;
 pub mod drift;
 pub mod error;
+pub mod feedback;
 pub mod gateway;
 pub mod grpc;
 pub mod http;

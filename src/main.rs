@@ -31,6 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Call the admin API of a running gateway: routes, weights, rollouts, versions.
     Admin(AdminArgs),
+    /// Send the truth of earlier predictions (by request id) to a gateway's route.
+    Feedback(FeedbackArgs),
     /// Run the control plane (model registry, MLflow-compatible API) alone, e.g. for a cluster.
     ControlPlane(modelgate_registry::cli::ControlPlaneArgs),
     /// Call the model registry: push, versions, show, alias, history, pull, reference.
@@ -53,6 +55,31 @@ struct AdminArgs {
     actor: String,
     #[command(subcommand)]
     command: AdminCommand,
+}
+
+/// `modelgate feedback fraud 7f3a...-1c --label 1`, or many at once from a file.
+#[derive(clap::Args)]
+struct FeedbackArgs {
+    /// host:port of the gateway's HTTP port.
+    #[arg(long, env = "MODELGATE_HTTP_ADDRESS", default_value = "127.0.0.1:8000")]
+    address: String,
+    /// Public model name (its route keeps predictions: `feedback` in the route).
+    model: String,
+    /// The inference request's id (its response's `id` or `x-request-id`).
+    #[arg(required_unless_present = "file")]
+    id: Option<String>,
+    /// The true class.
+    #[arg(long, conflicts_with_all = ["value", "reward", "file"])]
+    label: Option<u32>,
+    /// The true value.
+    #[arg(long, conflicts_with_all = ["reward", "file"])]
+    value: Option<f64>,
+    /// A reward for the answer.
+    #[arg(long, conflicts_with = "file")]
+    reward: Option<f64>,
+    /// A file of JSON items, one per line (`{"id": "...", "label": 3}`), sent in batches of 1000.
+    #[arg(long, conflicts_with = "id")]
+    file: Option<PathBuf>,
 }
 
 /// Flags take Triton's names where the concept is the same; they override the config file.
@@ -358,6 +385,40 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn feedback(args: FeedbackArgs) -> anyhow::Result<()> {
+    let path = format!("/v2/models/{}/feedback", args.model);
+    let send = |body| modelgate::admin::client::post_data_plane(&args.address, &path, body);
+    if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut items = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let item: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
+            items.push(item);
+        }
+        let (mut accepted, mut refused) = (0u64, 0u64);
+        for chunk in items.chunks(1000) {
+            let answer = send(serde_json::json!({ "feedback": chunk })).await?;
+            accepted += answer["accepted"].as_u64().unwrap_or(0);
+            for result in answer["results"].as_array().into_iter().flatten().filter(|r| r["status"] != 200) {
+                refused += 1;
+                eprintln!("{result}");
+            }
+        }
+        println!("{}", serde_json::json!({ "accepted": accepted, "refused": refused }));
+        return Ok(());
+    }
+    let mut body = serde_json::json!({ "id": args.id });
+    match (args.label, args.value, args.reward) {
+        (Some(label), None, None) => body["label"] = label.into(),
+        (None, Some(value), None) => body["value"] = value.into(),
+        (None, None, Some(reward)) => body["reward"] = reward.into(),
+        _ => anyhow::bail!("give exactly one of --label, --value, --reward"),
+    }
+    println!("{}", serde_json::to_string_pretty(&send(body).await?)?);
+    Ok(())
+}
+
 /// Text logs for a terminal, without colour codes when written to a file;
 /// `MODELGATE_LOG_FORMAT=json` for one JSON object per line (log shippers).
 /// `RUST_LOG` filters as usual.
@@ -379,6 +440,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Admin(args) => runtime.block_on(admin(args)),
+        Command::Feedback(args) => runtime.block_on(feedback(args)),
         Command::ControlPlane(args) => {
             runtime.block_on(modelgate_registry::cli::run(args, shutdown_signal())).map_err(Into::into)
         }

@@ -103,6 +103,33 @@ pub const DRIFT_ROWS_SKIPPED: &str = "modelgate_drift_rows_skipped_total";
 pub const DRIFT_WINDOWS_DROPPED: &str = "modelgate_drift_windows_dropped_total";
 /// Heap bytes of every open and kept drift window.
 pub const DRIFT_PROFILE_BYTES: &str = "modelgate_drift_profile_bytes";
+/// Feedback requests, by model and result (`accepted`, `unknown`, `expired`,
+/// `duplicate`, `invalid`).
+pub const FEEDBACK: &str = "modelgate_feedback_total";
+/// Predictions a route's index holds now, by model.
+pub const FEEDBACK_INDEX_ENTRIES: &str = "modelgate_feedback_index_entries";
+/// Most predictions a route's index holds (`feedback.max_entries`), by model.
+pub const FEEDBACK_INDEX_CAPACITY: &str = "modelgate_feedback_index_capacity";
+/// Heap bytes of a route's prediction index, by model.
+pub const FEEDBACK_INDEX_BYTES: &str = "modelgate_feedback_index_bytes";
+/// Predictions never kept because the queue to a route's index was full, by model.
+pub const FEEDBACK_INDEX_DROPPED: &str = "modelgate_feedback_index_dropped_total";
+/// Predictions pushed out of a route's index by newer ones, by model.
+pub const FEEDBACK_INDEX_EVICTED: &str = "modelgate_feedback_index_evicted_total";
+/// Share of labelled predictions that were right over the feedback window, by model and version.
+pub const MODEL_ACCURACY: &str = "modelgate_model_accuracy";
+/// Truths received over the feedback window, by model, version and kind (`label`, `value`, `reward`).
+pub const MODEL_FEEDBACK_SAMPLES: &str = "modelgate_model_feedback_samples";
+/// Precision of one class over the feedback window, by model, version and class.
+pub const MODEL_PRECISION: &str = "modelgate_model_precision";
+/// Recall of one class over the feedback window, by model, version and class.
+pub const MODEL_RECALL: &str = "modelgate_model_recall";
+/// Mean absolute error over the feedback window, by model and version.
+pub const MODEL_MAE: &str = "modelgate_model_mae";
+/// Root mean squared error over the feedback window, by model and version.
+pub const MODEL_RMSE: &str = "modelgate_model_rmse";
+/// Mean reward over the feedback window, by model and version.
+pub const MODEL_MEAN_REWARD: &str = "modelgate_model_mean_reward";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -541,4 +568,64 @@ pub fn drift_windows_dropped(model: &str, version: u64) -> Counter {
 /// Sets [`DRIFT_PROFILE_BYTES`].
 pub fn drift_profile_bytes(bytes: usize) {
     gauge!(DRIFT_PROFILE_BYTES).set(bytes as f64);
+}
+
+/// Counts one feedback request's result for `model`.
+pub fn feedback(model: &str, result: &'static str) {
+    counter!(FEEDBACK, "model" => model.to_owned(), "result" => result).increment(1);
+}
+
+/// Publishes a route's prediction index size (at scrape time).
+pub fn feedback_index(model: &str, entries: usize, capacity: usize, bytes: usize, evicted: u64, dropped: u64) {
+    counter!(FEEDBACK_INDEX_DROPPED, "model" => model.to_owned()).absolute(dropped);
+    gauge!(FEEDBACK_INDEX_ENTRIES, "model" => model.to_owned()).set(entries as f64);
+    gauge!(FEEDBACK_INDEX_CAPACITY, "model" => model.to_owned()).set(capacity as f64);
+    gauge!(FEEDBACK_INDEX_BYTES, "model" => model.to_owned()).set(bytes as f64);
+    counter!(FEEDBACK_INDEX_EVICTED, "model" => model.to_owned()).absolute(evicted);
+}
+
+/// The quality figures of one version over the feedback window, as
+/// [`model_quality`] publishes them.
+#[derive(Clone, Debug, Default)]
+pub struct QualityFigures {
+    /// Labels, values and rewards received.
+    pub samples: [(&'static str, u64); 3],
+    /// Accuracy.
+    pub accuracy: Option<f64>,
+    /// (class, precision, recall).
+    pub classes: Vec<(u32, Option<f64>, Option<f64>)>,
+    /// Mean absolute error.
+    pub mae: Option<f64>,
+    /// Root mean squared error.
+    pub rmse: Option<f64>,
+    /// Mean reward.
+    pub mean_reward: Option<f64>,
+}
+
+/// Publishes one version's quality (at scrape time). A figure without
+/// samples in the window is NaN, never 0: every comparison with NaN is
+/// false, so an accuracy alert does not fire on a quiet window.
+pub fn model_quality(model: &str, version: u64, figures: &QualityFigures) {
+    let (m, v) = (model.to_owned(), version.to_string());
+    for (kind, n) in figures.samples {
+        gauge!(MODEL_FEEDBACK_SAMPLES, "model" => m.clone(), "version" => v.clone(), "kind" => kind).set(n as f64);
+    }
+    let set = |name: &'static str, value: Option<f64>| {
+        let g = gauge!(name, "model" => m.clone(), "version" => v.clone());
+        match value {
+            Some(x) => g.set(x),
+            None => g.set(f64::NAN),
+        }
+    };
+    set(MODEL_ACCURACY, figures.accuracy);
+    set(MODEL_MAE, figures.mae);
+    set(MODEL_RMSE, figures.rmse);
+    set(MODEL_MEAN_REWARD, figures.mean_reward);
+    for (class, precision, recall) in &figures.classes {
+        let c = class.to_string();
+        gauge!(MODEL_PRECISION, "model" => m.clone(), "version" => v.clone(), "class" => c.clone())
+            .set(precision.unwrap_or(f64::NAN));
+        gauge!(MODEL_RECALL, "model" => m.clone(), "version" => v.clone(), "class" => c)
+            .set(recall.unwrap_or(f64::NAN));
+    }
 }

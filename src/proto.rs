@@ -1,5 +1,5 @@
 //! Code generated from `proto/` by `build.rs`: the KServe V2 / Triton gRPC
-//! protocol and the standard gRPC health service.
+//! protocol, the standard gRPC health service, and modelgate's own service.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 /// `package inference`: GRPCInferenceService and Triton's ModelConfig.
@@ -9,6 +9,11 @@ pub mod inference {
 
 /// Every message of `proto/`, as a `FileDescriptorSet` (for reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+
+/// `package modelgate`: the gateway's own service (feedback).
+pub mod modelgate {
+    tonic::include_proto!("modelgate");
+}
 
 /// `package grpc.health.v1`.
 pub mod health {

@@ -33,6 +33,8 @@ const FLOORS: &[&[&str]] = &[
     // Rollouts drive routes; routes pick versions.
     &["rollout"],
     &["routing"],
+    // Ground truth: the predictions a route keeps and the quality they add up to.
+    &["feedback"],
     &["repository"],
     &["batching"],
     // The drift profiler: the batch worker hands it batches; it reads tensors and metrics.

@@ -36,6 +36,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/admin/v1/routes/m/rollback"),
     ("POST", "/admin/v1/routes/m/pause"),
     ("POST", "/admin/v1/routes/m/resume"),
+    ("GET", "/admin/v1/routes/m/ab"),
     ("GET", "/admin/v1/models"),
     ("POST", "/admin/v1/models/m/versions/2/load"),
     ("POST", "/admin/v1/models/m/versions/2/unload"),
@@ -55,6 +56,7 @@ enum Endpoint {
     DeleteRoute(String),
     SetWeights(String),
     Rollout(String, Command),
+    AbResult(String),
     Models,
     LoadVersion(String, u64),
     UnloadVersion(String, u64),
@@ -63,7 +65,14 @@ enum Endpoint {
 
 impl Endpoint {
     fn changes(&self) -> bool {
-        !matches!(self, Endpoint::ListRoutes | Endpoint::GetRoute(_) | Endpoint::Models | Endpoint::Registry(_))
+        !matches!(
+            self,
+            Endpoint::ListRoutes
+                | Endpoint::GetRoute(_)
+                | Endpoint::AbResult(_)
+                | Endpoint::Models
+                | Endpoint::Registry(_)
+        )
     }
 }
 
@@ -120,6 +129,7 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
             };
             (Endpoint::Rollout(name(m)?, command), &[Method::POST][..])
         }
+        ["admin", "v1", "routes", m, "ab"] => (Endpoint::AbResult(name(m)?), &[Method::GET][..]),
         ["admin", "v1", "models"] => (Endpoint::Models, &[Method::GET][..]),
         ["admin", "v1", "registry", rest @ ..] if let Some(read) = super::registry::route(rest)? => {
             (Endpoint::Registry(read), &[Method::GET][..])
@@ -264,6 +274,15 @@ async fn run(
             rollouts.command(model, command.clone()).await?;
             status(rollouts.status(model).await?)?
         }
+        Endpoint::AbResult(model) => {
+            let route = gateway.routes.get(model).ok_or_else(|| Error::NotFound(format!("no route for '{model}'")))?;
+            let feedback = route.feedback.as_ref().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "route '{model}' keeps no predictions: A/B results need a `feedback` section and its truths"
+                ))
+            })?;
+            status(feedback.ab(route.baseline()))?
+        }
         Endpoint::Models => {
             let rows = gateway.repository.index(false).await;
             crate::http::metadata::repository_index(&rows)
@@ -348,6 +367,7 @@ mod tests {
             (Method::POST, "/admin/v1/routes/mlp/rollback", Endpoint::Rollout("mlp".into(), Command::Rollback)),
             (Method::POST, "/admin/v1/routes/mlp/pause", Endpoint::Rollout("mlp".into(), Command::Pause)),
             (Method::POST, "/admin/v1/routes/mlp/resume", Endpoint::Rollout("mlp".into(), Command::Resume)),
+            (Method::GET, "/admin/v1/routes/mlp/ab", Endpoint::AbResult("mlp".into())),
             (Method::GET, "/admin/v1/models", Endpoint::Models),
             (Method::POST, "/admin/v1/models/mlp/versions/2/load", Endpoint::LoadVersion("mlp".into(), 2)),
             (Method::POST, "/admin/v1/models/mlp/versions/2/unload", Endpoint::UnloadVersion("mlp".into(), 2)),
@@ -359,7 +379,7 @@ mod tests {
         for (method, path) in ENDPOINTS {
             assert!(route(&method.parse().unwrap(), path).is_ok(), "{method} {path}");
         }
-        assert_eq!(ENDPOINTS.len(), 17, "a new endpoint goes in ENDPOINTS (and in api/admin.openapi.yaml)");
+        assert_eq!(ENDPOINTS.len(), 18, "a new endpoint goes in ENDPOINTS (and in api/admin.openapi.yaml)");
         assert!(matches!(route(&Method::GET, "/admin/v1/routes/mlp/promote"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::POST, "/admin/v1/routes"), Err(Error::MethodNotAllowed(_))));
         assert!(matches!(route(&Method::GET, "/admin/v1/nothing"), Err(Error::NotFound(_))));

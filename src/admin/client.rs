@@ -64,6 +64,12 @@ pub enum AdminCommand {
         /// Public model name.
         model: String,
     },
+    /// A/B results of a route: each arm's quality against the baseline, the
+    /// difference's 95 % intervals and a verdict (needs the route's `feedback`).
+    Ab {
+        /// Public model name.
+        model: String,
+    },
     /// List the repository's models and versions with their states.
     Models,
     /// Load one version of a model.
@@ -144,6 +150,7 @@ pub fn request_for(command: &AdminCommand) -> Result<(Method, String, Option<Val
         AdminCommand::Rollback { model } => (Method::POST, format!("{}/rollback", route(model)), None),
         AdminCommand::Pause { model } => (Method::POST, format!("{}/pause", route(model)), None),
         AdminCommand::Resume { model } => (Method::POST, format!("{}/resume", route(model)), None),
+        AdminCommand::Ab { model } => (Method::GET, format!("{}/ab", route(model)), None),
         AdminCommand::Models => (Method::GET, "/admin/v1/models".into(), None),
         AdminCommand::Load { model, version } => {
             (Method::POST, format!("/admin/v1/models/{model}/versions/{version}/load"), None)
@@ -164,17 +171,35 @@ pub async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, ClientError> {
+    let headers = [
+        (http::header::AUTHORIZATION.as_str(), format!("Bearer {}", token.expose())),
+        (ACTOR_HEADER, actor.to_owned()),
+    ];
+    send(address, &headers, method, path, body).await
+}
+
+/// Posts `body` to the data plane's HTTP port at `address` (`host:port`), as
+/// `modelgate feedback` does, and returns its JSON answer.
+pub async fn post_data_plane(address: &str, path: &str, body: Value) -> Result<Value, ClientError> {
+    send(address, &[], Method::POST, path, Some(body)).await
+}
+
+async fn send(
+    address: &str,
+    headers: &[(&str, String)],
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, ClientError> {
     let connect = |reason: String| ClientError::Connect { address: address.to_owned(), reason };
     let stream = TcpStream::connect(address).await.map_err(|e| connect(e.to_string()))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| connect(e.to_string()))?;
     let driver = tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, address)
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.expose()))
-        .header(ACTOR_HEADER, actor);
+    let mut request = Request::builder().method(method).uri(path).header(http::header::HOST, address);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
     let bytes = match body {
         Some(body) => {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
@@ -213,6 +238,8 @@ mod tests {
             body.unwrap(),
             json!({ "weights": [{ "version": 1, "weight": 90 }, { "version": 2, "weight": 10 }] })
         );
+        let (method, path, _) = request_for(&AdminCommand::Ab { model: "fraud".into() }).unwrap();
+        assert_eq!((method, path.as_str()), (Method::GET, "/admin/v1/routes/fraud/ab"));
         let (method, path, _) = request_for(&AdminCommand::Unload { model: "mlp".into(), version: 3 }).unwrap();
         assert_eq!((method, path.as_str()), (Method::POST, "/admin/v1/models/mlp/versions/3/unload"));
         assert!(request_for(&AdminCommand::SetWeights { model: "m".into(), weights: vec!["1:90".into()] }).is_err());

@@ -1,8 +1,10 @@
 //! The gRPC front door: `inference.GRPCInferenceService` as Triton serves it,
-//! and the standard `grpc.health.v1.Health` service.
+//! the standard `grpc.health.v1.Health` service, and modelgate's own
+//! `modelgate.Modelgate` (feedback, `feedback.rs`).
 
 pub mod bounded_codec;
 pub mod codec;
+pub mod feedback;
 pub mod wire;
 
 use std::pin::Pin;
@@ -46,8 +48,12 @@ pub fn routes(gateway: Arc<Gateway>) -> Routes {
     // Responses go uncompressed, as from Triton by default: gRPC clients
     // (tritonclient, perf_analyzer) all advertise gzip in grpc-accept-encoding,
     // so offering it would gzip every response, tensors included.
+    let own = crate::proto::modelgate::modelgate_server::ModelgateServer::new(feedback::ModelgateService {
+        gateway: gateway.clone(),
+    })
+    .max_decoding_message_size(limit);
     let health = HealthServer::new(HealthService { gateway });
-    Routes::new(inference).add_service(health)
+    Routes::new(inference).add_service(own).add_service(health)
 }
 
 /// `inference.GRPCInferenceService`.
@@ -214,8 +220,13 @@ impl GrpcInferenceService for InferenceService {
         let (metadata, _, message) = request.into_parts();
         let headers = metadata.into_headers();
         let (response, held) = infer_one(&self.gateway, message, deadline, &headers, arrival).await.map_err(status)?;
+        // The id is in the message too; the metadata lets a proxy or a log read it unparsed.
+        let id = tonic::metadata::MetadataValue::try_from(response.id.as_str()).ok();
         let mut response = Response::new(response);
         response.extensions_mut().insert(HeldUntilWritten::new(held));
+        if let Some(id) = id {
+            response.metadata_mut().insert(crate::feedback::request_id::HEADER, id);
+        }
         Ok(response)
     }
 

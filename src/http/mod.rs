@@ -4,6 +4,7 @@
 //! bytes out. Every error is `{"error": "..."}` with Triton's status mapping.
 
 pub mod body;
+mod feedback;
 mod infer;
 mod json_tensor;
 pub mod metadata;
@@ -50,6 +51,7 @@ enum ModelAction {
     Metadata,
     Ready,
     Infer,
+    Feedback,
     Config,
     Stats,
 }
@@ -77,6 +79,7 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
                 [] => (ModelAction::Metadata, Method::GET),
                 ["ready"] => (ModelAction::Ready, Method::GET),
                 ["infer"] => (ModelAction::Infer, Method::POST),
+                ["feedback"] if version.is_none() => (ModelAction::Feedback, Method::POST),
                 ["config"] => (ModelAction::Config, Method::GET),
                 ["stats"] => (ModelAction::Stats, Method::GET),
                 _ => {
@@ -151,6 +154,7 @@ where
                 version.queue_depth();
             }
             gateway.record_door_metrics();
+            gateway.record_feedback_metrics();
             let mut text = gateway.metrics.render();
             crate::triton_metrics::render(&versions, &mut text);
             let mut response = Response::new(Chunks::one(Bytes::from(text)));
@@ -234,6 +238,27 @@ where
 {
     match action {
         ModelAction::Infer => infer(gateway, request, name, version, arrival).await,
+        ModelAction::Feedback => {
+            crate::repository::validate_model_name(name)?;
+            let route = gateway.routes.get(name).filter(|r| r.feedback.is_some()).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "model '{name}' keeps no predictions for feedback: its route needs a `feedback` section"
+                ))
+            })?;
+            let feedback = route.feedback.as_ref().expect("filtered on feedback above");
+            let (parts, body) = request.into_parts();
+            let (body, _held) =
+                body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
+            // A batch of 10,000 items is a few milliseconds of work: the blocking pool takes large ones.
+            let reply = if body.len() < OFFLOAD_BYTES / 16 {
+                feedback::answer(feedback, &body)?
+            } else {
+                let route = route.clone();
+                offload(move || feedback::answer(route.feedback.as_ref().expect("filtered on feedback above"), &body))
+                    .await?
+            };
+            Ok(json_response(StatusCode::OK, &reply))
+        }
         ModelAction::Ready => {
             gateway.resolve(name, version)?;
             Ok(empty(StatusCode::OK))
@@ -296,6 +321,8 @@ where
     // JSON, and a client that does not read keeps them). While it is encoded
     // the outputs, the text and a compressed copy all live at once.
     drop(held);
+    // Gateway ids are header-safe; a client's id is echoed only when it is.
+    let id_header = response.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok());
     let size: usize = response.outputs.iter().map(|o| o.tensor.data.len()).sum();
     let encoding = response::accepts(&parts.headers);
     let text = infer::encoded_bound(&response);
@@ -306,7 +333,11 @@ where
         held.resize(response.body().len())?;
         Ok(response.map(|body| body.held(held)))
     };
-    if size < OFFLOAD_BYTES && text < OFFLOAD_BYTES { respond() } else { offload(respond).await }
+    let mut reply = if size < OFFLOAD_BYTES && text < OFFLOAD_BYTES { respond() } else { offload(respond).await }?;
+    if let Some(id) = id_header {
+        reply.headers_mut().insert(crate::feedback::request_id::HEADER, id);
+    }
+    Ok(reply)
 }
 
 /// Runs CPU-heavy work (large decodes and encodes) on the blocking pool.

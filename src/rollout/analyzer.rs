@@ -56,7 +56,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::status::{Breach, Check, Event, EventKind, Phase, Status, Verdict, WindowStats};
 use crate::error::Error;
-use crate::routing::{Arm, DriftGate, Policy, Routes, Summary};
+use crate::feedback::ab::{MIN_SAMPLES, Metric};
+use crate::routing::{Arm, DriftGate, Policy, QualityGate, Routes, Summary};
 
 /// Events a rollout keeps for the admin API.
 const EVENTS_KEPT: usize = 64;
@@ -118,6 +119,11 @@ pub struct Analyzer {
     step_started: Instant,
     /// Whether stepping up is held because the canary drifts (for the hold's events).
     drift_held: bool,
+    /// Whether stepping up is held because the canary is less accurate than
+    /// `min_accuracy_delta` allows (for the hold's events).
+    quality_held: bool,
+    /// The last accuracy breach, in words (for the rollback's event).
+    quality_breach: Option<String>,
 }
 
 /// How a state ends: the next state, or `None` when the route is gone.
@@ -144,6 +150,9 @@ enum Trigger {
     Sequential(Breach),
     /// The control plane says the canary drifts, and the policy says roll back.
     Drift,
+    /// Ground truth says the canary is less accurate than the policy allows,
+    /// and the policy says roll back.
+    Accuracy,
 }
 
 impl Trigger {
@@ -153,6 +162,7 @@ impl Trigger {
             Trigger::Operator => "manual",
             Trigger::Slo(breach) | Trigger::Sequential(breach) => breach.as_str(),
             Trigger::Drift => "drift",
+            Trigger::Accuracy => "accuracy",
         }
     }
 }
@@ -213,6 +223,8 @@ impl Analyzer {
             status: status.clone(),
             step_started: Instant::now(),
             drift_held: false,
+            quality_held: false,
+            quality_breach: None,
         };
         Some((analyzer, sender, status))
     }
@@ -264,6 +276,10 @@ impl Analyzer {
                         ControlFlow::Break(next) => return next,
                         ControlFlow::Continue(held) => held,
                     };
+                    let held = match self.quality_gate() {
+                        ControlFlow::Break(next) => return next,
+                        ControlFlow::Continue(quality_held) => held || quality_held,
+                    };
                     if verdict == Verdict::Pass && !held && self.step_started.elapsed() >= self.policy.interval {
                         let step = self.status.lock().step + 1;
                         if step == self.policy.step_weights.len() {
@@ -306,6 +322,9 @@ impl Analyzer {
                     }
                     // A paused canary is still protected: drift under `rollback` rolls it back.
                     if let ControlFlow::Break(next) = self.drift_gate() {
+                        return next;
+                    }
+                    if let ControlFlow::Break(next) = self.quality_gate() {
                         return next;
                     }
                 }
@@ -450,6 +469,56 @@ impl Analyzer {
         ControlFlow::Continue(drifted)
     }
 
+    /// Applies the policy's accuracy gate (`min_accuracy_delta`): the canary
+    /// breaches when the always-valid 95 % interval of its accuracy minus the
+    /// baseline's (see `feedback::ab`) lies wholly below the delta, both arms
+    /// having their minimum samples. Rolls back under `rollback`, else
+    /// continues with whether stepping up is held; a hold and its end are events.
+    fn quality_gate(&mut self) -> ControlFlow<Next, bool> {
+        let Some(delta) = self.policy.min_accuracy_delta else {
+            return ControlFlow::Continue(false);
+        };
+        let breach = self.accuracy_breach(delta);
+        if breach.is_some() && self.policy.on_quality_breach == QualityGate::Rollback {
+            self.quality_breach = breach;
+            return ControlFlow::Break(self.roll_back(Trigger::Accuracy));
+        }
+        if breach.is_some() != self.quality_held {
+            self.quality_held = breach.is_some();
+            let message = match breach {
+                Some(why) => format!("step up held: {why}"),
+                None => {
+                    self.step_started = Instant::now();
+                    format!(
+                        "canary {} is no longer less accurate than min_accuracy_delta allows: stepping up resumes after a fresh interval",
+                        self.policy.canary
+                    )
+                }
+            };
+            tracing::warn!(target: "modelgate::rollout", model = %self.model, canary = self.policy.canary, "{message}");
+            self.event(EventKind::QualityHold, message);
+        }
+        ControlFlow::Continue(self.quality_held)
+    }
+
+    /// Why the canary breaches `min_accuracy_delta`, or `None`.
+    fn accuracy_breach(&self, delta: f64) -> Option<String> {
+        let route = self.routes.get(&self.model).filter(|r| r.generation == self.generation)?;
+        let result = route.feedback.as_ref()?.ab(self.policy.baseline);
+        if result.metric != Some(Metric::Accuracy) || result.arms.iter().any(|a| a.n < MIN_SAMPLES) {
+            return None;
+        }
+        let canary = result.arms.iter().find(|a| a.version == self.policy.canary)?;
+        let comparison = canary.comparison.as_ref()?;
+        let [low, high] = comparison.sequential_ci;
+        (high < delta).then(|| {
+            format!(
+                "canary {} accuracy minus baseline {}'s is {:.4} (always-valid 95 % interval [{low:.4}, {high:.4}], {} labelled answers), below min_accuracy_delta {delta}",
+                self.policy.canary, self.policy.baseline, comparison.difference, canary.n
+            )
+        })
+    }
+
     /// Runs one check; after `threshold` failed ones in a row, rolls the
     /// canary back and breaks with the state that follows.
     fn check_and_protect(&mut self) -> ControlFlow<Next, Verdict> {
@@ -548,6 +617,10 @@ impl Analyzer {
                 (None, Trigger::Slo(_)) => {
                     format!("canary {canary} rolled back ({reason}); baseline {baseline} at 100 %")
                 }
+                (_, Trigger::Accuracy) => format!(
+                    "{}; policy on_quality_breach = \"rollback\": baseline {baseline} at 100 %",
+                    self.quality_breach.clone().unwrap_or_default()
+                ),
                 (_, Trigger::Drift) => format!(
                     "canary {canary} drifts against its reference or against baseline {baseline} (control plane's drift evaluation; policy drift = \"rollback\"); baseline {baseline} at 100 %"
                 ),

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use analyzer::Analyzer;
 pub use analyzer::Command;
 pub use status::{
-    Breach, Check, Event, EventKind, Phase, RouteStatus, ShadowStatus, Status, TargetStatus, TargetWindow, Verdict,
-    WindowStats,
+    Breach, Check, Event, EventKind, IndexStatus, Phase, RouteStatus, ShadowStatus, Status, TargetQuality,
+    TargetStatus, TargetWindow, Verdict, WindowStats,
 };
 
 use crate::error::Error;
@@ -291,6 +291,13 @@ impl Rollouts {
                 p50_ms: summary.quantile(0.5).map(|d| d.as_secs_f64() * 1000.0),
             }
         };
+        let reports = route.feedback.as_ref().map(|f| f.reports()).unwrap_or_default();
+        let quality = |version: u64| {
+            reports
+                .iter()
+                .find(|(v, ..)| *v == version)
+                .map(|(_, total, window)| TargetQuality { total: total.clone(), window: window.clone() })
+        };
         let targets = route
             .targets
             .iter()
@@ -303,6 +310,7 @@ impl Rollouts {
                 in_flight: t.arm.in_flight(),
                 window: window(&t.arm),
                 drift: self.routes.drift(&route.model, t.version),
+                quality: quality(t.version),
             })
             .collect();
         let shadow = route.shadow.as_ref().map(|s| {
@@ -332,6 +340,17 @@ impl Rollouts {
             targets,
             shadow,
             rollout,
+            feedback: route.feedback.as_ref().map(|f| {
+                let index = f.index();
+                index.flush();
+                IndexStatus {
+                    entries: index.len(),
+                    capacity: index.capacity(),
+                    bytes: index.heap_bytes(),
+                    evicted: index.evicted(),
+                    dropped: index.dropped(),
+                }
+            }),
             spec: (*route.spec).clone(),
         }
     }

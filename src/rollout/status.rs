@@ -99,6 +99,9 @@ pub enum EventKind {
     Promoted,
     /// Stepping up was held because the canary drifts, or resumed when it stopped drifting.
     DriftHold,
+    /// Stepping up was held because ground truth says the canary is less
+    /// accurate than `min_accuracy_delta` allows, or resumed when it no longer is.
+    QualityHold,
 }
 
 /// One line of a rollout's history.
@@ -189,6 +192,9 @@ pub struct RouteStatus {
     /// The rollout, when the route has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Status>,
+    /// The prediction index, when the route keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<IndexStatus>,
     /// The route as applied.
     pub spec: RouteSpec,
 }
@@ -215,6 +221,33 @@ pub struct TargetStatus {
     /// serves from the registry, with a reference or a production baseline).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<crate::routing::DriftMark>,
+    /// Its quality from ground truth (routes with `feedback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<TargetQuality>,
+}
+
+/// A target's quality from the truths its predictions received.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetQuality {
+    /// Since the route began (what A/B results and the release gate read).
+    pub total: crate::feedback::Report,
+    /// Over the feedback window (what the metrics show).
+    pub window: crate::feedback::Report,
+}
+
+/// A route's prediction index.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexStatus {
+    /// Predictions held.
+    pub entries: usize,
+    /// Most held at once.
+    pub capacity: usize,
+    /// Heap bytes.
+    pub bytes: usize,
+    /// Pushed out by newer ones.
+    pub evicted: u64,
+    /// Never kept: the queue to the index's applier thread was full.
+    pub dropped: u64,
 }
 
 /// A target's sliding window.

@@ -10,12 +10,15 @@
 //! - `retry.rs`: the budget of retries of canary faults on the baseline.
 //! - `policy.rs`: the rollout policy as written, and its checks (the
 //!   `rollout` module runs it).
+//! - `feedback_spec.rs`: the feedback section as written, and its checks
+//!   (the `feedback` module keeps the predictions and their quality).
 //!
 //! The table of routes is one immutable snapshot behind `ArcSwap`: the
 //! request path does one `load` and a map lookup, and takes no lock. Writers
 //! (the rollout controller and analyzers) build a new table and swap it in.
 
 mod arm;
+pub mod feedback_spec;
 pub mod policy;
 pub mod random;
 mod retry;
@@ -31,7 +34,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use arm::Arm;
-pub use policy::{DriftGate, Policy, PolicyError, RolloutSpec};
+pub use feedback_spec::FeedbackSpec;
+pub use policy::{DriftGate, Policy, PolicyError, QualityGate, RolloutSpec};
 pub use retry::{CanaryRetry, RetryBudget};
 pub use shadow::Shadow;
 pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};

@@ -19,6 +19,8 @@
 //! | `breach_factor` | a "clear" breach is this many times the rate the SLO allows (`max_error_rate`; 1 % of answers over `max_p99_latency`), in (1, 1000] | 10 |
 //! | `retry_on_baseline` | answer a canary's server fault by retrying the request once on the baseline, within its deadline | `true` |
 //! | `retry_budget_percent` | retries add at most this share of the baseline's successful requests as extra load (plus a burst of 20), in (0, 100] | 10 |
+//! | `min_accuracy_delta` | the lowest canary − baseline accuracy tolerated (e.g. -0.01), judged on ground truth (the route's `feedback`): when the always-valid 95 % interval of the difference lies wholly below it, the canary breaches; absent = not checked | none |
+//! | `on_quality_breach` | what a breach does: `hold` (no step up while it lasts, checks go on) or `rollback` | `"hold"` |
 //! | `drift` | while the control plane says the canary drifts (its inputs or predictions against its reference, or its predictions against the baseline's): `hold` (checks go on, no step up), `rollback`, or `ignore` | `"hold"` |
 
 use std::time::Duration;
@@ -79,6 +81,24 @@ pub struct RolloutSpec {
     /// What a drifting canary does to the rollout.
     #[serde(default)]
     pub drift: DriftGate,
+    /// Lowest canary − baseline accuracy tolerated (needs the route's `feedback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_accuracy_delta: Option<f64>,
+    /// What an accuracy breach does to the rollout.
+    #[serde(default)]
+    pub on_quality_breach: QualityGate,
+}
+
+/// What the rollout does while the canary is, with confidence, less accurate
+/// than `min_accuracy_delta` allows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityGate {
+    /// No step up while it lasts (checks go on).
+    #[default]
+    Hold,
+    /// Roll the canary back.
+    Rollback,
 }
 
 /// What the rollout does while the control plane says the canary drifts.
@@ -184,6 +204,10 @@ pub struct Policy {
     pub retry_budget: Option<f64>,
     /// What a drifting canary does to the rollout.
     pub drift: DriftGate,
+    /// Lowest canary − baseline accuracy tolerated; `None`: not checked.
+    pub min_accuracy_delta: Option<f64>,
+    /// What an accuracy breach does.
+    pub on_quality_breach: QualityGate,
 }
 
 impl RolloutSpec {
@@ -206,6 +230,8 @@ impl RolloutSpec {
             retry_on_baseline: true,
             retry_budget_percent: default_retry_budget_percent(),
             drift: DriftGate::default(),
+            min_accuracy_delta: None,
+            on_quality_breach: QualityGate::default(),
         }
     }
 
@@ -264,6 +290,11 @@ impl RolloutSpec {
         if !(self.retry_budget_percent > 0.0 && self.retry_budget_percent <= 100.0) {
             return Err(PolicyError::RetryBudget(self.retry_budget_percent));
         }
+        if let Some(delta) = self.min_accuracy_delta
+            && !(-1.0..=1.0).contains(&delta)
+        {
+            return Err(PolicyError::MinAccuracyDelta(delta));
+        }
         Ok(Policy {
             canary: self.canary,
             baseline,
@@ -282,6 +313,8 @@ impl RolloutSpec {
             }),
             retry_budget: self.retry_on_baseline.then_some(self.retry_budget_percent / 100.0),
             drift: self.drift,
+            min_accuracy_delta: self.min_accuracy_delta,
+            on_quality_breach: self.on_quality_breach,
         })
     }
 }
@@ -290,6 +323,9 @@ impl RolloutSpec {
 /// value given.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PolicyError {
+    /// `min_accuracy_delta` is not a difference of accuracies.
+    #[error("rollout.min_accuracy_delta must be in -1..=1, got {0}")]
+    MinAccuracyDelta(f64),
     /// The canary is 0 or the baseline.
     #[error("rollout.canary must be a version of the route other than the baseline, got {0}")]
     Canary(u64),

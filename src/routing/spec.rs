@@ -10,10 +10,12 @@
 //! | `sticky_header` | header whose value is hashed to pick the weighted target, so one key stays on one arm | none |
 //! | `shadow` | `{ version, percent, max_in_flight }`: copy `percent` of routed requests to `version`, answer from the primary, compare the two | none |
 //! | `rollout` | automatic canary release, see `routing::policy` | none |
+//! | `feedback` | keep each request's prediction for ground truth, see `routing::feedback_spec` | none |
 
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::feedback_spec::{FeedbackError, FeedbackSpec};
 use super::policy::{Policy, PolicyError, RolloutSpec};
 use crate::repository::validate_model_name;
 
@@ -45,6 +47,9 @@ pub struct RouteSpec {
     /// Automatic release of a canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Predictions kept for ground truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackSpec>,
 }
 
 /// A version behind a route.
@@ -104,6 +109,8 @@ pub struct ValidRoute {
     pub sticky: Option<HeaderName>,
     /// The rollout policy, paired with its baseline.
     pub policy: Option<Policy>,
+    /// The feedback settings.
+    pub feedback: Option<crate::feedback::Settings>,
 }
 
 /// Why a route is refused. Messages name the key, the bound and the value given.
@@ -150,6 +157,12 @@ pub enum RouteError {
     /// The rollout policy itself.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The feedback section.
+    #[error(transparent)]
+    Feedback(#[from] FeedbackError),
+    /// An accuracy gate on a route that keeps no predictions to judge it by.
+    #[error("rollout.min_accuracy_delta needs ground truth: add a `feedback` section to the route")]
+    AccuracyGateWithoutFeedback,
     /// Too many rules.
     #[error("rules: at most {MAX_RULES}, got {0}")]
     RuleCount(usize),
@@ -236,6 +249,7 @@ impl RouteSpec {
             sticky_header: None,
             shadow: None,
             rollout: None,
+            feedback: None,
         }
     }
 
@@ -259,6 +273,10 @@ impl RouteSpec {
         let rules = self.check_rules()?;
         let sticky = self.sticky_header.as_deref().map(|h| header_name("sticky_header", h)).transpose()?;
         self.check_shadow()?;
+        let feedback = self.feedback.as_ref().map(FeedbackSpec::validate).transpose()?;
+        if feedback.is_none() && self.rollout.as_ref().is_some_and(|r| r.min_accuracy_delta.is_some()) {
+            return Err(RouteError::AccuracyGateWithoutFeedback);
+        }
         let mut spec = self.clone();
         for (rule, (name, _)) in spec.rules.iter_mut().zip(&rules) {
             rule.header = name.as_str().to_owned();
@@ -266,7 +284,7 @@ impl RouteSpec {
         if let Some(name) = &sticky {
             spec.sticky_header = Some(name.as_str().to_owned());
         }
-        Ok(ValidRoute { spec, rules, sticky, policy })
+        Ok(ValidRoute { spec, rules, sticky, policy, feedback })
     }
 
     fn check_targets(&self) -> Result<(), RouteError> {

@@ -16,6 +16,7 @@ use super::shadow::Shadow;
 use super::spec::{RouteSpec, Rule, ValidRoute};
 use super::sprt::Sequential;
 use crate::error::Error;
+use crate::feedback::Feedback;
 
 /// Window span of routes without a rollout (the admin API shows each arm's span).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -52,6 +53,9 @@ pub struct Route {
     pub shadow: Option<Arc<Shadow>>,
     /// A rollout's retries of canary faults on the baseline.
     pub retry: Option<CanaryRetry>,
+    /// The predictions kept for ground truth, and each version's quality
+    /// (`feedback` in the spec); shared by the weight changes of one route.
+    pub feedback: Option<Arc<Feedback>>,
     rules: Vec<Rule>,
     sticky: Option<HeaderName>,
     /// Running sums of the weights, in target order; the last is 100.
@@ -99,6 +103,10 @@ impl Route {
                     budget: Arc::new(RetryBudget::new(p.retry_budget?)),
                 })
             }),
+            feedback: valid.feedback.as_ref().map(|settings| {
+                let versions: Vec<u64> = spec.targets.iter().map(|t| t.version).collect();
+                Arc::new(Feedback::new(&spec.model, settings.clone(), &versions))
+            }),
             rules: valid.rules.clone(),
             sticky: valid.sticky.clone(),
             cumulative: Vec::new(),
@@ -132,6 +140,20 @@ impl Route {
         }
         next.sum_weights();
         next
+    }
+
+    /// The version the others are compared with in A/B results: a rollout's
+    /// baseline, else the first target.
+    pub fn baseline(&self) -> u64 {
+        match &self.retry {
+            Some(retry) => retry.baseline,
+            None => self
+                .spec
+                .rollout
+                .as_ref()
+                .and_then(|r| self.targets.iter().map(|t| t.version).find(|&v| v != r.canary))
+                .unwrap_or(self.targets[0].version),
+        }
     }
 
     /// The version with the most weight (the first of equals), which stands

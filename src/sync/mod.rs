@@ -493,6 +493,7 @@ impl Follower {
                     sticky_header: None,
                     shadow: None,
                     rollout: Some(rollout),
+                    feedback: None,
                 }
             }
             None => {

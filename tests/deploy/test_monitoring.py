@@ -5,7 +5,8 @@ queries return data, and the alerts the scenario causes are pending or firing.
 
 The gateway's scenario makes every series exist that only appears on an event: two routes with
 rollouts (one rolled back, one promoted through the admin API), a version that fails to load, a
-control plane that cannot be reached (sync failures), and requests that succeed and fail.
+control plane that cannot be reached (sync failures), requests that succeed and fail, and truths
+sent for the predictions of a route that keeps them (the accuracy series).
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ wait_secs = 1
 model = "simple"
 targets = [{{ version = 1 }}, {{ version = 2 }}]
 rollout = {rollout}
+feedback = {{ ttl = "1h" }}
 [[routes]]
 model = "simple_b"
 targets = [{{ version = 1 }}, {{ version = 2 }}]
@@ -209,6 +211,23 @@ rollout = {rollout}
         except urllib.error.HTTPError as e:
             return e.code
 
+    def infer_and_label(self, model: str, label: int) -> int:
+        """One inference, then its truth through the feedback endpoint: the status of the latter."""
+        body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                           for n in ("INPUT0", "INPUT1")]}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}/v2/models/{model}/infer",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            request_id = json.loads(response.read())["id"]
+        truth = {"id": request_id, "label": label}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}/v2/models/{model}/feedback",
+                                         data=json.dumps(truth).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     def admin_post(self, path: str) -> tuple[int, str]:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.admin}{path}",
@@ -243,6 +262,9 @@ def gateway(tmp_path_factory):
             assert gw.infer("simple") == 200
             assert gw.infer("simple_b") == 200
         assert gw.infer("simple", datatype="FP32") == 400  # a client mistake
+        # Ground truth for the route that keeps predictions: the accuracy series exist.
+        for label in (15, 0, 15):
+            assert gw.infer_and_label("simple", label) == 200
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             statuses = list(pool.map(lambda _: gw.infer("queued"), range(6)))
         assert 200 in statuses and any(s != 200 for s in statuses), statuses

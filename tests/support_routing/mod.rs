@@ -185,6 +185,7 @@ impl Default for Http {
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Value,
 }
 
@@ -207,6 +208,7 @@ impl Http {
         }
         let response = self.client.request(request.body(Full::new(body)).unwrap()).await.unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         // JSON when it parses (every API answer), else the text (/metrics).
         let body = match serde_json::from_slice(&bytes) {
@@ -214,7 +216,7 @@ impl Http {
             Err(_) if bytes.is_empty() => Value::Null,
             Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
         };
-        Reply { status, body }
+        Reply { status, headers, body }
     }
 
     /// One MLP inference on `model` (no version: through its route).

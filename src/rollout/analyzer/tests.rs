@@ -47,6 +47,7 @@ async fn start(rollout: RolloutSpec) -> Rig {
         sticky_header: None,
         shadow: None,
         rollout: Some(rollout),
+        feedback: None,
     };
     let valid = spec.validate().unwrap();
     let routes = Arc::new(Routes::default());

@@ -1,0 +1,279 @@
+//! Ground truth for served predictions: the request ids that name them, the
+//! bounded index that keeps what each request predicted, the truths clients
+//! send back, the quality of each version, and A/B results between versions.
+//!
+//! - `request_id.rs`: ids for requests that bring none.
+//! - `summary.rs`: what is kept of a prediction (class and score, or value).
+//! - `index.rs`: the sharded, bounded index of one route.
+//! - `quality.rs`: per-version accuracy, precision/recall, errors, rewards.
+//! - `ab.rs`: each arm against the baseline, with always-valid intervals.
+//!
+//! A route that asks for it (`feedback = { ... }`, see `routing::spec`)
+//! carries one [`Feedback`]; it outlives weight changes, not a replaced route.
+
+pub mod ab;
+pub mod index;
+pub mod quality;
+pub mod request_id;
+pub mod summary;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+pub use index::{Miss, PredictionIndex};
+pub use quality::{Quality, Report, Truth};
+pub use summary::{OutputKind, Prediction};
+
+use crate::error::Error;
+use crate::metrics;
+use crate::tensor::ResponseOutput;
+
+/// A route's feedback settings, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// How long a prediction waits for its truth.
+    pub ttl: Duration,
+    /// Most predictions held.
+    pub max_entries: usize,
+    /// The sliding window of the quality metrics.
+    pub window: Duration,
+    /// The output summarized (`None`: the first).
+    pub output: Option<String>,
+    /// How it is read.
+    pub kind: OutputKind,
+    /// The difference worth detecting between arms (the A/B test's τ).
+    pub min_effect: f64,
+}
+
+/// The feedback state of one route.
+#[derive(Debug)]
+pub struct Feedback {
+    model: String,
+    settings: Settings,
+    index: PredictionIndex,
+    /// One per target version, in route order.
+    versions: Vec<(u64, Quality)>,
+}
+
+/// What one truth did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Judged {
+    /// The request id.
+    pub id: String,
+    /// The version that answered it.
+    pub model_version: String,
+    /// Whether the predicted class was the label (labels only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correct: Option<bool>,
+}
+
+/// One arm in an A/B result.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ArmResult {
+    /// The version.
+    pub version: u64,
+    /// Samples of the compared metric.
+    pub n: u64,
+    /// The metric's value.
+    pub value: Option<f64>,
+    /// Against the baseline (absent for the baseline itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<ab::Comparison>,
+}
+
+/// A route's A/B result.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AbResult {
+    /// The public model name.
+    pub model: String,
+    /// The metric compared (absent until the baseline has truths).
+    pub metric: Option<ab::Metric>,
+    /// The version the others are compared with.
+    pub baseline: u64,
+    /// How the verdicts are reached.
+    pub method: &'static str,
+    /// Each arm, the baseline first.
+    pub arms: Vec<ArmResult>,
+}
+
+impl Feedback {
+    /// Empty feedback state of route `model` over `versions`.
+    pub fn new(model: &str, settings: Settings, versions: &[u64]) -> Feedback {
+        Feedback {
+            model: model.to_owned(),
+            index: PredictionIndex::new(settings.max_entries, settings.ttl),
+            versions: versions.iter().map(|&v| (v, Quality::new(settings.window))).collect(),
+            settings,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The index.
+    pub fn index(&self) -> &PredictionIndex {
+        &self.index
+    }
+
+    /// Keeps what request `id`, answered by `version`, predicted (nothing
+    /// when the output is missing or not numeric).
+    pub fn keep(&self, id: &str, version: u64, outputs: &[ResponseOutput]) {
+        if let Some(prediction) = summary::summarize(outputs, self.settings.output.as_deref(), self.settings.kind) {
+            self.index.insert(id, version, prediction);
+        }
+    }
+
+    /// The quality of `version`.
+    pub fn quality(&self, version: u64) -> Option<&Quality> {
+        self.versions.iter().find(|(v, _)| *v == version).map(|(_, q)| q)
+    }
+
+    /// Joins a truth to the prediction of request `id` and counts it.
+    /// Unknown ids are 404, expired 410, a second truth 409 (the first one
+    /// stands), a truth of the wrong kind or class 400; every result is
+    /// counted in `modelgate_feedback_total`.
+    pub fn judge(&self, id: &str, truth: Truth) -> Result<Judged, Error> {
+        let result = self.try_judge(id, truth);
+        let label = match &result {
+            Ok(_) => "accepted",
+            Err(Error::NotFound(_)) => "unknown",
+            Err(Error::Gone(_)) => "expired",
+            Err(Error::Conflict(_)) => "duplicate",
+            Err(_) => "invalid",
+        };
+        metrics::feedback(&self.model, label);
+        result
+    }
+
+    /// Counts a feedback request or item refused before it named a
+    /// prediction (malformed JSON, a missing id, a label that is no class
+    /// index, a batch over its bound).
+    pub fn count_invalid(&self) {
+        metrics::feedback(&self.model, "invalid");
+    }
+
+    fn try_judge(&self, id: &str, truth: Truth) -> Result<Judged, Error> {
+        request_id::check(id).map_err(Error::InvalidArgument)?;
+        // The kind is checked before the entry is marked judged, so a
+        // mistaken truth can be sent again, right.
+        let entry = self.index.peek(id).map_err(|miss| self.miss(id, miss))?;
+        check_truth(entry.prediction, truth)?;
+        let entry = self.index.judge(id).map_err(|miss| self.miss(id, miss))?;
+        if let Some(quality) = self.quality(entry.version) {
+            quality.record(Instant::now(), entry.prediction, truth);
+        }
+        let correct = match (entry.prediction, truth) {
+            (Prediction::Class { class, .. }, Truth::Label(label)) => Some(class == label),
+            _ => None,
+        };
+        Ok(Judged { id: id.to_owned(), model_version: entry.version.to_string(), correct })
+    }
+
+    fn miss(&self, id: &str, miss: Miss) -> Error {
+        let model = &self.model;
+        match miss {
+            Miss::Unknown => Error::NotFound(format!(
+                "model '{model}' holds no prediction of request id '{id}' (never seen, or pushed out by newer ones)"
+            )),
+            Miss::Expired => Error::Gone(format!(
+                "the prediction of request id '{id}' is older than model '{model}''s feedback ttl of {}s",
+                self.settings.ttl.as_secs()
+            )),
+            Miss::Duplicate => {
+                Error::Conflict(format!("request id '{id}' already has its truth; the first one stands"))
+            }
+        }
+    }
+
+    /// Each version's figures over the window, and the index's size, as metrics.
+    pub fn publish_metrics(&self) {
+        let index = &self.index;
+        index.flush();
+        let (entries, bytes) = (index.len(), index.heap_bytes());
+        metrics::feedback_index(&self.model, entries, index.capacity(), bytes, index.evicted(), index.dropped());
+        let now = Instant::now();
+        for (version, quality) in &self.versions {
+            let report = quality.window(now).report();
+            let figures = metrics::QualityFigures {
+                samples: [("label", report.labelled), ("value", report.valued), ("reward", report.rewarded)],
+                accuracy: report.accuracy,
+                classes: report.classes.iter().map(|c| (c.class, c.precision, c.recall)).collect(),
+                mae: report.mae,
+                rmse: report.rmse,
+                mean_reward: report.mean_reward,
+            };
+            metrics::model_quality(&self.model, *version, &figures);
+        }
+    }
+
+    /// Each version's figures, since the route began and over the window.
+    pub fn reports(&self) -> Vec<(u64, Report, Report)> {
+        let now = Instant::now();
+        self.versions.iter().map(|(v, q)| (*v, q.total().report(), q.window(now).report())).collect()
+    }
+
+    /// Every arm against `baseline` since the route began.
+    pub fn ab(&self, baseline: u64) -> AbResult {
+        let totals: Vec<(u64, quality::Tally)> = self.versions.iter().map(|(v, q)| (*v, q.total())).collect();
+        let base = totals.iter().find(|(v, _)| *v == baseline).map(|(_, t)| t.clone()).unwrap_or_default();
+        let metric = ab::metric_of(&base);
+        let estimate = |t: &quality::Tally| metric.and_then(|m| ab::Estimate::of(t, m));
+        let base_estimate = estimate(&base);
+        let mut arms = Vec::with_capacity(totals.len());
+        for (version, tally) in
+            totals.iter().filter(|(v, _)| *v == baseline).chain(totals.iter().filter(|(v, _)| *v != baseline))
+        {
+            let mine = estimate(tally);
+            let comparison = match (metric, &base_estimate, &mine) {
+                (Some(m), Some(b), Some(a)) if *version != baseline => {
+                    Some(ab::compare(m, b, a, self.settings.min_effect))
+                }
+                (Some(_), _, _) if *version != baseline => Some(ab::Comparison {
+                    difference: f64::NAN,
+                    fixed_ci: [f64::NAN; 2],
+                    sequential_ci: [f64::NAN; 2],
+                    verdict: ab::Verdict::NotYetKnown,
+                }),
+                _ => None,
+            };
+            arms.push(ArmResult {
+                version: *version,
+                n: mine.map_or(0, |e| e.n),
+                value: mine.map(|e| e.mean),
+                comparison,
+            });
+        }
+        AbResult {
+            model: self.model.clone(),
+            metric,
+            baseline,
+            method: "mixture SPRT always-valid 95% interval (verdict); two-proportion / Welch 95% fixed-horizon interval (fixed_ci, read once only)",
+            arms,
+        }
+    }
+}
+
+/// Refuses a truth that cannot judge the prediction: a value for a class, a
+/// label for a value, a label past the output's classes, a non-finite number.
+fn check_truth(prediction: Prediction, truth: Truth) -> Result<(), Error> {
+    match (prediction, truth) {
+        (Prediction::Class { classes, .. }, Truth::Label(label)) if label >= classes => Err(Error::invalid(format!(
+            "label {label} is not a class of this model's output: classes are 0 to {}",
+            classes - 1
+        ))),
+        (Prediction::Class { .. }, Truth::Value(_)) => Err(Error::invalid(
+            "this route's predictions are classes: send a \"label\" (or a \"reward\"), not a \"value\"",
+        )),
+        (Prediction::Value(_), Truth::Label(_)) => Err(Error::invalid(
+            "this route's predictions are values: send a \"value\" (or a \"reward\"), not a \"label\"",
+        )),
+        (_, Truth::Value(x) | Truth::Reward(x)) if !x.is_finite() => {
+            Err(Error::invalid(format!("the truth must be a finite number, got {x}")))
+        }
+        _ => Ok(()),
+    }
+}
