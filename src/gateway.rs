@@ -64,9 +64,6 @@ pub struct Gateway {
     /// The drift profiler (`[drift] enabled`): the sync follower drains its
     /// closed windows and hands it the references' specs.
     pub drift: Option<Arc<Profiler>>,
-    /// The control plane this gateway follows (the embedded one or `sync.registry`), once its
-    /// follower starts: the admin API's registry reads go through it.
-    pub control_plane: std::sync::OnceLock<crate::sync::client::ControlPlane>,
     draining: AtomicBool,
 }
 
@@ -110,7 +107,6 @@ impl Gateway {
             routes,
             rollouts,
             drift,
-            control_plane: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
         }
     }

@@ -299,6 +299,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reload_routes_on_hangup(path, gateway.clone());
     }
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(());
+    let registry = modelgate::admin::RegistryLink::default();
     let admin_task = admin.map(|(listener, token)| {
         let mut stopped = admin_stopped.clone();
         let shutdown = async move {
@@ -306,7 +307,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let auth = modelgate::admin::BearerAuthLayer::new(token, &config.admin.allowed_hosts);
         let limits = (config.admin.max_connections, config.server.timeouts());
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), listener, auth, limits, shutdown))
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), registry.clone(), listener, auth, limits, shutdown))
     });
     let mut stopped = admin_stopped.clone();
     // A gateway that follows an external control plane runs no embedded one, unless a port
@@ -328,7 +329,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let embedded_port = control_plane_task
         .as_ref()
         .map(|_| control_plane.control_plane_port.unwrap_or(modelgate_registry::cli::DEFAULT_PORT));
-    follow_control_plane(&config, &gateway, embedded_port)?;
+    follow_control_plane(&config, &gateway, &registry, embedded_port)?;
     let options = ServerOptions::from(&config.server);
     let shutdown = async move {
         shutdown_signal().await;
@@ -349,6 +350,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn follow_control_plane(
     config: &Config,
     gateway: &std::sync::Arc<modelgate::gateway::Gateway>,
+    registry: &modelgate::admin::RegistryLink,
     embedded_port: Option<u16>,
 ) -> anyhow::Result<()> {
     if !config.sync.enabled {
@@ -369,6 +371,8 @@ fn follow_control_plane(
     let token = modelgate_registry::api::auth::Token::new(token.expose())
         .map_err(|e| anyhow::anyhow!("the control plane token: {e}"))?;
     let control_plane = modelgate::sync::client::ControlPlane::new(&base, token)?;
+    // The admin API's registry reads (drift, alias history) go through the same client.
+    registry.connect(control_plane.clone());
     let follower = modelgate::sync::Follower::new(gateway.clone(), config.sync.clone(), rules, control_plane)
         .with_context(|| format!("cannot open the pulled-model directory under {}", config.sync.root().display()))?;
     tracing::info!(control_plane = %base, gateway_id = %config.sync.gateway_id(), "following the control plane");

@@ -134,7 +134,7 @@ async fn side_listeners(gateway: Arc<Gateway>, config: &Config) -> (SocketAddr, 
     let token = modelgate::admin::AdminToken::new("a-test-token-of-enough-length").unwrap();
     let auth = modelgate::admin::BearerAuthLayer::new(token, &[]);
     let limits = (1, config.server.timeouts());
-    tokio::spawn(modelgate::admin::serve(gateway, admin, auth, limits, std::future::pending()));
+    tokio::spawn(modelgate::admin::serve(gateway, Default::default(), admin, auth, limits, std::future::pending()));
     (metrics_addr, admin_addr)
 }
 

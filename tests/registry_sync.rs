@@ -98,6 +98,8 @@ impl Plane {
 /// A gateway following `control_plane`, with its pulled state under `data_dir`.
 struct Follows {
     gateway: Arc<Gateway>,
+    /// The admin API's link to the control plane, as `modelgate serve` connects it.
+    registry: modelgate::admin::RegistryLink,
     http: String,
     stop: Option<oneshot::Sender<()>>,
     follower: tokio::task::JoinHandle<()>,
@@ -147,9 +149,11 @@ impl Follows {
             },
         ));
         let client = ControlPlane::new(control_plane, Token::new(TOKEN).unwrap()).unwrap();
+        let registry = modelgate::admin::RegistryLink::default();
+        registry.connect(client.clone());
         let follower = Follower::new(gateway.clone(), config.sync.clone(), follow, client).unwrap();
         let follower = tokio::spawn(follower.run());
-        Follows { gateway, http, stop: Some(stop), follower, _repo: repo }
+        Follows { gateway, registry, http, stop: Some(stop), follower, _repo: repo }
     }
 
     async fn infer(&self, model: &str, seed: u32) -> (StatusCode, Option<u64>) {
@@ -546,10 +550,10 @@ async fn a_follow_rule_set_through_the_control_planes_api_serves_a_model_under_i
 }
 
 /// A registry read through the admin API's handler (authenticated already): its JSON answer.
-async fn admin_read(gateway: &Arc<Gateway>, path: &str) -> serde_json::Value {
+async fn admin_read(gateway: &Follows, path: &str) -> serde_json::Value {
     use http_body_util::BodyExt;
     let request = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let response = modelgate::admin::api::handle(gateway.clone(), request).await;
+    let response = modelgate::admin::api::handle(gateway.gateway.clone(), &gateway.registry, request).await;
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -613,12 +617,12 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
     assert_eq!((worst.stat, mark.share), ("wasserstein", 1.0), "{worst:?}");
     // The admin API reads the same evaluations, and one feature's distributions, from the
     // control plane this gateway follows (the operations page's drift panel).
-    let drift = admin_read(&gateway.gateway, "/admin/v1/registry/models/fraud/drift?history=2").await;
+    let drift = admin_read(&gateway, "/admin/v1/registry/models/fraud/drift?history=2").await;
     let latest = &drift["versions"]["1"]["evaluations"][0];
     assert_eq!(latest["dataset"]["drifted"], true, "{drift}");
     let feature = &worst.feature;
     let shown = admin_read(
-        &gateway.gateway,
+        &gateway,
         &format!(
             "/admin/v1/registry/models/fraud/versions/1/drift/distribution?feature={}",
             feature.replace('[', "%5B").replace(']', "%5D")

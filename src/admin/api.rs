@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Peer;
-use super::registry::{Read, ReadError};
+use super::registry::{Read, ReadError, RegistryLink};
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::respond::{Chunks, json_response};
@@ -166,7 +166,7 @@ struct WeightEntry {
 }
 
 /// Answers one admin request (already authenticated).
-pub async fn handle<B>(gateway: Arc<Gateway>, request: Request<B>) -> Response<Chunks>
+pub async fn handle<B>(gateway: Arc<Gateway>, registry: &RegistryLink, request: Request<B>) -> Response<Chunks>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -192,7 +192,7 @@ where
             return error_response(&e);
         }
     };
-    let result = run(&gateway, &endpoint, body.as_ref(), query.as_deref()).await;
+    let result = run(&gateway, registry, &endpoint, body.as_ref(), query.as_deref()).await;
     audit(&actor, &peer, &method, &path, endpoint.changes(), body.as_ref(), result.as_ref().err());
     match result {
         Ok(value) => json_response(StatusCode::OK, &value),
@@ -239,6 +239,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: Option<&Value>, what: &str) -> Re
 
 async fn run(
     gateway: &Gateway,
+    registry: &RegistryLink,
     endpoint: &Endpoint,
     body: Option<&Value>,
     query: Option<&str>,
@@ -287,7 +288,7 @@ async fn run(
             let rows = gateway.repository.index(false).await;
             crate::http::metadata::repository_index(&rows)
         }
-        Endpoint::Registry(read) => super::registry::read(gateway, read, query).await?,
+        Endpoint::Registry(read) => super::registry::read(registry, read, query).await?,
         Endpoint::LoadVersion(model, version) | Endpoint::UnloadVersion(model, version) => {
             if !gateway.repository.settings().model_control {
                 return Err(Error::FailedPrecondition(

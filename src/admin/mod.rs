@@ -39,6 +39,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::{Layer, ServiceExt};
 
 pub use auth::{AdminToken, BearerAuthLayer, Local, Peer};
+pub use registry::RegistryLink;
 
 use crate::connection::{Activity, Timeouts, Tracked};
 use crate::gateway::Gateway;
@@ -79,6 +80,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// `timeouts` like the data plane's (see [`crate::connection`]).
 pub async fn serve(
     gateway: Arc<Gateway>,
+    registry: RegistryLink,
     listener: TcpListener,
     auth: BearerAuthLayer,
     (max_connections, timeouts): (usize, Timeouts),
@@ -93,17 +95,18 @@ pub async fn serve(
     let serve = move |stream: TcpStream, peer, slot| {
         let local = stream.local_addr().ok();
         let gateway = gateway.clone();
+        let registry = registry.clone();
         let activity = Activity::new();
         let tracker = activity.clone();
         // The auth layer wraps the whole API and the page: no admin route exists without it.
         let service = auth.layer(tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let gateway = gateway.clone();
+            let (gateway, registry) = (gateway.clone(), registry.clone());
             async move {
                 let (method, path) = (request.method(), request.uri().path());
                 let response = if ui::serves(method, path) {
                     ui::respond(method, path)
                 } else {
-                    api::handle(gateway, request).await
+                    api::handle(gateway, &registry, request).await
                 };
                 Ok::<_, std::convert::Infallible>(response)
             }

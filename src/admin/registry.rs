@@ -5,12 +5,26 @@
 //! token, `Host` and `Origin` rules: the operations page needs no second token or origin, and
 //! the control plane's token never reaches a browser.
 
+use std::sync::{Arc, OnceLock};
+
 use http::StatusCode;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::gateway::Gateway;
-use crate::sync::client::CallError;
+use crate::sync::client::{CallError, ControlPlane};
+
+/// The control plane the admin API reads, once the sync follower has one: the admin listener
+/// starts before the embedded control plane does, so the client arrives later (or never, on a
+/// gateway that follows none, whose reads are answered 503).
+#[derive(Clone, Debug, Default)]
+pub struct RegistryLink(Arc<OnceLock<ControlPlane>>);
+
+impl RegistryLink {
+    /// Reads go to `control_plane` from now on; a second call keeps the first.
+    pub fn connect(&self, control_plane: ControlPlane) {
+        let _ = self.0.set(control_plane);
+    }
+}
 
 /// One read of the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +138,7 @@ pub fn route(segments: &[&str]) -> Result<Option<Read>, Error> {
 }
 
 /// Runs `read` against the control plane with the request's `query` string.
-pub async fn read(gateway: &Gateway, read: &Read, query: Option<&str>) -> Result<Value, ReadError> {
+pub async fn read(link: &RegistryLink, read: &Read, query: Option<&str>) -> Result<Value, ReadError> {
     let mut pairs = Vec::new();
     for (key, value) in form_pairs(query.unwrap_or("")) {
         let Some(known) = read.keys().iter().find(|k| **k == key) else {
@@ -134,7 +148,7 @@ pub async fn read(gateway: &Gateway, read: &Read, query: Option<&str>) -> Result
         };
         pairs.push((*known, value));
     }
-    let control_plane = gateway.control_plane.get().ok_or(ReadError::NoControlPlane)?;
+    let control_plane = link.0.get().ok_or(ReadError::NoControlPlane)?;
     Ok(control_plane.read(&read.path(), &pairs).await?)
 }
 

@@ -100,8 +100,6 @@ impl Follower {
         let cache = BlobCache::open(&root.join("cache"))?;
         let dirs = VersionDirs::open(&settings.models_dir())?;
         gateway.repository.await_first_sync();
-        // The admin API reads the registry (drift, alias history) through the same client.
-        let _ = gateway.control_plane.set(control_plane.clone());
         Ok(Follower {
             gateway,
             id: settings.gateway_id(),

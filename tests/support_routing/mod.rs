@@ -149,7 +149,7 @@ impl Server {
         ));
         let auth = modelgate::admin::BearerAuthLayer::new(AdminToken::new(TOKEN).unwrap(), &[]);
         let limits = (config.admin.max_connections, config.server.timeouts());
-        tokio::spawn(modelgate::admin::serve(gateway.clone(), admin, auth, limits, async move {
+        tokio::spawn(modelgate::admin::serve(gateway.clone(), Default::default(), admin, auth, limits, async move {
             let _ = admin_stopped.await;
         }));
         Server {
