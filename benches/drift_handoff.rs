@@ -3,11 +3,18 @@
 //! - `handoff`: the instance thread's side per batch (share the inputs and
 //!   outputs, build the message, `try_send` to a live profiler thread), next
 //!   to a bare `try_send(())` on the same kind of channel and to the check a
-//!   worker without the profiler makes. Goal: ≤ 150 ns per batch.
+//!   worker without the profiler makes. Goal: ≤ 150 ns per batch. Two kinds
+//!   of consumer: one parked on the channel (`woken`: every offer that finds
+//!   it parked wakes it, as the profiler did before it polled) and one that
+//!   sleeps and takes what queued (`polled`, as the profiler does while
+//!   traffic flows); and the real profiler, which this loop outruns, so most
+//!   offers find its queue full and drop the batch.
 //! - `profile`: the profiler thread's cost per value (row × feature) for a
-//!   64-feature FP32 input, without and with a reference's 10-bin edges.
-//!   At 10,000 rows/s × 64 features (640,000 values/s) the share of a core
-//!   is ns/value × 640,000 / 10^9. Goal: ≤ 2 %.
+//!   64-feature FP32 input, without and with a reference's 10-bin edges, and
+//!   (`_at_10k_rows_per_s`) in a window that follows a minute of 10,000 rows/s,
+//!   whose quantile sketches take one row in 10 (`drift.sketch_rows_per_second`
+//!   = 1000). At 10,000 rows/s × 64 features (640,000 values/s) the share of a
+//!   core is ns/value × 640,000 / 10^9. Goal: ≤ 2 %.
 //! - Before the benches, the bytes one window holds per feature after a full
 //!   minute of that traffic (600,000 rows) are printed.
 //!
@@ -74,23 +81,46 @@ fn bench_handoff(c: &mut Criterion) {
     // bounded channel to a thread that drains it.
     let (unit_tx, unit_rx) = crossbeam_channel::bounded::<()>(64);
     std::thread::spawn(move || while unit_rx.recv().is_ok() {});
-    group.bench_function("baseline_try_send_unit", |b| b.iter(|| black_box(unit_tx.try_send(()).is_ok())));
+    group.bench_function("baseline_try_send_unit_woken", |b| b.iter(|| black_box(unit_tx.try_send(()).is_ok())));
+    let unit_tx = polled_consumer::<()>();
+    group.bench_function("baseline_try_send_unit_polled", |b| b.iter(|| black_box(unit_tx.try_send(()).is_ok())));
 
     // What the worker does per batch with the profiler off.
     let off: Option<DriftTap> = None;
     group.bench_function("drift_off_check", |b| b.iter(|| black_box(black_box(&off).is_some())));
 
-    // A consumer that keeps up (drops what it receives), so every offer succeeds.
+    // Consumers that keep up (drop what they take), so every offer succeeds.
     let (tx, rx) = crossbeam_channel::bounded::<DriftBatch>(64);
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    let draining = DriftTap::new(tx, 1, Counter::noop());
+    let woken = DriftTap::new(tx, 1, Counter::noop());
+    let polled = DriftTap::new(polled_consumer(), 1, Counter::noop());
     // The real profiler, which is slower than this loop: most offers find the queue full.
     let profiler = Profiler::start(&DriftSettings { enabled: true, ..DriftSettings::default() }).expect("profiler");
     let real = profiler.register("mlp", 1, mlp_schema());
-    for (label, tap) in [("drift_on", &draining), ("drift_on_profiler_behind", &real)] {
+    for (label, tap) in [("drift_on_woken", &woken), ("drift_on_polled", &polled), ("drift_on_profiler_behind", &real)]
+    {
         bench_offers(&mut group, label, tap);
     }
     group.finish();
+}
+
+/// A channel whose consumer sleeps a millisecond, then takes everything queued
+/// (room for the 5,000 or so offers this loop makes meanwhile): no offer finds it parked.
+fn polled_consumer<T: Send + 'static>() -> crossbeam_channel::Sender<T> {
+    let (tx, rx) = crossbeam_channel::bounded::<T>(1 << 16);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            loop {
+                match rx.try_recv() {
+                    Ok(taken) => drop(taken),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                }
+            }
+        }
+    });
+    tx
 }
 
 fn bench_offers(
@@ -139,12 +169,14 @@ fn input_batch(id: u64, rows: usize, seed: usize) -> DriftBatch {
     DriftBatch {
         registration: id,
         rows,
-        inputs: vec![SharedTensor {
+        inputs: [SharedTensor {
             dtype: DataType::Fp32,
             shape: vec![rows as i64, FEATURES as i64],
             data: fp32_bytes(&floats(rows * FEATURES, seed)),
-        }],
-        outputs: Vec::new(),
+        }]
+        .into_iter()
+        .collect(),
+        outputs: Default::default(),
     }
 }
 
@@ -178,10 +210,25 @@ fn report_window_bytes() {
 fn bench_profile(c: &mut Criterion) {
     report_window_bytes();
     let mut group = c.benchmark_group("profile");
-    for (label, reference) in [("no_reference", None), ("deciles", Some(deciles()))] {
+    let cases = [
+        ("no_reference", None, false),
+        ("deciles", Some(deciles()), false),
+        ("no_reference_at_10k_rows_per_s", None, true),
+        ("deciles_at_10k_rows_per_s", Some(deciles()), true),
+    ];
+    for (label, reference, after_busy_minute) in cases {
         let (mut windows, id, _alive) = windows_on(reference);
         let batches: Vec<DriftBatch> = (0..16).map(|s| input_batch(id, 64, s)).collect();
         let now = MINUTE_START_MS;
+        if after_busy_minute {
+            // The minute before: 600,000 rows, so this window sketches one row in 10.
+            let before = now - 60_000;
+            for i in 0..600_000 / 64 {
+                windows.record(&batches[i % 16], before);
+            }
+            windows.tick(now);
+            black_box(windows.drain_closed(now));
+        }
         group.throughput(Throughput::Elements((64 * FEATURES) as u64));
         let mut i = 0;
         group.bench_function(BenchmarkId::new("64rows_x_64features", label), |b| {

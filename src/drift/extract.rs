@@ -17,6 +17,34 @@ use super::handoff::DriftBatch;
 use super::plan::Plan;
 use super::schema::{Reduce, Schema, Source};
 
+/// Which rows of a batch enter the quantile sketches: every `every`-th row
+/// counted across the window, starting at row `first` of this batch. Counts,
+/// histograms and frequent items take every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sketched {
+    /// The batch's first sketched row.
+    pub first: usize,
+    /// One row in this many.
+    pub every: usize,
+}
+
+impl Sketched {
+    /// Every row.
+    pub const ALL: Sketched = Sketched { first: 0, every: 1 };
+
+    /// One row in `every` (at least 1) of a window that has `rows_before` rows already.
+    pub fn one_in(every: u64, rows_before: u64) -> Sketched {
+        let every = every.max(1);
+        let first = (every - rows_before % every) % every;
+        Sketched { first: usize::try_from(first).unwrap_or(usize::MAX), every: usize::try_from(every).unwrap_or(1) }
+    }
+
+    /// The sketched rows among `rows`.
+    fn rows(self, rows: usize) -> std::iter::StepBy<Range<usize>> {
+        (self.first.min(rows)..rows).step_by(self.every)
+    }
+}
+
 /// Why a batch was not profiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch(pub String);
@@ -65,6 +93,7 @@ pub fn profile_batch(
     plan: &Plan,
     summaries: &mut [Summary],
     batch: &DriftBatch,
+    sketched: Sketched,
     scratch: &mut Scratch,
 ) -> Result<u64, Mismatch> {
     let slots = schema.inputs.len() + schema.outputs.len();
@@ -110,13 +139,22 @@ pub fn profile_batch(
         let rows = batch.rows;
         match (summary, planned.feature.reduce) {
             (Summary::Numeric(p), Reduce::Element(i)) => {
+                let value = |r: usize| decoded.numbers[r * per_row + i];
                 for r in 0..rows {
-                    p.update(decoded.numbers[r * per_row + i]);
+                    p.update_counts(value(r));
+                }
+                for r in sketched.rows(rows) {
+                    p.update_sketch(value(r));
                 }
             }
             (Summary::Numeric(p), Reduce::Argmax) => {
+                let value =
+                    |r: usize| argmax(&decoded.numbers[r * per_row..(r + 1) * per_row]).map_or(f64::NAN, |i| i as f64);
                 for r in 0..rows {
-                    p.update(argmax(&decoded.numbers[r * per_row..(r + 1) * per_row]).map_or(f64::NAN, |i| i as f64));
+                    p.update_counts(value(r));
+                }
+                for r in sketched.rows(rows) {
+                    p.update_sketch(value(r));
                 }
             }
             (Summary::Numeric(p), stat) => {
@@ -133,7 +171,10 @@ pub fn profile_batch(
                     decoded.row_stats.resize(rows, [f64::NAN; 4]);
                 }
                 for stats in &decoded.row_stats {
-                    p.update(stats[which]);
+                    p.update_counts(stats[which]);
+                }
+                for r in sketched.rows(rows) {
+                    p.update_sketch(decoded.row_stats[r][which]);
                 }
             }
             (Summary::Categorical(p), Reduce::Element(i)) if decoded.is_bytes => {

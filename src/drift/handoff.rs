@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 use metrics::Counter;
 use modelgate_backend::{DataType, OutputTensor};
+use smallvec::SmallVec;
 
 /// One input of a batch as the backend saw it, shared with the profiler.
 #[derive(Clone, Debug)]
@@ -25,6 +26,10 @@ pub struct SharedTensor {
     pub data: Bytes,
 }
 
+/// Inputs or outputs of a batch. Most models have one or two of each: held
+/// inline, they cost the hand-off no allocation.
+pub type Tensors<T> = SmallVec<[T; 2]>;
+
 /// A batch that ran, offered to the profiler.
 #[derive(Debug)]
 pub struct DriftBatch {
@@ -33,9 +38,9 @@ pub struct DriftBatch {
     /// Rows in the batch.
     pub rows: usize,
     /// Every input, in the model's order.
-    pub inputs: Vec<SharedTensor>,
+    pub inputs: Tensors<SharedTensor>,
     /// The outputs the batch's requests asked for, by index in the model's order.
-    pub outputs: Vec<(usize, OutputTensor)>,
+    pub outputs: Tensors<(usize, OutputTensor)>,
 }
 
 /// Kept alive by a version's [`DriftTap`]: when the version is gone (its
@@ -85,7 +90,7 @@ mod tests {
     use super::*;
 
     fn batch(rows: usize) -> DriftBatch {
-        DriftBatch { registration: 7, rows, inputs: Vec::new(), outputs: Vec::new() }
+        DriftBatch { registration: 7, rows, inputs: Tensors::new(), outputs: Tensors::new() }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | `drift.window_seconds` | window length, aligned to the wall clock (1..=3600) | 60 |
 //! | `drift.keep_windows` | closed windows kept per version while the control plane is away; the oldest go first (1..=10000) | 60 |
 //! | `drift.queue` | batches waiting for the profiler; past it batches are skipped and counted (1..=65536) | 64 |
+//! | `drift.sketch_rows_per_second` | rows per second and version the quantile (KLL) sketches take in full; above it a systematic sample of about this many, whose size the tests use (1..=10000000) | 1000 |
 
 use serde::Deserialize;
 
@@ -22,11 +23,19 @@ pub struct DriftSettings {
     pub keep_windows: usize,
     /// Batches queued for the profiler at most.
     pub queue: usize,
+    /// Rows per second and version the quantile sketches take in full.
+    pub sketch_rows_per_second: u64,
 }
 
 impl Default for DriftSettings {
     fn default() -> Self {
-        DriftSettings { enabled: false, window_seconds: 60, keep_windows: 60, queue: 64 }
+        DriftSettings {
+            enabled: false,
+            window_seconds: 60,
+            keep_windows: 60,
+            queue: 64,
+            sketch_rows_per_second: super::windows::DEFAULT_SKETCH_ROWS_PER_SECOND,
+        }
     }
 }
 
@@ -41,6 +50,12 @@ impl DriftSettings {
         }
         if !(1..=65_536).contains(&self.queue) {
             return Err(format!("drift.queue must be between 1 and 65536, got {}", self.queue));
+        }
+        if !(1..=10_000_000).contains(&self.sketch_rows_per_second) {
+            return Err(format!(
+                "drift.sketch_rows_per_second must be between 1 and 10000000, got {}",
+                self.sketch_rows_per_second
+            ));
         }
         Ok(())
     }

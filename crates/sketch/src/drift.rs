@@ -178,7 +178,8 @@ pub fn evaluate_numeric(
     let (value, p_value) = match stat {
         Stat::Ks => {
             let d = cdfs()?.ks_statistic();
-            (d, Some(stats::ks_p_value(d, rows.0, rows.1)))
+            // The sketches' own counts: a window's sketch may hold a sample of its rows.
+            (d, Some(stats::ks_p_value(d, reference.kll().n(), current.kll().n())))
         }
         Stat::Wasserstein => {
             // Evidently floors the norm at 0.001 so that a constant reference does not divide by 0.

@@ -76,6 +76,15 @@ impl FeatureProfile {
     /// Adds one value (one row of this feature).
     #[inline]
     pub fn update(&mut self, value: f64) {
+        self.update_counts(value);
+        self.update_sketch(value);
+    }
+
+    /// Adds one value to the counts, the moments and the histogram but not to the quantile
+    /// sketch: a row that a sampled sketch leaves out (the data plane's profiler sketches a
+    /// sample of its rows when traffic is high, see [`FeatureProfile::update_sketch`]).
+    #[inline]
+    pub fn update_counts(&mut self, value: f64) {
         self.rows += 1;
         if value.is_nan() {
             self.nan += 1;
@@ -97,8 +106,17 @@ impl FeatureProfile {
         self.mean += delta / n;
         self.m2 += delta * (value - self.mean);
         self.histogram.update(value);
-        // Finite by the checks above, so the constructor cannot refuse it.
-        if let Ok(item) = KllFloat::<f64>::new(value) {
+    }
+
+    /// Adds a value to the KLL quantile sketch alone (NaN and ±inf never enter it). Every
+    /// value goes through [`FeatureProfile::update_counts`] too; this may take only a sample
+    /// of them, and the sketch then knows its own count (`kll().n()`), which is what the
+    /// tests on it (KS, Wasserstein) use as the sample size.
+    #[inline]
+    pub fn update_sketch(&mut self, value: f64) {
+        if value.is_finite()
+            && let Ok(item) = KllFloat::<f64>::new(value)
+        {
             self.kll.update(item);
         }
     }

@@ -70,8 +70,8 @@ fn batch(registration: u64, rows: usize, base: f32) -> DriftBatch {
     DriftBatch {
         registration,
         rows,
-        inputs: vec![f32_tensor(rows, &x), strings(&s)],
-        outputs: vec![(0, OutputTensor { dtype: y.dtype, shape: y.shape, data: y.data })],
+        inputs: [f32_tensor(rows, &x), strings(&s)].into_iter().collect(),
+        outputs: [(0, OutputTensor { dtype: y.dtype, shape: y.shape, data: y.data })].into_iter().collect(),
     }
 }
 
@@ -299,12 +299,14 @@ fn higher_rank_inputs_are_profiled_as_row_statistics() {
     let b = DriftBatch {
         registration: id,
         rows: 2,
-        inputs: vec![SharedTensor {
+        inputs: [SharedTensor {
             dtype: DataType::Uint8,
             shape: vec![2, 2, 2],
             data: Bytes::from_static(&[0, 2, 4, 6, 1, 1, 1, 1]),
-        }],
-        outputs: Vec::new(),
+        }]
+        .into_iter()
+        .collect(),
+        outputs: Default::default(),
     };
     assert_eq!(w.record(&b, T0), Recorded::Profiled(2));
     let closed = w.drain_closed(T0 + MINUTE);
@@ -321,4 +323,49 @@ fn a_closed_window_becomes_the_sync_reports_drift_window() {
     let window = w.drain_closed(T0 + MINUTE).remove(0).into_report();
     assert_eq!((window.model.as_str(), window.version, window.start_ms, window.rows), ("m", 3, T0, 2));
     assert_eq!(window.profile.rows(), 2);
+}
+
+#[test]
+fn above_the_sketch_rate_the_quantile_sketch_takes_a_systematic_sample_and_the_counts_take_every_row() {
+    // 1 row/s in full: a minute of 500 rows makes the next window sketch one row in 8.
+    let (w, id, _alive, _c) = windows_with(60);
+    let mut w = w.with_sketch_rate(1);
+    let minute = |w: &mut Windows, start: i64| {
+        for b in 0..20 {
+            // Batches of 25 rows: 8 does not divide them, so the sample's phase runs across batches.
+            w.record(&batch(id, 25, (b * 25) as f32), start + b * 1_000);
+        }
+    };
+    minute(&mut w, T0);
+    let first = w.drain_closed(T0 + MINUTE);
+    let x0 = numeric(&first[0], "x[0]");
+    assert_eq!((x0.rows(), x0.kll().n()), (500, 500), "no window before it: every row");
+
+    minute(&mut w, T0 + MINUTE);
+    let second = w.drain_closed(T0 + 2 * MINUTE);
+    let x0 = numeric(&second[0], "x[0]");
+    assert_eq!((x0.rows(), x0.min(), x0.max(), x0.sum()), (500, Some(0.0), Some(499.0), 124_750.0));
+    // Rows 0, 8, 16, ..., 496 of the window (x[0] is the row's index): 63 of them.
+    assert_eq!(x0.kll().n(), 63);
+    assert_eq!((x0.quantile(0.0), x0.quantile(1.0)), (Some(0.0), Some(496.0)));
+    // Histograms and frequent items are never sampled.
+    let (counts, _) = categorical(&second[0], "s").counts();
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 500);
+
+    // A quiet window (its own sample still one in 8), then every row again.
+    w.record(&batch(id, 3, 0.0), T0 + 2 * MINUTE);
+    let third = w.drain_closed(T0 + 3 * MINUTE);
+    assert_eq!(numeric(&third[0], "x[0]").kll().n(), 1);
+    w.record(&batch(id, 5, 0.0), T0 + 3 * MINUTE);
+    let fourth = w.drain_closed(T0 + 4 * MINUTE);
+    assert_eq!(numeric(&fourth[0], "x[0]").kll().n(), 5);
+}
+
+#[test]
+fn a_sample_keeps_its_phase_across_batches() {
+    use crate::drift::extract::Sketched;
+    // One in 4 of a window that has 6 rows already: its rows 8, 12, ... are this batch's rows 2, 6, ...
+    assert_eq!(Sketched::one_in(4, 6), Sketched { first: 2, every: 4 });
+    assert_eq!(Sketched::one_in(4, 8), Sketched { first: 0, every: 4 });
+    assert_eq!(Sketched::one_in(0, 5), Sketched::ALL);
 }
