@@ -52,6 +52,7 @@ impl Plane {
             limits: Default::default(),
             file_roots: Vec::new(),
             drift: Default::default(),
+            bucket: None,
         };
         let registry = Registry::open(&config).await.unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();

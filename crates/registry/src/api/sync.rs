@@ -24,8 +24,9 @@ type Shared = State<Arc<Registry>>;
 /// Longest a sync request may wait for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// How often a waiting sync re-reads the generation: commits made by another
-/// replica (another process on the same database) wake no local waiter.
+/// How often a waiting sync re-reads the generation. Commits of another replica on the same
+/// PostgreSQL wake the waiters through LISTEN/NOTIFY (`store::listen`), but notifications sent
+/// while this replica's listening connection was down are lost: this bounds the delay then.
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// The routes gateways call.
