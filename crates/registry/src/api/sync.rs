@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use http::StatusCode;
-use http::header::ETAG;
+use http::header::{CONTENT_TYPE, ETAG};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -75,9 +75,9 @@ async fn sync(
         notice.as_mut().enable();
         let generation = registry.store.generation().await?;
         if generation > query.since {
-            let state = registry.store.desired_state().await?;
+            let state = registry.store.desired_state_json(generation).await?;
             let etag = format!("\"{}\"", state.generation);
-            return Ok(([(ETAG, etag)], axum::Json(state)).into_response());
+            return Ok(([(ETAG, etag), (CONTENT_TYPE, "application/json".into())], state.json).into_response());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {

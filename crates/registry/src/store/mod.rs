@@ -26,6 +26,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use crate::error::RegistryError;
 
+pub use sync::EncodedState;
 pub use write::AliasWrite;
 
 /// How long a request waits for a connection before answering 503.
@@ -40,6 +41,9 @@ pub struct Store {
     changed: std::sync::Arc<tokio::sync::Notify>,
     /// PostgreSQL: changes notify [`listen::CHANNEL`], and this task listens on it.
     listener: Option<std::sync::Arc<tokio::task::AbortHandle>>,
+    /// The last desired state answered to a long poll, as JSON: the many waiters one change
+    /// wakes share one read of it (see `sync::desired_state_json`).
+    desired: std::sync::Arc<tokio::sync::Mutex<Option<sync::EncodedState>>>,
 }
 
 /// The schema's migrations, in order: (version, name, SQL).
@@ -101,7 +105,7 @@ impl Store {
         })?;
         let changed = std::sync::Arc::new(tokio::sync::Notify::new());
         let listener = (!sqlite).then(|| std::sync::Arc::new(listen::spawn(url, changed.clone()).abort_handle()));
-        Ok(Store { pool, changed, listener })
+        Ok(Store { pool, changed, listener, desired: Default::default() })
     }
 
     /// Closes the pool (and stops listening for other replicas' changes).
