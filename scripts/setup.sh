@@ -5,7 +5,7 @@
 #
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
-# Components (default: apt ort models client mlflow-server deploy-tools token ui; `torch` only when asked for):
+# Components (default: apt ort models client mlflow-server deploy-tools moto token ui; `torch` only when asked for):
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
 #            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh),
 #            prometheus (its `promtool` checks and unit-tests deploy/prometheus/; tests/deploy starts
@@ -23,6 +23,8 @@
 #            (scripts/requirements-deploy-tools.txt), used by tests/deploy/ on the manifests in
 #            deploy/kubernetes/ (rendered with `kubectl kustomize`: kubectl comes with the machine image,
 #            not from this script).
+#   moto     .venv/moto: moto 5.2.1's server mode (scripts/requirements-moto.txt), the S3-compatible
+#            server the control plane's object-storage test and load-tests/cluster/ start.
 #   ui       the operations page (GET /admin/ui/ on the admin listener): its chart library uPlot
 #            1.6.32 from npm (integrity-checked) -> .native/uplot/, embedded into the binary by
 #            build.rs (a build without it serves the page with numbers only, and says so; after
@@ -249,6 +251,11 @@ step_deploy_tools() {
     ensure_venv deploy-tools scripts/requirements-deploy-tools.txt
 }
 
+# .venv/moto: an S3-compatible server (moto_server) for the object-storage tests.
+step_moto() {
+    ensure_venv moto scripts/requirements-moto.txt
+}
+
 # .native/uplot: the three files of the uplot npm package that the operations page uses (the
 # browser build, its stylesheet, the licence), taken from the pinned tarball after checking its
 # sha512 against UPLOT_INTEGRITY. build.rs embeds them; nothing of them is committed.
@@ -390,12 +397,12 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|token|ui|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|moto|token|ui|peers|torch) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done
     if (( ${#components[@]} == 0 )); then
-        components=(apt ort models client mlflow-server deploy-tools token ui)
+        components=(apt ort models client mlflow-server deploy-tools moto token ui)
     fi
     if [[ $with_torch == 1 && ! " ${components[*]} " =~ " torch " ]]; then
         components+=(torch)

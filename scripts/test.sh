@@ -39,6 +39,15 @@ cargo clippy --workspace --features cuda -- -D warnings
 # machine without PostgreSQL fails here instead of skipping those tests.
 export MODELGATE_REQUIRE_POSTGRES=1
 
+# The control plane's blobs in object storage (crates/registry/tests/object_storage.rs) run
+# against moto's S3 server, which the test starts (a few seconds); required when moto is
+# installed (scripts/setup.sh moto), skipped with a note when it is not.
+if [[ -x .venv/moto/bin/moto_server ]] || command -v moto_server >/dev/null; then
+    export MODELGATE_REQUIRE_MOTO=1
+else
+    echo "note: object-storage tests skip: moto_server not installed (scripts/setup.sh moto)"
+fi
+
 step "cargo test ${feature_args[*]:-} (with a throwaway PostgreSQL; replays the fuzz corpus too)"
 scripts/with-postgres.sh cargo test --workspace "${feature_args[@]}"
 

@@ -130,8 +130,8 @@ struct ServeArgs {
     /// File holding the admin bearer token (else env MODELGATE_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
-    /// Follow this control plane (`http://host:port`, token: `sync.token_file` or the admin
-    /// token) instead of the embedded one.
+    /// Follow this control plane (`http://host:port`, or replicas as `http://a:8004,http://b:8004`,
+    /// failed over in turn; token: `sync.token_file` or the admin token) instead of the embedded one.
     #[arg(long)]
     registry: Option<String>,
     /// This gateway's id in its reports to the control plane (default: $HOSTNAME).

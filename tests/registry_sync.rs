@@ -52,6 +52,7 @@ impl Plane {
             limits: Default::default(),
             file_roots: Vec::new(),
             drift: Default::default(),
+            bucket: None,
         };
         let registry = Registry::open(&config).await.unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();
@@ -73,6 +74,13 @@ impl Plane {
     async fn stop(mut self) {
         let _ = self.stop.take().map(|s| s.send(()));
         let _ = (&mut self.task).await;
+        self.registry.store.close().await;
+    }
+
+    /// Goes away without draining, as a killed replica: the listener closes at once, and the
+    /// connections still open answer 503 from then on (their database pool is closed).
+    async fn kill(self) {
+        self.task.abort();
         self.registry.store.close().await;
     }
 
@@ -446,6 +454,38 @@ async fn requests_never_fail_while_the_control_plane_is_gone_and_the_gateway_res
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the control plane was gone");
     plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_following_two_replicas_moves_to_the_other_when_one_dies_and_serves_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two replicas on one database and one blob directory.
+    let a = Plane::start(dir.path()).await;
+    let b = Plane::start(dir.path()).await;
+    let replicas = format!("http://{},http://{}", a.addr, b.addr);
+    let gateway = Arc::new(Follows::start(&dir.path().join("gw"), &replicas, &[&rule("fraud", None)]).await);
+    let (one, two) = (model_dir(Kind::Mlp), model_dir(Kind::Slow));
+    a.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, tasks) = drive(&gateway, "fraud", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().await;
+    let version = b.push("fraud", &two.path().join("m"), None).await;
+    let moved = Instant::now();
+    b.set_alias("fraud", "champion", version).await;
+    gateway.serves("fraud", 2, Duration::from_secs(20)).await;
+    let took = moved.elapsed();
+    eprintln!("replica A killed; alias moved at B -> served by the gateway: {took:?}");
+    // No backoff on the way: the waiting poll at A fails within its one-second re-read, and the
+    // same call goes to B at once (plus the load of version 2).
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the gateway changed replicas");
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,7 +5,7 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `sync.enabled` | follow a control plane (the embedded one unless `sync.registry` names another) | true |
-//! | `sync.registry` | `http://host:port` of an external control plane (`modelgate control-plane`) | the embedded one |
+//! | `sync.registry` | `http://host:port` of an external control plane (`modelgate control-plane`); replicas comma-separated (`http://a:8004,http://b:8004`), followed in turn when one cannot be reached | the embedded one |
 //! | `sync.token_file` | its bearer token (else the admin token) | the admin token |
 //! | `sync.gateway_id` | this gateway's name in reports, `[A-Za-z0-9_.-]` | `$HOSTNAME`, else `gateway` |
 //! | `sync.wait_secs` | how long one long poll waits for a change | 30 |
@@ -28,7 +28,8 @@ use crate::routing::RolloutSpec;
 pub struct SyncSettings {
     /// Follow a control plane at all.
     pub enabled: bool,
-    /// An external control plane (`http://host:port`); `None` follows the embedded one.
+    /// An external control plane (`http://host:port`, or several replicas' URLs separated by
+    /// commas); `None` follows the embedded one.
     pub registry: Option<String>,
     /// Its token (else the admin token).
     pub token_file: Option<PathBuf>,

@@ -171,6 +171,10 @@ class Secrets:
     def __init__(self, overrides: dict[tuple[str, str], str] | None = None):
         self.values = dict(overrides or {})
 
+    def has(self, name: str) -> bool:
+        """Whether the Secret `name` was given (optional Secrets exist only when given)."""
+        return any(secret == name for secret, _ in self.values)
+
     def get(self, name: str, key: str) -> str:
         if (name, key) not in self.values:
             self.values[(name, key)] = os.urandom(24).hex()
@@ -312,6 +316,9 @@ class LocalPod:
                 env[item["name"]] = self.rewrite(item["value"], paths, ports, hosts)
             elif "secretKeyRef" in item.get("valueFrom", {}):
                 ref = item["valueFrom"]["secretKeyRef"]
+                if ref.get("optional") and not self.secrets.has(ref["name"]):
+                    # Kubernetes leaves the variable unset when an optional Secret is absent.
+                    continue
                 env[item["name"]] = self.secrets.get(ref["name"], ref["key"])
             else:
                 raise AssertionError(f"env {item['name']}: source not handled here: {item}")

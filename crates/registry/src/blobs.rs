@@ -1,4 +1,5 @@
-//! Content-addressed blobs on disk: `<data-dir>/blobs/sha256/<hex>`.
+//! Content-addressed blobs on disk: `<data-dir>/blobs/sha256/<hex>`, or in
+//! object storage ([`crate::bucket`]) with the data directory as staging.
 //!
 //! An upload streams into `blobs/tmp/<hex>.part` (named by the digest it
 //! declares) while it is hashed and counted; it is refused as soon as it
@@ -15,6 +16,11 @@
 //! a second plain upload of the same digest meanwhile goes to a
 //! `<uuid>.tmp` file, as every upload did before resume existed. Parts no
 //! one resumed within [`PART_TTL`] are removed.
+//!
+//! With a bucket, everything above happens the same in `blobs/tmp/`, and
+//! the last step uploads the verified file to the bucket instead of renaming
+//! it into `blobs/sha256/` (the temp file is removed after). Reads, sizes and
+//! "is it there" all ask the bucket, so every replica sees the same blobs.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,10 +29,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::bucket::Bucket;
 use crate::digest::Digest;
 use crate::error::RegistryError;
 
@@ -52,6 +59,8 @@ pub struct BlobStore {
     uploading: Arc<Mutex<HashSet<Digest>>>,
     /// Unix seconds of the last sweep of stale parts.
     last_sweep: Arc<AtomicU64>,
+    /// Where verified blobs go instead of `sha256/` (`None`: the data directory).
+    bucket: Option<Bucket>,
 }
 
 /// What a resumable upload did.
@@ -108,8 +117,9 @@ impl Drop for TempGuard {
 }
 
 impl BlobStore {
-    /// Opens (creating) `<data_dir>/blobs` and removes temp files left by a crash.
-    pub async fn open(data_dir: &Path, max_blob_size: u64) -> Result<BlobStore, RegistryError> {
+    /// Opens (creating) `<data_dir>/blobs` and removes temp files left by a crash; verified
+    /// blobs go to `bucket` when one is given.
+    pub async fn open(data_dir: &Path, max_blob_size: u64, bucket: Option<Bucket>) -> Result<BlobStore, RegistryError> {
         let root = data_dir.join("blobs");
         let io = |e| RegistryError::io("creating the blob directories", e);
         tokio::fs::create_dir_all(root.join("sha256")).await.map_err(io)?;
@@ -128,16 +138,47 @@ impl BlobStore {
             max_blob_size,
             uploading: Arc::default(),
             last_sweep: Arc::new(AtomicU64::new(unix_seconds())),
+            bucket,
         })
     }
 
-    /// Where a blob lives (whether or not it exists).
+    /// Where a blob lives in the data directory (whether or not it exists); only meaningful
+    /// without a [`BlobStore::bucket`].
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.root.join("sha256").join(digest.hex())
     }
 
+    /// The bucket verified blobs live in, if not the data directory.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
+    }
+
+    /// A small blob (a `config.pbtxt`) as text; `None` when absent, over `limit` bytes or not
+    /// UTF-8.
+    pub async fn read_text(&self, digest: &Digest, limit: u64) -> Result<Option<String>, RegistryError> {
+        if self.size(digest).await?.is_none_or(|size| size > limit) {
+            return Ok(None);
+        }
+        let bytes = match &self.bucket {
+            None => match tokio::fs::read(self.path(digest)).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(RegistryError::io("reading a blob", e)),
+            },
+            Some(bucket) => {
+                let Some(read) = bucket.read(digest, None).await? else { return Ok(None) };
+                let chunks: Vec<Bytes> = read.body.try_collect().await?;
+                chunks.concat()
+            }
+        };
+        Ok(String::from_utf8(bytes).ok())
+    }
+
     /// The blob's size, `None` when it is absent.
     pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        if let Some(bucket) = &self.bucket {
+            return bucket.size(digest).await;
+        }
         match tokio::fs::metadata(self.path(digest)).await {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -420,6 +461,16 @@ impl BlobStore {
         if self.size(digest).await?.is_some() {
             return Ok(Stored::Existed);
         }
+        if let Some(bucket) = &self.bucket {
+            let Some(path) = temp.0.as_deref() else {
+                return Err(RegistryError::Internal("upload file already moved".into()));
+            };
+            let size =
+                tokio::fs::metadata(path).await.map_err(|e| RegistryError::io("reading an upload's size", e))?.len();
+            // The temp file goes when `temp` drops, uploaded or not.
+            bucket.upload(digest, path, size).await?;
+            return Ok(Stored::Created);
+        }
         let Some(path) = temp.0.take() else {
             return Err(RegistryError::Internal("upload file already moved".into()));
         };
@@ -487,7 +538,7 @@ mod tests {
     #[tokio::test]
     async fn a_blob_is_stored_once_under_its_digest_and_only_when_it_matches() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).await.unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, None).await.unwrap();
         let d = Digest::of(b"hello world");
         assert_eq!(store.put(&d, 11, body(vec![Ok(b"hello "), Ok(b"world")])).await.unwrap(), Stored::Created);
         assert_eq!(store.put(&d, 11, body(vec![Ok(b"hello world")])).await.unwrap(), Stored::Existed);
@@ -512,7 +563,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_upload_resumes_where_it_broke_off_and_is_verified_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).await.unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, None).await.unwrap();
         let d = Digest::of(b"hello world");
         assert_eq!(store.held(&d).await.unwrap(), Held::Part(0));
         let e = store.put(&d, 11, body(vec![Ok(b"hello "), Err("connection reset")])).await.unwrap_err();
@@ -534,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn a_resumed_upload_whose_whole_file_hashes_wrong_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).await.unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, None).await.unwrap();
         let d = Digest::of(b"hello world");
         let _ = store.put(&d, 11, body(vec![Ok(b"HELLO "), Err("connection reset")])).await.unwrap_err();
         let e = store.put_range(&d, 6, 5, 11, body(vec![Ok(b"world")])).await.unwrap_err();
@@ -546,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn one_upload_per_digest_writes_its_part_and_a_second_plain_one_still_works() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).await.unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, None).await.unwrap();
         let d = Digest::of(b"hello world");
         let running = store.lock(&d).unwrap();
         assert_eq!(store.held(&d).await.unwrap(), Held::InProgress);
@@ -561,10 +612,10 @@ mod tests {
     #[tokio::test]
     async fn stale_temp_files_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        BlobStore::open(dir.path(), 1024).await.unwrap();
+        BlobStore::open(dir.path(), 1024, None).await.unwrap();
         std::fs::write(dir.path().join("blobs/tmp/crashed.part"), b"half").unwrap();
         std::fs::write(dir.path().join("blobs/tmp/crashed.tmp"), b"half").unwrap();
-        BlobStore::open(dir.path(), 1024).await.unwrap();
+        BlobStore::open(dir.path(), 1024, None).await.unwrap();
         assert_eq!(parts_in(dir.path()), 0);
     }
 }

@@ -41,6 +41,17 @@ pub struct ControlPlaneArgs {
     /// Most files in one version.
     #[arg(long, default_value_t = Limits::default().max_files)]
     pub max_files: usize,
+    /// Blobs in object storage: s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or
+    /// az://CONTAINER[/PREFIX] (default: DATA_DIR/blobs). Credentials, region and endpoint come
+    /// from the provider's usual environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ENDPOINT_URL, ...) or --blob-store-option. DATA_DIR/blobs/tmp still
+    /// stages uploads while they are verified.
+    #[arg(long, env = "MODELGATE_CP_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// An object_store setting KEY=VALUE over the environment's, e.g. aws_endpoint=http://minio:9000
+    /// or aws_region=eu-west-1 (repeatable).
+    #[arg(long = "blob-store-option")]
+    pub blob_store_options: Vec<String>,
     /// Mirror mode.
     #[command(flatten)]
     pub mirror: MirrorArgs,
@@ -87,14 +98,22 @@ impl ControlPlaneArgs {
     }
 
     /// The registry's configuration.
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> Result<Config, RegistryError> {
+        let bucket = match &self.blob_store {
+            Some(url) => Some(crate::bucket::BucketSettings::new(url, &self.blob_store_options)?),
+            None if !self.blob_store_options.is_empty() => {
+                return Err(RegistryError::InvalidArgument("--blob-store-option given without --blob-store".into()));
+            }
+            None => None,
+        };
+        Ok(Config {
             db_url: self.db.clone().unwrap_or_else(|| Config::default_db_url(&self.data_dir)),
             data_dir: self.data_dir.clone(),
             limits: Limits { max_files: self.max_files, max_blob_size: self.max_blob_size },
             file_roots: self.file_roots.clone(),
             drift: self.drift.clone(),
-        }
+            bucket,
+        })
     }
 }
 
@@ -107,7 +126,7 @@ pub async fn run(
     let token = args.token()?;
     let mirror = args.mirror.config()?;
     args.drift.check().map_err(StartError::Drift)?;
-    let registry = Registry::open(&args.config()).await?;
+    let registry = Registry::open(&args.config()?).await?;
     let addr = SocketAddr::new(args.address, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
@@ -172,6 +191,8 @@ pub async fn spawn_embedded(
         file_roots: Vec::new(),
         max_blob_size: Limits::default().max_blob_size,
         max_files: Limits::default().max_files,
+        blob_store: None,
+        blob_store_options: Vec::new(),
         mirror: args.mirror.clone(),
         drift: args.drift.clone(),
     };
@@ -195,7 +216,7 @@ pub async fn spawn_embedded(
         }
         Err(source) => return Err(StartError::Bind { addr, source }),
     };
-    let registry = Registry::open(&full.config()).await?;
+    let registry = Registry::open(&full.config()?).await?;
     if let Some(dir) = seed_from.filter(|_| !args.no_seed) {
         match crate::import::seed(&registry, dir).await {
             Ok(seeded) if !seeded.is_empty() => {

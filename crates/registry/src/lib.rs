@@ -4,7 +4,8 @@
 //! - [`name`], [`digest`], [`manifest`]: the checked values everything else trusts.
 //! - [`types`]: models, versions, aliases, events as the API shows them.
 //! - [`store`]: the metadata in SQLite or PostgreSQL (one code path, sqlx `Any`).
-//! - [`blobs`]: content-addressed files under `<data-dir>/blobs/sha256/`.
+//! - [`blobs`]: content-addressed files under `<data-dir>/blobs/sha256/`, or in a
+//!   [`bucket`] (S3, GCS, Azure through `object_store`).
 //! - [`error`]: the one error type and its HTTP status mapping.
 //! - [`import`]: hashing a version's source files into blobs in the background.
 //! - [`mirror`]: mirror mode, following an external MLflow Model Registry.
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod blobs;
+pub mod bucket;
 pub mod cli;
 pub mod client;
 pub mod digest;
@@ -52,6 +54,8 @@ pub struct Config {
     pub file_roots: Vec<PathBuf>,
     /// How drift is evaluated.
     pub drift: drift::DriftSettings,
+    /// Blobs in object storage instead of `<data_dir>/blobs/sha256/`.
+    pub bucket: Option<bucket::BucketSettings>,
 }
 
 impl Config {
@@ -91,7 +95,15 @@ impl Registry {
         tokio::fs::create_dir_all(&artifacts_root)
             .await
             .map_err(|e| RegistryError::io("creating the artifact directory", e))?;
-        let blobs = BlobStore::open(&config.data_dir, config.limits.max_blob_size).await?;
+        let bucket = match &config.bucket {
+            Some(settings) => {
+                let bucket = bucket::Bucket::open(settings)?;
+                bucket.check().await?;
+                Some(bucket)
+            }
+            None => None,
+        };
+        let blobs = BlobStore::open(&config.data_dir, config.limits.max_blob_size, bucket).await?;
         let store = Store::connect(&config.db_url).await?;
         let file_roots = config.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
         let registry = Arc::new(Registry {

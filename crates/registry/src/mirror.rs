@@ -503,7 +503,8 @@ impl Mirror {
             }
             let path = if path.is_empty() { root.rsplit('/').next().unwrap_or("model").to_owned() } else { path };
             if path == "config.pbtxt" && size <= crate::import::MAX_CONFIG_PBTXT {
-                config_pbtxt = tokio::fs::read_to_string(self.registry.blobs.path(&sha256)).await.ok();
+                config_pbtxt =
+                    self.registry.blobs.read_text(&sha256, crate::import::MAX_CONFIG_PBTXT).await.ok().flatten();
             }
             entries.push(Entry { path, size, sha256 });
         }

@@ -82,6 +82,9 @@ async fn download(State(registry): Shared, Path(path): Path<String>, request: Re
         Some((inner, files)) => {
             let (digest, _) =
                 files.get(&inner).ok_or_else(|| RegistryError::NotFound(format!("artifact '{path}' not found")))?;
+            if registry.blobs.bucket().is_some() {
+                return super::native::serve_blob(&registry, digest, request).await;
+            }
             registry.blobs.path(digest)
         }
         None => registry.artifacts_root.join(&path),

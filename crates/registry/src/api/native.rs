@@ -108,6 +108,22 @@ fn content_range(value: &HeaderValue, length: u64) -> Result<(u64, u64), Registr
     Ok((start, total))
 }
 
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn a_download_range_is_one_start_with_an_optional_inclusive_end() {
+        let range = |text: &'static str| byte_range(&HeaderValue::from_static(text));
+        assert_eq!(range("bytes=10-"), Some(10..u64::MAX));
+        assert_eq!(range("bytes=0-9"), Some(0..10));
+        assert_eq!(range("bytes=5-4"), None);
+        assert_eq!(range("bytes=-5"), None, "suffix ranges are ignored: the whole blob is sent");
+        assert_eq!(range("bytes=0-1,4-5"), None);
+        assert_eq!(range("items=0-1"), None);
+    }
+}
+
 /// The `Upload-Offset` header: how many bytes of the blob the control plane holds.
 fn with_offset(mut response: Response, held: u64) -> Response {
     response.headers_mut().insert("upload-offset", HeaderValue::from(held));
@@ -133,15 +149,69 @@ async fn get_upload(State(registry): Shared, Path(digest): Path<String>) -> Answ
 
 async fn get_blob(State(registry): Shared, Path(digest): Path<String>, request: Request) -> Answer {
     let digest: Digest = digest.parse()?;
-    if registry.blobs.size(&digest).await?.is_none() {
-        return Err(RegistryError::NotFound(format!("blob {digest} not found")).into());
+    serve_blob(&registry, &digest, request).await
+}
+
+/// A blob as an HTTP answer, streamed: from the data directory through `ServeFile` (HEAD,
+/// Range, conditional requests), or from the bucket through the control plane, chunk by
+/// chunk as the store sends them (never the whole blob in memory), honouring one
+/// `Range: bytes=START-[END]` (what gateways send to resume a download).
+pub(crate) async fn serve_blob(registry: &Registry, digest: &Digest, request: Request) -> Answer {
+    let not_found = || ApiError(RegistryError::NotFound(format!("blob {digest} not found")));
+    let Some(bucket) = registry.blobs.bucket() else {
+        if registry.blobs.size(digest).await?.is_none() {
+            return Err(not_found());
+        }
+        let response = tower_http::services::ServeFile::new(registry.blobs.path(digest))
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {});
+        return Ok(response.map(Body::new));
+    };
+    let range = request.headers().get(http::header::RANGE).and_then(byte_range);
+    let size = if range.is_some() { registry.blobs.size(digest).await?.ok_or_else(not_found)? } else { 0 };
+    if let Some(range) = &range
+        && range.start >= size
+    {
+        let mut response = json(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            json!({ "error": format!("range starts at byte {} of a {size}-byte blob", range.start) }),
+        );
+        response.headers_mut().insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")),
+        );
+        return Ok(response);
     }
-    // ServeFile answers HEAD, Range (206 / 416) and conditional requests.
-    let response = tower_http::services::ServeFile::new(registry.blobs.path(&digest))
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|never| match never {});
-    Ok(response.map(Body::new))
+    let get_range = range.as_ref().map(|r| object_store::GetRange::Bounded(r.start..r.end.min(size)));
+    let read = bucket.read(digest, get_range).await?.ok_or_else(not_found)?;
+    let length = read.range.end - read.range.start;
+    let mut response = Response::new(Body::from_stream(read.body));
+    response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    response.headers_mut().insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let value = format!("bytes {}-{}/{}", read.range.start, read.range.end - 1, read.size);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `bytes=START-` or `bytes=START-END` as a half-open range (END inclusive in the header);
+/// `None` for anything else (several ranges, suffix ranges), which is then ignored and the
+/// whole blob sent, as RFC 9110 allows.
+fn byte_range(value: &HeaderValue) -> Option<std::ops::Range<u64>> {
+    let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => u64::MAX,
+        end => end.parse::<u64>().ok()?.checked_add(1)?,
+    };
+    (end > start).then_some(start..end)
 }
 
 // === models ===

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use http::StatusCode;
-use http::header::ETAG;
+use http::header::{CONTENT_TYPE, ETAG};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -24,8 +24,9 @@ type Shared = State<Arc<Registry>>;
 /// Longest a sync request may wait for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// How often a waiting sync re-reads the generation: commits made by another
-/// replica (another process on the same database) wake no local waiter.
+/// How often a waiting sync re-reads the generation. Commits of another replica on the same
+/// PostgreSQL wake the waiters through LISTEN/NOTIFY (`store::listen`), but notifications sent
+/// while this replica's listening connection was down are lost: this bounds the delay then.
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// The routes gateways call.
@@ -74,9 +75,9 @@ async fn sync(
         notice.as_mut().enable();
         let generation = registry.store.generation().await?;
         if generation > query.since {
-            let state = registry.store.desired_state().await?;
+            let state = registry.store.desired_state_json(generation).await?;
             let etag = format!("\"{}\"", state.generation);
-            return Ok(([(ETAG, etag)], axum::Json(state)).into_response());
+            return Ok(([(ETAG, etag), (CONTENT_TYPE, "application/json".into())], state.json).into_response());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {

@@ -7,8 +7,12 @@
 //! serializes writers, so checks made inside the transaction (does the
 //! version exist, is the alias still at the `If-Match` generation) cannot
 //! race, and events commit in generation order.
+//!
+//! Several replicas may share one PostgreSQL: each change also sends a
+//! notification that wakes the other replicas' long polls ([`listen`]).
 
 mod drift;
+mod listen;
 mod read;
 mod sync;
 mod write;
@@ -22,6 +26,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use crate::error::RegistryError;
 
+pub use sync::EncodedState;
 pub use write::AliasWrite;
 
 /// How long a request waits for a connection before answering 503.
@@ -31,8 +36,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
-    /// Woken after every commit of this process (the long polls of `/cp/v1/sync`).
+    /// Woken after every commit of this process, and on PostgreSQL after every commit of
+    /// another replica (the long polls of `/cp/v1/sync`).
     changed: std::sync::Arc<tokio::sync::Notify>,
+    /// PostgreSQL: changes notify [`listen::CHANNEL`], and this task listens on it.
+    listener: Option<std::sync::Arc<tokio::task::AbortHandle>>,
+    /// The last desired state answered to a long poll, as JSON: the many waiters one change
+    /// wakes share one read of it (see `sync::desired_state_json`).
+    desired: std::sync::Arc<tokio::sync::Mutex<Option<sync::EncodedState>>>,
 }
 
 /// The schema's migrations, in order: (version, name, SQL).
@@ -92,16 +103,27 @@ impl Store {
             sqlx::migrate::MigrateError::Execute(e) => RegistryError::from_db(e),
             other => RegistryError::Internal(format!("database migration: {other}")),
         })?;
-        Ok(Store { pool, changed: Default::default() })
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let listener = (!sqlite).then(|| std::sync::Arc::new(listen::spawn(url, changed.clone()).abort_handle()));
+        Ok(Store { pool, changed, listener, desired: Default::default() })
     }
 
-    /// Closes the pool.
+    /// Closes the pool (and stops listening for other replicas' changes).
     pub async fn close(&self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
         self.pool.close().await;
     }
 
+    /// Whether other replicas' commits are announced (PostgreSQL).
+    pub(crate) fn notifies(&self) -> bool {
+        self.listener.is_some()
+    }
+
     /// A notice that completes at the next commit made through this store (in this
-    /// process). Enable it before reading the generation so no commit slips between.
+    /// process), or on PostgreSQL by any replica. Enable it before reading the generation so
+    /// no commit slips between.
     pub fn change_notice(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }

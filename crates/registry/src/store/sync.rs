@@ -16,7 +16,33 @@ use crate::types::{Status, Tags};
 /// The actor of alias moves a rollout asks for.
 const ROLLOUT_ACTOR: &str = "rollout";
 
+/// A desired state encoded once for every long poll that wants it.
+#[derive(Clone, Debug)]
+pub struct EncodedState {
+    /// Its generation.
+    pub generation: i64,
+    /// `DesiredState` as JSON.
+    pub json: bytes::Bytes,
+}
+
 impl Store {
+    /// The desired state as JSON, at `generation` or later. One change wakes every waiting
+    /// long poll at once (a hundred gateways on a replica): the first one reads and encodes the
+    /// state, the others wait for it on the lock and take the same bytes, instead of each running
+    /// the same queries against the pool.
+    pub async fn desired_state_json(&self, generation: i64) -> Result<EncodedState, RegistryError> {
+        let mut cached = self.desired.lock().await;
+        if let Some(state) = cached.as_ref().filter(|s| s.generation >= generation) {
+            return Ok(state.clone());
+        }
+        let state = self.desired_state().await?;
+        let json = serde_json::to_vec(&state)
+            .map_err(|e| RegistryError::Internal(format!("encoding the desired state: {e}")))?;
+        let encoded = EncodedState { generation: state.generation, json: json.into() };
+        *cached = Some(encoded.clone());
+        Ok(encoded)
+    }
+
     /// The whole desired state: every model, its aliases, the READY versions they point
     /// at (with manifests) and the versions tagged rolled back. The generation is read
     /// first: a change that commits meanwhile may already show, and the next poll (from

@@ -24,6 +24,14 @@ impl Change {
             sqlx::query_scalar("UPDATE cp_state SET generation = generation + 1 WHERE id = 1 RETURNING generation")
                 .fetch_one(&mut *tx)
                 .await?;
+        if store.notifies() {
+            // Sent at commit, not at all on rollback: wakes the other replicas' long polls.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::listen::CHANNEL)
+                .bind(generation.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(Change { tx, generation, now: now_ms(), changed: store.changed.clone() })
     }
 

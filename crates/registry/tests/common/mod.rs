@@ -109,13 +109,30 @@ impl Server {
         db_url: String,
         drift: modelgate_registry::drift::DriftSettings,
     ) -> Server {
-        let config = Config {
-            db_url: db_url.clone(),
+        let config = Server::config(&dir, db_url.clone(), drift, None);
+        Server::start_config(backend, dir, config).await
+    }
+
+    /// The configuration a test server runs with (its data directory inside `dir`).
+    pub fn config(
+        dir: &tempfile::TempDir,
+        db_url: String,
+        drift: modelgate_registry::drift::DriftSettings,
+        bucket: Option<modelgate_registry::bucket::BucketSettings>,
+    ) -> Config {
+        Config {
+            db_url,
             data_dir: dir.path().join("data"),
             limits: limits(),
             file_roots: vec![dir.path().join("allowed")],
             drift,
-        };
+            bucket,
+        }
+    }
+
+    /// A server with the configuration given (see [`Server::config`]).
+    pub async fn start_config(backend: Backend, dir: tempfile::TempDir, config: Config) -> Server {
+        let db_url = config.db_url.clone();
         std::fs::create_dir_all(dir.path().join("allowed")).unwrap();
         let registry = Registry::open(&config).await.expect("open the registry");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
