@@ -16,6 +16,18 @@ use serde_json::value::RawValue;
 /// Parses a JSON `data` value (flat or nested arrays, or a single scalar for
 /// a one-element tensor) into `count` elements of `dtype`, little-endian.
 pub fn parse_data(raw: &RawValue, dtype: DataType, count: usize, rank: usize) -> Result<Vec<u8>, String> {
+    if matches!(dtype, DataType::Fp32 | DataType::Fp64)
+        && let Some(bytes) = parse_plain_floats(raw.get().as_bytes(), dtype, count, rank.max(1))
+    {
+        return Ok(bytes);
+    }
+    parse_with_serde(raw, dtype, count, rank)
+}
+
+/// `parse_data` through serde_json's visitor: every element type, and the
+/// error message for every malformed `data`. Public for `benches/json_data.rs`,
+/// which measures the FP32/FP64 fast path against it.
+pub fn parse_with_serde(raw: &RawValue, dtype: DataType, count: usize, rank: usize) -> Result<Vec<u8>, String> {
     let capacity = match dtype.element_size() {
         Some(size) => count * size,
         None => raw.get().len(),
@@ -29,6 +41,142 @@ pub fn parse_data(raw: &RawValue, dtype: DataType, count: usize, rank: usize) ->
         return Err(format!("'data' holds {} elements, the shape needs {count}", count - remaining));
     }
     Ok(out)
+}
+
+/// The fast path for FP32 and FP64 data written as JSON numbers in arrays
+/// nested at most `max_depth` deep, which is what clients send. serde_json's
+/// visitor costs about 300 instructions per element here (a generic number
+/// parser, then a visitor call); this scanner checks JSON's number grammar
+/// itself and hands each number to `fast_float2` (correctly rounded, as
+/// serde_json's `float_roundtrip` is). Every value is exactly the one
+/// `parse_with_serde` gives, integers and `-0` included (tested below).
+///
+/// `None` for anything else (strings, `null`, a number JSON does not allow or
+/// one that overflows, integers of more than 15 digits, a top-level scalar,
+/// nesting past the rank, a count other than `count`): the caller then
+/// re-parses with serde_json, whose error the client sees.
+fn parse_plain_floats(text: &[u8], dtype: DataType, count: usize, max_depth: usize) -> Option<Vec<u8>> {
+    #[derive(PartialEq)]
+    enum Next {
+        /// After `,`: a value.
+        Value,
+        /// After `[`: a value or `]`.
+        ValueOrClose,
+        /// After a value or an inner `]`: `,` or `]`.
+        CommaOrClose,
+    }
+    let fp32 = dtype == DataType::Fp32;
+    let mut out = Vec::with_capacity(count.checked_mul(if fp32 { 4 } else { 8 })?);
+    let mut elements = 0usize;
+    let mut depth = 0usize;
+    let mut next = Next::Value;
+    let mut i = skip_whitespace(text, 0);
+    if text.get(i) != Some(&b'[') {
+        return None;
+    }
+    while i < text.len() {
+        match text[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'[' if next != Next::CommaOrClose => {
+                depth += 1;
+                if depth > max_depth {
+                    return None;
+                }
+                next = Next::ValueOrClose;
+                i += 1;
+            }
+            b']' if next != Next::Value => {
+                depth -= 1;
+                next = Next::CommaOrClose;
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            b',' if next == Next::CommaOrClose => {
+                next = Next::Value;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' if next != Next::CommaOrClose => {
+                let (value, end) = json_number(text, i)?;
+                elements += 1;
+                if elements > count {
+                    return None;
+                }
+                if fp32 {
+                    out.extend_from_slice(&(value as f32).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
+                next = Next::CommaOrClose;
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    let closed = depth == 0 && next == Next::CommaOrClose;
+    (closed && skip_whitespace(text, i) == text.len() && elements == count).then_some(out)
+}
+
+fn skip_whitespace(text: &[u8], mut i: usize) -> usize {
+    while i < text.len() && matches!(text[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The JSON number starting at `start`, as serde_json would hand it to the
+/// visitor and the visitor would widen it to f64, and the index after it.
+fn json_number(text: &[u8], start: usize) -> Option<(f64, usize)> {
+    let digits = |mut i: usize| {
+        let from = i;
+        while i < text.len() && text[i].is_ascii_digit() {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let negative = text[start] == b'-';
+    let int_start = start + usize::from(negative);
+    let int_end = match text.get(int_start) {
+        Some(b'0') => int_start + 1,
+        Some(b'1'..=b'9') => digits(int_start)?,
+        _ => return None,
+    };
+    let mut end = int_end;
+    let mut integral = true;
+    if text.get(end) == Some(&b'.') {
+        end = digits(end + 1)?;
+        integral = false;
+    }
+    if matches!(text.get(end), Some(b'e' | b'E')) {
+        let mut exponent = end + 1;
+        if matches!(text.get(exponent), Some(b'+' | b'-')) {
+            exponent += 1;
+        }
+        end = digits(exponent)?;
+        integral = false;
+    }
+    if matches!(text.get(end), Some(b'0'..=b'9')) {
+        return None; // a leading zero followed by digits ("01")
+    }
+    if integral {
+        // serde_json hands integers over as u64 / i64 (and "-0" as -0.0)
+        // and the visitor rounds them once to the element type; up to 15
+        // digits (< 2^53) the f64 here is exact, so the one rounding to f32
+        // below gives the same value.
+        if int_end - int_start > 15 {
+            return None;
+        }
+        let magnitude = text[int_start..int_end].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+        let value = match (negative, magnitude) {
+            (true, 0) => -0.0,
+            (true, m) => -m as f64,
+            (false, m) => m as f64,
+        };
+        return Some((value, end));
+    }
+    let value: f64 = fast_float2::parse(&text[start..end]).ok()?;
+    value.is_finite().then_some((value, end))
 }
 
 /// serde_json appends " at line 1 column N" of the inner document, which
@@ -333,6 +481,123 @@ mod tests {
             .filter(|(got, sent)| got.to_bits() != sent.to_bits())
             .count();
         assert_eq!(wrong, 0, "{wrong} of {} doubles changed in parsing", values.len());
+    }
+
+    /// Both paths on the same text, with the fast path's own answer.
+    fn both(text: &str, dtype: DataType, count: usize, rank: usize) -> Option<Vec<u8>> {
+        let raw = raw(text);
+        assert_eq!(
+            parse_data(&raw, dtype, count, rank),
+            parse_with_serde(&raw, dtype, count, rank),
+            "{text} as {dtype}"
+        );
+        parse_plain_floats(text.as_bytes(), dtype, count, rank.max(1))
+    }
+
+    #[test]
+    fn the_float_fast_path_gives_exactly_what_serde_json_gives() {
+        let mut numbers: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "0.5",
+            "-0.0",
+            "1e3",
+            "1E-7",
+            "2.5e+2",
+            "-2.5E-2",
+            "16777217",
+            "-16777217",
+            "999999999999999",
+            "-999999999999999",
+            "3.4028235e38",
+            "3.4028236e38",
+            "1e-46",
+            "1e-320",
+            "0.1",
+            "-3.141592653589793",
+            "9007199254740993.0",
+            "1.00000005960464477539062500001",
+            "0e0",
+            "-0e-0",
+        ]
+        .map(str::to_owned)
+        .into();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut buf = ryu::Buffer::new();
+        for _ in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let double = f64::from_bits(state);
+            if double.is_finite() {
+                numbers.push(buf.format_finite(double).to_owned());
+            }
+            let single = f32::from_bits((state >> 32) as u32);
+            if single.is_finite() {
+                numbers.push(buf.format_finite(single).to_owned());
+            }
+            numbers.push(format!("{}", (state % 2_000_001) as i64 - 1_000_000));
+        }
+        for dtype in [DataType::Fp32, DataType::Fp64] {
+            let flat = format!("[{}]", numbers.join(", "));
+            assert!(both(&flat, dtype, numbers.len(), 1).is_some(), "the fast path took {dtype}");
+            let nested = format!(" [ [{}] ,\n[{}] ]\t", numbers[..10].join(","), numbers[10..].join(","));
+            assert!(both(&nested, dtype, numbers.len(), 2).is_some());
+            for number in &numbers {
+                both(&format!("[{number}]"), dtype, 1, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn the_float_fast_path_leaves_everything_else_to_serde_json() {
+        let declined = [
+            "[1,]",
+            "[,1]",
+            "[]",
+            "[01]",
+            "[-01]",
+            "[1.]",
+            "[.5]",
+            "[+1]",
+            "[1e]",
+            "[1e+]",
+            "[-]",
+            "[NaN]",
+            "[Infinity]",
+            "[1 2]",
+            "[1]]",
+            "[[1]",
+            "1",
+            "[1e400]",
+            "[-1e400]",
+            "[\"1\"]",
+            "[null]",
+            "[true]",
+            "[{}]",
+            "[[[1]]]",
+            "[1] x",
+            "[1234567890123456]",
+            "[1,2]",
+            "[1\u{0}]",
+            "[0x10]",
+            "[1_0]",
+        ];
+        for text in declined {
+            for dtype in [DataType::Fp32, DataType::Fp64] {
+                // Texts that are not JSON at all never reach `parse_data` (the
+                // body fails to parse first); the fast path must still decline.
+                if RawValue::from_string(text.to_owned()).is_ok() {
+                    assert_eq!(both(text, dtype, 1, 2), None, "{text} as {dtype}");
+                } else {
+                    assert_eq!(parse_plain_floats(text.as_bytes(), dtype, 1, 2), None, "{text} as {dtype}");
+                }
+            }
+        }
+        // Ragged nesting within the rank is what serde's visitor accepts too.
+        assert!(both("[[1], [2, 3], []]", DataType::Fp32, 3, 2).is_some());
     }
 
     #[test]

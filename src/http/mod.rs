@@ -6,7 +6,7 @@
 pub mod body;
 mod feedback;
 mod infer;
-mod json_tensor;
+pub mod json_tensor;
 pub mod metadata;
 mod response;
 
