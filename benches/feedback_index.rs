@@ -133,6 +133,7 @@ fn keep(c: &mut Criterion) {
         output: None,
         kind: OutputKind::Auto,
         min_effect: 0.02,
+        shared: false,
     };
     let feedback = Feedback::new("mlp", settings, &[1, 2]);
     let scores: Vec<u8> = (0..10).flat_map(|i| (i as f32 / 10.0).to_le_bytes()).collect();
