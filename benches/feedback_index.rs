@@ -4,9 +4,13 @@
 //! - `id`: generating a request id (`request_id::generate`); baseline: an
 //!   atomic add and the same-size `String` allocation.
 //! - `insert`: what a request pays, `PredictionIndex::insert` on a full index
-//!   of 1,000,000 entries (hash, then `try_send` to the applier thread), one
-//!   thread and two threads at once; baseline: the same entry put into one
-//!   `HashMap` behind one mutex (unsharded, its growth stopped by a clear).
+//!   of 1,000,000 entries (foldhash, then a push onto the applier's
+//!   `ArrayQueue`), one thread and two threads at once; baselines: the same
+//!   entry put into one `HashMap` behind one mutex (unsharded, its growth
+//!   stopped by a clear), and `baseline_before_siphash_channel`, the request
+//!   path this index had before (SipHash-1-3 of the id, then `try_send` to a
+//!   crossbeam channel whose receiver thread parks in `Select::ready` and is
+//!   woken by the send, applying into a map of a million entries).
 //!   `insert_and_apply` is the whole work per entry, the applier's included
 //!   (batches of 10,000 inserts, then a flush): what the CPU pays, off the
 //!   request path.
@@ -16,6 +20,7 @@
 //! Goal: `insert` ≤ 100 ns. Run: `cargo bench --bench feedback_index`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -72,6 +77,7 @@ fn insert(c: &mut Criterion) {
         })
     });
     drop(plain);
+    before_siphash_channel(&mut group, &ids);
     let index = full_index(&ids);
     let mut i = FULL;
     group.bench_function("full_index_1m", |b| {
@@ -124,6 +130,48 @@ fn insert(c: &mut Criterion) {
     group.finish();
 }
 
+/// The request path of the index before the change: SipHash-1-3 keyed per process, an
+/// entry of the same size, `try_send` on a bounded crossbeam channel of 65,536 whose
+/// receiver parks until woken and applies into a map of up to a million entries.
+fn before_siphash_channel(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, ids: &[String]) {
+    type Queued = (u64, (u64, u64, bool, Prediction));
+    let (sender, receiver) = crossbeam_channel::bounded::<Queued>(1 << 16);
+    let applier = std::thread::spawn(move || {
+        let mut map: HashMap<u64, (u64, u64, bool, Prediction)> = HashMap::with_capacity(FULL);
+        loop {
+            let mut ready = crossbeam_channel::Select::new();
+            ready.recv(&receiver);
+            ready.ready();
+            let mut any = false;
+            for (key, entry) in receiver.try_iter() {
+                if map.len() >= FULL {
+                    map.clear();
+                }
+                map.insert(key, entry);
+                any = true;
+            }
+            // Ready with nothing to take: the sender is gone.
+            if !any && matches!(receiver.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)) {
+                return;
+            }
+        }
+    });
+    let keys = RandomState::new();
+    let start = Instant::now();
+    let mut i = FULL;
+    group.bench_function("baseline_before_siphash_channel", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            let mut hasher = keys.build_hasher();
+            hasher.write(black_box(&ids[i]).as_bytes());
+            let entry = (2u64, start.elapsed().as_millis() as u64, false, P);
+            let _ = black_box(sender.try_send((hasher.finish(), entry)));
+        })
+    });
+    drop(sender);
+    let _ = applier.join();
+}
+
 fn keep(c: &mut Criterion) {
     let ids = ids(FULL * 2);
     let settings = Settings {
@@ -133,6 +181,7 @@ fn keep(c: &mut Criterion) {
         output: None,
         kind: OutputKind::Auto,
         min_effect: 0.02,
+        shared: false,
     };
     let feedback = Feedback::new("mlp", settings, &[1, 2]);
     let scores: Vec<u8> = (0..10).flat_map(|i| (i as f32 / 10.0).to_le_bytes()).collect();

@@ -64,6 +64,8 @@ pub struct Gateway {
     /// The drift profiler (`[drift] enabled`): the sync follower drains its
     /// closed windows and hands it the references' specs.
     pub drift: Option<Arc<Profiler>>,
+    /// The control plane that shared feedback routes ask (connected by the sync follower).
+    pub fleet: crate::feedback::FleetLink,
     draining: AtomicBool,
 }
 
@@ -107,6 +109,7 @@ impl Gateway {
             routes,
             rollouts,
             drift,
+            fleet: crate::feedback::FleetLink::default(),
             draining: AtomicBool::new(false),
         }
     }

@@ -116,6 +116,11 @@ pub const FEEDBACK_INDEX_BYTES: &str = "modelgate_feedback_index_bytes";
 pub const FEEDBACK_INDEX_DROPPED: &str = "modelgate_feedback_index_dropped_total";
 /// Predictions pushed out of a route's index by newer ones, by model.
 pub const FEEDBACK_INDEX_EVICTED: &str = "modelgate_feedback_index_evicted_total";
+/// Predictions of shared feedback routes, by model and result (`shipped` to the control
+/// plane, `dropped` because the outbox to it was full).
+pub const FEEDBACK_SHIPPED: &str = "modelgate_feedback_shipped_total";
+/// Feedback calls to the control plane (lookups, claims) that failed or timed out.
+pub const FEEDBACK_CONTROL_PLANE_FAILURES: &str = "modelgate_feedback_control_plane_failures_total";
 /// Share of labelled predictions that were right over the feedback window, by model and version.
 pub const MODEL_ACCURACY: &str = "modelgate_model_accuracy";
 /// Truths received over the feedback window, by model, version and kind (`label`, `value`, `reward`).
@@ -582,6 +587,17 @@ pub fn feedback_index(model: &str, entries: usize, capacity: usize, bytes: usize
     gauge!(FEEDBACK_INDEX_CAPACITY, "model" => model.to_owned()).set(capacity as f64);
     gauge!(FEEDBACK_INDEX_BYTES, "model" => model.to_owned()).set(bytes as f64);
     counter!(FEEDBACK_INDEX_EVICTED, "model" => model.to_owned()).absolute(evicted);
+}
+
+/// Publishes a shared route's outbox counts (at scrape time).
+pub fn feedback_shipped(model: &str, shipped: u64, dropped: u64) {
+    counter!(FEEDBACK_SHIPPED, "model" => model.to_owned(), "result" => "shipped").absolute(shipped);
+    counter!(FEEDBACK_SHIPPED, "model" => model.to_owned(), "result" => "dropped").absolute(dropped);
+}
+
+/// Counts a feedback call to the control plane that failed.
+pub fn feedback_fleet_failure() {
+    counter!(FEEDBACK_CONTROL_PLANE_FAILURES).increment(1);
 }
 
 /// The quality figures of one version over the feedback window, as

@@ -1,38 +1,49 @@
 //! The bounded prediction index of one route: request id → what answered it
 //! and what it predicted, until the truth arrives or the entry is pushed out.
 //!
-//! The request path only hashes the id and hands the entry to a bounded
-//! lock-free queue (`try_send`: it never waits; when the queue is full the
-//! entry is dropped and counted). A thread of the index's own applies the
-//! queue to 64 maps, sharded by the id's hash, each behind its own mutex held
-//! for one map operation: at a million entries an insert is a few cache
-//! misses (about a microsecond on a busy machine, `benches/feedback_index.rs`),
-//! which no request waits for. A lookup that misses applies what is queued
-//! first, so feedback sent right after its answer still finds it. Each shard
-//! keeps its insertion order; when a shard is full its oldest entry goes, so
-//! memory is bounded by `max_entries` whatever the traffic. Entries are not purged when their `ttl` passes: feedback for an
-//! entry still held past its ttl is answered 410 (expired); once the capacity
-//! pushed it out, 404 (unknown).
+//! The request path only hashes the id and pushes the entry onto a bounded
+//! lock-free queue (`ArrayQueue::push`: it never waits and never wakes a
+//! thread; when the queue is full the entry is dropped and counted). A thread
+//! of the index's own drains the queue on a short timer (every millisecond
+//! while entries come, every 20 ms when idle) into 64 maps, sharded by the
+//! id's hash, each behind its own mutex held for one map operation: at a
+//! million entries an insert is a few cache misses, which no request waits
+//! for. A lookup that misses applies what is queued first, so feedback sent
+//! right after its answer still finds it. Each shard keeps its insertion
+//! order; when a shard is full its oldest entry goes, so memory is bounded by
+//! `max_entries` whatever the traffic. Entries are not purged when their
+//! `ttl` passes: feedback for an entry still held past its ttl is answered
+//! 410 (expired); once the capacity pushed it out, 404 (unknown).
 //!
-//! Keys are a keyed 64-bit hash of the id (SipHash with per-process random
-//! keys): clients cannot make two ids collide on purpose, and by chance two
-//! of a million held ids share a key with probability about 3e-8.
+//! Inserts read no clock: an entry's time is the applier's last tick (or the
+//! last lookup's), so it may be up to one idle pause (20 ms) early.
+//!
+//! A shared route (`feedback.shared`) also hands each applied entry, with a
+//! copy of its id, to its [`Outbox`] for the control plane.
+//!
+//! Keys are a 64-bit foldhash of the id, seeded at random per index: clients
+//! cannot make two ids collide on purpose, and by chance two of a million held
+//! ids share a key with probability about 3e-8.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::outbox::{Outbox, Outgoing};
 use super::summary::Prediction;
 
 const SHARDS: usize = 64;
 /// Entries waiting for the applier: about two seconds of 30,000 requests/s.
 const QUEUE: usize = 1 << 16;
+/// The applier's pause after a drain that found entries, and after one that found none.
+const BUSY_PAUSE: Duration = Duration::from_millis(1);
+const IDLE_PAUSE: Duration = Duration::from_millis(20);
 
 /// One prediction as the index keeps it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,24 +93,38 @@ struct Shard {
     order: VecDeque<u64>,
 }
 
-/// The maps: what the applier thread writes and lookups read.
+/// One entry on its way to the maps (with its id when the route is shared).
+struct Queued {
+    key: u64,
+    entry: Entry,
+    id: Option<Box<str>>,
+}
+
+/// The maps and the queue: what the applier thread drains and writes, and lookups read.
 struct Table {
     shards: Box<[Mutex<Shard>]>,
     shard_capacity: usize,
     evicted: AtomicU64,
+    queue: ArrayQueue<Queued>,
     /// Held while entries leave the queue: a flush that holds it sees every
     /// entry either still queued or already applied, none in between.
     draining: Mutex<()>,
+    /// Where applied entries of a shared route go next.
+    outbox: Option<Arc<Outbox>>,
+    /// The index's start on the wall clock (entries' times are relative to it).
+    start_unix_ms: i64,
+    /// The index's start on the monotonic clock.
+    start: Instant,
+    /// Milliseconds since `start`, as last read by the applier (each tick) or a lookup:
+    /// inserts read this instead of the clock (a clock read is ~25 ns, a quarter of an insert).
+    clock_ms: AtomicU64,
 }
 
 /// The index of one route.
 pub struct PredictionIndex {
     table: Arc<Table>,
-    keys: RandomState,
+    keys: foldhash::fast::RandomState,
     ttl: Duration,
-    start: Instant,
-    queue: Sender<(u64, Entry)>,
-    pending: Receiver<(u64, Entry)>,
     dropped: AtomicU64,
 }
 
@@ -127,25 +152,40 @@ impl Table {
 }
 
 impl Table {
-    /// Applies what is queued now.
-    fn drain(&self, pending: &Receiver<(u64, Entry)>) {
+    /// Reads the clock and publishes it to inserts; returns milliseconds since the start.
+    fn tick(&self) -> u64 {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_ms.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// Applies what is queued now; returns how many entries it applied.
+    fn drain(&self) -> usize {
         let _draining = self.draining.lock();
-        for (key, entry) in pending.try_iter() {
+        let mut applied = 0;
+        while let Some(Queued { key, entry, id }) = self.queue.pop() {
             self.apply(key, entry);
+            if let (Some(outbox), Some(id)) = (&self.outbox, id) {
+                let at_unix_ms = self.start_unix_ms.saturating_add(i64::try_from(entry.at_ms).unwrap_or(i64::MAX));
+                outbox.push(Outgoing { id, version: entry.version, at_unix_ms, prediction: entry.prediction });
+            }
+            applied += 1;
         }
+        applied
     }
 }
 
-/// The applier: waits until entries are queued (taking none), then drains
-/// them into the maps. Ends when the index is dropped: its sender goes, so
-/// the wait returns at once, and the table (held only by the index) is gone.
-fn apply_queued(pending: Receiver<(u64, Entry)>, table: Weak<Table>) {
+/// The applier: drains the queue on a short timer, so pushes never wake it
+/// (a wake is a futex call on the request path and tens of microseconds
+/// here). Ends within one pause of the index being dropped: the table is
+/// held only by the index.
+fn apply_queued(table: Weak<Table>) {
     loop {
-        let mut ready = crossbeam_channel::Select::new();
-        ready.recv(&pending);
-        ready.ready();
         let Some(table) = table.upgrade() else { return };
-        table.drain(&pending);
+        table.tick();
+        let applied = table.drain();
+        drop(table);
+        std::thread::sleep(if applied == 0 { IDLE_PAUSE } else { BUSY_PAUSE });
     }
 }
 
@@ -159,30 +199,37 @@ impl PredictionIndex {
     /// An empty index that holds at most `max_entries` (rounded up to a
     /// multiple of the shard count) and judges entries older than `ttl` expired.
     pub fn new(max_entries: usize, ttl: Duration) -> PredictionIndex {
+        PredictionIndex::with_outbox(max_entries, ttl, None)
+    }
+
+    /// An empty index whose applied entries also go to `outbox` (a shared route's).
+    pub fn with_outbox(max_entries: usize, ttl: Duration, outbox: Option<Arc<Outbox>>) -> PredictionIndex {
         let shard_capacity = max_entries.div_ceil(SHARDS).max(1);
+        let start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let table = Arc::new(Table {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity,
             evicted: AtomicU64::new(0),
+            queue: ArrayQueue::new(QUEUE),
             draining: Mutex::new(()),
+            outbox,
+            start_unix_ms,
+            start: Instant::now(),
+            clock_ms: AtomicU64::new(0),
         });
-        let (queue, pending) = crossbeam_channel::bounded(QUEUE);
-        let (receiver, weak) = (pending.clone(), Arc::downgrade(&table));
-        if let Err(e) =
-            std::thread::Builder::new().name("feedback-index".into()).spawn(move || apply_queued(receiver, weak))
-        {
+        let weak = Arc::downgrade(&table);
+        if let Err(e) = std::thread::Builder::new().name("feedback-index".into()).spawn(move || apply_queued(weak)) {
             // Without its thread the index still works: lookups apply the queue.
             tracing::error!(error = %e, "the prediction index's applier thread did not start");
         }
-        PredictionIndex {
-            table,
-            keys: RandomState::new(),
-            ttl,
-            start: Instant::now(),
-            queue,
-            pending,
-            dropped: AtomicU64::new(0),
-        }
+        PredictionIndex { table, keys: foldhash::fast::RandomState::default(), ttl, dropped: AtomicU64::new(0) }
+    }
+
+    /// The ttl.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Most entries held at once.
@@ -193,7 +240,7 @@ impl PredictionIndex {
     /// Applies every queued entry now (lookups that miss do; so do the
     /// figures the admin API shows).
     pub fn flush(&self) {
-        self.table.drain(&self.pending);
+        self.table.drain();
     }
 
     /// Entries dropped because the queue to the applier was full.
@@ -202,13 +249,16 @@ impl PredictionIndex {
     }
 
     fn key(&self, id: &str) -> u64 {
-        let mut hasher = self.keys.build_hasher();
-        hasher.write(id.as_bytes());
-        hasher.finish()
+        self.keys.hash_one(id)
+    }
+
+    /// An entry's time (`Entry::at_ms`) on the wall clock, Unix milliseconds.
+    pub fn unix_ms(&self, at_ms: u64) -> i64 {
+        self.table.start_unix_ms.saturating_add(i64::try_from(at_ms).unwrap_or(i64::MAX))
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.table.tick()
     }
 
     /// Keeps the prediction of request `id`, answered by `version`: queued
@@ -216,10 +266,20 @@ impl PredictionIndex {
     /// replaces the first (a client that reuses ids is judged on its latest request).
     pub fn insert(&self, id: &str, version: u64, prediction: Prediction) {
         let key = self.key(id);
-        let entry = Entry { version, at_ms: self.now_ms(), judged: false, prediction };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send((key, entry)) {
+        // Stamped with the applier's last tick: up to 20 ms early, so an entry may expire that much early.
+        let entry = Entry { version, at_ms: self.table.clock_ms.load(Ordering::Relaxed), judged: false, prediction };
+        // A shared route's id travels on to the outbox: one small allocation, on those routes only.
+        let id = self.table.outbox.as_ref().map(|_| Box::from(id));
+        if self.table.queue.push(Queued { key, entry, id }).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Marks the entry of request `id` judged when the index holds it (a truth
+    /// accepted through the control plane); true when it did.
+    pub fn mark_judged(&self, id: &str) -> bool {
+        let key = self.key(id);
+        self.table.shard(key).lock().map.get_mut(&key).map(|e| e.judged = true).is_some()
     }
 
     /// The prediction of request `id`, left as it is.
@@ -355,9 +415,29 @@ mod tests {
         let index = PredictionIndex::new(1000, Duration::from_secs(10));
         index.insert("old", 1, P);
         tokio::time::advance(Duration::from_secs(11)).await;
-        index.insert("new", 1, P);
+        // The lookup reads the clock: inserts after it are stamped with its time.
         assert_eq!(index.judge("old"), Err(Miss::Expired));
+        index.insert("new", 1, P);
         assert!(index.judge("new").is_ok());
+    }
+
+    #[test]
+    fn a_shared_index_hands_applied_entries_with_their_ids_to_its_outbox() {
+        let outbox = Arc::new(Outbox::with_capacity(2));
+        let index = PredictionIndex::with_outbox(1000, Duration::from_secs(60), Some(outbox.clone()));
+        for id in ["a", "b", "c"] {
+            index.insert(id, 2, P);
+        }
+        index.flush();
+        assert_eq!(index.len(), 3, "the index holds every entry");
+        let shipped = outbox.take(10);
+        assert_eq!(shipped.iter().map(|o| &*o.id).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!((shipped[0].version, shipped[0].prediction), (2, P));
+        assert!(shipped[0].at_unix_ms > 1_700_000_000_000, "wall-clock time");
+        assert_eq!(outbox.dropped(), 1, "the full outbox dropped and counted one");
+        let unshared = PredictionIndex::new(1000, Duration::from_secs(60));
+        unshared.insert("a", 1, P);
+        assert!(unshared.table.outbox.is_none());
     }
 
     #[test]

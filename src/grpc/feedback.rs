@@ -43,8 +43,7 @@ impl Modelgate for ModelgateService {
             ))
             .into());
         }
-        let mut accepted = 0;
-        let results = message
+        let parsed: Vec<(String, Result<Truth, Error>)> = message
             .truths
             .into_iter()
             .map(|item| {
@@ -57,11 +56,25 @@ impl Modelgate for ModelgateService {
                         Err(Error::invalid("a truth needs one of label, value, reward"))
                     }
                 };
-                match truth.and_then(|truth| feedback.judge(&item.id, truth)) {
+                (item.id, truth)
+            })
+            .collect();
+        let valid: Vec<(String, Truth)> =
+            parsed.iter().filter_map(|(id, t)| t.as_ref().ok().map(|t| (id.clone(), *t))).collect();
+        let mut judged = feedback.judge_all(valid, &self.gateway.fleet).await.into_iter();
+        let mut accepted = 0;
+        let results = parsed
+            .into_iter()
+            .map(|(id, truth)| {
+                let result = match truth {
+                    Ok(_) => judged.next().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into()))),
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(judged) => {
                         accepted += 1;
                         FeedbackResult {
-                            id: item.id,
+                            id,
                             code: tonic::Code::Ok as i32,
                             http_status: 200,
                             message: String::new(),
@@ -70,7 +83,7 @@ impl Modelgate for ModelgateService {
                         }
                     }
                     Err(e) => FeedbackResult {
-                        id: item.id,
+                        id,
                         code: e.grpc_code() as i32,
                         http_status: u32::from(e.http_status().as_u16()),
                         message: e.message().to_owned(),

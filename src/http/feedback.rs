@@ -10,24 +10,30 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
-use crate::feedback::{Feedback, Truth};
+use crate::feedback::{Feedback, FleetLink, Truth};
 
 /// Most truths one request may carry.
 pub const MAX_BATCH: usize = 10_000;
 
-/// Answers a feedback body for `feedback`'s route: the JSON reply on success
-/// (the batch form succeeds as a whole and reports each item).
-/// Every refusal is counted in `modelgate_feedback_total`: here those before
-/// an item names a prediction (`invalid`), in [`Feedback::judge`] the others.
-pub fn answer(feedback: &Feedback, body: &[u8]) -> Result<Value, Error> {
+/// One batch item: the `id` it named (for its result), and the item parsed or refused.
+pub type Item = (Value, Result<(String, Truth), Error>);
+
+/// A feedback body, read: one item, or a batch (each item parsed or refused).
+#[derive(Debug)]
+pub enum Parsed {
+    /// `{"id": ..., "label": ...}`.
+    One(String, Truth),
+    /// `{"feedback": [...]}`: each item with the `id` it named (for its result).
+    Many(Vec<Item>),
+}
+
+/// Reads a feedback body for `feedback`'s route. Every refusal here is counted
+/// in `modelgate_feedback_total` as `invalid` (the others in [`Feedback::judge_all`]).
+pub fn parse(feedback: &Feedback, body: &[u8]) -> Result<Parsed, Error> {
     let invalid = |e: Error| {
         feedback.count_invalid();
         e
     };
-    parse_and_judge(feedback, body, &invalid)
-}
-
-fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> Error) -> Result<Value, Error> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(Error::invalid(format!("malformed feedback request: {e}"))))?;
     let Value::Object(object) = value else {
@@ -38,8 +44,7 @@ fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> 
     match object.get("feedback") {
         None => {
             let (id, truth) = parse_item(&object).map_err(invalid)?;
-            let judged = feedback.judge(&id, truth)?;
-            Ok(serde_json::to_value(judged).expect("a Judged always serializes"))
+            Ok(Parsed::One(id, truth))
         }
         Some(Value::Array(items)) => {
             if object.len() > 1 {
@@ -51,15 +56,43 @@ fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> 
                     items.len()
                 ))));
             }
-            let mut accepted = 0usize;
-            let results: Vec<Value> = items
+            let parsed = items
                 .iter()
                 .map(|item| {
+                    let id = item.get("id").cloned().unwrap_or(Value::Null);
                     let result = match item {
-                        Value::Object(o) => {
-                            parse_item(o).map_err(invalid).and_then(|(id, truth)| feedback.judge(&id, truth))
-                        }
+                        Value::Object(o) => parse_item(o).map_err(invalid),
                         _ => Err(invalid(Error::invalid("each feedback item is a JSON object"))),
+                    };
+                    (id, result)
+                })
+                .collect();
+            Ok(Parsed::Many(parsed))
+        }
+        Some(_) => Err(invalid(Error::invalid("\"feedback\" must be an array of feedback items"))),
+    }
+}
+
+/// Judges what [`parse`] read: the JSON reply on success (the batch form
+/// succeeds as a whole and reports each item with its own `status`).
+pub async fn judge(feedback: &Feedback, link: &FleetLink, parsed: Parsed) -> Result<Value, Error> {
+    match parsed {
+        Parsed::One(id, truth) => {
+            let judged = feedback.judge(&id, truth, link).await?;
+            Ok(serde_json::to_value(judged).expect("a Judged always serializes"))
+        }
+        Parsed::Many(items) => {
+            let valid: Vec<(String, Truth)> = items.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
+            let mut judged = feedback.judge_all(valid, link).await.into_iter();
+            let mut accepted = 0usize;
+            let results: Vec<Value> = items
+                .into_iter()
+                .map(|(id, parsed)| {
+                    let result = match parsed {
+                        Ok(_) => {
+                            judged.next().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into())))
+                        }
+                        Err(e) => Err(e),
                     };
                     match result {
                         Ok(judged) => {
@@ -68,17 +101,20 @@ fn parse_and_judge(feedback: &Feedback, body: &[u8], invalid: &dyn Fn(Error) -> 
                             v["status"] = json!(200);
                             v
                         }
-                        Err(e) => {
-                            let id = item.get("id").cloned().unwrap_or(Value::Null);
-                            json!({"id": id, "status": e.http_status().as_u16(), "error": e.message()})
-                        }
+                        Err(e) => json!({"id": id, "status": e.http_status().as_u16(), "error": e.message()}),
                     }
                 })
                 .collect();
             Ok(json!({"accepted": accepted, "results": results}))
         }
-        Some(_) => Err(invalid(Error::invalid("\"feedback\" must be an array of feedback items"))),
     }
+}
+
+/// Reads and judges a feedback body.
+#[cfg(test)]
+async fn answer(feedback: &Feedback, link: &FleetLink, body: &[u8]) -> Result<Value, Error> {
+    let parsed = parse(feedback, body)?;
+    judge(feedback, link, parsed).await
 }
 
 /// One item: its id, and exactly one of `label`, `value`, `reward`.
@@ -140,6 +176,7 @@ mod tests {
             output: None,
             kind: OutputKind::Auto,
             min_effect: 0.02,
+            shared: false,
         };
         let feedback = Feedback::new("m", settings, &[1]);
         feedback.index().insert("a", 1, Prediction::Class { class: 2, classes: 3, score: 0.8 });
@@ -151,17 +188,21 @@ mod tests {
         result.map_or_else(|e| e.http_status().as_u16(), |_| 200)
     }
 
-    #[test]
-    fn a_label_joins_its_prediction_once() {
-        let feedback = feedback();
-        let reply = answer(&feedback, br#"{"id":"a","label":2}"#).unwrap();
-        assert_eq!(reply, json!({"id": "a", "model_version": "1", "correct": true}));
-        assert_eq!(status(answer(&feedback, br#"{"id":"a","label":1}"#)), 409);
-        assert_eq!(status(answer(&feedback, br#"{"id":"zz","label":1}"#)), 404);
+    async fn reply(feedback: &Feedback, body: &[u8]) -> Result<Value, Error> {
+        answer(feedback, &FleetLink::default(), body).await
     }
 
-    #[test]
-    fn malformed_feedback_is_a_400_and_leaves_the_prediction_open() {
+    #[tokio::test]
+    async fn a_label_joins_its_prediction_once() {
+        let feedback = feedback();
+        let first = reply(&feedback, br#"{"id":"a","label":2}"#).await.unwrap();
+        assert_eq!(first, json!({"id": "a", "model_version": "1", "correct": true}));
+        assert_eq!(status(reply(&feedback, br#"{"id":"a","label":1}"#).await), 409);
+        assert_eq!(status(reply(&feedback, br#"{"id":"zz","label":1}"#).await), 404);
+    }
+
+    #[tokio::test]
+    async fn malformed_feedback_is_a_400_and_leaves_the_prediction_open() {
         let feedback = feedback();
         for body in [
             &b"{"[..],
@@ -180,18 +221,19 @@ mod tests {
             br#"{"id":"","label":1}"#,
             br#"{"feedback":{}}"#,
         ] {
-            assert_eq!(status(answer(&feedback, body)), 400, "{}", String::from_utf8_lossy(body));
+            assert_eq!(status(reply(&feedback, body).await), 400, "{}", String::from_utf8_lossy(body));
         }
-        assert_eq!(status(answer(&feedback, br#"{"id":"a","label":0}"#)), 200, "still open after the mistakes");
+        assert_eq!(status(reply(&feedback, br#"{"id":"a","label":0}"#).await), 200, "still open after the mistakes");
     }
 
-    #[test]
-    fn a_batch_reports_each_item() {
+    #[tokio::test]
+    async fn a_batch_reports_each_item() {
         let feedback = feedback();
-        let reply = answer(
+        let reply = reply(
             &feedback,
             br#"{"feedback":[{"id":"a","label":1},{"id":"nope","label":1},{"id":"b","reward":2}, 5]}"#,
         )
+        .await
         .unwrap();
         assert_eq!(reply["accepted"], 2);
         let statuses: Vec<u64> =
@@ -199,6 +241,6 @@ mod tests {
         assert_eq!(statuses, [200, 404, 200, 400]);
         assert_eq!(reply["results"][0]["correct"], false);
         let many = format!(r#"{{"feedback":[{}]}}"#, vec![r#"{"id":"a","label":1}"#; MAX_BATCH + 1].join(","));
-        assert_eq!(status(answer(&feedback, many.as_bytes())), 413);
+        assert_eq!(status(answer(&feedback, &FleetLink::default(), many.as_bytes()).await), 413);
     }
 }

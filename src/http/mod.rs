@@ -249,14 +249,15 @@ where
             let (parts, body) = request.into_parts();
             let (body, _held) =
                 body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
-            // A batch of 10,000 items is a few milliseconds of work: the blocking pool takes large ones.
-            let reply = if body.len() < OFFLOAD_BYTES / 16 {
-                feedback::answer(feedback, &body)?
+            // Parsing a batch of 10,000 items is a few milliseconds of work: the blocking pool takes large ones.
+            let parsed = if body.len() < OFFLOAD_BYTES / 16 {
+                feedback::parse(feedback, &body)?
             } else {
                 let route = route.clone();
-                offload(move || feedback::answer(route.feedback.as_ref().expect("filtered on feedback above"), &body))
+                offload(move || feedback::parse(route.feedback.as_ref().expect("filtered on feedback above"), &body))
                     .await?
             };
+            let reply = feedback::judge(feedback, &gateway.fleet, parsed).await?;
             Ok(json_response(StatusCode::OK, &reply))
         }
         ModelAction::Ready => {

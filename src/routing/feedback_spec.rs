@@ -9,6 +9,7 @@
 //! | `window` | sliding window of the quality metrics (`modelgate_model_accuracy`, ...) | `"10m"` |
 //! | `output` | the output summarized | the first |
 //! | `kind` | `auto` (a row of several numbers is a classifier's scores, one number a value), `classifier`, `regressor` | `"auto"` |
+//! | `shared` | ship predictions to the control plane (batched, off the request path), so feedback sent to another replica, or after this one's index pushed the entry out, still joins, and a truth is accepted once fleet-wide (needs a followed control plane) | false |
 //! | `min_effect` | the difference between arms worth detecting, in the metric's units (accuracy: 0.02 = 2 points): the A/B interval is tightest there | 0.02 |
 
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub struct FeedbackSpec {
     /// The difference worth detecting between arms.
     #[serde(default = "default_min_effect")]
     pub min_effect: f64,
+    /// Ship predictions to the control plane for the other replicas.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 fn default_ttl() -> Duration {
@@ -106,6 +110,7 @@ impl FeedbackSpec {
             output: self.output.clone(),
             kind: self.kind,
             min_effect: self.min_effect,
+            shared: self.shared,
         })
     }
 }
@@ -129,6 +134,8 @@ max_entries = 1000000"#,
         assert_eq!(settings.max_entries, 1_000_000);
         assert_eq!(settings.window, Duration::from_secs(600));
         assert_eq!(settings.kind, OutputKind::Auto);
+        assert!(!settings.shared);
+        assert!(parse("shared = true").validate().unwrap().shared);
     }
 
     #[test]

@@ -174,6 +174,27 @@ impl ControlPlane {
         serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
     }
 
+    /// A feedback call (`POST /cp/v1/feedback/{what}`) with `body`: its JSON answer.
+    /// Bounded by the caller's timeout too (feedback waits at most `feedback::fleet::CALL_TIMEOUT`).
+    pub async fn feedback<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        // A claim whose answer was lost is retried at the next replica, which then finds it
+        // judged: the truth is refused as a duplicate although one was taken (rare, and safe).
+        let response = self
+            .send(|base| {
+                self.http.post(format!("{base}/cp/v1/feedback/{what}")).json(body).timeout(Duration::from_secs(10))
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(Self::refused(response).await);
+        }
+        let bytes = response.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
+    }
+
     /// Sends a report.
     pub async fn report(&self, gateway: &str, report: &Report) -> Result<(), CallError> {
         let response = self

@@ -9,6 +9,7 @@
 //! - [`plan`]: what to serve of a model, given its aliases (pure).
 //! - [`snapshot`]: the last-known-good state, served when the control plane
 //!   is away at start.
+//! - [`feedback`]: shared feedback routes' predictions shipped, looked up and claimed.
 //!
 //! The [`Follower`] changes the data plane only through
 //! `Repository::load_version` / `unload_version` and `Rollouts::put`, like an
@@ -17,6 +18,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod feedback;
 pub mod materialize;
 pub mod plan;
 pub mod settings;
@@ -127,6 +129,9 @@ impl Follower {
     /// Runs: the first state (or the last-known-good one when the control plane
     /// does not answer), then every change, rollout ends and retries.
     pub async fn run(mut self) {
+        // Shared feedback routes ship and ask from the start (a control plane that is away costs them nothing).
+        // The shipper ends with this future, however it ends (a task aborted drops it).
+        let _shipper = feedback::start(&self.gateway, self.control_plane.clone(), self.id.clone());
         match self.control_plane.poll(&self.id, 0, Duration::ZERO).await {
             Ok(Some(state)) => {
                 crate::metrics::control_plane_connected(true);

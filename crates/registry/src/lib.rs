@@ -11,6 +11,7 @@
 //! - [`mirror`]: mirror mode, following an external MLflow Model Registry.
 //! - [`cli`]: the `control-plane` flags and runner; [`client`]: `modelgate registry ...`.
 //! - [`drift`]: drift references, the evaluation of gateways' windows, the evaluator loop.
+//! - [`feedback`]: predictions gateways share so that ground truth joins at any replica.
 //! - [`sync`]: the desired state gateways pull and the reports they send back.
 //! - [`api`]: `/cp/v1`, the MLflow subset and the artifact proxy, behind a bearer token.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod client;
 pub mod digest;
 pub mod drift;
 pub mod error;
+pub mod feedback;
 pub mod import;
 pub mod manifest;
 pub mod mirror;
@@ -82,6 +84,10 @@ pub struct Registry {
     pub mirror: mirror::MirrorStatus,
     /// How drift is evaluated.
     pub drift: drift::DriftSettings,
+    /// How long and how many shared feedback entries are kept.
+    pub feedback: feedback::FeedbackSettings,
+    /// When the last purge of feedback entries began (Unix ms).
+    pub feedback_purged_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Registry {
@@ -114,6 +120,9 @@ impl Registry {
             file_roots,
             mirror: mirror::MirrorStatus::default(),
             drift: config.drift.clone(),
+            feedback: feedback::FeedbackSettings::from_env()?,
+            // The first purge comes one interval after start, with the first writes.
+            feedback_purged_ms: std::sync::atomic::AtomicI64::new(store::now_ms()),
         });
         import::resume_pending(&registry).await?;
         Ok(registry)

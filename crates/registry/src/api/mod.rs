@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod drift;
+pub mod feedback;
 pub mod mlflow;
 pub mod native;
 pub mod sync;
@@ -72,6 +73,7 @@ pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
         .merge(artifacts::routes())
         .merge(sync::routes())
         .merge(drift::routes())
+        .merge(feedback::routes())
         .fallback(|| async { ApiError(RegistryError::NotFound("no such endpoint".into())) })
         .with_state(registry)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))

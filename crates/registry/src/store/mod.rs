@@ -12,6 +12,7 @@
 //! notification that wakes the other replicas' long polls ([`listen`]).
 
 mod drift;
+mod feedback;
 mod listen;
 mod read;
 mod sync;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "gateways", include_str!("../../migrations/0002_gateways.sql")),
     (3, "follow_rules", include_str!("../../migrations/0003_follow_rules.sql")),
     (4, "drift", include_str!("../../migrations/0004_drift.sql")),
+    (5, "feedback_entries", include_str!("../../migrations/0005_feedback_entries.sql")),
 ];
 
 /// The schema, embedded in the binary.
@@ -135,7 +137,8 @@ impl Store {
 }
 
 /// Unix milliseconds now.
-pub(crate) fn now_ms() -> i64 {
+#[doc(hidden)]
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
