@@ -9,7 +9,8 @@
 //! follower (a few times a minute) and version loads, never the request path.
 //!
 //! While traffic flows the thread does not wait on the channel: it sleeps a
-//! fixed [`POLL`] and takes what queued meanwhile. A `try_send` that finds a
+//! fixed [`POLL`] ([`POLL_BUSY`] when the last takes filled a quarter of the
+//! queue) and takes what queued meanwhile. A `try_send` that finds a
 //! receiver parked on the channel must wake it (a futex call: on these VMs a
 //! few microseconds of the instance thread and a context switch per batch);
 //! a sleeping poller is never woken, so an offer is a queue push and nothing
@@ -36,8 +37,12 @@ use crate::metrics;
 const IDLE_WAKE: Duration = Duration::from_secs(5);
 /// While batches come, how long the thread sleeps between takes. The queue
 /// (`drift.queue`, 64 by default) holds what arrives meanwhile: 5 ms of 12,800
-/// batches/s, more than the batcher makes at its busiest on these machines.
+/// batches/s.
 const POLL: Duration = Duration::from_millis(5);
+/// The sleep when the last takes filled a quarter of the queue or more: at
+/// c=64 on small batches the batcher makes 20,000 and more a second, which
+/// 5 ms of sleep would drop a fifth of (measured by `load-tests/drift/throughput.py`).
+const POLL_BUSY: Duration = Duration::from_millis(1);
 /// Without a batch for this long the thread parks on the channel instead.
 const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// How often, at most, the thread recomputes the memory gauge (a walk over every summary).
@@ -61,8 +66,8 @@ impl Profiler {
             Windows::new(settings.window_seconds, settings.keep_windows)
                 .with_sketch_rate(settings.sketch_rows_per_second),
         ));
-        let state = windows.clone();
-        std::thread::Builder::new().name("mg-drift".into()).spawn(move || run(&state, &receiver))?;
+        let (state, queue) = (windows.clone(), settings.queue.max(1));
+        std::thread::Builder::new().name("mg-drift".into()).spawn(move || run(&state, &receiver, queue))?;
         Ok(Arc::new(Profiler { windows, sender, settings: settings.clone() }))
     }
 
@@ -120,7 +125,10 @@ fn now_ms() -> i64 {
 
 /// The thread: profile what comes, close windows on time, stop when every
 /// sender (the profiler and every tap) is gone.
-fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>) {
+fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>, queue: usize) {
+    let busy = (queue / 4).max(1);
+    // Batches taken since the last sleep.
+    let mut since_sleep = 0;
     let mut gauge_at = std::time::Instant::now();
     let mut last_batch = std::time::Instant::now();
     let mut parked_with = None;
@@ -150,6 +158,7 @@ fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>) {
             .next_close_ms()
             .map_or(IDLE_WAKE, |at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_WAKE));
         drop(state);
+        since_sleep += taken;
         if taken == BATCHES_PER_LOCK {
             // More may be queued: let the lock go for the follower, then take on.
             continue;
@@ -158,9 +167,12 @@ fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>) {
             last_batch = std::time::Instant::now();
         }
         if last_batch.elapsed() < IDLE_AFTER {
-            std::thread::sleep(POLL.min(until_close));
+            let poll = if since_sleep >= busy { POLL_BUSY } else { POLL };
+            since_sleep = 0;
+            std::thread::sleep(poll.min(until_close));
             continue;
         }
+        since_sleep = 0;
         match receiver.recv_timeout(until_close) {
             Ok(batch) => {
                 parked_with = Some(batch);
