@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from loadgen import wrk
-from peers import MODEL, check_answer, request_and_reference, start_nginx, v2_reply
+from peers import MODEL, check_answer, nginx_conf, request_and_reference, v2_reply
 from procs import REPO, RESULTS, Processes, free_port, modelgate_argv, stop_on_sigterm
 from report import Report, markdown_table
 
@@ -132,7 +132,7 @@ def main() -> int:
         for name, binary in servers:
             if name == "nginx":
                 port = free_port()
-                conf = nginx_conf(tmp, port, v2_reply(expected))
+                conf = nginx_conf(tmp / "nginx", port, v2_reply(expected), single_process=True)
                 argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp / "nginx"), "-c", str(conf)]
                 url, ready = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", f"http://127.0.0.1:{port}/"
             else:
@@ -155,35 +155,6 @@ def main() -> int:
                + markdown_table(["server", "requests", "instructions/request", "by thread"], rows))
     report.write(readme=False)
     return 0
-
-
-def nginx_conf(tmp: Path, port: int, reply: dict) -> Path:
-    """nginx in one process (no master), so callgrind sees the process that answers."""
-    root = tmp / "nginx"
-    root.mkdir(exist_ok=True)
-    text = json.dumps(reply, separators=(",", ":"))
-    conf = root / "nginx.conf"
-    conf.write_text(f"""
-master_process off;
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type application/json; return 200 '{text}'; }}
-    }}
-}}
-""")
-    return conf
 
 
 if __name__ == "__main__":

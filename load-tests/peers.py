@@ -121,15 +121,15 @@ def check_answer(name: str, url: str, body: dict, expected: np.ndarray) -> None:
 
 # === starting each server ===
 
-def start_nginx(procs: Processes, tmp: Path, reply: dict) -> Started:
-    port = free_port()
-    root = tmp / "nginx"
-    root.mkdir()
+def nginx_conf(root: Path, port: int, reply: dict, single_process: bool = False) -> Path:
+    """nginx answering every request on `port` with `reply`, its files under `root`; with
+    `single_process` no master (callgrind then sees the process that answers)."""
+    root.mkdir(exist_ok=True)
     text = json.dumps(reply, separators=(",", ":"))
     assert "'" not in text
     conf = root / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
+    master = "master_process off;\n" if single_process else ""
+    conf.write_text(f"""{master}worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -150,6 +150,13 @@ http {{
     }}
 }}
 """)
+    return conf
+
+
+def start_nginx(procs: Processes, tmp: Path, reply: dict) -> Started:
+    port = free_port()
+    root = tmp / "nginx"
+    conf = nginx_conf(root, port, reply)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
     server = procs.start("nginx", [nginx, "-p", str(root), "-e", str(root / "error.log"), "-c", str(conf)])
