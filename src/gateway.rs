@@ -126,6 +126,17 @@ impl Gateway {
         metrics::door(self.inflight.held(), limits.max_inflight_bytes, self.open_connections(), limits.max_connections);
     }
 
+    /// The prediction index and quality of `model`'s route, for feedback (HTTP and gRPC):
+    /// 404 for a route without a `feedback` section, or no route.
+    pub fn feedback(&self, model: &str) -> Result<Arc<crate::feedback::Feedback>, Error> {
+        validate_model_name(model)?;
+        self.routes.get(model).and_then(|route| route.feedback.clone()).ok_or_else(|| {
+            Error::NotFound(format!(
+                "model '{model}' keeps no predictions for feedback: its route needs a `feedback` section"
+            ))
+        })
+    }
+
     /// Publishes each feedback route's quality over its window and its
     /// index's size (at scrape time, like the door's).
     pub fn record_feedback_metrics(&self) {

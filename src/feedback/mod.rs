@@ -162,6 +162,25 @@ impl Feedback {
         results.pop().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into())))
     }
 
+    /// Judges a batch whose items were parsed one by one: the parsed ones
+    /// together ([`Feedback::judge_all`]), the refused ones keep their error,
+    /// and each result stays in its item's place.
+    pub async fn judge_parsed(
+        &self,
+        items: Vec<Result<(String, Truth), Error>>,
+        link: &FleetLink,
+    ) -> Vec<Result<Judged, Error>> {
+        let valid: Vec<(String, Truth)> = items.iter().filter_map(|item| item.as_ref().ok().cloned()).collect();
+        let mut judged = self.judge_all(valid, link).await.into_iter();
+        items
+            .into_iter()
+            .map(|item| match item {
+                Ok(_) => judged.next().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into()))),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     /// Counts a feedback request or item refused before it named a
     /// prediction (malformed JSON, a missing id, a label that is no class
     /// index, a batch over its bound).

@@ -3,6 +3,7 @@
 //! across replicas and restarts by the prefix (64 random bits), which is what
 //! joining late feedback to a prediction needs; no clock, no lock, no syscall.
 
+use std::fmt::Write;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,35 +17,24 @@ pub const MAX_LEN: usize = 128;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The prefix, 16 hex digits from `RandomState`'s per-process random keys.
-fn prefix() -> &'static [u8; 16] {
-    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
+fn prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let mut hasher = std::hash::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
-        let bits = hasher.finish();
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        out
+        format!("{:016x}", hasher.finish())
     })
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A fresh id, `<16 hex digits>-<counter in hex>`: one atomic add and one
 /// allocation of at most 33 bytes.
 pub fn generate() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut buf = [0u8; 33];
-    buf[..16].copy_from_slice(prefix());
-    buf[16] = b'-';
-    let digits = if n == 0 { 1 } else { (64 - n.leading_zeros() as usize).div_ceil(4) };
-    for i in 0..digits {
-        buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
-    }
-    // Only ASCII hex digits and '-' were written.
-    String::from_utf8_lossy(&buf[..17 + digits]).into_owned()
+    let mut id = String::with_capacity(33);
+    id.push_str(prefix());
+    // Writing to a String cannot fail.
+    let _ = write!(id, "-{n:x}");
+    id
 }
 
 /// Checks a client's id: 1 to [`MAX_LEN`] visible ASCII characters, so it can

@@ -27,14 +27,7 @@ impl Modelgate for ModelgateService {
     async fn feedback(&self, request: Request<FeedbackRequest>) -> Result<Response<FeedbackResponse>, Status> {
         let message = request.into_inner();
         let _held = self.gateway.inflight.reserve(message.encoded_len())?;
-        let model = message.model_name.as_str();
-        crate::repository::validate_model_name(model)?;
-        let route = self.gateway.routes.get(model).filter(|r| r.feedback.is_some()).ok_or_else(|| {
-            Error::NotFound(format!(
-                "model '{model}' keeps no predictions for feedback: its route needs a `feedback` section"
-            ))
-        })?;
-        let feedback = route.feedback.as_ref().expect("filtered on feedback above");
+        let feedback = self.gateway.feedback(&message.model_name)?;
         if message.truths.len() > MAX_BATCH {
             feedback.count_invalid();
             return Err(Error::PayloadTooLarge(format!(
@@ -43,7 +36,7 @@ impl Modelgate for ModelgateService {
             ))
             .into());
         }
-        let parsed: Vec<(String, Result<Truth, Error>)> = message
+        let (ids, parsed): (Vec<String>, Vec<_>) = message
             .truths
             .into_iter()
             .map(|item| {
@@ -56,41 +49,34 @@ impl Modelgate for ModelgateService {
                         Err(Error::invalid("a truth needs one of label, value, reward"))
                     }
                 };
-                (item.id, truth)
+                (item.id.clone(), truth.map(|truth| (item.id, truth)))
             })
-            .collect();
-        let valid: Vec<(String, Truth)> =
-            parsed.iter().filter_map(|(id, t)| t.as_ref().ok().map(|t| (id.clone(), *t))).collect();
-        let mut judged = feedback.judge_all(valid, &self.gateway.fleet).await.into_iter();
+            .unzip();
+        let judged = feedback.judge_parsed(parsed, &self.gateway.fleet).await;
         let mut accepted = 0;
-        let results = parsed
+        let results = ids
             .into_iter()
-            .map(|(id, truth)| {
-                let result = match truth {
-                    Ok(_) => judged.next().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into()))),
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(judged) => {
-                        accepted += 1;
-                        FeedbackResult {
-                            id,
-                            code: tonic::Code::Ok as i32,
-                            http_status: 200,
-                            message: String::new(),
-                            model_version: judged.model_version,
-                            correct: judged.correct,
-                        }
-                    }
-                    Err(e) => FeedbackResult {
+            .zip(judged)
+            .map(|(id, result)| match result {
+                Ok(judged) => {
+                    accepted += 1;
+                    FeedbackResult {
                         id,
-                        code: e.grpc_code() as i32,
-                        http_status: u32::from(e.http_status().as_u16()),
-                        message: e.message().to_owned(),
-                        model_version: String::new(),
-                        correct: None,
-                    },
+                        code: tonic::Code::Ok as i32,
+                        http_status: 200,
+                        message: String::new(),
+                        model_version: judged.model_version,
+                        correct: judged.correct,
+                    }
                 }
+                Err(e) => FeedbackResult {
+                    id,
+                    code: e.grpc_code() as i32,
+                    http_status: u32::from(e.http_status().as_u16()),
+                    message: e.message().to_owned(),
+                    model_version: String::new(),
+                    correct: None,
+                },
             })
             .collect();
         Ok(Response::new(FeedbackResponse { accepted, results }))

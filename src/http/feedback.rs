@@ -82,27 +82,20 @@ pub async fn judge(feedback: &Feedback, link: &FleetLink, parsed: Parsed) -> Res
             Ok(serde_json::to_value(judged).expect("a Judged always serializes"))
         }
         Parsed::Many(items) => {
-            let valid: Vec<(String, Truth)> = items.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
-            let mut judged = feedback.judge_all(valid, link).await.into_iter();
+            let (ids, parsed): (Vec<Value>, Vec<_>) = items.into_iter().unzip();
+            let judged = feedback.judge_parsed(parsed, link).await;
             let mut accepted = 0usize;
-            let results: Vec<Value> = items
+            let results: Vec<Value> = ids
                 .into_iter()
-                .map(|(id, parsed)| {
-                    let result = match parsed {
-                        Ok(_) => {
-                            judged.next().unwrap_or_else(|| Err(Error::Internal("a truth judged to nothing".into())))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(judged) => {
-                            accepted += 1;
-                            let mut v = serde_json::to_value(judged).expect("a Judged always serializes");
-                            v["status"] = json!(200);
-                            v
-                        }
-                        Err(e) => json!({"id": id, "status": e.http_status().as_u16(), "error": e.message()}),
+                .zip(judged)
+                .map(|(id, result)| match result {
+                    Ok(judged) => {
+                        accepted += 1;
+                        let mut v = serde_json::to_value(judged).expect("a Judged always serializes");
+                        v["status"] = json!(200);
+                        v
                     }
+                    Err(e) => json!({"id": id, "status": e.http_status().as_u16(), "error": e.message()}),
                 })
                 .collect();
             Ok(json!({"accepted": accepted, "results": results}))

@@ -239,25 +239,18 @@ where
     match action {
         ModelAction::Infer => infer(gateway, request, name, version, arrival).await,
         ModelAction::Feedback => {
-            crate::repository::validate_model_name(name)?;
-            let route = gateway.routes.get(name).filter(|r| r.feedback.is_some()).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "model '{name}' keeps no predictions for feedback: its route needs a `feedback` section"
-                ))
-            })?;
-            let feedback = route.feedback.as_ref().expect("filtered on feedback above");
+            let feedback = gateway.feedback(name)?;
             let (parts, body) = request.into_parts();
             let (body, _held) =
                 body::read(body, &parts.headers, &gateway.limits, &gateway.inflight, &gateway.decompressions).await?;
             // Parsing a batch of 10,000 items is a few milliseconds of work: the blocking pool takes large ones.
             let parsed = if body.len() < OFFLOAD_BYTES / 16 {
-                feedback::parse(feedback, &body)?
+                feedback::parse(&feedback, &body)?
             } else {
-                let route = route.clone();
-                offload(move || feedback::parse(route.feedback.as_ref().expect("filtered on feedback above"), &body))
-                    .await?
+                let for_parse = feedback.clone();
+                offload(move || feedback::parse(&for_parse, &body)).await?
             };
-            let reply = feedback::judge(feedback, &gateway.fleet, parsed).await?;
+            let reply = feedback::judge(&feedback, &gateway.fleet, parsed).await?;
             Ok(json_response(StatusCode::OK, &reply))
         }
         ModelAction::Ready => {
