@@ -94,25 +94,28 @@ async fn every_answer_carries_its_request_id_in_the_body_and_the_header() {
     assert_eq!(chosen.headers["x-request-id"], "client-chosen-42");
 }
 
+/// One row of zeros for the example MLP (`input` FP32 [1, 64]), in raw form, to `model`.
+fn mlp_grpc_request(model: &str) -> modelgate::proto::inference::ModelInferRequest {
+    use modelgate::proto::inference as pb;
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::from(vec![0u8; 256])],
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn grpc_answers_carry_the_request_id_in_the_message_and_the_metadata() {
     use modelgate::proto::inference as pb;
     let (_repo, server) = common::serve_example("mlp", |_| {}).await;
     let mut client = server.grpc().await;
-    let input = pb::model_infer_request::InferInputTensor {
-        name: "input".into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 64],
-        parameters: Default::default(),
-        contents: None,
-    };
-    let request = |id: &str| pb::ModelInferRequest {
-        model_name: "mlp".into(),
-        id: id.into(),
-        inputs: vec![input.clone()],
-        raw_input_contents: vec![bytes::Bytes::from(vec![0u8; 256])],
-        ..Default::default()
-    };
+    let request = |id: &str| pb::ModelInferRequest { id: id.into(), ..mlp_grpc_request("mlp") };
     let generated = client.model_infer(request("")).await.unwrap();
     let id = generated.get_ref().id.clone();
     assert!(!id.is_empty());
@@ -333,7 +336,6 @@ async fn an_accuracy_gate_without_feedback_is_refused() {
 
 #[tokio::test]
 async fn grpc_feedback_judges_each_truth_like_the_http_batch() {
-    use modelgate::proto::inference as pb;
     use modelgate::proto::modelgate::{FeedbackRequest, Truth, modelgate_client::ModelgateClient, truth};
     let repo = common::TempRepo::new();
     repo.add("mlp", "g", 1, None);
@@ -341,23 +343,7 @@ async fn grpc_feedback_judges_each_truth_like_the_http_batch() {
     config.routes = vec![route("model = \"g\"\ntargets = [{ version = 1, weight = 100 }]\nfeedback = {}")];
     let server = common::TestServer::start(config).await;
     let mut client = server.grpc().await;
-    let input = pb::model_infer_request::InferInputTensor {
-        name: "input".into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 64],
-        parameters: Default::default(),
-        contents: None,
-    };
-    let answer = client
-        .model_infer(pb::ModelInferRequest {
-            model_name: "g".into(),
-            inputs: vec![input],
-            raw_input_contents: vec![bytes::Bytes::from(vec![0u8; 256])],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = client.model_infer(mlp_grpc_request("g")).await.unwrap().into_inner();
     let scores: Vec<f32> = bytemuck::pod_collect_to_vec(&answer.raw_output_contents[0]);
     let class = (0..10).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap() as u32;
 
