@@ -9,19 +9,15 @@
 mod support_routing;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use modelgate::sync::client::ControlPlane;
-use modelgate_registry::api::auth::{Auth, Token};
-use modelgate_registry::{Config as RegistryConfig, Registry};
+use modelgate_registry::api::auth::Token;
 use serde_json::{Value, json};
-use support_routing::{Http, Kind, Repo, Server, route};
+use support_routing::{Http, Kind, Repo, Server, TOKEN, route};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-
-const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A control plane on loopback over SQLite.
 struct Plane {
@@ -33,24 +29,8 @@ struct Plane {
 impl Plane {
     async fn start() -> Plane {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("cp");
-        let config = RegistryConfig {
-            db_url: RegistryConfig::default_db_url(&data_dir),
-            data_dir,
-            limits: Default::default(),
-            file_roots: Vec::new(),
-            drift: Default::default(),
-            bucket: None,
-        };
-        let registry: Arc<Registry> = Registry::open(&config).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let auth = Auth::new(Token::new(TOKEN).unwrap(), &[]);
-        tokio::spawn(modelgate_registry::api::serve(listener, registry, auth, async {
-            let _ = stopped.await;
-        }));
-        Plane { addr, _stop: stop, _dir: dir }
+        let plane = support_routing::start_control_plane(&dir.path().join("cp"), "127.0.0.1:0").await;
+        Plane { addr: plane.addr, _stop: plane.stop, _dir: dir }
     }
 
     fn url(&self) -> String {

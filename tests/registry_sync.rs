@@ -19,15 +19,13 @@ use modelgate::gateway::Gateway;
 use modelgate::server::{Listeners, ServerOptions};
 use modelgate::sync::client::ControlPlane;
 use modelgate::sync::{Follow, FollowRule, Follower};
-use modelgate_registry::api::auth::{Auth, Token};
+use modelgate_registry::Registry;
+use modelgate_registry::api::auth::Token;
 use modelgate_registry::client::{Client, PushOptions};
 use modelgate_registry::manifest::Entry;
-use modelgate_registry::{Config as RegistryConfig, Registry};
-use support_routing::{Http, Kind, Repo, infer_body};
+use support_routing::{Http, Kind, Repo, TOKEN, infer_body};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-
-const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A control plane on loopback over SQLite.
 struct Plane {
@@ -46,29 +44,8 @@ impl Plane {
     /// On `addr` (a restart takes the port it had).
     async fn start_on(dir: &Path, addr: &str) -> Plane {
         let data_dir = dir.join("cp");
-        let config = RegistryConfig {
-            db_url: RegistryConfig::default_db_url(&data_dir),
-            data_dir: data_dir.clone(),
-            limits: Default::default(),
-            file_roots: Vec::new(),
-            drift: Default::default(),
-            bucket: None,
-        };
-        let registry = Registry::open(&config).await.unwrap();
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let auth = Auth::new(Token::new(TOKEN).unwrap(), &[]);
-        let task = tokio::spawn({
-            let registry = registry.clone();
-            async move {
-                let _ = modelgate_registry::api::serve(listener, registry, auth, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
-        Plane { addr, registry, data_dir, stop: Some(stop), task }
+        let plane = support_routing::start_control_plane(&data_dir, addr).await;
+        Plane { addr: plane.addr, registry: plane.registry, data_dir, stop: Some(plane.stop), task: plane.task }
     }
 
     async fn stop(mut self) {

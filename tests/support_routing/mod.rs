@@ -252,3 +252,39 @@ pub fn failures(server: &Server, model: &str, version: u64) -> u64 {
         _ => 0,
     }
 }
+
+/// A control plane (the registry's API) over SQLite in `data_dir`, listening on `addr`, with
+/// the test token; it serves until the sender is used or dropped.
+pub struct ControlPlaneOnLoopback {
+    pub addr: std::net::SocketAddr,
+    pub registry: Arc<modelgate_registry::Registry>,
+    pub stop: oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_control_plane(data_dir: &Path, addr: &str) -> ControlPlaneOnLoopback {
+    use modelgate_registry::api::auth::{Auth, Token};
+    let config = modelgate_registry::Config {
+        db_url: modelgate_registry::Config::default_db_url(data_dir),
+        data_dir: data_dir.to_owned(),
+        limits: Default::default(),
+        file_roots: Vec::new(),
+        drift: Default::default(),
+        bucket: None,
+    };
+    let registry = modelgate_registry::Registry::open(&config).await.unwrap();
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let auth = Auth::new(Token::new(TOKEN).unwrap(), &[]);
+    let task = tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            let _ = modelgate_registry::api::serve(listener, registry, auth, async {
+                let _ = stopped.await;
+            })
+            .await;
+        }
+    });
+    ControlPlaneOnLoopback { addr, registry, stop, task }
+}
