@@ -61,6 +61,9 @@ def make_repository(root: Path):
 class Gateway:
     """A running `modelgate serve` with its admin listener."""
 
+    # Seconds a stopping gateway has before it is killed.
+    grace = 10
+
     def __init__(self, work: Path):
         binary = Path(os.environ.get("MODELGATE_BINARY", REPO_ROOT / "target" / "debug" / "modelgate"))
         if not binary.exists():
@@ -68,10 +71,7 @@ class Gateway:
         self.binary = binary
         repository = work / "models"
         make_repository(repository)
-        self.token = secrets.token_hex(16)
-        self.token_file = work / "admin-token"
-        self.token_file.write_text(self.token + "\n")
-        self.token_file.chmod(0o600)
+        self._write_token(work)
         self.http_port, self.admin_port = free_port(), free_port()
         self.log = open(work / "server.log", "w")
         command = [
@@ -86,21 +86,28 @@ class Gateway:
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.admin_port}"
         self.page_url = self.url + "/admin/ui/"
-        self._wait_ready()
+        self._wait_ready("mlp/versions/2", seconds=60)
 
-    def _wait_ready(self):
-        deadline = time.monotonic() + 60
+    def _write_token(self, work: Path):
+        self.token = secrets.token_hex(16)
+        self.token_file = work / "admin-token"
+        self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
+
+    def _wait_ready(self, model: str, seconds: int):
+        """Until `model` is ready and the page answers (exits pytest when the gateway dies or is late)."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.exit(f"the gateway exited with {self.process.returncode} (log: {self.log.name})", returncode=1)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/models/mlp/versions/2/ready", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/models/{model}/ready", timeout=2):
                     pass
                 with urllib.request.urlopen(self.page_url, timeout=2):
                     return
             except OSError:
                 time.sleep(0.1)
-        pytest.exit("the gateway did not become ready within 60 s", returncode=1)
+        pytest.exit(f"the gateway did not become ready within {seconds} s", returncode=1)
 
     def admin_cli(self, *args):
         """`modelgate admin ARGS...` against this gateway; its standard output."""
@@ -111,19 +118,21 @@ class Gateway:
     def stop(self):
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=self.grace)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         self.log.close()
 
 
-class RegistryGateway:
+class RegistryGateway(Gateway):
     """A `modelgate serve` that runs the embedded control plane and profiles traffic for drift:
     1-second windows, the evaluator every second over the last 4 s, 100 rows a verdict. Its
     repository holds `drift16` (models/make_models.py --drift: INPUT0 FP32 [n, 16], CAT INT64
     [n, 1]), which the embedded registry is seeded with (alias champion) and serves from then on.
     `restart()` stops it and starts it again on the same ports and data directory."""
+
+    grace = 15
 
     def __init__(self, work: Path):
         self.binary = Path(os.environ.get("MODELGATE_BINARY", REPO_ROOT / "target" / "debug" / "modelgate"))
@@ -134,10 +143,7 @@ class RegistryGateway:
         subprocess.run([str(python), str(REPO_ROOT / "models" / "make_models.py"), "--drift", "--only", "drift16",
                         "--out", str(work / "built")], check=True, capture_output=True, timeout=120)
         shutil.copytree(work / "built" / "drift16", work / "models" / "drift16")
-        self.token = secrets.token_hex(16)
-        self.token_file = work / "admin-token"
-        self.token_file.write_text(self.token + "\n")
-        self.token_file.chmod(0o600)
+        self._write_token(work)
         self.http_port, self.admin_port, self.cp_port = free_port(), free_port(), free_port()
         config = work / "modelgate.toml"
         config.write_text(
@@ -161,38 +167,13 @@ class RegistryGateway:
         env = dict(os.environ, RUST_LOG="warn")
         env.pop("MODELGATE_ADMIN_TOKEN", None)
         self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.exit(f"the gateway exited with {self.process.returncode} (log: {self.log.name})", returncode=1)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/models/drift16/ready", timeout=2):
-                    pass
-                with urllib.request.urlopen(self.page_url, timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        pytest.exit("the registry gateway did not become ready within 90 s", returncode=1)
+        self._wait_ready("drift16", seconds=90)
 
     def registry_cli(self, *args, actor="ui-test"):
         """`modelgate registry ARGS...` against the embedded control plane; its standard output."""
         command = [str(self.binary), "registry", "--address", f"127.0.0.1:{self.cp_port}",
                    "--token-file", str(self.token_file), "--actor", actor, *args]
         return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
-
-    def admin_cli(self, *args):
-        command = [str(self.binary), "admin", "--address", f"127.0.0.1:{self.admin_port}",
-                   "--token-file", str(self.token_file), *args]
-        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
     def restart(self):
         self.stop()
