@@ -78,5 +78,9 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("drift.window_seconds"));
         let bad = DriftSettings { queue: 0, ..DriftSettings::default() };
         assert!(bad.validate().unwrap_err().contains("drift.queue"));
+        for rate in [0, 10_000_001] {
+            let bad = DriftSettings { sketch_rows_per_second: rate, ..DriftSettings::default() };
+            assert!(bad.validate().unwrap_err().contains("drift.sketch_rows_per_second"), "{rate}");
+        }
     }
 }
