@@ -214,6 +214,12 @@ async fn bad_feedback_gets_a_clear_status_and_is_counted() {
     let malformed = http.send(Method::POST, url.clone(), &[], Some("{\"id\":".into())).await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
     assert!(malformed.body["error"].as_str().unwrap().contains("malformed feedback request"));
+    // A request that names a version bypasses the route: its prediction is not kept.
+    let url = format!("http://{}/v2/models/bad/versions/1/infer", server.http);
+    let named = http.send(Method::POST, url, &[], Some(support_routing::infer_body(7))).await;
+    assert_eq!(named.status, StatusCode::OK, "{:?}", named.body);
+    let named = feedback(&http, &server, "bad", json!({ "id": named.body["id"], "label": 1 })).await;
+    assert_eq!(named.status, StatusCode::NOT_FOUND, "{:?}", named.body);
     let unrouted = feedback(&http, &server, "plain", json!({ "id": id, "label": 1 })).await;
     assert_eq!(unrouted.status, StatusCode::NOT_FOUND);
     assert!(unrouted.body["error"].as_str().unwrap().contains("feedback"));
@@ -228,10 +234,10 @@ async fn bad_feedback_gets_a_clear_status_and_is_counted() {
     assert_eq!(expired.status, StatusCode::GONE, "{:?}", expired.body);
     assert!(expired.body["error"].as_str().unwrap().contains("ttl"));
 
-    // Invalid: 3 refused on their prediction (class 10, a value, a long id), 3 items that name
+    // Unknown: "never-seen" and the request that named its version. Invalid: 3 refused on their prediction (class 10, a value, a long id), 3 items that name
     // none ("cat", 17, no id), the malformed body and the flood.
     let text = metrics(&http, &server).await;
-    for (result, n) in [("accepted", 1.0), ("unknown", 1.0), ("duplicate", 1.0), ("expired", 1.0), ("invalid", 8.0)] {
+    for (result, n) in [("accepted", 1.0), ("unknown", 2.0), ("duplicate", 1.0), ("expired", 1.0), ("invalid", 8.0)] {
         let line = format!("modelgate_feedback_total{{model=\"bad\",result=\"{result}\"}}");
         assert_eq!(metric(&text, &line), Some(n), "{line}");
     }
