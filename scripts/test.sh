@@ -50,8 +50,8 @@ cargo clippy --workspace --features cuda -- -D warnings
 # loom models of the lock-free counters (crates/loom-models: the byte budget, the outcome windows'
 # packed counters, the statistics), run through every interleaving loom tells apart. In their own
 # target folder: `--cfg loom` applies to every crate built, and would otherwise rebuild the
-# workspace's artefacts. Builds only loom and its few dependencies: about 1 minute on 2 cores,
-# then 5 s of models.
+# workspace's artefacts. Builds only loom and its few dependencies (4 min 46 s measured on a
+# 2-core machine shared with three other builds, far less alone), then about 5 s of models.
 step "loom models of the lock-free counters (crates/loom-models)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p modelgate-loom-models
 
