@@ -9,7 +9,8 @@
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
 #            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh),
 #            prometheus (its `promtool` checks and unit-tests deploy/prometheus/; tests/deploy starts
-#            the server itself), chromium (the operations page's browser test, tests/ui).
+#            the server itself), chromium (the operations page's browser test, tests/ui),
+#            nghttp2-client (nghttp and h2load: the HTTP/2 conformance checks, tests/compat/test_http2.py).
 #            Installed with apt-get only when missing; needs root or sudo.
 #   ort      ONNX Runtime 1.31.1 C library from the PyPI wheel -> .native/onnxruntime/lib/
 #            (the gateway dlopens .native/onnxruntime/lib/libonnxruntime.so, see .cargo/config.toml)
@@ -68,7 +69,7 @@ readonly ORT_VERSION=1.31.1
 readonly TORCH_VERSION=2.13.0
 readonly NATIVE=.native
 readonly WHEELS=$NATIVE/wheels          # download cache, deleted after a successful run
-readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15 prometheus chromium)
+readonly APT_PACKAGES=(libb64-0d wrk nginx-light postgresql-15 prometheus chromium nghttp2-client)
 # The operations page's chart library (npm) and the integrity npm's registry publishes for it.
 readonly UPLOT_VERSION=1.6.32
 readonly UPLOT_INTEGRITY=sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==

@@ -11,10 +11,12 @@
 //! (an over-budget request is refused, not queued), and a semaphore's release
 //! takes a lock on every request.
 
+mod count;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
+use count::ByteCount;
 
 /// What an inference holds while it runs, in multiples of its input tensors'
 /// bytes: the inputs, the batch's copy of them, and outputs about as large.
@@ -26,8 +28,7 @@ pub const RUN_FACTOR: usize = 3;
 /// How many request bytes may be held at once, and how many are.
 #[derive(Debug)]
 pub struct InflightBytes {
-    held: AtomicUsize,
-    limit: usize,
+    count: ByteCount,
 }
 
 /// Bytes taken from an [`InflightBytes`]; given back when dropped. It owns
@@ -59,12 +60,12 @@ impl HeldUntilWritten {
 impl InflightBytes {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<InflightBytes> {
-        Arc::new(InflightBytes { held: AtomicUsize::new(0), limit })
+        Arc::new(InflightBytes { count: ByteCount::new(limit) })
     }
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.count.held()
     }
 
     /// Takes `bytes`, or refuses if that would go over the limit.
@@ -75,28 +76,18 @@ impl InflightBytes {
     }
 
     fn take(&self, bytes: usize) -> Result<(), Error> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        // Compare-and-swap rather than add-then-undo: a refused request never
-        // shows in the count, so it cannot make a concurrent one look over.
-        let taken = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-            held.checked_add(bytes).filter(|&after| after <= self.limit)
-        });
-        if taken.is_ok() {
+        if self.count.take(bytes) {
             return Ok(());
         }
         crate::metrics::overloaded();
         Err(Error::Overloaded(format!(
             "the server holds too much request data at once (limit {} bytes, server.max_inflight_bytes): retry later",
-            self.limit
+            self.count.limit()
         )))
     }
 
     fn give_back(&self, bytes: usize) {
-        if bytes > 0 {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
-        }
+        self.count.give_back(bytes);
     }
 }
 
@@ -127,6 +118,8 @@ impl Drop for Held {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]

@@ -31,9 +31,10 @@
 //! Imports point down this order only, top floor first: `server`, `config`,
 //! `admin`, `sync`, `http`/`grpc`, `respond`/`triton_metrics`, `gateway`, `rollout`,
 //! `routing`, `feedback`, `repository`, `batching`, `stats`/`budget`/`connection`, `metrics`,
-//! `tensor`/`proto`, `error` (checked by `tests/module_floors.rs`).
+//! `tensor`/`proto`, `error`, `atomic` (checked by `tests/module_floors.rs`).
 
 pub mod admin;
+pub mod atomic;
 pub mod batching;
 pub mod budget;
 pub mod config;

@@ -287,6 +287,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config_path = args.config.clone();
     let control_plane = args.control_plane.clone();
     let config = args.into_config()?;
+    // Before anything listens: a SIGTERM from then on drains (see shutdown_signal).
+    let shutdown_requested = shutdown_signal();
     let s = &config.server;
     raise_fd_limit(&config);
     let http = bind(s.address, s.http_port, "HTTP").await?.context("the HTTP port cannot be 0")?;
@@ -332,7 +334,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     follow_control_plane(&config, &gateway, &registry, embedded_port)?;
     let options = ServerOptions::from(&config.server);
     let shutdown = async move {
-        shutdown_signal().await;
+        shutdown_requested.await;
         let _ = stop_admin.send(());
     };
     modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown).await;
@@ -446,7 +448,8 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(args) => runtime.block_on(admin(args)),
         Command::Feedback(args) => runtime.block_on(feedback(args)),
         Command::ControlPlane(args) => {
-            runtime.block_on(modelgate_registry::cli::run(args, shutdown_signal())).map_err(Into::into)
+            // shutdown_signal inside the runtime: it installs its handlers when called.
+            runtime.block_on(async { modelgate_registry::cli::run(args, shutdown_signal()).await }).map_err(Into::into)
         }
         Command::Registry(args) => {
             runtime.block_on(modelgate_registry::client::run_with(args, Some(reference_fits_model))).map_err(Into::into)

@@ -4,8 +4,11 @@
 //!
 //! `inference_count` counts rows (batch elements), `execution_count` counts
 //! model executions; their ratio is the batch size the batcher achieved.
+//!
+//! The loom models (`crates/loom-models`) compile this file as it is, against
+//! loom's atomics (see `crate::atomic`): no count is lost to a race.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A count and a total duration (`{"count", "ns"}` on the wire).
@@ -127,7 +130,8 @@ impl ModelStats {
     }
 }
 
-#[cfg(test)]
+// Not in the loom models' build: these run on std's atomics, outside a loom model.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

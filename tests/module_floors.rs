@@ -44,6 +44,8 @@ const FLOORS: &[&[&str]] = &[
     &["metrics"],
     &["tensor", "proto"],
     &["error"],
+    // std's atomics, or loom's where crates/loom-models compiles the lock-free counters.
+    &["atomic"],
 ];
 
 fn floor_of(module: &str) -> Option<usize> {

@@ -391,4 +391,52 @@ mod tests {
         assert!(matches!(route(&Method::POST, "/admin/v1/models/m/versions/0/load"), Err(Error::InvalidArgument(_))));
         assert!(matches!(route(&Method::POST, "/admin/v1/models/m/versions/x/load"), Err(Error::InvalidArgument(_))));
     }
+
+    /// `(method, path template)` of every operation under `/admin/v1` in
+    /// api/admin.openapi.yaml: a path is a key two spaces in under `paths:`,
+    /// its operations the HTTP methods four spaces in (the file's layout; no
+    /// YAML parser in the tree for this).
+    fn documented_operations() -> Vec<(Method, String)> {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/api/admin.openapi.yaml");
+        let text = std::fs::read_to_string(file).expect("api/admin.openapi.yaml");
+        let mut operations = Vec::new();
+        let mut path = None;
+        for line in text.lines() {
+            if let Some(key) = line.strip_prefix("  /").and_then(|rest| rest.strip_suffix(':')) {
+                path = Some(format!("/{key}"));
+            } else if !line.starts_with("   ") {
+                path = None;
+            } else if let (Some(path), Some(method)) =
+                (&path, line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')))
+                && let Ok(method) = method.to_uppercase().parse::<Method>()
+                && ["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str())
+                && path.starts_with("/admin/v1/")
+            {
+                operations.push((method, path.clone()));
+            }
+        }
+        operations
+    }
+
+    /// Whether a sample path (ENDPOINTS') fills the template's `{name}` segments.
+    fn fills(template: &str, path: &str) -> bool {
+        let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+        t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
+    }
+
+    #[test]
+    fn the_openapi_file_describes_exactly_the_routes_served() {
+        let documented = documented_operations();
+        // Every operation documented is served: its template, with sample names, routes.
+        for (method, template) in &documented {
+            let sample = template.replace("{model}", "m").replace("{version}", "2");
+            assert!(route(method, &sample).is_ok(), "{method} {template} is documented but not served");
+        }
+        // Every endpoint served is documented, once.
+        for (method, path) in ENDPOINTS {
+            let matching: Vec<_> = documented.iter().filter(|(m, t)| m == method && fills(t, path)).collect();
+            assert_eq!(matching.len(), 1, "{method} {path}: documented as {matching:?} in api/admin.openapi.yaml");
+        }
+        assert_eq!(documented.len(), ENDPOINTS.len(), "documented: {documented:?}");
+    }
 }

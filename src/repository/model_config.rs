@@ -839,6 +839,11 @@ mod tests {
     fn refuses_features_it_cannot_honour_and_unknown_fields() {
         let cases = [
             ("sequence_batching { }", "sequence batching"),
+            ("ensemble_scheduling { step [ { model_name: \"a\" model_version: -1 } ] }", "ensembles are not supported"),
+            (
+                "input [ { name: \"a\" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true } ]",
+                "ragged batches are not supported",
+            ),
             ("model_transaction_policy { decoupled: true }", "decoupled"),
             ("input [ { name: \"a\" data_type: TYPE_FP32 dims: [1] reshape { shape: [] } } ]", "reshape"),
             ("input [ { name: \"a\" data_type: TYPE_FP99 dims: [1] } ]", "unknown data_type"),

@@ -5,16 +5,20 @@
 //! epoch (which slot-length period of time it counts) in its high 32 bits and
 //! the count in its low 32 bits, so "start a new period" and "count one" are a
 //! single compare-and-swap: no request ever adds to a stale period or loses a
-//! count to a reset racing with it. Readers sum the counters whose epoch falls
-//! inside the window and ignore the rest.
+//! count to a reset racing with it (`window/packed.rs`, checked by loom).
+//! Readers sum the counters whose epoch falls inside the window and ignore
+//! the rest.
 //!
 //! Time comes from `tokio::time::Instant`, so tests drive the windows with
 //! paused time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod packed;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use packed::Packed;
 
 /// Slots a window is divided into: the window slides by a tenth of its span.
 const SLOTS_PER_SPAN: u32 = 10;
@@ -35,37 +39,6 @@ pub enum Outcome {
     Success(Duration),
     /// Failed through the server's fault (model error, queue full, deadline).
     Failure,
-}
-
-/// A counter tagged with the period it counts.
-#[derive(Debug, Default)]
-struct Packed(AtomicU64);
-
-impl Packed {
-    fn add(&self, epoch: u32) {
-        let mut current = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = if (current >> 32) as u32 != epoch {
-                (u64::from(epoch) << 32) | 1
-            } else if current & 0xffff_ffff == 0xffff_ffff {
-                // Saturate: a carry would corrupt the epoch.
-                return;
-            } else {
-                current + 1
-            };
-            match self.0.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    /// The count when it belongs to a period in `(now - SLOTS_PER_SPAN, now]`.
-    fn read(&self, now: u32) -> u64 {
-        let value = self.0.load(Ordering::Relaxed);
-        let epoch = (value >> 32) as u32;
-        if epoch != 0 && now.wrapping_sub(epoch) < SLOTS_PER_SPAN { value & 0xffff_ffff } else { 0 }
-    }
 }
 
 #[derive(Debug)]
@@ -139,9 +112,9 @@ impl Window {
         let epoch = self.epoch(now);
         let mut summary = Summary { latency: vec![0; LATENCY_BUCKETS], ..Summary::default() };
         for slot in self.slots.iter() {
-            summary.errors += slot.errors.read(epoch);
+            summary.errors += slot.errors.read(epoch, SLOTS_PER_SPAN);
             for (total, bucket) in summary.latency.iter_mut().zip(slot.latency.iter()) {
-                *total += bucket.read(epoch);
+                *total += bucket.read(epoch, SLOTS_PER_SPAN);
             }
         }
         summary.requests = summary.errors + summary.latency.iter().sum::<u64>();
@@ -290,17 +263,6 @@ mod tests {
             let b = bucket(d);
             assert!(upper_bound(b) >= d.as_secs_f64() && upper_bound(b - 1) < d.as_secs_f64(), "{d:?}");
         }
-    }
-
-    #[test]
-    fn a_full_counter_saturates_instead_of_corrupting_its_epoch() {
-        let counter = Packed::default();
-        counter.0.store((7u64 << 32) | 0xffff_fffe, Ordering::Relaxed);
-        counter.add(7);
-        counter.add(7);
-        assert_eq!(counter.read(7), 0xffff_ffff);
-        counter.add(8);
-        assert_eq!(counter.read(8), 1);
     }
 
     #[test]

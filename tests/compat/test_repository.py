@@ -136,3 +136,16 @@ def test_inline_model_files_are_refused(http_client, grpc_client, protocol):
     assert error.value.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
     assert "file:1/model.onnx" in error.value.message()
     assert http_client.is_model_ready("simple")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_inline_configs_are_refused(http_client, grpc_client, protocol):
+    # README: loads carrying an inline config are refused with a clear error, and the model
+    # keeps the config from its repository.
+    client = http_client if protocol == "http" else grpc_client
+    with pytest.raises(InferenceServerException) as error:
+        client.load_model("simple", config='{"max_batch_size": 2}')
+    assert error.value.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
+    assert "repository parameter 'config' is not accepted" in error.value.message()
+    assert http_client.is_model_ready("simple")
+    assert http_client.get_model_config("simple")["max_batch_size"] != 2
