@@ -200,7 +200,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     // Formats without a signature (TorchScript) need the config's before loading.
     let declared = complete(None).ok().map(|c| c.signature());
     let devices = instance_devices(&model_config::instance_groups(name, file.instance_groups.clone()));
-    let first_options = instance_options(file, settings, devices.first().copied().unwrap_or_default());
+    let first_options = instance_options(name, file, settings, devices.first().copied().unwrap_or_default())?;
     // Runtime errors quote the file path; clients and the index see it relative to the repository.
     let shown = format!("{name}/{version}/{filename}");
     let scrub = |e: modelgate_backend::BackendError| {
@@ -216,7 +216,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
 
     let mut backends = vec![first];
     for &device in devices.iter().skip(1) {
-        let options = instance_options(file, settings, device);
+        let options = instance_options(name, file, settings, device)?;
         backends.push(loader.load(&model_file, Some(&signature), &options).map_err(scrub)?);
     }
     for (i, backend) in backends.iter_mut().enumerate() {
@@ -291,15 +291,33 @@ fn instance_devices(groups: &[model_config::InstanceGroup]) -> Vec<Device> {
     devices
 }
 
-fn instance_options(file: &ConfigFile, settings: &RepositorySettings, device: Device) -> InstanceOptions {
-    let number = |key: &str| file.parameters.get(key).and_then(|v| v.trim().parse::<usize>().ok());
-    InstanceOptions {
+/// Most threads a thread-count parameter may ask for: more is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+
+fn instance_options(
+    name: &str,
+    file: &ConfigFile,
+    settings: &RepositorySettings,
+    device: Device,
+) -> Result<InstanceOptions, ModelConfigError> {
+    // A count that is set but unreadable fails the load: read as "unset", it would quietly
+    // give the model every core.
+    let threads = |key: &str| -> Result<Option<usize>, ModelConfigError> {
+        let Some(text) = file.parameters.get(key) else { return Ok(None) };
+        match text.trim().parse::<usize>() {
+            Ok(n) if n <= MAX_THREADS => Ok(Some(n)),
+            _ => Err(ModelConfigError(format!(
+                "model '{name}': parameter '{key}' must be a number of threads from 0 (the runtime's choice) to {MAX_THREADS}, got {text:?}"
+            ))),
+        }
+    };
+    Ok(InstanceOptions {
         device,
         allow_cpu_fallback: file.parameters.get("allow_cpu_fallback").is_some_and(|v| v == "true" || v == "1"),
-        intra_op_threads: number("intra_op_thread_count").unwrap_or(settings.intra_op_threads),
-        inter_op_threads: number("inter_op_thread_count").unwrap_or(0),
+        intra_op_threads: threads("intra_op_thread_count")?.unwrap_or(settings.intra_op_threads),
+        inter_op_threads: threads("inter_op_thread_count")?.unwrap_or(0),
         parameters: file.parameters.clone(),
-    }
+    })
 }
 
 /// Runs the config's `model_warmup` samples, or one zero-filled batch of one

@@ -1,0 +1,102 @@
+//! The README's promises about `config.pbtxt` fields that only show when a
+//! model loads and serves, through a real socket: `default_model_filename`,
+//! the thread-count `parameters` (and their refusal when unreadable), and a
+//! reload under traffic that fails no request.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod common;
+
+use common::{TempRepo, TestServer, config_for, example_models, mlp_request};
+use serde_json::{Value, json};
+
+/// The mlp example's config under another name, with `extra` fields.
+fn mlp_config(name: &str, extra: &str) -> String {
+    format!("name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 64\n{extra}\n")
+}
+
+fn index_entry(index: &Value, name: &str) -> Value {
+    index.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap().clone()
+}
+
+/// The 10 scores of a one-row mlp answer.
+fn scores(reply: &common::Reply) -> usize {
+    assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    reply.json()["outputs"][0]["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn default_model_filename_names_the_file_a_version_loads() {
+    let repo = TempRepo::new();
+    let onnx = std::fs::read(example_models().join("mlp/1/model.onnx")).unwrap();
+    repo.write("named/1/weights.onnx", &onnx);
+    repo.write("named/config.pbtxt", mlp_config("named", "default_model_filename: \"weights.onnx\"").as_bytes());
+    // The same layout without the field looks for model.onnx, and says so.
+    repo.write("unnamed/1/weights.onnx", &onnx);
+    repo.write("unnamed/config.pbtxt", mlp_config("unnamed", "").as_bytes());
+    let server = TestServer::start(config_for(repo.path())).await;
+
+    assert_eq!(scores(&server.post_json("/v2/models/named/infer", &mlp_request(1, 3)).await), 10);
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
+    assert_eq!(index_entry(&index, "named")["state"], "READY");
+    let unnamed = index_entry(&index, "unnamed");
+    assert_eq!(unnamed["state"], "UNAVAILABLE");
+    assert!(unnamed["reason"].as_str().unwrap().contains("model.onnx"), "{unnamed}");
+}
+
+#[tokio::test]
+async fn thread_count_parameters_load_when_readable_and_refuse_the_load_when_not() {
+    let repo = TempRepo::new();
+    let threads = |intra: &str, inter: &str| {
+        format!(
+            "parameters {{ key: \"intra_op_thread_count\" value: {{ string_value: \"{intra}\" }} }}\n\
+             parameters {{ key: \"inter_op_thread_count\" value: {{ string_value: \"{inter}\" }} }}"
+        )
+    };
+    repo.add("mlp", "counted", 1, Some(&mlp_config("counted", &threads("1", "2"))));
+    repo.add("mlp", "words", 1, Some(&mlp_config("words", &threads("1", "two"))));
+    repo.add("mlp", "huge", 1, Some(&mlp_config("huge", &threads("100000", "0"))));
+    let server = TestServer::start(config_for(repo.path())).await;
+
+    assert_eq!(scores(&server.post_json("/v2/models/counted/infer", &mlp_request(1, 5)).await), 10);
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
+    for (name, key, value) in
+        [("words", "inter_op_thread_count", "\"two\""), ("huge", "intra_op_thread_count", "\"100000\"")]
+    {
+        let entry = index_entry(&index, name);
+        assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(reason.contains(key) && reason.contains(value), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_under_traffic_fails_no_request() {
+    let server = std::sync::Arc::new(TestServer::examples_with_model_control().await);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut answered = 0;
+                for seed in 0..150 {
+                    let reply = server.post_json("/v2/models/mlp/infer", &mlp_request(1, c * 1000 + seed)).await;
+                    assert_eq!(scores(&reply), 10, "request {seed} of client {c}");
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut reloads = 0;
+    while !clients.iter().all(|c| c.is_finished()) && reloads < 20 {
+        let reply = server.post_json("/v2/repository/models/mlp/load", &json!({})).await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+        reloads += 1;
+    }
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.unwrap();
+    }
+    assert_eq!(answered, 600);
+    assert!(reloads >= 2, "the reloads overlapped the traffic ({reloads})");
+}
