@@ -6,7 +6,10 @@ queries return data, and the alerts the scenario causes are pending or firing.
 The gateway's scenario makes every series exist that only appears on an event: two routes with
 rollouts (one rolled back, one promoted through the admin API), a version that fails to load, a
 control plane that cannot be reached (sync failures), requests that succeed and fail, and truths
-sent for the predictions of a route that keeps them (the accuracy series).
+sent for the predictions of a route that keeps them (the accuracy series), a shadow route, the drift
+profiler on, uploads that stall until the in-flight budget refuses one, and a connection that sends
+nothing. Every metric family the README names must then be exported, or be listed (with why) among
+those this scenario cannot make.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import concurrent.futures
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +43,8 @@ PROMETHEUS_SERIES = {"up"}
 # are checked against src/metrics.rs's names instead of a scrape, and their queries are not
 # required to return data. Keep this list to what cannot be produced here.
 NEEDS_A_DRIFT_EVALUATION = {"modelgate_drift_status", "modelgate_drift_statistic"}
+# The gateway's `server.max_inflight_bytes` here.
+INFLIGHT_LIMIT = 256 * 1024
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -126,7 +132,7 @@ class Gateway:
         repo = root / "models"
         onnx = REPO / "models" / "simple" / "1" / "model.onnx"
         config = (REPO / "models" / "simple" / "config.pbtxt").read_text()
-        for name in ("simple", "simple_b"):
+        for name in ("simple", "simple_b", "shadowed"):
             for version in (1, 2):
                 (repo / name / str(version)).mkdir(parents=True)
                 shutil.copy(onnx, repo / name / str(version) / "model.onnx")
@@ -154,6 +160,13 @@ address = "127.0.0.1"
 http_port = {self.http}
 grpc_port = 0
 metrics_port = {self.metrics}
+# Small enough that a few stalled uploads fill it (overloaded), and a silent connection is closed.
+max_request_bytes = {INFLIGHT_LIMIT // 2}
+max_inflight_bytes = {INFLIGHT_LIMIT}
+first_bytes_timeout_secs = 1
+[drift]
+enabled = true
+window_seconds = 1
 [repository]
 path = "{repo}"
 strict_readiness = false
@@ -172,6 +185,10 @@ feedback = {{ ttl = "1h" }}
 model = "simple_b"
 targets = [{{ version = 1 }}, {{ version = 2 }}]
 rollout = {rollout}
+[[routes]]
+model = "shadowed"
+targets = [{{ version = 1, weight = 100 }}]
+shadow = {{ version = 2, percent = 100.0 }}
 """
         )
         self.log = root / "gateway.log"
@@ -254,6 +271,14 @@ rollout = {rollout}
             self.process.kill()
 
 
+def wait_for_series(gw: Gateway, name: str, seconds: float = 15) -> None:
+    """Until the gateway exports `name` (an event's counter appears once it is counted)."""
+    deadline = time.monotonic() + seconds
+    while name not in gw.scrape():
+        assert time.monotonic() < deadline, f"{name} never exported"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("gateway"))
@@ -261,6 +286,21 @@ def gateway(tmp_path_factory):
         for _ in range(20):
             assert gw.infer("simple") == 200
             assert gw.infer("simple_b") == 200
+            assert gw.infer("shadowed") == 200
+        # Uploads that stall just short of their end hold their bytes: past the limit, refused (overloaded).
+        stalled = []
+        for _ in range(4):
+            upload = socket.create_connection(("127.0.0.1", gw.http), timeout=5)
+            size = INFLIGHT_LIMIT // 2 - 1000
+            upload.sendall(f"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+                           .encode() + b" " * (size - 1))
+            stalled.append(upload)
+        wait_for_series(gw, "modelgate_overloaded_requests_total")
+        for upload in stalled:
+            upload.close()
+        # A connection that sends nothing is closed after first_bytes_timeout_secs, and counted.
+        with socket.create_connection(("127.0.0.1", gw.http), timeout=5) as silent:
+            assert silent.recv(1) == b""
         assert gw.infer("simple", datatype="FP32") == 400  # a client mistake
         # Ground truth for the route that keeps predictions: the accuracy series exist.
         for label in (15, 0, 15):
@@ -271,9 +311,7 @@ def gateway(tmp_path_factory):
         assert gw.admin_post("/admin/v1/routes/simple/rollback")[0] == 200
         assert gw.admin_post("/admin/v1/routes/simple_b/promote")[0] == 200
         # The follower's calls to the unreachable control plane fail: wait for a failure counted.
-        deadline = time.monotonic() + 15
-        while "modelgate_sync_failures_total" not in gw.scrape() and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for_series(gw, "modelgate_sync_failures_total")
         yield gw
     finally:
         gw.stop()
@@ -434,3 +472,39 @@ def test_every_series_the_alerts_read_has_data_on_prometheus(prometheus):
     assert len(names) > 8, names
     empty = sorted(name for name in names if not query(prometheus, f'count({name}{{job="modelgate"}})'))
     assert not empty, f"series the alerts read without data: {empty}"
+
+
+# Metric families the README names that this scenario cannot make: why, and the test that makes and
+# reads each where one does (it must name the family). The names are still checked against
+# src/metrics.rs, so a family renamed or dropped there fails here.
+README_FAMILIES_NOT_MADE_HERE: dict[str, tuple[str, str | None]] = {
+    **{name: ("a drift evaluation by the control plane", "tests/registry_sync.rs")
+       for name in NEEDS_A_DRIFT_EVALUATION},
+    "modelgate_accept_backoffs_total": ("a process out of file descriptors", "tests/fd_exhaustion.rs"),
+    "modelgate_device_memory_bytes": ("a CUDA device", "tests/torch.rs"),
+    "modelgate_route_canary_retries_total": ("a canary that fails", "tests/rollout_rollback.rs"),
+    "modelgate_artifact_bytes_downloaded_total": ("a version pulled from a registry's object storage", None),
+    "modelgate_sync_applied_generation": ("a control plane that answers (this one is unreachable on purpose)", None),
+    "modelgate_feedback_shipped_total": ("a shared feedback route and a control plane that answers", None),
+    "modelgate_feedback_control_plane_failures_total": ("a shared feedback route's control-plane lookup", None),
+}
+
+
+def readme_families() -> set[str]:
+    return set(re.findall(r"\b(modelgate_[a-z0-9_]+)", (REPO / "README.md").read_text()))
+
+
+def test_every_metric_family_the_readme_names_is_exported_after_the_scenario(gateway):
+    exported = exported_names(gateway.scrape())
+    # A histogram's family is exported as its _bucket, _sum and _count series.
+    families = exported | {re.sub(r"_(bucket|sum|count)$", "", name) for name in exported}
+    named = readme_families()
+    assert len(named) > 30, named
+    missing = sorted(name for name in named - families if name not in README_FAMILIES_NOT_MADE_HERE)
+    assert not missing, f"the README names these, the gateway did not export them after the scenario: {missing}"
+    declared = set(re.findall(r'"(modelgate_[a-z0-9_]+)"', (REPO / "src" / "metrics.rs").read_text()))
+    undeclared = sorted(set(README_FAMILIES_NOT_MADE_HERE) - declared)
+    assert not undeclared, f"exempted here but not declared in src/metrics.rs: {undeclared}"
+    for name, (_, test) in README_FAMILIES_NOT_MADE_HERE.items():
+        short = name.removeprefix("modelgate_")
+        assert test is None or short in (REPO / test).read_text(), f"{test} does not read {name}"
