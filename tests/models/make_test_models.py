@@ -11,6 +11,8 @@ not a mock. Both models take and give what `models/mlp` does (`input` FP32 [batc
                 as an MLP would: the Reshape's target shape is [-1, 64] or the impossible one,
                 chosen by the data. A client that sends poison in 40 % of its requests meets a
                 canary that fails 40 % of its inputs (a batch fails as a whole, as real ones do).
+* bf16.onnx     `input` BF16 [batch, 4] -> `doubled` BF16 = 2 × input (Cast to FP32, Mul, Cast
+                back: ONNX Runtime's CPU kernels have no BF16 Mul): the README's BF16 end to end.
 * slow.onnx     a chain of --slow-layers MatMuls sharing one orthogonal [D, D] weight (so the
                 file stays small and the values neither vanish nor blow up), then [D, 10].
 
@@ -108,6 +110,18 @@ def build_slow(layers: int, dim: int) -> onnx.ModelProto:
     return finish(helper.make_graph(nodes, "slow", [x], [y], inits))
 
 
+def build_bf16() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("input", TensorProto.BFLOAT16, ["batch", 4])
+    y = helper.make_tensor_value_info("doubled", TensorProto.BFLOAT16, ["batch", 4])
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [
+        helper.make_node("Cast", ["input"], ["wide"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wide", "two"], ["twice"]),
+        helper.make_node("Cast", ["twice"], ["doubled"], to=TensorProto.BFLOAT16),
+    ]
+    return finish(helper.make_graph(nodes, "bf16", [x], [y], [two]))
+
+
 def session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -160,6 +174,8 @@ def main() -> int:
     onnx.save(build_failing(), failing)
     onnx.save(build_slow(args.slow_layers, args.dim), slow)
     onnx.save(build_flaky(), args.out / "flaky.onnx")
+    onnx.save(build_bf16(), args.out / "bf16.onnx")
+    session(args.out / "bf16.onnx")  # loads; numpy has no bfloat16 to run it with: the Rust test does
     check_failing(failing)
     check_flaky(args.out / "flaky.onnx")
     seconds = check_slow(slow)

@@ -73,6 +73,11 @@ fn generated() -> &'static Path {
     })
 }
 
+/// A model file `make_test_models.py` writes (e.g. `bf16.onnx`).
+pub fn test_model(file: &str) -> PathBuf {
+    generated().join(file)
+}
+
 /// A model repository in a temp dir.
 pub struct Repo {
     pub dir: tempfile::TempDir,
