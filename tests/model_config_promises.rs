@@ -1,11 +1,12 @@
 //! The README's promises about `config.pbtxt` fields that only show when a
 //! model loads and serves, through a real socket: `default_model_filename`,
-//! the thread-count `parameters` (and their refusal when unreadable), and a
-//! reload under traffic that fails no request.
+//! the thread-count `parameters` (and their refusal when unreadable),
+//! `model_warmup`, and a reload under traffic that fails no request.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod common;
+mod support_routing;
 
 use common::{TempRepo, TestServer, config_for, example_models, mlp_request};
 use serde_json::{Value, json};
@@ -99,4 +100,27 @@ async fn a_reload_under_traffic_fails_no_request() {
     }
     assert_eq!(answered, 600);
     assert!(reloads >= 2, "the reloads overlapped the traffic ({reloads})");
+}
+
+#[tokio::test]
+async fn a_configured_warmup_sample_runs_before_serving_and_its_failure_fails_the_load() {
+    let warmup = "model_warmup [ { name: \"zeros\" batch_size: 2 count: 3 inputs { key: \"input\" \
+                  value: { data_type: TYPE_FP32 dims: [ 64 ] zero_data: true } } } ]";
+    let repo = TempRepo::new();
+    let failing = std::fs::read(support_routing::test_model("failing.onnx")).unwrap();
+    // failing.onnx loads, then fails every run: the default warm-up only logs that, a configured one fails the load.
+    repo.write("unwarmed/1/model.onnx", &failing);
+    repo.write("unwarmed/config.pbtxt", mlp_config("unwarmed", "").as_bytes());
+    repo.write("warmed/1/model.onnx", &failing);
+    repo.write("warmed/config.pbtxt", mlp_config("warmed", warmup).as_bytes());
+    repo.add("mlp", "mlp_warmed", 1, Some(&mlp_config("mlp_warmed", warmup)));
+    let server = TestServer::start(config_for(repo.path())).await;
+
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
+    assert_eq!(index_entry(&index, "unwarmed")["state"], "READY");
+    assert_eq!(index_entry(&index, "mlp_warmed")["state"], "READY");
+    assert_eq!(scores(&server.post_json("/v2/models/mlp_warmed/infer", &mlp_request(1, 9)).await), 10);
+    let warmed = index_entry(&index, "warmed");
+    assert_eq!(warmed["state"], "UNAVAILABLE", "{warmed}");
+    assert!(warmed["reason"].as_str().unwrap().contains("sample 'zeros'"), "{warmed}");
 }
