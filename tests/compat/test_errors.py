@@ -147,3 +147,21 @@ def test_a_bad_request_does_not_disturb_the_next_one(transport, rng, reference):
     np.testing.assert_allclose(
         result.outputs["output"], reference.run("mlp", {"input": x})["output"], rtol=1e-5, atol=1e-6
     )
+
+
+def test_shared_memory_is_refused_with_the_reason_over_both_protocols(http_client, grpc_client):
+    # The README lists shared memory as not supported: registration is refused, and an input that
+    # names a region is refused by name rather than read as empty data.
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    for client in (http_client, grpc_client):
+        with pytest.raises(InferenceServerException):
+            client.register_system_shared_memory("region", "/modelgate-test", 256)
+    for client, module, code in ((http_client, httpclient, "400"), (grpc_client, grpcclient, "StatusCode.INVALID_ARGUMENT")):
+        named = module.InferInput("input", [1, 64], "FP32")
+        named.set_shared_memory("region", 256)
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("mlp", [named])
+        assert raised.value.status() == code, f"{raised.value.status()}: {raised.value.message()}"
+        assert "shared_memory_region" in (raised.value.message() or ""), raised.value.message()
