@@ -18,7 +18,7 @@ use crate::feedback::request_id;
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
-use crate::routing::{CanaryRetry, Route, Routes, Target};
+use crate::routing::{CanaryHedge, CanaryRetry, Route, Routes, Target};
 use crate::tensor::{InferRequest, InferResponse};
 
 /// Limits applied at the door, the same for HTTP and gRPC.
@@ -205,7 +205,7 @@ impl Gateway {
                 return self.infer_routed(&route, request, call).await;
             }
             let served_by = self.repository.resolve(model, version)?;
-            self.run(model, &served_by, request, call).await
+            run_version(model, &served_by, request, call.protocol, call.arrival).await
         }
         .instrument(span)
         .await
@@ -213,7 +213,8 @@ impl Gateway {
 
     /// Picks the route's target, runs the request there, records the outcome
     /// in the target's window, and sends the shadow copy. A rollout canary's
-    /// server fault is retried once on the baseline (see [`retryable`]).
+    /// server fault is retried once on the baseline (see [`retryable`]), and
+    /// its slow request hedged there when the route says so.
     async fn infer_routed(
         &self,
         route: &Arc<Route>,
@@ -230,8 +231,13 @@ impl Gateway {
             .and_then(|s| Some((s.clone(), s.admit()?, request.clone())));
         // A header that names the canary asked for the canary: only a weighted pick may be answered by another version.
         let retry = route.retry.as_ref().filter(|r| r.canary == target.version && !by_rule);
-        let copy = retry.map(|_| request.clone());
-        let mut result = self.run_target(model, target, request, call, call.arrival).await;
+        let hedge = route.hedge.as_ref().filter(|h| h.canary == target.version && !by_rule);
+        // The copy the baseline may run: a hedge takes it, and a hedged request is not retried too.
+        let mut copy = (retry.is_some() || hedge.is_some()).then(|| request.clone());
+        let mut result = match hedge {
+            None => self.run_target(model, target, request, call, call.arrival).await,
+            Some(hedge) => self.run_hedged(route, target, hedge, request, &mut copy, call).await,
+        };
         match (retry, copy) {
             (Some(retry), Some(copy)) => {
                 if let Err(error) = &result
@@ -241,18 +247,21 @@ impl Gateway {
                     result = self.retry_on_baseline(route, retry, copy, call).await.unwrap_or(result);
                 }
             }
-            _ => {
-                if result.is_ok()
-                    && let Some(retry) = route.retry.as_ref().filter(|r| r.baseline == target.version)
-                {
+            (_, None) if result.is_ok() => {
+                // The baseline's own answers earn the retries and hedges of the canary's requests.
+                if let Some(retry) = route.retry.as_ref().filter(|r| r.baseline == target.version) {
                     retry.budget.earn();
                 }
+                if let Some(hedge) = route.hedge.as_ref().filter(|h| h.baseline == target.version) {
+                    hedge.budget.earn();
+                }
             }
+            _ => {}
         }
         if let (Some(feedback), Ok(response)) = (&route.feedback, &result)
             && let Some(id) = &response.id
         {
-            // The version that answered: after a retry, the baseline's.
+            // The version that answered: after a retry or a hedge, the baseline's.
             feedback.keep(id, response.model_version, &response.outputs);
         }
         if let Some((shadow, permit, copy)) = shadow {
@@ -264,10 +273,8 @@ impl Gateway {
         result
     }
 
-    /// Runs a request on one target of a route and records its outcome, and
-    /// its time since `since`, in the target's arm (the deadline still counts
-    /// from the call's arrival). A canary whose latency is tested has its
-    /// slowness counted the moment it passes the threshold, not when it answers.
+    /// Runs a request on one target of a route and records its outcome (see
+    /// [`run_on_target`]).
     async fn run_target(
         &self,
         model: &str,
@@ -276,35 +283,73 @@ impl Gateway {
         call: Call<'_>,
         since: Instant,
     ) -> Result<InferResponse, Error> {
-        let run = async {
-            match target.arm.admit(model, target.max_in_flight) {
-                Ok(_in_flight) => match self.repository.resolve(model, Some(target.version)) {
-                    Ok(served_by) => self.run(model, &served_by, request, call).await,
-                    // The route names it, so a missing version is the server's fault, not the client's.
-                    Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
-                },
-                Err(e) => Err(e),
-            }
+        run_on_target(&self.repository, model, target, request, call.protocol, call.arrival, since).await
+    }
+
+    /// Runs a canary request and, when it has not answered `hedge.after` past
+    /// its arrival, the same request (`copy`, taken) on the baseline too,
+    /// within the hedge budget: the first success answers. A canary run that
+    /// loses the race goes on in a task of its own, so that its answer, when
+    /// it comes, is recorded against the canary like any other (and its
+    /// slowness is counted the moment it passes the latency threshold, even
+    /// if it never answers).
+    async fn run_hedged(
+        &self,
+        route: &Route,
+        canary: &Target,
+        hedge: &CanaryHedge,
+        request: InferRequest,
+        copy: &mut Option<InferRequest>,
+        call: Call<'_>,
+    ) -> Result<InferResponse, Error> {
+        let model = route.model.as_str();
+        // Owned (no borrow of the request's state), so that it can outlive the request.
+        let mut canary_run = Box::pin({
+            let (repository, model, canary) = (self.repository.clone(), model.to_owned(), canary.clone());
+            let (protocol, arrival) = (call.protocol, call.arrival);
+            async move { run_on_target(&repository, &model, &canary, request, protocol, arrival, arrival).await }
+        });
+        // From the tokio clock (tests pause it), what is left of `after` since arrival.
+        let late = tokio::time::Instant::now() + hedge.after.saturating_sub(call.arrival.elapsed());
+        tokio::select! {
+            biased;
+            result = &mut canary_run => return result,
+            () = tokio::time::sleep_until(late) => {}
+        }
+        let baseline = route.target(hedge.baseline).filter(|t| !t.failed);
+        // Past the client's deadline nobody waits for a hedge.
+        let waited_for = copy.as_ref().is_some_and(|c| c.timeout.is_none_or(|t| call.arrival.elapsed() < t));
+        let (Some(baseline), true) = (baseline, waited_for) else {
+            return canary_run.await;
         };
-        let watch = target.arm.sequential.as_ref().and_then(|s| Some((s, s.latency_threshold()?)));
-        let (result, slow_counted) = match watch {
-            None => (run.await, false),
-            Some((sequential, threshold)) => {
-                // From the tokio clock (tests pause it), what is left of the threshold since arrival.
-                let late = tokio::time::Instant::now() + threshold.saturating_sub(since.elapsed());
-                tokio::pin!(run);
-                tokio::select! {
-                    biased;
-                    result = &mut run => (result, false),
-                    () = tokio::time::sleep_until(late) => {
-                        sequential.observe_slow();
-                        (run.await, true)
-                    }
+        if !hedge.budget.spend() {
+            metrics::canary_hedge(model, hedge.canary, "budget_exhausted");
+            return canary_run.await;
+        }
+        let Some(request) = copy.take() else {
+            return canary_run.await;
+        };
+        // The baseline's window gets the hedge's own time, not the canary's before it.
+        let baseline_run = self.run_target(model, baseline, request, call, Instant::now());
+        tokio::pin!(baseline_run);
+        let (result, winner) = tokio::select! {
+            biased;
+            result = &mut canary_run => match result {
+                // The baseline's run is dropped: nobody needs its answer.
+                Ok(response) => (Ok(response), "canary_won"),
+                // A canary fault while the baseline runs: its answer is the retry.
+                Err(_) => (baseline_run.await, "baseline_won"),
+            },
+            result = &mut baseline_run => match result {
+                Ok(response) => {
+                    tokio::spawn(canary_run);
+                    (Ok(response), "baseline_won")
                 }
-            }
+                // The baseline failed: the canary's answer, when it comes, is the only one.
+                Err(_) => (canary_run.await, "canary_won"),
+            },
         };
-        let outcome = result.as_ref().map(|_| ()).map_err(Error::fault);
-        target.arm.record_watched(outcome, since.elapsed(), slow_counted);
+        metrics::canary_hedge(model, hedge.canary, winner);
         result
     }
 
@@ -329,26 +374,72 @@ impl Gateway {
         metrics::canary_retry(model, retry.canary, if result.is_ok() { "success" } else { "error" });
         Some(result)
     }
+}
 
-    /// Runs a request on one version and records it.
-    async fn run(
-        &self,
-        model: &str,
-        served_by: &ModelVersion,
-        request: InferRequest,
-        call: Call<'_>,
-    ) -> Result<InferResponse, Error> {
-        let id = request.id.clone();
-        let (result, elapsed) = served_by.infer_recorded(request, call.arrival).await;
-        match result {
-            Ok(outputs) => {
-                served_by.metrics.request(call.protocol, Ok(()), elapsed);
-                Ok(InferResponse { model_name: model.to_owned(), model_version: served_by.version, id, outputs })
+/// Runs a request on one target of a route and records its outcome, and its
+/// time since `since`, in the target's arm (the deadline still counts from
+/// the call's `arrival`). A canary whose latency is tested has its slowness
+/// counted the moment it passes the threshold, not when it answers. Borrows
+/// nothing of the request's call, so that a hedged canary run can outlive it.
+async fn run_on_target(
+    repository: &Repository,
+    model: &str,
+    target: &Target,
+    request: InferRequest,
+    protocol: Protocol,
+    arrival: Instant,
+    since: Instant,
+) -> Result<InferResponse, Error> {
+    let run = async {
+        match target.arm.admit(model, target.max_in_flight) {
+            Ok(_in_flight) => match repository.resolve(model, Some(target.version)) {
+                Ok(served_by) => run_version(model, &served_by, request, protocol, arrival).await,
+                // The route names it, so a missing version is the server's fault, not the client's.
+                Err(e) => Err(Error::Unavailable(format!("route '{model}': {}", e.message()))),
+            },
+            Err(e) => Err(e),
+        }
+    };
+    let watch = target.arm.sequential.as_ref().and_then(|s| Some((s, s.latency_threshold()?)));
+    let (result, slow_counted) = match watch {
+        None => (run.await, false),
+        Some((sequential, threshold)) => {
+            // From the tokio clock (tests pause it), what is left of the threshold since arrival.
+            let late = tokio::time::Instant::now() + threshold.saturating_sub(since.elapsed());
+            tokio::pin!(run);
+            tokio::select! {
+                biased;
+                result = &mut run => (result, false),
+                () = tokio::time::sleep_until(late) => {
+                    sequential.observe_slow();
+                    (run.await, true)
+                }
             }
-            Err(error) => {
-                served_by.metrics.request(call.protocol, Err(error.outcome()), elapsed);
-                Err(error)
-            }
+        }
+    };
+    let outcome = result.as_ref().map(|_| ()).map_err(Error::fault);
+    target.arm.record_watched(outcome, since.elapsed(), slow_counted);
+    result
+}
+
+/// Runs a request on one version and records it.
+async fn run_version(
+    model: &str,
+    served_by: &ModelVersion,
+    request: InferRequest,
+    protocol: Protocol,
+    arrival: Instant,
+) -> Result<InferResponse, Error> {
+    let id = request.id.clone();
+    let (result, elapsed) = served_by.infer_recorded(request, arrival).await;
+    match result {
+        Ok(outputs) => {
+            served_by.metrics.request(protocol, Ok(()), elapsed);
+            Ok(InferResponse { model_name: model.to_owned(), model_version: served_by.version, id, outputs })
+        }
+        Err(error) => {
+            served_by.metrics.request(protocol, Err(error.outcome()), elapsed);
+            Err(error)
         }
     }
 }

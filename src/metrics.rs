@@ -60,6 +60,11 @@ pub const ROUTE_WEIGHT: &str = "modelgate_route_weight";
 /// version and outcome (`success`, `error`: the baseline failed too,
 /// `no_budget`: not retried, the retry budget was spent).
 pub const ROUTE_CANARY_RETRIES: &str = "modelgate_route_canary_retries_total";
+/// A rollout canary's slow requests hedged on the baseline, by model, canary
+/// version and outcome (`baseline_won`: the client got the baseline's answer,
+/// `canary_won`: the canary's, `budget_exhausted`: not hedged, the hedge
+/// budget was spent).
+pub const ROUTE_CANARY_HEDGES: &str = "modelgate_route_canary_hedges_total";
 /// 1 for the current phase of a rollout, by model, canary version and state.
 pub const ROLLOUT_STATE: &str = "modelgate_rollout_state";
 /// Canary weight of a rollout's current step, by model and canary version.
@@ -191,6 +196,7 @@ fn describe() {
     metrics::describe_histogram!(ROUTE_DURATION, metrics::Unit::Seconds, "End-to-end time of routed requests");
     metrics::describe_gauge!(ROUTE_WEIGHT, "Route weight of each target version, in percent");
     metrics::describe_counter!(ROUTE_CANARY_RETRIES, "Canary server faults retried on the baseline, by outcome");
+    metrics::describe_counter!(ROUTE_CANARY_HEDGES, "Slow canary requests hedged on the baseline, by outcome");
     metrics::describe_gauge!(ROLLOUT_STATE, "1 for the current phase of each rollout");
     metrics::describe_gauge!(ROLLOUT_CANARY_WEIGHT, "Canary weight of each rollout, in percent");
     metrics::describe_counter!(ROLLOUT_CHECKS, "Rollout SLO checks by verdict");
@@ -492,6 +498,13 @@ pub fn rollout_check(model: &str, canary: u64, verdict: &'static str) {
 /// canary is rolled back within a few requests, so no handle is kept).
 pub fn canary_retry(model: &str, canary: u64, outcome: &'static str) {
     counter!(ROUTE_CANARY_RETRIES, "model" => model.to_owned(), "canary" => canary.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Counts one hedge of a slow canary request on the baseline (rare, like
+/// retries: a slow canary is rolled back within a few requests).
+pub fn canary_hedge(model: &str, canary: u64, outcome: &'static str) {
+    counter!(ROUTE_CANARY_HEDGES, "model" => model.to_owned(), "canary" => canary.to_string(), "outcome" => outcome)
         .increment(1);
 }
 

@@ -29,12 +29,24 @@ off` and `--sequential off` turn off the per-request test and the retries of bui
 
 `--healthy` runs the same route with a healthy canary (a copy of version 1) for `--duration`
 seconds with steps 25/50/75/100 spread over the run, and reports the rollbacks (must be 0),
-the failures, and where the rollout ended.
+the failures, and where the rollout ended. With `--canary flaky --poison 0.005` it is a canary
+failing half its error budget (0.5 % against 1 %); with `--baseline slow --canary slow
+--canary-layers 1.2x --slo-ms N` one 20 % slower than a slow baseline but inside its SLO.
+
+`--client rust` sends the load with `examples/open_loop.rs` (`cargo build --release --example
+open_loop`) instead of Python threads, for rates this Python client cannot reach (1,000 canary
+requests/s and more). `--hedge on` turns on hedging (`hedge_on_baseline`, at `--hedge-after-ms`,
+default the SLO).
+
+Targets (the exit status is 1 when one is missed): a bad canary's breaching answers at most
+`--max-breaching` (25), and with retries on (the default) no failed answer from a failing or
+flaky canary; a healthy run (`--healthy`) no rollback, and no failure with retries on.
 
 Usage (from the repository root, after `cargo build --release`):
 
     .venv/models/bin/python load-tests/bad-canary/run.py [--rate 480] [--binary target/release/modelgate]
     .venv/models/bin/python load-tests/bad-canary/run.py --healthy --duration 600
+    .venv/models/bin/python load-tests/bad-canary/run.py --client rust --rate 4000 --canary flaky
 
 Everything runs on loopback ports the OS picks, and the server is stopped at the end.
 """
@@ -80,18 +92,26 @@ def body(seed: int, poisoned: bool = False) -> bytes:
     return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data}]}).encode()
 
 
-def make_repo(dir: Path, healthy: bool, kind: str, slow_layers: int) -> None:
-    models = dir / "generated"
+def generate(out: Path, slow_layers: int) -> Path:
     made = subprocess.run(
-        [sys.executable, str(REPO / "tests/models/make_test_models.py"), "--out", str(models),
+        [sys.executable, str(REPO / "tests/models/make_test_models.py"), "--out", str(out),
          "--slow-layers", str(slow_layers)],
         check=True,
         capture_output=True,
         text=True,
     )
     print(made.stdout.strip())
-    canary = REPO / "models/mlp/1/model.onnx" if healthy else models / f"{kind}.onnx"
-    for version, source in [(1, REPO / "models/mlp/1/model.onnx"), (2, canary)]:
+    return out
+
+
+def make_repo(dir: Path, args: argparse.Namespace) -> None:
+    mlp = REPO / "models/mlp/1/model.onnx"
+    models = generate(dir / "generated", args.slow_layers)
+    canary_models = models if args.canary_layers == args.slow_layers else generate(
+        dir / "generated-canary", args.canary_layers)
+    canary = mlp if args.canary == "mlp" else canary_models / f"{args.canary}.onnx"
+    baseline = mlp if args.baseline == "mlp" else models / "slow.onnx"
+    for version, source in [(1, baseline), (2, canary)]:
         target = dir / "repo" / "m" / str(version)
         target.mkdir(parents=True)
         shutil.copy(source, target / "model.onnx")
@@ -113,12 +133,16 @@ def write_config(dir: Path, healthy: bool, duration: float, args: argparse.Names
     # Only the steps and the interval are set, and the latency SLO of the slow scenario: the
     # rest of the SLO policy is the default one.
     extra = ""
-    if args.canary == "slow" or args.slo_ms_set:
+    if args.canary == "slow" or args.slo_ms_set or args.hedge == "on":
         extra += f', max_p99_latency = "{args.slo_ms}ms"'
     if args.sequential is not None:
         extra += f", sequential = {'true' if args.sequential == 'on' else 'false'}"
     if args.retry is not None:
         extra += f", retry_on_baseline = {'true' if args.retry == 'on' else 'false'}"
+    if args.hedge == "on":
+        extra += ", hedge_on_baseline = true"
+        if args.hedge_after_ms is not None:
+            extra += f', hedge_after = "{args.hedge_after_ms}ms"'
     config = dir / "modelgate.toml"
     config.write_text(
         f"""
@@ -151,6 +175,20 @@ def server_failures(port: int, version: int) -> int:
     stats = json.loads(conn.getresponse().read())
     conn.close()
     return stats["model_stats"][0]["inference_stats"]["fail"]["count"]
+
+
+def counters(port: int, name: str) -> dict[str, float]:
+    """Each `outcome` of the counter `name` on /metrics (summed over its other labels)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and 'outcome="' in line:
+            outcome = line.split('outcome="')[1].split('"')[0]
+            out[outcome] = out.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def wait_ready(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -219,6 +257,48 @@ class Load:
         return sorted(r for rs in self.records for r in rs)
 
 
+class RustLoad:
+    """The same open-loop load from examples/open_loop.rs, for rates Python cannot reach."""
+
+    BINARY = REPO / "target/release/examples/open_loop"
+
+    def __init__(self, port: int, rate: float, poison: float, duration: float, out: Path):
+        if not self.BINARY.exists():
+            raise SystemExit(f"{self.BINARY} is missing: run cargo build --release --example open_loop")
+        self.out = out
+        self.args = [str(self.BINARY), "--url", f"http://127.0.0.1:{port}/v2/models/m/infer", "--rate", str(rate),
+                     "--poison", str(poison), "--duration", str(duration), "--out", str(out)]
+        self.process: subprocess.Popen | None = None
+        self.late = None
+
+    def run(self) -> list:
+        self.process = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
+        return []
+
+    def finish(self) -> None:
+        """Stops the sends (SIGTERM), waits for the answers in flight, reads the records."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=60)
+        print(err.strip())
+        if self.process.returncode != 0:
+            raise SystemExit(f"open_loop exited with {self.process.returncode}")
+        if "late by" in err:
+            self.late = int(err.split("/s, ")[1].split(" late")[0])
+
+    def all(self) -> list[tuple[float, float, int, int]]:
+        records = []
+        with open(self.out) as f:
+            next(f)
+            for line in f:
+                sent, latency, status, version = line.strip().split(",")
+                latency = float(latency)
+                done = float(sent) + latency if latency == latency else float("inf")  # NaN: never answered
+                records.append((float(sent), done, int(status), int(version)))
+        return sorted(records)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -233,8 +313,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--healthy", action="store_true", help="healthy canary: count false rollbacks")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load with --healthy")
-    parser.add_argument("--canary", choices=["failing", "flaky", "slow"], default="failing",
-                        help="the bad canary: fails every request, fails poisoned inputs, or is slow")
+    parser.add_argument("--canary", choices=["failing", "flaky", "slow", "mlp"], default=None,
+                        help="the canary: fails every request, fails poisoned inputs, is slow, or is a copy of "
+                             "the MLP (default: failing; mlp with --healthy)")
+    parser.add_argument("--baseline", choices=["mlp", "slow"], default="mlp",
+                        help="version 1: the MLP, or slow.onnx of --slow-layers")
+    parser.add_argument("--canary-layers", type=int, default=None,
+                        help="MatMuls of the canary's slow.onnx (default --slow-layers)")
+    parser.add_argument("--client", choices=["python", "rust"], default="python",
+                        help="the load generator: Python threads, or examples/open_loop.rs")
+    parser.add_argument("--hedge", choices=["on", "off"], default=None, help="hedge_on_baseline (newer builds)")
+    parser.add_argument("--hedge-after-ms", type=int, default=None, help="hedge_after in ms (default: the SLO)")
+    parser.add_argument("--max-breaching", type=int, default=25, help="target: breaching answers at most")
     parser.add_argument("--poison", type=float, default=0.4, help="share of requests poisoned (flaky canary)")
     parser.add_argument("--slow-layers", type=int, default=4000, help="MatMuls of slow.onnx (50-200 ms, by the machine)")
     parser.add_argument("--slo-ms", type=int, default=None, help="max_p99_latency in ms (slow canary: 20)")
@@ -242,6 +332,10 @@ def main() -> int:
     parser.add_argument("--retry", choices=["on", "off"], default=None, help="retry_on_baseline (newer builds)")
     parser.add_argument("--sequential", choices=["on", "off"], default=None, help="sequential (newer builds)")
     args = parser.parse_args()
+    if args.canary is None:
+        args.canary = "mlp" if args.healthy else "failing"
+    if args.canary_layers is None:
+        args.canary_layers = args.slow_layers
     args.slo_ms_set = args.slo_ms is not None
     if args.slo_ms is None:
         args.slo_ms = 20 if args.canary == "slow" else 500
@@ -251,7 +345,7 @@ def main() -> int:
         raise SystemExit(f"{args.binary} is missing: run cargo build --release first")
 
     work = Path(tempfile.mkdtemp(prefix="modelgate-bad-canary-"))
-    make_repo(work, args.healthy, args.canary, args.slow_layers)
+    make_repo(work, args)
     config = write_config(work, args.healthy, args.duration, args)
     http_port, admin_port = free_port(), free_port()
     log = open(work / "modelgate.log", "w")
@@ -263,17 +357,20 @@ def main() -> int:
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     admin = Admin(admin_port)
-    scenario = "healthy canary" if args.healthy else f"bad canary ({args.canary})"
-    result: dict = {"scenario": scenario, "rate": args.rate, "canary_share": args.first_step,
+    scenario = f"healthy canary ({args.canary})" if args.healthy else f"bad canary ({args.canary})"
+    result: dict = {"scenario": scenario, "client": args.client, "rate": args.rate, "canary_share": args.first_step,
                     "config": config.read_text().strip().splitlines()[-1]}
     try:
         wait_ready(http_port, server)
-        load = Load(http_port, args.rate, args.threads, args.poison)
+        limit = args.duration if args.healthy else 60.0
+        if args.client == "rust":
+            load = RustLoad(http_port, args.rate, args.poison, limit + 5.0, work / "records.csv")
+        else:
+            load = Load(http_port, args.rate, args.threads, args.poison)
         started = now_ms()
         threads = load.run()
         rolled_back_seen = None
         polls = []
-        limit = args.duration if args.healthy else 60.0
         while (now_ms() - started) / 1000.0 < limit:
             route = admin.get("/admin/v1/routes/m")
             rollout = route["rollout"]
@@ -283,9 +380,12 @@ def main() -> int:
                 if not args.healthy:
                     limit = (rolled_back_seen - started) / 1000.0 + 3.0
             time.sleep(0.05)
-        load.stop.set()
-        for t in threads:
-            t.join()
+        if isinstance(load, RustLoad):
+            load.finish()
+        else:
+            load.stop.set()
+            for t in threads:
+                t.join()
         route = admin.get("/admin/v1/routes/m")
         records = load.all()
         rollout = route["rollout"]
@@ -303,6 +403,9 @@ def main() -> int:
             canary_failures=server_failures(http_port, 2),
             baseline_answers=sum(1 for r in records if r[3] == 1),
             canary_answers_ok=sum(1 for r in records if r[3] == 2),
+            p50_ms={
+                str(v): percentile([r[1] - r[0] for r in records if r[3] == v], 0.50) for v in (1, 2)
+            },
             p99_ms={
                 str(v): percentile([r[1] - r[0] for r in records if r[3] == v], 0.99) for v in (1, 2)
             },
@@ -313,6 +416,10 @@ def main() -> int:
         # failure is the canary's), or a canary answer slower than the latency SLO.
         breaching = [r for r in records if r[2] != 200 or (r[3] == 2 and r[1] - r[0] > args.slo_ms)]
         result["breaching_answers"] = len(breaching)
+        # What a client felt, whoever answered: a hedged answer can be the baseline's and still late.
+        result["answers_slower_than_slo_any_version"] = sum(1 for r in records if r[2] == 200 and r[1] - r[0] > args.slo_ms)
+        result["retries"] = counters(http_port, "modelgate_route_canary_retries_total")
+        result["hedges"] = counters(http_port, "modelgate_route_canary_hedges_total")
         if not args.healthy:
             if not rolled:
                 raise SystemExit(f"no rollback: {json.dumps(result, indent=2)}")
@@ -352,9 +459,10 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     shutil.copy(work / "modelgate.log", out.with_suffix(".log"))
     shutil.rmtree(work, ignore_errors=True)
-    keys = ["scenario", "config", "rate", "canary_share", "achieved_rps", "requests", "failures", "baseline_failures", "canary_failures",
+    keys = ["scenario", "config", "client", "rate", "canary_share", "achieved_rps", "requests", "failures", "baseline_failures", "canary_failures",
             "baseline_answers", "canary_answers_ok",
-            "final_state", "final_weights", "rollbacks", "p99_ms", "late_sends"]
+            "final_state", "final_weights", "rollbacks", "p50_ms", "p99_ms", "late_sends", "retries", "hedges",
+            "answers_slower_than_slo_any_version"]
     if not args.healthy:
         keys += ["breaching_answers", "breaching_answers_sent_before_rollback", "rollback_after_first_request_s",
                  "rollback_s", "rollback_seen_by_admin_poll_s", "canary_rps", "canary_answered_after_breach",
@@ -362,7 +470,27 @@ def main() -> int:
     for key in keys:
         print(f"{key:32} {result.get(key)}")
     print(f"results: {out}")
-    return 0
+    missed = missed_targets(result, args)
+    for line in missed:
+        print(f"MISSED: {line}")
+    return 1 if missed else 0
+
+
+def missed_targets(result: dict, args: argparse.Namespace) -> list[str]:
+    """Issue 18's targets this run missed."""
+    missed = []
+    retries_on = args.retry != "off"
+    if args.healthy:
+        if result["rollbacks"]:
+            missed.append(f"{result['rollbacks']} rollback(s) of a canary inside its SLOs (target 0)")
+        if retries_on and result["failures"]:
+            missed.append(f"{result['failures']} failed answers with retries on (target 0)")
+        return missed
+    if result["breaching_answers"] > args.max_breaching:
+        missed.append(f"{result['breaching_answers']} breaching answers (target at most {args.max_breaching})")
+    if retries_on and args.canary in ("failing", "flaky") and result["failures"]:
+        missed.append(f"{result['failures']} failed answers with retries on (target 0)")
+    return missed
 
 
 if __name__ == "__main__":

@@ -526,3 +526,101 @@ fn only_server_faults_with_time_left_before_the_clients_deadline_are_retried() {
     timed.timeout = Some(Duration::from_secs(60));
     assert!(super::retryable(&Error::Internal("model failed".into()), &timed, earlier));
 }
+
+// === Hedging of slow canary requests ===
+
+/// Every weighted request to canary 2 (one step of 100 %), hedged on
+/// version 1 when it has not answered `max_p99_latency` (40 ms) after its
+/// arrival. `sequential` decides whether slowness is tested per request.
+fn hedged_route(sequential: bool, hedge_budget_percent: f64) -> RouteSpec {
+    let spec = serde_json::json!({
+        "model": "m",
+        "targets": [{ "version": 1 }, { "version": 2 }],
+        "rollout": {
+            "canary": 2,
+            "step_weights": [100],
+            "interval": "1h",
+            "max_p99_latency": "40ms",
+            // The interval checks never decide here: a rollback would end the hedging under test.
+            "min_requests": 1_000_000,
+            "sequential": sequential,
+            "retry_on_baseline": true,
+            "hedge_on_baseline": true,
+            "hedge_budget_percent": hedge_budget_percent,
+        },
+    });
+    serde_json::from_value(spec).unwrap()
+}
+
+impl Rig {
+    /// The canary's latency test: (breaches so far as its ratio, in nats).
+    fn canary_latency_ratio(&self) -> f64 {
+        let route = self.gateway.routes.get("m").unwrap();
+        let sequential = route.target(2).unwrap().arm.sequential.as_ref().unwrap();
+        sequential.latency.as_ref().unwrap().1.ratio()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_request_still_running_at_the_latency_slo_is_answered_by_the_baseline_and_counted_slow() {
+    let rig = rig(&[1, 2]).await;
+    rig.gateway.rollouts.put(hedged_route(true, 10.0), Source::Operator).await.unwrap();
+    let canary = rig.loader.model("m", 2);
+    canary.hold();
+    let started = Instant::now();
+    let answer = rig.infer(7, &HeaderMap::new()).await;
+    let took = started.elapsed();
+    assert_eq!(answer.unwrap(), 1, "the baseline answered");
+    // Hedged at the SLO (40 ms), answered by the baseline at once after it (the bound is loose: a shared machine).
+    assert!(took >= Duration::from_millis(40) && took < Duration::from_millis(1000), "answered after {took:?}");
+    assert_eq!(rig.window(1).requests, 1);
+    // The canary has not answered, yet its slowness already counts: one breach of ln 10.
+    assert_eq!(rig.window(2).requests, 0);
+    assert!((rig.canary_latency_ratio() - 10f64.ln()).abs() < 1e-3, "{}", rig.canary_latency_ratio());
+    // When it does answer, its outcome is recorded against it (its slowness not twice).
+    canary.release();
+    until("the canary's late answer is recorded", || rig.window(2).requests == 1).await;
+    assert!((rig.canary_latency_ratio() - 10f64.ln()).abs() < 1e-3, "{}", rig.canary_latency_ratio());
+    assert_eq!(rig.rows_run(2), 1, "the canary ran the request once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_answers_before_the_hedge_is_answered_alone() {
+    let rig = rig(&[1, 2]).await;
+    rig.gateway.rollouts.put(hedged_route(true, 10.0), Source::Operator).await.unwrap();
+    for value in 0..10 {
+        assert_eq!(rig.infer(value, &HeaderMap::new()).await.unwrap(), 2);
+    }
+    assert_eq!((rig.rows_run(1), rig.window(2).requests), (0, 10), "the baseline ran nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedges_stop_when_their_budget_is_spent_and_the_slow_canary_answers() {
+    let rig = rig(&[1, 2]).await;
+    // No stopping rule: the slow canary keeps its traffic, and the baseline (0 % weight) earns no hedges.
+    rig.gateway.rollouts.put(hedged_route(false, 1.0), Source::Operator).await.unwrap();
+    rig.loader.model("m", 2).set_latency(Duration::from_millis(120));
+    let mut versions = Vec::new();
+    for value in 0..24 {
+        versions.push(rig.infer(value, &HeaderMap::new()).await.unwrap());
+    }
+    // The burst of 20 hedges, then the canary's own slow answers.
+    assert_eq!(versions[..20], [1; 20], "{versions:?}");
+    assert_eq!(versions[20..], [2; 4], "{versions:?}");
+    assert_eq!(rig.window(1).requests, 20, "the baseline ran the hedges only");
+    // Every canary run, the hedged ones included, is recorded against it.
+    until("every canary run is recorded", || rig.window(2).requests == 24).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_header_names_the_canary_is_not_hedged() {
+    let rig = rig(&[1, 2]).await;
+    let mut spec = hedged_route(true, 10.0);
+    spec.rules = vec![RuleSpec { header: "x-model-version".into(), value: None, version: None }];
+    rig.gateway.rollouts.put(spec, Source::Operator).await.unwrap();
+    rig.loader.model("m", 2).set_latency(Duration::from_millis(80));
+    let mut headers = HeaderMap::new();
+    headers.insert("x-model-version", http::HeaderValue::from_static("2"));
+    assert_eq!(rig.infer(0, &headers).await.unwrap(), 2, "the client asked for version 2");
+    assert_eq!(rig.rows_run(1), 0);
+}

@@ -8,6 +8,7 @@
 //! - `window.rs`: lock-free sliding windows of per-version outcomes.
 //! - `sprt.rs`: per-request sequential tests of a canary's outcomes.
 //! - `retry.rs`: the budget of retries of canary faults on the baseline.
+//! - `hedge.rs`: hedging of slow canary requests on the baseline.
 //! - `policy.rs`: the rollout policy as written, and its checks (the
 //!   `rollout` module runs it).
 //! - `feedback_spec.rs`: the feedback section as written, and its checks
@@ -19,6 +20,7 @@
 
 mod arm;
 pub mod feedback_spec;
+mod hedge;
 pub mod policy;
 pub mod random;
 mod retry;
@@ -35,7 +37,8 @@ use arc_swap::ArcSwap;
 
 pub use arm::Arm;
 pub use feedback_spec::FeedbackSpec;
-pub use policy::{DriftGate, Policy, PolicyError, QualityGate, RolloutSpec};
+pub use hedge::CanaryHedge;
+pub use policy::{DriftGate, Hedging, Policy, PolicyError, QualityGate, RolloutSpec};
 pub use retry::{CanaryRetry, RetryBudget};
 pub use shadow::Shadow;
 pub use spec::{RouteError, RouteSpec, RoutesError, RuleSpec, ShadowSpec, TargetSpec, ValidRoute, validate_all};

@@ -19,6 +19,9 @@
 //! | `breach_factor` | a "clear" breach is this many times the rate the SLO allows (`max_error_rate`; 1 % of answers over `max_p99_latency`), in (1, 1000] | 10 |
 //! | `retry_on_baseline` | answer a canary's server fault by retrying the request once on the baseline, within its deadline | `true` |
 //! | `retry_budget_percent` | retries add at most this share of the baseline's successful requests as extra load (plus a burst of 20), in (0, 100] | 10 |
+//! | `hedge_on_baseline` | hedging for latency: a canary request still running after `hedge_after` is also sent to the baseline, and the client gets whichever answers first; the canary's answer still counts against it when it comes | `false` |
+//! | `hedge_after` | when a canary request is hedged, 1ms..=24h; needs `hedge_on_baseline` | `max_p99_latency` |
+//! | `hedge_budget_percent` | hedges add at most this share of the baseline's successful requests as extra load (plus a burst of 20), in (0, 100] | 10 |
 //! | `min_accuracy_delta` | the lowest canary − baseline accuracy tolerated (e.g. -0.01), judged on ground truth (the route's `feedback`): when the always-valid 95 % interval of the difference lies wholly below it, the canary breaches; absent = not checked | none |
 //! | `on_quality_breach` | what a breach does: `hold` (no step up while it lasts, checks go on) or `rollback` | `"hold"` |
 //! | `drift` | while the control plane says the canary drifts (its inputs or predictions against its reference, or its predictions against the baseline's): `hold` (checks go on, no step up), `rollback`, or `ignore` | `"hold"` |
@@ -78,6 +81,15 @@ pub struct RolloutSpec {
     /// Extra baseline load the retries may add, in percent.
     #[serde(default = "default_retry_budget_percent")]
     pub retry_budget_percent: f64,
+    /// Also send a slow canary request to the baseline; the first answer wins.
+    #[serde(default)]
+    pub hedge_on_baseline: bool,
+    /// When a canary request is hedged; `None`: at `max_p99_latency`.
+    #[serde(default, with = "duration_text::option", skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<Duration>,
+    /// Extra baseline load the hedges may add, in percent.
+    #[serde(default = "default_retry_budget_percent")]
+    pub hedge_budget_percent: f64,
     /// What a drifting canary does to the rollout.
     #[serde(default)]
     pub drift: DriftGate,
@@ -202,12 +214,23 @@ pub struct Policy {
     /// Retries of canary faults on the baseline: the budget as a fraction of
     /// baseline successes; `None`: off.
     pub retry_budget: Option<f64>,
+    /// Hedging of slow canary requests on the baseline; `None`: off.
+    pub hedge: Option<Hedging>,
     /// What a drifting canary does to the rollout.
     pub drift: DriftGate,
     /// Lowest canary − baseline accuracy tolerated; `None`: not checked.
     pub min_accuracy_delta: Option<f64>,
     /// What an accuracy breach does.
     pub on_quality_breach: QualityGate,
+}
+
+/// When a canary request is hedged on the baseline, and the budget of hedges.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hedging {
+    /// Time since the request's arrival after which the baseline runs it too.
+    pub after: Duration,
+    /// The budget as a fraction of baseline successes.
+    pub budget: f64,
 }
 
 impl RolloutSpec {
@@ -229,6 +252,9 @@ impl RolloutSpec {
             breach_factor: default_breach_factor(),
             retry_on_baseline: true,
             retry_budget_percent: default_retry_budget_percent(),
+            hedge_on_baseline: false,
+            hedge_after: None,
+            hedge_budget_percent: default_retry_budget_percent(),
             drift: DriftGate::default(),
             min_accuracy_delta: None,
             on_quality_breach: QualityGate::default(),
@@ -295,6 +321,7 @@ impl RolloutSpec {
         {
             return Err(PolicyError::MinAccuracyDelta(delta));
         }
+        let hedge = self.hedging()?;
         Ok(Policy {
             canary: self.canary,
             baseline,
@@ -312,10 +339,32 @@ impl RolloutSpec {
                 breach_factor: self.breach_factor,
             }),
             retry_budget: self.retry_on_baseline.then_some(self.retry_budget_percent / 100.0),
+            hedge,
             drift: self.drift,
             min_accuracy_delta: self.min_accuracy_delta,
             on_quality_breach: self.on_quality_breach,
         })
+    }
+
+    /// The hedging settings, checked; `None` when hedging is off.
+    fn hedging(&self) -> Result<Option<Hedging>, PolicyError> {
+        if let Some(after) = self.hedge_after
+            && (after.is_zero() || after > MAX_DURATION)
+        {
+            return Err(PolicyError::HedgeAfter(after));
+        }
+        if !(self.hedge_budget_percent > 0.0 && self.hedge_budget_percent <= 100.0) {
+            return Err(PolicyError::HedgeBudget(self.hedge_budget_percent));
+        }
+        if !self.hedge_on_baseline {
+            // A delay with hedging off is a mistake to point out, not a setting to ignore.
+            return match self.hedge_after {
+                Some(after) => Err(PolicyError::HedgeAfterWithoutHedging(after)),
+                None => Ok(None),
+            };
+        }
+        let after = self.hedge_after.or(self.max_p99_latency).ok_or(PolicyError::HedgeWithoutThreshold)?;
+        Ok(Some(Hedging { after, budget: self.hedge_budget_percent / 100.0 }))
     }
 }
 
@@ -384,6 +433,23 @@ pub enum PolicyError {
     /// `retry_budget_percent` out of range.
     #[error("rollout.retry_budget_percent must be above 0 and at most 100, got {0}")]
     RetryBudget(f64),
+    /// `hedge_after` out of range.
+    #[error("rollout.hedge_after must be between 1ms and 24h, got {}", duration_text::format(*.0))]
+    HedgeAfter(Duration),
+    /// `hedge_budget_percent` out of range.
+    #[error("rollout.hedge_budget_percent must be above 0 and at most 100, got {0}")]
+    HedgeBudget(f64),
+    /// `hedge_after` given while hedging is off.
+    #[error(
+        "rollout.hedge_after ({}) is set but rollout.hedge_on_baseline is false: set hedge_on_baseline = true to hedge",
+        duration_text::format(*.0)
+    )]
+    HedgeAfterWithoutHedging(Duration),
+    /// Hedging on with no time to hedge at.
+    #[error(
+        "rollout.hedge_on_baseline needs a time to hedge at: set rollout.hedge_after, or rollout.max_p99_latency (the default)"
+    )]
+    HedgeWithoutThreshold,
 }
 
 /// Durations written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"` (a whole
@@ -486,6 +552,60 @@ mod tests {
         assert_eq!((policy.canary, policy.baseline, policy.threshold), (2, 1, 2));
         let rates = Rates { false_rollback: 0.001, missed_breach: 0.01, breach_factor: 10.0 };
         assert_eq!((policy.sequential, policy.retry_budget), (Some(rates), Some(0.1)));
+        assert_eq!(policy.hedge, None, "hedging is off by default");
+    }
+
+    #[test]
+    fn hedging_waits_for_the_latency_slo_unless_hedge_after_says_otherwise() {
+        let spec: RolloutSpec =
+            toml::from_str("canary = 2\nmax_p99_latency = \"40ms\"\nhedge_on_baseline = true").unwrap();
+        let hedge = spec.validate(1).unwrap().hedge;
+        assert_eq!(hedge, Some(Hedging { after: Duration::from_millis(40), budget: 0.1 }));
+        let spec: RolloutSpec = toml::from_str(
+            "canary = 2\nhedge_on_baseline = true\nhedge_after = \"15ms\"\nhedge_budget_percent = 5\nmax_p99_latency = \"1s\"",
+        )
+        .unwrap();
+        let hedge = spec.validate(1).unwrap().hedge;
+        assert_eq!(hedge, Some(Hedging { after: Duration::from_millis(15), budget: 0.05 }));
+        // It survives the admin API's JSON both ways.
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["hedge_after"], "15ms");
+        assert_eq!(serde_json::from_value::<RolloutSpec>(json).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_hedging_settings_are_refused_with_the_key_named() {
+        let refuse = |edit: &dyn Fn(&mut RolloutSpec)| {
+            let mut spec = RolloutSpec::new(2);
+            spec.hedge_on_baseline = true;
+            edit(&mut spec);
+            spec.validate(1).unwrap_err()
+        };
+        let zero = Some(Duration::ZERO);
+        assert_eq!(refuse(&|s| s.hedge_after = zero), PolicyError::HedgeAfter(Duration::ZERO));
+        let long = Duration::from_secs(25 * 3600);
+        assert_eq!(refuse(&|s| s.hedge_after = Some(long)), PolicyError::HedgeAfter(long));
+        assert_eq!(refuse(&|s| s.hedge_budget_percent = 0.0), PolicyError::HedgeBudget(0.0));
+        assert_eq!(refuse(&|s| s.hedge_budget_percent = 150.0), PolicyError::HedgeBudget(150.0));
+        assert!(matches!(refuse(&|s| s.hedge_budget_percent = f64::NAN), PolicyError::HedgeBudget(r) if r.is_nan()));
+        assert_eq!(refuse(&|s| s.max_p99_latency = None), PolicyError::HedgeWithoutThreshold);
+        let after = Duration::from_millis(30);
+        let off = refuse(&|s| (s.hedge_on_baseline, s.hedge_after) = (false, Some(after)));
+        assert_eq!(off, PolicyError::HedgeAfterWithoutHedging(after));
+        assert_eq!(
+            off.to_string(),
+            "rollout.hedge_after (30ms) is set but rollout.hedge_on_baseline is false: set hedge_on_baseline = true to hedge"
+        );
+        assert_eq!(
+            refuse(&|s| s.hedge_after = zero).to_string(),
+            "rollout.hedge_after must be between 1ms and 24h, got 0ms"
+        );
+        // Text that is no duration is refused by the parser, naming what it expected.
+        let error = toml::from_str::<RolloutSpec>("canary = 2\nhedge_on_baseline = true\nhedge_after = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("invalid duration \"soon\""), "{error}");
+        assert!(toml::from_str::<RolloutSpec>("canary = 2\nhedge_on_baseline = \"yes\"").is_err());
     }
 
     #[test]

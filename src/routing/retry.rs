@@ -1,5 +1,6 @@
 //! Retries of a rollout canary's server faults on the stable version, and
-//! the budget that bounds the extra load they put on it.
+//! the budget that bounds the extra load they put on it (hedges, in
+//! `hedge.rs`, have a bucket of the same kind).
 //!
 //! The budget is a token bucket in thousandths of a retry: every request the
 //! baseline answers (routed to it, not a retry) adds `retry_budget_percent`

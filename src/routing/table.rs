@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::arm::Arm;
+use super::hedge::CanaryHedge;
 use super::random::next_random;
 use super::retry::{CanaryRetry, RetryBudget};
 use super::shadow::Shadow;
@@ -53,6 +54,8 @@ pub struct Route {
     pub shadow: Option<Arc<Shadow>>,
     /// A rollout's retries of canary faults on the baseline.
     pub retry: Option<CanaryRetry>,
+    /// A rollout's hedging of slow canary requests on the baseline.
+    pub hedge: Option<CanaryHedge>,
     /// The predictions kept for ground truth, and each version's quality
     /// (`feedback` in the spec); shared by the weight changes of one route.
     pub feedback: Option<Arc<Feedback>>,
@@ -101,6 +104,15 @@ impl Route {
                     canary: p.canary,
                     baseline: p.baseline,
                     budget: Arc::new(RetryBudget::new(p.retry_budget?)),
+                })
+            }),
+            hedge: valid.policy.as_ref().and_then(|p| {
+                let hedging = p.hedge?;
+                Some(CanaryHedge {
+                    canary: p.canary,
+                    baseline: p.baseline,
+                    after: hedging.after,
+                    budget: Arc::new(RetryBudget::new(hedging.budget)),
                 })
             }),
             feedback: valid.feedback.as_ref().map(|settings| {
