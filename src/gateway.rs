@@ -238,25 +238,28 @@ impl Gateway {
             None => self.run_target(model, target, request, call, call.arrival).await,
             Some(hedge) => self.run_hedged(route, target, hedge, request, &mut copy, call).await,
         };
-        match (retry, copy) {
-            (Some(retry), Some(copy)) => {
-                if let Err(error) = &result
+        match &result {
+            // Every answer the picked version gave itself earns the route's retries and hedges: the
+            // canary's too, so the budget is a share of the route's traffic, which is the baseline's
+            // load before the rollout began (earning only from the baseline's answers left nothing
+            // to retry with at the last step, where the baseline gets no traffic of its own).
+            Ok(response) if response.model_version == target.version => {
+                if let Some(retry) = &route.retry {
+                    retry.budget.earn();
+                }
+                if let Some(hedge) = &route.hedge {
+                    hedge.budget.earn();
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if let (Some(retry), Some(copy)) = (retry, copy)
                     && retryable(error, &copy, call.arrival)
                 {
                     // The canary's answer is dropped unsent: the client gets the retry's answer, once.
                     result = self.retry_on_baseline(route, retry, copy, call).await.unwrap_or(result);
                 }
             }
-            (_, None) if result.is_ok() => {
-                // The baseline's own answers earn the retries and hedges of the canary's requests.
-                if let Some(retry) = route.retry.as_ref().filter(|r| r.baseline == target.version) {
-                    retry.budget.earn();
-                }
-                if let Some(hedge) = route.hedge.as_ref().filter(|h| h.baseline == target.version) {
-                    hedge.budget.earn();
-                }
-            }
-            _ => {}
         }
         if let (Some(feedback), Ok(response)) = (&route.feedback, &result)
             && let Some(id) = &response.id
@@ -372,6 +375,10 @@ impl Gateway {
         // The baseline's window gets the retry's own time, not the canary's before it.
         let result = self.run_target(model, baseline, request, call, Instant::now()).await;
         metrics::canary_retry(model, retry.canary, if result.is_ok() { "success" } else { "error" });
+        if result.as_ref().is_err_and(|e| e.fault() == Fault::Server) {
+            // The baseline fails too: no more retries until the route's own answers earn them again.
+            retry.budget.empty();
+        }
         Some(result)
     }
 }

@@ -624,3 +624,57 @@ async fn a_request_whose_header_names_the_canary_is_not_hedged() {
     assert_eq!(rig.infer(0, &headers).await.unwrap(), 2, "the client asked for version 2");
     assert_eq!(rig.rows_run(1), 0);
 }
+
+/// Canary 2 at `weight` % from the start with retries on and no analysis that
+/// could end the rollout while the clock is held.
+fn retried_rollout(weight: u32) -> RouteSpec {
+    let mut spec = rollout_route();
+    let rollout = spec.rollout.as_mut().unwrap();
+    rollout.step_weights = vec![weight];
+    (rollout.sequential, rollout.retry_on_baseline, rollout.max_error_rate) = (false, true, 1.0);
+    spec
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_last_step_the_canarys_own_answers_earn_the_retries_of_its_faults() {
+    let rig = rig(&[1, 2]).await;
+    // One request in 20 fails on the canary: 100 faults in 2,000 requests, five times the burst.
+    rig.loader.model("m", 2).set_failure(Failure::on_i32(-1));
+    rig.gateway.rollouts.put(retried_rollout(100), Source::Operator).await.unwrap();
+    settle().await;
+    assert_eq!(rig.weights(), [(1, 0), (2, 100)]);
+    let answers = with_clock_held(async {
+        let mut answers = Vec::new();
+        for i in 0..2000 {
+            answers.push(rig.infer(if i % 20 == 0 { -1 } else { i }, &HeaderMap::new()).await);
+        }
+        answers
+    })
+    .await;
+    let by_baseline = answers.iter().filter(|a| **a == Ok(1)).count();
+    assert_eq!(by_baseline, 100, "every fault was answered by a retry on the baseline");
+    assert!(answers.iter().all(|a| a.is_ok()), "no fault reached a client");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_baseline_fails_too_stops_the_retries() {
+    let rig = rig(&[1, 2]).await;
+    rig.loader.model("m", 1).set_failure(Failure::Always);
+    rig.loader.model("m", 2).set_failure(Failure::Always);
+    rig.gateway.rollouts.put(retried_rollout(50), Source::Operator).await.unwrap();
+    settle().await;
+    let total = 60;
+    let answers = with_clock_held(async {
+        let mut answers = Vec::new();
+        for value in 0..total {
+            answers.push(rig.infer(value, &HeaderMap::new()).await);
+        }
+        answers
+    })
+    .await;
+    assert!(answers.iter().all(|a| a.is_err()));
+    let routed_to_canary = rig.window(2).requests as usize;
+    assert!(routed_to_canary > 5, "{routed_to_canary}");
+    let retries = rig.rows_run(1) - (total as usize - routed_to_canary);
+    assert_eq!(retries, 1, "the first retry failed, and none followed");
+}

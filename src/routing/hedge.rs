@@ -6,9 +6,9 @@
 //! from the analysis.
 //!
 //! Hedges draw on their own [`RetryBudget`] (the retries' token bucket, a
-//! separate one): every request the baseline answers earns a share of a
-//! hedge, so a canary slow on every request adds at most that share of the
-//! baseline's traffic, after a burst.
+//! separate one): every request of the route answered by the version it was
+//! routed to earns a share of a hedge, so a canary slow on every request adds
+//! at most that share of the route's traffic to the baseline, after a burst.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,13 +2,16 @@
 //! the budget that bounds the extra load they put on it (hedges, in
 //! `hedge.rs`, have a bucket of the same kind).
 //!
-//! The budget is a token bucket in thousandths of a retry: every request the
-//! baseline answers (routed to it, not a retry) adds `retry_budget_percent`
-//! of a retry, and each retry takes one whole. It starts full with a burst of
-//! [`RETRY_BURST`] retries, so the first faults of a canary that is bad from
-//! its first request are answered too, and never holds more. A baseline that
-//! fails earns nothing: when it is failing itself, retries stop once the
-//! burst is spent.
+//! The budget is a token bucket in thousandths of a retry: every request of
+//! the route that the version it was routed to answered (the baseline's or
+//! the canary's, not a retry or a hedge) adds `retry_budget_percent` of a
+//! retry, and each retry takes one whole. So retries add at most that share
+//! of the route's traffic to the baseline, which is the load it carried alone
+//! before the rollout, at every step, the last one included. It starts full
+//! with a burst of [`RETRY_BURST`] retries, so the first faults of a canary
+//! that is bad from its first request are answered too, and never holds
+//! more. A retry that the baseline fails empties it: when the baseline is
+//! failing itself, retries stop until the route's answers earn them again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,6 +45,11 @@ impl RetryBudget {
                 (b < cap).then(|| (b + self.per_success).min(cap))
             });
         }
+    }
+
+    /// Spends everything: the baseline failed a retry.
+    pub fn empty(&self) {
+        self.balance.store(0, Ordering::Relaxed);
     }
 
     /// Takes one retry; false when the bucket holds less than one.
