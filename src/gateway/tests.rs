@@ -678,3 +678,64 @@ async fn a_retry_the_baseline_fails_too_stops_the_retries() {
     let retries = rig.rows_run(1) - (total as usize - routed_to_canary);
     assert_eq!(retries, 1, "the first retry failed, and none followed");
 }
+
+/// Canary 2 at 50 % under the per-request tests alone, with a 40 ms latency SLO.
+fn latency_watched_route() -> RouteSpec {
+    let spec = serde_json::json!({
+        "model": "m",
+        "targets": [{ "version": 1 }, { "version": 2 }],
+        "rollout": {
+            "canary": 2,
+            "step_weights": [50],
+            "interval": "1h",
+            "max_p99_latency": "40ms",
+            "min_requests": 1_000_000,
+            "sequential": true,
+            "retry_on_baseline": false,
+        },
+    });
+    serde_json::from_value(spec).unwrap()
+}
+
+/// Sends 24 requests at once with `held` versions holding their batches past
+/// the SLO, releases them after 200 ms, and returns the rollout's phase then.
+async fn stall(rig: &Rig, held: &[u64]) -> Phase {
+    rig.gateway.rollouts.put(latency_watched_route(), Source::Operator).await.unwrap();
+    for &version in held {
+        rig.loader.model("m", version).hold();
+    }
+    let gateway = rig.gateway.clone();
+    let requests: Vec<_> = (0..24)
+        .map(|value| {
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let headers = HeaderMap::new();
+                let call = Call { protocol: Protocol::Http, arrival: Instant::now(), headers: &headers };
+                gateway.infer("m", None, request(value), call).await.map(|r| r.model_version)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let phase = rig.phase().await;
+    for &version in held {
+        rig.loader.model("m", version).release();
+    }
+    for answer in requests {
+        let _ = answer.await.unwrap();
+    }
+    phase
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_of_both_versions_does_not_roll_the_canary_back() {
+    let rig = rig(&[1, 2]).await;
+    assert_eq!(stall(&rig, &[1, 2]).await, Phase::Progressing, "the baseline's requests were overdue too");
+    assert_eq!(rig.weights(), [(1, 50), (2, 50)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_of_the_canary_alone_rolls_it_back() {
+    let rig = rig(&[1, 2]).await;
+    assert_eq!(stall(&rig, &[2]).await, Phase::Failed);
+    assert_eq!(rig.weights(), [(1, 100), (2, 0)]);
+}

@@ -414,23 +414,31 @@ impl Analyzer {
     }
 
     /// A sequential test crossed its bound: rolls back, unless the baseline
-    /// breaks the same SLO in its window (then the test starts over).
+    /// breaks the same SLO in its window or, for latency, has a request
+    /// overdue now (then the test starts over).
     fn sequential_verdict(&mut self) -> ControlFlow<Next> {
         let canary = self.canary.clone();
         let Some(sequential) = canary.sequential.as_ref() else { return ControlFlow::Continue(()) };
         let baseline = self.baseline.window.summary(Instant::now());
         let counts = baseline.requests >= self.policy.min_requests;
+        // The canary's slow requests count the moment they pass the threshold, the baseline's
+        // window only when they end: a stall of the whole machine would show on the canary
+        // first. So a baseline with a request overdue right now breaks the latency SLO too.
         let baseline_over_latency = match (self.policy.max_p99_latency, baseline.p99()) {
-            (Some(max), Some(p99)) => p99 > max,
-            _ => false,
+            (Some(max), p99) => (counts && p99.is_some_and(|p99| p99 > max)) || self.baseline.stalled_for(max),
+            (None, _) => false,
         };
         let tests = [
-            (Breach::ErrorRate, sequential.errors.as_ref(), baseline.error_rate() > self.policy.max_error_rate),
+            (
+                Breach::ErrorRate,
+                sequential.errors.as_ref(),
+                counts && baseline.error_rate() > self.policy.max_error_rate,
+            ),
             (Breach::Latency, sequential.latency.as_ref().map(|(_, t)| t), baseline_over_latency),
         ];
         for (breach, test, baseline_over) in tests {
             let Some(test) = test.filter(|t| t.crossed()) else { continue };
-            if counts && baseline_over {
+            if baseline_over {
                 tracing::warn!(
                     target: "modelgate::rollout",
                     model = %self.model,

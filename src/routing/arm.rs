@@ -4,8 +4,10 @@
 //! changes: a new route table points at the same arm. A rollout's canary arm
 //! also feeds every outcome to its sequential tests.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::sprt::Sequential;
 use super::window::{Outcome, Window};
@@ -22,6 +24,11 @@ pub struct Arm {
     /// The canary's sequential tests (a rollout's canary only).
     pub sequential: Option<Sequential>,
     in_flight: AtomicU32,
+    /// Milliseconds since `epoch` when the in-flight count last rose from 0.
+    busy_since_ms: AtomicU64,
+    /// Milliseconds since `epoch` of the last recorded answer.
+    last_answer_ms: AtomicU64,
+    epoch: Instant,
     metrics: RouteMetrics,
 }
 
@@ -38,11 +45,15 @@ impl Drop for InFlight<'_> {
 impl Arm {
     /// A fresh arm of `model` version `version` whose window spans `span`.
     pub fn new(model: &str, version: u64, span: Duration) -> Arm {
+        let epoch = Instant::now();
         Arm {
             version,
-            window: Window::new(span, tokio::time::Instant::now()),
+            window: Window::new(span, epoch),
             sequential: None,
             in_flight: AtomicU32::new(0),
+            busy_since_ms: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(0),
+            epoch,
             metrics: RouteMetrics::new(model, version),
         }
     }
@@ -62,6 +73,10 @@ impl Arm {
     /// own requests instead of piling up work beside the stable version.
     pub fn admit(&self, model: &str, limit: Option<u32>) -> Result<InFlight<'_>, Error> {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
+            // A clock read only when the arm turns busy (see `stalled_for`).
+            self.busy_since_ms.store(self.millis(Instant::now()), Ordering::Relaxed);
+        }
         let guard = InFlight(&self.in_flight);
         match limit {
             Some(limit) if before >= limit => Err(Error::Unavailable(format!(
@@ -96,10 +111,31 @@ impl Arm {
                 return;
             }
         };
-        self.window.record(tokio::time::Instant::now(), outcome);
+        let now = Instant::now();
+        self.last_answer_ms.store(self.millis(now), Ordering::Relaxed);
+        self.window.record(now, outcome);
         if let Some(sequential) = &self.sequential {
             sequential.observe(outcome, slow_counted);
         }
+    }
+
+    /// Whether some request has been in flight longer than `threshold` with
+    /// no answer from this arm meanwhile: the arm has been busy without a
+    /// break since the later of when it turned busy and its last answer, so a
+    /// request in flight then still is. The rollout uses it to tell a stall
+    /// of the whole machine (the baseline's requests are overdue too, though
+    /// its window records them only when they end) from a slow canary.
+    /// Read by the analyzer only when a test crosses: two loads and a clock read.
+    pub fn stalled_for(&self, threshold: Duration) -> bool {
+        if self.in_flight() == 0 {
+            return false;
+        }
+        let quiet_since = self.busy_since_ms.load(Ordering::Relaxed).max(self.last_answer_ms.load(Ordering::Relaxed));
+        u128::from(self.millis(Instant::now()).saturating_sub(quiet_since)) > threshold.as_millis()
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Publishes the arm's current weight.
@@ -136,5 +172,27 @@ mod tests {
         arm.record(Err(Fault::Client), Duration::from_millis(2));
         let summary = arm.window.summary(tokio::time::Instant::now());
         assert_eq!((summary.requests, summary.errors), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_arm_is_stalled_while_a_request_is_overdue_and_no_answer_comes() {
+        let threshold = Duration::from_millis(40);
+        let arm = Arm::new("m", 1, Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!arm.stalled_for(threshold), "idle");
+        let first = arm.admit("m", None).unwrap();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert!(!arm.stalled_for(threshold), "in flight, not yet overdue");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(arm.stalled_for(threshold), "in flight 50 ms with no answer");
+        // Busy without a break, but answering: nothing is overdue.
+        let second = arm.admit("m", None).unwrap();
+        arm.record(Ok(()), Duration::from_millis(50));
+        drop(first);
+        assert!(!arm.stalled_for(threshold));
+        tokio::time::advance(Duration::from_millis(41)).await;
+        assert!(arm.stalled_for(threshold), "the second has waited past the threshold since the last answer");
+        drop(second);
+        assert!(!arm.stalled_for(threshold), "nothing in flight");
     }
 }
