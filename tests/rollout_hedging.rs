@@ -42,13 +42,6 @@ async fn answers(http: &Http, server: &Server, model: &str, n: u32) -> Vec<(u64,
     out
 }
 
-/// The value of the `/metrics` line `name{labels}`, 0 when absent.
-async fn metric(server: &Server, line: &str) -> f64 {
-    let metrics = Http::default().send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
-    let text = metrics.body.as_str().map(str::to_owned).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_answers_a_slow_canarys_requests_from_the_baseline_within_the_threshold_until_its_budget_is_spent() {
     let repo = Repo::new("hedged", &[(1, Kind::Mlp), (2, Kind::Slow)]);
@@ -99,14 +92,14 @@ async fn hedging_answers_a_slow_canarys_requests_from_the_baseline_within_the_th
     let hedges = |outcome: &str| {
         format!("modelgate_route_canary_hedges_total{{model=\"hedged\",canary=\"2\",outcome=\"{outcome}\"}}")
     };
-    assert_eq!(metric(&server, &hedges("baseline_won")).await, BURST as f64);
-    assert_eq!(metric(&server, &hedges("budget_exhausted")).await, 6.0);
-    assert_eq!(metric(&server, &hedges("canary_won")).await, 0.0);
+    assert_eq!(server.metric(&hedges("baseline_won")).await, BURST as f64);
+    assert_eq!(server.metric(&hedges("budget_exhausted")).await, 6.0);
+    assert_eq!(server.metric(&hedges("canary_won")).await, 0.0);
 
     // Every canary run goes on to its end and is recorded against the canary, the hedged ones too.
     let canary_answers = "modelgate_route_requests_total{model=\"hedged\",version=\"2\",outcome=\"success\"}";
     let started = Instant::now();
-    while metric(&server, canary_answers).await < (BURST + 6) as f64 {
+    while server.metric(canary_answers).await < (BURST + 6) as f64 {
         assert!(started.elapsed() < Duration::from_secs(60), "the hedged canary runs were not all recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

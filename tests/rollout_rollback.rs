@@ -230,13 +230,6 @@ fn successes(server: &Server, model: &str, version: u64) -> u64 {
     }
 }
 
-/// The value of the `/metrics` line `name{labels}`, 0 when absent.
-async fn metric(server: &Server, line: &str) -> f64 {
-    let metrics = Http::default().send(http::Method::GET, format!("http://{}/metrics", server.http), &[], None).await;
-    let text = metrics.body.as_str().map(str::to_owned).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canarys_faults_are_answered_once_by_the_baseline_and_no_client_sees_one() {
     let model = "retried";
@@ -265,11 +258,9 @@ async fn a_failing_canarys_faults_are_answered_once_by_the_baseline_and_no_clien
     // Counted against the canary (that is what rolled it back), each answered by one baseline run.
     let canary_faults = failures(&server, model, 2);
     assert!(canary_faults >= 3, "the canary failed {canary_faults} requests");
-    let retried = metric(
-        &server,
-        &format!("modelgate_route_canary_retries_total{{model=\"{model}\",canary=\"2\",outcome=\"success\"}}"),
-    )
-    .await;
+    let retried = server
+        .metric(&format!("modelgate_route_canary_retries_total{{model=\"{model}\",canary=\"2\",outcome=\"success\"}}"))
+        .await;
     assert_eq!(retried as u64, canary_faults, "every canary fault was retried once");
     assert_eq!(failures(&server, model, 1), 0);
     // No double answer: each baseline run is exactly one answer a client got.
@@ -310,7 +301,7 @@ async fn client_mistakes_and_expired_client_deadlines_are_never_retried_on_the_b
     for outcome in ["success", "error", "no_budget"] {
         let line =
             format!("modelgate_route_canary_retries_total{{model=\"{model}\",canary=\"2\",outcome=\"{outcome}\"}}");
-        assert_eq!(metric(&server, &line).await, 0.0, "{line}");
+        assert_eq!(server.metric(&line).await, 0.0, "{line}");
     }
     let status = server.gateway.rollouts.status(model).await.unwrap();
     assert_eq!(status.rollout.unwrap().state, Phase::Progressing, "client outcomes never count against the canary");

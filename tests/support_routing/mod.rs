@@ -126,6 +126,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// The value of the `/metrics` line `name{labels}`, 0 when absent.
+    pub async fn metric(&self, line: &str) -> f64 {
+        let metrics = Http::default().send(Method::GET, format!("http://{}/metrics", self.http), &[], None).await;
+        let text = metrics.body.as_str().map(str::to_owned).unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    }
+
     pub async fn start(repo: &Repo, routes: Vec<RouteSpec>) -> Server {
         let mut config = Config::default();
         config.repository.path = repo.path().to_owned();
