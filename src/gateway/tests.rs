@@ -679,11 +679,13 @@ async fn a_retry_the_baseline_fails_too_stops_the_retries() {
     assert_eq!(retries, 1, "the first retry failed, and none followed");
 }
 
-/// Canary 2 at 50 % under the per-request tests alone, with a 40 ms latency SLO.
+/// Canary 2 at 50 % under the per-request tests alone, with a 40 ms latency SLO;
+/// `x-pin` sends a request to the baseline.
 fn latency_watched_route() -> RouteSpec {
     let spec = serde_json::json!({
         "model": "m",
         "targets": [{ "version": 1 }, { "version": 2 }],
+        "rules": [{ "header": "x-pin", "value": "1", "version": 1 }],
         "rollout": {
             "canary": 2,
             "step_weights": [50],
@@ -697,24 +699,34 @@ fn latency_watched_route() -> RouteSpec {
     serde_json::from_value(spec).unwrap()
 }
 
-/// Sends 24 requests at once with `held` versions holding their batches past
-/// the SLO, releases them after 200 ms, and returns the rollout's phase then.
+/// With `held` versions holding their batches past the SLO: one request
+/// pinned to the baseline, then (once it is in flight) 24 weighted ones;
+/// releases them after 200 ms and returns the rollout's phase then. The
+/// baseline's request is the oldest, as in a stall that hits traffic already
+/// flowing to both versions (the heuristic needs a baseline request at least
+/// as old as the canary's that crosses the test).
 async fn stall(rig: &Rig, held: &[u64]) -> Phase {
     rig.gateway.rollouts.put(latency_watched_route(), Source::Operator).await.unwrap();
     for &version in held {
         rig.loader.model("m", version).hold();
     }
-    let gateway = rig.gateway.clone();
-    let requests: Vec<_> = (0..24)
-        .map(|value| {
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let headers = HeaderMap::new();
-                let call = Call { protocol: Protocol::Http, arrival: Instant::now(), headers: &headers };
-                gateway.infer("m", None, request(value), call).await.map(|r| r.model_version)
-            })
+    let send = |value: i32, pinned: bool| {
+        let gateway = rig.gateway.clone();
+        tokio::spawn(async move {
+            let headers = if pinned { headers(&[("x-pin", "1")]) } else { HeaderMap::new() };
+            let call = Call { protocol: Protocol::Http, arrival: Instant::now(), headers: &headers };
+            gateway.infer("m", None, request(value), call).await.map(|r| r.model_version)
         })
-        .collect();
+    };
+    let pinned = send(100, true);
+    let baseline_arm = || rig.gateway.routes.get("m").unwrap().target(1).unwrap().arm.in_flight();
+    until("the baseline's request is in flight (or, not held, answered)", || {
+        baseline_arm() == 1 || pinned.is_finished()
+    })
+    .await;
+    let mut requests = vec![pinned];
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    requests.extend((0..24).map(|value| send(value, false)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let phase = rig.phase().await;
     for &version in held {
