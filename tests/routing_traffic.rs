@@ -279,17 +279,16 @@ async fn the_queue_depth_forgets_clients_that_left() {
     // Issue #15, finding 10: modelgate_queue_depth read 62 for 10 s after the clients left.
     let repo = Repo::new("slowq", &[(1, Kind::Slow)]);
     let server = Arc::new(Server::start(&repo, vec![]).await);
-    let clients: Vec<_> = (0..24)
-        .map(|seed| {
-            let server = server.clone();
-            tokio::spawn(async move { Http::default().infer(&server, "slowq", &[], seed).await })
-        })
-        .collect();
     let depth = || server.gateway.repository.resolve("slowq", None).unwrap().queue_depth();
+    // Clients arrive one every 2 ms until 4 wait behind a running batch. (24 sent at once were
+    // sometimes taken whole into one batch, so none ever waited.)
+    let mut clients = Vec::new();
     let started = std::time::Instant::now();
     while depth() < 4 {
         assert!(started.elapsed() < Duration::from_secs(10), "the requests never queued");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (server, seed) = (server.clone(), clients.len() as u32);
+        clients.push(tokio::spawn(async move { Http::default().infer(&server, "slowq", &[], seed).await }));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     // Every client gives up: their connections close, their requests are cancelled.
     for client in &clients {
