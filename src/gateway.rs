@@ -321,7 +321,7 @@ impl Gateway {
         }
         let baseline = route.target(hedge.baseline).filter(|t| !t.failed);
         // Past the client's deadline nobody waits for a hedge.
-        let waited_for = copy.as_ref().is_some_and(|c| c.timeout.is_none_or(|t| call.arrival.elapsed() < t));
+        let waited_for = copy.as_ref().is_some_and(|c| client_waits(c, call.arrival));
         let (Some(baseline), true) = (baseline, waited_for) else {
             return canary_run.await;
         };
@@ -459,9 +459,13 @@ async fn run_version(
 /// request that reaches a route is idempotent: the parameters that would
 /// make one stateful (`sequence_id`, ...) are refused at the door.
 fn retryable(error: &Error, request: &InferRequest, arrival: Instant) -> bool {
-    error.fault() == Fault::Server
-        && !matches!(error, Error::DeadlineExceeded(_))
-        && request.timeout.is_none_or(|timeout| arrival.elapsed() < timeout)
+    error.fault() == Fault::Server && !matches!(error, Error::DeadlineExceeded(_)) && client_waits(request, arrival)
+}
+
+/// Whether the client still waits for `request`: its own deadline (`timeout`)
+/// has not passed since `arrival`. Past it, neither a retry nor a hedge is sent.
+fn client_waits(request: &InferRequest, arrival: Instant) -> bool {
+    request.timeout.is_none_or(|timeout| arrival.elapsed() < timeout)
 }
 
 /// A version as the client wrote it (`None` or empty: not named; gRPC sends
