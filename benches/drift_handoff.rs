@@ -89,6 +89,16 @@ fn bench_handoff(c: &mut Criterion) {
     let off: Option<DriftTap> = None;
     group.bench_function("drift_off_check", |b| b.iter(|| black_box(black_box(&off).is_some())));
 
+    // With the profiler off the worker still frees the assembled batch: the same setup as the
+    // offers below, dropped. An offer's own cost is its time less this one's.
+    for requests in [1usize, 8, 64] {
+        let batch: Vec<Vec<Tensor>> = (0..requests).map(request).collect();
+        let views: Vec<&[Tensor]> = batch.iter().map(Vec::as_slice).collect();
+        group.bench_function(BenchmarkId::new("drift_off_frees_the_batch", format!("{requests}req")), |b| {
+            b.iter_batched(|| vec![concat(&views, 0, requests > 1)], drop, BatchSize::SmallInput)
+        });
+    }
+
     // Consumers that keep up (drop what they take), so every offer succeeds.
     let (tx, rx) = crossbeam_channel::bounded::<DriftBatch>(64);
     std::thread::spawn(move || while rx.recv().is_ok() {});

@@ -18,6 +18,7 @@ use crate::feedback::request_id;
 use crate::metrics::{self, Protocol};
 use crate::repository::{ModelVersion, Repository, validate_model_name};
 use crate::rollout::Rollouts;
+use crate::routing::sprt::LatencyWatch;
 use crate::routing::{CanaryHedge, CanaryRetry, Route, Routes, Target};
 use crate::tensor::{InferRequest, InferResponse};
 
@@ -294,7 +295,7 @@ impl Gateway {
     /// within the hedge budget: the first success answers. A canary run that
     /// loses the race goes on in a task of its own, so that its answer, when
     /// it comes, is recorded against the canary like any other (and its
-    /// slowness is counted the moment it passes the latency threshold, even
+    /// slowness is counted soon after it passes the latency threshold, even
     /// if it never answers).
     async fn run_hedged(
         &self,
@@ -386,7 +387,7 @@ impl Gateway {
 /// Runs a request on one target of a route and records its outcome, and its
 /// time since `since`, in the target's arm (the deadline still counts from
 /// the call's `arrival`). A canary whose latency is tested has its slowness
-/// counted the moment it passes the threshold, not when it answers. Borrows
+/// counted soon after it passes the threshold, not when it answers. Borrows
 /// nothing of the request's call, so that a hedged canary run can outlive it.
 async fn run_on_target(
     repository: &Repository,
@@ -407,23 +408,14 @@ async fn run_on_target(
             Err(e) => Err(e),
         }
     };
-    let watch = target.arm.sequential.as_ref().and_then(|s| Some((s, s.latency_threshold()?)));
-    let (result, slow_counted) = match watch {
-        None => (run.await, false),
-        Some((sequential, threshold)) => {
-            // From the tokio clock (tests pause it), what is left of the threshold since arrival.
-            let late = tokio::time::Instant::now() + threshold.saturating_sub(since.elapsed());
-            tokio::pin!(run);
-            tokio::select! {
-                biased;
-                result = &mut run => (result, false),
-                () = tokio::time::sleep_until(late) => {
-                    sequential.observe_slow();
-                    (run.await, true)
-                }
-            }
-        }
-    };
+    // The latency test counts the request slow if it passes the threshold while it runs (see `routing::overdue`).
+    let watched = target.arm.sequential.as_ref().and_then(|s| {
+        // From the tokio clock (tests pause it).
+        let now = tokio::time::Instant::now();
+        s.watch(now.checked_sub(since.elapsed()).unwrap_or(now))
+    });
+    let result = run.await;
+    let slow_counted = watched.is_some_and(LatencyWatch::end);
     let outcome = result.as_ref().map(|_| ()).map_err(Error::fault);
     target.arm.record_watched(outcome, since.elapsed(), slow_counted);
     result

@@ -76,11 +76,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default: %(default)s)")
     parser.add_argument("--window", type=int, default=10, help="drift window in seconds (default: %(default)s)")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--queue", type=int, default=None,
+                        help="drift.queue for the drift-on gateway (default: the gateway's own default)")
     args = parser.parse_args()
     stop_on_sigterm()
     failures: list[str] = []
     report: dict = {"binary": str(args.binary), "rounds": args.rounds, "seconds": args.seconds,
-                    "window_seconds": args.window, "connections": args.connections}
+                    "window_seconds": args.window, "connections": args.connections, "queue": args.queue}
     with tempfile.TemporaryDirectory(prefix="mg-drift-cost-") as tmp, Processes(RESULTS / "logs") as procs:
         tmp = Path(tmp)
         body_file = tmp / "body.json"
@@ -88,7 +90,8 @@ def main() -> int:
         gateways = {}
         for name, enabled in (("on", "true"), ("off", "false")):
             config = tmp / f"{name}.toml"
-            config.write_text(f"[drift]\nenabled = {enabled}\nwindow_seconds = {args.window}\n")
+            queue = f"queue = {args.queue}\n" if args.queue else ""
+            config.write_text(f"[drift]\nenabled = {enabled}\nwindow_seconds = {args.window}\n{queue}")
             port = free_port()
             argv = modelgate_argv(args.binary, REPO / "models", port, free_port(), [MODEL])
             argv += ["--config", str(config), "--data-dir", str(tmp / f"data-{name}"), "--control-plane-port", "0"]

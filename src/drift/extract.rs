@@ -140,9 +140,7 @@ pub fn profile_batch(
         match (summary, planned.feature.reduce) {
             (Summary::Numeric(p), Reduce::Element(i)) => {
                 let value = |r: usize| decoded.numbers[r * per_row + i];
-                for r in 0..rows {
-                    p.update_counts(value(r));
-                }
+                p.update_counts_all((0..rows).map(value));
                 for r in sketched.rows(rows) {
                     p.update_sketch(value(r));
                 }
@@ -150,9 +148,7 @@ pub fn profile_batch(
             (Summary::Numeric(p), Reduce::Argmax) => {
                 let value =
                     |r: usize| argmax(&decoded.numbers[r * per_row..(r + 1) * per_row]).map_or(f64::NAN, |i| i as f64);
-                for r in 0..rows {
-                    p.update_counts(value(r));
-                }
+                p.update_counts_all((0..rows).map(value));
                 for r in sketched.rows(rows) {
                     p.update_sketch(value(r));
                 }
@@ -170,9 +166,7 @@ pub fn profile_batch(
                     // A row of zero elements has no statistics.
                     decoded.row_stats.resize(rows, [f64::NAN; 4]);
                 }
-                for stats in &decoded.row_stats {
-                    p.update_counts(stats[which]);
-                }
+                p.update_counts_all(decoded.row_stats.iter().map(|stats| stats[which]));
                 for r in sketched.rows(rows) {
                     p.update_sketch(decoded.row_stats[r][which]);
                 }

@@ -229,8 +229,25 @@ impl Analyzer {
         Some((analyzer, sender, status))
     }
 
-    /// Runs the state machine.
-    pub async fn run(mut self) {
+    /// Runs the state machine, and the sweep of the canary's running
+    /// requests for its latency test beside it.
+    pub async fn run(self) {
+        let canary = self.canary.clone();
+        let in_flight = || canary.in_flight();
+        let sweep = async {
+            match &canary.sequential {
+                Some(sequential) => sequential.sweep_overdue(in_flight).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The canary's running requests are counted slow as they pass the latency threshold for as long as the rollout runs.
+        tokio::select! {
+            () = self.phases() => {}
+            () = sweep => {}
+        }
+    }
+
+    async fn phases(mut self) {
         let first = self.policy.step_weights[0];
         self.event(EventKind::Started, format!("canary {} at {first} %", self.policy.canary));
         self.publish_phase(Phase::Progressing);

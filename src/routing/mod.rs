@@ -7,6 +7,8 @@
 //! - `shadow.rs`: shadow copies and the comparison of their answers.
 //! - `window.rs`: lock-free sliding windows of per-version outcomes.
 //! - `sprt.rs`: per-request sequential tests of a canary's outcomes.
+//! - `overdue.rs`: counting canary requests slow as they pass the latency
+//!   threshold, without a timer per request.
 //! - `retry.rs`: the budget of retries of canary faults on the baseline.
 //! - `hedge.rs`: hedging of slow canary requests on the baseline.
 //! - `policy.rs`: the rollout policy as written, and its checks (the
@@ -21,6 +23,7 @@
 mod arm;
 pub mod feedback_spec;
 mod hedge;
+mod overdue;
 pub mod policy;
 pub mod random;
 mod retry;

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::overdue::{OverdueWatch, Started};
 use super::policy::{Policy, Rates};
 use super::window::Outcome;
 
@@ -133,6 +134,8 @@ pub struct Sequential {
     pub errors: Option<Sprt>,
     /// Answers slower than `max_p99_latency` against the 1 % a p99 allows.
     pub latency: Option<(Duration, Sprt)>,
+    /// The canary's running requests, for counting them slow the moment they pass the latency threshold.
+    overdue: Option<OverdueWatch>,
     /// Rung once per crossing; the analyzer waits on it.
     pub crossed: Notify,
 }
@@ -141,20 +144,17 @@ impl Sequential {
     /// The tests of `policy`; `None` when it turns them off.
     pub fn new(policy: &Policy) -> Option<Sequential> {
         let rates = policy.sequential?;
+        let latency = policy.max_p99_latency.and_then(|t| Some((t, Sprt::new(P99_ALLOWED_SHARE, rates)?)));
         Some(Sequential {
             errors: Sprt::new(policy.max_error_rate, rates),
-            latency: policy.max_p99_latency.and_then(|t| Some((t, Sprt::new(P99_ALLOWED_SHARE, rates)?))),
+            overdue: latency.as_ref().map(|(threshold, _)| OverdueWatch::new(*threshold)),
+            latency,
             crossed: Notify::new(),
         })
     }
 
-    /// The latency threshold, when latency is tested.
-    pub fn latency_threshold(&self) -> Option<Duration> {
-        self.latency.as_ref().map(|(threshold, _)| *threshold)
-    }
-
     /// Adds one outcome of the canary. `slow_counted`: the request's
-    /// slowness was already added by [`Sequential::observe_slow`].
+    /// slowness was already counted while it ran (see [`LatencyWatch::end`]).
     #[inline]
     pub fn observe(&self, outcome: Outcome, slow_counted: bool) {
         let (failed, latency) = match outcome {
@@ -170,13 +170,70 @@ impl Sequential {
         }
     }
 
-    /// Adds a breach of the latency threshold by a request still running: it
-    /// will answer too late whatever it answers, and the evidence counts now.
-    pub fn observe_slow(&self) {
-        if let Some((_, test)) = &self.latency
-            && test.observe(true)
-        {
-            self.crossed.notify_one();
+    /// Adds `n` breaches of the latency threshold by requests still running:
+    /// they will answer too late whatever they answer, and the evidence counts now.
+    pub fn observe_slow(&self, n: u64) {
+        if let Some((_, test)) = &self.latency {
+            let mut crossed = false;
+            for _ in 0..n {
+                crossed |= test.observe(true);
+            }
+            if crossed {
+                self.crossed.notify_one();
+            }
+        }
+    }
+
+    /// Starts watching a canary request that started at `started` for
+    /// passing the latency threshold; `None` when latency is not tested.
+    #[inline]
+    pub fn watch(&self, started: tokio::time::Instant) -> Option<LatencyWatch<'_>> {
+        let watch = self.overdue.as_ref()?;
+        let started = watch.start(started, |n| self.observe_slow(n));
+        Some(LatencyWatch { watch, started: Some(started) })
+    }
+
+    /// Counts the watched requests that pass the latency threshold while they
+    /// run, a slot of time at a time, for as long as it is polled (the
+    /// rollout's analyzer polls it beside its checks). Never ends; pending
+    /// at once without a latency test.
+    pub async fn sweep_overdue(&self, in_flight: impl Fn() -> u32) {
+        let Some((watch, (threshold, _))) = self.overdue.as_ref().zip(self.latency.as_ref()) else {
+            return std::future::pending().await;
+        };
+        let mut next = 0;
+        loop {
+            // Nothing in flight: no request can pass the threshold sooner than a threshold from now.
+            let wait = if in_flight() == 0 { *threshold } else { watch.slot() };
+            tokio::time::sleep(wait).await;
+            next = watch.sweep(tokio::time::Instant::now(), next, |n| self.observe_slow(n));
+        }
+    }
+}
+
+/// A canary request under watch for passing the latency threshold. Ended
+/// with [`LatencyWatch::end`] when it answers; dropped unanswered (the client
+/// left), it leaves the watch too, so that a cancelled request is not later
+/// counted slow.
+#[derive(Debug)]
+pub struct LatencyWatch<'a> {
+    watch: &'a OverdueWatch,
+    started: Option<Started>,
+}
+
+impl LatencyWatch<'_> {
+    /// Ends the watch; true when the request's slowness was already counted
+    /// (pass it to [`Sequential::observe`] as `slow_counted`).
+    #[inline]
+    pub fn end(mut self) -> bool {
+        self.started.take().is_some_and(|started| self.watch.end(started))
+    }
+}
+
+impl Drop for LatencyWatch<'_> {
+    fn drop(&mut self) {
+        if let Some(started) = self.started.take() {
+            self.watch.end(started);
         }
     }
 }

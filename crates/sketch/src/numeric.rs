@@ -86,16 +86,7 @@ impl FeatureProfile {
     #[inline]
     pub fn update_counts(&mut self, value: f64) {
         self.rows += 1;
-        if value.is_nan() {
-            self.nan += 1;
-            return;
-        }
-        if value.is_infinite() {
-            if value > 0.0 {
-                self.pos_inf += 1;
-            } else {
-                self.neg_inf += 1;
-            }
+        if self.counted_non_finite(value) {
             return;
         }
         self.min = self.min.min(value);
@@ -106,6 +97,62 @@ impl FeatureProfile {
         self.mean += delta / n;
         self.m2 += delta * (value - self.mean);
         self.histogram.update(value);
+    }
+
+    /// [`FeatureProfile::update_counts`] for every value of a run (a batch's column): the same
+    /// counts, extremes, sum and histogram, with the run's moments summed about its first value
+    /// and merged once (Chan et al.), so that no value pays Welford's division. The data plane's
+    /// profiler adds a batch's rows this way.
+    pub fn update_counts_all(&mut self, values: impl IntoIterator<Item = f64>) {
+        let before = self.finite_count();
+        // Sums of deviations from `shift` (the run's first finite value): no cancellation
+        // when the values sit far from zero.
+        let (mut shift, mut s1, mut s2) = (f64::NAN, 0.0, 0.0);
+        for value in values {
+            self.rows += 1;
+            if self.counted_non_finite(value) {
+                continue;
+            }
+            if shift.is_nan() {
+                shift = value;
+            }
+            self.min = self.min.min(value);
+            self.max = self.max.max(value);
+            self.sum += value;
+            let d = value - shift;
+            s1 += d;
+            s2 += d * d;
+            self.histogram.update(value);
+        }
+        let added = (self.finite_count() - before) as f64;
+        if added == 0.0 {
+            return;
+        }
+        let (run_mean, run_m2) = (shift + s1 / added, (s2 - s1 * s1 / added).max(0.0));
+        if before == 0 {
+            (self.mean, self.m2) = (run_mean, run_m2);
+        } else {
+            let (na, n) = (before as f64, before as f64 + added);
+            let delta = run_mean - self.mean;
+            self.mean += delta * added / n;
+            self.m2 += run_m2 + delta * delta * na * added / n;
+        }
+    }
+
+    /// Counts a NaN or an infinity and returns true; false for a finite value.
+    #[inline]
+    fn counted_non_finite(&mut self, value: f64) -> bool {
+        if value.is_finite() {
+            return false;
+        }
+        if value.is_nan() {
+            self.nan += 1;
+        } else if value > 0.0 {
+            self.pos_inf += 1;
+        } else {
+            self.neg_inf += 1;
+        }
+        true
     }
 
     /// Adds a value to the KLL quantile sketch alone (NaN and ±inf never enter it). Every
@@ -249,6 +296,42 @@ mod tests {
         assert_eq!(p.histogram().total(), 2);
         assert_eq!(p.kll().n(), 2);
         assert_eq!((p.min(), p.max(), p.sum(), p.mean()), (Some(-1.0), Some(1.0), 0.0, Some(0.0)));
+        Ok(())
+    }
+
+    #[test]
+    fn runs_added_at_once_give_the_counts_and_moments_of_values_added_one_by_one() -> Result<(), SketchError> {
+        // Far from zero against its spread (where a plain sum of squares cancels), with NaN and
+        // infinities mixed in, in runs of uneven length (batches), the first a run of NaN alone.
+        let mut values = normal(4, 20_000, 1.0e9, 0.5);
+        for (i, odd) in [(3, f64::NAN), (70, f64::INFINITY), (71, f64::NEG_INFINITY), (5000, f64::NAN)] {
+            values[i] = odd;
+        }
+        let edges: Vec<f64> = (-20..=20).map(|i| 1.0e9 + f64::from(i) * 0.05).collect();
+        let mut one_by_one = FeatureProfile::new(edges.clone(), DEFAULT_K)?;
+        let mut in_runs = FeatureProfile::new(edges, DEFAULT_K)?;
+        one_by_one.update_counts(f64::NAN);
+        in_runs.update_counts_all([f64::NAN]);
+        for run in values.chunks(37) {
+            run.iter().for_each(|&v| one_by_one.update_counts(v));
+            in_runs.update_counts_all(run.iter().copied());
+        }
+        in_runs.update_counts_all([]);
+        let counts = |p: &FeatureProfile| (p.rows(), p.nan_count(), p.inf_count(), p.min(), p.max(), p.sum());
+        assert_eq!(counts(&in_runs), counts(&one_by_one));
+        assert_eq!(in_runs.histogram(), one_by_one.histogram());
+        // The sample's own moments, from deviations about 1e9 (exact to well under 1e-9 here).
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).map(|v| v - 1.0e9).collect();
+        let n = finite.len() as f64;
+        let exact_mean = finite.iter().sum::<f64>() / n;
+        let exact_std = (finite.iter().map(|d| (d - exact_mean).powi(2)).sum::<f64>() / n).sqrt();
+        for (how, p) in [("in runs", &in_runs), ("one by one", &one_by_one)] {
+            let (mean, std) = (p.mean().unwrap() - 1.0e9, p.std().unwrap());
+            // A mean near 1e9 is good to its last bits: an ulp there is 1.2e-7, and each update
+            // (of a value, or of a run) may round by half of one.
+            assert!((mean - exact_mean).abs() < 1e-5, "{how}: mean {mean} vs {exact_mean}");
+            assert!((std - exact_std).abs() < 1e-6 * exact_std, "{how}: std {std} vs {exact_std}");
+        }
         Ok(())
     }
 
