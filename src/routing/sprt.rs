@@ -198,14 +198,13 @@ impl Sequential {
     /// rollout's analyzer polls it beside its checks). Never ends; pending
     /// at once without a latency test.
     pub async fn sweep_overdue(&self, in_flight: impl Fn() -> u32) {
-        let Some((watch, (threshold, _))) = self.overdue.as_ref().zip(self.latency.as_ref()) else {
+        let Some(watch) = self.overdue.as_ref() else {
             return std::future::pending().await;
         };
         let mut next = 0;
         loop {
-            // Nothing in flight: no request can pass the threshold sooner than a threshold from now.
-            let wait = if in_flight() == 0 { *threshold } else { watch.slot() };
-            tokio::time::sleep(wait).await;
+            let wake = watch.next_sweep(tokio::time::Instant::now(), in_flight() == 0);
+            tokio::time::sleep_until(wake).await;
             next = watch.sweep(tokio::time::Instant::now(), next, |n| self.observe_slow(n));
         }
     }
