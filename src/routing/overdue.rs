@@ -95,11 +95,6 @@ impl OverdueWatch {
         }
     }
 
-    /// How often the sweeper should run.
-    pub fn slot(&self) -> Duration {
-        self.slot
-    }
-
     /// When the sweeper should next run: at the end of the next slot that
     /// completes an overdue one, or, with nothing in flight (`idle`), a
     /// threshold's worth of slots on (no request starting now can be
@@ -239,7 +234,7 @@ mod tests {
         next = watch.sweep(Instant::now(), next, &add);
         assert_eq!(slow.load(Ordering::Relaxed), 0, "not yet overdue");
         // Within a slot (5 ms) past the threshold, the sweep counts it.
-        tokio::time::advance(watch.slot() + Duration::from_millis(2)).await;
+        tokio::time::advance(watch.slot + Duration::from_millis(2)).await;
         next = watch.sweep(Instant::now(), next, &add);
         assert_eq!(slow.load(Ordering::Relaxed), 1);
         // Sweeping again finds nothing new, and its answer knows it was counted.
@@ -252,7 +247,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_wakes_at_slot_ends_and_a_threshold_on_when_idle() {
         let watch = OverdueWatch::new(THRESHOLD);
-        let slot = watch.slot();
+        let slot = watch.slot;
         assert_eq!(slot, THRESHOLD / 16);
         tokio::time::advance(slot * 3 + slot / 2).await;
         let now = Instant::now();
@@ -293,7 +288,7 @@ mod tests {
         let (slow, add) = counter();
         let stuck: Vec<Started> = (0..3).map(|_| watch.start(Instant::now(), &add)).collect();
         // No sweeper ran for a whole ring: the next request in that slot counts the three.
-        tokio::time::advance(watch.slot() * RING as u32).await;
+        tokio::time::advance(watch.slot * RING as u32).await;
         let fresh = watch.start(Instant::now(), &add);
         assert_eq!(slow.load(Ordering::Relaxed), 3);
         assert!(stuck.into_iter().all(|s| watch.end(s)), "each knows it was counted");
