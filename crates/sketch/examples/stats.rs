@@ -125,7 +125,7 @@ fn numeric_window(reference: &FeatureProfile, values: &[f64], k: u16) -> Result<
         "edges": reference.histogram().edges(),
         "reference_bins": r,
         "ks_d": d,
-        "ks_p": stats::ks_p_value(d, reference.finite_count(), current.finite_count()),
+        "ks_p": stats::ks_sketch_p_value(d, reference.kll(), current.kll()),
         "wasserstein": cdfs.wasserstein(),
         "reference_std": reference.std(),
         "psi": stats::psi(r, c),

@@ -178,8 +178,8 @@ pub fn evaluate_numeric(
     let (value, p_value) = match stat {
         Stat::Ks => {
             let d = cdfs()?.ks_statistic();
-            // The sketches' own counts: a window's sketch may hold a sample of its rows.
-            (d, Some(stats::ks_p_value(d, reference.kll().n(), current.kll().n())))
+            // The sketches' own counts (a window's sketch may hold a sample of its rows), and their noise.
+            (d, Some(stats::ks_sketch_p_value(d, reference.kll(), current.kll())))
         }
         Stat::Wasserstein => {
             // Evidently floors the norm at 0.001 so that a constant reference does not divide by 0.

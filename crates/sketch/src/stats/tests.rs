@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::normal;
 
 fn kll(values: &[f64]) -> Kll {
     let mut sketch = Kll::default();
@@ -93,6 +94,46 @@ fn ks_p_value_uses_the_effective_sample_size() {
     // n = m = 200: effective n = 100, so λ = 10 · D.
     assert!((ks_p_value(0.1, 200, 200) - kolmogorov_sf(1.0)).abs() < 1e-15);
     assert_eq!(ks_p_value(0.5, 0, 10), 1.0);
+}
+
+#[test]
+fn the_noise_model_matches_the_rank_error_of_compacted_sketches() {
+    // The sd of rank estimates at the deciles over 100 sketches of 1,000 and of 10,000 values (k = 200).
+    for (n, seed) in [(1_000, 40), (10_000, 41)] {
+        let mut errors = Vec::new();
+        for trial in 0..100 {
+            let values = normal(seed * 1000 + trial, n, 0.0, 1.0);
+            let sketch = kll(&values);
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for decile in 1..10 {
+                let at = sorted[decile * n / 10];
+                let exact = sorted.partition_point(|&v| v <= at) as f64 / n as f64;
+                let estimated = KllFloat::<f64>::new(at).ok().and_then(|x| sketch.rank(&x, SearchCriteria::Inclusive));
+                errors.push(estimated.unwrap_or(f64::NAN) - exact);
+            }
+        }
+        let sd = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
+        let model = kll_rank_sd(&kll(&normal(seed, n, 0.0, 1.0)));
+        assert!((0.7..1.4).contains(&(sd / model)), "n = {n}: measured sd {sd:.5}, model {model:.5}");
+    }
+    // A sketch that holds every item has no rank noise.
+    assert_eq!(kll_rank_sd(&kll(&normal(42, 100, 0.0, 1.0))), 0.0);
+}
+
+#[test]
+fn a_ks_statistic_on_sketches_is_tested_less_half_their_noise() {
+    let (exact, compacted) = (kll(&normal(43, 100, 0.0, 1.0)), kll(&normal(44, 5_000, 0.0, 1.0)));
+    // Exact sketches: the plain asymptotic p-value.
+    assert_eq!(ks_sketch_p_value(0.2, &exact, &exact), ks_p_value(0.2, 100, 100));
+    // One compacted sketch: the statistic tested is d - sd / 2.
+    let noise = kll_rank_sd(&compacted);
+    assert!(noise > 0.001, "{noise}");
+    let p = ks_sketch_p_value(0.05, &exact, &compacted);
+    assert!((p - ks_p_value(0.05 - noise / 2.0, 100, 5_000)).abs() < 1e-15);
+    assert!(p > ks_p_value(0.05, 100, 5_000));
+    // Never below zero.
+    assert_eq!(ks_sketch_p_value(0.0, &compacted, &compacted), 1.0);
 }
 
 #[test]
