@@ -151,7 +151,7 @@ fn bench_offers(
                         registration: tap.registration(),
                         rows,
                         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
-                        outputs: [0usize].into_iter().zip(outputs.iter().cloned()).collect(),
+                        outputs: [0usize].into_iter().zip(outputs.iter().map(SharedTensor::of_output)).collect(),
                     };
                     tap.offer(profiled);
                 },
@@ -181,7 +181,7 @@ fn input_batch(id: u64, rows: usize, seed: usize) -> DriftBatch {
         rows,
         inputs: [SharedTensor {
             dtype: DataType::Fp32,
-            shape: vec![rows as i64, FEATURES as i64],
+            shape: [rows as i64, FEATURES as i64].into_iter().collect(),
             data: fp32_bytes(&floats(rows * FEATURES, seed)),
         }]
         .into_iter()

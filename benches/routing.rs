@@ -10,6 +10,8 @@
 //!   for a healthy outcome (the ratio at its floor: a load, no write) and a
 //!   failure (a CAS), and a canary arm's whole record (window, both tests)
 //!   beside the same record on an arm without tests; baseline: one atomic add.
+//! - `latency_watch`: a canary request's place in the overdue watch, taken
+//!   and given back; baseline: the tokio timer per request it replaced.
 //!
 //! Run: `cargo bench --bench routing`.
 
@@ -128,5 +130,43 @@ fn sequential(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, pick, record, sequential);
+/// What a canary request pays to have its slowness counted while it runs: a
+/// slot of the overdue watch taken and given back (`routing/overdue.rs`),
+/// against what it paid before, a tokio timer armed at the threshold (one
+/// poll registers it in the timer wheel) and dropped when the answer came.
+fn latency_watch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency_watch");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
+    let _entered = runtime.enter();
+    let rollout = route(RouteSpec {
+        model: "mlp".into(),
+        targets: vec![
+            TargetSpec { version: 1, weight: None, max_in_flight: None },
+            TargetSpec { version: 2, weight: None, max_in_flight: None },
+        ],
+        rules: Vec::new(),
+        sticky_header: None,
+        shadow: None,
+        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
+        feedback: None,
+    });
+    let sequential = rollout.targets[1].arm.sequential.as_ref().expect("the canary is tested");
+    group.bench_function("slot_taken_and_given_back", |b| {
+        b.iter(|| {
+            let watch = sequential.watch(tokio::time::Instant::now()).expect("latency is tested");
+            black_box(watch.end())
+        })
+    });
+    let threshold = Duration::from_secs(5);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    group.bench_function("baseline_tokio_timer_armed_and_dropped", |b| {
+        b.iter(|| {
+            let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now() + threshold));
+            black_box(std::future::Future::poll(timer.as_mut(), &mut context).is_pending())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, pick, record, sequential, latency_watch);
 criterion_main!(benches);

@@ -86,7 +86,7 @@ impl BatchedInput<'_> {
             Data::Owned(buf) => Bytes::from_owner(buf),
             Data::Packed(v) => Bytes::from(v),
         };
-        SharedTensor { dtype: self.dtype, shape: self.shape, data }
+        SharedTensor { dtype: self.dtype, shape: self.shape.as_slice().into(), data }
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::assemble::{concat, split};
 use super::queue::{BatchQueue, Closed, Decision, Dropped, Queued};
-use crate::drift::{DriftBatch, DriftTap};
+use crate::drift::{DriftBatch, DriftTap, SharedTensor};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::{ComputeTimes, ModelStats};
@@ -201,7 +201,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
         registration: tap.registration(),
         rows: total_rows,
         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
-        outputs: wanted.iter().copied().zip(outputs.iter().cloned()).collect(),
+        outputs: wanted.iter().copied().zip(outputs.iter().map(SharedTensor::of_output)).collect(),
     });
     // [output][request] -> [request][output]
     let mut per_output: Vec<std::vec::IntoIter<OutputTensor>> = Vec::with_capacity(outputs.len());

@@ -15,15 +15,26 @@ use metrics::Counter;
 use modelgate_backend::{DataType, OutputTensor};
 use smallvec::SmallVec;
 
-/// One input of a batch as the backend saw it, shared with the profiler.
+/// A shape of up to four dimensions held inline: sharing a tensor with the
+/// profiler allocates nothing for it (and frees nothing on its thread).
+pub type Shape = SmallVec<[i64; 4]>;
+
+/// One input or output of a batch as the backend saw it, shared with the profiler.
 #[derive(Clone, Debug)]
 pub struct SharedTensor {
     /// Element type.
     pub dtype: DataType,
     /// Shape, batch dimension first when the model batches.
-    pub shape: Vec<i64>,
+    pub shape: Shape,
     /// The bytes (row-major, little-endian; BYTES length-prefixed).
     pub data: Bytes,
+}
+
+impl SharedTensor {
+    /// A backend output, shared: a reference count on its bytes.
+    pub fn of_output(output: &OutputTensor) -> SharedTensor {
+        SharedTensor { dtype: output.dtype, shape: Shape::from_slice(&output.shape), data: output.data.clone() }
+    }
 }
 
 /// Inputs or outputs of a batch. Most models have one or two of each: held
@@ -40,7 +51,7 @@ pub struct DriftBatch {
     /// Every input, in the model's order.
     pub inputs: Tensors<SharedTensor>,
     /// The outputs the batch's requests asked for, by index in the model's order.
-    pub outputs: Tensors<(usize, OutputTensor)>,
+    pub outputs: Tensors<(usize, SharedTensor)>,
 }
 
 /// Kept alive by a version's [`DriftTap`]: when the version is gone (its

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use modelgate_backend::{DataType, OutputTensor, push_bytes_element};
+use modelgate_backend::{DataType, push_bytes_element};
 
 use super::*;
 use crate::drift::handoff::SharedTensor;
@@ -49,7 +49,7 @@ fn counters() -> (VersionCounters, Counted) {
 fn f32_tensor(rows: usize, values: &[f32]) -> SharedTensor {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let columns = (values.len() / rows.max(1)) as i64;
-    SharedTensor { dtype: DataType::Fp32, shape: vec![rows as i64, columns], data: Bytes::from(data) }
+    SharedTensor { dtype: DataType::Fp32, shape: [rows as i64, columns].into_iter().collect(), data: Bytes::from(data) }
 }
 
 fn strings(values: &[&str]) -> SharedTensor {
@@ -57,7 +57,7 @@ fn strings(values: &[&str]) -> SharedTensor {
     for v in values {
         push_bytes_element(&mut data, v.as_bytes());
     }
-    SharedTensor { dtype: DataType::Bytes, shape: vec![values.len() as i64], data: Bytes::from(data) }
+    SharedTensor { dtype: DataType::Bytes, shape: [values.len() as i64].into_iter().collect(), data: Bytes::from(data) }
 }
 
 /// A batch whose row `r` has x = [base + r, 2·(base + r)], s = "a" or "b",
@@ -71,7 +71,7 @@ fn batch(registration: u64, rows: usize, base: f32) -> DriftBatch {
         registration,
         rows,
         inputs: [f32_tensor(rows, &x), strings(&s)].into_iter().collect(),
-        outputs: [(0, OutputTensor { dtype: y.dtype, shape: y.shape, data: y.data })].into_iter().collect(),
+        outputs: [(0, y)].into_iter().collect(),
     }
 }
 
@@ -301,7 +301,7 @@ fn higher_rank_inputs_are_profiled_as_row_statistics() {
         rows: 2,
         inputs: [SharedTensor {
             dtype: DataType::Uint8,
-            shape: vec![2, 2, 2],
+            shape: [2, 2, 2].into_iter().collect(),
             data: Bytes::from_static(&[0, 2, 4, 6, 1, 1, 1, 1]),
         }]
         .into_iter()
