@@ -102,7 +102,9 @@ impl OverdueWatch {
     pub fn next_sweep(&self, now: Instant, idle: bool) -> Instant {
         let ahead = if idle { self.lag + 1 } else { 1 };
         let tick = self.tick(now).saturating_add(ahead);
-        self.epoch + self.slot * u32::try_from(tick).unwrap_or(u32::MAX)
+        // In nanoseconds: ticks of a millisecond pass u32::MAX after 50 days.
+        let nanos = self.slot.as_nanos().saturating_mul(u128::from(tick));
+        self.epoch + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     fn tick(&self, at: Instant) -> u64 {
@@ -254,6 +256,10 @@ mod tests {
         assert_eq!(watch.next_sweep(now, false), watch.epoch + slot * 4, "the end of the current slot");
         // Idle: the first slot that a request starting now could make overdue.
         assert_eq!(watch.next_sweep(now, true), watch.epoch + slot * (3 + 17));
+        // Months on, still a slot ahead (not stuck at a tick that no longer fits 32 bits).
+        let later = now + Duration::from_secs(90 * 24 * 3600);
+        let next = watch.next_sweep(later, false);
+        assert!(next > later && next - later <= slot, "{:?}", next - later);
     }
 
     #[tokio::test(start_paused = true)]
