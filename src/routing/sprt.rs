@@ -134,7 +134,7 @@ pub struct Sequential {
     pub errors: Option<Sprt>,
     /// Answers slower than `max_p99_latency` against the 1 % a p99 allows.
     pub latency: Option<(Duration, Sprt)>,
-    /// The canary's running requests, for counting them slow the moment they pass the latency threshold.
+    /// The canary's running requests, for counting them slow as they pass the latency threshold.
     overdue: Option<OverdueWatch>,
     /// Rung once per crossing; the analyzer waits on it.
     pub crossed: Notify,
