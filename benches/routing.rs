@@ -90,6 +90,22 @@ fn record(c: &mut Criterion) {
     group.finish();
 }
 
+/// Versions 1 and 2 of `mlp` under a rollout of canary 2 with the default policy.
+fn canary_rollout() -> Route {
+    route(RouteSpec {
+        model: "mlp".into(),
+        targets: vec![
+            TargetSpec { version: 1, weight: None, max_in_flight: None },
+            TargetSpec { version: 2, weight: None, max_in_flight: None },
+        ],
+        rules: Vec::new(),
+        sticky_header: None,
+        shadow: None,
+        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
+        feedback: None,
+    })
+}
+
 fn sequential(c: &mut Criterion) {
     let mut group = c.benchmark_group("sequential");
     let counter = AtomicU64::new(0);
@@ -106,19 +122,7 @@ fn sequential(c: &mut Criterion) {
             busy.observe(black_box(i.is_multiple_of(30)))
         })
     });
-    let spec = RouteSpec {
-        model: "mlp".into(),
-        targets: vec![
-            TargetSpec { version: 1, weight: None, max_in_flight: None },
-            TargetSpec { version: 2, weight: None, max_in_flight: None },
-        ],
-        rules: Vec::new(),
-        sticky_header: None,
-        shadow: None,
-        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
-        feedback: None,
-    };
-    let rollout = route(spec);
+    let rollout = canary_rollout();
     let (plain, canary) = (&rollout.targets[0].arm, &rollout.targets[1].arm);
     assert!(plain.sequential.is_none() && canary.sequential.is_some());
     group.bench_function("record_success_arm_without_tests", |b| {
@@ -138,18 +142,7 @@ fn latency_watch(c: &mut Criterion) {
     let mut group = c.benchmark_group("latency_watch");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
     let _entered = runtime.enter();
-    let rollout = route(RouteSpec {
-        model: "mlp".into(),
-        targets: vec![
-            TargetSpec { version: 1, weight: None, max_in_flight: None },
-            TargetSpec { version: 2, weight: None, max_in_flight: None },
-        ],
-        rules: Vec::new(),
-        sticky_header: None,
-        shadow: None,
-        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
-        feedback: None,
-    });
+    let rollout = canary_rollout();
     let sequential = rollout.targets[1].arm.sequential.as_ref().expect("the canary is tested");
     group.bench_function("slot_taken_and_given_back", |b| {
         b.iter(|| {
