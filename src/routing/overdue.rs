@@ -76,8 +76,7 @@ pub enum Started {
 #[derive(Debug)]
 pub struct OverdueWatch {
     epoch: Instant,
-    slot: Duration,
-    /// `slot` in nanoseconds (at least [`MIN_SLOT`]'s million).
+    /// The slot's length in nanoseconds (at least [`MIN_SLOT`]'s million).
     slot_nanos: u64,
     /// Slots from a slot's end until even its youngest request is overdue.
     lag: u64,
@@ -91,7 +90,6 @@ impl OverdueWatch {
         let lag = u64::try_from(threshold.as_nanos().div_ceil(slot.as_nanos())).unwrap_or(u64::MAX).min(RING / 2);
         OverdueWatch {
             epoch: Instant::now(),
-            slot,
             slot_nanos: u64::try_from(slot.as_nanos()).unwrap_or(u64::MAX),
             lag,
             slots: (0..RING).map(|_| AtomicU64::new(pack(0, false, 0))).collect(),
@@ -106,7 +104,7 @@ impl OverdueWatch {
         let ahead = if idle { self.lag + 1 } else { 1 };
         let tick = self.tick(now).saturating_add(ahead);
         // In nanoseconds: ticks of a millisecond pass u32::MAX after 50 days.
-        let nanos = self.slot.as_nanos().saturating_mul(u128::from(tick));
+        let nanos = u128::from(self.slot_nanos).saturating_mul(u128::from(tick));
         self.epoch + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
@@ -125,33 +123,32 @@ impl OverdueWatch {
     /// the sweeper never reached, or this request itself).
     pub fn start(&self, started: Instant, mut overdue: impl FnMut(u64)) -> Started {
         let (index, lap) = Self::place(self.tick(started));
-        let cell = &self.slots[index];
-        let mut word = cell.load(Ordering::Acquire);
-        loop {
+        let taken = self.slots[index].fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let seen = lap_of(word);
-            let next = if seen == lap {
-                if word & SWEPT != 0 {
-                    // Its slot is swept: it was overdue before it started here.
-                    overdue(1);
-                    return Started::CountedSlow;
-                }
-                word + 1
+            if seen == lap {
+                // A swept slot takes no more requests.
+                (word & SWEPT == 0).then_some(word + 1)
             } else if (seen.wrapping_sub(lap) as i32) > 0 {
                 // The slot already holds a later lap.
-                return Started::Unwatched;
+                None
             } else {
-                pack(lap, false, 1)
-            };
-            match cell.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    if seen != lap && word & SWEPT == 0 && count_of(word) > 0 {
-                        // Taken over from a lap the sweeper never reached: those requests are long overdue.
-                        overdue(count_of(word));
-                    }
-                    return Started::Watched(Ticket { index, lap });
-                }
-                Err(current) => word = current,
+                Some(pack(lap, false, 1))
             }
+        });
+        match taken {
+            Ok(before) => {
+                if lap_of(before) != lap && before & SWEPT == 0 && count_of(before) > 0 {
+                    // Taken over from a lap the sweeper never reached: those requests are long overdue.
+                    overdue(count_of(before));
+                }
+                Started::Watched(Ticket { index, lap })
+            }
+            Err(word) if lap_of(word) == lap => {
+                // Its slot is swept: it was overdue before it started here.
+                overdue(1);
+                Started::CountedSlow
+            }
+            Err(_) => Started::Unwatched,
         }
     }
 
@@ -164,17 +161,12 @@ impl OverdueWatch {
             Started::CountedSlow => return true,
             Started::Unwatched => return false,
         };
-        let cell = &self.slots[ticket.index];
-        let mut word = cell.load(Ordering::Acquire);
-        loop {
-            if lap_of(word) != ticket.lap || word & SWEPT != 0 {
-                return true;
-            }
-            match cell.compare_exchange_weak(word, word - 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return false,
-                Err(current) => word = current,
-            }
-        }
+        // Still in its slot (same lap, not swept): it takes itself out, and its answer judges it.
+        self.slots[ticket.index]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (lap_of(word) == ticket.lap && word & SWEPT == 0).then(|| word - 1)
+            })
+            .is_err()
     }
 
     /// Sweeps every slot from tick `from` whose requests are all overdue at
@@ -188,22 +180,14 @@ impl OverdueWatch {
         let first = from.max(last.saturating_sub(RING - 1));
         for tick in first..=last {
             let (index, lap) = Self::place(tick);
-            let cell = &self.slots[index];
-            let mut word = cell.load(Ordering::Acquire);
-            loop {
-                if lap_of(word) != lap || word & SWEPT != 0 {
-                    // No request started in that slot's lap (or one already swept it).
-                    break;
-                }
-                match cell.compare_exchange_weak(word, word | SWEPT, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        if count_of(word) > 0 {
-                            overdue(count_of(word));
-                        }
-                        break;
-                    }
-                    Err(current) => word = current,
-                }
+            // Not swept yet, and holding that slot's lap (else no request started there).
+            let swept = self.slots[index].fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (lap_of(word) == lap && word & SWEPT == 0).then_some(word | SWEPT)
+            });
+            if let Ok(before) = swept
+                && count_of(before) > 0
+            {
+                overdue(count_of(before));
             }
         }
         last + 1
@@ -230,6 +214,10 @@ mod tests {
         (total, add)
     }
 
+    fn slot_of(watch: &OverdueWatch) -> Duration {
+        Duration::from_nanos(watch.slot_nanos)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_still_running_past_the_threshold_is_counted_once_by_the_sweep() {
         let watch = OverdueWatch::new(THRESHOLD);
@@ -240,7 +228,7 @@ mod tests {
         next = watch.sweep(Instant::now(), next, &add);
         assert_eq!(slow.load(Ordering::Relaxed), 0, "not yet overdue");
         // Within a slot (5 ms) past the threshold, the sweep counts it.
-        tokio::time::advance(watch.slot + Duration::from_millis(2)).await;
+        tokio::time::advance(slot_of(&watch) + Duration::from_millis(2)).await;
         next = watch.sweep(Instant::now(), next, &add);
         assert_eq!(slow.load(Ordering::Relaxed), 1);
         // Sweeping again finds nothing new, and its answer knows it was counted.
@@ -253,7 +241,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_wakes_at_slot_ends_and_a_threshold_on_when_idle() {
         let watch = OverdueWatch::new(THRESHOLD);
-        let slot = watch.slot;
+        let slot = slot_of(&watch);
         assert_eq!(slot, THRESHOLD / 16);
         tokio::time::advance(slot * 3 + slot / 2).await;
         let now = Instant::now();
@@ -298,7 +286,7 @@ mod tests {
         let (slow, add) = counter();
         let stuck: Vec<Started> = (0..3).map(|_| watch.start(Instant::now(), &add)).collect();
         // No sweeper ran for a whole ring: the next request in that slot counts the three.
-        tokio::time::advance(watch.slot * RING as u32).await;
+        tokio::time::advance(slot_of(&watch) * RING as u32).await;
         let fresh = watch.start(Instant::now(), &add);
         assert_eq!(slow.load(Ordering::Relaxed), 3);
         assert!(stuck.into_iter().all(|s| watch.end(s)), "each knows it was counted");
