@@ -89,13 +89,19 @@ impl FeatureProfile {
         if self.counted_non_finite(value) {
             return;
         }
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
-        self.sum += value;
+        self.add_finite(value);
         let n = self.finite_count() as f64;
         let delta = value - self.mean;
         self.mean += delta / n;
         self.m2 += delta * (value - self.mean);
+    }
+
+    /// The extremes, the sum and the histogram of a finite value (the moments are the caller's).
+    #[inline]
+    fn add_finite(&mut self, value: f64) {
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.sum += value;
         self.histogram.update(value);
     }
 
@@ -116,13 +122,10 @@ impl FeatureProfile {
             if shift.is_nan() {
                 shift = value;
             }
-            self.min = self.min.min(value);
-            self.max = self.max.max(value);
-            self.sum += value;
+            self.add_finite(value);
             let d = value - shift;
             s1 += d;
             s2 += d * d;
-            self.histogram.update(value);
         }
         let added = (self.finite_count() - before) as f64;
         if added == 0.0 {
