@@ -72,6 +72,33 @@ async fn thread_count_parameters_load_when_readable_and_refuse_the_load_when_not
 }
 
 #[tokio::test]
+async fn yes_no_runtime_parameters_load_when_readable_and_refuse_the_load_when_not() {
+    let repo = TempRepo::new();
+    let flags = |arena: &str, spinning: &str| {
+        format!(
+            "parameters {{ key: \"enable_mem_arena\" value: {{ string_value: \"{arena}\" }} }}\n\
+             parameters {{ key: \"allow_spinning\" value: {{ string_value: \"{spinning}\" }} }}"
+        )
+    };
+    repo.add("mlp", "arena", 1, Some(&mlp_config("arena", &flags("1", "false"))));
+    repo.add("mlp", "plain", 1, Some(&mlp_config("plain", &flags("0", "true"))));
+    repo.add("mlp", "maybe", 1, Some(&mlp_config("maybe", &flags("maybe", "0"))));
+    repo.add("mlp", "spinning", 1, Some(&mlp_config("spinning", &flags("true", "yes"))));
+    let server = TestServer::start(config_for(repo.path())).await;
+
+    for name in ["arena", "plain"] {
+        assert_eq!(scores(&server.post_json(&format!("/v2/models/{name}/infer"), &mlp_request(1, 5)).await), 10);
+    }
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
+    for (name, key, value) in [("maybe", "enable_mem_arena", "\"maybe\""), ("spinning", "allow_spinning", "\"yes\"")] {
+        let entry = index_entry(&index, name);
+        assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(reason.contains(key) && reason.contains(value), "{reason}");
+    }
+}
+
+#[tokio::test]
 async fn a_reload_under_traffic_fails_no_request() {
     let server = std::sync::Arc::new(TestServer::examples_with_model_control().await);
     let clients: Vec<_> = (0..4)

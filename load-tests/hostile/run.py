@@ -132,8 +132,14 @@ def connect(port: int) -> socket.socket:
 
 
 def hold(sockets: list[socket.socket], stop: threading.Event) -> None:
+    """Holds the sockets until `stop`, then ends them. A shutdown first: a plain close leaves the
+    connection open while another thread of the attack still blocks in a send on it."""
     stop.wait()
     for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already reset by the server
         s.close()
 
 

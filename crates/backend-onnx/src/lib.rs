@@ -105,11 +105,37 @@ fn build_session(env: &Environment, model_file: &Path, options: &InstanceOptions
     }
     // Spinning threads keep a core busy after each run; on a small host shared
     // with the network workers that costs more than the wake-up it saves.
-    let spinning = options.parameters.get("allow_spinning").is_some_and(|v| v == "true" || v == "1");
+    let spinning = flag_parameter(options, "allow_spinning", false)?;
     builder = builder.with_intra_op_spinning(spinning).map_err(load_error)?;
     builder = builder.with_inter_op_spinning(spinning).map_err(load_error)?;
     builder = with_device(builder, options)?;
+    if options.device == Device::Cpu {
+        // ONNX Runtime's CPU arena keeps, for the life of the session, the
+        // largest working set any run needed, rounded up to a power of two:
+        // one hostile 60 MiB request left ~300 MiB that no budget counts.
+        // Without it, blocks come from the C allocator and go back after the
+        // run. Models whose runs need large intermediate blocks every time
+        // can turn it back on (Triton's parameter of the same name).
+        let arena = flag_parameter(options, "enable_mem_arena", false)?;
+        builder = builder
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(arena).build()])
+            .map_err(load_error)?;
+    }
     builder.commit_from_file(model_file).map_err(load_error)
+}
+
+/// A yes/no model parameter (`"1"`/`"true"` or `"0"`/`"false"`); anything
+/// else refuses the load, naming the key.
+fn flag_parameter(options: &InstanceOptions, key: &str, default: bool) -> Result<bool, BackendError> {
+    match options.parameters.get(key).map(|v| v.trim()) {
+        None => Ok(default),
+        Some("1" | "true") => Ok(true),
+        Some("0" | "false") => Ok(false),
+        Some(other) => Err(BackendError::Load(format!(
+            "parameter '{key}' must be \"true\"/\"1\" or \"false\"/\"0\", not {:?}",
+            other.chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 #[cfg(feature = "cuda")]
