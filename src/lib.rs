@@ -45,6 +45,7 @@ pub mod feedback;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod proto;
 pub mod repository;

@@ -117,9 +117,15 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
         if is_grpc(&request) {
             let mut grpc = self.grpc.clone();
             return Box::pin(async move {
-                let mut response = match grpc.call(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
+                let mut response = if crate::grpc::compressed::is_compressed(&request) {
+                    crate::grpc::compressed::call_apart(grpc, request).await.unwrap_or_else(|e| {
+                        tonic::Status::internal(format!("the compressed call failed: {e}")).into_http()
+                    })
+                } else {
+                    match grpc.call(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
                 };
                 // A unary response's bytes stay held until its body is dropped.
                 let held = response.extensions_mut().remove::<HeldUntilWritten>();
@@ -221,6 +227,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let grpc = crate::grpc::routes(gateway.clone());
+    if let Err(e) = crate::grpc::compressed::start(gateway.limits.max_concurrent_decompressions) {
+        tracing::error!(error = %e, "cannot start the threads of compressed gRPC calls; they will fail with INTERNAL");
+    }
     let builder = Arc::new(connection_builder(options));
     // Every accept loop and connection holds a receiver; the drain waits
     // for the last one to be dropped.

@@ -42,7 +42,7 @@ const FLOORS: &[&[&str]] = &[
     &["stats", "budget", "connection"],
     // The ground floor: names, values and codes that everything else uses.
     &["metrics"],
-    &["tensor", "proto"],
+    &["tensor", "proto", "memory"],
     &["error"],
     // std's atomics, or loom's where crates/loom-models compiles the lock-free counters.
     &["atomic"],

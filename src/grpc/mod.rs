@@ -4,6 +4,7 @@
 
 pub mod bounded_codec;
 pub mod codec;
+pub mod compressed;
 pub mod feedback;
 pub mod wire;
 
