@@ -66,6 +66,15 @@ pub struct Activity {
     /// milliseconds after `born`; [`NOT_BLOCKED`] when none waits.
     write_blocked_since_ms: AtomicU64,
     write_blocked: Notify,
+    /// Response bodies that handed the connection a frame and have not been
+    /// asked for the next one yet: over HTTP/2, a stream whose client never
+    /// opens its flow-control window is never asked again, while the socket
+    /// itself stays writable (PINGs, other streams).
+    bodies_owed: AtomicUsize,
+    /// Times a body that owed a frame was asked for it (or dropped): tells
+    /// the watcher whether any owing body moved between two of its looks.
+    body_asks: AtomicU64,
+    body_owes: Notify,
 }
 
 /// No write is waiting for room in the socket.
@@ -87,6 +96,9 @@ impl Activity {
             became_idle: Notify::new(),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             write_blocked: Notify::new(),
+            bodies_owed: AtomicUsize::new(0),
+            body_asks: AtomicU64::new(0),
+            body_owes: Notify::new(),
         })
     }
 
@@ -120,9 +132,18 @@ impl Activity {
         }
     }
 
-    /// Resolves once a write has waited `limit` for room in the socket
-    /// without a byte going out: the peer does not read.
+    /// Resolves once the peer has not read for `limit`: a write waited that
+    /// long for room in the socket without a byte going out, or a response
+    /// body that gave the connection a frame was not asked for the next one
+    /// for that long (an HTTP/2 stream window the client never opens).
     pub async fn write_stalled(&self, limit: Duration) {
+        tokio::select! {
+            () = self.socket_stalled(limit) => {}
+            () = self.body_stalled(limit) => {}
+        }
+    }
+
+    async fn socket_stalled(&self, limit: Duration) {
         loop {
             let since = self.write_blocked_since_ms.load(Ordering::Acquire);
             if since == NOT_BLOCKED {
@@ -132,6 +153,52 @@ impl Activity {
             tokio::time::sleep_until(self.born + Duration::from_millis(since) + limit).await;
             if self.write_blocked_since_ms.load(Ordering::Acquire) == since {
                 return;
+            }
+        }
+    }
+
+    /// A body of this connection handed out a frame and waits to be asked
+    /// for the next one. No clock read: the watcher keeps the time.
+    fn body_owes(&self) {
+        if self.bodies_owed.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Wakes a watcher that saw nothing owed; otherwise only stores a permit.
+            self.body_owes.notify_one();
+        }
+    }
+
+    /// A body that owed a frame was asked for the next one (or dropped).
+    fn body_asked(&self) {
+        self.body_asks.fetch_add(1, Ordering::AcqRel);
+        self.bodies_owed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Resolves once some body has owed a frame for `limit` without being
+    /// asked for it. Looks every quarter of `limit` while a body owes one
+    /// (so it resolves between `limit` and 1.25 `limit` after the stall
+    /// began) and sleeps until one does: if a body owed at one look and no
+    /// body was asked since, that body still owes.
+    async fn body_stalled(&self, limit: Duration) {
+        let every = (limit / 4).max(Duration::from_millis(1));
+        let mut stalled_for = Duration::ZERO;
+        // The asks counted at the last look, if a body owed then.
+        let mut owed_at_last_look: Option<u64> = None;
+        loop {
+            let owed = self.bodies_owed.load(Ordering::Acquire) > 0;
+            let asks = self.body_asks.load(Ordering::Acquire);
+            if owed && owed_at_last_look == Some(asks) {
+                stalled_for += every;
+                if stalled_for >= limit {
+                    return;
+                }
+            } else {
+                stalled_for = Duration::ZERO;
+            }
+            if owed {
+                owed_at_last_look = Some(asks);
+                tokio::time::sleep(every).await;
+            } else {
+                owed_at_last_look = None;
+                self.body_owes.notified().await;
             }
         }
     }
@@ -191,7 +258,10 @@ impl Drop for InUse {
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
-    _in_use: Option<InUse>,
+    in_use: Option<InUse>,
+    /// Gave out a frame and was not asked for the next one yet (counted in
+    /// the connection's [`Activity`]).
+    owes: bool,
     /// What must live as long as the body: a response's bytes held against
     /// the budget (`budget::HeldUntilWritten`), kept opaque here so the
     /// connection layer depends on nothing above it.
@@ -201,7 +271,7 @@ pub struct Tracked<B> {
 impl<B> Tracked<B> {
     /// `inner`, keeping `in_use` until the body is dropped.
     pub fn new(inner: B, in_use: Option<InUse>) -> Tracked<B> {
-        Tracked { inner, _in_use: in_use, _keep: None }
+        Tracked { inner, in_use, owes: false, _keep: None }
     }
 
     /// The same body, keeping `keep` (e.g. its bytes held against the
@@ -223,7 +293,25 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if std::mem::take(&mut this.owes)
+            && let Some(InUse(activity)) = &this.in_use
+        {
+            activity.body_asked();
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // One frame handed out and more to come: owed until asked again. A
+        // body whose last frame this was owes nothing (a one-frame reply pays
+        // no clock read).
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+            && !this.inner.is_end_stream()
+            && let Some(InUse(activity)) = &this.in_use
+        {
+            activity.body_owes();
+            this.owes = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -232,6 +320,16 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.owes
+            && let Some(InUse(activity)) = &self.in_use
+        {
+            activity.body_asked();
+        }
     }
 }
 
@@ -471,6 +569,48 @@ mod tests {
         let idle_at = watcher.await.unwrap();
         assert_eq!(idle_at - last_end, Duration::from_secs(14));
         assert_eq!(activity.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_not_asked_for_its_next_frame_stalls_the_connection_and_one_waiting_on_itself_does_not() {
+        use http_body_util::BodyExt;
+        type Frame = Result<http_body::Frame<Bytes>, std::convert::Infallible>;
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        let (frames, rx) = tokio::sync::mpsc::channel::<Frame>(4);
+        let mut body = Tracked::new(
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Some(activity.begin()),
+        );
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                activity.write_stalled(limit).await;
+                Instant::now()
+            })
+        };
+        let frame = || Ok(http_body::Frame::data(Bytes::from_static(b"slice")));
+
+        // A frame handed out, and asked for the next one 5 s later: the
+        // body then waits on itself (its stream has nothing) for 60 s.
+        frames.send(frame()).await.unwrap();
+        assert!(body.frame().await.is_some());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(tokio::time::timeout(Duration::from_secs(60), body.frame()).await.is_err());
+        assert!(!watcher.is_finished(), "a body waiting for its own data is not a client that does not read");
+
+        // Another frame, and nobody asks for the next: stalled at the limit.
+        frames.send(frame()).await.unwrap();
+        assert!(body.frame().await.is_some());
+        let owed_from = Instant::now();
+        let stalled_at = tokio::time::timeout(Duration::from_secs(600), watcher)
+            .await
+            .expect("a body never asked for its next frame did not stall the connection")
+            .unwrap();
+        let after = stalled_at - owed_from;
+        assert!(after >= limit && after <= limit + limit / 4, "stalled {after:?} after the body began to owe");
+        drop(body);
+        assert_eq!(activity.bodies_owed.load(Ordering::Acquire), 0, "a dropped body owes nothing");
     }
 
     #[test]

@@ -392,6 +392,38 @@ async fn a_client_that_does_not_read_its_responses_is_cut_off_at_the_write_timeo
     assert_eq!(live(server.http, "/v2/health/live").await, 200, "others are served");
 }
 
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_stream_window_is_cut_off_at_the_write_timeout() {
+    let (_repo, server) = identity_server(|c| c.server.write_timeout_secs = 1).await;
+    // 1 MB asks for a 5 MB JSON response; the client's window is 0 and it
+    // never sends a WINDOW_UPDATE, while its connection task keeps the
+    // socket itself busy (it reads, answers PINGs).
+    let (body, length) = int8_json_request(1 << 20);
+    let socket = TcpStream::connect(server.http).await.unwrap();
+    let (client, connection) = h2::client::Builder::new().initial_window_size(0).handshake(socket).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("/v2/models/identity/infer")
+        .header("inference-header-content-length", length)
+        .body(())
+        .unwrap();
+    let (response, mut upload) = client.send_request(request, false).unwrap();
+    upload.reserve_capacity(body.len());
+    upload.send_data(bytes::Bytes::from(body), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let budget = &server.gateway.inflight;
+    assert!(budget.held() > 0, "the unsent response is held against the budget");
+    // Without a cut-off the connection (and the response's bytes) stayed for ever.
+    let started = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(30), connection)
+        .await
+        .expect("an HTTP/2 client that never opened its window was kept");
+    assert!(started.elapsed() < Duration::from_secs(10), "cut off after {:?}", started.elapsed());
+    common::eventually("the cut-off response gives its bytes back", || budget.held() == 0).await;
+    assert_eq!(live(server.http, "/v2/health/live").await, 200, "others are served");
+}
+
 // === finding 4: responses are held against the budget until written ===
 
 /// An identity inference as one binary body: `n` INT8 elements of -100 in
