@@ -18,25 +18,26 @@ use tonic::service::Routes;
 use tower::Service;
 
 /// The runtime of compressed calls, built once for the process by the first
-/// server ([`start`]).
-static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// server ([`start`]), or why it could not be.
+static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
 
 /// Builds the `mg-inflate` runtime with `threads` workers (the server's
-/// `server.max_concurrent_decompressions`), unless one runs already. Built at
-/// start rather than at the first compressed call, so that its threads are
-/// part of the idle server's memory, not of the first call's.
-pub fn start(threads: usize) -> std::io::Result<()> {
-    if RUNTIME.get().is_none() {
-        let built = tokio::runtime::Builder::new_multi_thread()
+/// `server.max_concurrent_decompressions`), unless one was built already.
+/// Built at start rather than at the first compressed call, so that its
+/// threads are part of the idle server's memory, not of the first call's.
+/// Servers racing here (tests start several) wait for the one that builds:
+/// a runtime must not be dropped inside an async context.
+pub fn start(threads: usize) -> Result<(), String> {
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("mg-inflate")
             .on_thread_park(crate::memory::collect_if_due)
             .enable_all()
-            .build()?;
-        // A runtime built by a racing server is dropped (tests start several).
-        let _ = RUNTIME.set(built);
-    }
-    Ok(())
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    built.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
 /// Whether the request's messages say they are compressed.
@@ -55,7 +56,11 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let runtime = RUNTIME.get().ok_or_else(|| std::io::Error::other("the mg-inflate runtime was not started"))?;
+    let runtime = match RUNTIME.get() {
+        Some(Ok(runtime)) => runtime,
+        Some(Err(e)) => return Err(std::io::Error::other(format!("the mg-inflate runtime could not start: {e}"))),
+        None => return Err(std::io::Error::other("the mg-inflate runtime was not started")),
+    };
     let call = AbortOnDrop(runtime.spawn(async move {
         match routes.call(request).await {
             Ok(response) => response,
