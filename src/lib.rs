@@ -111,6 +111,11 @@ pub async fn start(config: &Config, loaders: Loaders) -> Arc<Gateway> {
         }
     }
     let repository = Arc::new(repository);
+    // Threads (and descriptors) taken here, while the gateway starts, not
+    // later while it already serves.
+    if let Err(e) = grpc::compressed::start(config.server.max_concurrent_decompressions) {
+        tracing::error!(error = %e, "the threads of compressed gRPC calls did not start; those calls fail with INTERNAL");
+    }
     let gateway = Arc::new(Gateway::new(repository.clone(), Limits::from(&config.server), metrics::install()));
     repository.load_startup_models().await;
     if !config.routes.is_empty() {

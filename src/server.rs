@@ -227,9 +227,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let grpc = crate::grpc::routes(gateway.clone());
-    if let Err(e) = crate::grpc::compressed::start(gateway.limits.max_concurrent_decompressions) {
-        tracing::error!(error = %e, "cannot start the threads of compressed gRPC calls; they will fail with INTERNAL");
-    }
     let builder = Arc::new(connection_builder(options));
     // Every accept loop and connection holds a receiver; the drain waits
     // for the last one to be dropped.

@@ -23,7 +23,7 @@ static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::ne
 
 /// Builds the `mg-inflate` runtime with `threads` workers (the server's
 /// `server.max_concurrent_decompressions`), unless one was built already.
-/// Built at start rather than at the first compressed call, so that its
+/// Built by `modelgate::start` rather than at the first compressed call, so that its
 /// threads are part of the idle server's memory, not of the first call's.
 /// Servers racing here (tests start several) wait for the one that builds:
 /// a runtime must not be dropped inside an async context.
