@@ -45,26 +45,18 @@ async fn default_model_filename_names_the_file_a_version_loads() {
     assert!(unnamed["reason"].as_str().unwrap().contains("model.onnx"), "{unnamed}");
 }
 
-#[tokio::test]
-async fn thread_count_parameters_load_when_readable_and_refuse_the_load_when_not() {
-    let repo = TempRepo::new();
-    let threads = |intra: &str, inter: &str| {
-        format!(
-            "parameters {{ key: \"intra_op_thread_count\" value: {{ string_value: \"{intra}\" }} }}\n\
-             parameters {{ key: \"inter_op_thread_count\" value: {{ string_value: \"{inter}\" }} }}"
-        )
-    };
-    repo.add("mlp", "counted", 1, Some(&mlp_config("counted", &threads("1", "2"))));
-    repo.add("mlp", "words", 1, Some(&mlp_config("words", &threads("1", "two"))));
-    repo.add("mlp", "huge", 1, Some(&mlp_config("huge", &threads("100000", "0"))));
-    let server = TestServer::start(config_for(repo.path())).await;
+/// `parameters` entries of a config, one per (key, value).
+fn parameters(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(key, value)| format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{value}\" }} }}\n"))
+        .collect()
+}
 
-    assert_eq!(scores(&server.post_json("/v2/models/counted/infer", &mlp_request(1, 5)).await), 10);
-    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
-    for (name, key, value) in
-        [("words", "inter_op_thread_count", "\"two\""), ("huge", "intra_op_thread_count", "\"100000\"")]
-    {
-        let entry = index_entry(&index, name);
+/// Asserts that each (model, key, quoted value) failed to load with a reason naming both.
+fn assert_loads_refused(index: &Value, refused: &[(&str, &str, &str)]) {
+    for (name, key, value) in refused {
+        let entry = index_entry(index, name);
         assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
         let reason = entry["reason"].as_str().unwrap();
         assert!(reason.contains(key) && reason.contains(value), "{reason}");
@@ -72,14 +64,27 @@ async fn thread_count_parameters_load_when_readable_and_refuse_the_load_when_not
 }
 
 #[tokio::test]
+async fn thread_count_parameters_load_when_readable_and_refuse_the_load_when_not() {
+    let repo = TempRepo::new();
+    let threads =
+        |intra: &str, inter: &str| parameters(&[("intra_op_thread_count", intra), ("inter_op_thread_count", inter)]);
+    repo.add("mlp", "counted", 1, Some(&mlp_config("counted", &threads("1", "2"))));
+    repo.add("mlp", "words", 1, Some(&mlp_config("words", &threads("1", "two"))));
+    repo.add("mlp", "huge", 1, Some(&mlp_config("huge", &threads("100000", "0"))));
+    let server = TestServer::start(config_for(repo.path())).await;
+
+    assert_eq!(scores(&server.post_json("/v2/models/counted/infer", &mlp_request(1, 5)).await), 10);
+    let index = server.post_json("/v2/repository/index", &json!({})).await.json();
+    assert_loads_refused(
+        &index,
+        &[("words", "inter_op_thread_count", "\"two\""), ("huge", "intra_op_thread_count", "\"100000\"")],
+    );
+}
+
+#[tokio::test]
 async fn yes_no_runtime_parameters_load_when_readable_and_refuse_the_load_when_not() {
     let repo = TempRepo::new();
-    let flags = |arena: &str, spinning: &str| {
-        format!(
-            "parameters {{ key: \"enable_mem_arena\" value: {{ string_value: \"{arena}\" }} }}\n\
-             parameters {{ key: \"allow_spinning\" value: {{ string_value: \"{spinning}\" }} }}"
-        )
-    };
+    let flags = |arena: &str, spinning: &str| parameters(&[("enable_mem_arena", arena), ("allow_spinning", spinning)]);
     repo.add("mlp", "arena", 1, Some(&mlp_config("arena", &flags("1", "false"))));
     repo.add("mlp", "plain", 1, Some(&mlp_config("plain", &flags("0", "true"))));
     repo.add("mlp", "maybe", 1, Some(&mlp_config("maybe", &flags("maybe", "0"))));
@@ -90,12 +95,10 @@ async fn yes_no_runtime_parameters_load_when_readable_and_refuse_the_load_when_n
         assert_eq!(scores(&server.post_json(&format!("/v2/models/{name}/infer"), &mlp_request(1, 5)).await), 10);
     }
     let index = server.post_json("/v2/repository/index", &json!({})).await.json();
-    for (name, key, value) in [("maybe", "enable_mem_arena", "\"maybe\""), ("spinning", "allow_spinning", "\"yes\"")] {
-        let entry = index_entry(&index, name);
-        assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
-        let reason = entry["reason"].as_str().unwrap();
-        assert!(reason.contains(key) && reason.contains(value), "{reason}");
-    }
+    assert_loads_refused(
+        &index,
+        &[("maybe", "enable_mem_arena", "\"maybe\""), ("spinning", "allow_spinning", "\"yes\"")],
+    );
 }
 
 #[tokio::test]

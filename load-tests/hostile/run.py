@@ -186,23 +186,30 @@ def stalled_chunked_uploads(g: Gateway, stop: threading.Event) -> None:
 GZIP_BOMB = gzip.compress(b" " * (80 * MIB), 9)
 
 
-def gzip_bombs(g: Gateway, stop: threading.Event) -> None:
-    """Finding 3: 48 concurrent gzip bodies of ~80 KB, each inflating to 80 MiB (over the 64 MiB limit)."""
-    def bomb() -> None:
+def flood(clients: int, call, stop: threading.Event) -> None:
+    """`clients` threads, each making `call()` again and again until `stop` (a refusal is the point)."""
+    def loop() -> None:
         while not stop.is_set():
             try:
-                conn = HTTPConnection("127.0.0.1", g.http, timeout=30)
-                conn.request("POST", "/v2/models/simple/infer", GZIP_BOMB,
-                             {"Content-Type": "application/json", "Content-Encoding": "gzip"})
-                conn.getresponse().read()
-                conn.close()
+                call()
             except OSError:
                 pass
 
-    threads = [threading.Thread(target=bomb, daemon=True) for _ in range(48)]
-    for t in threads:
-        t.start()
+    for _ in range(clients):
+        threading.Thread(target=loop, daemon=True).start()
     stop.wait()
+
+
+def gzip_bombs(g: Gateway, stop: threading.Event) -> None:
+    """Finding 3: 48 concurrent gzip bodies of ~80 KB, each inflating to 80 MiB (over the 64 MiB limit)."""
+    def bomb() -> None:
+        conn = HTTPConnection("127.0.0.1", g.http, timeout=30)
+        conn.request("POST", "/v2/models/simple/infer", GZIP_BOMB,
+                     {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        conn.getresponse().read()
+        conn.close()
+
+    flood(48, bomb, stop)
 
 
 def json_response_request() -> tuple[bytes, int]:
@@ -315,17 +322,7 @@ def grpc_compressed_call(port: int, message: bytes) -> None:
 
 def grpc_gzip_bombs(g: Gateway, stop: threading.Event) -> None:
     """Finding 6: 8 clients in a loop, each sending a ~61 KB gzip gRPC message that inflates to 60 MiB."""
-    def bomb() -> None:
-        while not stop.is_set():
-            try:
-                grpc_compressed_call(g.grpc, GRPC_BOMB)
-            except OSError:
-                pass
-
-    threads = [threading.Thread(target=bomb, daemon=True) for _ in range(8)]
-    for t in threads:
-        t.start()
-    stop.wait()
+    flood(8, lambda: grpc_compressed_call(g.grpc, GRPC_BOMB), stop)
 
 
 @dataclass
