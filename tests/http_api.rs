@@ -175,6 +175,31 @@ async fn binary_tensors_travel_both_ways() {
     assert_eq!(strings, bytes_tensor(&["a", "", "é", "\t"]).as_slice());
 }
 
+#[tokio::test]
+async fn bool_inputs_reach_the_model_as_sent_and_any_nonzero_byte_is_true() {
+    let server = TestServer::examples().await;
+    // 0/1 bytes go to ONNX Runtime as they are; any other byte is true (a copy).
+    for (sent, expected) in
+        [([1u8, 0, 1, 0], json!([true, false, true, false])), ([2, 0, 255, 1], json!([true, false, true, true]))]
+    {
+        let mut inputs = vec![];
+        let mut parts: Vec<Vec<u8>> = vec![];
+        for (name, dtype, bytes) in identity_inputs(&[0; 4]) {
+            let bytes = if name == "IN_BOOL" { sent.to_vec() } else { bytes };
+            inputs.push(json!({ "name": name, "shape": [1, 4], "datatype": dtype, "parameters": { "binary_data_size": bytes.len() } }));
+            parts.push(bytes);
+        }
+        let header = json!({ "inputs": inputs, "outputs": [{ "name": "OUT_BOOL" }] });
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let (body, length) = binary_body(&header, &refs);
+        let reply = server
+            .request(Method::POST, "/v2/models/identity/infer", &[("inference-header-content-length", &length)], body)
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.json()["outputs"][0]["data"], expected, "sent {sent:?}");
+    }
+}
+
 fn bytes_tensor(items: &[&str]) -> Vec<u8> {
     let mut out = vec![];
     for s in items {

@@ -267,8 +267,17 @@ fn execute_error(e: impl std::fmt::Display) -> BackendError {
 fn input_value<'a>(input: &InputTensor<'a>) -> Result<SessionInputValue<'a>, BackendError> {
     match input.dtype {
         DataType::Bool => {
-            let data: Vec<bool> = input.data.iter().map(|&b| b != 0).collect();
-            Ok(Tensor::from_array((input.shape.to_vec(), data)).map_err(execute_error)?.into())
+            // Bytes that are all 0 or 1 are already ONNX bools: borrowed as
+            // they are (a 60 MiB BOOL input held one more copy of itself
+            // while it ran, outside the in-flight budget). Any other byte is
+            // true, as the V2 protocol reads it, at the price of a copy.
+            match bytemuck::checked::try_cast_slice::<u8, bool>(input.data) {
+                Ok(view) => Ok(TensorRef::from_array_view((input.shape.to_vec(), view)).map_err(execute_error)?.into()),
+                Err(_) => {
+                    let data: Vec<bool> = input.data.iter().map(|&b| b != 0).collect();
+                    Ok(Tensor::from_array((input.shape.to_vec(), data)).map_err(execute_error)?.into())
+                }
+            }
         }
         DataType::Uint8 => primitive::<u8>(input),
         DataType::Uint16 => primitive::<u16>(input),
