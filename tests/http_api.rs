@@ -155,15 +155,10 @@ async fn binary_tensors_travel_both_ways() {
 
     // `binary_data_output` asks for every output in binary; FP16 travels only that way.
     let halves: Vec<u16> = [1.0f32, -2.5, 0.0, 65504.0].iter().map(|&f| half::f16::from_f32(f).to_bits()).collect();
-    let mut inputs = vec![];
-    let mut parts: Vec<Vec<u8>> = vec![];
-    for (name, dtype, bytes) in identity_inputs(&halves) {
-        inputs.push(json!({ "name": name, "shape": [1, 4], "datatype": dtype, "parameters": { "binary_data_size": bytes.len() } }));
-        parts.push(bytes);
-    }
-    let header = json!({ "inputs": inputs, "outputs": [{ "name": "OUT_FP16" }, { "name": "OUT_BYTES" }], "parameters": { "binary_data_output": true } });
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    let (body, length) = binary_body(&header, &refs);
+    let (body, length) = identity_binary_body(
+        identity_inputs(&halves),
+        json!({ "outputs": [{ "name": "OUT_FP16" }, { "name": "OUT_BYTES" }], "parameters": { "binary_data_output": true } }),
+    );
     let reply = server
         .request(Method::POST, "/v2/models/identity/infer", &[("inference-header-content-length", &length)], body)
         .await;
@@ -182,16 +177,9 @@ async fn bool_inputs_reach_the_model_as_sent_and_any_nonzero_byte_is_true() {
     for (sent, expected) in
         [([1u8, 0, 1, 0], json!([true, false, true, false])), ([2, 0, 255, 1], json!([true, false, true, true]))]
     {
-        let mut inputs = vec![];
-        let mut parts: Vec<Vec<u8>> = vec![];
-        for (name, dtype, bytes) in identity_inputs(&[0; 4]) {
-            let bytes = if name == "IN_BOOL" { sent.to_vec() } else { bytes };
-            inputs.push(json!({ "name": name, "shape": [1, 4], "datatype": dtype, "parameters": { "binary_data_size": bytes.len() } }));
-            parts.push(bytes);
-        }
-        let header = json!({ "inputs": inputs, "outputs": [{ "name": "OUT_BOOL" }] });
-        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let (body, length) = binary_body(&header, &refs);
+        let mut inputs = identity_inputs(&[0; 4]);
+        inputs[0].2 = sent.to_vec(); // IN_BOOL
+        let (body, length) = identity_binary_body(inputs, json!({ "outputs": [{ "name": "OUT_BOOL" }] }));
         let reply = server
             .request(Method::POST, "/v2/models/identity/infer", &[("inference-header-content-length", &length)], body)
             .await;
@@ -228,6 +216,20 @@ fn identity_inputs(halves: &[u16]) -> Vec<(String, &'static str, Vec<u8>)> {
         ("IN_FP64".into(), "FP64", fixed(8)),
         ("IN_BYTES".into(), "BYTES", bytes_tensor(&["a", "", "é", "\t"])),
     ]
+}
+
+/// One binary request of `inputs` (shape [1, 4] each), with `extra`'s keys
+/// (outputs, parameters) in its JSON header.
+fn identity_binary_body(inputs: Vec<(String, &'static str, Vec<u8>)>, extra: Value) -> (Bytes, String) {
+    let mut header = extra;
+    header["inputs"] = inputs
+        .iter()
+        .map(|(name, dtype, bytes)| {
+            json!({ "name": name, "shape": [1, 4], "datatype": dtype, "parameters": { "binary_data_size": bytes.len() } })
+        })
+        .collect();
+    let parts: Vec<&[u8]> = inputs.iter().map(|(_, _, bytes)| bytes.as_slice()).collect();
+    binary_body(&header, &parts)
 }
 
 #[tokio::test]
