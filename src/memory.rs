@@ -39,6 +39,9 @@ pub fn tune_allocator() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Rounds without a park after which a thread's collection is a full one.
+const QUIET_ROUNDS: u64 = 4;
+
 /// Rounds of collection asked for so far (one per `COLLECT_EVERY`).
 static COLLECT_ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -50,6 +53,15 @@ fn collect() {
     unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
+/// Like [`collect`], and also gives back the empty pages a heap keeps for
+/// reuse (mimalloc retains a few per size class): for a thread that has been
+/// quiet, when reuse is not coming.
+#[allow(unsafe_code)] // a call into the allocator's C API, no pointers
+fn collect_all() {
+    // SAFETY: safe from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// Run by each runtime worker as it parks: once per collection round, it
 /// collects its own heap, where a connection's small objects were freed (the
 /// collecting thread can only collect its own). One relaxed load per park.
@@ -58,8 +70,11 @@ pub fn collect_if_due() {
         static DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
     let round = COLLECT_ROUND.load(std::sync::atomic::Ordering::Relaxed);
-    if DONE.get() != round {
+    let done = DONE.get();
+    if done != round {
         DONE.set(round);
-        collect();
+        // A second or more since this thread last parked after a round: the
+        // server is quiet, and the pages kept for reuse can go too.
+        if round - done >= QUIET_ROUNDS { collect_all() } else { collect() }
     }
 }
