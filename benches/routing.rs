@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderValue};
 use modelgate::error::Fault;
 use modelgate::routing::policy::Rates;
 use modelgate::routing::sprt::Sprt;
-use modelgate::routing::{Route, RouteSpec, Routes, RuleSpec, TargetSpec};
+use modelgate::routing::{Route, RouteSpec, Routes, RuleSpec};
 
 fn route(spec: RouteSpec) -> Route {
     Route::build(&spec.validate().expect("a valid bench route"), 1)
@@ -92,18 +92,7 @@ fn record(c: &mut Criterion) {
 
 /// Versions 1 and 2 of `mlp` under a rollout of canary 2 with the default policy.
 fn canary_rollout() -> Route {
-    route(RouteSpec {
-        model: "mlp".into(),
-        targets: vec![
-            TargetSpec { version: 1, weight: None, max_in_flight: None },
-            TargetSpec { version: 2, weight: None, max_in_flight: None },
-        ],
-        rules: Vec::new(),
-        sticky_header: None,
-        shadow: None,
-        rollout: Some(modelgate::routing::RolloutSpec::new(2)),
-        feedback: None,
-    })
+    route(RouteSpec::canary_release("mlp", 1, modelgate::routing::RolloutSpec::new(2)))
 }
 
 fn sequential(c: &mut Criterion) {

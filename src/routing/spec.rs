@@ -253,6 +253,20 @@ impl RouteSpec {
         }
     }
 
+    /// A route of `stable` and the canary of `rollout`, whose steps set the weights.
+    pub fn canary_release(model: &str, stable: u64, rollout: RolloutSpec) -> RouteSpec {
+        let target = |version| TargetSpec { version, weight: None, max_in_flight: None };
+        RouteSpec {
+            model: model.to_owned(),
+            targets: vec![target(stable), target(rollout.canary)],
+            rules: Vec::new(),
+            sticky_header: None,
+            shadow: None,
+            rollout: Some(rollout),
+            feedback: None,
+        }
+    }
+
     /// The target of `version`.
     pub fn target(&self, version: u64) -> Option<&TargetSpec> {
         self.targets.iter().find(|t| t.version == version)

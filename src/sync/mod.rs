@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 use crate::rollout::{Phase, Source};
-use crate::routing::{RouteSpec, TargetSpec};
+use crate::routing::RouteSpec;
 use cache::BlobCache;
 use client::ControlPlane;
 use materialize::VersionDirs;
@@ -487,17 +487,7 @@ impl Follower {
                 if running {
                     return Ok(());
                 }
-                let rollout = rule.rollout.for_canary(canary)?;
-                let target = |version| TargetSpec { version, weight: None, max_in_flight: None };
-                RouteSpec {
-                    model: rule.model.clone(),
-                    targets: vec![target(want.stable), target(canary)],
-                    rules: Vec::new(),
-                    sticky_header: None,
-                    shadow: None,
-                    rollout: Some(rollout),
-                    feedback: None,
-                }
+                RouteSpec::canary_release(&rule.model, want.stable, rule.rollout.for_canary(canary)?)
             }
             None => {
                 let pinned = current.as_ref().is_some_and(|r| {

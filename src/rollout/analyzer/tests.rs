@@ -10,7 +10,7 @@ use super::super::status::EventKind;
 use super::*;
 use crate::routing::policy::RolloutSpec;
 use crate::routing::window::{Outcome, Window};
-use crate::routing::{Route, RouteSpec, TargetSpec};
+use crate::routing::{Route, RouteSpec};
 
 const CHECK: Duration = Duration::from_millis(500);
 
@@ -37,18 +37,7 @@ fn rollout() -> RolloutSpec {
 }
 
 async fn start(rollout: RolloutSpec) -> Rig {
-    let spec = RouteSpec {
-        model: "m".into(),
-        targets: vec![
-            TargetSpec { version: 1, weight: None, max_in_flight: None },
-            TargetSpec { version: 2, weight: None, max_in_flight: None },
-        ],
-        rules: Vec::new(),
-        sticky_header: None,
-        shadow: None,
-        rollout: Some(rollout),
-        feedback: None,
-    };
+    let spec = RouteSpec::canary_release("m", 1, rollout);
     let valid = spec.validate().unwrap();
     let routes = Arc::new(Routes::default());
     routes.insert(Route::build(&valid, 1));
