@@ -274,6 +274,15 @@ impl<B> Tracked<B> {
         Tracked { inner, in_use, owes: false, _keep: None }
     }
 
+    /// Ends an owed frame: the body was asked for the next one, or dropped.
+    fn settle(&mut self) {
+        if std::mem::take(&mut self.owes)
+            && let Some(InUse(activity)) = &self.in_use
+        {
+            activity.body_asked();
+        }
+    }
+
     /// The same body, keeping `keep` (e.g. its bytes held against the
     /// budget) until it is dropped.
     pub fn keeping(mut self, keep: Option<Box<dyn std::any::Any + Send + Sync>>) -> Tracked<B> {
@@ -294,11 +303,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if std::mem::take(&mut this.owes)
-            && let Some(InUse(activity)) = &this.in_use
-        {
-            activity.body_asked();
-        }
+        this.settle();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         // One frame handed out and more to come: owed until asked again. A
         // body whose last frame this was owes nothing (a one-frame reply pays
@@ -325,11 +330,7 @@ where
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
-        if self.owes
-            && let Some(InUse(activity)) = &self.in_use
-        {
-            activity.body_asked();
-        }
+        self.settle();
     }
 }
 

@@ -25,7 +25,7 @@ const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 ///   every `COLLECT_EVERY`;
 /// - built with `no_thp` (Cargo.toml), mimalloc does not ask for transparent
 ///   huge pages: in 2 MiB pages, memory freed in part is never handed back.
-#[allow(unsafe_code)] // two calls into the allocator's C API, no pointers
+#[allow(unsafe_code)] // a call into the allocator's C API, no pointers
 pub fn tune_allocator() -> std::io::Result<()> {
     // SAFETY: sets a plain integer option, read by each later purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
@@ -33,7 +33,7 @@ pub fn tune_allocator() -> std::io::Result<()> {
         loop {
             std::thread::sleep(COLLECT_EVERY);
             COLLECT_ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            collect();
+            collect(false);
         }
     })?;
     Ok(())
@@ -47,19 +47,13 @@ static COLLECT_ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 
 /// Collects the calling thread's heap (pages its freed objects emptied go back
 /// to the allocator's arenas) and purges what any thread freed past the delay.
+/// `all` also gives back the empty pages a heap keeps for reuse (mimalloc
+/// retains a few per size class): for a thread that has been quiet, when
+/// reuse is not coming.
 #[allow(unsafe_code)] // a call into the allocator's C API, no pointers
-fn collect() {
+fn collect(all: bool) {
     // SAFETY: safe from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(false) };
-}
-
-/// Like [`collect`], and also gives back the empty pages a heap keeps for
-/// reuse (mimalloc retains a few per size class): for a thread that has been
-/// quiet, when reuse is not coming.
-#[allow(unsafe_code)] // a call into the allocator's C API, no pointers
-fn collect_all() {
-    // SAFETY: safe from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    unsafe { libmimalloc_sys::mi_collect(all) };
 }
 
 /// Run by each runtime worker as it parks: once per collection round, it
@@ -75,6 +69,6 @@ pub fn collect_if_due() {
         DONE.set(round);
         // A second or more since this thread last parked after a round: the
         // server is quiet, and the pages kept for reuse can go too.
-        if round - done >= QUIET_ROUNDS { collect_all() } else { collect() }
+        collect(round - done >= QUIET_ROUNDS);
     }
 }

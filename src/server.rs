@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::Service;
 
 use crate::budget::HeldUntilWritten;
 use crate::config::ServerConfig;
@@ -115,18 +114,9 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
             });
         }
         if is_grpc(&request) {
-            let mut grpc = self.grpc.clone();
+            let grpc = self.grpc.clone();
             return Box::pin(async move {
-                let mut response = if crate::grpc::compressed::is_compressed(&request) {
-                    crate::grpc::compressed::call_apart(grpc, request).await.unwrap_or_else(|e| {
-                        tonic::Status::internal(format!("the compressed call failed: {e}")).into_http()
-                    })
-                } else {
-                    match grpc.call(request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                };
+                let mut response = crate::grpc::compressed::call(grpc, request).await;
                 // A unary response's bytes stay held until its body is dropped.
                 let held = response.extensions_mut().remove::<HeldUntilWritten>();
                 let keep = held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>);

@@ -14,6 +14,7 @@
 use std::sync::OnceLock;
 
 use http::{Request, Response};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::service::Routes;
 use tower::Service;
 
@@ -40,49 +41,35 @@ pub fn start(threads: usize) -> Result<(), String> {
     built.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-/// Whether the request's messages say they are compressed.
-pub fn is_compressed<B>(request: &Request<B>) -> bool {
-    request.headers().get("grpc-encoding").is_some_and(|encoding| encoding.as_bytes() != b"identity")
-}
-
-/// Runs `routes` on `request` on the `mg-inflate` runtime and hands back its
-/// response. The call is aborted if the returned future is dropped (the
-/// client left).
-pub async fn call_apart<B>(
-    mut routes: Routes,
-    request: Request<B>,
-) -> Result<Response<tonic::body::Body>, std::io::Error>
+/// Calls `routes` with `request`: in place, or on the `mg-inflate` runtime
+/// when its messages say they are compressed (`grpc-encoding` other than
+/// `identity`). There, the call is aborted if the returned future is dropped
+/// (the client left); a runtime that did not start gives INTERNAL.
+pub async fn call<B>(mut routes: Routes, request: Request<B>) -> Response<tonic::body::Body>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let runtime = match RUNTIME.get() {
-        Some(Ok(runtime)) => runtime,
-        Some(Err(e)) => return Err(std::io::Error::other(format!("the mg-inflate runtime could not start: {e}"))),
-        None => return Err(std::io::Error::other("the mg-inflate runtime was not started")),
-    };
-    let call = AbortOnDrop(runtime.spawn(async move {
+    let compressed = request.headers().get("grpc-encoding").is_some_and(|encoding| encoding.as_bytes() != b"identity");
+    let in_place = async move {
         match routes.call(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
-    }));
-    call.await
+    };
+    if !compressed {
+        return in_place.await;
+    }
+    let runtime = match RUNTIME.get() {
+        Some(Ok(runtime)) => runtime,
+        Some(Err(e)) => return internal(format!("the mg-inflate runtime could not start: {e}")),
+        None => return internal("the mg-inflate runtime was not started".into()),
+    };
+    AbortOnDropHandle::new(runtime.spawn(in_place))
+        .await
+        .unwrap_or_else(|e| internal(format!("the compressed call failed: {e}")))
 }
 
-/// A spawned call that stops when its awaiting side is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, std::io::Error>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| joined.map_err(std::io::Error::other))
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+fn internal(message: String) -> Response<tonic::body::Body> {
+    tonic::Status::internal(message).into_http()
 }

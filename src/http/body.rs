@@ -180,7 +180,7 @@ where
             (_, _, Some(gathered)) => gathered.occupied_with(&data),
             (Some(_), None, None) => declared.unwrap_or(0).clamp(needed, limit),
             (_, Some(buf), _) if needed <= buf.capacity() => buf.capacity(),
-            (_, Some(buf), _) if grows_into_segments(buf) => Segments::after(buf.capacity()).occupied_with(&data),
+            (_, Some(buf), _) if grows_into_segments(buf) => Segments::grown(buf.capacity(), 0, &data),
             (_, Some(buf), _) => (buf.capacity() * 2).clamp(needed, limit),
         };
         if occupied > held.bytes()
@@ -202,8 +202,7 @@ where
                 joined = Some(buf);
             }
             (None, Some(buf)) if grows_into_segments(&buf) => {
-                let mut gathered = Segments::after(buf.capacity());
-                gathered.parts.push(buf.freeze());
+                let mut gathered = Segments::from_buffer(buf);
                 gathered.push(data);
                 segments = Some(gathered);
             }
@@ -256,19 +255,25 @@ struct Segments {
 }
 
 impl Segments {
-    /// Segments after a buffer of `occupied` bytes (pushed by the caller).
-    fn after(occupied: usize) -> Segments {
-        Segments { parts: Vec::new(), tail: bytes::BytesMut::new(), occupied }
+    /// Segments that begin with the buffer a body grew so far.
+    fn from_buffer(buf: bytes::BytesMut) -> Segments {
+        Segments { occupied: buf.capacity(), parts: vec![buf.freeze()], tail: bytes::BytesMut::new() }
     }
 
     /// What the body occupies once `data` is in.
     fn occupied_with(&self, data: &Bytes) -> usize {
+        Segments::grown(self.occupied, self.tail.capacity() - self.tail.len(), data)
+    }
+
+    /// What a body occupying `occupied`, with `tail_room` left in its
+    /// current segment, occupies once `data` is in.
+    fn grown(occupied: usize, tail_room: usize, data: &Bytes) -> usize {
         if data.len() >= KEPT_FRAME {
-            self.occupied + data.len()
-        } else if self.tail.capacity() - self.tail.len() >= data.len() {
-            self.occupied
+            occupied + data.len()
+        } else if tail_room >= data.len() {
+            occupied
         } else {
-            self.occupied + MAX_SEGMENT
+            occupied + MAX_SEGMENT
         }
     }
 
