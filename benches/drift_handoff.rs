@@ -217,6 +217,16 @@ fn report_window_bytes() {
     }
 }
 
+/// The minute before `now`: 600,000 rows, so the window of `now` sketches one row in 10.
+fn busy_minute(windows: &mut Windows, batches: &[DriftBatch], now: i64) {
+    let before = now - 60_000;
+    for i in 0..600_000 / 64 {
+        windows.record(&batches[i % batches.len()], before);
+    }
+    windows.tick(now);
+    black_box(windows.drain_closed(now));
+}
+
 fn bench_profile(c: &mut Criterion) {
     report_window_bytes();
     let mut group = c.benchmark_group("profile");
@@ -231,13 +241,7 @@ fn bench_profile(c: &mut Criterion) {
         let batches: Vec<DriftBatch> = (0..16).map(|s| input_batch(id, 64, s)).collect();
         let now = MINUTE_START_MS;
         if after_busy_minute {
-            // The minute before: 600,000 rows, so this window sketches one row in 10.
-            let before = now - 60_000;
-            for i in 0..600_000 / 64 {
-                windows.record(&batches[i % 16], before);
-            }
-            windows.tick(now);
-            black_box(windows.drain_closed(now));
+            busy_minute(&mut windows, &batches, now);
         }
         group.throughput(Throughput::Elements((64 * FEATURES) as u64));
         let mut i = 0;
@@ -246,6 +250,18 @@ fn bench_profile(c: &mut Criterion) {
                 i += 1;
                 black_box(windows.record(&batches[i % 16], now))
             })
+        });
+    }
+    // At c=64 on the MLP the batcher makes batches of one to four rows, and the profiler takes
+    // up to 16 queued batches per wake: the per-batch and per-column costs then dominate.
+    for (label, reference) in [("at_10k_rows_per_s", None), ("deciles_at_10k_rows_per_s", Some(deciles()))] {
+        let (mut windows, id, _alive) = windows_on(reference);
+        let now = MINUTE_START_MS;
+        busy_minute(&mut windows, &(0..16).map(|s| input_batch(id, 64, s)).collect::<Vec<_>>(), now);
+        let take: Vec<DriftBatch> = (0..16).map(|s| input_batch(id, 1, s)).collect();
+        group.throughput(Throughput::Elements((16 * FEATURES) as u64));
+        group.bench_function(BenchmarkId::new("take_of_16_one_row_batches", label), |b| {
+            b.iter(|| windows.record_all(&take, now, |_, recorded| drop(black_box(recorded))))
         });
     }
     group.finish();

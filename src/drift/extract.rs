@@ -1,9 +1,12 @@
-//! Profiling one batch: reads each planned feature's value per row out of the
-//! batch's tensors and adds it to that feature's summary.
+//! Profiling batches: reads each planned feature's value per row out of the
+//! batches' tensors and adds it to that feature's summary.
 //!
+//! The batches of one version in a take are gathered first ([`gather`]) and
+//! profiled together ([`profile`]): at high request rates a batch holds a row
+//! or two, and a pass over a feature's column then costs mostly its set-up.
 //! Every tensor the plan reads is checked against the schema's layout first
 //! (element type, dims, byte length, BYTES element count): a batch that does
-//! not fit is skipped whole, so no index can fall outside a buffer and a
+//! not fit is left out whole, so no index can fall outside a buffer and a
 //! window never holds half a batch. Values are decoded once per tensor into a
 //! reused `f64` buffer (integers above 2^53 lose precision there, which no
 //! drift statistic notices); BYTES elements are located, not copied.
@@ -16,6 +19,7 @@ use modelgate_sketch::Summary;
 use super::handoff::DriftBatch;
 use super::plan::Plan;
 use super::schema::{Reduce, Schema, Source};
+use smallvec::SmallVec;
 
 /// Which rows of a batch enter the quantile sketches: every `every`-th row
 /// counted across the window, starting at row `first` of this batch. Counts,
@@ -49,21 +53,59 @@ impl Sketched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch(pub String);
 
-/// Buffers reused from batch to batch (the profiler thread owns one).
+/// What [`gather`] did with a batch that fits the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gathered {
+    /// Its rows were decoded after the rows gathered before it.
+    Added,
+    /// It fits the schema but not the rows gathered so far (it carries another set of outputs,
+    /// or another row size on a variable dimension): [`profile`] those, then gather it anew.
+    Apart,
+}
+
+/// The decoded rows of the batches gathered for one version, and the buffers
+/// they live in, reused from take to take (the profiler thread owns one).
+///
+/// Batches are gathered first and profiled together: at high request rates the
+/// batcher's batches hold a row or two, and one pass over a feature's column of
+/// a whole take costs far less than a pass per batch.
 #[derive(Debug, Default)]
 pub struct Scratch {
     tensors: Vec<Decoded>,
+    /// Batches gathered since the last [`Scratch::clear`].
+    batches: usize,
+    /// Their rows.
+    rows: usize,
 }
 
-/// One tensor of the batch, decoded.
+impl Scratch {
+    /// Forgets the gathered rows; keeps the buffers.
+    pub fn clear(&mut self) {
+        for decoded in &mut self.tensors {
+            decoded.present = false;
+            decoded.numbers.clear();
+            decoded.strings.clear();
+            decoded.row_stats.clear();
+        }
+        (self.batches, self.rows) = (0, 0);
+    }
+
+    /// Rows gathered since the last [`Scratch::clear`].
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// One tensor of the gathered batches, decoded.
 #[derive(Debug, Default)]
 struct Decoded {
-    used: bool,
+    /// Whether the gathered batches carry it (the first decides, the others agree).
+    present: bool,
     is_bytes: bool,
     per_row: usize,
     numbers: Vec<f64>,
-    /// Byte ranges of BYTES elements in `data`.
-    strings: Vec<Range<usize>>,
+    /// BYTES elements: the batch (its index in the caller's slice) and the byte range in its data.
+    strings: Vec<(usize, Range<usize>)>,
     /// Per row: mean, std, min, max of the finite elements (filled on first use).
     row_stats: Vec<[f64; 4]>,
 }
@@ -85,32 +127,34 @@ fn slot(schema: &Schema, source: Source) -> usize {
     }
 }
 
-/// Adds the batch's rows to `summaries` (one per planned feature); returns
-/// the rows added. Features of outputs the batch's requests did not ask for
-/// get no rows from it.
-pub fn profile_batch(
+/// Checks `batch` (the caller's `index`-th) against the schema and decodes the
+/// tensors the plan reads after the rows gathered before it. A batch that does
+/// not fit is left out whole (nothing of it stays in `scratch`), so no index
+/// can fall outside a buffer and a window never holds half a batch.
+pub fn gather(
     schema: &Schema,
     plan: &Plan,
-    summaries: &mut [Summary],
-    batch: &DriftBatch,
-    sketched: Sketched,
     scratch: &mut Scratch,
-) -> Result<u64, Mismatch> {
+    batch: &DriftBatch,
+    index: usize,
+) -> Result<Gathered, Mismatch> {
     let slots = schema.inputs.len() + schema.outputs.len();
-    scratch.tensors.resize_with(slots, Decoded::default);
-    for decoded in &mut scratch.tensors {
-        decoded.used = false;
+    if scratch.tensors.len() != slots {
+        scratch.tensors.resize_with(slots, Decoded::default);
     }
-    // Check and decode every tensor the plan reads, before touching a summary.
-    for planned in &plan.features {
-        let source = planned.feature.source;
-        let at = slot(schema, source);
-        if scratch.tensors[at].used {
-            continue;
-        }
-        let Some((dtype, shape, data)) = tensor_of(batch, source) else {
+    let first = scratch.batches == 0;
+    // Every check before any decoding: the tensors to read, each with its row size.
+    // Each with the lengths its buffers had, to take a failed batch back to.
+    let mut reads: SmallVec<[(Source, usize, usize, usize); 4]> = SmallVec::new();
+    for &source in &plan.sources {
+        let decoded = &scratch.tensors[slot(schema, source)];
+        let Some((dtype, shape, _)) = tensor_of(batch, source) else {
             if matches!(source, Source::Input(_)) {
                 return Err(Mismatch(format!("the batch has no input {source:?}")));
+            }
+            // An output the batch's requests did not ask for gets no rows from it.
+            if !first && decoded.present {
+                return Ok(Gathered::Apart);
             }
             continue;
         };
@@ -121,22 +165,51 @@ pub fn profile_batch(
         if rows != batch.rows {
             return Err(Mismatch(format!("{source:?} has {rows} rows, the batch {}", batch.rows)));
         }
-        decode(dtype, data, rows * per_row, &mut scratch.tensors[at])
-            .map_err(|e| Mismatch(format!("{source:?}: {e}")))?;
-        scratch.tensors[at].per_row = per_row;
-        scratch.tensors[at].is_bytes = dtype == DataType::Bytes;
-        scratch.tensors[at].used = true;
+        if !first && (!decoded.present || decoded.per_row != per_row) {
+            return Ok(Gathered::Apart);
+        }
+        reads.push((source, per_row, decoded.numbers.len(), decoded.strings.len()));
     }
-
+    for (done, &(source, per_row, _, _)) in reads.iter().enumerate() {
+        let Some((dtype, _, data)) = tensor_of(batch, source) else { continue };
+        let decoded = &mut scratch.tensors[slot(schema, source)];
+        if let Err(e) = decode(dtype, data, batch.rows * per_row, decoded, index) {
+            for &(source, _, numbers, strings) in &reads[..=done] {
+                let decoded = &mut scratch.tensors[slot(schema, source)];
+                decoded.numbers.truncate(numbers);
+                decoded.strings.truncate(strings);
+                decoded.present = !first;
+            }
+            return Err(Mismatch(format!("{source:?}: {e}")));
+        }
+        decoded.per_row = per_row;
+        decoded.is_bytes = dtype == DataType::Bytes;
+        decoded.present = true;
+    }
+    scratch.batches += 1;
+    scratch.rows += batch.rows;
+    Ok(Gathered::Added)
+}
+/// Adds the gathered rows to `summaries` (one per planned feature, in the plan's
+/// order) and clears `scratch`; returns the rows added. `batches` is the slice
+/// the gathered batches were indexed in (BYTES features read their bytes there).
+pub fn profile(
+    schema: &Schema,
+    plan: &Plan,
+    summaries: &mut [Summary],
+    batches: &[DriftBatch],
+    sketched: Sketched,
+    scratch: &mut Scratch,
+) -> u64 {
+    let rows = scratch.rows;
     let mut text = String::new();
     for (planned, summary) in plan.features.iter().zip(summaries.iter_mut()) {
-        let at = slot(schema, planned.feature.source);
-        let decoded = &mut scratch.tensors[at];
-        if !decoded.used {
+        let source = planned.feature.source;
+        let decoded = &mut scratch.tensors[slot(schema, source)];
+        if !decoded.present {
             continue;
         }
         let per_row = decoded.per_row;
-        let rows = batch.rows;
         match (summary, planned.feature.reduce) {
             (Summary::Numeric(p), Reduce::Element(i)) => {
                 let value = |r: usize| decoded.numbers[r * per_row + i];
@@ -172,12 +245,12 @@ pub fn profile_batch(
                 }
             }
             (Summary::Categorical(p), Reduce::Element(i)) if decoded.is_bytes => {
-                let data = tensor_of(batch, planned.feature.source).map_or(&[][..], |(_, _, data)| data);
                 for r in 0..rows {
-                    let range = decoded.strings[r * per_row + i].clone();
-                    match &data[range] {
-                        [] => p.update_missing(),
-                        element => p.update(&String::from_utf8_lossy(element)),
+                    let (batch, range) = decoded.strings[r * per_row + i].clone();
+                    let data = batches.get(batch).and_then(|b| tensor_of(b, source)).map_or(&[][..], |(_, _, d)| d);
+                    match data.get(range) {
+                        None | Some([]) => p.update_missing(),
+                        Some(element) => p.update(&String::from_utf8_lossy(element)),
                     }
                 }
             }
@@ -206,26 +279,24 @@ pub fn profile_batch(
             (Summary::Categorical(_), _) => {}
         }
     }
-    for decoded in &mut scratch.tensors {
-        decoded.row_stats.clear();
-    }
-    Ok(batch.rows as u64)
+    scratch.clear();
+    rows as u64
 }
 
-/// Decodes `elements` values of `dtype` from `data` into `out`, checking the length.
-fn decode(dtype: DataType, data: &[u8], elements: usize, out: &mut Decoded) -> Result<(), String> {
-    out.numbers.clear();
-    out.strings.clear();
+/// Decodes `elements` values of `dtype` from `data` (batch `index`) after those
+/// in `out`, checking the length. On an error `out` may hold part of them.
+fn decode(dtype: DataType, data: &[u8], elements: usize, out: &mut Decoded, index: usize) -> Result<(), String> {
     if dtype == DataType::Bytes {
-        let mut at = 0usize;
+        let (before, mut at) = (out.strings.len(), 0usize);
         for element in bytes_elements(data) {
             let element = element.map_err(|e| e.to_string())?;
             at += 4;
-            out.strings.push(at..at + element.len());
+            out.strings.push((index, at..at + element.len()));
             at += element.len();
         }
-        if out.strings.len() != elements {
-            return Err(format!("{} BYTES elements, the shape says {elements}", out.strings.len()));
+        let found = out.strings.len() - before;
+        if found != elements {
+            return Err(format!("{found} BYTES elements, the shape says {elements}"));
         }
         return Ok(());
     }

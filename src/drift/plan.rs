@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use modelgate_backend::DataType;
 use modelgate_sketch::{FeatureSpec, Summary};
 
-use super::schema::{Feature, Kind, Schema};
+use super::schema::{Feature, Kind, Schema, Source};
 
 /// One feature to profile.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct Planned {
 pub struct Plan {
     /// In schema order.
     pub features: Vec<Planned>,
+    /// The tensors the features read, each once.
+    pub sources: Vec<Source>,
     /// Reference features not profiled, each with why.
     pub ignored: Vec<(String, &'static str)>,
 }
@@ -60,7 +62,12 @@ impl Plan {
                 continue;
             }
             match Summary::empty(&spec) {
-                Ok(empty) => plan.features.push(Planned { feature: feature.clone(), empty }),
+                Ok(empty) => {
+                    if !plan.sources.contains(&feature.source) {
+                        plan.sources.push(feature.source);
+                    }
+                    plan.features.push(Planned { feature: feature.clone(), empty });
+                }
                 Err(_) => plan.ignored.push((feature.name.clone(), "its histogram edges are not usable")),
             }
         }

@@ -131,25 +131,28 @@ fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>, queue: usize) 
     let mut since_sleep = 0;
     let mut gauge_at = std::time::Instant::now();
     let mut last_batch = std::time::Instant::now();
-    let mut parked_with = None;
+    let mut parked_with: Option<DriftBatch> = None;
+    // The batches of one take, profiled together under the lock.
+    let mut take = Vec::with_capacity(BATCHES_PER_LOCK);
+    // Every sender (the profiler and every tap) is gone and nothing is queued.
+    let mut disconnected = false;
     loop {
+        take.extend(parked_with.take());
+        while take.len() < BATCHES_PER_LOCK {
+            match receiver.try_recv() {
+                Ok(batch) => take.push(batch),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        let taken = take.len();
         let mut state = windows.lock();
         let now = now_ms();
         state.tick(now);
-        let mut taken = 0;
-        if let Some(batch) = parked_with.take() {
-            record(&mut state, &batch, now);
-            taken += 1;
-        }
-        while taken < BATCHES_PER_LOCK {
-            match receiver.try_recv() {
-                Ok(batch) => record(&mut state, &batch, now),
-                Err(TryRecvError::Empty) => break,
-                // Every sender (the profiler and every tap) is gone and nothing is queued.
-                Err(TryRecvError::Disconnected) => return,
-            }
-            taken += 1;
-        }
+        state.record_all(&take, now, |_, _| {});
         if gauge_at.elapsed() >= GAUGE_EVERY {
             metrics::drift_profile_bytes(state.memory_bytes());
             gauge_at = std::time::Instant::now();
@@ -158,7 +161,12 @@ fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>, queue: usize) 
             .next_close_ms()
             .map_or(IDLE_WAKE, |at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_WAKE));
         drop(state);
+        // The batches' buffers go back to their allocators outside the lock.
+        take.clear();
         since_sleep += taken;
+        if disconnected {
+            return;
+        }
         if taken == BATCHES_PER_LOCK {
             // More may be queued: let the lock go for the follower, then take on.
             continue;
@@ -181,11 +189,5 @@ fn run(windows: &Mutex<Windows>, receiver: &Receiver<DriftBatch>, queue: usize) 
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-    }
-}
-
-fn record(windows: &mut Windows, batch: &DriftBatch, now: i64) {
-    if let super::windows::Recorded::Skipped(reason) = windows.record(batch, now) {
-        tracing::debug!(registration = batch.registration, %reason, "drift: batch skipped");
     }
 }

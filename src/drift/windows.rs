@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use metrics::Counter;
 use modelgate_sketch::{FeatureSpec, Profile, Summary};
 
-use super::extract::{Scratch, Sketched, profile_batch};
+use super::extract::{Gathered, Mismatch, Scratch, Sketched, gather, profile};
 use super::handoff::{DriftBatch, Liveness};
 use super::plan::Plan;
 use super::schema::Schema;
@@ -219,15 +219,36 @@ impl Windows {
     /// Profiles a batch into its version's window for `now_ms`, closing the
     /// previous window first if its time has passed.
     pub fn record(&mut self, batch: &DriftBatch, now_ms: i64) -> Recorded {
-        let (window_ms, keep) = (self.window_ms, self.keep);
-        let Some(v) = self.versions.get_mut(&batch.registration) else {
-            return Recorded::Unknown;
+        let mut recorded = Recorded::Unknown;
+        self.record_all(std::slice::from_ref(batch), now_ms, |_, outcome| recorded = outcome);
+        recorded
+    }
+
+    /// Profiles a take of batches, in the order they came, into their
+    /// versions' windows for `now_ms`; tells `outcome` what became of each (by
+    /// index). The batches of one version that follow each other are profiled
+    /// together, one pass per feature.
+    pub fn record_all(&mut self, batches: &[DriftBatch], now_ms: i64, mut outcome: impl FnMut(usize, Recorded)) {
+        let mut first = 0;
+        while first < batches.len() {
+            let registration = batches[first].registration;
+            let run = batches[first..].iter().take_while(|b| b.registration == registration).count();
+            self.record_run(&batches[first..first + run], now_ms, |i, r| outcome(first + i, r));
+            first += run;
+        }
+    }
+
+    /// [`Windows::record_all`] for batches of one registration.
+    fn record_run(&mut self, batches: &[DriftBatch], now_ms: i64, mut outcome: impl FnMut(usize, Recorded)) {
+        let (window_ms, keep, sketch_rows) = (self.window_ms, self.keep, self.sketch_rows);
+        let Some(v) = self.versions.get_mut(&batches[0].registration) else {
+            (0..batches.len()).for_each(|i| outcome(i, Recorded::Unknown));
+            return;
         };
         let start_ms = now_ms - now_ms.rem_euclid(window_ms);
         if v.open.as_ref().is_some_and(|open| open.start_ms != start_ms) {
             v.close(window_ms, keep);
         }
-        let sketch_rows = self.sketch_rows;
         let open = v.open.get_or_insert_with(|| Open {
             start_ms,
             rows: 0,
@@ -237,21 +258,37 @@ impl Windows {
             plan: v.plan.clone(),
             summaries: v.plan.empty_summaries(),
         });
-        let sketched = Sketched::one_in(open.sketch_every, open.rows);
-        match profile_batch(&v.schema, &open.plan, &mut open.summaries, batch, sketched, &mut self.scratch) {
-            Ok(rows) => {
-                open.rows += rows;
-                v.counters.rows.increment(rows);
-                Recorded::Profiled(rows)
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let mut profiled = 0;
+        let mut flush = |open: &mut Open, scratch: &mut Scratch| {
+            let sketched = Sketched::one_in(open.sketch_every, open.rows);
+            let rows = profile(&v.schema, &open.plan, &mut open.summaries, batches, sketched, scratch);
+            open.rows += rows;
+            profiled += rows;
+        };
+        for (i, batch) in batches.iter().enumerate() {
+            let mut gathered = gather(&v.schema, &open.plan, scratch, batch, i);
+            if gathered == Ok(Gathered::Apart) {
+                flush(open, scratch);
+                gathered = gather(&v.schema, &open.plan, scratch, batch, i);
             }
-            Err(mismatch) => {
-                v.counters.skipped.increment(batch.rows as u64);
-                // A window opened by this batch alone stays empty: drop it, nothing to ship.
-                if open.rows == 0 {
-                    v.open = None;
+            match gathered {
+                Ok(_) => outcome(i, Recorded::Profiled(batch.rows as u64)),
+                Err(Mismatch(reason)) => {
+                    v.counters.skipped.increment(batch.rows as u64);
+                    tracing::debug!(model = %v.model, version = v.version, %reason, "drift: batch skipped");
+                    outcome(i, Recorded::Skipped(reason));
                 }
-                Recorded::Skipped(mismatch.0)
             }
+        }
+        if scratch.rows() > 0 {
+            flush(open, scratch);
+        }
+        v.counters.rows.increment(profiled);
+        // A window opened by skipped batches alone stays empty: drop it, nothing to ship.
+        if open.rows == 0 {
+            v.open = None;
         }
     }
 

@@ -111,22 +111,28 @@ impl FeatureProfile {
     /// profiler adds a batch's rows this way.
     pub fn update_counts_all(&mut self, values: impl IntoIterator<Item = f64>) {
         let before = self.finite_count();
+        // Running values in locals, not fields: the histogram's counts are written through a
+        // pointer the compiler cannot tell apart from `self`, so a field would be stored back
+        // on every value.
+        let (mut rows, mut min, mut max, mut sum) = (0u64, self.min, self.max, self.sum);
         // Sums of deviations from `shift` (the run's first finite value): no cancellation
         // when the values sit far from zero.
         let (mut shift, mut s1, mut s2) = (f64::NAN, 0.0, 0.0);
         for value in values {
-            self.rows += 1;
+            rows += 1;
             if self.counted_non_finite(value) {
                 continue;
             }
             if shift.is_nan() {
                 shift = value;
             }
-            self.add_finite(value);
+            (min, max, sum) = (min.min(value), max.max(value), sum + value);
+            self.histogram.update(value);
             let d = value - shift;
             s1 += d;
             s2 += d * d;
         }
+        (self.rows, self.min, self.max, self.sum) = (self.rows + rows, min, max, sum);
         let added = (self.finite_count() - before) as f64;
         if added == 0.0 {
             return;

@@ -369,3 +369,45 @@ fn a_sample_keeps_its_phase_across_batches() {
     assert_eq!(Sketched::one_in(4, 8), Sketched { first: 0, every: 4 });
     assert_eq!(Sketched::one_in(0, 5), Sketched::ALL);
 }
+
+#[test]
+fn a_take_profiled_together_equals_its_batches_profiled_one_by_one() {
+    let (mut together, id, _alive, c) = windows_with(60);
+    let (mut one_by_one, other_id, _other_alive, _) = windows_with(60);
+    assert_eq!(id, other_id);
+    let mut no_outputs = batch(id, 2, 10.0);
+    no_outputs.outputs.clear();
+    let mut broken = batch(id, 2, 0.0);
+    broken.inputs[1].data = Bytes::from_static(&[9, 0, 0, 0, b'a']);
+    let mut unknown = batch(id, 5, 0.0);
+    unknown.registration = id + 1;
+    let mut three = batch(id, 3, 30.0);
+    three.inputs[1] = strings(&["c", "", "d"]);
+    // Outputs, none, a batch that does not fit, outputs again, another registration, more.
+    let take = [batch(id, 3, 0.0), no_outputs, broken, batch(id, 4, 20.0), unknown, three];
+
+    let mut outcomes = Vec::new();
+    together.record_all(&take, T0, |i, recorded| outcomes.push((i, recorded)));
+    let expected: Vec<(usize, Recorded)> = take.iter().map(|b| one_by_one.record(b, T0)).enumerate().collect();
+    assert_eq!(outcomes, expected);
+    assert!(matches!(outcomes[2].1, Recorded::Skipped(_)));
+    assert_eq!(outcomes[4].1, Recorded::Unknown);
+    assert_eq!((c.rows.load(Ordering::Relaxed), c.skipped.load(Ordering::Relaxed)), (12, 2));
+
+    let (a, b) = (together.drain_closed(T0 + MINUTE), one_by_one.drain_closed(T0 + MINUTE));
+    assert_eq!((a.len(), a[0].rows), (1, 12));
+    for name in ["x[0]", "x[1]", "y[0]", "y[2]"] {
+        let (x, y) = (numeric(&a[0], name), numeric(&b[0], name));
+        assert_eq!((x.rows(), x.min(), x.max(), x.sum()), (y.rows(), y.min(), y.max(), y.sum()), "{name}");
+        assert_eq!(x.quantile(0.5), y.quantile(0.5), "{name}");
+        let (mx, my) = (x.mean().unwrap(), y.mean().unwrap());
+        assert!((mx - my).abs() < 1e-12 && (x.std().unwrap() - y.std().unwrap()).abs() < 1e-9, "{name}");
+    }
+    // The batch without outputs gave its inputs' rows but none of the outputs'.
+    assert_eq!((numeric(&a[0], "x[0]").rows(), numeric(&a[0], "y[0]").rows()), (12, 10));
+    for name in ["s", "y.argmax"] {
+        let (x, y) = (categorical(&a[0], name), categorical(&b[0], name));
+        assert_eq!((x.counts(), x.missing_count()), (y.counts(), y.missing_count()), "{name}");
+    }
+    assert_eq!(categorical(&a[0], "s").missing_count(), 1);
+}
