@@ -106,7 +106,7 @@ fn bench_handoff(c: &mut Criterion) {
     let polled = DriftTap::new(polled_consumer(), 1, Counter::noop());
     // The real profiler, which is slower than this loop: most offers find the queue full.
     let profiler = Profiler::start(&DriftSettings { enabled: true, ..DriftSettings::default() }).expect("profiler");
-    let real = profiler.register("mlp", 1, mlp_schema());
+    let real = profiler.register("mlp", 1, mlp_schema(), Arc::new(modelgate::stats::ModelStats::new(1)));
     for (label, tap) in [("drift_on_woken", &woken), ("drift_on_polled", &polled), ("drift_on_profiler_behind", &real)]
     {
         bench_offers(&mut group, label, tap);

@@ -106,6 +106,8 @@ pub const DRIFT_ROWS_DROPPED: &str = "modelgate_drift_rows_dropped_total";
 pub const DRIFT_ROWS_SKIPPED: &str = "modelgate_drift_rows_skipped_total";
 /// Closed drift windows dropped before anyone drained them (`drift.keep_windows`), by model and version.
 pub const DRIFT_WINDOWS_DROPPED: &str = "modelgate_drift_windows_dropped_total";
+/// Batches a version offers the drift profiler: one in this many (1: all), by model and version.
+pub const DRIFT_SAMPLED_ONE_IN: &str = "modelgate_drift_sampled_one_in";
 /// Heap bytes of every open and kept drift window.
 pub const DRIFT_PROFILE_BYTES: &str = "modelgate_drift_profile_bytes";
 /// Feedback requests, by model and result (`accepted`, `unknown`, `expired`,
@@ -231,6 +233,10 @@ fn describe_drift() {
     metrics::describe_counter!(DRIFT_ROWS_SKIPPED, "Rows not profiled for drift: the batch did not fit the schema");
     metrics::describe_counter!(DRIFT_WINDOWS_DROPPED, "Closed drift windows dropped before they were drained");
     metrics::describe_gauge!(DRIFT_PROFILE_BYTES, metrics::Unit::Bytes, "Heap bytes of open and kept drift windows");
+    metrics::describe_gauge!(
+        DRIFT_SAMPLED_ONE_IN,
+        "Batches offered to the drift profiler: one in this many (above drift.max_rows_per_second)"
+    );
 }
 
 /// The protocol a request came in on.
@@ -581,6 +587,11 @@ pub fn drift_rows_skipped(model: &str, version: u64) -> Counter {
 /// [`DRIFT_WINDOWS_DROPPED`] of one version.
 pub fn drift_windows_dropped(model: &str, version: u64) -> Counter {
     counter!(DRIFT_WINDOWS_DROPPED, &version_labels(model, version))
+}
+
+/// [`DRIFT_SAMPLED_ONE_IN`] of one version.
+pub fn drift_sampled_one_in(model: &str, version: u64) -> Gauge {
+    gauge!(DRIFT_SAMPLED_ONE_IN, &version_labels(model, version))
 }
 
 /// Sets [`DRIFT_PROFILE_BYTES`].

@@ -115,3 +115,37 @@ async fn without_the_drift_section_the_gateway_has_no_profiler() {
     server.post_json("/v2/models/mlp/infer", &request(0.0, 0)).await.assert_ok();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_max_rows_per_second_a_version_profiles_one_batch_in_n_and_says_so() {
+    let repo = TempRepo::new();
+    // Its own model name: the gauge is process-wide, and the other tests serve `mlp`.
+    repo.add("mlp", "sampled", 1, None);
+    let mut config = config_for(repo.path());
+    config.drift.enabled = true;
+    config.drift.window_seconds = 1;
+    config.drift.max_rows_per_second = 20;
+    let server = TestServer::start(config).await;
+    let profiler = server.gateway.drift.clone().expect("a profiler");
+
+    // Far above 20 rows/s for 1.5 s: the profiler steers four times a second.
+    let (started, mut served) = (Instant::now(), 0u64);
+    while started.elapsed() < Duration::from_millis(1500) {
+        server.post_json("/v2/models/sampled/infer", &request(0.0, served as usize)).await.assert_ok();
+        served += ROWS as u64;
+    }
+    let metrics = server.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let one_in: f64 = text
+        .lines()
+        .find(|l| l.starts_with("modelgate_drift_sampled_one_in{") && l.contains("model=\"sampled\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no modelgate_drift_sampled_one_in for sampled in {text}"));
+    assert!(one_in > 1.0, "one batch in {one_in} at {served} rows in 1.5 s");
+
+    // Every window that closed holds a part of the rows served, and at least one was profiled.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let profiled: u64 = profiler.drain_closed().iter().map(|w| w.rows).sum();
+    assert!(profiled > 0 && profiled * 2 < served, "{profiled} of {served} rows profiled");
+    server.stop().await;
+}

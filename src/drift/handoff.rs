@@ -6,8 +6,13 @@
 //! batch buffer, and the backend's outputs), never copied, and go through a
 //! bounded channel with `try_send`. When the profiler is behind, the batch is
 //! dropped and its rows counted in `modelgate_drift_rows_dropped_total`.
+//!
+//! Above `drift.max_rows_per_second` a version offers one batch in n
+//! ([`Sampling`]): the profiler's cost stays bounded whatever the traffic, and
+//! a batch left out costs its instance thread two atomic operations.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -60,12 +65,48 @@ pub struct DriftBatch {
 #[derive(Debug, Default)]
 pub struct Liveness;
 
+/// Which of a version's batches its instance threads offer: every one, or one
+/// in `every`. The profiler thread sets `every` once a second from the rows the
+/// version executed; the tap reads it per batch.
+#[derive(Debug)]
+pub struct Sampling {
+    every: AtomicU32,
+    /// Batches seen while sampling.
+    seen: AtomicU32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { every: AtomicU32::new(1), seen: AtomicU32::new(0) }
+    }
+}
+
+impl Sampling {
+    /// Whether the next batch is offered. Below the cap this is one relaxed load.
+    #[inline]
+    pub fn takes_next(&self) -> bool {
+        let every = self.every.load(Ordering::Relaxed);
+        every <= 1 || self.seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(every)
+    }
+
+    /// One batch in how many is offered (1: all).
+    pub fn every(&self) -> u32 {
+        self.every.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Offers one batch in `every` (at least 1) from now on.
+    pub fn set_every(&self, every: u32) {
+        self.every.store(every.max(1), Ordering::Relaxed);
+    }
+}
+
 /// One model version's end of the profiler's channel, held by its instance threads.
 #[derive(Debug)]
 pub struct DriftTap {
     pub(super) sender: Sender<DriftBatch>,
     pub(super) registration: u64,
     pub(super) dropped: Counter,
+    pub(super) sampling: Arc<Sampling>,
     pub(super) _alive: Arc<Liveness>,
 }
 
@@ -73,7 +114,14 @@ impl DriftTap {
     /// A tap on any channel, for benches and tests; the gateway's taps come
     /// from `Profiler::register`.
     pub fn new(sender: Sender<DriftBatch>, registration: u64, dropped: Counter) -> DriftTap {
-        DriftTap { sender, registration, dropped, _alive: Arc::default() }
+        DriftTap { sender, registration, dropped, sampling: Arc::default(), _alive: Arc::default() }
+    }
+
+    /// Whether this version's next batch is to be offered (see [`Sampling`]):
+    /// asked before the batch is built, so a batch left out costs nothing more.
+    #[inline]
+    pub fn takes_next(&self) -> bool {
+        self.sampling.takes_next()
     }
 
     /// The registration id batches of this version carry.
@@ -96,7 +144,7 @@ impl DriftTap {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use super::*;
 
@@ -108,8 +156,7 @@ mod tests {
     fn a_full_channel_drops_the_batch_and_never_blocks() {
         let (sender, receiver) = crossbeam_channel::bounded(1);
         let dropped = Arc::new(AtomicU64::new(0));
-        let tap =
-            DriftTap { sender, registration: 7, dropped: Counter::from_arc(dropped.clone()), _alive: Arc::default() };
+        let tap = DriftTap::new(sender, 7, Counter::from_arc(dropped.clone()));
         tap.offer(batch(3));
         // Full: returns at once, the batch is gone and its rows counted.
         tap.offer(batch(5));
@@ -122,5 +169,18 @@ mod tests {
         drop(receiver);
         tap.offer(batch(4));
         assert_eq!(dropped.load(Ordering::Relaxed), 11);
+    }
+
+    #[test]
+    fn a_sampling_tap_takes_one_batch_in_every_and_all_of_them_at_one() {
+        let sampling = Sampling::default();
+        assert!((0..100).all(|_| sampling.takes_next()));
+        sampling.set_every(4);
+        let taken: Vec<bool> = (0..12).map(|_| sampling.takes_next()).collect();
+        assert_eq!(taken.iter().filter(|&&t| t).count(), 3);
+        assert_eq!(&taken[..4], &[true, false, false, false]);
+        sampling.set_every(0);
+        assert_eq!(sampling.every(), 1);
+        assert!((0..10).all(|_| sampling.takes_next()));
     }
 }

@@ -7,6 +7,7 @@
 //! | `drift.window_seconds` | window length, aligned to the wall clock (1..=3600) | 60 |
 //! | `drift.keep_windows` | closed windows kept per version while the control plane is away; the oldest go first (1..=10000) | 60 |
 //! | `drift.queue` | batches waiting for the profiler; past it batches are skipped and counted (1..=65536) | 64 |
+//! | `drift.max_rows_per_second` | rows per second and version profiled at most: above it a version offers one batch in n, n from the rows it executed in the last second, so the profiler's CPU stays bounded whatever the traffic (`modelgate_drift_sampled_one_in`) (1..=100000000) | 10000 |
 //! | `drift.sketch_rows_per_second` | rows per second and version the quantile (KLL) sketches take in full; above it a systematic sample of about this many, whose size the tests use (1..=10000000) | 1000 |
 
 use serde::Deserialize;
@@ -25,6 +26,8 @@ pub struct DriftSettings {
     pub queue: usize,
     /// Rows per second and version the quantile sketches take in full.
     pub sketch_rows_per_second: u64,
+    /// Rows per second and version profiled at most; above it, one batch in n.
+    pub max_rows_per_second: u64,
 }
 
 impl Default for DriftSettings {
@@ -35,6 +38,7 @@ impl Default for DriftSettings {
             keep_windows: 60,
             queue: 64,
             sketch_rows_per_second: super::windows::DEFAULT_SKETCH_ROWS_PER_SECOND,
+            max_rows_per_second: 10_000,
         }
     }
 }
@@ -55,6 +59,12 @@ impl DriftSettings {
             return Err(format!(
                 "drift.sketch_rows_per_second must be between 1 and 10000000, got {}",
                 self.sketch_rows_per_second
+            ));
+        }
+        if !(1..=100_000_000).contains(&self.max_rows_per_second) {
+            return Err(format!(
+                "drift.max_rows_per_second must be between 1 and 100000000, got {}",
+                self.max_rows_per_second
             ));
         }
         Ok(())
@@ -81,6 +91,10 @@ mod tests {
         for rate in [0, 10_000_001] {
             let bad = DriftSettings { sketch_rows_per_second: rate, ..DriftSettings::default() };
             assert!(bad.validate().unwrap_err().contains("drift.sketch_rows_per_second"), "{rate}");
+        }
+        for rate in [0, 100_000_001] {
+            let bad = DriftSettings { max_rows_per_second: rate, ..DriftSettings::default() };
+            assert!(bad.validate().unwrap_err().contains("drift.max_rows_per_second"), "{rate}");
         }
     }
 }

@@ -233,7 +233,7 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let stats = Arc::new(ModelStats::new(max_rows.max(1)));
     let metrics = Arc::new(VersionMetrics::new(name, version));
     let thread_name = format!("mg-{name}-{version}");
-    let tap = drift.map(|profiler| profiler.register(name, version, schema));
+    let tap = drift.map(|profiler| profiler.register(name, version, schema, stats.clone()));
     let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone(), tap)?;
     let (default_timeout, allow_timeout_override) = match &config.dynamic_batching {
         Some(b) if b.default_timeout_microseconds > 0 => {
