@@ -214,8 +214,9 @@ impl Gateway {
 
     /// Picks the route's target, runs the request there, records the outcome
     /// in the target's window, and sends the shadow copy. A rollout canary's
-    /// server fault is retried once on the baseline (see [`retryable`]), and
-    /// its slow request hedged there when the route says so.
+    /// server fault is retried once on the baseline (see [`retryable`]), its
+    /// slow request hedged there when the route says so, and its running
+    /// requests rescued there when the rollout rolls it back.
     async fn infer_routed(
         &self,
         route: &Arc<Route>,
@@ -233,11 +234,11 @@ impl Gateway {
         // A header that names the canary asked for the canary: only a weighted pick may be answered by another version.
         let retry = route.retry.as_ref().filter(|r| r.canary == target.version && !by_rule);
         let hedge = route.hedge.as_ref().filter(|h| h.canary == target.version && !by_rule);
-        // The copy the baseline may run: a hedge takes it, and a hedged request is not retried too.
+        // The copy the baseline may run: a hedge or a rescue takes it, and such a request is not retried too.
         let mut copy = (retry.is_some() || hedge.is_some()).then(|| request.clone());
-        let mut result = match hedge {
+        let mut result = match copy {
             None => self.run_target(model, target, request, call, call.arrival).await,
-            Some(hedge) => self.run_hedged(route, target, hedge, request, &mut copy, call).await,
+            Some(_) => self.run_canary(route, target, hedge, request, &mut copy, call).await,
         };
         match &result {
             // Every answer the picked version gave itself earns the route's retries and hedges: the
@@ -290,18 +291,23 @@ impl Gateway {
         run_on_target(&self.repository, model, target, request, call.protocol, call.arrival, since).await
     }
 
-    /// Runs a canary request and, when it has not answered `hedge.after` past
-    /// its arrival, the same request (`copy`, taken) on the baseline too,
-    /// within the hedge budget: the first success answers. A canary run that
-    /// loses the race goes on in a task of its own, so that its answer, when
-    /// it comes, is recorded against the canary like any other (and its
-    /// slowness is counted soon after it passes the latency threshold, even
-    /// if it never answers).
-    async fn run_hedged(
+    /// Runs a rollout canary's request, and the same request (`copy`, taken)
+    /// on the baseline too when, before the canary answers:
+    /// - the route hedges and `hedge.after` has passed since its arrival
+    ///   (within the hedge budget), or
+    /// - the rollout rolls the canary back (a rescue: the canary has been
+    ///   judged, and its running requests need not wait for it).
+    ///
+    /// The first success answers. A canary run that loses a hedge goes on in
+    /// a task of its own, so that its answer, when it comes, is recorded
+    /// against the canary like any other (and its slowness is counted soon
+    /// after it passes the latency threshold, even if it never answers); one
+    /// that loses a rescue is cancelled.
+    async fn run_canary(
         &self,
         route: &Route,
         canary: &Target,
-        hedge: &CanaryHedge,
+        hedge: Option<&CanaryHedge>,
         request: InferRequest,
         copy: &mut Option<InferRequest>,
         call: Call<'_>,
@@ -314,26 +320,36 @@ impl Gateway {
             async move { run_on_target(&repository, &model, &canary, request, protocol, arrival, arrival).await }
         });
         // From the tokio clock (tests pause it), what is left of `after` since arrival.
-        let late = tokio::time::Instant::now() + hedge.after.saturating_sub(call.arrival.elapsed());
-        tokio::select! {
+        let late = hedge.map(|h| tokio::time::Instant::now() + h.after.saturating_sub(call.arrival.elapsed()));
+        let hedge_time = async {
+            match late {
+                Some(late) => tokio::time::sleep_until(late).await,
+                None => std::future::pending().await,
+            }
+        };
+        let rescue = tokio::select! {
             biased;
             result = &mut canary_run => return result,
-            () = tokio::time::sleep_until(late) => {}
-        }
-        let baseline = route.target(hedge.baseline).filter(|t| !t.failed);
-        // Past the client's deadline nobody waits for a hedge.
+            () = canary.arm.retired() => true,
+            () = hedge_time => false,
+        };
+        let baseline = hedge.map_or_else(|| route.baseline(), |h| h.baseline);
+        let baseline = route.target(baseline).filter(|t| !t.failed && t.version != canary.version);
+        // Past the client's deadline nobody waits for the baseline.
         let waited_for = copy.as_ref().is_some_and(|c| client_waits(c, call.arrival));
         let (Some(baseline), true) = (baseline, waited_for) else {
             return canary_run.await;
         };
-        if !hedge.budget.spend() {
+        if let (false, Some(hedge)) = (rescue, hedge)
+            && !hedge.budget.spend()
+        {
             metrics::canary_hedge(model, hedge.canary, "budget_exhausted");
             return canary_run.await;
         }
         let Some(request) = copy.take() else {
             return canary_run.await;
         };
-        // The baseline's window gets the hedge's own time, not the canary's before it.
+        // The baseline's window gets this run's own time, not the canary's before it.
         let baseline_run = self.run_target(model, baseline, request, call, Instant::now());
         tokio::pin!(baseline_run);
         let (result, winner) = tokio::select! {
@@ -346,14 +362,20 @@ impl Gateway {
             },
             result = &mut baseline_run => match result {
                 Ok(response) => {
-                    tokio::spawn(canary_run);
+                    if !rescue {
+                        tokio::spawn(canary_run);
+                    }
                     (Ok(response), "baseline_won")
                 }
                 // The baseline failed: the canary's answer, when it comes, is the only one.
                 Err(_) => (canary_run.await, "canary_won"),
             },
         };
-        metrics::canary_hedge(model, hedge.canary, winner);
+        if rescue {
+            metrics::canary_rescue(model, canary.version, winner);
+        } else {
+            metrics::canary_hedge(model, canary.version, winner);
+        }
         result
     }
 

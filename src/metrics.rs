@@ -65,6 +65,9 @@ pub const ROUTE_CANARY_RETRIES: &str = "modelgate_route_canary_retries_total";
 /// `canary_won`: the canary's, `budget_exhausted`: not hedged, the hedge
 /// budget was spent).
 pub const ROUTE_CANARY_HEDGES: &str = "modelgate_route_canary_hedges_total";
+/// Canary requests still running when their rollout rolled the canary back, sent to the
+/// baseline too, by model, canary and outcome (`baseline_won`, `canary_won`).
+pub const ROUTE_CANARY_RESCUES: &str = "modelgate_route_canary_rescues_total";
 /// 1 for the current phase of a rollout, by model, canary version and state.
 pub const ROLLOUT_STATE: &str = "modelgate_rollout_state";
 /// Canary weight of a rollout's current step, by model and canary version.
@@ -199,6 +202,10 @@ fn describe() {
     metrics::describe_gauge!(ROUTE_WEIGHT, "Route weight of each target version, in percent");
     metrics::describe_counter!(ROUTE_CANARY_RETRIES, "Canary server faults retried on the baseline, by outcome");
     metrics::describe_counter!(ROUTE_CANARY_HEDGES, "Slow canary requests hedged on the baseline, by outcome");
+    metrics::describe_counter!(
+        ROUTE_CANARY_RESCUES,
+        "Canary requests running at its rollback, sent to the baseline too, by outcome"
+    );
     metrics::describe_gauge!(ROLLOUT_STATE, "1 for the current phase of each rollout");
     metrics::describe_gauge!(ROLLOUT_CANARY_WEIGHT, "Canary weight of each rollout, in percent");
     metrics::describe_counter!(ROLLOUT_CHECKS, "Rollout SLO checks by verdict");
@@ -511,6 +518,13 @@ pub fn canary_retry(model: &str, canary: u64, outcome: &'static str) {
 /// retries: a slow canary is rolled back within a few requests).
 pub fn canary_hedge(model: &str, canary: u64, outcome: &'static str) {
     counter!(ROUTE_CANARY_HEDGES, "model" => model.to_owned(), "canary" => canary.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Counts one rescue of a canary request on the baseline at its rollback
+/// (at most the canary's requests in flight then).
+pub fn canary_rescue(model: &str, canary: u64, outcome: &'static str) {
+    counter!(ROUTE_CANARY_RESCUES, "model" => model.to_owned(), "canary" => canary.to_string(), "outcome" => outcome)
         .increment(1);
 }
 

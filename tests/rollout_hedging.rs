@@ -3,7 +3,9 @@
 //! more, against 10 ms) costs a client about the threshold
 //! plus the baseline's latency when the route hedges, and the whole canary
 //! time when it does not; the hedge budget caps the hedges, and every
-//! canary run, hedged or not, is still recorded against the canary.
+//! canary run, hedged or not, is still recorded against the canary. Without
+//! hedging, the canary's requests still running when it is rolled back are
+//! rescued: the baseline answers them.
 #![allow(clippy::unwrap_used)] // helpers of tests: a panic is the failure report
 
 mod support_routing;
@@ -108,4 +110,44 @@ async fn hedging_answers_a_slow_canarys_requests_from_the_baseline_within_the_th
         median(hedged[..BURST].iter().map(|a| a.1).collect()),
         waited,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_has_the_baseline_answer_the_canarys_running_requests() {
+    const RUNNING: u32 = 24;
+    let repo = Repo::new("rescued", &[(1, Kind::Mlp), (2, Kind::Slow)]);
+    let server = Server::start(&repo, vec![slow_canary_route("rescued", "")]).await;
+    let http = Http::default();
+    let route = server.gateway.routes.get("rescued").unwrap();
+    let canary = route.target(2).unwrap().arm.clone();
+
+    let requests = futures_util::future::join_all((0..RUNNING).map(|seed| {
+        let (http, server) = (&http, &server);
+        async move {
+            let reply = http.infer(server, "rescued", &[], seed).await;
+            assert!(reply.status.is_success(), "{reply:?}");
+            reply.version().unwrap()
+        }
+    }));
+    let roll_back = async {
+        // Every request on the slow canary first (it runs them a batch at a time, 35 ms and more each).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while canary.in_flight() < RUNNING {
+            assert!(Instant::now() < deadline, "{} of {RUNNING} requests on the canary", canary.in_flight());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rolled = http.admin(&server, http::Method::POST, "/admin/v1/routes/rescued/rollback", None).await;
+        assert_eq!(rolled.body["rollout"]["state"], "failed", "{rolled:?}");
+    };
+    let (versions, ()) = tokio::join!(requests, roll_back);
+
+    // Without the rescue the canary answers all of them; with it, the baseline answers those the
+    // canary had not finished when the baseline did.
+    let by_baseline = versions.iter().filter(|&&v| v == 1).count();
+    assert!(by_baseline >= RUNNING as usize / 2, "answered by version: {versions:?}");
+    let rescues = |outcome: &str| {
+        format!("modelgate_route_canary_rescues_total{{model=\"rescued\",canary=\"2\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(server.metric(&rescues("baseline_won")).await, by_baseline as f64);
+    assert!(server.metric(&rescues("canary_won")).await <= (RUNNING as usize - by_baseline) as f64);
 }

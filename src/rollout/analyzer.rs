@@ -622,6 +622,8 @@ impl Analyzer {
         if !self.route_canary(0, true) {
             return None;
         }
+        // Its requests still running are answered by the baseline (or by the canary, if it is first).
+        self.canary.retire();
         let reason = trigger.as_str();
         crate::metrics::rollout_rollback(&self.model, canary, reason);
         let message = {

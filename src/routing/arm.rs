@@ -2,11 +2,14 @@
 //! (read by the rollout analyzer and the admin API), its in-flight count
 //! against the route's limit, and its metric handles. An arm outlives weight
 //! changes: a new route table points at the same arm. A rollout's canary arm
-//! also feeds every outcome to its sequential tests.
+//! also feeds every outcome to its sequential tests, and is retired when the
+//! rollout rolls it back: the requests still running on it are then rescued
+//! on the baseline (see `Gateway::run_canary`).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::sprt::Sequential;
@@ -30,6 +33,10 @@ pub struct Arm {
     last_answer_ms: AtomicU64,
     epoch: Instant,
     metrics: RouteMetrics,
+    /// Set once, when a rollout rolls this canary back.
+    retired: AtomicBool,
+    /// Wakes the requests running on the arm when it is retired.
+    on_retire: Notify,
 }
 
 /// A request admitted to an arm; the count drops when it does.
@@ -55,7 +62,28 @@ impl Arm {
             last_answer_ms: AtomicU64::new(0),
             epoch,
             metrics: RouteMetrics::new(model, version),
+            retired: AtomicBool::new(false),
+            on_retire: Notify::new(),
         }
+    }
+
+    /// Retires the arm: its rollout rolled it back. Wakes every request
+    /// waiting in [`Arm::retired`].
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.on_retire.notify_waiters();
+    }
+
+    /// Completes when the arm is retired (at once if it is already).
+    pub async fn retired(&self) {
+        let notified = self.on_retire.notified();
+        tokio::pin!(notified);
+        // Listening before looking: a retirement between the two is not missed.
+        notified.as_mut().enable();
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// The same arm, with its outcomes also fed to `sequential`.
@@ -147,6 +175,24 @@ impl Arm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn retiring_an_arm_wakes_every_request_waiting_on_it_and_later_ones_at_once() {
+        let arm = std::sync::Arc::new(Arm::new("m", 2, Duration::from_secs(10)));
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let arm = arm.clone();
+                tokio::spawn(async move { arm.retired().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+        arm.retire();
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), arm.retired()).await.unwrap();
+    }
 
     #[tokio::test]
     async fn the_in_flight_limit_refuses_and_releases() {

@@ -484,6 +484,7 @@ README_FAMILIES_NOT_MADE_HERE: dict[str, tuple[str, str | None]] = {
     "modelgate_device_memory_bytes": ("a CUDA device", "tests/torch.rs"),
     "modelgate_route_canary_retries_total": ("a canary that fails", "tests/rollout_rollback.rs"),
     "modelgate_route_canary_hedges_total": ("a slow canary with hedging on", "tests/rollout_hedging.rs"),
+    "modelgate_route_canary_rescues_total": ("a slow canary rolled back with requests in flight", "tests/rollout_hedging.rs"),
     "modelgate_artifact_bytes_downloaded_total": ("a version pulled from a registry's object storage", None),
     "modelgate_sync_applied_generation": ("a control plane that answers (this one is unreachable on purpose)", None),
     "modelgate_feedback_shipped_total": ("a shared feedback route and a control plane that answers", None),
