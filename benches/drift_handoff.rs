@@ -7,8 +7,9 @@
 //!   of consumer: one parked on the channel (`woken`: every offer that finds
 //!   it parked wakes it, as the profiler did before it polled) and one that
 //!   sleeps and takes what queued (`polled`, as the profiler does while
-//!   traffic flows); and the real profiler, which this loop outruns, so most
-//!   offers find its queue full and drop the batch.
+//!   traffic flows); the real profiler, which this loop outruns, so most
+//!   offers find its queue full and drop the batch; and a polled tap that
+//!   offers one batch in 5 (`drift.max_rows_per_second` exceeded).
 //! - `profile`: the profiler thread's cost per value (row × feature) for a
 //!   64-feature FP32 input, without and with a reference's 10-bin edges, and
 //!   (`_at_10k_rows_per_s`) in a window that follows a minute of 10,000 rows/s,
@@ -107,8 +108,16 @@ fn bench_handoff(c: &mut Criterion) {
     // The real profiler, which is slower than this loop: most offers find the queue full.
     let profiler = Profiler::start(&DriftSettings { enabled: true, ..DriftSettings::default() }).expect("profiler");
     let real = profiler.register("mlp", 1, mlp_schema(), Arc::new(modelgate::stats::ModelStats::new(1)));
-    for (label, tap) in [("drift_on_woken", &woken), ("drift_on_polled", &polled), ("drift_on_profiler_behind", &real)]
-    {
+    // Above drift.max_rows_per_second a version offers one batch in n: the others cost a
+    // relaxed load and an atomic add, and are freed like the profiler-off case.
+    let sampled = DriftTap::new(polled_consumer(), 1, Counter::noop());
+    sampled.sampling().set_every(5);
+    for (label, tap) in [
+        ("drift_on_woken", &woken),
+        ("drift_on_polled", &polled),
+        ("drift_on_profiler_behind", &real),
+        ("drift_on_polled_one_in_5", &sampled),
+    ] {
         bench_offers(&mut group, label, tap);
     }
     group.finish();
@@ -147,6 +156,10 @@ fn bench_offers(
             b.iter_batched(
                 || vec![concat(&views, 0, requests > 1)],
                 |assembled| {
+                    // As the worker does: a batch the sampling leaves out is never built.
+                    if !tap.takes_next() {
+                        return drop(assembled);
+                    }
                     let profiled = DriftBatch {
                         registration: tap.registration(),
                         rows,

@@ -117,6 +117,11 @@ impl DriftTap {
         DriftTap { sender, registration, dropped, sampling: Arc::default(), _alive: Arc::default() }
     }
 
+    /// Which of this version's batches are offered (the profiler steers it).
+    pub fn sampling(&self) -> &Sampling {
+        &self.sampling
+    }
+
     /// Whether this version's next batch is to be offered (see [`Sampling`]):
     /// asked before the batch is built, so a batch left out costs nothing more.
     #[inline]
