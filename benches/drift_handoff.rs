@@ -157,7 +157,7 @@ fn bench_offers(
                 || vec![concat(&views, 0, requests > 1)],
                 |assembled| {
                     // As the worker does: a batch the sampling leaves out is never built.
-                    if !tap.takes_next() {
+                    if !tap.sampling().takes_next() {
                         return drop(assembled);
                     }
                     let profiled = DriftBatch {

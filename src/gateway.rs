@@ -1,6 +1,7 @@
 //! The state both front doors share, and the protocol-neutral inference path:
 //! resolve the model version, run the request, record the outcome.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -302,7 +303,8 @@ impl Gateway {
     /// a task of its own, so that its answer, when it comes, is recorded
     /// against the canary like any other (and its slowness is counted soon
     /// after it passes the latency threshold, even if it never answers); one
-    /// that loses a rescue is cancelled.
+    /// that loses a rescue is cancelled. Only a hedged route's canary run is
+    /// owned and boxed for that: without hedging it runs in place.
     async fn run_canary(
         &self,
         route: &Route,
@@ -313,12 +315,36 @@ impl Gateway {
         call: Call<'_>,
     ) -> Result<InferResponse, Error> {
         let model = route.model.as_str();
+        let Some(hedge) = hedge else {
+            let run = self.run_target(model, canary, request, call, call.arrival);
+            tokio::pin!(run);
+            return self.race_on_baseline(route, canary, None, run, copy, call).await.0;
+        };
         // Owned (no borrow of the request's state), so that it can outlive the request.
-        let mut canary_run = Box::pin({
+        let mut run = Box::pin({
             let (repository, model, canary) = (self.repository.clone(), model.to_owned(), canary.clone());
             let (protocol, arrival) = (call.protocol, call.arrival);
             async move { run_on_target(&repository, &model, &canary, request, protocol, arrival, arrival).await }
         });
+        let (result, lost_a_hedge) = self.race_on_baseline(route, canary, Some(hedge), run.as_mut(), copy, call).await;
+        if lost_a_hedge {
+            tokio::spawn(run);
+        }
+        result
+    }
+
+    /// [`Gateway::run_canary`]'s race, on a canary run it does not own; also
+    /// true when the canary run lost a hedge and is to go on.
+    async fn race_on_baseline<F: Future<Output = Result<InferResponse, Error>>>(
+        &self,
+        route: &Route,
+        canary: &Target,
+        hedge: Option<&CanaryHedge>,
+        mut canary_run: Pin<&mut F>,
+        copy: &mut Option<InferRequest>,
+        call: Call<'_>,
+    ) -> (Result<InferResponse, Error>, bool) {
+        let model = route.model.as_str();
         // From the tokio clock (tests pause it), what is left of `after` since arrival.
         let late = hedge.map(|h| tokio::time::Instant::now() + h.after.saturating_sub(call.arrival.elapsed()));
         let hedge_time = async {
@@ -329,46 +355,41 @@ impl Gateway {
         };
         let rescue = tokio::select! {
             biased;
-            result = &mut canary_run => return result,
+            result = &mut canary_run => return (result, false),
             () = canary.arm.retired() => true,
             () = hedge_time => false,
         };
-        let baseline = hedge.map_or_else(|| route.baseline(), |h| h.baseline);
-        let baseline = route.target(baseline).filter(|t| !t.failed && t.version != canary.version);
+        let baseline = route.target(route.baseline()).filter(|t| !t.failed);
         // Past the client's deadline nobody waits for the baseline.
         let waited_for = copy.as_ref().is_some_and(|c| client_waits(c, call.arrival));
         let (Some(baseline), true) = (baseline, waited_for) else {
-            return canary_run.await;
+            return (canary_run.await, false);
         };
         if let (false, Some(hedge)) = (rescue, hedge)
             && !hedge.budget.spend()
         {
             metrics::canary_hedge(model, hedge.canary, "budget_exhausted");
-            return canary_run.await;
+            return (canary_run.await, false);
         }
         let Some(request) = copy.take() else {
-            return canary_run.await;
+            return (canary_run.await, false);
         };
         // The baseline's window gets this run's own time, not the canary's before it.
         let baseline_run = self.run_target(model, baseline, request, call, Instant::now());
         tokio::pin!(baseline_run);
-        let (result, winner) = tokio::select! {
+        // The third value: the canary run has not ended.
+        let (result, winner, canary_running) = tokio::select! {
             biased;
             result = &mut canary_run => match result {
                 // The baseline's run is dropped: nobody needs its answer.
-                Ok(response) => (Ok(response), "canary_won"),
+                Ok(response) => (Ok(response), "canary_won", false),
                 // A canary fault while the baseline runs: its answer is the retry.
-                Err(_) => (baseline_run.await, "baseline_won"),
+                Err(_) => (baseline_run.await, "baseline_won", false),
             },
             result = &mut baseline_run => match result {
-                Ok(response) => {
-                    if !rescue {
-                        tokio::spawn(canary_run);
-                    }
-                    (Ok(response), "baseline_won")
-                }
+                Ok(response) => (Ok(response), "baseline_won", true),
                 // The baseline failed: the canary's answer, when it comes, is the only one.
-                Err(_) => (canary_run.await, "canary_won"),
+                Err(_) => (canary_run.await, "canary_won", false),
             },
         };
         if rescue {
@@ -376,7 +397,7 @@ impl Gateway {
         } else {
             metrics::canary_hedge(model, canary.version, winner);
         }
-        result
+        (result, canary_running && !rescue)
     }
 
     /// Runs `request` again on the route's baseline, within its budget;

@@ -197,7 +197,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
         )));
     }
     // Shared, not copied: reference counts on the buffers the backend saw and produced.
-    let profiled = shared.drift.as_ref().filter(|tap| tap.takes_next()).map(|tap| DriftBatch {
+    let profiled = shared.drift.as_ref().filter(|tap| tap.sampling().takes_next()).map(|tap| DriftBatch {
         registration: tap.registration(),
         rows: total_rows,
         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),

@@ -143,12 +143,11 @@ pub fn gather(
         scratch.tensors.resize_with(slots, Decoded::default);
     }
     let first = scratch.batches == 0;
-    // Every check before any decoding: the tensors to read, each with its row size.
-    // Each with the lengths its buffers had, to take a failed batch back to.
-    let mut reads: SmallVec<[(Source, usize, usize, usize); 4]> = SmallVec::new();
+    // Every check before any decoding.
+    let mut reads: SmallVec<[Read<'_>; 4]> = SmallVec::new();
     for &source in &plan.sources {
         let decoded = &scratch.tensors[slot(schema, source)];
-        let Some((dtype, shape, _)) = tensor_of(batch, source) else {
+        let Some((dtype, shape, data)) = tensor_of(batch, source) else {
             if matches!(source, Source::Input(_)) {
                 return Err(Mismatch(format!("the batch has no input {source:?}")));
             }
@@ -168,28 +167,41 @@ pub fn gather(
         if !first && (!decoded.present || decoded.per_row != per_row) {
             return Ok(Gathered::Apart);
         }
-        reads.push((source, per_row, decoded.numbers.len(), decoded.strings.len()));
+        let (numbers, strings) = (decoded.numbers.len(), decoded.strings.len());
+        reads.push(Read { source, dtype, data, per_row, numbers, strings });
     }
-    for (done, &(source, per_row, _, _)) in reads.iter().enumerate() {
-        let Some((dtype, _, data)) = tensor_of(batch, source) else { continue };
-        let decoded = &mut scratch.tensors[slot(schema, source)];
-        if let Err(e) = decode(dtype, data, batch.rows * per_row, decoded, index) {
-            for &(source, _, numbers, strings) in &reads[..=done] {
-                let decoded = &mut scratch.tensors[slot(schema, source)];
-                decoded.numbers.truncate(numbers);
-                decoded.strings.truncate(strings);
+    for (done, read) in reads.iter().enumerate() {
+        let decoded = &mut scratch.tensors[slot(schema, read.source)];
+        if let Err(e) = decode(read.dtype, read.data, batch.rows * read.per_row, decoded, index) {
+            // Take back what this batch decoded.
+            for undone in &reads[..=done] {
+                let decoded = &mut scratch.tensors[slot(schema, undone.source)];
+                decoded.numbers.truncate(undone.numbers);
+                decoded.strings.truncate(undone.strings);
                 decoded.present = !first;
             }
-            return Err(Mismatch(format!("{source:?}: {e}")));
+            return Err(Mismatch(format!("{:?}: {e}", read.source)));
         }
-        decoded.per_row = per_row;
-        decoded.is_bytes = dtype == DataType::Bytes;
+        decoded.per_row = read.per_row;
+        decoded.is_bytes = read.dtype == DataType::Bytes;
         decoded.present = true;
     }
     scratch.batches += 1;
     scratch.rows += batch.rows;
     Ok(Gathered::Added)
 }
+
+/// One tensor of a batch that [`gather`] decodes, with the lengths the
+/// scratch's buffers had before it (to take a failed batch back).
+struct Read<'a> {
+    source: Source,
+    dtype: DataType,
+    data: &'a [u8],
+    per_row: usize,
+    numbers: usize,
+    strings: usize,
+}
+
 /// Adds the gathered rows to `summaries` (one per planned feature, in the plan's
 /// order) and clears `scratch`; returns the rows added. `batches` is the slice
 /// the gathered batches were indexed in (BYTES features read their bytes there).

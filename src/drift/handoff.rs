@@ -91,7 +91,7 @@ impl Sampling {
 
     /// One batch in how many is offered (1: all).
     pub fn every(&self) -> u32 {
-        self.every.load(Ordering::Relaxed).max(1)
+        self.every.load(Ordering::Relaxed)
     }
 
     /// Offers one batch in `every` (at least 1) from now on.
@@ -117,16 +117,10 @@ impl DriftTap {
         DriftTap { sender, registration, dropped, sampling: Arc::default(), _alive: Arc::default() }
     }
 
-    /// Which of this version's batches are offered (the profiler steers it).
+    /// Which of this version's batches are offered (the profiler steers it):
+    /// asked before a batch is built, so a batch left out costs nothing more.
     pub fn sampling(&self) -> &Sampling {
         &self.sampling
-    }
-
-    /// Whether this version's next batch is to be offered (see [`Sampling`]):
-    /// asked before the batch is built, so a batch left out costs nothing more.
-    #[inline]
-    pub fn takes_next(&self) -> bool {
-        self.sampling.takes_next()
     }
 
     /// The registration id batches of this version carry.

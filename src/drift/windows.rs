@@ -230,11 +230,9 @@ impl Windows {
     /// together, one pass per feature.
     pub fn record_all(&mut self, batches: &[DriftBatch], now_ms: i64, mut outcome: impl FnMut(usize, Recorded)) {
         let mut first = 0;
-        while first < batches.len() {
-            let registration = batches[first].registration;
-            let run = batches[first..].iter().take_while(|b| b.registration == registration).count();
-            self.record_run(&batches[first..first + run], now_ms, |i, r| outcome(first + i, r));
-            first += run;
+        for run in batches.chunk_by(|a, b| a.registration == b.registration) {
+            self.record_run(run, now_ms, |i, r| outcome(first + i, r));
+            first += run.len();
         }
     }
 
