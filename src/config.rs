@@ -19,6 +19,7 @@
 //! | `server.idle_timeout_secs` | a connection (any listener) with no request open this long is closed; GOAWAY for HTTP/2 | 60 |
 //! | `server.write_timeout_secs` | a connection (any listener) whose pending write takes no byte this long (a client that does not read) is closed | 30 |
 //! | `server.max_metrics_connections` | open connections of the metrics port; past it new ones wait | 64 |
+//! | `server.worker_spin_micros` | a runtime worker with nothing to run polls this long for an answer from an instance before it parks (`batching::spin`); 0 = off | 30 |
 //! | `repository.path` | model repository directory | `models` |
 //! | `repository.load_models` | models to load at start (absent = all) | all |
 //! | `repository.model_control` | allow the load/unload API (the data plane's is unauthenticated; Triton's default mode is `none`) | false |
@@ -26,6 +27,7 @@
 //! | `repository.default_max_batch_size` | for models that can batch and do not say | 8 |
 //! | `repository.default_max_queue_size` | queue bound when a config says 0 | 1024 |
 //! | `repository.intra_op_threads` | threads inside one model instance | 1 |
+//! | `repository.instance_spin_micros` | an instance whose queue empties polls this long for the next request before it parks (`batching::spin`); 0 = off | 100 |
 //! | `onnxruntime.library` | path of `libonnxruntime.so` | `ORT_DYLIB_PATH`, else the one `scripts/setup.sh` fetched |
 //! | `admin.address` | address of the admin listener | `127.0.0.1` |
 //! | `admin.port` | admin API port; 0 = off (it is also off without a token) | 8003 |
@@ -50,6 +52,10 @@ use crate::gateway::Limits;
 use crate::repository::{ModelOverrides, RepositorySettings, validate_model_name};
 use crate::routing::RouteSpec;
 use crate::sync::{Follow, FollowRule, SyncSettings};
+
+/// The longest spin a config may ask for: past a few hundred microseconds a
+/// parked thread's wake-up is cheap next to the time burnt polling.
+const MAX_SPIN_MICROS: u64 = 10_000;
 
 /// Everything `modelgate serve` needs.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -111,6 +117,9 @@ pub struct ServerConfig {
     pub write_timeout_secs: u64,
     /// Open connections of the metrics port at most; past it new ones wait.
     pub max_metrics_connections: usize,
+    /// How long a runtime worker with nothing to run polls for an answer
+    /// from an instance before it parks (see `batching::spin`); 0: never.
+    pub worker_spin_micros: u64,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +141,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             write_timeout_secs: 30,
             max_metrics_connections: 64,
+            worker_spin_micros: 30,
         }
     }
 }
@@ -286,6 +296,14 @@ impl Config {
                 "server.max_connections, server.max_metrics_connections and admin.max_connections must be at least 1"
                     .into(),
             ));
+        }
+        for (key, micros) in [
+            ("server.worker_spin_micros", s.worker_spin_micros),
+            ("repository.instance_spin_micros", self.repository.instance_spin_micros),
+        ] {
+            if micros > MAX_SPIN_MICROS {
+                return Err(ConfigError::Invalid(format!("{key} must be at most {MAX_SPIN_MICROS}, got {micros}")));
+            }
         }
         if s.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid("server.max_concurrent_streams must be at least 1".into()));

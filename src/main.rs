@@ -287,6 +287,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config_path = args.config.clone();
     let control_plane = args.control_plane.clone();
     let config = args.into_config()?;
+    modelgate::batching::spin::set_worker_bound(std::time::Duration::from_micros(config.server.worker_spin_micros));
     // Before anything listens: a SIGTERM from then on drains (see shutdown_signal).
     let shutdown_requested = shutdown_signal();
     let s = &config.server;
@@ -445,7 +446,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mg-io")
-        .on_thread_park(modelgate::memory::collect_if_due)
+        .on_thread_park(|| {
+            // Latency first: an answer about to come is worth more than housekeeping.
+            modelgate::batching::spin::on_worker_park();
+            modelgate::memory::collect_if_due();
+        })
         .build()?;
     if matches!(cli.command, Command::Serve(_) | Command::ControlPlane(_)) {
         modelgate::memory::tune_allocator()?;

@@ -10,10 +10,12 @@
 
 mod assemble;
 mod queue;
+pub mod spin;
 mod worker;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use modelgate_backend::Backend;
 use parking_lot::{Condvar, Mutex};
@@ -28,6 +30,7 @@ use crate::error::Error;
 use crate::metrics::VersionMetrics;
 use crate::stats::ModelStats;
 use crate::tensor::ValidRequest;
+use spin::Unanswered;
 use worker::{Pending, Shared, State};
 
 /// The queue and instance threads of one model version. Dropping it closes the
@@ -40,10 +43,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts one thread per backend instance. With `drift`, every batch that
-    /// runs is offered to the drift profiler.
+    /// runs is offered to the drift profiler. An instance whose queue empties
+    /// polls for the next request for up to `spin` before it parks (see [`spin`]).
     pub fn start(
         thread_name: &str,
         policy: BatchPolicy,
+        spin: Duration,
         backends: Vec<Box<dyn Backend>>,
         stats: Arc<ModelStats>,
         metrics: Arc<VersionMetrics>,
@@ -58,6 +63,9 @@ impl Scheduler {
             batches: metrics.batch_counters(Closed::ALL.map(Closed::as_str)),
             metrics,
             drift,
+            spin,
+            queued: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
         });
         let scheduler = Scheduler { shared: shared.clone(), instances: backends.len() };
         for (i, backend) in backends.into_iter().enumerate() {
@@ -95,7 +103,7 @@ impl Scheduler {
     pub fn submit(&self, request: ValidRequest, deadline: Option<Instant>) -> Result<oneshot::Receiver<Reply>, Error> {
         let (reply, receiver) = oneshot::channel();
         let now = Instant::now();
-        let pending = Pending { request, enqueued: now, deadline, reply };
+        let pending = Pending { request, enqueued: now, deadline, reply, _unanswered: Unanswered::count() };
         let mut dropped = Vec::new();
         let mut state = self.shared.state.lock();
         if state.closed {
@@ -104,6 +112,10 @@ impl Scheduler {
         let pushed = state.queue.push(pending, now, &mut dropped);
         let depth = state.queue.len();
         drop(state);
+        if pushed.is_ok() {
+            // Release: an instance that sees the count move takes the lock and finds the request.
+            self.shared.queued.fetch_add(1, Ordering::Release);
+        }
         self.shared.answer_dropped(&mut dropped);
         match pushed {
             Ok(()) => {

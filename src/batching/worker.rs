@@ -9,15 +9,17 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use modelgate_backend::{Backend, InputTensor, OutputTensor};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::assemble::{concat, split};
 use super::queue::{BatchQueue, Closed, Decision, Dropped, Queued};
+use super::spin::{self, Unanswered};
 use crate::drift::{DriftBatch, DriftTap, SharedTensor};
 use crate::error::Error;
 use crate::metrics::VersionMetrics;
@@ -34,6 +36,8 @@ pub struct Pending {
     pub(super) enqueued: Instant,
     pub(super) deadline: Option<Instant>,
     pub(super) reply: oneshot::Sender<Reply>,
+    /// Counted until this request is answered or dropped (see `spin`).
+    pub(super) _unanswered: Unanswered,
 }
 
 impl Queued for Pending {
@@ -73,6 +77,27 @@ pub(super) struct Shared {
     pub(super) batches: [Counter; Closed::ALL.len()],
     /// The drift profiler's hand-off, when `[drift]` is on.
     pub(super) drift: Option<DriftTap>,
+    /// How long an instance whose queue emptied polls for the next request
+    /// before it parks (see `spin`); zero: it parks at once.
+    pub(super) spin: Duration,
+    /// Requests queued so far: the polling instance watches it without the lock.
+    pub(super) queued: AtomicU64,
+    /// Set while an instance polls: the others park at once.
+    pub(super) polling: AtomicBool,
+}
+
+impl Shared {
+    /// An instance whose queue is empty, called without the lock: unless
+    /// another instance already does, polls for a request queued after the
+    /// `seen`-th for up to `spin`. True if one was.
+    fn await_request(&self, seen: u64) -> bool {
+        if self.spin.is_zero() || self.polling.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let arrived = spin::poll_until(self.spin, || self.queued.load(Ordering::Acquire) != seen);
+        self.polling.store(false, Ordering::Release);
+        arrived
+    }
 }
 
 impl Shared {
@@ -119,7 +144,15 @@ pub(super) fn run_instance(shared: Arc<Shared>, mut backend: Box<dyn Backend>) {
                         shared.available.wait_until(&mut state, at);
                     }
                     Decision::Idle if state.closed => return,
-                    Decision::Idle => shared.available.wait(&mut state),
+                    Decision::Idle => {
+                        // The queue just emptied: the next request often comes
+                        // within microseconds, sooner than a parked thread wakes.
+                        let seen = shared.queued.load(Ordering::Acquire);
+                        let arrived = MutexGuard::unlocked(&mut state, || shared.await_request(seen));
+                        if !arrived && state.queue.is_empty() && !state.closed {
+                            shared.available.wait(&mut state);
+                        }
+                    }
                 }
             }
         };

@@ -29,6 +29,9 @@ pub struct RepositorySettings {
     /// Intra-op threads per instance unless the config's
     /// `intra_op_thread_count` parameter says otherwise.
     pub intra_op_threads: usize,
+    /// How long an instance whose queue empties polls for the next request
+    /// before it parks (see `batching::spin`); 0: never.
+    pub instance_spin_micros: u64,
 }
 
 impl Default for RepositorySettings {
@@ -41,6 +44,7 @@ impl Default for RepositorySettings {
             default_max_batch_size: 8,
             default_max_queue_size: 1024,
             intra_op_threads: 1,
+            instance_spin_micros: 100,
         }
     }
 }

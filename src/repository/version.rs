@@ -234,7 +234,8 @@ pub fn load_version(plan: VersionPlan<'_>) -> Result<ModelVersion, LoadError> {
     let metrics = Arc::new(VersionMetrics::new(name, version));
     let thread_name = format!("mg-{name}-{version}");
     let tap = drift.map(|profiler| profiler.register(name, version, schema, stats.clone()));
-    let scheduler = Scheduler::start(&thread_name, policy, backends, stats.clone(), metrics.clone(), tap)?;
+    let spin = Duration::from_micros(settings.instance_spin_micros);
+    let scheduler = Scheduler::start(&thread_name, policy, spin, backends, stats.clone(), metrics.clone(), tap)?;
     let (default_timeout, allow_timeout_override) = match &config.dynamic_batching {
         Some(b) if b.default_timeout_microseconds > 0 => {
             (Some(Duration::from_micros(b.default_timeout_microseconds)), b.allow_timeout_override)

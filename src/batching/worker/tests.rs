@@ -28,9 +28,14 @@ fn policy(max_batch_size: usize, combine: bool) -> BatchPolicy {
 }
 
 fn start(model: &Arc<FakeModel>, instances: usize, policy: BatchPolicy) -> Scheduler {
+    start_polling(model, instances, policy, Duration::ZERO)
+}
+
+/// Instances that poll an empty queue for `spin` before they park.
+fn start_polling(model: &Arc<FakeModel>, instances: usize, policy: BatchPolicy, spin: Duration) -> Scheduler {
     let stats = Arc::new(ModelStats::new(policy.max_batch_size));
     let metrics = Arc::new(VersionMetrics::new("fake", 1));
-    Scheduler::start("fake", policy, model.instances(instances), stats, metrics, None).unwrap()
+    Scheduler::start("fake", policy, spin, model.instances(instances), stats, metrics, None).unwrap()
 }
 
 /// The values of input `a` of request `id`: row `r` holds `id * 100 + r` in
@@ -241,4 +246,35 @@ async fn dropping_the_scheduler_lets_the_queued_requests_finish() {
         assert_own_rows(answer(receiver).await, i + 1, 1, &[0]);
     }
     assert_eq!(model.batch_sizes(), [1, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_instances_answer_requests_that_come_while_they_poll_and_after_they_parked() {
+    let model = FakeModel::new();
+    let scheduler = start_polling(&model, 2, policy(4, true), Duration::from_millis(2));
+    // Back to back, inside one poll, and after the poll ended and the instances parked.
+    let gaps = [0, 0, 100, 300, 1_000, 5_000, 20_000, 0, 5_000];
+    for (id, gap) in gaps.into_iter().enumerate() {
+        std::thread::sleep(Duration::from_micros(gap));
+        let reply = answer(scheduler.submit(request(id, 1), None).unwrap()).await;
+        assert_own_rows(reply, id, 1, &[0]);
+    }
+    // A runtime worker about to park while a request runs polls until its
+    // answer is sent (20 ms here), not for its whole bound.
+    model.hold();
+    let waiting = scheduler.submit(request(99, 1), None).unwrap();
+    assert!(model.wait_for_running(1, WAIT), "the instance never started request 99");
+    let releaser = {
+        let model = model.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            model.release();
+        })
+    };
+    let started = Instant::now();
+    crate::batching::spin::await_answer_before_park(Duration::from_secs(5));
+    let polled = started.elapsed();
+    assert!(polled < Duration::from_secs(1), "polled {polled:?}");
+    assert_own_rows(answer(waiting).await, 99, 1, &[0]);
+    releaser.join().unwrap();
 }
