@@ -204,7 +204,9 @@ impl Gateway {
             if version.is_none()
                 && let Some(route) = self.routes.get(model)
             {
-                return self.infer_routed(&route, request, call).await;
+                // Boxed: a route's future (retries, hedges, rescues) is several
+                // times a version's, and would make every request's that large.
+                return Box::pin(self.infer_routed(&route, request, call)).await;
             }
             let served_by = self.repository.resolve(model, version)?;
             run_version(model, &served_by, request, call.protocol, call.arrival).await
@@ -239,7 +241,8 @@ impl Gateway {
         let mut copy = (retry.is_some() || hedge.is_some()).then(|| request.clone());
         let mut result = match copy {
             None => self.run_target(model, target, request, call, call.arrival).await,
-            Some(_) => self.run_canary(route, target, hedge, request, &mut copy, call).await,
+            // Boxed, as the retry below: only a canary's requests carry the race's state.
+            Some(_) => Box::pin(self.run_canary(route, target, hedge, request, &mut copy, call)).await,
         };
         match &result {
             // Every answer the picked version gave itself earns the route's retries and hedges: the
@@ -260,7 +263,7 @@ impl Gateway {
                     && retryable(error, &copy, call.arrival)
                 {
                     // The canary's answer is dropped unsent: the client gets the retry's answer, once.
-                    result = self.retry_on_baseline(route, retry, copy, call).await.unwrap_or(result);
+                    result = Box::pin(self.retry_on_baseline(route, retry, copy, call)).await.unwrap_or(result);
                 }
             }
         }

@@ -130,18 +130,30 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let arrival = Instant::now();
-    match dispatch(&gateway, request, arrival).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
-    }
+    // Inference runs in place; every other endpoint's future is boxed. A
+    // future is as large as its largest branch, and the connection copies
+    // each request's into a box: inline, the feedback and repository
+    // endpoints made every inference's 29 KB (issue #16).
+    let result = match route(request.method(), request.uri().path()) {
+        Ok(Endpoint::Model { name, version, action: ModelAction::Infer }) => {
+            infer(&gateway, request, &name, version.as_deref(), arrival).await
+        }
+        Ok(endpoint) => Box::pin(dispatch(&gateway, endpoint, request, arrival)).await,
+        Err(error) => Err(error),
+    };
+    result.unwrap_or_else(|error| error_response(&error))
 }
 
-async fn dispatch<B>(gateway: &Arc<Gateway>, request: Request<B>, arrival: Instant) -> Result<Response<Chunks>, Error>
+async fn dispatch<B>(
+    gateway: &Arc<Gateway>,
+    route: Endpoint,
+    request: Request<B>,
+    arrival: Instant,
+) -> Result<Response<Chunks>, Error>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let route = route(request.method(), request.uri().path())?;
     match route {
         Endpoint::Live => Ok(empty(StatusCode::OK)),
         Endpoint::Ready => Ok(empty(if gateway.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })),
