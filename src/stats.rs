@@ -31,15 +31,60 @@ impl StatDuration {
     }
 }
 
+/// The three compute phases (assembling inputs, running the model, splitting
+/// outputs) of a set of executions: one count for the three. Triton's three
+/// counts are always equal, and perf_analyzer stops ("Server side
+/// statistics compute counts must be the same") when a read taken while a
+/// batch records its three separately finds them apart.
+#[derive(Debug, Default)]
+pub struct ComputeStats {
+    count: AtomicU64,
+    input_ns: AtomicU64,
+    infer_ns: AtomicU64,
+    output_ns: AtomicU64,
+}
+
+/// One read of [`ComputeStats`]: `(count, ns)` of each phase, one count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComputeRead {
+    /// Assembling inputs.
+    pub input: (u64, u64),
+    /// Running the model.
+    pub infer: (u64, u64),
+    /// Splitting outputs.
+    pub output: (u64, u64),
+}
+
+impl ComputeStats {
+    /// Adds `n` events whose phases took `total` together.
+    pub fn add(&self, n: u64, total: ComputeTimes) {
+        self.input_ns.fetch_add(total.input.as_nanos() as u64, Relaxed);
+        self.infer_ns.fetch_add(total.infer.as_nanos() as u64, Relaxed);
+        self.output_ns.fetch_add(total.output.as_nanos() as u64, Relaxed);
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    /// Events so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// The three phases, with the count read once.
+    pub fn get(&self) -> ComputeRead {
+        let count = self.count();
+        ComputeRead {
+            input: (count, self.input_ns.load(Relaxed)),
+            infer: (count, self.infer_ns.load(Relaxed)),
+            output: (count, self.output_ns.load(Relaxed)),
+        }
+    }
+}
+
 /// Compute durations of the executions of one batch size.
 #[derive(Debug, Default)]
 pub struct BatchSizeStats {
-    /// Assembling inputs.
-    pub compute_input: StatDuration,
-    /// Running the model.
-    pub compute_infer: StatDuration,
-    /// Splitting outputs.
-    pub compute_output: StatDuration,
+    /// Per execution of this size.
+    pub compute: ComputeStats,
 }
 
 /// Statistics of one model version.
@@ -54,12 +99,8 @@ pub struct ModelStats {
     pub fail: StatDuration,
     /// Time requests waited in the queue.
     pub queue: StatDuration,
-    /// Per request: assembling its batch's inputs.
-    pub compute_input: StatDuration,
-    /// Per request: running its batch.
-    pub compute_infer: StatDuration,
-    /// Per request: splitting its batch's outputs.
-    pub compute_output: StatDuration,
+    /// Per request: assembling its batch's inputs, running it, splitting its outputs.
+    pub compute: ComputeStats,
     /// Indexed by batch size (rows); index 0 unused.
     batch: Vec<BatchSizeStats>,
 }
@@ -85,9 +126,7 @@ impl ModelStats {
             success: StatDuration::default(),
             fail: StatDuration::default(),
             queue: StatDuration::default(),
-            compute_input: StatDuration::default(),
-            compute_infer: StatDuration::default(),
-            compute_output: StatDuration::default(),
+            compute: ComputeStats::default(),
             batch: (0..=max_rows.max(1)).map(|_| BatchSizeStats::default()).collect(),
         }
     }
@@ -96,14 +135,11 @@ impl ModelStats {
     pub fn record_execution(&self, requests: usize, rows: usize, times: ComputeTimes) {
         self.execution_count.fetch_add(1, Relaxed);
         self.inference_count.fetch_add(rows as u64, Relaxed);
-        let n = requests as u64;
-        self.compute_input.add(n, times.input * requests as u32);
-        self.compute_infer.add(n, times.infer * requests as u32);
-        self.compute_output.add(n, times.output * requests as u32);
+        let n = requests as u32;
+        let per_request = ComputeTimes { input: times.input * n, infer: times.infer * n, output: times.output * n };
+        self.compute.add(requests as u64, per_request);
         if let Some(b) = self.batch.get(rows) {
-            b.compute_input.add(1, times.input);
-            b.compute_infer.add(1, times.infer);
-            b.compute_output.add(1, times.output);
+            b.compute.add(1, times);
         }
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(now_ms, Relaxed);
@@ -126,7 +162,7 @@ impl ModelStats {
 
     /// `(batch size, stats)` for every batch size that ran.
     pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &BatchSizeStats)> {
-        self.batch.iter().enumerate().skip(1).filter(|(_, b)| b.compute_infer.get().0 > 0)
+        self.batch.iter().enumerate().skip(1).filter(|(_, b)| b.compute.count() > 0)
     }
 }
 
@@ -147,9 +183,39 @@ mod tests {
         stats.record_execution(1, 1, t);
         assert_eq!(stats.execution_count(), 2);
         assert_eq!(stats.inference_count(), 5);
-        assert_eq!(stats.compute_infer.get(), (4, 400));
+        let compute = stats.compute.get();
+        assert_eq!((compute.input, compute.infer, compute.output), ((4, 40), (4, 400), (4, 20)));
         let sizes: Vec<usize> = stats.batch_stats().map(|(s, _)| s).collect();
         assert_eq!(sizes, vec![1, 4]);
         assert!(stats.last_inference_ms() > 0);
+    }
+
+    #[test]
+    fn a_read_while_batches_record_finds_the_three_compute_counts_equal() {
+        let stats = std::sync::Arc::new(ModelStats::new(8));
+        let t = ComputeTimes {
+            input: Duration::from_nanos(1),
+            infer: Duration::from_nanos(2),
+            output: Duration::from_nanos(3),
+        };
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stats, done) = (stats.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    stats.record_execution(2, 2, t);
+                }
+            })
+        };
+        // perf_analyzer stops at the first read whose counts differ.
+        for _ in 0..200_000 {
+            let read = stats.compute.get();
+            assert!(read.input.0 == read.infer.0 && read.infer.0 == read.output.0, "{read:?}");
+            let (_, batch) = stats.batch_stats().next().unwrap_or((0, &stats.batch[2]));
+            let read = batch.compute.get();
+            assert!(read.input.0 == read.infer.0 && read.infer.0 == read.output.0, "{read:?}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
     }
 }

@@ -39,11 +39,11 @@ const FAMILIES: &[Family] = &[
     ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds",
         |v| micros(&v.stats.queue)),
     ("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration in microseconds",
-        |v| micros(&v.stats.compute_input)),
+        |v| v.stats.compute.get().input.1 / 1_000),
     ("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds",
-        |v| micros(&v.stats.compute_infer)),
+        |v| v.stats.compute.get().infer.1 / 1_000),
     ("nv_inference_compute_output_duration_us", "counter", "Cumulative inference compute output duration in microseconds",
-        |v| micros(&v.stats.compute_output)),
+        |v| v.stats.compute.get().output.1 / 1_000),
 ];
 
 /// Appends the `nv_inference_*` families for `versions` in Prometheus text.

@@ -16,7 +16,6 @@ use crate::proto::inference::{
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use crate::repository::ModelVersion;
-use crate::stats::StatDuration;
 use crate::tensor::{
     DeclaredInput, InferRequest, InferResponse, InputError, ParameterOwner, RequestedOutput, Tensor,
     refuse_unsupported_parameters,
@@ -273,14 +272,14 @@ pub fn encode_response(response: InferResponse) -> ModelInferResponse {
     }
 }
 
-fn duration(d: &StatDuration) -> Option<pb::StatisticDuration> {
-    let (count, ns) = d.get();
+fn duration((count, ns): (u64, u64)) -> Option<pb::StatisticDuration> {
     Some(pb::StatisticDuration { count, ns })
 }
 
 /// The `ModelStatistics` message of a version.
 pub fn statistics(v: &ModelVersion) -> pb::ModelStatistics {
     let s = &v.stats;
+    let compute = s.compute.get();
     pb::ModelStatistics {
         name: v.name.clone(),
         version: v.version.to_string(),
@@ -288,22 +287,25 @@ pub fn statistics(v: &ModelVersion) -> pb::ModelStatistics {
         inference_count: s.inference_count(),
         execution_count: s.execution_count(),
         inference_stats: Some(pb::InferStatistics {
-            success: duration(&s.success),
-            fail: duration(&s.fail),
-            queue: duration(&s.queue),
-            compute_input: duration(&s.compute_input),
-            compute_infer: duration(&s.compute_infer),
-            compute_output: duration(&s.compute_output),
+            success: duration(s.success.get()),
+            fail: duration(s.fail.get()),
+            queue: duration(s.queue.get()),
+            compute_input: duration(compute.input),
+            compute_infer: duration(compute.infer),
+            compute_output: duration(compute.output),
             cache_hit: Some(pb::StatisticDuration::default()),
             cache_miss: Some(pb::StatisticDuration::default()),
         }),
         batch_stats: s
             .batch_stats()
-            .map(|(size, b)| pb::InferBatchStatistics {
-                batch_size: size as u64,
-                compute_input: duration(&b.compute_input),
-                compute_infer: duration(&b.compute_infer),
-                compute_output: duration(&b.compute_output),
+            .map(|(size, b)| {
+                let compute = b.compute.get();
+                pb::InferBatchStatistics {
+                    batch_size: size as u64,
+                    compute_input: duration(compute.input),
+                    compute_infer: duration(compute.infer),
+                    compute_output: duration(compute.output),
+                }
             })
             .collect(),
         memory_usage: vec![],

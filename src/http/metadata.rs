@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use crate::gateway::{EXTENSIONS, SERVER_NAME};
 use crate::repository::{IndexEntry, ModelVersion};
-use crate::stats::StatDuration;
 
 /// `GET /v2`.
 pub fn server_metadata() -> Value {
@@ -33,8 +32,7 @@ pub fn model_metadata(name: &str, version: &ModelVersion, versions: &[u64]) -> V
     })
 }
 
-fn duration(d: &StatDuration) -> Value {
-    let (count, ns) = d.get();
+fn duration((count, ns): (u64, u64)) -> Value {
     json!({ "count": count, "ns": ns })
 }
 
@@ -44,14 +42,16 @@ pub fn statistics(versions: &[Arc<ModelVersion>]) -> Value {
         .iter()
         .map(|v| {
             let s = &v.stats;
+            let compute = s.compute.get();
             let batches: Vec<Value> = s
                 .batch_stats()
                 .map(|(size, b)| {
+                    let compute = b.compute.get();
                     json!({
                         "batch_size": size,
-                        "compute_input": duration(&b.compute_input),
-                        "compute_infer": duration(&b.compute_infer),
-                        "compute_output": duration(&b.compute_output),
+                        "compute_input": duration(compute.input),
+                        "compute_infer": duration(compute.infer),
+                        "compute_output": duration(compute.output),
                     })
                 })
                 .collect();
@@ -62,12 +62,12 @@ pub fn statistics(versions: &[Arc<ModelVersion>]) -> Value {
                 "inference_count": s.inference_count(),
                 "execution_count": s.execution_count(),
                 "inference_stats": {
-                    "success": duration(&s.success),
-                    "fail": duration(&s.fail),
-                    "queue": duration(&s.queue),
-                    "compute_input": duration(&s.compute_input),
-                    "compute_infer": duration(&s.compute_infer),
-                    "compute_output": duration(&s.compute_output),
+                    "success": duration(s.success.get()),
+                    "fail": duration(s.fail.get()),
+                    "queue": duration(s.queue.get()),
+                    "compute_input": duration(compute.input),
+                    "compute_infer": duration(compute.infer),
+                    "compute_output": duration(compute.output),
                     "cache_hit": { "count": 0, "ns": 0 },
                     "cache_miss": { "count": 0, "ns": 0 },
                 },

@@ -149,9 +149,9 @@ fn model_statistics_lose_no_execution() {
         assert_eq!(stats.execution_count(), 2);
         assert_eq!(stats.inference_count(), 6);
         // Per request: 3 requests in all; per batch size: both executions were of 3 rows.
-        assert_eq!(stats.compute_infer.get(), (3, 300));
+        assert_eq!(stats.compute.get().infer, (3, 300));
         let sizes: Vec<(usize, (u64, u64))> =
-            stats.batch_stats().map(|(rows, b)| (rows, b.compute_infer.get())).collect();
+            stats.batch_stats().map(|(rows, b)| (rows, b.compute.get().infer)).collect();
         assert_eq!(sizes, vec![(3, (2, 200))]);
     });
 }
