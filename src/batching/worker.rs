@@ -98,9 +98,7 @@ impl Shared {
         self.polling.store(false, Ordering::Release);
         arrived
     }
-}
 
-impl Shared {
     /// Answers requests that left the queue without running.
     pub(super) fn answer_dropped(&self, dropped: &mut Vec<(Pending, Dropped)>) {
         for (pending, why) in dropped.drain(..) {

@@ -415,6 +415,10 @@ impl Analyzer {
                     return Step::RouteGone;
                 }
                 let canary = weights.iter().find(|w| w.0 == self.policy.canary).map_or(0, |w| w.1);
+                if canary > 0 {
+                    // The weights clear a rolled-back canary's failed mark: it serves again.
+                    self.canary.reinstate();
+                }
                 self.status.lock().canary_weight = canary;
                 self.event(EventKind::Weights, format!("an operator set the weights to {}", describe(&weights)));
                 if finished {
@@ -677,6 +681,8 @@ impl Analyzer {
     /// Canary to 100 %.
     fn promote(&mut self, by: Promotion) -> Next {
         let canary = self.policy.canary;
+        // After a rollback, the canary serves again: its requests are no longer rescued.
+        self.canary.reinstate();
         if !self.route_canary(100, false) {
             return None;
         }

@@ -33,7 +33,7 @@ pub struct Arm {
     last_answer_ms: AtomicU64,
     epoch: Instant,
     metrics: RouteMetrics,
-    /// Set once, when a rollout rolls this canary back.
+    /// Set when a rollout rolls this canary back; cleared if an operator puts it back.
     retired: AtomicBool,
     /// Wakes the requests running on the arm when it is retired.
     on_retire: Notify,
@@ -72,6 +72,13 @@ impl Arm {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.on_retire.notify_waiters();
+    }
+
+    /// Puts a retired arm back in service: an operator promoted the canary,
+    /// or gave it weight again, after its rollback. Until then every request
+    /// it ran would be rescued on the baseline at once.
+    pub fn reinstate(&self) {
+        self.retired.store(false, Ordering::Release);
     }
 
     /// Completes when the arm is retired (at once if it is already).
@@ -177,7 +184,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn retiring_an_arm_wakes_every_request_waiting_on_it_and_later_ones_at_once() {
+    async fn retiring_an_arm_wakes_every_request_waiting_on_it_and_later_ones_at_once_until_it_is_reinstated() {
         let arm = std::sync::Arc::new(Arm::new("m", 2, Duration::from_secs(10)));
         let waiting: Vec<_> = (0..3)
             .map(|_| {
@@ -192,6 +199,9 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap();
         }
         tokio::time::timeout(Duration::from_secs(5), arm.retired()).await.unwrap();
+        // Promoted after its rollback: its requests run on it again, unrescued.
+        arm.reinstate();
+        assert!(tokio::time::timeout(Duration::from_millis(50), arm.retired()).await.is_err());
     }
 
     #[tokio::test]
