@@ -380,6 +380,15 @@ mod tests {
         let mut config = Config::default();
         config.server.max_request_bytes = 0;
         assert!(config.validate().is_err());
+        let spins =
+            Config::from_toml("[server]\nworker_spin_micros = 0\n[repository]\ninstance_spin_micros = 10000").unwrap();
+        assert!(spins.validate().is_ok());
+        let mut config = Config::default();
+        config.server.worker_spin_micros = 10_001;
+        assert!(config.validate().unwrap_err().to_string().contains("server.worker_spin_micros must be at most 10000"));
+        let mut config = Config::default();
+        config.repository.instance_spin_micros = u64::MAX;
+        assert!(config.validate().unwrap_err().to_string().contains("repository.instance_spin_micros"));
     }
 
     #[test]
