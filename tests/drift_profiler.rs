@@ -5,10 +5,11 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{TempRepo, TestServer, config_for};
-use modelgate::drift::{ClosedWindow, Profiler};
+use modelgate::drift::{ClosedWindow, DriftSettings, Profiler};
 use modelgate_sketch::Summary;
 use serde_json::json;
 
@@ -64,15 +65,22 @@ fn mean(windows: &[ClosedWindow], feature: &str) -> f64 {
     sum / n as f64
 }
 
+/// A gateway on `repo` with `[drift]` on in 1 s windows, `tune` laid over it.
+async fn start_profiling(repo: &TempRepo, tune: impl FnOnce(&mut DriftSettings)) -> (TestServer, Arc<Profiler>) {
+    let mut config = config_for(repo.path());
+    config.drift.enabled = true;
+    config.drift.window_seconds = 1;
+    tune(&mut config.drift);
+    let server = TestServer::start(config).await;
+    let profiler = server.gateway.drift.clone().expect("[drift] enabled gives the gateway a profiler");
+    (server, profiler)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_rows_are_profiled_and_a_shifted_input_shows_in_the_windows() {
     let repo = TempRepo::new();
     repo.add("mlp", "mlp", 1, None);
-    let mut config = config_for(repo.path());
-    config.drift.enabled = true;
-    config.drift.window_seconds = 1;
-    let server = TestServer::start(config).await;
-    let profiler = server.gateway.drift.clone().expect("[drift] enabled gives the gateway a profiler");
+    let (server, profiler) = start_profiling(&repo, |_| {}).await;
 
     for i in 0..REQUESTS {
         server.post_json("/v2/models/mlp/infer", &request(0.0, i)).await.assert_ok();
@@ -121,12 +129,7 @@ async fn above_max_rows_per_second_a_version_profiles_one_batch_in_n_and_says_so
     let repo = TempRepo::new();
     // Its own model name: the gauge is process-wide, and the other tests serve `mlp`.
     repo.add("mlp", "sampled", 1, None);
-    let mut config = config_for(repo.path());
-    config.drift.enabled = true;
-    config.drift.window_seconds = 1;
-    config.drift.max_rows_per_second = 20;
-    let server = TestServer::start(config).await;
-    let profiler = server.gateway.drift.clone().expect("a profiler");
+    let (server, profiler) = start_profiling(&repo, |drift| drift.max_rows_per_second = 20).await;
 
     // Far above 20 rows/s for 1.5 s: the profiler steers four times a second.
     let (started, mut served) = (Instant::now(), 0u64);

@@ -415,10 +415,6 @@ impl Analyzer {
                     return Step::RouteGone;
                 }
                 let canary = weights.iter().find(|w| w.0 == self.policy.canary).map_or(0, |w| w.1);
-                if canary > 0 {
-                    // The weights clear a rolled-back canary's failed mark: it serves again.
-                    self.canary.reinstate();
-                }
                 self.status.lock().canary_weight = canary;
                 self.event(EventKind::Weights, format!("an operator set the weights to {}", describe(&weights)));
                 if finished {
@@ -620,14 +616,14 @@ impl Analyzer {
         self.publish_phase(Phase::Paused);
     }
 
-    /// Canary to 0 % and marked failed.
+    /// Canary to 0 % and marked failed: its arm is retired with the mark
+    /// (`Routes::update`), and its requests still running are answered by the
+    /// baseline, or by the canary if it is first.
     fn roll_back(&mut self, trigger: Trigger) -> Next {
         let (canary, baseline) = (self.policy.canary, self.policy.baseline);
         if !self.route_canary(0, true) {
             return None;
         }
-        // Its requests still running are answered by the baseline (or by the canary, if it is first).
-        self.canary.retire();
         let reason = trigger.as_str();
         crate::metrics::rollout_rollback(&self.model, canary, reason);
         let message = {
@@ -681,8 +677,6 @@ impl Analyzer {
     /// Canary to 100 %.
     fn promote(&mut self, by: Promotion) -> Next {
         let canary = self.policy.canary;
-        // After a rollback, the canary serves again: its requests are no longer rescued.
-        self.canary.reinstate();
         if !self.route_canary(100, false) {
             return None;
         }

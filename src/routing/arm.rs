@@ -33,7 +33,7 @@ pub struct Arm {
     last_answer_ms: AtomicU64,
     epoch: Instant,
     metrics: RouteMetrics,
-    /// Set when a rollout rolls this canary back; cleared if an operator puts it back.
+    /// Follows its target's `failed` mark in the route table (`Routes::update`).
     retired: AtomicBool,
     /// Wakes the requests running on the arm when it is retired.
     on_retire: Notify,
@@ -67,16 +67,17 @@ impl Arm {
         }
     }
 
-    /// Retires the arm: its rollout rolled it back. Wakes every request
-    /// waiting in [`Arm::retired`].
+    /// Retires the arm: its route marked it failed (its rollout rolled it
+    /// back). Wakes every request waiting in [`Arm::retired`].
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.on_retire.notify_waiters();
     }
 
-    /// Puts a retired arm back in service: an operator promoted the canary,
-    /// or gave it weight again, after its rollback. Until then every request
-    /// it ran would be rescued on the baseline at once.
+    /// Puts the arm in service: its route does not mark it failed (an
+    /// operator promoted the canary, or gave it weight again, after its
+    /// rollback). While retired, every request it ran would be rescued on the
+    /// baseline at once.
     pub fn reinstate(&self) {
         self.retired.store(false, Ordering::Release);
     }

@@ -203,6 +203,16 @@ impl Routes {
         });
         match applied {
             Some(route) => {
+                // A target marked failed (a rollout rolled it back) has its arm retired, so its
+                // running requests are rescued on the baseline; one cleared again (a promote, an
+                // operator's weights) serves on its own again.
+                for target in &route.targets {
+                    if target.failed {
+                        target.arm.retire();
+                    } else {
+                        target.arm.reinstate();
+                    }
+                }
                 publish_weights(None, Some(&route));
                 true
             }
