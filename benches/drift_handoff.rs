@@ -39,7 +39,7 @@ use modelgate_sketch::FeatureSpec;
 // The gateway's allocator (src/main.rs), so the hand-off's few small
 // allocations cost here what they cost in the server.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: modelgate::memory::Allocator = modelgate::memory::Allocator;
 
 const FEATURES: usize = 64;
 /// A wall-clock time on a minute boundary (2027-01-15): every batch falls in one window.

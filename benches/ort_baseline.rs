@@ -5,7 +5,7 @@
 //! server achieves with this, at the same batch sizes.
 //!
 //! Run: `cargo bench --bench ort_baseline -- [--model PATH] [--batch-sizes 1,8,64]
-//!       [--seconds S] [--intra-op-threads N] [--csv]`
+//!       [--seconds S] [--intra-op-threads N] [--parameter KEY=VALUE ...] [--csv]`
 //!
 //! Prints a table (µs per call, rows/s) on stderr and, with `--csv`, one CSV
 //! line per batch size on stdout for scripts:
@@ -28,6 +28,8 @@ struct Args {
     seconds: f64,
     intra_op_threads: usize,
     csv: bool,
+    /// Model parameters as in `config.pbtxt` (`--parameter enable_mem_arena=1`).
+    parameters: std::collections::BTreeMap<String, String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 1.0,
         intra_op_threads: 1,
         csv: false,
+        parameters: std::collections::BTreeMap::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +67,12 @@ fn parse_args() -> Result<Args, String> {
                 args.intra_op_threads = value()?.parse().map_err(|e| format!("--intra-op-threads: {e}"))?;
             }
             "--csv" => args.csv = true,
+            "--parameter" => {
+                let pair = value()?;
+                let (key, value) =
+                    pair.split_once('=').ok_or_else(|| format!("--parameter {pair:?}: not KEY=VALUE"))?;
+                args.parameters.insert(key.to_owned(), value.to_owned());
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -96,7 +105,11 @@ fn run(args: &Args) -> Result<(), String> {
         .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
         .ok_or("ORT_DYLIB_PATH is not set: run scripts/setup.sh (cargo sets it from .cargo/config.toml)")?;
     let loader = OnnxLoader::new(library).map_err(|e| e.to_string())?;
-    let options = InstanceOptions { intra_op_threads: args.intra_op_threads, ..InstanceOptions::default() };
+    let options = InstanceOptions {
+        intra_op_threads: args.intra_op_threads,
+        parameters: args.parameters.clone(),
+        ..InstanceOptions::default()
+    };
     let mut backend = loader.load(&args.model, None, &options).map_err(|e| e.to_string())?;
     let signature = backend.signature().ok_or("the ONNX backend reports no signature")?.clone();
     let [input] = signature.inputs.as_slice() else {

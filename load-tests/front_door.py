@@ -10,7 +10,10 @@ Each round starts every server in turn (nginx, [before], modelgate), checks its 
 onnxruntime's, and drives it with `wrk -t1` for `--seconds` at 1 and at 64 connections; rounds
 alternate so that drift in the load of this shared machine falls on every server. Next to wrk's
 figures, the server's own cost per request is read from /proc during each wrk run: CPU time
-(user + system, every thread) and context switches (voluntary + involuntary, every thread).
+(user + system, every thread; at c=64 also split between the runtime workers and the model's
+threads) and context switches (voluntary + involuntary, every thread). A third run per server
+GETs `/v2/health/ready` at 64 connections: the HTTP floor, what the HTTP stack costs without the
+model's JSON, queue and run (nginx answers it with its fixed reply).
 
 Then, for the last binary only: idle CPU over `--idle-seconds` (after a 2 s burst of load, so
 the instance threads have just run), and, with `--grpc`, perf_analyzer over gRPC at
@@ -45,15 +48,29 @@ from procs import RESULTS, Processes, cargo_release_binary, stop_on_sigterm
 from report import Check, Report, markdown_table
 
 CONNECTIONS = (1, 64)
+# The HTTP floor: a GET of the health endpoint at 64 connections (nginx answers any path with its
+# fixed reply), what the HTTP stack costs without the model's JSON, queue and run.
+FLOOR = "floor"
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# modelgate's threads by what they do: the runtime workers (HTTP, JSON, routing) and the rest
+# (instance threads running the model, housekeeping); nginx's worker is all "runtime".
+THREAD_GROUPS = ("runtime", "model")
 
 
 @dataclass
 class ProcessCost:
-    """CPU seconds and context switches of a process group's main process, all threads."""
+    """CPU seconds and context switches of a process group's main process, all threads, and the
+    user and system CPU seconds of each of THREAD_GROUPS."""
 
     cpu_s: float
     switches: int
+    split_s: dict[str, tuple[float, float]]
+
+
+def thread_group(comm: str) -> str:
+    return "model" if comm.startswith("mg-") and not comm.startswith("mg-io") else "runtime"
 
 
 def process_cost(pid: int) -> ProcessCost:
@@ -61,15 +78,25 @@ def process_cost(pid: int) -> ProcessCost:
     pids = [pid] + children(pid)
     cpu = 0
     switches = 0
+    split = {group: [0, 0] for group in THREAD_GROUPS}
     for p in pids:
         # The process's own stat includes every thread's (and reaped children's) time.
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         cpu += int(fields[11]) + int(fields[12])
         for task in Path(f"/proc/{p}/task").iterdir():
-            for line in (task / "status").read_text().splitlines():
+            try:
+                comm = (task / "comm").read_text().strip()
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                status = (task / "status").read_text()
+            except FileNotFoundError:  # a thread that ended while we read
+                continue
+            group = split[thread_group(comm)]
+            group[0] += int(stat[11])
+            group[1] += int(stat[12])
+            for line in status.splitlines():
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                     switches += int(line.split()[1])
-    return ProcessCost(cpu / TICKS, switches)
+    return ProcessCost(cpu / TICKS, switches, {g: (u / TICKS, k / TICKS) for g, (u, k) in split.items()})
 
 
 def children(pid: int) -> list[int]:
@@ -87,14 +114,18 @@ class Run:
     wrk: WrkResult
     cpu_us_per_request: float
     switches_per_request: float
+    # Per thread group: user and system CPU µs per request.
+    split_us: dict[str, tuple[float, float]]
 
 
-def measured_run(pid: int, url: str, body_file: Path, connections: int, seconds: int) -> Run:
+def measured_run(pid: int, url: str, body_file: Path | None, connections: int, seconds: int) -> Run:
     before = process_cost(pid)
     result = wrk(url, body_file, connections, seconds)
     after = process_cost(pid)
     n = max(result.requests, 1)
-    return Run(result, (after.cpu_s - before.cpu_s) * 1e6 / n, (after.switches - before.switches) / n)
+    split = {g: tuple((a - b) * 1e6 / n for a, b in zip(after.split_s[g], before.split_s[g]))
+             for g in THREAD_GROUPS}
+    return Run(result, (after.cpu_s - before.cpu_s) * 1e6 / n, (after.switches - before.switches) / n, split)
 
 
 def idle_cpu(pid: int, url: str, body_file: Path, seconds: int) -> float:
@@ -135,7 +166,7 @@ def main() -> int:
     contestants.append(("modelgate", binary))
 
     body, expected = request_and_reference()
-    runs: dict[str, list[dict[int, Run]]] = {name: [] for name, _ in contestants}
+    runs: dict[str, list[dict[int | str, Run]]] = {name: [] for name, _ in contestants}
     idle = grpc64 = None
     report = Report("front_door", f"The front door's own cost: `{MODEL}` against nginx's fixed reply, alternating")
     with tempfile.TemporaryDirectory(prefix="mg-door-") as tmp_name, Processes(RESULTS / "logs") as procs:
@@ -153,13 +184,16 @@ def main() -> int:
                 check_answer(name, started.infer_url, body, expected)
                 pid = started.server.popen.pid
                 result = {c: measured_run(pid, started.infer_url, body_file, c, args.seconds) for c in CONNECTIONS}
+                health = started.infer_url.split("/v2/")[0] + "/v2/health/ready"
+                result[FLOOR] = measured_run(pid, health, None, 64, args.seconds)
                 started.server.check_running()
                 runs[name].append(result)
                 one, many = result[1], result[64]
                 print(f"round {round_ + 1} {name:<9} c=1 p50 {one.wrk.p50_us:5.0f} p99 {one.wrk.p99_us:6.0f} µs "
                       f"{one.wrk.rps:7.0f}/s {one.cpu_us_per_request:5.1f} CPU µs {one.switches_per_request:4.1f} cs | "
                       f"c=64 {many.wrk.rps:7.0f}/s {many.cpu_us_per_request:5.1f} CPU µs "
-                      f"{many.switches_per_request:4.2f} cs  errors {one.wrk.errors + many.wrk.errors}", flush=True)
+                      f"{many.switches_per_request:4.2f} cs  errors {one.wrk.errors + many.wrk.errors} | "
+                      f"GET health c=64 {result[FLOOR].wrk.rps:7.0f}/s", flush=True)
                 last_round = round_ == args.rounds - 1
                 if last_round and name == "modelgate":
                     if args.idle_seconds:
@@ -183,6 +217,7 @@ def main() -> int:
     p50 = lambda r: r[1].wrk.p50_us  # noqa: E731
     p99 = lambda r: r[1].wrk.p99_us  # noqa: E731
     rps64 = lambda r: r[64].wrk.rps  # noqa: E731
+    floor64 = lambda r: r[FLOOR].wrk.rps  # noqa: E731
     rows = []
     for name, _ in contestants:
         rows.append([name, spread(per_round(name, p50)), spread(per_round(name, p99)),
@@ -191,7 +226,7 @@ def main() -> int:
                      f"{statistics.median(per_round(name, lambda r: r[1].switches_per_request)):.1f}",
                      f"{statistics.median(per_round(name, lambda r: r[64].cpu_us_per_request)):.1f}",
                      f"{statistics.median(per_round(name, lambda r: r[64].switches_per_request)):.2f}",
-                     sum(r[c].wrk.errors for r in runs[name] for c in CONNECTIONS)])
+                     sum(r[c].wrk.errors for r in runs[name] for c in (*CONNECTIONS, FLOOR))])
         for i, r in enumerate(runs[name]):
             for c, run in r.items():
                 report.csv_rows.append({"server": name, "round": i + 1, "connections": c, "per_s": run.wrk.rps,
@@ -200,18 +235,34 @@ def main() -> int:
                                         "switches_per_request": run.switches_per_request})
     ratio_rows = []
     for name, _ in contestants[1:]:
-        g50, g99, r64 = gaps(name, p50), gaps(name, p99), ratios(name, rps64)
+        g50, g99, r64, f64 = gaps(name, p50), gaps(name, p99), ratios(name, rps64), ratios(name, floor64)
         ratio_rows.append([name, f"{statistics.median(g50):+.0f} ({min(g50):+.0f} to {max(g50):+.0f})",
                            f"{statistics.median(g99):+.0f} ({min(g99):+.0f} to {max(g99):+.0f})",
-                           f"{statistics.median(r64):.0%} ({min(r64):.0%}–{max(r64):.0%})"])
+                           f"{statistics.median(r64):.0%} ({min(r64):.0%}–{max(r64):.0%})",
+                           f"{statistics.median(f64):.0%} ({min(f64):.0%}–{max(f64):.0%})"])
+    split_rows = []
+    for name, _ in contestants:
+        cells = [name]
+        for group in THREAD_GROUPS:
+            for i in range(2):
+                cells.append(f"{statistics.median(per_round(name, lambda r: r[64].split_us[group][i])):.1f}")
+        cells.append(f"{statistics.median(per_round(name, lambda r: r[FLOOR].cpu_us_per_request)):.1f}")
+        split_rows.append(cells)
     text = (f"{args.rounds} alternating rounds of `wrk -t1 -d{args.seconds}s`, one JSON row (1×64 FP32) per "
             "request, at 1 and 64 connections; ranges are min–max over rounds, latencies in µs. CPU µs and "
             "context switches (cs) are the server's own per request (all threads, from /proc), medians.\n\n"
             + markdown_table(["server", "c=1 p50", "c=1 p99", "c=1 req/s", "c=64 req/s", "c=1 CPU µs/req",
                               "c=1 cs/req", "c=64 CPU µs/req", "c=64 cs/req", "errors"], rows)
-            + "\n\nAgainst nginx in the same round (median, min to max over rounds):\n\n"
-            + markdown_table(["server", "c=1 p50 − nginx µs", "c=1 p99 − nginx µs", "c=64 req/s / nginx"],
-                             ratio_rows))
+            + "\n\nAgainst nginx in the same round (median, min to max over rounds). The HTTP floor is a "
+            "GET of `/v2/health/ready` at 64 connections (nginx: its fixed reply): the HTTP stack without "
+            "the model's JSON, queue and run.\n\n"
+            + markdown_table(["server", "c=1 p50 − nginx µs", "c=1 p99 − nginx µs", "c=64 req/s / nginx",
+                              "HTTP floor c=64 / nginx"], ratio_rows)
+            + "\n\nWhere the CPU goes at c=64 (µs per request, medians): the runtime workers (`mg-io`: HTTP, "
+            "JSON, routing; nginx: its worker) and the rest (instance threads running the model, "
+            "housekeeping), user and system time; and the HTTP floor's CPU µs per request.\n\n"
+            + markdown_table(["server", "runtime user", "runtime sys", "model user", "model sys",
+                              "HTTP floor, all threads"], split_rows))
     if idle is not None:
         text += f"\n\nIdle CPU of `modelgate` over {args.idle_seconds} s after a 2 s burst: {idle * 100:.2f} % of a core."
     if grpc64 is not None:
@@ -227,7 +278,7 @@ def main() -> int:
                                statistics.median(ratios("modelgate", rps64)) * 100, 60.0, unit=" %"))
     if idle is not None:
         report.checks.append(Check("idle CPU, % of a core", idle * 100, 1.0, higher_is_better=False, unit=" %"))
-    errors = sum(r[c].wrk.errors for name, _ in contestants for r in runs[name] for c in CONNECTIONS)
+    errors = sum(run.wrk.errors for name, _ in contestants for r in runs[name] for run in r.values())
     report.checks.append(Check("wrk errors, every server", float(errors), 0.0, higher_is_better=False, unit=""))
     report.write(readme=args.readme)
     return report.exit_code()

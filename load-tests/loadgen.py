@@ -42,12 +42,13 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def wrk(url: str, body: Path, connections: int, seconds: int = 5, threads: int = 1,
+def wrk(url: str, body: Path | None, connections: int, seconds: int = 5, threads: int = 1,
         header_length: int | None = None) -> WrkResult:
     """`wrk -t1 -cN -dS` POSTing `body` (JSON, or with `header_length` a binary-extension body
-    whose JSON header is that long); raises if wrk fails or prints no summary."""
+    whose JSON header is that long), or with `body=None` GETting `url`; raises if wrk fails or
+    prints no summary."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-            "-s", str(WRK_SCRIPT), url, "--", str(body)]
+            "-s", str(WRK_SCRIPT), url, "--", "-" if body is None else str(body)]
     if header_length is not None:
         argv.append(str(header_length))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)

@@ -4,8 +4,14 @@
 -- A second argument makes it a binary-extension request: the JSON header's length in bytes
 -- (sent as Inference-Header-Content-Length), the raw tensor bytes following it in the file.
 --   wrk ... -- body.bin 123
+-- A body file named `-` makes it a GET without a body (the HTTP floor: a health endpoint).
+--   wrk ... http://127.0.0.1:PORT/v2/health/ready -- -
 
 function init(args)
+  if args[1] == "-" then
+    wrk.method = "GET"
+    return
+  end
   local file = assert(io.open(args[1], "rb"), "cannot open the request body file")
   wrk.body = file:read("*a")
   file:close()

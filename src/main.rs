@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: modelgate::memory::Allocator = modelgate::memory::Allocator;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

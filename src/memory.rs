@@ -1,7 +1,70 @@
-//! The allocator's housekeeping (issue #15): resident memory follows what
-//! the server holds, and goes back to the system once an attack is over.
-//! The binary makes mimalloc the global allocator (src/main.rs); with
-//! another one these calls only touch mimalloc's own empty state.
+//! The allocator: mimalloc behind [`Allocator`], the binary's global
+//! allocator (src/main.rs), and its housekeeping (issue #15): resident memory
+//! follows what the server holds, and goes back to the system once an attack
+//! is over. With another global allocator the housekeeping calls only touch
+//! mimalloc's own empty state.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+/// mimalloc as the global allocator, through its plain `malloc` family
+/// wherever the layout asks for no more alignment than every block has.
+///
+/// Why not `mimalloc::MiMalloc`: it sends every allocation through
+/// `mi_malloc_aligned`, even at alignment 1. In mimalloc v3, an aligned
+/// request over 1 KiB whose size class is not a power of two is
+/// over-allocated and its page marked as holding interior pointers (v2
+/// took the plain path for any alignment up to 16). That was the request
+/// path's boxed future (3.7 KB) and hyper's read buffer, every request:
+/// 3 to 4 % of the runtime workers' time, in mimalloc's slow path
+/// (`perf`, issue #16). The standard library's `System` allocator makes
+/// the same split.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allocator;
+
+/// Every mimalloc block is aligned to at least a word: its size classes are
+/// whole words, laid out from word-aligned page starts.
+const WORD: usize = std::mem::size_of::<usize>();
+
+#[allow(unsafe_code)] // the global allocator: mimalloc's C API on raw pointers
+// SAFETY (every method): the layouts and pointers come from the caller under
+// `GlobalAlloc`'s contract; each pointer freed or resized here was returned
+// by this allocator, so by mimalloc, whose `mi_free` and `mi_realloc*` take
+// any of its blocks whatever call made them. The plain calls are used only
+// where `layout.align() <= WORD`, which every block meets.
+unsafe impl GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            unsafe { libmimalloc_sys::mi_malloc(layout.size()).cast() }
+        } else {
+            unsafe { libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast() }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            unsafe { libmimalloc_sys::mi_zalloc(layout.size()).cast() }
+        } else {
+            unsafe { libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast() }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        unsafe { libmimalloc_sys::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= WORD {
+            unsafe { libmimalloc_sys::mi_realloc(ptr.cast::<c_void>(), new_size).cast() }
+        } else {
+            unsafe { libmimalloc_sys::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast() }
+        }
+    }
+}
 
 /// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t`, mimalloc.h,
 /// the same in v2 and v3; libmimalloc-sys names only the older options).
@@ -70,5 +133,45 @@ pub fn collect_if_due() {
         // A second or more since this thread last parked after a round: the
         // server is quiet, and the pages kept for reuse can go too.
         collect(round - done >= QUIET_ROUNDS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `block` is aligned to `align` and its first `len` bytes all hold `byte`.
+    #[allow(unsafe_code)] // reads `len` bytes the caller wrote or had zeroed
+    fn holds(block: *mut u8, align: usize, len: usize, byte: u8) -> bool {
+        // SAFETY: the callers pass a live block of at least `len` initialised bytes.
+        (block as usize).is_multiple_of(align) && (0..len).all(|i| unsafe { *block.add(i) } == byte)
+    }
+
+    #[test]
+    #[allow(unsafe_code)] // drives the allocator through `GlobalAlloc` directly
+    fn every_layout_gets_a_block_aligned_as_asked_that_keeps_its_bytes_when_resized() {
+        let allocator = Allocator;
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in [1usize, 7, 24, 1000, 1025, 3712, 8192, 9000, 100_000, 1 << 20] {
+                let layout = |size| Layout::from_size_align(size, align).expect("a valid layout");
+                let (grown, half) = (size * 3 + 5, size.div_ceil(2));
+                // SAFETY: every size is over zero; each block is written within
+                // its size, resized with its own layout and freed once with
+                // the layout it has then.
+                unsafe {
+                    let block = allocator.alloc(layout(size));
+                    assert!(!block.is_null() && holds(block, align, 0, 0), "size {size}, align {align}");
+                    block.write_bytes(0xa5, size);
+                    let zeroed = allocator.alloc_zeroed(layout(size));
+                    assert!(holds(zeroed, align, size, 0), "zeroed: size {size}, align {align}");
+                    allocator.dealloc(zeroed, layout(size));
+                    let block = allocator.realloc(block, layout(size), grown);
+                    assert!(holds(block, align, size, 0xa5), "grown: size {size}, align {align}");
+                    let block = allocator.realloc(block, layout(grown), half);
+                    assert!(holds(block, align, half, 0xa5), "shrunk: size {size}, align {align}");
+                    allocator.dealloc(block, layout(half));
+                }
+            }
+        }
     }
 }
