@@ -16,6 +16,8 @@
 #                    made by `scripts/setup.sh client`)
 #   PERF_ANALYZER    perf_analyzer command (default scripts/perf_analyzer); SKIP_PERF=1 skips step 3
 #   PERF_REQUESTS    requests per perf_analyzer measurement (default 2000 at concurrency 1, 4x that at 8)
+#   PERF_TIMEOUT     seconds one measurement may take before it counts as stuck (default 120); a
+#                    stuck one prints the server's mlp counts and gauges and both sides' stacks
 #   KEEP_LOGS=DIR    copy the server log and perf_analyzer output there
 set -euo pipefail
 
@@ -33,6 +35,7 @@ pytest_args=("$@")
 python=${COMPAT_PYTHON:-.venv/client/bin/python}
 perf_analyzer=${PERF_ANALYZER:-scripts/perf_analyzer}
 perf_requests=${PERF_REQUESTS:-2000}
+perf_timeout=${PERF_TIMEOUT:-120}
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'compat: error: %s\n' "$*" >&2; exit 1; }
@@ -140,8 +143,21 @@ perf_run() {
     (( concurrency > 1 )) && requests=$(( perf_requests * 4 ))
     say "perf_analyzer: mlp over $protocol, concurrency $concurrency, $requests requests"
     local status=0
-    run timeout 120 "$perf_analyzer" -m mlp -i "$protocol" -u "127.0.0.1:$port" \
-        --concurrency-range "$concurrency" --request-count "$requests" > "$log" 2>&1 || status=$?
+    printf '+ %s (at most %s s)\n' "$perf_analyzer -m mlp -i $protocol -u 127.0.0.1:$port --concurrency-range $concurrency --request-count $requests" "$perf_timeout"
+    "$perf_analyzer" -m mlp -i "$protocol" -u "127.0.0.1:$port" \
+        --concurrency-range "$concurrency" --request-count "$requests" > "$log" 2>&1 &
+    local client=$! deadline=$(( SECONDS + perf_timeout ))
+    while kill -0 "$client" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+    if kill -0 "$client" 2>/dev/null; then
+        # A run that should take seconds is stuck: record what both sides wait on before it goes.
+        stuck_diagnostics "$client" > "$work/stuck-$protocol-c$concurrency.log" 2>&1 || true
+        cat "$work/stuck-$protocol-c$concurrency.log"
+        kill -9 "$client" 2>/dev/null || true
+        wait "$client" 2>/dev/null || true
+        status=124
+    else
+        wait "$client" || status=$?
+    fi
     cat "$log"
     if (( status != 0 )); then
         die "perf_analyzer ($protocol, concurrency $concurrency) exited with $status"
@@ -150,6 +166,27 @@ perf_run() {
         die "perf_analyzer ($protocol, concurrency $concurrency) reported errors (see above)"
     fi
     grep -q 'Throughput:' "$log" || die "perf_analyzer ($protocol, concurrency $concurrency) measured nothing"
+}
+
+# What a stuck perf_analyzer run leaves to go on: the server's counts for mlp, its queue and
+# connection gauges, and every thread's stack on both sides (gdb, where installed).
+stuck_diagnostics() {
+    local client=$1
+    echo "--- perf_analyzer still running after $perf_timeout s: diagnostics ---"
+    echo "mlp statistics:"
+    curl -s --max-time 5 "http://127.0.0.1:$http_port/v2/models/mlp/stats" || echo "(no answer)"
+    echo
+    echo "server gauges:"
+    curl -s --max-time 5 "http://127.0.0.1:$metrics_port/metrics" \
+        | grep -E '^(modelgate_queue_depth|modelgate_inflight|modelgate_open_connections|nv_inference_pending)' \
+        || echo "(none)"
+    if command -v gdb > /dev/null; then
+        for pid in "$server_pid" "$client"; do
+            echo "--- stacks of $(cat "/proc/$pid/comm" 2>/dev/null) ($pid) ---"
+            timeout 60 gdb -p "$pid" -batch -nx -ex 'thread apply all bt 16' 2>&1 \
+                | grep -E '^(Thread|#)' | head -n 400 || true
+        done
+    fi
 }
 
 # The server's own count of failed mlp requests (the pytest suite's error cases include some).
