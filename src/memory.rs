@@ -26,6 +26,18 @@ pub struct Allocator;
 /// whole words, laid out from word-aligned page starts.
 const WORD: usize = std::mem::size_of::<usize>();
 
+/// mimalloc's plain entry point (`plain`) where every block meets the
+/// layout's alignment, its aligned one (`aligned`, given the alignment)
+/// otherwise.
+#[inline]
+fn by_alignment(
+    layout: Layout,
+    plain: impl FnOnce() -> *mut c_void,
+    aligned: impl FnOnce(usize) -> *mut c_void,
+) -> *mut u8 {
+    if layout.align() <= WORD { plain() } else { aligned(layout.align()) }.cast()
+}
+
 #[allow(unsafe_code)] // the global allocator: mimalloc's C API on raw pointers
 // SAFETY (every method): the layouts and pointers come from the caller under
 // `GlobalAlloc`'s contract; each pointer freed or resized here was returned
@@ -35,34 +47,32 @@ const WORD: usize = std::mem::size_of::<usize>();
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= WORD {
-            unsafe { libmimalloc_sys::mi_malloc(layout.size()).cast() }
-        } else {
-            unsafe { libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast() }
-        }
+        use libmimalloc_sys::{mi_malloc, mi_malloc_aligned};
+        let size = layout.size();
+        by_alignment(layout, || unsafe { mi_malloc(size) }, |align| unsafe { mi_malloc_aligned(size, align) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= WORD {
-            unsafe { libmimalloc_sys::mi_zalloc(layout.size()).cast() }
-        } else {
-            unsafe { libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast() }
-        }
+        use libmimalloc_sys::{mi_zalloc, mi_zalloc_aligned};
+        let size = layout.size();
+        by_alignment(layout, || unsafe { mi_zalloc(size) }, |align| unsafe { mi_zalloc_aligned(size, align) })
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        unsafe { libmimalloc_sys::mi_free(ptr.cast::<c_void>()) }
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= WORD {
-            unsafe { libmimalloc_sys::mi_realloc(ptr.cast::<c_void>(), new_size).cast() }
-        } else {
-            unsafe { libmimalloc_sys::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast() }
-        }
+        use libmimalloc_sys::{mi_realloc, mi_realloc_aligned};
+        let ptr = ptr.cast::<c_void>();
+        by_alignment(
+            layout,
+            || unsafe { mi_realloc(ptr, new_size) },
+            |align| unsafe { mi_realloc_aligned(ptr, new_size, align) },
+        )
     }
 }
 
