@@ -92,7 +92,7 @@ def perf_analyzer(model: str, address: str, protocol: str, concurrency: int, csv
     `InferenceProfiler::Summarize` → `ValidLatencyMeasurement` (gdb), while its workers keep adding
     records: seen here at 100 % of a core and 1-1.7 GB resident after a minute, replies left unread
     in its sockets while the server kept serving. A level then never ends. It happened when the
-    server ran in a session of its own (see procs.py); the check stays for other causes. A run past `timeout` is reported (`_hang_report`: sockets, perf_analyzer's threads,
+    server ran in a session of its own (see procs.py); the check stays for other causes. A run past `timeout` is reported (`hang_report`: sockets, perf_analyzer's threads,
     the server's threads) and run once more; a second one is an error.
     """
     argv = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", protocol,
@@ -146,7 +146,7 @@ def _run_once(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
     try:
         stdout, stderr = popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        report = _hang_report(argv, popen.pid)
+        report = hang_report(argv, popen.pid)
         popen.kill()
         stdout, stderr = popen.communicate()
         with open(report, "a") as f:
@@ -156,10 +156,11 @@ def _run_once(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, popen.returncode, stdout, stderr)
 
 
-def _hang_report(argv: list[str], client_pid: int) -> Path:
+def hang_report(argv: list[str], client_pid: int) -> Path:
     """Writes what the connections to the server perf_analyzer was driving look like, what
     perf_analyzer's threads are doing, and where the server's threads are (their kernel wait
-    channel, and a gdb backtrace when gdb exists)."""
+    channel, and a gdb backtrace when gdb exists). Also run by tests/compat/run.sh for a stuck
+    measurement: `python load-tests/loadgen.py hang-report CLIENT_PID PERF_ANALYZER_ARGV...`."""
     RESULTS.joinpath("logs").mkdir(parents=True, exist_ok=True)
     path = RESULTS / "logs" / f"perf_analyzer-hang-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     port = argv[argv.index("-u") + 1].rsplit(":", 1)[1]
@@ -251,3 +252,12 @@ def compute_time(before: Counters, after: Counters) -> tuple[int, float]:
     count = sum(after.per_batch[b][0] - before.per_batch.get(b, (0, 0))[0] for b in after.per_batch)
     ns = sum(after.per_batch[b][1] - before.per_batch.get(b, (0, 0))[1] for b in after.per_batch)
     return count, ns / 1e9
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `loadgen.py hang-report CLIENT_PID ARGV...`: the report of a stuck perf_analyzer, printed.
+    if len(sys.argv) < 4 or sys.argv[1] != "hang-report":
+        sys.exit("usage: loadgen.py hang-report CLIENT_PID PERF_ANALYZER_ARGV...")
+    print(hang_report(sys.argv[3:], int(sys.argv[2])).read_text())

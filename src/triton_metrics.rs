@@ -13,10 +13,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::repository::ModelVersion;
-use crate::stats::StatDuration;
 
-fn micros(d: &StatDuration) -> u64 {
-    d.get().1 / 1_000
+/// The microseconds of a `(count, ns)` statistic.
+fn micros((_, ns): (u64, u64)) -> u64 {
+    ns / 1_000
 }
 
 /// Each family: name, type, help, and its value for a version.
@@ -35,15 +35,15 @@ const FAMILIES: &[Family] = &[
     ("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution per-model",
         |v| v.queue_depth() as u64),
     ("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds",
-        |v| micros(&v.stats.success)),
+        |v| micros(v.stats.success.get())),
     ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds",
-        |v| micros(&v.stats.queue)),
+        |v| micros(v.stats.queue.get())),
     ("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration in microseconds",
-        |v| v.stats.compute.get().input.1 / 1_000),
+        |v| micros(v.stats.compute.get().input)),
     ("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds",
-        |v| v.stats.compute.get().infer.1 / 1_000),
+        |v| micros(v.stats.compute.get().infer)),
     ("nv_inference_compute_output_duration_us", "counter", "Cumulative inference compute output duration in microseconds",
-        |v| v.stats.compute.get().output.1 / 1_000),
+        |v| micros(v.stats.compute.get().output)),
 ];
 
 /// Appends the `nv_inference_*` families for `versions` in Prometheus text.

@@ -17,7 +17,7 @@
 #   PERF_ANALYZER    perf_analyzer command (default scripts/perf_analyzer); SKIP_PERF=1 skips step 3
 #   PERF_REQUESTS    requests per perf_analyzer measurement (default 2000 at concurrency 1, 4x that at 8)
 #   PERF_TIMEOUT     seconds one measurement may take before it counts as stuck (default 120); a
-#                    stuck one prints the server's mlp counts and gauges and both sides' stacks
+#                    stuck one prints the server's gauges and loadgen.py's hang report
 #   KEEP_LOGS=DIR    copy the server log and perf_analyzer output there
 set -euo pipefail
 
@@ -179,14 +179,15 @@ perf_attempt() {
     attempt=$(( attempt + 1 ))
     attempt_log="$work/perf-$protocol-c$concurrency-$attempt.log"
     attempt_status=0
-    printf '+ %s (at most %s s)\n' "$perf_analyzer -m mlp -i $protocol -u 127.0.0.1:$port --concurrency-range $concurrency --request-count $requests" "$perf_timeout"
-    "$perf_analyzer" -m mlp -i "$protocol" -u "127.0.0.1:$port" \
-        --concurrency-range "$concurrency" --request-count "$requests" > "$attempt_log" 2>&1 &
+    local argv=("$perf_analyzer" -m mlp -i "$protocol" -u "127.0.0.1:$port"
+        --concurrency-range "$concurrency" --request-count "$requests")
+    printf '+ %s (at most %s s)\n' "${argv[*]}" "$perf_timeout"
+    "${argv[@]}" > "$attempt_log" 2>&1 &
     local client=$! deadline=$(( SECONDS + perf_timeout ))
     while kill -0 "$client" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
     if kill -0 "$client" 2>/dev/null; then
         # A run that should take seconds is stuck: record what both sides wait on before it goes.
-        stuck_diagnostics "$client" > "$work/stuck-$protocol-c$concurrency-$attempt.log" 2>&1 || true
+        stuck_diagnostics "$client" "${argv[@]}" > "$work/stuck-$protocol-c$concurrency-$attempt.log" 2>&1 || true
         cat "$work/stuck-$protocol-c$concurrency-$attempt.log"
         kill -9 "$client" 2>/dev/null || true
         wait "$client" 2>/dev/null || true
@@ -196,25 +197,18 @@ perf_attempt() {
     fi
 }
 
-# What a stuck perf_analyzer run leaves to go on: the server's counts for mlp, its queue and
-# connection gauges, and every thread's stack on both sides (gdb, where installed).
+# What a stuck perf_analyzer run leaves to go on: the server's queue, in-flight and connection
+# gauges, then load-tests/loadgen.py's hang report (the sockets of the server's port, the
+# client's threads, the server's threads with their wait channels, gdb stacks of both).
 stuck_diagnostics() {
     local client=$1
+    shift
     echo "--- perf_analyzer still running after $perf_timeout s: diagnostics ---"
-    echo "mlp statistics:"
-    curl -s --max-time 5 "http://127.0.0.1:$http_port/v2/models/mlp/stats" || echo "(no answer)"
-    echo
     echo "server gauges:"
     curl -s --max-time 5 "http://127.0.0.1:$metrics_port/metrics" \
         | grep -E '^(modelgate_queue_depth|modelgate_inflight|modelgate_open_connections|nv_inference_pending)' \
         || echo "(none)"
-    if command -v gdb > /dev/null; then
-        for pid in "$server_pid" "$client"; do
-            echo "--- stacks of $(cat "/proc/$pid/comm" 2>/dev/null) ($pid) ---"
-            timeout 60 gdb -p "$pid" -batch -nx -ex 'thread apply all bt 16' 2>&1 \
-                | grep -E '^(Thread|#)' | head -n 400 || true
-        done
-    fi
+    timeout 300 "$python" load-tests/loadgen.py hang-report "$client" "$@"
 }
 
 # The server's own count of mlp requests that succeeded or failed (`mlp_count success|fail`;
