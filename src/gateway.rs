@@ -471,11 +471,12 @@ async fn run_on_target(
 async fn run_version(
     model: &str,
     served_by: &ModelVersion,
-    request: InferRequest,
+    mut request: InferRequest,
     protocol: Protocol,
     arrival: Instant,
 ) -> Result<InferResponse, Error> {
-    let id = request.id.clone();
+    // The version does not read the id: the response takes it.
+    let id = request.id.take();
     let (result, elapsed) = served_by.infer_recorded(request, arrival).await;
     match result {
         Ok(outputs) => {

@@ -1,7 +1,6 @@
 //! Response bodies and JSON answers shared by the data-plane doors and the
 //! admin API.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,6 +10,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::budget::Held;
 use crate::error::Error;
@@ -26,7 +26,9 @@ use crate::error::Error;
 /// connection long after the body, and its budget, were gone).
 #[derive(Debug, Default)]
 pub struct Chunks {
-    pub(crate) parts: VecDeque<Bytes>,
+    /// The parts still to send, the next one last: most bodies have one or
+    /// two parts, which stay off the heap (issue #16).
+    remaining: SmallVec<[Bytes; 2]>,
     held: Option<Held>,
 }
 
@@ -41,12 +43,17 @@ impl Chunks {
 
     /// One part.
     pub fn one(bytes: Bytes) -> Chunks {
-        Chunks { parts: VecDeque::from([bytes]), held: None }
+        Chunks { remaining: smallvec::smallvec![bytes], held: None }
     }
 
-    /// Several parts.
-    pub fn many(parts: VecDeque<Bytes>) -> Chunks {
-        Chunks { parts, held: None }
+    /// Several parts, sent in the order given.
+    pub fn many(parts: impl IntoIterator<Item = Bytes, IntoIter: DoubleEndedIterator>) -> Chunks {
+        Chunks { remaining: parts.into_iter().rev().collect(), held: None }
+    }
+
+    /// The parts not yet sent, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
+        self.remaining.iter().rev()
     }
 
     /// The same body, holding `held` (its bytes against the budget) until
@@ -58,12 +65,12 @@ impl Chunks {
 
     /// Bytes of the body.
     pub fn len(&self) -> usize {
-        self.parts.iter().map(Bytes::len).sum()
+        self.remaining.iter().map(Bytes::len).sum()
     }
 
     /// Whether the body has no bytes.
     pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(Bytes::is_empty)
+        self.remaining.iter().all(Bytes::is_empty)
     }
 }
 
@@ -72,15 +79,15 @@ impl http_body::Body for Chunks {
     type Error = Infallible;
 
     fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let Some(mut part) = self.parts.pop_front() else {
+        let Some(mut part) = self.remaining.pop() else {
             self.held = None;
             return Poll::Ready(None);
         };
         if part.len() > SLICE_BYTES {
             let rest = part.split_off(SLICE_BYTES);
-            self.parts.push_front(rest);
+            self.remaining.push(rest);
         }
-        if self.parts.is_empty() {
+        if self.remaining.is_empty() {
             // The last slice: what it shares its allocation with is gone.
             self.held = None;
         }
@@ -88,11 +95,11 @@ impl http_body::Body for Chunks {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.parts.is_empty()
+        self.remaining.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.parts.iter().map(|b| b.len() as u64).sum())
+        SizeHint::with_exact(self.remaining.iter().map(|b| b.len() as u64).sum())
     }
 }
 
@@ -121,8 +128,7 @@ mod tests {
     async fn a_held_body_goes_out_in_slices_and_gives_its_bytes_back_with_the_last() {
         let budget = InflightBytes::new(10 << 20);
         let part = Bytes::from(vec![7u8; SLICE_BYTES * 2 + 10]);
-        let mut body =
-            Chunks::many(VecDeque::from([Bytes::from_static(b"{}"), part])).held(budget.reserve(3 << 20).unwrap());
+        let mut body = Chunks::many([Bytes::from_static(b"{}"), part]).held(budget.reserve(3 << 20).unwrap());
         let mut sizes = Vec::new();
         while let Some(frame) = body.frame().await {
             assert_eq!(

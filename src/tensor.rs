@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use modelgate_backend::{BytesLayoutError, DataType, check_bytes_layout, element_count};
+use smallvec::SmallVec;
 
 use crate::error::{Dims, Error, Quoted};
 
@@ -502,9 +503,9 @@ pub struct ValidRequest {
     /// Rows this request adds to a batch (1 for models that do not batch).
     pub batch_size: usize,
     /// Indices of the outputs to return, in the order to return them.
-    pub outputs: Vec<usize>,
+    pub outputs: SmallVec<[usize; 4]>,
     /// Per returned output: binary form (HTTP only).
-    pub binary: Vec<bool>,
+    pub binary: SmallVec<[bool; 4]>,
 }
 
 impl ValidRequest {
@@ -553,57 +554,68 @@ impl ModelIo {
         if let Some(body) = request.raw_input.take() {
             request.inputs = vec![self.raw_input(body)?];
         }
-        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
-        let mut batch: Option<(usize, String)> = None;
-        for mut tensor in request.inputs {
+        // Per input of the request, its index among the model's inputs.
+        let mut model_index: SmallVec<[usize; 4]> = SmallVec::with_capacity(request.inputs.len());
+        let mut given: SmallVec<[bool; 4]> = smallvec::smallvec![false; self.inputs.len()];
+        // The rows of the first input, and where it is in the request.
+        let mut batch: Option<(usize, usize)> = None;
+        for at in 0..request.inputs.len() {
+            let tensor = &mut request.inputs[at];
             let Some(&index) = self.input_index.get(&tensor.name) else {
-                return Err(InputError::UnexpectedInput { name: tensor.name, model_inputs: names(&self.inputs) });
+                let name = std::mem::take(&mut tensor.name);
+                return Err(InputError::UnexpectedInput { name, model_inputs: names(&self.inputs) });
             };
-            if slots[index].is_some() {
-                return Err(InputError::DuplicateInput { name: tensor.name });
+            if std::mem::replace(&mut given[index], true) {
+                return Err(InputError::DuplicateInput { name: std::mem::take(&mut tensor.name) });
             }
             let spec = &self.inputs[index];
             if tensor.dtype != spec.dtype {
                 return Err(InputError::DatatypeMismatch {
-                    name: tensor.name,
+                    name: std::mem::take(&mut tensor.name),
                     given: tensor.dtype,
                     expected: spec.dtype,
                 });
             }
-            let rows = self.check_shape(spec, &mut tensor)?;
-            match &batch {
-                Some((first_rows, first)) if *first_rows != rows => {
+            let rows = self.check_shape(spec, tensor)?;
+            match batch {
+                Some((first_rows, first)) if first_rows != rows => {
                     return Err(InputError::BatchDisagreement {
-                        first: first.clone(),
-                        first_rows: *first_rows,
-                        second: tensor.name,
+                        first: request.inputs[first].name.clone(),
+                        first_rows,
+                        second: std::mem::take(&mut request.inputs[at].name),
                         second_rows: rows,
                     });
                 }
                 Some(_) => {}
-                None => batch = Some((rows, tensor.name.clone())),
+                None => batch = Some((rows, at)),
             }
-            slots[index] = Some(tensor);
+            model_index.push(index);
         }
-        let missing: Vec<String> = self
-            .inputs
-            .iter()
-            .zip(&slots)
-            .filter(|(_, slot)| slot.is_none())
-            .map(|(spec, _)| spec.name.clone())
-            .collect();
+        let missing: Vec<String> =
+            self.inputs.iter().zip(&given).filter(|(_, given)| !**given).map(|(spec, _)| spec.name.clone()).collect();
         if !missing.is_empty() {
             return Err(InputError::MissingInputs { expected: self.inputs.len(), missing });
         }
-        let inputs: Vec<Tensor> = slots.into_iter().flatten().collect();
+        // Every input once: `model_index` is a permutation. Clients usually
+        // send the inputs in the model's order, and then they stay where they are.
+        let mut inputs = request.inputs;
+        if model_index.iter().enumerate().any(|(at, &index)| at != index) {
+            let mut slots: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
+            inputs = (0..slots.len())
+                .map(|index| {
+                    let at = model_index.iter().position(|&i| i == index).expect("a permutation");
+                    slots[at].take().expect("each input taken once")
+                })
+                .collect();
+        }
         let batch_size = batch.map_or(1, |(rows, _)| rows);
 
         let (outputs, binary) = if request.outputs.is_empty() {
-            ((0..self.outputs.len()).collect(), vec![request.binary_output; self.outputs.len()])
+            ((0..self.outputs.len()).collect(), smallvec::smallvec![request.binary_output; self.outputs.len()])
         } else {
-            let mut seen = vec![false; self.outputs.len()];
-            let mut outputs = Vec::with_capacity(request.outputs.len());
-            let mut binary = Vec::with_capacity(request.outputs.len());
+            let mut seen: SmallVec<[bool; 4]> = smallvec::smallvec![false; self.outputs.len()];
+            let mut outputs = SmallVec::with_capacity(request.outputs.len());
+            let mut binary = SmallVec::with_capacity(request.outputs.len());
             for wanted in &request.outputs {
                 let Some(&index) = self.output_index.get(&wanted.name) else {
                     return Err(InputError::UnexpectedOutput {
@@ -765,7 +777,7 @@ mod tests {
         let valid = io.validate(request(vec![f32_tensor("b", vec![2]), f32_tensor("a", vec![2])])).unwrap();
         assert_eq!(valid.inputs[0].name, "a");
         assert_eq!(valid.batch_size, 1);
-        assert_eq!(valid.outputs, vec![0]);
+        assert_eq!(valid.outputs.as_slice(), [0]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! 8-byte-aligned buffer, which every numeric element type accepts. Outputs are
 //! split by slicing the backend's `Bytes`, so no request pays for a copy.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use modelgate_backend::{DataType, InputTensor, OutputTensor, bytes_elements, element_count};
 
@@ -58,7 +60,8 @@ enum Data<'a> {
 #[derive(Debug)]
 pub struct BatchedInput<'a> {
     dtype: DataType,
-    shape: Vec<i64>,
+    /// A lone request's shape is borrowed: a batch of one allocates nothing.
+    shape: Cow<'a, [i64]>,
     data: Data<'a>,
 }
 
@@ -86,7 +89,7 @@ impl BatchedInput<'_> {
             Data::Owned(buf) => Bytes::from_owner(buf),
             Data::Packed(v) => Bytes::from(v),
         };
-        SharedTensor { dtype: self.dtype, shape: self.shape.as_slice().into(), data }
+        SharedTensor { dtype: self.dtype, shape: self.shape.as_ref().into(), data }
     }
 }
 
@@ -107,7 +110,7 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
             buf.as_bytes_mut().copy_from_slice(&first.data);
             Data::Owned(buf)
         };
-        return BatchedInput { dtype: first.dtype, shape: first.shape.clone(), data };
+        return BatchedInput { dtype: first.dtype, shape: Cow::Borrowed(&first.shape), data };
     }
     debug_assert!(batched, "only batching models receive several requests at once");
     let rows: i64 = requests.iter().map(|r| r[index].shape[0]).sum();
@@ -132,7 +135,7 @@ pub fn concat<'a>(requests: &[&'a [Tensor]], index: usize, batched: bool) -> Bat
         }
         Data::Owned(buf)
     };
-    BatchedInput { dtype: first.dtype, shape, data }
+    BatchedInput { dtype: first.dtype, shape: Cow::Owned(shape), data }
 }
 
 /// Splits one output of a batch into one tensor per request, by rows.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use metrics::Counter;
 use modelgate_backend::{Backend, InputTensor, OutputTensor};
 use parking_lot::{Condvar, Mutex, MutexGuard};
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::assemble::{concat, split};
@@ -200,16 +201,18 @@ type Executed = (Vec<Vec<OutputTensor>>, Option<DriftBatch>);
 /// Runs one batch and returns, per request, the outputs it asked for.
 fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Result<Executed, Error> {
     let t0 = Instant::now();
-    let mut wanted: Vec<usize> = batch.iter().flat_map(|p| p.request.outputs.iter().copied()).collect();
+    // Small vectors: a batch's bookkeeping stays off the heap for the usual
+    // few outputs and requests (issue #16: allocations on the request path).
+    let mut wanted: SmallVec<[usize; 4]> = batch.iter().flat_map(|p| p.request.outputs.iter().copied()).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let rows: Vec<usize> = batch.iter().map(|p| p.request.batch_size).collect();
+    let rows: SmallVec<[usize; 8]> = batch.iter().map(|p| p.request.batch_size).collect();
     let total_rows: usize = rows.iter().sum();
 
-    let inputs: Vec<&[crate::tensor::Tensor]> = batch.iter().map(|p| p.request.inputs.as_slice()).collect();
+    let inputs: SmallVec<[&[crate::tensor::Tensor]; 8]> = batch.iter().map(|p| p.request.inputs.as_slice()).collect();
     let input_count = inputs[0].len();
-    let assembled: Vec<_> = (0..input_count).map(|i| concat(&inputs, i, shared.batched)).collect();
-    let views: Vec<InputTensor<'_>> = assembled.iter().map(|b| b.view()).collect();
+    let assembled: SmallVec<[_; 4]> = (0..input_count).map(|i| concat(&inputs, i, shared.batched)).collect();
+    let views: SmallVec<[InputTensor<'_>; 4]> = assembled.iter().map(|b| b.view()).collect();
 
     let t1 = Instant::now();
     let outputs = match catch_unwind(AssertUnwindSafe(|| backend.execute(&views, &wanted))) {
@@ -220,6 +223,8 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
         }
     };
     let t2 = Instant::now();
+    // The views borrow `assembled`, which the profiler may take below.
+    drop(views);
     if outputs.len() != wanted.len() {
         return Err(Error::Internal(format!(
             "backend returned {} outputs for {} requested",
@@ -234,33 +239,27 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
         outputs: wanted.iter().copied().zip(outputs.iter().map(SharedTensor::of_output)).collect(),
     });
-    // [output][request] -> [request][output]
-    let mut per_output: Vec<std::vec::IntoIter<OutputTensor>> = Vec::with_capacity(outputs.len());
+    // Per wanted output, its parts in request order.
+    let mut parts: SmallVec<[std::vec::IntoIter<OutputTensor>; 4]> = SmallVec::with_capacity(outputs.len());
     for (output, &index) in outputs.into_iter().zip(&wanted) {
-        per_output.push(split(output, &rows, index)?.into_iter());
+        parts.push(split(output, &rows, index)?.into_iter());
     }
-    let mut split_rows: Vec<Vec<Option<OutputTensor>>> =
-        (0..batch.len()).map(|_| Vec::with_capacity(wanted.len())).collect();
-    for parts in per_output {
-        for (request, part) in split_rows.iter_mut().zip(parts) {
-            request.push(Some(part));
-        }
+    let mut replies = Vec::with_capacity(batch.len());
+    for pending in batch {
+        // This request's part of every wanted output, by position in `wanted`;
+        // the parts it did not ask for are dropped here.
+        let mut mine: SmallVec<[Option<OutputTensor>; 4]> = parts.iter_mut().map(|outputs| outputs.next()).collect();
+        let reply = pending
+            .request
+            .outputs
+            .iter()
+            .map(|index| {
+                let at = wanted.binary_search(index).expect("wanted holds every requested output");
+                mine[at].take().ok_or_else(|| Error::Internal("output taken twice".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        replies.push(reply);
     }
-    let replies = batch
-        .iter()
-        .zip(split_rows)
-        .map(|(pending, mut parts)| {
-            pending
-                .request
-                .outputs
-                .iter()
-                .map(|index| {
-                    let at = wanted.binary_search(index).expect("wanted holds every requested output");
-                    parts[at].take().ok_or_else(|| Error::Internal("output taken twice".into()))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let t3 = Instant::now();
 
     let times = ComputeTimes { input: t1 - t0, infer: t2 - t1, output: t3 - t2 };

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Header that carries the request id on HTTP responses and gRPC metadata.
 pub const HEADER: &str = "x-request-id";
 
+/// [`HEADER`] as an HTTP header name, built once: a `&str` key is parsed and
+/// copied into a new name on every insert.
+pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
+
 /// Longest request id a client may send; longer ones are refused (400).
 pub const MAX_LEN: usize = 128;
 

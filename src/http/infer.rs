@@ -3,7 +3,6 @@
 //! bytes followed by raw tensor bytes).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +11,7 @@ use modelgate_backend::DataType;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
+use smallvec::SmallVec;
 
 use super::json_tensor::{parse_data, write_data};
 use crate::error::Error;
@@ -183,8 +183,9 @@ struct JsonRequest<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    // Small vectors: the usual request's inputs and shapes stay off the heap.
     #[serde(borrow)]
-    inputs: Vec<JsonInput<'a>>,
+    inputs: SmallVec<[JsonInput<'a>; 2]>,
     #[serde(default)]
     outputs: Option<Vec<JsonOutput>>,
 }
@@ -193,7 +194,7 @@ struct JsonRequest<'a> {
 struct JsonInput<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-    shape: Vec<serde_json::Number>,
+    shape: SmallVec<[Number; 4]>,
     #[serde(borrow)]
     datatype: Cow<'a, str>,
     #[serde(default)]
@@ -362,7 +363,7 @@ fn decode_input(input: JsonInput<'_>, binary: &mut Bytes, limit: usize) -> Resul
 /// JSON header's length.
 pub struct EncodedResponse {
     /// Body parts, written in order without being joined.
-    pub parts: VecDeque<Bytes>,
+    pub parts: SmallVec<[Bytes; 2]>,
     /// `Some(json length)` when binary data follows the JSON.
     pub header_length: Option<usize>,
 }
@@ -420,7 +421,8 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Erro
         write_str(&mut json, id);
     }
     json.extend_from_slice(b",\"outputs\":[");
-    let mut parts = VecDeque::new();
+    // The JSON first, then each binary output.
+    let mut parts = smallvec::smallvec![Bytes::new()];
     for (i, output) in response.outputs.iter().enumerate() {
         if i > 0 {
             json.push(b',');
@@ -443,7 +445,7 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Erro
             json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
             json.extend_from_slice(buf.format(tensor.data.len()).as_bytes());
             json.push(b'}');
-            parts.push_back(tensor.data.clone());
+            parts.push(tensor.data.clone());
         } else {
             // No "parameters" member at all: tritonclient takes any as binary.
             json.extend_from_slice(b",\"data\":");
@@ -453,8 +455,8 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, Erro
         json.push(b'}');
     }
     json.extend_from_slice(b"]}");
-    let header_length = (!parts.is_empty()).then_some(json.len());
-    parts.push_front(Bytes::from(json));
+    let header_length = (parts.len() > 1).then_some(json.len());
+    parts[0] = Bytes::from(json);
     Ok(EncodedResponse { parts, header_length })
 }
 

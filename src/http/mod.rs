@@ -10,6 +10,7 @@ pub mod json_tensor;
 pub mod metadata;
 mod response;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 pub use infer::{DecodeError, HEADER_LENGTH, decode_request, encode_response};
 
@@ -34,16 +36,18 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 /// large tensor never stalls the runtime's workers.
 const OFFLOAD_BYTES: usize = 1 << 20;
 
-enum Endpoint {
+/// Where a request goes; the names are borrowed from its path unless
+/// percent-decoding changed them.
+enum Endpoint<'a> {
     Live,
     Ready,
     ServerMetadata,
     Metrics,
     AllStats,
-    Model { name: String, version: Option<String>, action: ModelAction },
+    Model { name: Cow<'a, str>, version: Option<Cow<'a, str>>, action: ModelAction },
     RepositoryIndex,
-    RepositoryLoad(String),
-    RepositoryUnload(String),
+    RepositoryLoad(Cow<'a, str>),
+    RepositoryUnload(Cow<'a, str>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,8 +60,9 @@ enum ModelAction {
     Stats,
 }
 
-fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+fn route<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>, Error> {
+    // Every V2 path has at most 7 segments: a longer one spills and is not found.
+    let segments: SmallVec<[&str; 7]> = path.trim_start_matches('/').split('/').collect();
     let (route, expected) = match segments.as_slice() {
         ["v2", "health", "live"] => (Endpoint::Live, Method::GET),
         ["v2", "health", "ready"] => (Endpoint::Ready, Method::GET),
@@ -101,8 +106,12 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Error> {
     Ok(route)
 }
 
-/// Percent-decodes a path segment (tritonclient quotes model names).
-fn decode_name(segment: &str) -> Result<String, Error> {
+/// Percent-decodes a path segment (tritonclient quotes model names); a
+/// segment without `%` is borrowed as it is.
+fn decode_name(segment: &str) -> Result<Cow<'_, str>, Error> {
+    if !segment.contains('%') {
+        return Ok(Cow::Borrowed(segment));
+    }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -120,7 +129,7 @@ fn decode_name(segment: &str) -> Result<String, Error> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| Error::invalid("the path is not UTF-8 after percent-decoding"))
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| Error::invalid("the path is not UTF-8 after percent-decoding"))
 }
 
 /// Answers one HTTP request.
@@ -134,7 +143,10 @@ where
     // future is as large as its largest branch, and the connection copies
     // each request's into a box: inline, the feedback and repository
     // endpoints made every inference's 29 KB (issue #16).
-    let result = match route(request.method(), request.uri().path()) {
+    // A clone of the URI shares its bytes: the route borrows the names from
+    // it while the request moves on.
+    let uri = request.uri().clone();
+    let result = match route(request.method(), uri.path()) {
         Ok(Endpoint::Model { name, version, action: ModelAction::Infer }) => {
             infer(&gateway, request, &name, version.as_deref(), arrival).await
         }
@@ -146,7 +158,7 @@ where
 
 async fn dispatch<B>(
     gateway: &Arc<Gateway>,
-    route: Endpoint,
+    route: Endpoint<'_>,
     request: Request<B>,
     arrival: Instant,
 ) -> Result<Response<Chunks>, Error>
@@ -341,7 +353,7 @@ where
     };
     let mut reply = if size < OFFLOAD_BYTES && text < OFFLOAD_BYTES { respond() } else { offload(respond).await }?;
     if let Some(id) = id_header {
-        reply.headers_mut().insert(crate::feedback::request_id::HEADER, id);
+        reply.headers_mut().insert(crate::feedback::request_id::HEADER_NAME, id);
     }
     Ok(reply)
 }

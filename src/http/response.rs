@@ -83,7 +83,6 @@ pub fn infer_response(encoded: EncodedResponse, encoding: Option<ResponseEncodin
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::io::Read;
 
     use super::*;
@@ -105,10 +104,10 @@ mod tests {
     #[test]
     fn compressed_responses_decompress_to_the_parts_in_order() {
         let parts = || EncodedResponse {
-            parts: VecDeque::from([Bytes::from_static(b"{\"json\":1}"), Bytes::from_static(b"\x01\x02")]),
+            parts: smallvec::smallvec![Bytes::from_static(b"{\"json\":1}"), Bytes::from_static(b"\x01\x02")],
             header_length: Some(10),
         };
-        let body = |r: Response<Chunks>| r.into_body().parts.into_iter().flatten().collect::<Vec<u8>>();
+        let body = |r: Response<Chunks>| r.into_body().parts().flatten().copied().collect::<Vec<u8>>();
 
         let gzip = infer_response(parts(), Some(ResponseEncoding::Gzip));
         assert_eq!(gzip.headers()[CONTENT_ENCODING], "gzip");

@@ -56,8 +56,8 @@ fn request_for(id: usize, rows: usize, outputs: &[usize]) -> ValidRequest {
     ValidRequest {
         inputs: vec![tensor("a", rows, &a), tensor("b", rows, &b)],
         batch_size: rows,
-        outputs: outputs.to_vec(),
-        binary: vec![false; outputs.len()],
+        outputs: outputs.into(),
+        binary: smallvec::smallvec![false; outputs.len()],
     }
 }
 
