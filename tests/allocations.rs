@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{mlp_request, serve_example};
+use common::{TestServer, mlp_request, serve_example};
 use modelgate::memory::Allocator;
 use modelgate::proto::inference as pb;
 
@@ -156,38 +156,41 @@ impl RawHttp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_json_inference_allocates_within_its_budget() {
-    /// Blocks per batch-1 JSON inference of the example MLP.
-    const BUDGET: f64 = 38.0;
+/// Serves the example MLP alone, measures the allocations per request of the
+/// client `client_for` makes for it, and holds them to `budget`.
+async fn assert_within_budget<C>(what: &str, budget: f64, client_for: impl FnOnce(&TestServer) -> C)
+where
+    C: FnMut(u64) + Send + 'static,
+{
     let _alone = ONE_AT_A_TIME.lock().await;
     let (_repo, server) = serve_example("mlp", |_| {}).await;
+    let per_request = allocations_per_request(client_for(&server)).await;
+    eprintln!("{what}: {per_request:.2} allocations per request (budget {budget})");
+    assert!(per_request <= budget, "{what}: {per_request:.2} allocations per request, over the budget of {budget}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_json_inference_allocates_within_its_budget() {
     let body = serde_json::to_vec(&mlp_request(1, 7)).unwrap();
-    let mut client = RawHttp::new(server.http, "POST", "/v2/models/mlp/infer", &body);
-    let per_request = allocations_per_request(move |n| client.send(n, b"\"outputs\"")).await;
-    eprintln!("HTTP JSON inference: {per_request:.2} allocations per request (budget {BUDGET})");
-    assert!(per_request <= BUDGET, "{per_request:.2} allocations per request, over the budget of {BUDGET}");
+    assert_within_budget("HTTP JSON inference (batch 1)", 38.0, |server| {
+        let mut client = RawHttp::new(server.http, "POST", "/v2/models/mlp/infer", &body);
+        move |n| client.send(n, b"\"outputs\"")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_health_check_allocates_within_its_budget() {
-    /// Blocks per `GET /v2/health/ready`: the HTTP stack alone.
-    const BUDGET: f64 = 8.0;
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let (_repo, server) = serve_example("mlp", |_| {}).await;
-    let mut client = RawHttp::new(server.http, "GET", "/v2/health/ready", b"");
-    let per_request = allocations_per_request(move |n| client.send(n, b"HTTP/1.1 200")).await;
-    eprintln!("HTTP health check: {per_request:.2} allocations per request (budget {BUDGET})");
-    assert!(per_request <= BUDGET, "{per_request:.2} allocations per request, over the budget of {BUDGET}");
+    // The HTTP stack alone.
+    assert_within_budget("HTTP GET /v2/health/ready", 8.0, |server| {
+        let mut client = RawHttp::new(server.http, "GET", "/v2/health/ready", b"");
+        move |n| client.send(n, b"HTTP/1.1 200")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_inference_allocates_within_its_budget() {
-    /// Blocks per batch-1 gRPC inference (raw input contents) of the example MLP.
-    const BUDGET: f64 = 70.0;
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let (_repo, server) = serve_example("mlp", |_| {}).await;
-    let address = server.grpc;
     let row: Vec<u8> = (0..64).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
     let request = pb::ModelInferRequest {
         model_name: "mlp".into(),
@@ -200,20 +203,22 @@ async fn a_grpc_inference_allocates_within_its_budget() {
         raw_input_contents: vec![row.into()],
         ..Default::default()
     };
-    let per_request = allocations_per_request(move |n| {
-        // The client's runtime lives on this uncounted thread.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap();
-            let mut client =
-                pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.connect().await.unwrap());
-            for _ in 0..n {
-                let reply = client.model_infer(request.clone()).await.expect("an answer").into_inner();
-                assert_eq!(reply.raw_output_contents[0].len(), 10 * 4);
-            }
-        });
+    assert_within_budget("gRPC inference (raw input contents, batch 1)", 70.0, |server| {
+        let address = server.grpc;
+        move |n| {
+            // The client's runtime lives on the client's uncounted thread.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap();
+                let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+                    channel.connect().await.unwrap(),
+                );
+                for _ in 0..n {
+                    let reply = client.model_infer(request.clone()).await.expect("an answer").into_inner();
+                    assert_eq!(reply.raw_output_contents[0].len(), 10 * 4);
+                }
+            });
+        }
     })
     .await;
-    eprintln!("gRPC inference: {per_request:.2} allocations per request (budget {BUDGET})");
-    assert!(per_request <= BUDGET, "{per_request:.2} allocations per request, over the budget of {BUDGET}");
 }
