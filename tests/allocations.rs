@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{TestServer, mlp_request, serve_example};
+use common::{TestServer, mlp_grpc_request, mlp_request, serve_example};
 use modelgate::memory::Allocator;
 use modelgate::proto::inference as pb;
 
@@ -191,18 +191,7 @@ async fn an_http_health_check_allocates_within_its_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_inference_allocates_within_its_budget() {
-    let row: Vec<u8> = (0..64).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
-    let request = pb::ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![row.into()],
-        ..Default::default()
-    };
+    let request = mlp_grpc_request("mlp");
     assert_within_budget("gRPC inference (raw input contents, batch 1)", 70.0, |server| {
         let address = server.grpc;
         move |n| {

@@ -9,7 +9,7 @@ mod common;
 mod support_routing;
 
 use bytes::Bytes;
-use common::{TempRepo, TestServer, config_for};
+use common::{TempRepo, TestServer, config_for, grpc_raw_request};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -63,19 +63,8 @@ async fn bf16_as_json_is_refused_with_the_reason() {
 
 #[tokio::test]
 async fn bf16_goes_in_and_out_as_raw_contents_over_grpc() {
-    use modelgate::proto::inference as pb;
     let (_repo, server) = serve().await;
-    let request = pb::ModelInferRequest {
-        model_name: "halved".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "input".into(),
-            datatype: "BF16".into(),
-            shape: vec![2, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![Bytes::from(bf16_bytes(&INPUT))],
-        ..Default::default()
-    };
+    let request = grpc_raw_request("halved", "input", "BF16", &[2, 4], bf16_bytes(&INPUT));
     let reply = server.grpc().await.model_infer(request).await.unwrap().into_inner();
     assert_eq!((reply.outputs[0].datatype.as_str(), reply.outputs[0].shape.as_slice()), ("BF16", &[2i64, 4][..]));
     let doubled: Vec<f32> = INPUT.iter().map(|v| v * 2.0).collect();

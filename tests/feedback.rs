@@ -14,6 +14,7 @@ mod support_routing;
 
 use std::time::Duration;
 
+use common::mlp_grpc_request;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support_routing::{Http, Kind, Repo, Server, route};
@@ -92,22 +93,6 @@ async fn every_answer_carries_its_request_id_in_the_body_and_the_header() {
     let chosen = http.send(Method::POST, url, &[], Some(body.to_string())).await;
     assert_eq!(chosen.body["id"], "client-chosen-42");
     assert_eq!(chosen.headers["x-request-id"], "client-chosen-42");
-}
-
-/// One row of zeros for the example MLP (`input` FP32 [1, 64]), in raw form, to `model`.
-fn mlp_grpc_request(model: &str) -> modelgate::proto::inference::ModelInferRequest {
-    use modelgate::proto::inference as pb;
-    pb::ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![bytes::Bytes::from(vec![0u8; 256])],
-        ..Default::default()
-    }
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! under load, sticky keys, header rules, shadow copies, the canary's own
 //! in-flight limit, gRPC metadata, and config reloads.
 
+mod common;
 mod support_routing;
 
 use std::collections::{HashMap, HashSet};
@@ -200,7 +201,6 @@ async fn a_slow_canary_over_its_in_flight_limit_fails_its_own_requests_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_metadata_reaches_the_header_rules() {
     use modelgate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use modelgate::proto::inference::{ModelInferRequest, model_infer_request::InferInputTensor};
 
     let repo = Repo::new("m", &[(1, Kind::Mlp), (2, Kind::Mlp)]);
     let spec = route(
@@ -210,18 +210,7 @@ async fn grpc_metadata_reaches_the_header_rules() {
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", server.http)).unwrap().connect().await.unwrap();
     let mut client = GrpcInferenceServiceClient::new(channel);
-    let input: Vec<u8> = (0..64).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
-    let message = ModelInferRequest {
-        model_name: "m".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![input.into()],
-        ..Default::default()
-    };
+    let message = common::mlp_grpc_request("m");
     let plain = client.model_infer(message.clone()).await.unwrap().into_inner();
     assert_eq!(plain.model_version, "1");
     let mut pinned = tonic::Request::new(message);

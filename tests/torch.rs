@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use common::{TestServer, config_for, example_models as repo_models};
-use modelgate::proto::inference::{ModelInferRequest, model_infer_request::InferInputTensor};
+use common::{TestServer, config_for, example_models as repo_models, grpc_raw_request};
 use serde_json::{Value, json};
 
 // === harness (the shared one in tests/common, plus FP32 helpers) ===
@@ -48,17 +46,7 @@ async fn infer_http(server: &TestServer, model: &str, input: &str, rows: usize, 
 
 /// The same over gRPC with `raw_input_contents`.
 async fn infer_grpc(server: &TestServer, model: &str, input: &str, rows: usize, x: &[f32]) -> (Vec<f32>, Vec<i64>) {
-    let request = ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: input.into(),
-            datatype: "FP32".into(),
-            shape: vec![rows as i64, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![Bytes::from(le_bytes(x))],
-        ..Default::default()
-    };
+    let request = grpc_raw_request(model, input, "FP32", &[rows as i64, 64], le_bytes(x));
     let reply = server.grpc().await.model_infer(request).await.unwrap().into_inner();
     assert_eq!(reply.outputs[0].datatype, "FP32");
     (from_le_bytes(&reply.raw_output_contents[0]), reply.outputs[0].shape.clone())

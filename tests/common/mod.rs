@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use modelgate::config::Config;
 use modelgate::gateway::Gateway;
+use modelgate::proto::inference as pb;
 use modelgate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use modelgate::server::{Listeners, ServerOptions};
 use serde_json::Value;
@@ -249,6 +250,32 @@ pub fn mlp_request(rows: usize, seed: u32) -> Value {
         .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 1000.0)
         .collect();
     serde_json::json!({ "inputs": [{ "name": "input", "shape": [rows, 64], "datatype": "FP32", "data": data }] })
+}
+
+/// A gRPC request of one input whose data travels as raw contents.
+pub fn grpc_raw_request(
+    model: &str,
+    input: &str,
+    datatype: &str,
+    shape: &[i64],
+    raw: impl Into<Bytes>,
+) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: input.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+}
+
+/// One row of zeros for the example MLP (`input` FP32 [1, 64]), in raw form, to `model`.
+pub fn mlp_grpc_request(model: &str) -> pb::ModelInferRequest {
+    grpc_raw_request(model, "input", "FP32", &[1, 64], vec![0u8; 64 * 4])
 }
 
 /// The V2 JSON body of a request to the `simple` example (add/sub of INT32).
