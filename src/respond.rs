@@ -52,7 +52,8 @@ impl Chunks {
     }
 
     /// The parts not yet sent, in order.
-    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &Bytes> {
         self.remaining.iter().rev()
     }
 

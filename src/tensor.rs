@@ -600,13 +600,11 @@ impl ModelIo {
         // send the inputs in the model's order, and then they stay where they are.
         let mut inputs = request.inputs;
         if model_index.iter().enumerate().any(|(at, &index)| at != index) {
-            let mut slots: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
-            inputs = (0..slots.len())
-                .map(|index| {
-                    let at = model_index.iter().position(|&i| i == index).expect("a permutation");
-                    slots[at].take().expect("each input taken once")
-                })
-                .collect();
+            let mut slots: Vec<Option<Tensor>> = inputs.iter().map(|_| None).collect();
+            for (tensor, &index) in inputs.into_iter().zip(&model_index) {
+                slots[index] = Some(tensor);
+            }
+            inputs = slots.into_iter().flatten().collect();
         }
         let batch_size = batch.map_or(1, |(rows, _)| rows);
 

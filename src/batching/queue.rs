@@ -228,16 +228,11 @@ impl<T: Queued> BatchQueue<T> {
         let Some(&last) = indices.last() else {
             return Vec::new();
         };
-        // The usual batch: every entry up to the last taken (ascending, so
-        // a run as long as its last index + 1 is exactly 0..=last).
-        if last + 1 == indices.len() {
-            return self.entries.drain(..=last).collect();
-        }
-        let scanned: Vec<T> = self.entries.drain(..=last).collect();
         let mut taken = Vec::with_capacity(indices.len());
+        // Empty, so never allocated, for the usual batch: every entry up to the last taken.
         let mut kept = Vec::new();
         let mut next = indices.iter().peekable();
-        for (i, item) in scanned.into_iter().enumerate() {
+        for (i, item) in self.entries.drain(..=last).enumerate() {
             if next.peek() == Some(&&i) {
                 next.next();
                 taken.push(item);
