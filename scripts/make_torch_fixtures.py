@@ -5,7 +5,7 @@ method with several ("Exportable methods must have a single return value"), and 
 modules that return a tuple and a list. Single-output modules are traced in the tests
 themselves.
 
-    .venv/models/bin/python scripts/make_torch_fixtures.py     # after scripts/setup.sh --torch
+    .venv/models/bin/python scripts/make_torch_fixtures.py     # after scripts/setup.sh torch-python
 
 Fixtures (crates/backend-torch/tests/fixtures/):
   pair.pt   forward(INPUT__0, INPUT__1) -> (INPUT__0 + INPUT__1, INPUT__0 - INPUT__1, 7)

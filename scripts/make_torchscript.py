@@ -5,7 +5,7 @@ Why: the gateway's optional `torch` backend serves TorchScript (Triton platform
 models/mlp/1/model.onnx (read from that file, not regenerated), so both must give the same
 outputs up to float rounding.
 
-Run it after `scripts/setup.sh --torch` and `models/make_models.py`:
+Run it after `scripts/setup.sh torch-python` and `models/make_models.py`:
 
     .venv/models/bin/python scripts/make_torchscript.py [--models DIR]
 

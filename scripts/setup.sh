@@ -5,7 +5,8 @@
 #
 # Usage: scripts/setup.sh [--torch] [--no-apt] [COMPONENT...]
 #
-# Components (default: apt ort models client mlflow-server deploy-tools moto token ui; `torch` only when asked for):
+# Components (default: apt ort models client mlflow-server deploy-tools moto token ui; `torch` and
+# `torch-python` only when asked for):
 #   apt      Debian packages libb64-0d (perf_analyzer), wrk (HTTP load), nginx-light (HTTP floor),
 #            postgresql-15 (the registry's tests start throwaway clusters: scripts/with-postgres.sh),
 #            prometheus (its `promtool` checks and unit-tests deploy/prometheus/; tests/deploy starts
@@ -36,19 +37,23 @@
 #   ort-gpu  ONNX Runtime 1.31.1 GPU build from the onnxruntime-gpu wheel (256 MB download): its
 #            libonnxruntime.so with the CUDA execution provider beside it -> .native/onnxruntime-gpu/lib/.
 #            Only for machines with an NVIDIA GPU, and not the default: point ORT_DYLIB_PATH at it. The
-#            CUDA 13 and cuDNN 9 libraries it loads come from the nvidia wheels of the `torch` component
-#            (put .venv/models/.../nvidia/{cu13,cudnn}/lib on LD_LIBRARY_PATH; README, GPU).
+#            CUDA 13 and cuDNN 9 libraries it loads come from the nvidia wheels of the `torch-python`
+#            component (put .venv/models/.../nvidia/{cu13,cudnn}/lib on LD_LIBRARY_PATH; README, GPU).
 #   peers    the servers load-tests/peers.py compares modelgate with: .venv/pytriton (Python 3.12:
 #            nvidia-pytriton 0.7.0 with tritonserver 2.51, onnxruntime; requirements-pytriton.txt)
 #            and .venv/mlserver (mlserver 1.7.1, onnxruntime; requirements-mlserver.txt).
 #            About 1.1 GiB on disk. Needs a Python 3.12 built with --enable-shared (pyenv's is).
 #   torch    libtorch 2.13.0 (CPU libraries + headers from the PyPI torch wheel) -> .native/libtorch,
-#            plus torch 2.13.0 in .venv/models for writing TorchScript (scripts/requirements-torch.txt).
-#            Downloads 2.2 GiB (vs 2.6 GB for a plain `pip install torch`); adds 4.1 GiB on disk
-#            (3.6 GiB of it in .venv/models, 0.5 GiB in .native/libtorch-2.13.0).
+#            what `--features torch` builds against and what tests/torch.rs compares the gateway with.
+#            Downloads the torch wheel and two small nvidia wheels; adds 0.5 GiB on disk.
+#   torch-python  torch 2.13.0 in .venv/models (scripts/requirements-torch.txt), only to write
+#            TorchScript (scripts/make_torchscript.py, scripts/make_torch_fixtures.py) and for the CUDA
+#            libraries of a GPU run (README, GPU). Downloads 2.2 GiB (vs 2.6 GB for a plain
+#            `pip install torch`) and adds 3.6 GiB to .venv/models, which is why the test suite
+#            does not need it.
 #
 # Options and environment:
-#   --torch, WITH_TORCH=1     add `torch` to the default components
+#   --torch, WITH_TORCH=1     add `torch` (libtorch) to the default components
 #   --no-apt, SETUP_APT=0     skip the Debian packages (e.g. no root; install them yourself)
 #   PYTHON=/path/to/python3   interpreter for pip downloads and venvs (>= 3.11; default python3)
 #   PYTHON312=/path/to/python3.12  interpreter for .venv/pytriton (default: python3.12 on PATH,
@@ -58,7 +63,8 @@
 #
 # Examples:
 #   scripts/setup.sh                  # everything except torch
-#   WITH_TORCH=1 scripts/setup.sh     # everything
+#   scripts/setup.sh --torch          # everything the README's two commands need
+#   scripts/setup.sh torch-python     # torch in Python, to write TorchScript models
 #   scripts/setup.sh ort models       # only what the Rust build/tests and model making need
 set -euo pipefail
 
@@ -342,7 +348,7 @@ step_peers() {
 # libtorch for the Rust `torch` feature (tch / torch-sys), "Route B" of
 # shared/notes/native-backends.md §3.3: only the CPU libraries and headers of the torch wheel,
 # plus libcudart.so.13 and libcupti.so.13 that libtorch_cpu.so NEEDS even without a GPU.
-step_libtorch() {
+step_torch() {
     local dir=$NATIVE/libtorch-$TORCH_VERSION
     if [[ -f $dir/lib/libtorch_cpu.so && "$(cat "$dir/build-version" 2>/dev/null)" == "$TORCH_VERSION" ]]; then
         log "libtorch: $dir already there"
@@ -367,26 +373,22 @@ step_libtorch() {
 
 # torch in .venv/models, installed with --no-deps from the minimal wheel set listed (and
 # explained) in scripts/requirements-torch.txt, instead of the 2.6 GB default dependency tree.
+# Only for writing TorchScript and for a GPU run's CUDA libraries: the tests need libtorch alone.
 step_torch_python() {
     local requirements=scripts/requirements-torch.txt
     local stamp=.venv/models/.setup-stamp-torch
     step_models
     if [[ -f $stamp && "$(cat "$stamp")" == "$(file_hash "$requirements")" ]]; then
-        log "torch: .venv/models already has torch $TORCH_VERSION"
+        log "torch-python: .venv/models already has torch $TORCH_VERSION"
         return 0
     fi
-    log "torch: fetching the wheels in $requirements"
+    log "torch-python: fetching the wheels in $requirements"
     fetch_wheels -r "$requirements"
-    log "torch: installing them into .venv/models (--no-deps)"
+    log "torch-python: installing them into .venv/models (--no-deps)"
     .venv/models/bin/python -m pip install --quiet --disable-pip-version-check \
         --no-deps --no-index --find-links "$WHEELS" -r "$requirements"
     .venv/models/bin/python -c 'import torch; print("    torch", torch.__version__, "imports")'
     file_hash "$requirements" > "$stamp"
-}
-
-step_torch() {
-    step_libtorch
-    step_torch_python
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +400,7 @@ main() {
             -h|--help) usage; exit 0 ;;
             --torch) with_torch=1 ;;
             --no-apt) export SETUP_APT=0 ;;
-            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|moto|token|ui|peers|torch) components+=("$arg") ;;
+            apt|ort|ort-gpu|models|client|mlflow-server|deploy-tools|moto|token|ui|peers|torch|torch-python) components+=("$arg") ;;
             *) usage >&2; die "unknown argument: $arg" ;;
         esac
     done

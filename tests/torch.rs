@@ -1,13 +1,12 @@
 //! TorchScript models served through real sockets: over HTTP and gRPC with
-//! outputs equal to torch's own, next to the ONNX copy of the same model,
+//! outputs equal to libtorch's own, next to the ONNX copy of the same model,
 //! batched, and placed (or refused) by instance group.
 //!
-//! References come from torch in Python at test time (tests/torch_reference.py
-//! with `.venv/models/bin/python`, or `MODELGATE_TEST_PYTHON`), so the test
-//! checks the model file as it is against torch itself rather than against
-//! numbers that could go stale. `scripts/setup.sh --torch` installs torch there
-//! together with the libtorch this feature builds against; without it the
-//! tests fail and say so.
+//! References are computed at test time by running the model file straight
+//! through libtorch (`tch`'s `CModule::forward_ts`, none of the gateway's
+//! binding, batching or codecs), so the tests check the model as it is rather
+//! than numbers that could go stale, and need nothing beyond the libtorch the
+//! `torch` feature builds against (`scripts/setup.sh --torch`).
 #![cfg(feature = "torch")]
 // Helpers outside `#[test]` functions too: a panic is the failure report (see clippy.toml).
 #![allow(clippy::unwrap_used)]
@@ -15,12 +14,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{TestServer, config_for, example_models as repo_models, grpc_raw_request};
-use serde_json::{Value, json};
+use modelgate_backend_torch::tch;
+use serde_json::json;
 
 // === harness (the shared one in tests/common, plus FP32 helpers) ===
 
@@ -56,59 +55,59 @@ async fn text(server: &TestServer, path: &str) -> String {
     String::from_utf8(server.get(path).await.body.to_vec()).unwrap()
 }
 
-// === references from torch in Python ===
+// === references from libtorch itself ===
 
-/// Input and torch's output of one batch.
+/// Features of `mlp_torch`'s input rows.
+const FEATURES: usize = 64;
+
+/// Input and libtorch's output of one batch.
 struct Reference {
     input: Vec<f32>,
     output: Vec<f32>,
     output_shape: Vec<i64>,
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("MODELGATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/models/bin/python"))
+/// Runs `model` through libtorch directly for each batch size, on one intra-op
+/// thread (the gateway's default, so that both sides sum in the same order).
+fn torch_reference(model: &Path, batches: &[usize]) -> BTreeMap<usize, Reference> {
+    let model = model.to_path_buf();
+    let batches = batches.to_vec();
+    // A thread of its own: libtorch's intra-op thread count is set per thread.
+    std::thread::spawn(move || {
+        tch::set_num_threads(1);
+        let mut module = tch::CModule::load(&model).unwrap();
+        module.set_eval();
+        let _no_grad = tch::no_grad_guard();
+        batches
+            .into_iter()
+            .map(|rows| {
+                let input = seeded_rows(rows);
+                let x = tch::Tensor::from_slice(&input).view([rows as i64, FEATURES as i64]);
+                let y = module.forward_ts(&[x]).unwrap();
+                let output_shape = y.size();
+                let output = Vec::<f32>::try_from(y.flatten(0, -1)).unwrap();
+                (rows, Reference { input, output, output_shape })
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
 }
 
-/// Runs `model` in torch for each batch size (tests/torch_reference.py).
-fn torch_reference(model: &Path, batches: &[usize]) -> BTreeMap<usize, Reference> {
-    let python = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_reference.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(model)
-        .arg("64")
-        .args(batches.iter().map(|b| b.to_string()))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): these tests compare with torch in Python; run scripts/setup.sh --torch, \
-                 or set MODELGATE_TEST_PYTHON to a python that has torch 2.13 and numpy",
-                python.display()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "{} {} failed (does it have torch and numpy? scripts/setup.sh --torch installs them):\n{}",
-        python.display(),
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
-    batches
-        .iter()
-        .map(|&b| {
-            let batch = &reply["batches"][b.to_string()];
-            let floats = |key: &str| from_le_bytes(&hex(batch[key].as_str().unwrap()));
-            let shape = batch["output_shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            (b, Reference { input: floats("input"), output: floats("output"), output_shape: shape })
+/// `rows` input rows of values spread over [-2, 2), different for each batch
+/// size (splitmix64 seeded with it): not a pattern a broken split could match.
+fn seeded_rows(rows: usize) -> Vec<f32> {
+    let mut state = rows as u64;
+    (0..rows * FEATURES)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
         })
         .collect()
-}
-
-fn hex(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }
 
 fn le_bytes(values: &[f32]) -> Vec<u8> {

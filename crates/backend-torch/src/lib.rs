@@ -28,3 +28,7 @@ mod threads;
 pub use instance::TorchBackend;
 #[cfg(feature = "libtorch")]
 pub use loader::TorchLoader;
+/// The `tch` this backend links, for code that runs a module through libtorch
+/// directly: the gateway's TorchScript tests compare its answers with one.
+#[cfg(feature = "libtorch")]
+pub use tch;
