@@ -103,14 +103,14 @@ fn bench_handoff(c: &mut Criterion) {
     // Consumers that keep up (drop what they take), so every offer succeeds.
     let (tx, rx) = crossbeam_channel::bounded::<DriftBatch>(64);
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    let woken = DriftTap::new(tx, 1, Counter::noop());
-    let polled = DriftTap::new(polled_consumer(), 1, Counter::noop());
+    let woken = DriftTap::new(tx, 1, Counter::noop(), usize::MAX);
+    let polled = DriftTap::new(polled_consumer(), 1, Counter::noop(), usize::MAX);
     // The real profiler, which is slower than this loop: most offers find the queue full.
     let profiler = Profiler::start(&DriftSettings { enabled: true, ..DriftSettings::default() }).expect("profiler");
     let real = profiler.register("mlp", 1, mlp_schema(), Arc::new(modelgate::stats::ModelStats::new(1)));
     // Above drift.max_rows_per_second a version offers one batch in n: the others cost a
     // relaxed load and an atomic add, and are freed like the profiler-off case.
-    let sampled = DriftTap::new(polled_consumer(), 1, Counter::noop());
+    let sampled = DriftTap::new(polled_consumer(), 1, Counter::noop(), usize::MAX);
     sampled.sampling().set_every(5);
     for (label, tap) in [
         ("drift_on_woken", &woken),
@@ -165,6 +165,7 @@ fn bench_offers(
                         rows,
                         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
                         outputs: [0usize].into_iter().zip(outputs.iter().map(SharedTensor::of_output)).collect(),
+                        queued: None,
                     };
                     tap.offer(profiled);
                 },
@@ -200,6 +201,7 @@ fn input_batch(id: u64, rows: usize, seed: usize) -> DriftBatch {
         .into_iter()
         .collect(),
         outputs: Default::default(),
+        queued: None,
     }
 }
 

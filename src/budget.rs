@@ -68,6 +68,13 @@ impl InflightBytes {
         self.count.held()
     }
 
+    /// Takes `bytes` quietly, or returns `None` if that would go over the
+    /// limit: for a holder that drops what does not fit (the drift queue)
+    /// rather than refusing a client.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Option<Held> {
+        self.count.take(bytes).then(|| Held { budget: self.clone(), bytes })
+    }
+
     /// Takes `bytes`, or refuses if that would go over the limit.
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Held, Error> {
         let mut held = Held { budget: self.clone(), bytes: 0 };
@@ -150,6 +157,17 @@ mod tests {
         held.resize(50).unwrap();
         assert_eq!(budget.held(), 100);
         drop((held, other));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_quiet_hold_takes_what_fits_and_nothing_past_the_limit() {
+        let budget = InflightBytes::new(100);
+        let held = budget.try_hold(70).unwrap();
+        assert!(budget.try_hold(31).is_none());
+        assert_eq!(budget.held(), 70, "a refusal holds nothing");
+        let rest = budget.try_hold(30).unwrap();
+        drop((held, rest));
         assert_eq!(budget.held(), 0);
     }
 

@@ -113,6 +113,8 @@ pub const DRIFT_WINDOWS_DROPPED: &str = "modelgate_drift_windows_dropped_total";
 pub const DRIFT_SAMPLED_ONE_IN: &str = "modelgate_drift_sampled_one_in";
 /// Heap bytes of every open and kept drift window.
 pub const DRIFT_PROFILE_BYTES: &str = "modelgate_drift_profile_bytes";
+/// Tensor bytes of the batches waiting for (or being profiled by) the drift profiler.
+pub const DRIFT_QUEUE_BYTES: &str = "modelgate_drift_queue_bytes";
 /// Feedback requests, by model and result (`accepted`, `unknown`, `expired`,
 /// `duplicate`, `invalid`).
 pub const FEEDBACK: &str = "modelgate_feedback_total";
@@ -236,10 +238,18 @@ fn describe() {
 
 fn describe_drift() {
     metrics::describe_counter!(DRIFT_ROWS, "Rows profiled for drift");
-    metrics::describe_counter!(DRIFT_ROWS_DROPPED, "Rows not profiled for drift: the profiler's queue was full");
+    metrics::describe_counter!(
+        DRIFT_ROWS_DROPPED,
+        "Rows not profiled for drift: the profiler's queue was full (drift.queue batches or drift.queue_bytes bytes)"
+    );
     metrics::describe_counter!(DRIFT_ROWS_SKIPPED, "Rows not profiled for drift: the batch did not fit the schema");
     metrics::describe_counter!(DRIFT_WINDOWS_DROPPED, "Closed drift windows dropped before they were drained");
     metrics::describe_gauge!(DRIFT_PROFILE_BYTES, metrics::Unit::Bytes, "Heap bytes of open and kept drift windows");
+    metrics::describe_gauge!(
+        DRIFT_QUEUE_BYTES,
+        metrics::Unit::Bytes,
+        "Tensor bytes of batches queued for the drift profiler (at most drift.queue_bytes)"
+    );
     metrics::describe_gauge!(
         DRIFT_SAMPLED_ONE_IN,
         "Batches offered to the drift profiler: one in this many (above drift.max_rows_per_second)"
@@ -611,6 +621,11 @@ pub fn drift_sampled_one_in(model: &str, version: u64) -> Gauge {
 /// Sets [`DRIFT_PROFILE_BYTES`].
 pub fn drift_profile_bytes(bytes: usize) {
     gauge!(DRIFT_PROFILE_BYTES).set(bytes as f64);
+}
+
+/// Sets [`DRIFT_QUEUE_BYTES`].
+pub fn drift_queue_bytes(bytes: usize) {
+    gauge!(DRIFT_QUEUE_BYTES).set(bytes as f64);
 }
 
 /// Counts one feedback request's result for `model`.

@@ -152,3 +152,35 @@ async fn above_max_rows_per_second_a_version_profiles_one_batch_in_n_and_says_so
     assert!(profiled > 0 && profiled * 2 < served, "{profiled} of {served} rows profiled");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_past_the_queues_byte_bound_are_dropped_and_counted_while_their_clients_are_answered() {
+    let repo = TempRepo::new();
+    // Its own model name: the counters are process-wide, and the other tests serve `mlp`.
+    repo.add("mlp", "bounded", 1, None);
+    // A row of `mlp` is 64 input and 10 output floats: 296 bytes. 16 rows (4,736 bytes) never
+    // fit in 4,096; five single rows (1,480) always do, however far behind the profiler is.
+    let (server, profiler) = start_profiling(&repo, |drift| drift.queue_bytes = 4096).await;
+    let rows = |n: usize, value: f32| {
+        let data: Vec<f32> = (0..n * 64).map(|i| value + (i % 7) as f32 / 100.0).collect();
+        json!({ "inputs": [{ "name": "input", "shape": [n, 64], "datatype": "FP32", "data": data }] })
+    };
+    for _ in 0..10 {
+        server.post_json("/v2/models/bounded/infer", &rows(16, 5.0)).await.assert_ok();
+    }
+    for _ in 0..5 {
+        server.post_json("/v2/models/bounded/infer", &rows(1, 0.0)).await.assert_ok();
+    }
+    let windows = drain_rows(&profiler, 5).await;
+    assert_eq!(windows.iter().map(|w| w.rows).sum::<u64>(), 5, "only the single rows were profiled");
+    assert!(mean(&windows, "input[0]") < 1.0, "no row of the large batches was profiled");
+
+    let metrics = server.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let dropped = text
+        .lines()
+        .find(|l| l.starts_with("modelgate_drift_rows_dropped_total{") && l.contains("model=\"bounded\""))
+        .unwrap_or_else(|| panic!("no modelgate_drift_rows_dropped_total for bounded in {text}"));
+    assert!(dropped.ends_with(" 160"), "{dropped}");
+    server.stop().await;
+}

@@ -238,6 +238,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: &[Pending]) -> Res
         rows: total_rows,
         inputs: assembled.into_iter().map(|input| input.into_shared()).collect(),
         outputs: wanted.iter().copied().zip(outputs.iter().map(SharedTensor::of_output)).collect(),
+        queued: None,
     });
     // Per wanted output, its parts in request order.
     let mut parts: SmallVec<[std::vec::IntoIter<OutputTensor>; 4]> = SmallVec::with_capacity(outputs.len());

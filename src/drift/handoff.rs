@@ -7,6 +7,12 @@
 //! bounded channel with `try_send`. When the profiler is behind, the batch is
 //! dropped and its rows counted in `modelgate_drift_rows_dropped_total`.
 //!
+//! A queued batch keeps its tensors alive after its requests have answered,
+//! so after `server.max_inflight_bytes` has let them go: the queue has a byte
+//! bound of its own (`drift.queue_bytes`), held by the batch until the
+//! profiler is done with it, and a batch that would go over is dropped the
+//! same way. Without it, `drift.queue` large batches could hold gigabytes.
+//!
 //! Above `drift.max_rows_per_second` a version offers one batch in n
 //! ([`Sampling`]): the profiler's cost stays bounded whatever the traffic, and
 //! a batch left out costs its instance thread two atomic operations.
@@ -19,6 +25,8 @@ use crossbeam_channel::{Sender, TrySendError};
 use metrics::Counter;
 use modelgate_backend::{DataType, OutputTensor};
 use smallvec::SmallVec;
+
+use crate::budget::{Held, InflightBytes};
 
 /// A shape of up to four dimensions held inline: sharing a tensor with the
 /// profiler allocates nothing for it (and frees nothing on its thread).
@@ -57,6 +65,19 @@ pub struct DriftBatch {
     pub inputs: Tensors<SharedTensor>,
     /// The outputs the batch's requests asked for, by index in the model's order.
     pub outputs: Tensors<(usize, SharedTensor)>,
+    /// Its bytes, held in the queue's byte bound from the offer until the
+    /// profiler drops the batch (`None` until offered).
+    pub queued: Option<Held>,
+}
+
+impl DriftBatch {
+    /// The bytes of its tensors (a tensor sliced from a larger buffer keeps
+    /// all of that buffer alive: a request body, itself bounded by
+    /// `server.max_request_bytes`).
+    pub fn tensor_bytes(&self) -> usize {
+        let inputs: usize = self.inputs.iter().map(|t| t.data.len()).sum();
+        inputs + self.outputs.iter().map(|(_, t)| t.data.len()).sum::<usize>()
+    }
 }
 
 /// Kept alive by a version's [`DriftTap`]: when the version is gone (its
@@ -107,14 +128,23 @@ pub struct DriftTap {
     pub(super) registration: u64,
     pub(super) dropped: Counter,
     pub(super) sampling: Arc<Sampling>,
+    /// The queue's byte bound, shared by every tap of the profiler.
+    pub(super) queued_bytes: Arc<InflightBytes>,
     pub(super) _alive: Arc<Liveness>,
 }
 
 impl DriftTap {
-    /// A tap on any channel, for benches and tests; the gateway's taps come
-    /// from `Profiler::register`.
-    pub fn new(sender: Sender<DriftBatch>, registration: u64, dropped: Counter) -> DriftTap {
-        DriftTap { sender, registration, dropped, sampling: Arc::default(), _alive: Arc::default() }
+    /// A tap on any channel with a byte bound of `queued_bytes`, for benches
+    /// and tests; the gateway's taps come from `Profiler::register`.
+    pub fn new(sender: Sender<DriftBatch>, registration: u64, dropped: Counter, queued_bytes: usize) -> DriftTap {
+        DriftTap {
+            sender,
+            registration,
+            dropped,
+            sampling: Arc::default(),
+            queued_bytes: InflightBytes::new(queued_bytes),
+            _alive: Arc::default(),
+        }
     }
 
     /// Which of this version's batches are offered (the profiler steers it):
@@ -128,15 +158,17 @@ impl DriftTap {
         self.registration
     }
 
-    /// Offers a batch; never blocks. A full (or closed) channel drops it and
-    /// counts its rows.
+    /// Offers a batch; never blocks. A full (or closed) channel, or a batch
+    /// past the queue's byte bound, drops it and counts its rows.
     #[inline]
-    pub fn offer(&self, batch: DriftBatch) {
-        match self.sender.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
-                self.dropped.increment(batch.rows as u64);
-            }
+    pub fn offer(&self, mut batch: DriftBatch) {
+        batch.queued = self.queued_bytes.try_hold(batch.tensor_bytes());
+        let refused = match batch.queued {
+            None => Some(batch),
+            Some(_) => self.sender.try_send(batch).err().map(TrySendError::into_inner),
+        };
+        if let Some(batch) = refused {
+            self.dropped.increment(batch.rows as u64);
         }
     }
 }
@@ -148,14 +180,27 @@ mod tests {
     use super::*;
 
     fn batch(rows: usize) -> DriftBatch {
-        DriftBatch { registration: 7, rows, inputs: Tensors::new(), outputs: Tensors::new() }
+        DriftBatch { registration: 7, rows, inputs: Tensors::new(), outputs: Tensors::new(), queued: None }
+    }
+
+    /// A batch of `rows` FP32 rows of `features` values, and one output value a row.
+    fn batch_of_bytes(rows: usize, features: usize) -> DriftBatch {
+        let tensor = |width: usize| SharedTensor {
+            dtype: DataType::Fp32,
+            shape: Shape::from_slice(&[rows as i64, width as i64]),
+            data: Bytes::from(vec![0u8; rows * width * 4]),
+        };
+        let mut batch = batch(rows);
+        batch.inputs.push(tensor(features));
+        batch.outputs.push((0, tensor(1)));
+        batch
     }
 
     #[test]
     fn a_full_channel_drops_the_batch_and_never_blocks() {
         let (sender, receiver) = crossbeam_channel::bounded(1);
         let dropped = Arc::new(AtomicU64::new(0));
-        let tap = DriftTap::new(sender, 7, Counter::from_arc(dropped.clone()));
+        let tap = DriftTap::new(sender, 7, Counter::from_arc(dropped.clone()), usize::MAX);
         tap.offer(batch(3));
         // Full: returns at once, the batch is gone and its rows counted.
         tap.offer(batch(5));
@@ -168,6 +213,36 @@ mod tests {
         drop(receiver);
         tap.offer(batch(4));
         assert_eq!(dropped.load(Ordering::Relaxed), 11);
+    }
+
+    #[test]
+    fn queued_batches_hold_their_bytes_until_the_profiler_drops_them_and_past_the_bound_are_dropped() {
+        let (sender, receiver) = crossbeam_channel::bounded(64);
+        let dropped = Arc::new(AtomicU64::new(0));
+        // Room for two batches of 10 rows x (64 + 1) floats (2,600 bytes each), not three.
+        let tap = DriftTap::new(sender, 7, Counter::from_arc(dropped.clone()), 6_000);
+        tap.offer(batch_of_bytes(10, 64));
+        tap.offer(batch_of_bytes(10, 64));
+        assert_eq!(tap.queued_bytes.held(), 5_200);
+        tap.offer(batch_of_bytes(10, 64));
+        assert_eq!(dropped.load(Ordering::Relaxed), 10, "the third batch went over the bound");
+        assert_eq!(receiver.len(), 2, "though the channel had room");
+        // A batch larger than the whole bound is never queued.
+        tap.offer(batch_of_bytes(100, 64));
+        assert_eq!(dropped.load(Ordering::Relaxed), 110);
+        // The profiler drops a batch: its bytes are given back, and the next fits.
+        drop(receiver.try_recv().unwrap());
+        assert_eq!(tap.queued_bytes.held(), 2_600);
+        tap.offer(batch_of_bytes(10, 64));
+        assert_eq!((receiver.len(), dropped.load(Ordering::Relaxed)), (2, 110));
+        // A batch the channel refuses gives its bytes back at once.
+        drop(receiver);
+        tap.offer(batch_of_bytes(10, 64));
+        assert_eq!((tap.queued_bytes.held(), dropped.load(Ordering::Relaxed)), (5_200, 120));
+        // The batches left in the channel give theirs back when the channel goes.
+        let bound = tap.queued_bytes.clone();
+        drop(tap);
+        assert_eq!(bound.held(), 0);
     }
 
     #[test]

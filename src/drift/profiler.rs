@@ -35,6 +35,7 @@ use super::handoff::{DriftBatch, DriftTap, Liveness, Sampling};
 use super::schema::Schema;
 use super::settings::DriftSettings;
 use super::windows::{ClosedWindow, VersionCounters, Windows};
+use crate::budget::InflightBytes;
 use crate::metrics;
 use crate::stats::ModelStats;
 
@@ -63,6 +64,8 @@ pub struct Profiler {
     windows: Arc<Mutex<Windows>>,
     steered: Arc<Mutex<Vec<Steered>>>,
     sender: Sender<DriftBatch>,
+    /// The queue's byte bound (`drift.queue_bytes`), shared by every tap.
+    queued_bytes: Arc<InflightBytes>,
     settings: DriftSettings,
 }
 
@@ -103,14 +106,16 @@ impl Profiler {
                 .with_sketch_rate(settings.sketch_rows_per_second),
         ));
         let steered = Arc::new(Mutex::new(Vec::new()));
+        let queued_bytes = InflightBytes::new(settings.queue_bytes);
         let thread = Thread {
             windows: windows.clone(),
             steered: steered.clone(),
+            queued_bytes: queued_bytes.clone(),
             queue: settings.queue.max(1),
             max_rows_per_second: settings.max_rows_per_second,
         };
         std::thread::Builder::new().name("mg-drift".into()).spawn(move || thread.run(&receiver))?;
-        Ok(Arc::new(Profiler { windows, steered, sender, settings: settings.clone() }))
+        Ok(Arc::new(Profiler { windows, steered, sender, queued_bytes, settings: settings.clone() }))
     }
 
     /// The settings it runs with.
@@ -139,6 +144,7 @@ impl Profiler {
             registration,
             dropped: metrics::drift_rows_dropped(model, version),
             sampling,
+            queued_bytes: self.queued_bytes.clone(),
             _alive: alive,
         }
     }
@@ -175,6 +181,7 @@ fn now_ms() -> i64 {
 struct Thread {
     windows: Arc<Mutex<Windows>>,
     steered: Arc<Mutex<Vec<Steered>>>,
+    queued_bytes: Arc<InflightBytes>,
     queue: usize,
     max_rows_per_second: u64,
 }
@@ -183,7 +190,7 @@ impl Thread {
     /// The thread: profile what comes, close windows on time, stop when every
     /// sender (the profiler and every tap) is gone.
     fn run(self, receiver: &Receiver<DriftBatch>) {
-        let Thread { windows, steered, queue, max_rows_per_second } = self;
+        let Thread { windows, steered, queued_bytes, queue, max_rows_per_second } = self;
         let half_queue = u32::try_from(queue / 2).unwrap_or(u32::MAX).max(1);
         let mut poll = POLL_MAX;
         // Batches taken since the last sleep.
@@ -213,6 +220,7 @@ impl Thread {
             state.record_all(&take, now, |_, _| {});
             if gauge_at.elapsed() >= GAUGE_EVERY {
                 metrics::drift_profile_bytes(state.memory_bytes());
+                metrics::drift_queue_bytes(queued_bytes.held());
                 gauge_at = Instant::now();
             }
             let since_steer = steer_at.elapsed();
@@ -224,7 +232,8 @@ impl Thread {
                 .next_close_ms()
                 .map_or(IDLE_WAKE, |at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_WAKE));
             drop(state);
-            // The batches' buffers go back to their allocators outside the lock.
+            // The batches' buffers go back to their allocators outside the lock,
+            // and their bytes to the queue's bound.
             take.clear();
             since_sleep += taken;
             if disconnected {

@@ -72,6 +72,7 @@ fn batch(registration: u64, rows: usize, base: f32) -> DriftBatch {
         rows,
         inputs: [f32_tensor(rows, &x), strings(&s)].into_iter().collect(),
         outputs: [(0, y)].into_iter().collect(),
+        queued: None,
     }
 }
 
@@ -307,6 +308,7 @@ fn higher_rank_inputs_are_profiled_as_row_statistics() {
         .into_iter()
         .collect(),
         outputs: Default::default(),
+        queued: None,
     };
     assert_eq!(w.record(&b, T0), Recorded::Profiled(2));
     let closed = w.drain_closed(T0 + MINUTE);
