@@ -88,6 +88,9 @@ pub struct Registry {
     pub feedback: feedback::FeedbackSettings,
     /// When the last purge of feedback entries began (Unix ms).
     pub feedback_purged_ms: std::sync::atomic::AtomicI64,
+    /// Cancelled when the API starts to shut down: long polls answer at once
+    /// (so shutdown does not wait them out) and readiness turns 503.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl Registry {
@@ -123,6 +126,7 @@ impl Registry {
             feedback: feedback::FeedbackSettings::from_env()?,
             // The first purge comes one interval after start, with the first writes.
             feedback_purged_ms: std::sync::atomic::AtomicI64::new(store::now_ms()),
+            draining: tokio_util::sync::CancellationToken::new(),
         });
         import::resume_pending(&registry).await?;
         Ok(registry)

@@ -413,3 +413,41 @@ async fn a_resumed_upload_appends_at_the_held_offset_and_is_refused_elsewhere() 
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn only_the_health_paths_answer_without_the_token() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        let anonymous = reqwest::Client::new();
+        let (status, live) = answer(anonymous.get(server.url("/cp/v1/health/live")).send().await.unwrap()).await;
+        assert_eq!((status, &live), (StatusCode::OK, &json!({ "live": true })), "{backend:?}");
+        let (status, ready) = answer(anonymous.get(server.url("/cp/v1/health/ready")).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}: {ready}");
+        assert_eq!(ready["ready"], true);
+        assert!(ready["generation"].is_i64(), "{ready}");
+        let mlflow = anonymous.get(server.url("/health")).send().await.unwrap();
+        assert_eq!(mlflow.status(), StatusCode::OK);
+        assert_eq!(mlflow.text().await.unwrap(), "OK", "as the MLflow tracking server answers");
+        for path in
+            ["/cp/v1/generation", "/cp/v1/health", "/cp/v1/health/other", "/api/2.0/mlflow/registered-models/search"]
+        {
+            let status = anonymous.get(server.url(path)).send().await.unwrap().status();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{backend:?} {path}");
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_is_a_503_with_the_reason_once_the_database_cannot_answer() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        server.registry.store.close().await;
+        let (status, body) = server.get("/cp/v1/health/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{backend:?}: {body}");
+        assert!(error_of(&body).contains("database"), "{body}");
+        let (status, _) = server.get("/cp/v1/health/live").await;
+        assert_eq!(status, StatusCode::OK, "liveness does not depend on the database");
+        server.stop().await;
+    }
+}

@@ -27,7 +27,14 @@ async fn a_database_outage_is_a_clear_503_and_the_registry_recovers() {
     let v1 = server.push("fraud", &[("model.onnx", b"v1")]).await;
     let (_, before) = server.get("/cp/v1/generation").await;
 
+    let ready = || async { server.get("/cp/v1/health/ready").await };
+    assert_eq!(ready().await.0, StatusCode::OK);
+
     ctl("stop");
+    let (status, body) = ready().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "readiness follows the database: {body}");
+    assert!(error_of(&body).contains("database"), "{body}");
+    assert_eq!(server.get("/cp/v1/health/live").await.0, StatusCode::OK);
     let (status, body) = server.post("/cp/v1/models", json!({ "name": "during-outage" })).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(error_of(&body).contains("database is unavailable"), "{body}");
@@ -46,6 +53,7 @@ async fn a_database_outage_is_a_clear_503_and_the_registry_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "the registry answers again once PostgreSQL is back");
+    assert_eq!(ready().await.0, StatusCode::OK);
     let (_, after) = server.get("/cp/v1/generation").await;
     assert_eq!(after, before, "no write of the outage was half applied");
     let (status, _) = server.get("/cp/v1/models/during-outage").await;

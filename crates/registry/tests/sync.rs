@@ -180,3 +180,28 @@ async fn follow_rules_set_through_the_api_are_part_of_the_desired_state() {
         assert!(state.get("follow").is_none(), "{backend:?}: {state}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_answers_a_waiting_sync_at_once_instead_of_draining_for_the_rest_of_its_wait() {
+    for backend in backends() {
+        let server = Server::start(backend).await;
+        let (_, state) = server.get("/cp/v1/generation").await;
+        let generation = state["generation"].as_i64().unwrap();
+        let waiting = {
+            let (http, url) =
+                (server.http.clone(), server.url(&format!("/cp/v1/sync?gateway=gw-a&since={generation}&wait=60s")));
+            tokio::spawn(async move { (http.get(url).send().await.unwrap().status(), Instant::now()) })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let registry = server.registry.clone();
+        let stopping = Instant::now();
+        server.stop().await;
+        let stopped = stopping.elapsed();
+        let (status, answered) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{backend:?}");
+        // Before, the drain waited out the poll up to DRAIN_TIMEOUT (10 s).
+        assert!(answered.duration_since(stopping) < Duration::from_secs(2), "{backend:?}: the poll held on");
+        assert!(stopped < Duration::from_secs(3), "{backend:?}: shutdown took {stopped:?}");
+        assert!(registry.draining.is_cancelled());
+    }
+}

@@ -1,12 +1,14 @@
 //! The control plane's HTTP API: the native `/cp/v1` endpoints
 //! ([`native`]), the MLflow Model Registry subset ([`mlflow`]) and MLflow's
 //! artifact proxy ([`artifacts`]), all behind one bearer-token layer
-//! ([`auth`]). [`serve`] takes a bound listener, so tests bind port 0.
+//! ([`auth`]); only the probes' [`health`] paths are outside it. [`serve`]
+//! takes a bound listener, so tests bind port 0.
 
 pub mod artifacts;
 pub mod auth;
 pub mod drift;
 pub mod feedback;
+pub mod health;
 pub mod mlflow;
 pub mod native;
 pub mod sync;
@@ -65,9 +67,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// The whole API behind the token layer.
+/// The whole API behind the token layer, and the health paths beside it.
 pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .merge(native::routes())
         .merge(mlflow::routes())
         .merge(artifacts::routes())
@@ -75,10 +77,10 @@ pub fn router(registry: Arc<Registry>, auth: Auth) -> Router {
         .merge(drift::routes())
         .merge(feedback::routes())
         .fallback(|| async { ApiError(RegistryError::NotFound("no such endpoint".into())) })
-        .with_state(registry)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         // Outermost: nothing is read or routed before the token is checked.
-        .layer(axum::middleware::from_fn_with_state(Arc::new(auth), auth::require))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(auth), auth::require));
+    Router::new().merge(health::routes()).merge(guarded).with_state(registry)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -88,6 +90,7 @@ pub async fn serve(
     auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let draining_registry = registry.draining.clone();
     let app = router(registry, auth);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "control plane listening");
@@ -95,6 +98,8 @@ pub async fn serve(
     let graceful =
         axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).with_graceful_shutdown(async move {
             shutdown.await;
+            // Long polls answer now and readiness turns 503 while the rest drains.
+            draining_registry.cancel();
             let _ = draining.send(());
         });
     // A slow upload must not hold shutdown forever: in-flight requests get DRAIN_TIMEOUT.

@@ -60,7 +60,7 @@ fn parse_wait(text: Option<&str>) -> Result<Duration, RegistryError> {
 }
 
 /// Answers the whole desired state once the generation passes `since`, at once if
-/// it has; else waits up to `wait` and answers 304 Not Modified.
+/// it has; else waits up to `wait` (or until shutdown begins) and answers 304 Not Modified.
 async fn sync(
     State(registry): Shared,
     query: Result<Query<SyncQuery>, axum::extract::rejection::QueryRejection>,
@@ -83,7 +83,12 @@ async fn sync(
         if now >= deadline {
             return Ok(StatusCode::NOT_MODIFIED.into_response());
         }
-        let _ = tokio::time::timeout((deadline - now).min(RECHECK), notice).await;
+        // Shutting down: answer now rather than hold the drain for the rest of the wait
+        // (the gateway polls again, reaching another replica or this one restarted).
+        tokio::select! {
+            _ = tokio::time::timeout((deadline - now).min(RECHECK), notice) => {}
+            () = registry.draining.cancelled() => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        }
     }
 }
 
