@@ -332,10 +332,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let embedded_port = control_plane_task
         .as_ref()
         .map(|_| control_plane.control_plane_port.unwrap_or(modelgate_registry::cli::DEFAULT_PORT));
-    follow_control_plane(&config, &gateway, &registry, embedded_port)?;
+    let stop_following = tokio_util::sync::CancellationToken::new();
+    follow_control_plane(&config, &gateway, &registry, embedded_port, stop_following.clone())?;
     let options = ServerOptions::from(&config.server);
     let shutdown = async move {
         shutdown_requested.await;
+        // The follower first: it would poll the embedded control plane as that stops.
+        stop_following.cancel();
         let _ = stop_admin.send(());
     };
     modelgate::server::serve(gateway, Listeners { http, grpc, metrics }, options, shutdown).await;
@@ -349,12 +352,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Follows the control plane: an external one (`sync.registry`), else the embedded one
-/// when it runs (on `embedded_port`). Off with `sync.enabled = false`.
+/// when it runs (on `embedded_port`), until `stop` is cancelled. Off with `sync.enabled = false`.
 fn follow_control_plane(
     config: &Config,
     gateway: &std::sync::Arc<modelgate::gateway::Gateway>,
     registry: &modelgate::admin::RegistryLink,
     embedded_port: Option<u16>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     if !config.sync.enabled {
         tracing::info!("not following a control plane: sync.enabled is false");
@@ -379,7 +383,7 @@ fn follow_control_plane(
     let follower = modelgate::sync::Follower::new(gateway.clone(), config.sync.clone(), rules, control_plane)
         .with_context(|| format!("cannot open the pulled-model directory under {}", config.sync.root().display()))?;
     tracing::info!(control_plane = %base, gateway_id = %config.sync.gateway_id(), "following the control plane");
-    tokio::spawn(follower.run());
+    tokio::spawn(follower.run(stop));
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use modelgate_registry::manifest::Entry;
 use support_routing::{Http, Kind, Repo, TOKEN, infer_body};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// A control plane on loopback over SQLite.
 struct Plane {
@@ -87,6 +88,7 @@ struct Follows {
     registry: modelgate::admin::RegistryLink,
     http: String,
     stop: Option<oneshot::Sender<()>>,
+    stop_following: CancellationToken,
     follower: tokio::task::JoinHandle<()>,
     _repo: tempfile::TempDir,
 }
@@ -137,8 +139,9 @@ impl Follows {
         let registry = modelgate::admin::RegistryLink::default();
         registry.connect(client.clone());
         let follower = Follower::new(gateway.clone(), config.sync.clone(), follow, client).unwrap();
-        let follower = tokio::spawn(follower.run());
-        Follows { gateway, registry, http, stop: Some(stop), follower, _repo: repo }
+        let stop_following = CancellationToken::new();
+        let follower = tokio::spawn(follower.run(stop_following.clone()));
+        Follows { gateway, registry, http, stop: Some(stop), stop_following, follower, _repo: repo }
     }
 
     async fn infer(&self, model: &str, seed: u32) -> (StatusCode, Option<u64>) {
@@ -162,6 +165,7 @@ impl Follows {
 
 impl Drop for Follows {
     fn drop(&mut self) {
+        self.stop_following.cancel();
         self.follower.abort();
         let _ = self.stop.take().map(|s| s.send(()));
     }
@@ -252,6 +256,27 @@ async fn a_challenger_set_in_the_registry_is_released_as_a_canary_and_its_promot
     let history = plane.registry.store.alias_history("fraud", Some("champion")).await.unwrap();
     assert_eq!(history.last().unwrap().actor, "rollout");
     plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_follower_ends_at_once_and_polls_the_control_plane_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::start(dir.path()).await;
+    let addr = plane.addr;
+    let mut gateway = Follows::start(&dir.path().join("gw"), &format!("http://{addr}"), &[&rule("fraud", None)]).await;
+    let one = model_dir(Kind::Mlp);
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
+
+    // Cancelled while its poller waits in a long poll: both end, the poll dropped.
+    gateway.stop_following.cancel();
+    tokio::time::timeout(Duration::from_secs(2), &mut gateway.follower).await.expect("the follower ended").unwrap();
+    plane.stop().await;
+    // A poller still running would reconnect within its first backoff (250 ms) to the port.
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let connected = tokio::time::timeout(Duration::from_millis(1500), listener.accept()).await;
+    assert!(connected.is_err(), "the stopped follower polled again");
+    assert_eq!(gateway.infer("fraud", 1).await, (StatusCode::OK, Some(1)), "what it loaded still serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

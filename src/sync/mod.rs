@@ -34,6 +34,8 @@ use modelgate_registry::sync::{
     RolloutOutcome,
 };
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::gateway::Gateway;
 use crate::rollout::{Phase, Source};
@@ -127,8 +129,11 @@ impl Follower {
     }
 
     /// Runs: the first state (or the last-known-good one when the control plane
-    /// does not answer), then every change, rollout ends and retries.
-    pub async fn run(mut self) {
+    /// does not answer), then every change, rollout ends and retries, until
+    /// `stop` is cancelled (the step under way, an apply or a report, ends
+    /// first). The gateway cancels it before its embedded control plane stops,
+    /// so a shutting-down node does not poll itself and log it unreachable.
+    pub async fn run(mut self, stop: CancellationToken) {
         // Shared feedback routes ship and ask from the start (a control plane that is away costs them nothing).
         // The shipper ends with this future, however it ends (a task aborted drops it).
         let _shipper = feedback::start(&self.gateway, self.control_plane.clone(), self.id.clone());
@@ -155,13 +160,14 @@ impl Follower {
         self.gateway.repository.first_sync_done();
         let since = self.applied.as_ref().map_or(0, |s| s.generation);
         let (states, mut next) = watch::channel(None::<DesiredState>);
-        let poller = tokio::spawn(poll_forever(
+        // Stops with the follower however it ends: stopped, or its task aborted.
+        let _poller = AbortOnDropHandle::new(tokio::spawn(poll_forever(
             self.control_plane.clone(),
             self.id.clone(),
             since,
             Duration::from_secs(self.settings.wait_secs),
             states,
-        ));
+        )));
         // Closed drift windows go to the control plane once per window, with a report.
         let drift_every =
             self.gateway.drift.as_ref().map(|p| Duration::from_secs(u64::from(p.settings().window_seconds)));
@@ -186,6 +192,7 @@ impl Follower {
                 }
             };
             tokio::select! {
+                () = stop.cancelled() => break,
                 changed = next.changed() => {
                     if changed.is_err() {
                         break;
@@ -226,7 +233,6 @@ impl Follower {
                 retry_at = None;
             }
         }
-        poller.abort();
     }
 
     /// The rules in force for `state`: the configured ones, else those set through the
