@@ -377,7 +377,8 @@ fn follow_control_plane(
         .context("following a control plane needs its token: set sync.token_file or MODELGATE_ADMIN_TOKEN")?;
     let token = modelgate_registry::api::auth::Token::new(token.expose())
         .map_err(|e| anyhow::anyhow!("the control plane token: {e}"))?;
-    let control_plane = modelgate::sync::client::ControlPlane::new(&base, token)?;
+    let control_plane =
+        modelgate::sync::client::ControlPlane::configured(&base, token, config.sync.ca_file.as_deref())?;
     // The admin API's registry reads (drift, alias history) go through the same client.
     registry.connect(control_plane.clone());
     let follower = modelgate::sync::Follower::new(gateway.clone(), config.sync.clone(), rules, control_plane)

@@ -135,7 +135,9 @@ impl Follows {
                 let _ = stopped.await;
             },
         ));
-        let client = ControlPlane::new(control_plane, Token::new(TOKEN).unwrap()).unwrap();
+        let client =
+            ControlPlane::configured(control_plane, Token::new(TOKEN).unwrap(), config.sync.ca_file.as_deref())
+                .unwrap();
         let registry = modelgate::admin::RegistryLink::default();
         registry.connect(client.clone());
         let follower = Follower::new(gateway.clone(), config.sync.clone(), follow, client).unwrap();
@@ -705,5 +707,97 @@ async fn drift_windows_reach_the_control_plane_and_its_verdict_holds_a_drifting_
         task.await.unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0);
+    plane.stop().await;
+}
+
+/// A test CA and a certificate it signs for `localhost` and 127.0.0.1 (openssl, ECDSA P-256),
+/// written in `dir`: the CA's PEM, the server's certificate and its key.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+    openssl(
+        &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=modelgate test CA"]]
+            .concat(),
+    );
+    openssl(
+        &[&["req"][..], &ec[..5], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// Terminates TLS with `cert` and `key` on a port of its own and forwards each connection
+/// to `upstream` in plain HTTP, as an ingress in front of the control plane does.
+async fn tls_proxy(cert: &Path, key: &Path, upstream: SocketAddr) -> SocketAddr {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto};
+    let chain = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_follows_a_control_plane_over_https_trusting_its_ca_file_and_names_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let plane = Plane::start(dir.path()).await;
+    let https = format!("https://localhost:{}", tls_proxy(&cert, &key, plane.addr).await.port());
+
+    // Without the CA file the system's roots do not know the test CA: refused, and said why.
+    let untrusting = ControlPlane::new(&https, Token::new(TOKEN).unwrap()).unwrap();
+    let error = untrusting.poll("gw", 0, Duration::ZERO).await.unwrap_err().to_string();
+    assert!(error.contains("certificate"), "{error}");
+
+    let gateway = Follows::start_with(&dir.path().join("gw"), &https, &[&rule("fraud", None)], None, |config| {
+        config.sync.ca_file = Some(ca.clone());
+    })
+    .await;
+    let one = model_dir(Kind::Mlp);
+    plane.push("fraud", &one.path().join("m"), Some("champion")).await;
+    gateway.serves("fraud", 1, Duration::from_secs(20)).await;
     plane.stop().await;
 }

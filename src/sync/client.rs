@@ -2,6 +2,9 @@
 //! desired state, blob downloads (from an offset, to resume), reports, and
 //! the admin API's registry reads.
 //!
+//! `https://` control planes are verified against the system's CA certificates
+//! and, when `sync.ca_file` names a PEM bundle, against those too (a private CA).
+//!
 //! Several replicas of the control plane (`http://a:8004,http://b:8004`)
 //! serve the same state from one database: calls go to the replica that
 //! answered last, and one that cannot be reached (no connection, a reset, a
@@ -24,8 +27,8 @@ use reqwest::StatusCode;
 /// Why a call to the control plane failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No connection, a reset, a timeout.
-    #[error("cannot reach the control plane: {0}")]
+    /// No connection, a reset, a timeout, a certificate it does not trust.
+    #[error("cannot reach the control plane: {}", with_causes(.0))]
     Unreachable(#[from] reqwest::Error),
     /// It answered with an error status.
     #[error("the control plane answered {status}: {message}")]
@@ -57,10 +60,38 @@ const POLL_SLACK: Duration = Duration::from_secs(15);
 /// Most replicas one gateway follows.
 pub const MAX_REPLICAS: usize = 16;
 
+/// `error` and the errors under it, `: `-separated (reqwest's own text names
+/// only the URL, not the refused connection or the untrusted certificate).
+fn with_causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 impl ControlPlane {
-    /// A client of `bases`: `http://host:port`, or several such URLs separated by commas
-    /// (replicas of one control plane).
+    /// A client of `bases`: `http://host:port` or `https://host:port`, or several such
+    /// URLs separated by commas (replicas of one control plane).
     pub fn new(bases: &str, token: Token) -> Result<ControlPlane, CallError> {
+        ControlPlane::trusting(bases, token, None)
+    }
+
+    /// The same, trusting the CA certificates of the PEM file `ca_file` for `https://`
+    /// besides the system's (`sync.ca_file`).
+    pub fn configured(bases: &str, token: Token, ca_file: Option<&std::path::Path>) -> Result<ControlPlane, CallError> {
+        let pem = ca_file
+            .map(|path| {
+                std::fs::read(path).map_err(|e| CallError::Malformed(format!("sync.ca_file {}: {e}", path.display())))
+            })
+            .transpose()?;
+        ControlPlane::trusting(bases, token, pem.as_deref())
+    }
+
+    fn trusting(bases: &str, token: Token, ca_pem: Option<&[u8]>) -> Result<ControlPlane, CallError> {
         let bases: Vec<String> =
             bases.split(',').map(|b| b.trim().trim_end_matches('/').to_owned()).filter(|b| !b.is_empty()).collect();
         if bases.is_empty() || bases.len() > MAX_REPLICAS {
@@ -69,9 +100,24 @@ impl ControlPlane {
                 bases.len()
             )));
         }
+        if let Some(bad) = bases.iter().find(|b| !(b.starts_with("http://") || b.starts_with("https://"))) {
+            return Err(CallError::Malformed(format!(
+                "control plane URL '{bad}': expected http://host:port or https://host:port"
+            )));
+        }
         // Connect fast and fail fast: an unreachable control plane must not hold start-up.
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
-        Ok(ControlPlane { bases: bases.into(), current: Arc::default(), token, http })
+        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+        if let Some(pem) = ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| CallError::Malformed(format!("sync.ca_file is not a PEM bundle: {e}")))?;
+            if certificates.is_empty() {
+                return Err(CallError::Malformed("sync.ca_file holds no PEM certificate".into()));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        Ok(ControlPlane { bases: bases.into(), current: Arc::default(), token, http: http.build()? })
     }
 
     /// The replica calls go to now.
@@ -222,6 +268,21 @@ mod tests {
 
     fn token() -> Token {
         Token::new("test-token-0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn a_url_without_an_http_scheme_or_a_ca_file_that_is_not_pem_is_refused_by_name() {
+        let error = ControlPlane::new("http://a:8004,cp-b:8004", token()).unwrap_err().to_string();
+        assert!(error.contains("'cp-b:8004'") && error.contains("https://host:port"), "{error}");
+        assert!(ControlPlane::new("https://a:8004", token()).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = ControlPlane::configured("https://a:8004", token(), Some(&missing)).unwrap_err().to_string();
+        assert!(error.contains("sync.ca_file") && error.contains("missing.pem"), "{error}");
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let error = ControlPlane::configured("https://a:8004", token(), Some(&not_pem)).unwrap_err().to_string();
+        assert!(error.contains("sync.ca_file"), "{error}");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `sync.enabled` | follow a control plane (the embedded one unless `sync.registry` names another) | true |
-//! | `sync.registry` | `http://host:port` of an external control plane (`modelgate control-plane`); replicas comma-separated (`http://a:8004,http://b:8004`), followed in turn when one cannot be reached | the embedded one |
+//! | `sync.registry` | `http://host:port` (or `https://`) of an external control plane (`modelgate control-plane`); replicas comma-separated (`http://a:8004,http://b:8004`), followed in turn when one cannot be reached | the embedded one |
 //! | `sync.token_file` | its bearer token (else the admin token) | the admin token |
+//! | `sync.ca_file` | PEM file of CA certificates trusted for an `https://` control plane, besides the system's | none |
 //! | `sync.gateway_id` | this gateway's name in reports, `[A-Za-z0-9_.-]` | `$HOSTNAME`, else `gateway` |
 //! | `sync.wait_secs` | how long one long poll waits for a change | 30 |
 //! | `sync.keep_versions` | versions of a model kept on disk (so a rollback needs no download) | 3 |
@@ -33,6 +34,8 @@ pub struct SyncSettings {
     pub registry: Option<String>,
     /// Its token (else the admin token).
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for an `https://` control plane, besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// This gateway's id in its reports.
     pub gateway_id: Option<String>,
     /// The data directory (`--data-dir`, shared with the embedded control plane);
@@ -53,6 +56,7 @@ impl Default for SyncSettings {
             enabled: true,
             registry: None,
             token_file: None,
+            ca_file: None,
             gateway_id: None,
             data_dir: PathBuf::from(".modelgate"),
             wait_secs: 30,
