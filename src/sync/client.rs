@@ -28,7 +28,7 @@ use reqwest::StatusCode;
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No connection, a reset, a timeout, a certificate it does not trust.
-    #[error("cannot reach the control plane: {}", with_causes(.0))]
+    #[error("cannot reach the control plane: {}", modelgate_registry::error::with_causes(.0))]
     Unreachable(#[from] reqwest::Error),
     /// It answered with an error status.
     #[error("the control plane answered {status}: {message}")]
@@ -59,19 +59,6 @@ const POLL_SLACK: Duration = Duration::from_secs(15);
 
 /// Most replicas one gateway follows.
 pub const MAX_REPLICAS: usize = 16;
-
-/// `error` and the errors under it, `: `-separated (reqwest's own text names
-/// only the URL, not the refused connection or the untrusted certificate).
-fn with_causes(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
 
 impl ControlPlane {
     /// A client of `bases`: `http://host:port` or `https://host:port`, or several such

@@ -183,3 +183,16 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// `error` and the errors under it, `: `-separated: reqwest's own text names only the URL,
+/// not the refused connection or the untrusted certificate under it.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

@@ -27,8 +27,9 @@
 //!   URI, a file over the blob limit, a bad path) is not retried until the next start; an
 //!   upstream that is down or answers 5xx is retried at the next poll.
 //!
-//! Only plain `http://` upstreams (the registry is built without TLS). When
-//! `MLFLOW_TRACKING_TOKEN` is set it is sent as `Authorization: Bearer`, as MLflow's client does.
+//! `http://` or `https://` upstreams; `https://` is verified against the system's CA certificates
+//! and those of `--mirror-mlflow-ca` (PEM). When `MLFLOW_TRACKING_TOKEN` is set it is sent as
+//! `Authorization: Bearer`, as MLflow's client does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,10 +64,13 @@ const MAX_DEPTH: usize = 32;
 /// Flags of mirror mode (in `modelgate control-plane` and `modelgate serve`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct MirrorArgs {
-    /// Follow this MLflow server's Model Registry (http://HOST:PORT): import its READY versions
-    /// and keep their aliases in step.
+    /// Follow this MLflow server's Model Registry (http://HOST:PORT or https://...): import its
+    /// READY versions and keep their aliases in step.
     #[arg(long, value_name = "URL")]
     pub mirror_mlflow: Option<String>,
+    /// CA certificates (a PEM file) trusted for an https:// upstream, besides the system's.
+    #[arg(long, value_name = "FILE", requires = "mirror_mlflow")]
+    pub mirror_mlflow_ca: Option<std::path::PathBuf>,
     /// Only these upstream models (comma-separated; default: all).
     #[arg(long, value_name = "A,B", value_delimiter = ',', requires = "mirror_mlflow")]
     pub mirror_models: Vec<String>,
@@ -84,6 +88,8 @@ pub struct MirrorConfig {
     pub models: BTreeSet<String>,
     /// Between two polls.
     pub interval: Duration,
+    /// CA certificates trusted for the upstream besides the system's.
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 impl MirrorArgs {
@@ -91,16 +97,32 @@ impl MirrorArgs {
     pub fn config(&self) -> Result<Option<MirrorConfig>, MirrorError> {
         let Some(url) = &self.mirror_mlflow else { return Ok(None) };
         let upstream = url.trim_end_matches('/').to_owned();
-        if !upstream.starts_with("http://") || upstream.len() <= "http://".len() {
+        let host = upstream.strip_prefix("http://").or_else(|| upstream.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
             return Err(MirrorError::Config(format!(
-                "--mirror-mlflow '{url}': expected http://HOST:PORT (this build has no TLS)"
+                "--mirror-mlflow '{url}': expected http://HOST:PORT or https://HOST:PORT"
             )));
         }
+        let roots = match &self.mirror_mlflow_ca {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| MirrorError::Config(format!("--mirror-mlflow-ca {}: {e}", path.display())))?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+                if roots.is_empty() {
+                    return Err(MirrorError::Config(format!(
+                        "--mirror-mlflow-ca {}: no PEM certificate in it",
+                        path.display()
+                    )));
+                }
+                roots
+            }
+        };
         if self.mirror_interval == 0 {
             return Err(MirrorError::Config("--mirror-interval must be at least 1 second".into()));
         }
         let models = self.mirror_models.iter().map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect();
-        Ok(Some(MirrorConfig { upstream, models, interval: Duration::from_secs(self.mirror_interval) }))
+        Ok(Some(MirrorConfig { upstream, models, interval: Duration::from_secs(self.mirror_interval), roots }))
     }
 }
 
@@ -111,7 +133,7 @@ pub enum MirrorError {
     #[error("{0}")]
     Config(String),
     /// The upstream could not be reached or broke off.
-    #[error("upstream {url}: {source}")]
+    #[error("upstream {url}: {}", crate::error::with_causes(source))]
     Unreachable {
         /// What was asked.
         url: String,
@@ -289,7 +311,10 @@ struct Mirror {
 
 impl Mirror {
     fn new(registry: Arc<Registry>, config: MirrorConfig) -> Mirror {
-        let http = reqwest::Client::builder()
+        let http = config
+            .roots
+            .iter()
+            .fold(reqwest::Client::builder(), |builder, root| builder.add_root_certificate(root.clone()))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
@@ -686,18 +711,30 @@ mod tests {
     }
 
     #[test]
-    fn mirror_flags_want_a_plain_http_upstream_and_a_positive_interval() {
+    fn mirror_flags_want_an_http_or_https_upstream_a_pem_ca_and_a_positive_interval() {
         let args = |url: &str, interval| MirrorArgs {
             mirror_mlflow: Some(url.into()),
+            mirror_mlflow_ca: None,
             mirror_models: vec!["a".into(), " ".into()],
             mirror_interval: interval,
         };
         let config = args("http://127.0.0.1:5000/", 10).config().unwrap().unwrap();
         assert_eq!(config.upstream, "http://127.0.0.1:5000");
         assert_eq!(config.models, BTreeSet::from(["a".to_owned()]));
-        assert!(args("https://mlflow.example", 10).config().is_err());
+        assert_eq!(args("https://mlflow.example", 10).config().unwrap().unwrap().upstream, "https://mlflow.example");
+        for bad in ["mlflow.example:5000", "https://", "ftp://mlflow.example"] {
+            assert!(args(bad, 10).config().is_err(), "{bad}");
+        }
         assert!(args("http://127.0.0.1:5000", 0).config().is_err());
         assert!(MirrorArgs::default().config().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for ca in [not_pem, dir.path().join("missing.pem")] {
+            let flags = MirrorArgs { mirror_mlflow_ca: Some(ca.clone()), ..args("https://mlflow.example", 10) };
+            let error = flags.config().unwrap_err().to_string();
+            assert!(error.contains("--mirror-mlflow-ca") && error.contains(&*ca.to_string_lossy()), "{error}");
+        }
     }
 
     #[test]
