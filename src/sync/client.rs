@@ -64,21 +64,22 @@ impl ControlPlane {
     /// A client of `bases`: `http://host:port` or `https://host:port`, or several such
     /// URLs separated by commas (replicas of one control plane).
     pub fn new(bases: &str, token: Token) -> Result<ControlPlane, CallError> {
-        ControlPlane::trusting(bases, token, None)
+        ControlPlane::trusting(bases, token, &[])
     }
 
     /// The same, trusting the CA certificates of the PEM file `ca_file` for `https://`
     /// besides the system's (`sync.ca_file`).
     pub fn configured(bases: &str, token: Token, ca_file: Option<&std::path::Path>) -> Result<ControlPlane, CallError> {
-        let pem = ca_file
-            .map(|path| {
-                std::fs::read(path).map_err(|e| CallError::Malformed(format!("sync.ca_file {}: {e}", path.display())))
-            })
-            .transpose()?;
-        ControlPlane::trusting(bases, token, pem.as_deref())
+        let roots = match ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                modelgate_registry::tls::ca_certificates("sync.ca_file", path).map_err(CallError::Malformed)?
+            }
+        };
+        ControlPlane::trusting(bases, token, &roots)
     }
 
-    fn trusting(bases: &str, token: Token, ca_pem: Option<&[u8]>) -> Result<ControlPlane, CallError> {
+    fn trusting(bases: &str, token: Token, roots: &[reqwest::Certificate]) -> Result<ControlPlane, CallError> {
         let bases: Vec<String> =
             bases.split(',').map(|b| b.trim().trim_end_matches('/').to_owned()).filter(|b| !b.is_empty()).collect();
         if bases.is_empty() || bases.len() > MAX_REPLICAS {
@@ -93,18 +94,10 @@ impl ControlPlane {
             )));
         }
         // Connect fast and fail fast: an unreachable control plane must not hold start-up.
-        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
-        if let Some(pem) = ca_pem {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| CallError::Malformed(format!("sync.ca_file is not a PEM bundle: {e}")))?;
-            if certificates.is_empty() {
-                return Err(CallError::Malformed("sync.ca_file holds no PEM certificate".into()));
-            }
-            for certificate in certificates {
-                http = http.add_root_certificate(certificate);
-            }
-        }
-        Ok(ControlPlane { bases: bases.into(), current: Arc::default(), token, http: http.build()? })
+        let http = modelgate_registry::tls::trusting(reqwest::Client::builder(), roots)
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(ControlPlane { bases: bases.into(), current: Arc::default(), token, http })
     }
 
     /// The replica calls go to now.

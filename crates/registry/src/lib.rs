@@ -32,6 +32,7 @@ pub mod name;
 pub mod reference;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod types;
 
 pub use error::RegistryError;

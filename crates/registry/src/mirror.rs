@@ -105,18 +105,7 @@ impl MirrorArgs {
         }
         let roots = match &self.mirror_mlflow_ca {
             None => Vec::new(),
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| MirrorError::Config(format!("--mirror-mlflow-ca {}: {e}", path.display())))?;
-                let roots = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
-                if roots.is_empty() {
-                    return Err(MirrorError::Config(format!(
-                        "--mirror-mlflow-ca {}: no PEM certificate in it",
-                        path.display()
-                    )));
-                }
-                roots
-            }
+            Some(path) => crate::tls::ca_certificates("--mirror-mlflow-ca", path).map_err(MirrorError::Config)?,
         };
         if self.mirror_interval == 0 {
             return Err(MirrorError::Config("--mirror-interval must be at least 1 second".into()));
@@ -311,10 +300,7 @@ struct Mirror {
 
 impl Mirror {
     fn new(registry: Arc<Registry>, config: MirrorConfig) -> Mirror {
-        let http = config
-            .roots
-            .iter()
-            .fold(reqwest::Client::builder(), |builder, root| builder.add_root_certificate(root.clone()))
+        let http = crate::tls::trusting(reqwest::Client::builder(), &config.roots)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
