@@ -6,11 +6,14 @@ when MODELGATE_TEST_POSTGRES_URL is set (scripts/with-postgres.sh); MODELGATE_RE
 makes its absence a failure.
 """
 
+import asyncio
 import contextlib
 import os
 import pathlib
 import re
+import ssl
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -71,3 +74,64 @@ def control_plane(backend, tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", TOKEN)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         yield url
+
+
+def tls_files(directory):
+    """A test CA and a certificate it signs for localhost (openssl, ECDSA P-256): CA, cert, key."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=modelgate test CA")
+    openssl("req", *ec[:5], "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (directory / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-out", "server.pem", "-extfile", "server.ext")
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+class TlsProxy:
+    """Terminates TLS on a port of its own and forwards each connection to 127.0.0.1:`port` in
+    plain HTTP, as an ingress in front of a server does (asyncio, on its own thread)."""
+
+    def __init__(self, cert, key, port):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        async def forward(client_reader, client_writer):
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                client_writer.close()
+                return
+            await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+
+        async def listen():
+            server = await asyncio.start_server(forward, "127.0.0.1", 0, ssl=context)
+            self.port = server.sockets[0].getsockname()[1]
+            started.set()
+
+        def run():
+            self.loop.run_until_complete(listen())
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        assert started.wait(10), "the TLS proxy did not start"
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -15,24 +15,21 @@ server can be had the test skips, saying why; MODELGATE_REQUIRE_MLFLOW_SERVER=1 
 failure.
 """
 
-import asyncio
 import hashlib
 import json
 import os
 import pathlib
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import REPO, TOKEN, database_args, running_control_plane
+from conftest import REPO, TOKEN, TlsProxy, database_args, running_control_plane, tls_files
 from mlflow import MlflowClient
 
 REQUIREMENTS = REPO / "scripts" / "requirements-mlflow-server.txt"
@@ -274,70 +271,9 @@ def test_an_unreachable_upstream_is_reported_and_the_registry_still_serves(tmp_p
         assert _get(cp, "/cp/v1/models")[0] == 200
 
 
-def _tls_files(directory):
-    """A test CA and a certificate it signs for localhost (openssl, ECDSA P-256): CA, cert, key."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=modelgate test CA")
-    openssl("req", *ec[:5], "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (directory / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-    )
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "1", "-out", "server.pem", "-extfile", "server.ext")
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
-
-
-class _TlsProxy:
-    """Terminates TLS on a port of its own and forwards each connection to 127.0.0.1:`port` in
-    plain HTTP, as an ingress in front of an MLflow server does (asyncio, on its own thread)."""
-
-    def __init__(self, cert, key, port):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        async def pipe(reader, writer):
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        async def forward(client_reader, client_writer):
-            try:
-                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                client_writer.close()
-                return
-            await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
-
-        async def listen():
-            server = await asyncio.start_server(forward, "127.0.0.1", 0, ssl=context)
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-
-        def run():
-            self.loop.run_until_complete(listen())
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        assert started.wait(10), "the TLS proxy did not start"
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 def test_an_https_upstream_is_mirrored_with_its_ca_and_refused_by_certificate_without(mlflow_server, tmp_path):
-    ca, cert, key = _tls_files(tmp_path)
-    proxy = _TlsProxy(cert, key, urllib.parse.urlsplit(mlflow_server).port)
+    ca, cert, key = tls_files(tmp_path)
+    proxy = TlsProxy(cert, key, urllib.parse.urlsplit(mlflow_server).port)
     https = f"https://localhost:{proxy.port}"
     try:
         model = f"tls_{os.getpid()}"

@@ -26,9 +26,12 @@ use crate::types::{Format, Lineage};
 /// Flags of `modelgate registry`.
 #[derive(Debug, clap::Args)]
 pub struct RegistryArgs {
-    /// host:port of the control plane.
+    /// host:port of the control plane (plain HTTP), or its http:// or https:// URL.
     #[arg(long, env = "MODELGATE_CP_ADDRESS", default_value = "127.0.0.1:8004")]
     pub address: String,
+    /// CA certificates (a PEM file) trusted for an https:// control plane, besides the system's.
+    #[arg(long, env = "MODELGATE_CP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the bearer token (default: env MODELGATE_ADMIN_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -165,8 +168,8 @@ pub enum ClientError {
         /// Its `error` text.
         message: String,
     },
-    /// The connection failed.
-    #[error("cannot reach the control plane: {0}")]
+    /// The connection failed (refused, reset, an untrusted certificate).
+    #[error("cannot reach the control plane: {}", crate::error::with_causes(.0))]
     Http(#[from] reqwest::Error),
     /// A local file problem.
     #[error("{0}")]
@@ -189,9 +192,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `address` (host:port).
+    /// A client for `address`: host:port (plain HTTP), or an http:// or https:// URL.
     pub fn new(address: &str, token: Token) -> Client {
-        Client { base: format!("http://{address}"), token, http: reqwest::Client::new() }
+        Client::trusting(address, token, &[])
+    }
+
+    /// The same, trusting `roots` for https:// besides the system's CA certificates.
+    pub fn trusting(address: &str, token: Token, roots: &[reqwest::Certificate]) -> Client {
+        let base = if address.contains("://") {
+            address.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{address}")
+        };
+        let http = crate::tls::trusting(reqwest::Client::builder(), roots).build().unwrap_or_default();
+        Client { base, token, http }
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -656,7 +670,11 @@ pub async fn run_with(args: RegistryArgs, check: Option<ReferenceCheck>) -> Resu
         None => std::env::var(TOKEN_ENV).map_err(|_| ClientError::Token)?,
     };
     let token = Token::new(&text).map_err(|e| ClientError::Local(e.to_string()))?;
-    let client = Client::new(&args.address, token);
+    let roots = match &args.ca_file {
+        None => Vec::new(),
+        Some(path) => crate::tls::ca_certificates("--ca-file", path).map_err(ClientError::Local)?,
+    };
+    let client = Client::trusting(&args.address, token, &roots);
     match args.command {
         RegistryCommand::Push {
             model,
