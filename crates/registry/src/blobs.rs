@@ -46,6 +46,10 @@ const PART_BUFFER: usize = 64 << 10;
 
 /// How long a part no one resumes is kept.
 pub const PART_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest an upload's body may send nothing before the upload is cut, keeping what arrived
+/// for a resume. A client gone without closing its connection (a half-open one) would
+/// otherwise hold the digest's lock, and its own resume would find the upload in progress.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
 /// How often uploads look for parts older than [`PART_TTL`].
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -61,6 +65,8 @@ pub struct BlobStore {
     last_sweep: Arc<AtomicU64>,
     /// Where verified blobs go instead of `sha256/` (`None`: the data directory).
     bucket: Option<Bucket>,
+    /// [`UPLOAD_IDLE`] (shorter in tests).
+    upload_idle: Duration,
 }
 
 /// What a resumable upload did.
@@ -139,6 +145,7 @@ impl BlobStore {
             uploading: Arc::default(),
             last_sweep: Arc::new(AtomicU64::new(unix_seconds())),
             bucket,
+            upload_idle: UPLOAD_IDLE,
         })
     }
 
@@ -314,13 +321,19 @@ impl BlobStore {
         let mut out = tokio::io::BufWriter::with_capacity(PART_BUFFER, file);
         let mut received: u64 = 0;
         let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    // Keep what arrived for the resume.
+        loop {
+            let chunk = match tokio::time::timeout(self.upload_idle, body.next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => chunk,
+                // Keep what arrived for the resume.
+                Ok(Some(Err(e))) => {
                     let _ = out.flush().await;
                     return Err(RegistryError::Incomplete { received, reason: e.to_string() });
+                }
+                Err(_) => {
+                    let _ = out.flush().await;
+                    let reason = format!("no byte for {} s: the upload is cut, resume it", self.upload_idle.as_secs());
+                    return Err(RegistryError::Incomplete { received, reason });
                 }
             };
             received += chunk.len() as u64;
@@ -607,6 +620,24 @@ mod tests {
         drop(running);
         assert_eq!(store.held(&d).await.unwrap(), Held::Complete(11));
         assert_eq!(parts_in(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_whose_body_goes_silent_is_cut_keeping_its_bytes_and_frees_its_digest_for_the_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = BlobStore::open(dir.path(), 1 << 20, None).await.unwrap();
+        store.upload_idle = Duration::from_millis(200);
+        let d = Digest::of(b"hello world");
+        // Six bytes, then nothing, ever: a client gone without closing its connection.
+        let silent = body(vec![Ok(b"hello ")]).chain(futures_util::stream::pending());
+        let e = store.put_range(&d, 0, 11, 11, silent).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Incomplete { received: 6, .. }), "{e}");
+        assert!(e.to_string().contains("no byte"), "{e}");
+        assert_eq!(store.held(&d).await.unwrap(), Held::Part(6), "the lock is gone and the bytes kept");
+        assert_eq!(
+            store.put_range(&d, 6, 5, 11, body(vec![Ok(b"world")])).await.unwrap(),
+            Upload::Done(Stored::Created)
+        );
     }
 
     #[tokio::test]
