@@ -94,20 +94,10 @@ fn torch_reference(model: &Path, batches: &[usize]) -> BTreeMap<usize, Reference
     .unwrap()
 }
 
-/// `rows` input rows of values spread over [-2, 2), different for each batch
-/// size (splitmix64 seeded with it): not a pattern a broken split could match.
+/// `rows` input rows of standard-normal values, different for each batch size
+/// (seeded with it): not a pattern a broken split could match.
 fn seeded_rows(rows: usize) -> Vec<f32> {
-    let mut state = rows as u64;
-    (0..rows * FEATURES)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-        })
-        .collect()
+    modelgate_sketch::testing::normal(rows as u64, rows * FEATURES, 0.0, 1.0).into_iter().map(|v| v as f32).collect()
 }
 
 fn le_bytes(values: &[f32]) -> Vec<u8> {

@@ -27,8 +27,8 @@ pub mod histogram;
 pub mod numeric;
 pub mod profile;
 pub mod stats;
-#[cfg(test)]
-mod testing;
+#[doc(hidden)]
+pub mod testing;
 mod wire;
 
 pub use categorical::CategoricalProfile;

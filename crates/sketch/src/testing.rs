@@ -1,4 +1,5 @@
-//! Deterministic samples for tests, without a random-number crate.
+//! Deterministic samples for tests, without a random-number crate (this crate's and the
+//! gateway's).
 
 /// `n` draws from N(mean, sd²): splitmix64 and Box–Muller, reproducible from `seed`.
 pub fn normal(seed: u64, n: usize, mean: f64, sd: f64) -> Vec<f64> {
